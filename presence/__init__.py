@@ -1,0 +1,1 @@
+"""presence: a Twisted server that keeps people reachable over plain HTTP."""

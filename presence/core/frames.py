@@ -1,0 +1,104 @@
+"""The ``msg ...`` frames and their event-stream encoding.
+
+A frame is text: a first line ``msg <kind> <args...>`` (words separated by
+single spaces) and optional payload lines.  On the heartbeat it travels as one
+server-sent event::
+
+    id: 7
+    data: msg chat alice 3f2a9c
+    data: hello
+    data: second line of the text
+
+(an empty line ends the event).  The id is per session and is added when the
+frame enters a session's mailbox, so one :class:`Frame` object (and its
+encoded ``data:`` block, built once) is shared by every recipient.
+
+A keep-alive is the single byte ``\\n``: an empty line outside an event, which
+event-stream parsers ignore.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+KEEPALIVE = b"\n"
+
+class Frame:
+    """One immutable frame.  ``kind`` is the word after ``msg``."""
+
+    __slots__ = ("kind", "args", "payload", "_data")
+
+    def __init__(self, kind: str, args: Iterable[str] = (), payload: str = "") -> None:
+        self.kind = kind
+        self.args = tuple(args)
+        self.payload = payload
+        self._data: bytes | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.kind == "chat"
+
+    @property
+    def text(self) -> str:
+        head = " ".join(("msg", self.kind) + self.args)
+        if self.payload:
+            return head + "\n" + self.payload
+        return head
+
+    def data(self) -> bytes:
+        """The ``data:`` lines and the blank line that ends the event."""
+        if self._data is None:
+            text = self.text.replace("\r\n", "\n").replace("\r", "\n")
+            self._data = b"".join(
+                b"data: " + line.encode("utf-8") + b"\n" for line in text.split("\n")
+            ) + b"\n"
+        return self._data
+
+    def event(self, ident: int) -> bytes:
+        """The whole server-sent event for this frame with id ``ident``."""
+        return b"id: %d\n" % ident + self.data()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.kind, self.args, self.payload) == (other.kind, other.args, other.payload)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.args, self.payload))
+
+    def __repr__(self) -> str:
+        return f"Frame({self.text!r})"
+
+
+def update(state: str, user: str) -> Frame:
+    """``msg update online|offline|address <user>``."""
+    return Frame("update", (state, user))
+
+
+def refresh(group: str) -> Frame:
+    return Frame("refresh", (group,))
+
+
+def init_chat(peer: str) -> Frame:
+    return Frame("initChat", (peer,))
+
+
+def chat(sender: str, msgid: str, text: str) -> Frame:
+    return Frame("chat", (sender, msgid), text)
+
+
+def message(sender: str) -> Frame:
+    return Frame("message", (sender,))
+
+
+def bye(reason: str) -> Frame:
+    return Frame("bye", (reason,))
+
+
+def parse(text: str) -> Frame:
+    """Parse frame text (as carried in ``data:`` lines, joined by ``\\n``)."""
+    head, _, payload = text.partition("\n")
+    words = head.split(" ")
+    if len(words) < 2 or words[0] != "msg" or not words[1]:
+        raise ValueError(f"not a frame: {head[:60]!r}")
+    return Frame(words[1], words[2:], payload)

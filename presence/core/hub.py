@@ -1,0 +1,360 @@
+"""The hub: sessions, their live channels, presence transitions and routing.
+
+Front-ends turn protocol requests into calls on :class:`Hub`; the hub updates
+the tables, decides who must hear of a change, puts frames into the mailboxes
+of those sessions and hands them to each session's live channel
+(:class:`IChannel`), if it has one.  The hub does no I/O and reads time only
+from the clock it is given (``twisted.internet.task.Clock`` in tests).
+
+Side effects that need I/O leave the core through the :class:`IHubListener`
+given to the hub: chat text to keep in a message box (mailbox overflow,
+session end) and presence transitions to record (last seen).
+
+Presence rule: a user is online while any of their sessions holds a heartbeat
+or ended its last one less than ``linger`` seconds ago.  Logout and expiry
+remove a session at once.  The :meth:`Hub.sweep` generator, driven a chunk at
+a time by the front-end every poll interval, writes due keep-alives, ends
+lingering presence and expires sessions without heartbeat for ``session_ttl``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from zope.interface import Attribute, Interface, implementer
+
+from presence.core import frames
+from presence.core.frames import Frame
+from presence.core.mailbox import Entry, Mailbox
+from presence.core.tables import (
+    GroupTable, Session, UserState, UserTable, book_key, display_name,
+)
+
+#: how many recent chat ``seq`` values a session remembers for de-duplication
+SEQ_MEMORY = 256
+#: sessions looked at per sweep chunk (one reactor turn)
+SWEEP_CHUNK = 1000
+
+
+class IChannel(Interface):
+    """The live end of a session: its held heartbeat request."""
+
+    def send(entries: Sequence[Entry]) -> None:
+        """Write these (id, frame) entries."""
+
+    def keepalive() -> None:
+        """Write the keep-alive byte."""
+
+    def release(reason: str) -> None:
+        """End the held request (a newer one replaced it, or the session
+        ended).  The channel then calls :meth:`Hub.detach` itself."""
+
+
+class IHubListener(Interface):
+    """Where the core's side effects leave it."""
+
+    def spill(user: str, frame: Frame) -> None:
+        """Keep this chat frame for ``user``: it left a mailbox unread."""
+
+    def presence_changed(user: str, online: bool, now: float) -> None:
+        """``user`` came online or went offline at ``now``."""
+
+
+class IHub(Interface):
+    """Routing of frames to users: local here, between host boxes in
+    cluster mode."""
+
+    clock = Attribute("an IReactorTime")
+
+    def deliver(user: str, frame: Frame) -> int:
+        """Put ``frame`` into every live session of ``user``; return how many."""
+
+    def is_online(user: str) -> bool:
+        """Whether ``user`` is online by the presence rule."""
+
+
+@dataclass
+class HubConfig:
+    keepalive: float = 25.0
+    poll: float = 4.0
+    linger: Optional[float] = None  # default: two poll intervals
+    session_ttl: float = 3600.0
+    mailbox: int = 1000
+    sessions_per_user: int = 16
+    host_box: str = "localhost:8080"
+
+    def __post_init__(self) -> None:
+        if self.linger is None:
+            self.linger = 2 * self.poll
+
+
+@implementer(IHubListener)
+class NullListener:
+    def spill(self, user: str, frame: Frame) -> None:
+        pass
+
+    def presence_changed(self, user: str, online: bool, now: float) -> None:
+        pass
+
+
+@implementer(IHub)
+class Hub:
+    """The core of one host box."""
+
+    def __init__(self, clock, config: HubConfig | None = None,
+                 listener: IHubListener | None = None) -> None:
+        self.clock = clock
+        self.config = config or HubConfig()
+        self.listener = listener or NullListener()
+        self.users = UserTable()
+        self.groups = GroupTable()
+        #: sessions that hold no heartbeat but whose user may still linger
+        self._lingering: set[UserState] = set()
+        self.held = 0
+
+    # -- sessions ---------------------------------------------------------
+
+    def login(self, name: str, ident: str, ip: str = "", port: int = 0,
+              groups: Sequence[str] = (), guest: bool = False) -> Session:
+        """Open a session for ``name`` (groups: its group keys, address books
+        listing it included).  Past the per-user bound the oldest session of
+        the user ends with ``msg bye replaced``."""
+        now = self.clock.seconds()
+        user = self.users.ensure(name, groups, guest)
+        user.groups = set(groups) if groups else user.groups
+        while len(user.sessions) >= self.config.sessions_per_user:
+            self.end(user.sessions[0], "replaced")
+        session = Session(ident, user, ip, port, self.config.host_box, now,
+                          Mailbox(self.config.mailbox))
+        self.users.add(session)
+        self.groups.watch(session, book_key(name))
+        return session
+
+    def session(self, ident: str) -> Optional[Session]:
+        return self.users.session(ident)
+
+    def end(self, session: Session, reason: str) -> None:
+        """End a session (logout, expiry, replacement): say ``msg bye``,
+        release its heartbeat, keep its unread chat, update presence."""
+        if self.users.session(session.id) is not session:
+            return
+        self.users.remove(session)
+        self.groups.unwatch(session)
+        channel = session.channel
+        if channel is not None:
+            session.channel = None
+            self.held -= 1
+            bye = frames.bye(reason)
+            ident, _ = session.mailbox.push(bye)
+            channel.send([(ident, bye)])
+            channel.release(reason)
+        for frame in session.mailbox.drain():
+            if frame.is_chat:
+                self.listener.spill(session.user.name, frame)
+        user = session.user
+        if not user.sessions:
+            self._lingering.discard(user)
+            self._set_online(user, False)
+            self.users.forget_if_idle(user)
+        else:
+            self._settle(user, self.clock.seconds())
+
+    # -- heartbeats -------------------------------------------------------
+
+    def attach(self, session: Session, channel: IChannel, ack: int = 0) -> None:
+        """A heartbeat request arrived for ``session``: acknowledge up to
+        ``ack``, release the request held before, hold ``channel`` and send it
+        the unacknowledged frames."""
+        if ack:
+            self.ack(session, ack)
+        old = session.channel
+        session.channel = channel
+        session.last_write = self.clock.seconds()
+        if old is not None:
+            old.release("replaced")
+        else:
+            self.held += 1
+        user = session.user
+        self._lingering.discard(user)
+        if not user.online:
+            self._set_online(user, True)
+        pending = session.mailbox.pending()
+        if pending:
+            channel.send(pending)
+
+    def detach(self, session: Session, channel: IChannel) -> None:
+        """The heartbeat request ``channel`` of ``session`` ended."""
+        if session.channel is not channel:
+            return
+        session.channel = None
+        self.held -= 1
+        now = self.clock.seconds()
+        session.last_end = now
+        if self.users.session(session.id) is session:
+            self._settle(session.user, now)
+
+    def ack(self, session: Session, upto: int) -> None:
+        session.mailbox.ack(upto)
+        if session.refresh_id and upto >= session.refresh_id:
+            session.refresh_id = 0
+
+    # -- presence ---------------------------------------------------------
+
+    def is_online(self, name: str) -> bool:
+        return self.users.is_online(name)
+
+    def _settle(self, user: UserState, now: float) -> None:
+        """Re-apply the presence rule to ``user`` after a heartbeat ended."""
+        if user.holding():
+            return
+        last = user.last_end()
+        if last is not None and now - last < self.config.linger:
+            self._lingering.add(user)
+        else:
+            self._lingering.discard(user)
+            self._set_online(user, False)
+
+    def _set_online(self, user: UserState, online: bool) -> None:
+        if user.online == online:
+            return
+        now = self.clock.seconds()
+        user.online = online
+        user.last_seen = now
+        self.listener.presence_changed(user.name, online, now)
+        self._fan_out(user, frames.update("online" if online else "offline", user.name))
+
+    def _fan_out(self, user: UserState, frame: Frame) -> None:
+        for session in self.groups.audience(user):
+            self._push(session, frame)
+
+    def address_changed(self, session: Session, ip: str, port: int) -> None:
+        """The client of ``session`` came back from another address."""
+        if (ip, port) == (session.ip, session.port):
+            return
+        moved = ip != session.ip
+        session.ip, session.port = ip, port
+        if moved and session.user.online:
+            self._fan_out(session.user, frames.update("address", session.user.name))
+
+    # -- groups and watching ----------------------------------------------
+
+    def watch(self, session: Session, key: str) -> None:
+        """Make ``key`` (a group, a user, or ``~owner``) the session's active
+        group."""
+        self.groups.watch(session, key)
+
+    def membership_changed(self, key: str, member: str, joined: bool) -> None:
+        """``member`` joined or left group ``key`` (or an address book):
+        update the member's groups and tell every session showing ``key``."""
+        user = self.users.user(member)
+        if user is not None:
+            if joined:
+                user.groups.add(key)
+            else:
+                user.groups.discard(key)
+        frame = frames.refresh(display_name(key))
+        for session in list(self.groups.watching(key)):
+            self._push(session, frame)
+
+    # -- delivery ---------------------------------------------------------
+
+    def deliver(self, name: str, frame: Frame) -> int:
+        user = self.users.user(name)
+        if user is None:
+            return 0
+        for session in user.sessions:
+            self._push(session, frame)
+        return len(user.sessions)
+
+    def deliver_session(self, session: Session, frame: Frame) -> None:
+        self._push(session, frame)
+
+    def _push(self, session: Session, frame: Frame) -> None:
+        ident, evicted = session.mailbox.push(frame)
+        entries: List[Entry] = [(ident, frame)]
+        if evicted:
+            for old in evicted:
+                if old.is_chat:
+                    self.listener.spill(session.user.name, old)
+            if not session.refresh_id or not session.mailbox.has(session.refresh_id):
+                refresh = frames.refresh(display_name(session.active))
+                rid, more = session.mailbox.push(refresh)
+                for old in more:
+                    if old.is_chat:
+                        self.listener.spill(session.user.name, old)
+                session.refresh_id = rid
+                entries.append((rid, refresh))
+        channel = session.channel
+        if channel is not None:
+            session.last_write = self.clock.seconds()
+            channel.send(entries)
+
+    def chat(self, session: Session, to: str, text: str,
+             seq: Optional[str], msgid: str) -> Tuple[str, str, bool]:
+        """Deliver a chat from ``session`` to user ``to``.
+
+        Returns ``(delivered, msgid, fresh)``.  ``delivered`` is ``"online"``
+        when the frames went to ``to``'s sessions and ``"stored"`` when ``to``
+        is offline: the caller then keeps the text in the message box.
+        ``fresh`` is False when ``seq`` repeats an earlier one of this
+        session: nothing is sent again and the first answer is returned.
+        """
+        seqs = session.seqs
+        if seq is not None and seqs is not None and seq in seqs:
+            first_id, first_delivered = seqs[seq]
+            return first_delivered, first_id, False
+        delivered = "online" if self.is_online(to) else "stored"
+        if seq is not None:
+            if seqs is None:
+                seqs = session.seqs = OrderedDict()
+            seqs[seq] = (msgid, delivered)
+            if len(seqs) > SEQ_MEMORY:
+                seqs.popitem(last=False)
+        if delivered == "online":
+            self.deliver(to, frames.chat(session.user.name, msgid, text))
+        return delivered, msgid, True
+
+    def forget_seq(self, session: Session, seq: Optional[str]) -> None:
+        """Let ``seq`` be sent again (keeping its text failed)."""
+        if seq is not None and session.seqs is not None:
+            session.seqs.pop(seq, None)
+
+    # -- the sweep ----------------------------------------------------------
+
+    def sweep(self, chunk: int = SWEEP_CHUNK) -> Iterator[int]:
+        """One pass over every session, yielding after each ``chunk`` of them
+        so that the caller can give the reactor a turn.
+
+        Writes the keep-alive byte to held heartbeats idle for ``keepalive``
+        seconds, ends lingering presence past ``linger`` and expires sessions
+        with no heartbeat for ``session_ttl``.  Yields how many sessions the
+        chunk looked at.
+        """
+        cfg = self.config
+        for user in list(self._lingering):
+            if user in self._lingering:
+                self._settle(user, self.clock.seconds())
+        sessions = list(self.users.sessions.values())
+        for start in range(0, len(sessions), chunk):
+            now = self.clock.seconds()
+            part = sessions[start:start + chunk]
+            for session in part:
+                channel = session.channel
+                if channel is not None:
+                    if now - session.last_write >= cfg.keepalive:
+                        session.last_write = now
+                        channel.keepalive()
+                else:
+                    since = session.last_end if session.last_end is not None else session.login_time
+                    if now - since >= cfg.session_ttl:
+                        self.end(session, "expired")
+            yield len(part)
+
+    def stats(self) -> dict:
+        return {
+            "sessions": len(self.users.sessions),
+            "held": self.held,
+            "online_users": sum(1 for _ in self.users.online_names()),
+        }

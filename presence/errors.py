@@ -1,0 +1,41 @@
+"""Errors a client caused, each with the HTTP status it maps to.
+
+The message is shown to the client as it is: it never carries a password or
+a session ID.
+"""
+
+
+class ClientError(Exception):
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ClientError):
+    status = 400
+
+
+class Unauthorized(ClientError):
+    status = 401
+
+
+class Forbidden(ClientError):
+    status = 403
+
+
+class NotFound(ClientError):
+    status = 404
+
+
+class Conflict(ClientError):
+    status = 409
+
+
+class TooLarge(ClientError):
+    status = 413
+
+
+class TooMany(ClientError):
+    status = 429

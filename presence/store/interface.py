@@ -1,0 +1,90 @@
+"""``IDirectory``: the persistent "first database" of users, groups and boxes.
+
+Every method returns a ``Deferred``; an implementation never blocks the
+reactor and a write has reached durable storage before its Deferred fires.
+The embedded default is :mod:`presence.store.sqlite`; cluster mode puts the
+same interface over Redis.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+
+class NameTaken(Exception):
+    """The name is already a user, a group or an alias."""
+
+
+class IDirectory(Interface):
+    # -- users -------------------------------------------------------------
+    def create_user(name, password_hash, email=None, phone=None, wireless=None, now=0.0):
+        """Create a user; fails with :class:`NameTaken`."""
+
+    def get_user(name):
+        """A dict (name, password_hash, email, phone, wireless, created,
+        last_login, last_seen, hits_offline) or None."""
+
+    def resolve(name):
+        """``("user"|"group", canonical name)`` for a user, group or alias
+        name; None when unknown."""
+
+    def add_alias(user, alias):
+        """Another static name for ``user``; fails with :class:`NameTaken`."""
+
+    def aliases(user):
+        """The aliases of ``user``."""
+
+    def record_login(user, now):
+        """Note a login at ``now``; return the figures as they were before it:
+        ``{"last_login", "last_seen", "hits_offline"}`` (hits reset to 0)."""
+
+    def record_offline(user, now):
+        """``user`` went offline at ``now``."""
+
+    def add_hit(user):
+        """Count one opening of ``user``'s page while they were offline."""
+
+    # -- groups and address books --------------------------------------------
+    def create_group(name, owner, password_hash=None, now=0.0):
+        """Create a group owned by (and containing) ``owner``; fails with
+        :class:`NameTaken`."""
+
+    def get_group(name):
+        """A dict (name, owner, password_hash, created) or None."""
+
+    def join(group, user):
+        """Add ``user`` to ``group``; True if they were not a member yet."""
+
+    def leave(group, user):
+        """Remove ``user`` from ``group``; True if they were a member."""
+
+    def members(group):
+        """The members of ``group``, sorted."""
+
+    def memberships(user):
+        """``(groups, book_owners)``: the groups ``user`` is in and the owners
+        of the address books that list ``user``."""
+
+    def add_contact(owner, contact):
+        """Add ``contact`` to ``owner``'s address book; True if new."""
+
+    def remove_contact(owner, contact):
+        """True if ``contact`` was in ``owner``'s address book."""
+
+    def contacts(owner):
+        """The names in ``owner``'s address book, sorted."""
+
+    # -- message boxes -------------------------------------------------------
+    def store_message(recipient, sender, text, now, msgid=None):
+        """Keep a message; return its id.  A repeated ``msgid`` is kept once
+        and returns the first id."""
+
+    def messages(recipient, limit=100):
+        """The newest ``limit`` messages, newest first, as dicts (id, from,
+        text, time, read)."""
+
+    def mark_read(recipient, ident):
+        """True if message ``ident`` of ``recipient`` exists (now read)."""
+
+    def unread(recipient):
+        """How many unread messages ``recipient`` has."""

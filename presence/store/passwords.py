@@ -1,0 +1,38 @@
+"""Salted slow password hashes (scrypt), self-describing so the cost can change.
+
+A hash is ``scrypt$<log2 N>$<r>$<p>$<salt hex>$<key hex>``.  Hashing costs
+tens of milliseconds at the default cost, so callers run it off the reactor
+thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+DEFAULT_COST = 14
+_R, _P, _LEN = 8, 1, 32
+
+
+def hash_password(password: str, cost: int = DEFAULT_COST) -> str:
+    salt = os.urandom(16)
+    key = _derive(password, salt, cost, _R, _P)
+    return f"scrypt${cost}${_R}${_P}${salt.hex()}${key.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, cost, r, p, salt, key = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        derived = _derive(password, bytes.fromhex(salt), int(cost), int(r), int(p))
+    except ValueError:
+        return False
+    return hmac.compare_digest(derived, bytes.fromhex(key))
+
+
+def _derive(password: str, salt: bytes, cost: int, r: int, p: int) -> bytes:
+    n = 2 ** cost
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
+                          maxmem=2 * 128 * r * (n + p + 2) + 2 ** 20, dklen=_LEN)

@@ -1,0 +1,196 @@
+"""``twistd presence``: options and the service tree.
+
+    twistd -n presence --http tcp:8080 --data ./presence-data
+
+``makeService`` builds a ``MultiService`` of: the directory (SQLite under
+``--data``), the HTTP listener (heartbeats, JSON API) and the sweep timer.
+It logs ``presence ready http=HOST:PORT`` once every listener is up.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any, Optional
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints, threads
+from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
+from twisted.python import usage
+
+from presence.core.hub import Hub, HubConfig
+from presence.service import PresenceService
+from presence.store import passwords
+from presence.store.sqlite import open_directory
+from presence.sweep import SweepService
+from presence.web.site import make_site
+
+log = Logger()
+
+
+def _positive(kind):
+    def convert(value: str):
+        number = kind(value)
+        if number <= 0:
+            raise ValueError(f"must be positive, not {value}")
+        return number
+    convert.coerceDoc = "Must be positive."  # type: ignore[attr-defined]
+    return convert
+
+
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, not {value}")
+    return number
+
+
+def _cost(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 20:
+        raise ValueError("must be 1 to 20")
+    return number
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Presence server: HTTP heartbeats with reliable numbered frames, "
+                "presence propagation, chat and message boxes.  See docs/operations.md.")
+    optParameters = [
+        ["http", None, "tcp:8080",
+         "Endpoint for web pages, the JSON API and heartbeats (a Twisted server endpoint"
+         " string, e.g. tcp:8080:interface=127.0.0.1)."],
+        ["data", None, "./presence-data", "Directory where the embedded store keeps its files."],
+        ["domain", None, "localhost", "Domain of static URLs, SIP URIs and names."],
+        ["host-box", None, None,
+         "This node's identity in dynamic session information [default: host:port of --http]."],
+        ["keepalive", None, 25.0,
+         "Idle seconds after which one keep-alive byte is written to a heartbeat.",
+         _positive(float)],
+        ["poll", None, 4.0,
+         "Sweep interval in seconds: finds due keep-alives, dead sockets, ended presence.",
+         _positive(float)],
+        ["linger", None, None,
+         "Seconds a user stays online after their last heartbeat ended [default: 2 x poll].",
+         _non_negative],
+        ["session-ttl", None, 3600.0,
+         "Seconds without a heartbeat after which a session expires.", _positive(float)],
+        ["mailbox", None, 1000,
+         "Unacknowledged frames kept per session; older ones overflow (chat text goes to"
+         " the message box).", _positive(int)],
+        ["hash-cost", None, passwords.DEFAULT_COST,
+         "Password hash work factor, log2 of scrypt's N (1-20). Lower only for tests and"
+         " benchmarks.", _cost],
+        ["json-log", None, None, "Also write the log as JSON lines to this file."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["linger"] is None:
+            self["linger"] = 2 * self["poll"]
+        try:
+            endpoints.serverFromString(_ParseOnly(), self["http"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"--http: not a server endpoint string: {e}")
+
+
+class _ParseOnly:
+    """Stands in for a reactor while an endpoint string is checked."""
+
+
+class ListenService(Service):
+    """Listens on an endpoint; logs ``presence ready`` once listening."""
+
+    def __init__(self, name: str, endpoint, factory, on_ready=None) -> None:
+        self.label = name
+        self.endpoint = endpoint
+        self.factory = factory
+        self.on_ready = on_ready
+        self.port = None
+
+    def startService(self) -> None:
+        super().startService()
+        failures = []
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()  # twistd reports it and exits
+
+    def _listening(self, port) -> None:
+        self.port = port
+        if self.on_ready is not None:
+            self.on_ready(self)
+
+    def address(self) -> str:
+        host = self.port.getHost()
+        return f"{getattr(host, 'host', '?')}:{getattr(host, 'port', '?')}"
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+class DirectoryService(Service):
+    def __init__(self, store, reactor) -> None:
+        self.store = store
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.start(self.reactor)
+
+    def stopService(self):
+        super().stopService()
+        self.store.stop()
+
+
+def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+        reactor = global_reactor
+    if options.get("json-log"):
+        globalLogPublisher.addObserver(jsonFileLogObserver(open(options["json-log"], "a")))
+    os.makedirs(options["data"], exist_ok=True)
+
+    top = MultiService()
+    store = open_directory(options["data"])
+    DirectoryService(store, reactor).setServiceParent(top)
+
+    config = HubConfig(
+        keepalive=options["keepalive"], poll=options["poll"], linger=options["linger"],
+        session_ttl=options["session-ttl"], mailbox=options["mailbox"],
+        host_box=options["host-box"] or "",
+    )
+    hub = Hub(reactor, config)
+
+    def hasher(fn, *args):
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+    service = PresenceService(hub, store, hasher, hash_cost=options["hash-cost"])
+    sweep = SweepService(hub, reactor, options["poll"])
+    started = time.time()
+
+    def stats() -> dict:
+        figures = sweep.stats()
+        figures["uptime"] = round(time.time() - started, 3)
+        return figures
+
+    site = make_site(service, options["keepalive"], reactor, stats)
+
+    def ready(listener: ListenService) -> None:
+        address = listener.address()
+        if not config.host_box:
+            host, _, port = address.rpartition(":")
+            if host in ("0.0.0.0", "::", ""):
+                host = socket.gethostname()
+            config.host_box = f"{host}:{port}"
+        log.info("presence ready http={address} data={data} host_box={box}",
+                 address=address, data=options["data"], box=config.host_box)
+
+    http = ListenService("http", endpoints.serverFromString(reactor, options["http"]),
+                         site, ready)
+    http.setServiceParent(top)
+    sweep.setServiceParent(top)
+    return top

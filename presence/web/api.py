@@ -1,0 +1,256 @@
+"""The JSON API (spec sections 2, 4 and 5) as a Klein app on a class.
+
+Every route answers JSON; an error is ``{"error": "<readable text>"}`` with
+the status of its :mod:`presence.errors` class, and an unexpected failure is
+logged and answered ``500`` without a traceback.  Parameters come from the
+query string, a form body or a JSON object body alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web import server
+from werkzeug.exceptions import HTTPException
+
+from presence.core.tables import Session
+from presence.errors import BadRequest, ClientError, Forbidden
+from presence.service import PresenceService
+from presence.web.http import COOKIE, client_address, params, write_json
+
+Answer = Tuple[int, Any]
+Handler = Callable[..., Awaitable[Answer]]
+
+log = Logger()
+
+
+def api(handler: Handler) -> Callable[..., Awaitable[bytes]]:
+    """Wrap a route: parse parameters, map errors to JSON answers."""
+
+    @functools.wraps(handler)
+    async def route(self: "PresenceAPI", request: server.Request, **kw: Any) -> bytes:
+        try:
+            status, body = await handler(self, request, params(request), **kw)
+        except ClientError as e:
+            status, body = e.status, {"error": e.message}
+        except Exception:
+            log.failure("{method} {path} failed", method=request.method,
+                        path=request.path.decode("ascii", "replace"))
+            status, body = 500, {"error": "internal error; it has been logged"}
+        request.setHeader(b"cache-control", b"no-store")
+        return write_json(request, status, body)
+
+    return route
+
+
+class PresenceAPI:
+    app = Klein()
+
+    def __init__(self, service: PresenceService, stats: Optional[Callable[[], dict]] = None) -> None:
+        self.service = service
+        self.hub = service.hub
+        self._stats = stats
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _session(self, request: server.Request, p: Dict[str, Any]) -> Session:
+        sid = p.get("id") or p.get("sessionId")
+        if not sid:
+            cookie = request.getCookie(COOKIE)
+            sid = cookie.decode("ascii", "replace") if cookie else None
+        session = self.service.session(sid, p.get("me"))
+        ack = p.get("ack")
+        if ack not in (None, ""):
+            try:
+                upto = int(ack)
+            except ValueError:
+                raise BadRequest("ack must be a whole number")
+            self.hub.ack(session, upto)
+        return session
+
+    def _login_answer(self, request: server.Request, session: Session) -> Answer:
+        name = session.user.name
+        request.addCookie(COOKIE, session.id.encode("ascii"), path=b"/", httpOnly=True,
+                          sameSite="lax")
+        return 200, {
+            "session": session.id,
+            "username": name,
+            "heartbeat": f"/jchat?me={name}&id={session.id}",
+            "host_box": session.host_box,
+        }
+
+    # -- accounts ----------------------------------------------------------------
+
+    @app.route("/api/register", methods=["POST"])
+    @api
+    async def register(self, request, p) -> Answer:
+        name = await self.service.register(p.get("username"), p.get("password"),
+                                           p.get("email"), p.get("phone"), p.get("wireless"))
+        return 201, {"username": name}
+
+    @app.route("/api/login", methods=["POST"])
+    @api
+    async def login(self, request, p) -> Answer:
+        ip, port = client_address(request)
+        session = await self.service.login(p.get("username"), p.get("password"), ip, port)
+        return self._login_answer(request, session)
+
+    @app.route("/api/guest", methods=["POST"])
+    @api
+    async def guest(self, request, p) -> Answer:
+        ip, port = client_address(request)
+        return self._login_answer(request, self.service.guest(ip, port))
+
+    @app.route("/api/logout", methods=["POST"])
+    @api
+    async def logout(self, request, p) -> Answer:
+        self.service.logout(self._session(request, p))
+        request.addCookie(COOKIE, b"", path=b"/", httpOnly=True, sameSite="lax",
+                          max_age=b"0")
+        return 204, None
+
+    @app.route("/api/session", methods=["GET"])
+    @api
+    async def session_info(self, request, p) -> Answer:
+        return 200, self._session(request, p).info()
+
+    # -- groups, contacts, aliases ----------------------------------------------------
+
+    @app.route("/api/groups", methods=["POST"])
+    @api
+    async def create_group(self, request, p) -> Answer:
+        session = self._session(request, p)
+        name = await self.service.create_group(session, p.get("name"), p.get("password"))
+        return 201, {"name": name}
+
+    @app.route("/api/groups/<string:name>/join", methods=["POST"])
+    @api
+    async def join(self, request, p, name) -> Answer:
+        await self.service.join(self._session(request, p), name, p.get("password"))
+        return 204, None
+
+    @app.route("/api/groups/<string:name>/leave", methods=["POST"])
+    @api
+    async def leave(self, request, p, name) -> Answer:
+        await self.service.leave(self._session(request, p), name)
+        return 204, None
+
+    @app.route("/api/contacts", methods=["POST"])
+    @api
+    async def add_contact(self, request, p) -> Answer:
+        await self.service.add_contact(self._session(request, p), p.get("contact"))
+        return 204, None
+
+    @app.route("/api/contacts", methods=["GET"])
+    @api
+    async def contacts(self, request, p) -> Answer:
+        return 200, await self.service.contacts(self._session(request, p))
+
+    @app.route("/api/contacts/remove", methods=["POST"])
+    @api
+    async def remove_contact(self, request, p) -> Answer:
+        await self.service.remove_contact(self._session(request, p), p.get("contact"))
+        return 204, None
+
+    @app.route("/api/active", methods=["POST"])
+    @api
+    async def active(self, request, p) -> Answer:
+        await self.service.set_active(self._session(request, p), p.get("group"))
+        return 204, None
+
+    @app.route("/api/aliases", methods=["POST"])
+    @api
+    async def alias(self, request, p) -> Answer:
+        alias = await self.service.add_alias(self._session(request, p), p.get("alias"))
+        return 201, {"alias": alias}
+
+    @app.route("/api/presence/<string:name>", methods=["GET"])
+    @api
+    async def presence(self, request, p, name) -> Answer:
+        session = None
+        if p.get("id") or p.get("sessionId"):
+            session = self._session(request, p)
+        return 200, await self.service.presence_of(name, p.get("password"), session)
+
+    # -- chat ----------------------------------------------------------------------
+
+    @app.route("/initchat", methods=["GET", "POST"])
+    @api
+    async def init_chat(self, request, p) -> Answer:
+        if await self.service.init_chat(self._session(request, p), p.get("to")):
+            return 204, None
+        return 200, {"online": False}
+
+    @app.route("/chat", methods=["POST"])
+    @api
+    async def chat(self, request, p) -> Answer:
+        session = self._session(request, p)
+        delivered, msgid = await self.service.chat(session, p.get("to"), p.get("msg"),
+                                                   p.get("seq"))
+        return 202, {"delivered": delivered, "msgid": msgid}
+
+    @app.route("/ack", methods=["POST"])
+    @api
+    async def ack(self, request, p) -> Answer:
+        if p.get("ack") in (None, ""):
+            raise BadRequest("ack is required")
+        self._session(request, p)
+        return 204, None
+
+    # -- message box -----------------------------------------------------------------
+
+    @app.route("/api/messages", methods=["POST"])
+    @api
+    async def leave_message(self, request, p) -> Answer:
+        session = None
+        if p.get("id") or p.get("sessionId") or request.getCookie(COOKIE):
+            session = self._session(request, p)
+        ip, _ = client_address(request)
+        ident = await self.service.leave_message(session, p.get("to"), p.get("text"), ip)
+        return 201, {"id": ident}
+
+    @app.route("/api/messages", methods=["GET"])
+    @api
+    async def messages(self, request, p) -> Answer:
+        return 200, await self.service.messages(self._session(request, p))
+
+    @app.route("/api/messages/<string:ident>/read", methods=["POST"])
+    @api
+    async def read(self, request, p, ident) -> Answer:
+        await self.service.mark_read(self._session(request, p), ident)
+        return 204, None
+
+    @app.route("/api/welcome", methods=["GET"])
+    @api
+    async def welcome(self, request, p) -> Answer:
+        return 200, await self.service.welcome(self._session(request, p))
+
+    # -- operations -------------------------------------------------------------------
+
+    @app.route("/api/stats", methods=["GET"])
+    @api
+    async def stats(self, request, p) -> Answer:
+        ip, _ = client_address(request)
+        try:
+            loopback = ipaddress.ip_address(ip).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise Forbidden("stats are served to the loopback address only")
+        figures = dict(self.hub.stats())
+        if self._stats is not None:
+            figures.update(self._stats())
+        return 200, figures
+
+    # -- errors of routing itself --------------------------------------------------
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request, failure) -> bytes:
+        error = failure.value
+        text = {404: "no such endpoint", 405: "method not allowed here"}.get(
+            error.code, error.name)
+        return write_json(request, error.code, {"error": text})

@@ -1,0 +1,183 @@
+"""The heartbeat: ``GET /jchat?me=<user>&id=<session>[&mode=stream|poll][&ack=n]``.
+
+Wire format (see docs/protocol.md)::
+
+    HTTP/1.1 200 OK
+    Content-Type: text/event-stream; charset=utf-8
+    Cache-Control: no-cache
+
+    id: 1
+    data: msg update online bob
+
+    \\n                      <- keep-alive byte after --keepalive idle seconds
+
+The request is held in the reactor thread (``NOT_DONE_YET``) as the session's
+:class:`~presence.core.hub.IChannel`; no thread per connection.  A newer
+request of the same session releases it.  In poll mode the response ends as
+soon as it carries frames (at most 100) or after ``wait`` seconds.  Clients
+acknowledge with ``ack=n`` or ``Last-Event-ID: n``; unacknowledged frames are
+sent again, with their ids, on the next request.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Sequence
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.web import resource, server
+from zope.interface import implementer
+
+from presence.core.frames import KEEPALIVE
+from presence.core.hub import Hub, IChannel
+from presence.core.mailbox import Entry
+from presence.core.tables import Session
+from presence.web.http import client_address
+
+POLL_BATCH = 100
+MAX_WAIT = 300.0
+
+
+@implementer(IChannel)
+class HeartbeatChannel:
+    """One held heartbeat request, as the channel of its session."""
+
+    __slots__ = ("request", "hub", "session", "poll", "timer", "done")
+
+    def __init__(self, request: server.Request, hub: Hub, session: Session,
+                 poll: bool) -> None:
+        self.request = request
+        self.hub = hub
+        self.session = session
+        self.poll = poll
+        self.timer: Optional[IDelayedCall] = None
+        self.done = False
+
+    def send(self, entries: Sequence[Entry]) -> None:
+        if self.done:
+            return
+        if self.poll:
+            if len(entries) < POLL_BATCH and len(self.session.mailbox) > len(entries):
+                entries = self.session.mailbox.pending(POLL_BATCH)
+            self._write(b"".join(frame.event(i) for i, frame in entries[:POLL_BATCH]))
+            self.release("answered")
+        else:
+            if len(entries) == 1:
+                ident, frame = entries[0]
+                self._write(frame.event(ident))
+            else:
+                self._write(b"".join(frame.event(i) for i, frame in entries))
+
+    def keepalive(self) -> None:
+        if not self.done:
+            self._write(KEEPALIVE)
+
+    def release(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        try:
+            self.request.finish()
+        except Exception:
+            # the connection is already gone: finishing is moot
+            self.ended(None)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.request.write(data)
+        except Exception:
+            # a write on a dead request: the session no longer holds it
+            self.release("dead")
+
+    def ended(self, _reason: Any) -> None:
+        """The request finished or its connection was lost."""
+        self.done = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.hub.detach(self.session, self)
+
+
+class HeartbeatResource(resource.Resource):
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, hub: Hub, clock, keepalive: float) -> None:
+        super().__init__()
+        self.hub = hub
+        self.clock = clock
+        self.keepalive = keepalive
+
+    def render_GET(self, request: server.Request) -> Any:
+        args = request.args or {}
+
+        def arg(name: bytes) -> Optional[str]:
+            values = args.get(name)
+            if not values:
+                return None
+            return values[0].decode("utf-8", "replace")
+
+        sid = arg(b"id") or arg(b"sessionId") or _cookie(request)
+        session = self.hub.session(sid) if sid else None
+        me = arg(b"me")
+        if session is None or (me and me != session.user.name):
+            return _error(request, 403, "no such session: log in again")
+        mode = arg(b"mode") or "stream"
+        if mode not in ("stream", "poll"):
+            return _error(request, 400, "mode must be stream or poll")
+        try:
+            ack = max(_number(arg(b"ack")), _number(_header(request, b"last-event-id")))
+            wait = float(arg(b"wait")) if arg(b"wait") is not None else self.keepalive
+            if not 0 <= wait <= MAX_WAIT:
+                raise ValueError
+        except ValueError:
+            return _error(request, 400, "ack and Last-Event-ID must be whole numbers;"
+                                        f" wait 0-{MAX_WAIT:g} seconds")
+        ip, port = client_address(request)
+        self.hub.address_changed(session, ip, port)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")
+        transport = getattr(request.channel, "transport", None)
+        if transport is not None and hasattr(transport, "setTcpNoDelay"):
+            try:
+                transport.setTcpNoDelay(True)
+            except OSError:
+                pass
+        request.write(b"")  # the headers, at once
+        channel = HeartbeatChannel(request, self.hub, session, mode == "poll")
+        request.notifyFinish().addBoth(channel.ended)
+        self.hub.attach(session, channel, ack)
+        if channel.poll and not channel.done:
+            channel.timer = self.clock.callLater(wait, channel.release, "timeout")
+        return server.NOT_DONE_YET
+
+
+def _number(text: Optional[str]) -> int:
+    if text is None or text == "":
+        return 0
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _header(request: server.Request, name: bytes) -> Optional[str]:
+    value = request.getHeader(name)
+    return value.decode("ascii", "replace") if value is not None else None
+
+
+def _cookie(request: server.Request) -> Optional[str]:
+    from presence.web.http import COOKIE
+    value = request.getCookie(COOKIE)
+    return value.decode("ascii", "replace") if value else None
+
+
+def _error(request: server.Request, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"error": message}).encode("utf-8")
