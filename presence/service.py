@@ -57,6 +57,13 @@ def check_name(name: Any, what: str = "username") -> str:
     return name
 
 
+def required(value: Any, what: str) -> str:
+    """A parameter that must be given as a non-empty string, or 400."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{what} is required")
+    return value
+
+
 def check_text(text: Any, what: str = "text") -> str:
     if not isinstance(text, str) or not text.strip():
         raise BadRequest(f"{what} is missing or empty")
@@ -145,7 +152,7 @@ class PresenceService:
         before = await self.store.record_login(name, self.clock.seconds())
         groups, owners = await self.store.memberships(name)
         session = self._open(name, ip, port, groups + [book_key(o) for o in owners])
-        was_online_elsewhere = len(session.user.sessions) > 1 or session.user.online
+        was_online_elsewhere = session.user.online
         last_seen = before.get("last_seen")
         session.welcome = {
             "last_login": before.get("last_login"),
@@ -198,14 +205,16 @@ class PresenceService:
             return None
         return await self.store.resolve(name)
 
-    async def user_named(self, name: Any, what: str = "user") -> str:
+    async def user_named(self, name: Any, what: str = "user", param: str = "to") -> str:
+        required(name, param)
         found = await self.resolve(name)
         if found is None or found[0] != "user":
             raise NotFound(f"no such {what}: {_shown(name)}")
         return found[1]
 
     async def group_named(self, name: Any) -> Dict[str, Any]:
-        group = await self.store.get_group(name) if isinstance(name, str) else None
+        required(name, "group name")
+        group = await self.store.get_group(name.lower())
         if group is None:
             raise NotFound(f"no such group: {_shown(name)}")
         return group
@@ -270,14 +279,14 @@ class PresenceService:
 
     async def add_contact(self, session: Session, contact: Any) -> None:
         self._member_only(session)
-        name = await self.user_named(contact)
+        name = await self.user_named(contact, param="contact")
         owner = session.user.name
         if await self.store.add_contact(owner, name):
             self.hub.membership_changed(book_key(owner), name, True)
 
     async def remove_contact(self, session: Session, contact: Any) -> None:
         owner = session.user.name
-        name = await self.resolve(contact)
+        name = await self.resolve(required(contact, "contact"))
         if name is None or not await self.store.remove_contact(owner, name[1]):
             raise NotFound(f"{_shown(contact)} is not in your address book")
         self.hub.membership_changed(book_key(owner), name[1], False)
@@ -290,6 +299,7 @@ class PresenceService:
         """Make ``target`` (a group, a user, or the user's own name for the
         address book) what ``session`` watches."""
         me = session.user.name
+        required(target, "group")
         if target == me:
             self.hub.watch(session, book_key(me))
             return me
@@ -346,9 +356,12 @@ class PresenceService:
     async def chat(self, session: Session, to: Any, text: Any,
                    seq: Optional[str] = None) -> Tuple[str, str]:
         text = check_text(text, "msg")
-        if seq is not None and (not isinstance(seq, str) or len(seq) > 64):
-            raise BadRequest("seq must be a short string or number")
-        if isinstance(to, str) and self.hub.users.user(to) is not None:
+        if seq is not None:
+            if not isinstance(seq, str) or not seq.isdigit() or len(seq) > 18:
+                raise BadRequest("seq must be a whole number (the sender's own counter)")
+            seq = str(int(seq))
+        required(to, "to")
+        if self.hub.users.user(to) is not None:
             peer = to
         else:
             peer = await self.user_named(to)

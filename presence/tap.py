@@ -90,7 +90,7 @@ class Options(usage.Options):
             self["linger"] = 2 * self["poll"]
         try:
             endpoints.serverFromString(_ParseOnly(), self["http"])
-        except (ValueError, KeyError, TypeError) as e:
+        except Exception as e:
             raise usage.UsageError(f"--http: not a server endpoint string: {e}")
 
 

@@ -123,7 +123,8 @@ class Hub:
         the user ends with ``msg bye replaced``."""
         now = self.clock.seconds()
         user = self.users.ensure(name, groups, guest)
-        user.groups = set(groups) if groups else user.groups
+        if groups:
+            user.groups = frozenset(groups)
         while len(user.sessions) >= self.config.sessions_per_user:
             self.end(user.sessions[0], "replaced")
         session = Session(ident, user, ip, port, self.config.host_box, now,
@@ -250,10 +251,7 @@ class Hub:
         update the member's groups and tell every session showing ``key``."""
         user = self.users.user(member)
         if user is not None:
-            if joined:
-                user.groups.add(key)
-            else:
-                user.groups.discard(key)
+            user.groups = user.groups | {key} if joined else user.groups - {key}
         frame = frames.refresh(display_name(key))
         for session in list(self.groups.watching(key)):
             self._push(session, frame)

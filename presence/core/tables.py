@@ -24,7 +24,7 @@ Pure data structures: no I/O, no clock.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Iterable, Iterator, List, Optional, Set
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Set
 
 from presence.core.mailbox import Mailbox
 
@@ -101,7 +101,8 @@ class UserState:
     def __init__(self, name: str, groups: Iterable[str] = (), guest: bool = False) -> None:
         self.name = name
         self.sessions: List[Session] = []
-        self.groups: Set[str] = set(groups)
+        #: immutable, so that the many users in no group share one empty set
+        self.groups: FrozenSet[str] = frozenset(groups)
         self.online = False
         self.last_seen: Optional[float] = None
         self.guest = guest

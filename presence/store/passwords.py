@@ -16,6 +16,8 @@ _R, _P, _LEN = 8, 1, 32
 
 
 def hash_password(password: str, cost: int = DEFAULT_COST) -> str:
+    if not 1 <= cost <= 20:
+        raise ValueError("the hash cost is 1 to 20")
     salt = os.urandom(16)
     key = _derive(password, salt, cost, _R, _P)
     return f"scrypt${cost}${_R}${_P}${salt.hex()}${key.hex()}"
@@ -26,10 +28,13 @@ def check_password(password: str, stored: str) -> bool:
         scheme, cost, r, p, salt, key = stored.split("$")
         if scheme != "scrypt":
             return False
+        expected = bytes.fromhex(key)
+        if not 1 <= int(cost) <= 20:
+            return False
         derived = _derive(password, bytes.fromhex(salt), int(cost), int(r), int(p))
-    except ValueError:
+    except (ValueError, TypeError, OverflowError, MemoryError):
         return False
-    return hmac.compare_digest(derived, bytes.fromhex(key))
+    return hmac.compare_digest(derived, expected)
 
 
 def _derive(password: str, salt: bytes, cost: int, r: int, p: int) -> bytes:

@@ -72,6 +72,18 @@ class PresenceAPI:
             self.hub.ack(session, upto)
         return session
 
+    def _maybe_session(self, request: server.Request, p: Dict[str, Any]) -> Optional[Session]:
+        """For calls open to anyone: the caller's session if they name one
+        (a wrong one is 403), or the cookie's if it is still live."""
+        if p.get("id") or p.get("sessionId"):
+            return self._session(request, p)
+        if request.getCookie(COOKIE):
+            try:
+                return self._session(request, p)
+            except Forbidden:
+                return None
+        return None
+
     def _login_answer(self, request: server.Request, session: Session) -> Answer:
         name = session.user.name
         request.addCookie(COOKIE, session.id.encode("ascii"), path=b"/", httpOnly=True,
@@ -171,9 +183,7 @@ class PresenceAPI:
     @app.route("/api/presence/<string:name>", methods=["GET"])
     @api
     async def presence(self, request, p, name) -> Answer:
-        session = None
-        if p.get("id") or p.get("sessionId"):
-            session = self._session(request, p)
+        session = self._maybe_session(request, p)
         return 200, await self.service.presence_of(name, p.get("password"), session)
 
     # -- chat ----------------------------------------------------------------------
@@ -206,9 +216,7 @@ class PresenceAPI:
     @app.route("/api/messages", methods=["POST"])
     @api
     async def leave_message(self, request, p) -> Answer:
-        session = None
-        if p.get("id") or p.get("sessionId") or request.getCookie(COOKIE):
-            session = self._session(request, p)
+        session = self._maybe_session(request, p)
         ip, _ = client_address(request)
         ident = await self.service.leave_message(session, p.get("to"), p.get("text"), ip)
         return 201, {"id": ident}

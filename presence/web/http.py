@@ -26,7 +26,7 @@ def mask(uri: bytes) -> bytes:
 
 def masked_log_formatter(timestamp: str, request: http.Request) -> str:
     """Twisted's combined log format, with secrets masked in the URI."""
-    referrer = http._escape(request.getHeader(b"referer") or b"-")
+    referrer = http._escape(mask(request.getHeader(b"referer") or b"-"))
     agent = http._escape(request.getHeader(b"user-agent") or b"-")
     line = (
         '"%(ip)s" - - %(timestamp)s "%(method)s %(uri)s %(protocol)s" '
