@@ -32,30 +32,26 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Coroutine, Protocol, TypeVar
-from urllib.parse import urlencode
+from typing import Any, Callable, Protocol
+from urllib.parse import quote, urlencode
 
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredList,
-    succeed,
-)
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
+from zope.interface import implementer
 
-from presence.cli.eventstream import (
-    Event,
-    EventStreamParser,
-    FrameError,
-    parse_frame,
-)
+from presence.cli.eventstream import Event, EventStreamParser, FrameError, parse_frame
 
 __all__ = [
     "ClientStopped",
+    "CommandHandler",
     "HTTPClientLike",
     "HeartbeatClient",
     "LoginRefused",
@@ -65,8 +61,6 @@ __all__ = [
     "format_frame",
     "main",
 ]
-
-_T = TypeVar("_T")
 
 log = Logger(namespace="presence.client")
 
@@ -80,13 +74,11 @@ class HTTPClientLike(Protocol):
     def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
         """
         Issue a request; fire with an L{IResponse} once the headers arrived.
-        The client passes C{headers}, C{data} (a dict, form-encoded) and
-        C{unbuffered=True} for the heartbeat.
+        The client passes C{headers}, C{data} (a dict, form-encoded) and, for
+        the heartbeat, C{unbuffered=True}.
         """
 
-    def collect(
-        self, response: Any, collector: Callable[[bytes], None]
-    ) -> Deferred[None]:
+    def collect(self, response: Any, collector: Callable[[bytes], None]) -> Deferred[None]:
         """
         Call C{collector} with each piece of the body as it arrives; fire
         when the body ends. If C{collector} raises, close the connection.
@@ -107,12 +99,14 @@ class TreqHTTP:
     def __init__(self, reactor: Any, connect_timeout: float = 10.0) -> None:
         from treq import collect, content
         from treq.client import HTTPClient
-        from twisted.web.client import Agent, HTTPConnectionPool
+        from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+        class QuietFactory(_HTTP11ClientFactory):
+            noisy = False  # no "Starting factory" line per connection
 
         self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self._client = HTTPClient(
-            Agent(reactor, connectTimeout=connect_timeout, pool=self.pool)
-        )
+        self.pool._factory = QuietFactory
+        self._client = HTTPClient(Agent(reactor, connectTimeout=connect_timeout, pool=self.pool))
         self._collect = collect
         self._content = content
 
@@ -122,9 +116,7 @@ class TreqHTTP:
         """
         return self._client.request(method, url, **kwargs)
 
-    def collect(
-        self, response: Any, collector: Callable[[bytes], None]
-    ) -> Deferred[None]:
+    def collect(self, response: Any, collector: Callable[[bytes], None]) -> Deferred[None]:
         """
         See L{treq.collect}.
         """
@@ -145,7 +137,8 @@ class TreqHTTP:
 
 class ServerError(Exception):
     """
-    The server answered with an error status.
+    The server answered with an error status (or, with C{code} 0, a request
+    failed for good after its retries).
 
     @ivar code: the HTTP status.
     @ivar message: the readable text (the JSON C{error} field when present).
@@ -157,7 +150,7 @@ class ServerError(Exception):
         self.message = message
 
     def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
+        return f"{self.message} ({self.code})" if self.code else self.message
 
 
 class LoginRefused(ServerError):
@@ -218,8 +211,10 @@ class HeartbeatClient:
 
     @ivar session: the current L{SessionInfo}, or C{None} while logged out.
     @ivar last_id: the highest frame id seen in this session.
-    @ivar acked_id: the highest id the server confirmed as acknowledged.
-    @ivar connected: whether a heartbeat response is currently held.
+    @ivar acked_id: the highest id the server has taken as acknowledged (by
+        C{POST /ack}, or by C{ack=} on a heartbeat or chat request).
+    @ivar connected: whether the heartbeat link is up (in poll mode: the
+        last poll was answered and the next one is on its way).
     @ivar delay: the wait before the next reconnection attempt.
     """
 
@@ -227,7 +222,10 @@ class HeartbeatClient:
     max_delay = 30.0
     ack_every_frames = 100
     ack_every_seconds = 10.0
-    chat_attempts = 6
+    retry_attempts = 6
+    # A session this old that the server forgets is re-created at once;
+    # a younger one waits for the backoff delay (no tight login loop).
+    settled_session_age = 10.0
 
     def __init__(
         self,
@@ -254,14 +252,14 @@ class HeartbeatClient:
         @param http: treq-like client; defaults to L{TreqHTTP}C{(reactor)}.
         @param on_frame: called with C{(id, text)} for each new frame.
         @param mode: C{"stream"} (one held response) or C{"poll"} (ask
-            again after each answer).
+            again at once after each answer).
         @param register: C{POST /api/register} before the first login (an
             existing name, C{409}, is not an error: login decides).
         @param guest: log in with C{POST /api/guest} instead.
         @param on_status: called with short human-readable status lines
-            (connected, dropped, retrying); for a console front-end.
-        @param on_connected: called with the session each time a heartbeat
-            is established.
+            (logged in, connected, dropped, retrying); for a console.
+        @param on_connected: called with the session each time the heartbeat
+            link comes up.
         @param idle_timeout: a heartbeat that receives no byte (not even a
             keep-alive) for this long is given up and replaced.
         @param request_timeout: how long other requests wait for response
@@ -269,6 +267,8 @@ class HeartbeatClient:
         """
         if mode not in ("stream", "poll"):
             raise ValueError(f"mode must be 'stream' or 'poll', not {mode!r}")
+        if not guest and (username is None or password is None):
+            raise ValueError("username and password are required unless guest=True")
         self._reactor = reactor
         self.base_url = base_url.rstrip("/")
         self.username = username
@@ -295,14 +295,14 @@ class HeartbeatClient:
         self._registered = False
         self._seq = 0
         self._gen = 0
-        self._connected_since_login = False
+        self._session_since = 0.0
         self._hb_request: Deferred[Any] | None = None
         self._watchdog: IDelayedCall | None = None
         self._retry_call: IDelayedCall | None = None
         self._ack_timer: IDelayedCall | None = None
         self._ack_sent = 0
-        self._ack_in_flight = False
         self._login_in_progress = False
+        self._login_d: Deferred[Any] | None = None
         self._login_waiters: list[Deferred[SessionInfo]] = []
         self._connected_waiters: list[Deferred[SessionInfo]] = []
         self._stopped_waiters: list[Deferred[str]] = []
@@ -321,6 +321,13 @@ class HeartbeatClient:
         self._started = True
         self._attempt()
 
+    @property
+    def stopped(self) -> bool:
+        """
+        Whether the client has stopped for good.
+        """
+        return self._stopped
+
     def when_connected(self) -> Deferred[SessionInfo]:
         """
         Fire with the session once a heartbeat is held (at once if it is);
@@ -337,51 +344,44 @@ class HeartbeatClient:
     def when_stopped(self) -> Deferred[str]:
         """
         Fire with a reason (C{"logout"}, C{"stopped"}, C{"bye <reason>"})
-        when the client stops for good, or fail with the fatal error that
-        stopped it (for instance L{LoginRefused}).
+        when the client has stopped for good (after logging out, if it
+        does), or fail with the fatal error that stopped it (for instance
+        L{LoginRefused}).
         """
         d: Deferred[str] = Deferred()
-        if self._stop_result is not None:
+        if self._stop_result is not None and (self._logout_d is None or self._logout_d.called):
             _fire(d, self._stop_result)
         else:
             self._stopped_waiters.append(d)
         return d
 
-    def send_chat(self, to: str, text: str) -> Deferred[dict[str, Any]]:
+    def send_chat(self, to: str, text: str) -> Deferred[Any]:
         """
         C{POST /chat}: fire with the server's answer (C{{"delivered":
         "online"|"stored", "msgid": ...}}).
 
         Each message gets the next C{seq}; a connection error or a C{5xx} is
-        retried (up to L{chat_attempts} tries, with backoff) with the same
+        retried (up to L{retry_attempts} tries, with backoff) with the same
         C{seq}, so the server delivers it once. A C{403} (session gone)
-        waits for the new session and retries. Other errors fail with
-        L{ServerError}.
+        waits for the new session and tries again. Other errors fail with
+        L{ServerError}; if the client stops first, with L{ClientStopped}.
         """
         self._seq += 1
         fields = {"to": to, "msg": text, "seq": str(self._seq)}
-        return Deferred.fromCoroutine(
-            self._session_call("POST", "/chat", form=fields, retry=True)
-        )
+        return Deferred.fromCoroutine(self._session_call("POST", "/chat", form=fields, retry=True))
 
-    def init_chat(self, to: str) -> Deferred[dict[str, Any] | None]:
+    def init_chat(self, to: str) -> Deferred[Any]:
         """
         C{GET /initchat}: fire with C{None} (C{204}: both sides get
         C{msg initChat}) or the JSON answer (C{{"online": false}}).
         """
-        return Deferred.fromCoroutine(
-            self._session_call("GET", "/initchat", query={"to": to})
-        )
+        return Deferred.fromCoroutine(self._session_call("GET", "/initchat", query={"to": to}))
 
-    def presence(self, name: str) -> Deferred[dict[str, Any]]:
+    def presence(self, name: str) -> Deferred[Any]:
         """
         C{GET /api/presence/{name}}: a user's or a group's presence.
         """
-        from urllib.parse import quote
-
-        return Deferred.fromCoroutine(
-            self._call("GET", "/api/presence/" + quote(name, safe=""))
-        )
+        return Deferred.fromCoroutine(self._call("GET", "/api/presence/" + quote(name, safe="")))
 
     def call(
         self,
@@ -395,8 +395,8 @@ class HeartbeatClient:
         Any call that acts for the user: C{me} and C{id} are added (to the
         query for C{GET}, to the form body otherwise), the client waits for a
         session if there is none yet, and the JSON answer (or C{None}) is
-        returned. With C{retry}, connection errors are retried as for chat
-        (only for calls that are safe to repeat).
+        returned. With C{retry}, connection errors and C{5xx} answers are
+        retried as for chat: only for calls that are safe to repeat.
         """
         if method.upper() == "GET":
             coro = self._session_call(method, path, query=fields or {}, retry=retry)
@@ -404,29 +404,51 @@ class HeartbeatClient:
             coro = self._session_call(method, path, form=fields or {}, retry=retry)
         return Deferred.fromCoroutine(coro)
 
+    def post_body(
+        self, path: str, body: bytes, content_type: str, *, retry: bool = False
+    ) -> Deferred[Any]:
+        """
+        C{POST} a raw body for the user (C{me} and C{id} in the query), for
+        instance a SIP message to C{/sip} with C{"message/sip"}. Fires with
+        the JSON answer or C{None}; errors as for L{call}.
+        """
+        return Deferred.fromCoroutine(
+            self._session_call("POST", path, body=body, content_type=content_type, retry=retry)
+        )
+
     def ack(self) -> Deferred[None]:
         """
-        Acknowledge every frame seen so far at once (C{POST /ack}); the
-        client also does this by itself.
+        Acknowledge every frame seen so far now (C{POST /ack}); the client
+        also does this by itself.
         """
+        self._cancel_ack_timer()
         return Deferred.fromCoroutine(self._send_ack())
 
     def logout(self) -> Deferred[None]:
         """
         Stop reconnecting, release the heartbeat and C{POST /api/logout}.
-        Never fails; calling it again returns the same result.
+        Never fails; calling it again waits for the same logout.
         """
         if self._logout_d is None:
             self._logout_d = Deferred.fromCoroutine(self._logout())
         d: Deferred[None] = Deferred()
-        self._logout_d.addBoth(lambda r: (d.callback(None), r)[1])
+
+        def done(result: object) -> object:
+            if not d.called:
+                d.callback(None)
+            return result
+
+        self._logout_d.addBoth(done)
         return d
 
     def stop(self, reason: str = "stopped") -> None:
         """
-        Stop without logging out (the session stays until it expires).
+        Stop without logging out (the session lives on until it expires).
         """
-        self._shutdown(reason)
+        if self._stopped:
+            return
+        self._halt(reason)
+        self._fire_stopped()
 
     # -- the heartbeat loop ------------------------------------------------
 
@@ -451,6 +473,7 @@ class HeartbeatClient:
                 return
             self._login_in_progress = True
             d = Deferred.fromCoroutine(self._login())
+            self._login_d = d
             d.addCallbacks(self._logged_in, self._login_failed)
         else:
             self._heartbeat()
@@ -467,9 +490,16 @@ class HeartbeatClient:
             self.delay = min(self.delay * 2, self.max_delay)
         self._retry_call = self._reactor.callLater(delay, self._attempt)
 
+    def _cancel_retry(self) -> None:
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+
     def _logged_in(self, session: SessionInfo) -> None:
         self._login_in_progress = False
         if self._stopped:
+            # Logging out meanwhile: keep it so that logout ends it.
+            self.session = session
             return
         self._set_session(session)
         self._heartbeat()
@@ -484,7 +514,7 @@ class HeartbeatClient:
         self.acked_id = 0
         self._ack_sent = 0
         self._cancel_ack_timer()
-        self._connected_since_login = False
+        self._session_since = self._reactor.seconds()
         self._status(f"logged in as {session.username}")
         waiters, self._login_waiters = self._login_waiters, []
         for w in waiters:
@@ -493,10 +523,15 @@ class HeartbeatClient:
     def _login_failed(self, failure: Failure) -> None:
         self._login_in_progress = False
         if self._stopped:
+            if failure.check(LoginRefused):
+                # Nobody waits for this error any more; still say it.
+                self._status(f"login refused: {failure.value}")
             return
         if failure.check(LoginRefused):
-            self._status(f"login refused: {failure.value.message}")
-            self._shutdown(failure)
+            # when_stopped() fails with it: no status line of its own.
+            log.info("login refused: {why}", why=str(failure.value))
+            self._halt(failure)
+            self._fire_stopped()
             return
         self._status(f"login failed ({_describe(failure)}); retrying in {self.delay:g}s")
         self._schedule()
@@ -508,10 +543,12 @@ class HeartbeatClient:
         if session is None or session is not self.session or self._stopped:
             return
         self.session = None
+        self.connected = False
         self._abandon()
-        if self._connected_since_login:
-            # A session that worked has expired: log in again at once.
-            self._cancel_retry()
+        self._cancel_ack_timer()
+        self._cancel_retry()
+        if self._reactor.seconds() - self._session_since >= self.settled_session_age:
+            # A session that worked for a while has expired: log in again now.
             self._schedule(0)
         else:
             self._schedule()
@@ -545,11 +582,10 @@ class HeartbeatClient:
     def _abandon(self) -> None:
         """
         Forget the current heartbeat request, if any: its later data and end
-        are ignored (and its connection closed when next data arrives; the
-        server also releases it when the next request comes).
+        are ignored (its connection is closed when more data arrives; the
+        server also releases it when the next request of the session comes).
         """
         self._gen += 1
-        self.connected = False
         self._cancel_watchdog()
         d, self._hb_request = self._hb_request, None
         if d is not None and not d.called:
@@ -566,8 +602,6 @@ class HeartbeatClient:
 
     def _idle(self, gen: int) -> None:
         self._watchdog = None
-        if gen != self._gen:
-            return
         self._dropped(gen, f"nothing received for {self.idle_timeout:g}s")
 
     def _dropped(self, gen: int, why: str) -> None:
@@ -576,7 +610,7 @@ class HeartbeatClient:
         """
         if gen != self._gen or self._stopped:
             return
-        was_connected = self.connected
+        was_connected, self.connected = self.connected, False
         self._abandon()
         self._status(
             f"heartbeat {'dropped' if was_connected else 'failed'} ({why}); "
@@ -585,53 +619,44 @@ class HeartbeatClient:
         self._schedule()
 
     def _hb_error(self, failure: Failure, gen: int) -> None:
-        if gen != self._gen:
-            return
         self._dropped(gen, _describe(failure))
 
-    def _hb_response(
-        self, response: IResponse, gen: int, session: SessionInfo, ack: int
-    ) -> Deferred[None] | None:
+    def _hb_response(self, response: IResponse, gen: int, session: SessionInfo, ack: int) -> None:
         if gen != self._gen or self._stopped:
             _discard(self._http, response)
-            return None
+            return
         self._hb_request = None
         if response.code == 403:
             _discard(self._http, response)
-            self._abandon()
             self._status("session no longer valid (403); logging in again")
             self._invalidate(session)
-            return None
+            return
         if response.code != 200:
             d = Deferred.fromCoroutine(_error_of(self._http, response))
-            d.addBoth(
-                lambda r: self._dropped(gen, str(r.value if isinstance(r, Failure) else r))
-            )
-            return None
-        self.connected = True
-        self._connected_since_login = True
+            d.addCallback(lambda error: self._dropped(gen, str(error)))
+            return
         self.delay = self.initial_delay
         self.acked_id = max(self.acked_id, ack)
         self._ack_sent = max(self._ack_sent, ack)
         self._arm_watchdog(gen)
-        if self.mode == "stream":
-            self._status(f"connected (stream, ack={ack})")
+        if not self.connected:
+            self.connected = True
+            self._status(f"connected ({self.mode} mode, ack={ack})")
+            if self._on_connected is not None:
+                try:
+                    self._on_connected(session)
+                except Exception:
+                    log.failure("on_connected callback failed")
         waiters, self._connected_waiters = self._connected_waiters, []
         for w in waiters:
             w.callback(session)
-        if self._on_connected is not None:
-            try:
-                self._on_connected(session)
-            except Exception:
-                log.failure("on_connected callback failed")
         if gen != self._gen:
             # A callback stopped or restarted the client.
             _discard(self._http, response)
-            return None
+            return
         parser = EventStreamParser()
         body = self._http.collect(response, lambda data: self._data(gen, parser, data))
         body.addCallbacks(self._stream_end, self._stream_failed, (gen,), None, (gen,))
-        return None
 
     def _data(self, gen: int, parser: EventStreamParser, data: bytes) -> None:
         if gen != self._gen:
@@ -640,7 +665,7 @@ class HeartbeatClient:
         for event in parser.feed(data):
             self._event(event)
             if gen != self._gen:
-                # The frame ended this heartbeat (bye, or a callback).
+                # That frame ended this heartbeat (bye, or a callback).
                 raise _Abandoned()
 
     def _stream_end(self, _: None, gen: int) -> None:
@@ -648,10 +673,9 @@ class HeartbeatClient:
             return
         if self.mode == "poll":
             # A poll answer: ask again at once, acknowledging what it carried.
-            self._abandon()
             self._heartbeat()
         else:
-            self._dropped(gen, "server closed the stream")
+            self._dropped(gen, "the server ended the stream")
 
     def _stream_failed(self, failure: Failure, gen: int) -> None:
         if gen != self._gen or failure.check(_Abandoned):
@@ -684,19 +708,17 @@ class HeartbeatClient:
             frame = None
         if frame is not None and frame.kind == "bye":
             self._bye(frame.args[0] if frame.args else "")
-            return
-        if frame_id is not None:
+        elif frame_id is not None:
             self._frame_counted()
 
     def _frame_counted(self) -> None:
         if self._stopped:
             return
         if self.last_id - self._ack_sent >= self.ack_every_frames:
+            self._cancel_ack_timer()
             self._fire_ack()
         elif self._ack_timer is None and self.last_id > self._ack_sent:
-            self._ack_timer = self._reactor.callLater(
-                self.ack_every_seconds, self._ack_timer_fired
-            )
+            self._ack_timer = self._reactor.callLater(self.ack_every_seconds, self._ack_timer_fired)
 
     def _ack_timer_fired(self) -> None:
         self._ack_timer = None
@@ -708,7 +730,6 @@ class HeartbeatClient:
         self._ack_timer = None
 
     def _fire_ack(self) -> None:
-        self._cancel_ack_timer()
         d = Deferred.fromCoroutine(self._send_ack())
         d.addErrback(lambda f: log.failure("ack failed", f))
 
@@ -721,32 +742,34 @@ class HeartbeatClient:
         try:
             await self._call("POST", "/ack", query=_auth(session) + [("ack", str(n))])
         except Exception as e:
-            if session is self.session:
-                # Let the timer try again with whatever is pending then.
-                self._ack_sent = self.acked_id
-                if self._ack_timer is None and not self._stopped:
+            log.info("ack {n} failed: {why}", n=n, why=_describe(Failure(e)))
+            if session is self.session and not self._stopped:
+                # Try again later with whatever is pending then.
+                self._ack_sent = min(self._ack_sent, self.acked_id)
+                if self._ack_timer is None:
                     self._ack_timer = self._reactor.callLater(
                         self.ack_every_seconds, self._ack_timer_fired
                     )
-            log.info("ack {n} failed: {e}", n=n, e=e)
             return
         if session is self.session:
             self.acked_id = max(self.acked_id, n)
 
     def _bye(self, reason: str) -> None:
         session = self.session
-        self._status(f"server ended the session: {reason or 'no reason'}")
+        self._status(f"the server ended the session ({reason or 'no reason'})")
         if reason == "expired":
-            self._connected_since_login = True
+            self._session_since = float("-inf")
             self._invalidate(session)
         else:
-            self._shutdown(f"bye {reason}".strip())
+            self.session = None
+            self._halt(f"bye {reason}".strip())
+            self._fire_stopped()
 
     # -- login, logout, stopping ---------------------------------------------
 
     async def _login(self) -> SessionInfo:
         if self.guest:
-            code, body = await self._call("POST", "/api/guest", form={})
+            body = await self._call("POST", "/api/guest", form={})
         else:
             assert self.username is not None and self._password is not None
             creds = {"username": self.username, "password": self._password}
@@ -757,7 +780,7 @@ class HeartbeatClient:
                 except ServerError as e:
                     if e.code == 409:
                         log.info("{user} exists already; logging in", user=self.username)
-                    elif e.code in (400, 403):
+                    elif 400 <= e.code < 500 and e.code != 429:
                         raise LoginRefused(e.code, e.message) from None
                     else:
                         raise
@@ -768,8 +791,8 @@ class HeartbeatClient:
                 if e.code in (400, 401, 403):
                     raise LoginRefused(e.code, e.message) from None
                 raise
-        if not isinstance(body, dict) or "session" not in body:
-            raise ServerError(200, "login answer without a session")
+        if not isinstance(body, dict) or not body.get("session"):
+            raise ServerError(200, "the login answer carries no session")
         return SessionInfo(
             username=str(body.get("username") or self.username),
             session=str(body["session"]),
@@ -777,46 +800,57 @@ class HeartbeatClient:
         )
 
     async def _logout(self) -> None:
+        login = self._login_d if self._login_in_progress else None
+        self._halt("logout")
+        if login is not None:
+            # A login is on its way: let it finish, so that the session it
+            # creates is ended too rather than left to expire.
+            finished: Deferred[None] = Deferred()
+            login.addBoth(lambda r: (finished.callback(None), r)[1])
+            await finished
         session = self.session
-        self._shutdown("logout")
-        if session is None:
-            return
         try:
-            await self._call("POST", "/api/logout", form=dict(_auth(session)))
+            if session is not None:
+                await self._call("POST", "/api/logout", form=dict(_auth(session)))
+                self._status("logged out")
         except ServerError as e:
-            if e.code != 403:
-                log.warn("logout: {e}", e=e)
+            if e.code != 403:  # 403: the session was gone already
+                log.warn("logout: {e}", e=str(e))
         except Exception as e:
-            log.warn("logout failed: {e}", e=_describe(Failure(e)))
+            log.warn("logout failed: {why}", why=_describe(Failure(e)))
         finally:
+            self.session = None
             close = getattr(self._http, "close", None)
             if close is not None:
                 try:
                     await close()
                 except Exception:
                     pass
+            self._fire_stopped()
 
-    def _cancel_retry(self) -> None:
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        self._retry_call = None
-
-    def _shutdown(self, result: Failure | str) -> None:
+    def _halt(self, result: Failure | str) -> None:
         """
-        Stop everything; fire the waiters.
+        Stop the loop and every timer; fail whoever waits for a session.
         """
         if self._stopped:
             return
         self._stopped = True
         self._stop_result = result
+        self.connected = False
         self._abandon()
         self._cancel_retry()
         self._cancel_ack_timer()
         for sleep in list(self._sleeps):
             sleep.cancel()
-        for w in self._login_waiters + self._connected_waiters:
-            w.errback(ClientStopped(str(result.value) if isinstance(result, Failure) else result))
+        reason = str(result.value) if isinstance(result, Failure) else result
+        waiters = self._login_waiters + self._connected_waiters
         self._login_waiters, self._connected_waiters = [], []
+        for w in waiters:
+            w.errback(ClientStopped(reason))
+
+    def _fire_stopped(self) -> None:
+        result = self._stop_result
+        assert result is not None
         waiters, self._stopped_waiters = self._stopped_waiters, []
         for d in waiters:
             _fire(d, result)
@@ -833,7 +867,7 @@ class HeartbeatClient:
         return d
 
     async def _sleep(self, seconds: float) -> None:
-        d = deferLater(self._reactor, seconds, lambda: None)  # type: ignore[arg-type]
+        d: Deferred[None] = deferLater(self._reactor, seconds, lambda: None)  # type: ignore[arg-type]
         self._sleeps.add(d)
         try:
             await d
@@ -849,34 +883,36 @@ class HeartbeatClient:
         *,
         query: dict[str, str] | None = None,
         form: dict[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
         retry: bool = False,
     ) -> Any:
         """
-        A request that acts for the user, with C{me}/C{id} added and the
-        latest frame id acknowledged along the way. A C{403} waits for a new
-        session and tries again (once per session); with C{retry},
-        connection errors and C{5xx} answers are retried with backoff.
+        A request that acts for the user: C{me}/C{id} added, and the latest
+        frame id acknowledged on the way. A C{403} waits for a new session
+        and tries again (at most three times); with C{retry}, connection
+        errors and C{5xx} answers are retried with backoff, the request
+        unchanged.
         """
         attempts = 0
+        relogins = 0
         delay = self.initial_delay
         stale: SessionInfo | None = None
-        relogins = 0
         while True:
             session = await self._when_logged_in(not_this=stale)
-            ack = self.last_id
             params = _auth(session)
-            if ack and session is self.session:
+            ack = self.last_id
+            if ack:
                 params.append(("ack", str(ack)))
             try:
                 if form is not None:
+                    result = await self._call(method, path, form=dict(params) | form)
+                elif body is not None:
                     result = await self._call(
-                        method, path, query=list((query or {}).items()),
-                        form=dict(params) | form,
+                        method, path, query=params, body=body, content_type=content_type
                     )
                 else:
-                    result = await self._call(
-                        method, path, query=params + list((query or {}).items())
-                    )
+                    result = await self._call(method, path, query=params + list((query or {}).items()))
             except ServerError as e:
                 if e.code == 403 and relogins < 3 and not self._stopped:
                     relogins += 1
@@ -886,25 +922,22 @@ class HeartbeatClient:
                     continue
                 if not (retry and e.code >= 500):
                     raise
-                failure_text = str(e)
-            except (ClientStopped, LoginRefused):
+                why = str(e)
+            except ClientStopped:
                 raise
             except Exception as e:
                 if not retry:
                     raise
-                failure_text = _describe(Failure(e))
+                why = _describe(Failure(e))
             else:
-                if ack and session is self.session and "ack" in dict(params):
+                if ack and session is self.session:
                     self.acked_id = max(self.acked_id, ack)
                     self._ack_sent = max(self._ack_sent, ack)
                 return result
             attempts += 1
-            if attempts >= self.chat_attempts:
-                raise ServerError(0, f"{path} failed {attempts} times: {failure_text}")
-            log.info(
-                "{path} failed ({why}); retrying in {delay}s",
-                path=path, why=failure_text, delay=delay,
-            )
+            if attempts >= self.retry_attempts or self._stopped:
+                raise ServerError(0, f"gave up after {attempts} tries: {why}")
+            log.info("{path} failed ({why}); retrying in {delay}s", path=path, why=why, delay=delay)
             await self._sleep(delay)
             delay = min(delay * 2, self.max_delay)
 
@@ -915,6 +948,8 @@ class HeartbeatClient:
         *,
         query: list[tuple[str, str]] | None = None,
         form: dict[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
     ) -> Any:
         """
         One request; return the decoded JSON answer (C{None} for an empty
@@ -923,16 +958,19 @@ class HeartbeatClient:
         url = self.base_url + path
         if query:
             url += "?" + urlencode(query)
-        kwargs: dict[str, Any] = {"headers": {"Accept": ["application/json"]}}
+        headers = {"Accept": ["application/json"]}
+        kwargs: dict[str, Any] = {"headers": headers}
         if form is not None:
             kwargs["data"] = form
+        elif body is not None:
+            kwargs["data"] = body
+            headers["Content-Type"] = [content_type or "application/octet-stream"]
         d = self._http.request(method, url, **kwargs)
         d.addTimeout(self.request_timeout, self._reactor)  # type: ignore[arg-type]
         response = await d
         if response.code >= 400:
             raise await _error_of(self._http, response)
-        body = await self._http.content(response)
-        return _json_or_none(body)
+        return _json_or_none(await self._http.content(response))
 
 
 class _Abandoned(Exception):
@@ -993,8 +1031,7 @@ def _discard(http: HTTPClientLike, response: IResponse) -> None:
     """
     Read and drop a body nobody needs, so that its connection is released.
     """
-    d = http.content(response)
-    d.addErrback(lambda f: None)
+    http.content(response).addErrback(lambda f: None)
 
 
 def _describe(failure: Failure) -> str:
@@ -1004,15 +1041,19 @@ def _describe(failure: Failure) -> str:
     value = failure.value
     if isinstance(value, ServerError):
         return str(value)
-    from twisted.internet.defer import TimeoutError as DeferredTimeout
-    from twisted.internet.error import TimeoutError as ConnectTimeout
-
     if isinstance(value, (CancelledError, DeferredTimeout, ConnectTimeout)):
         return "timed out"
     reasons = getattr(value, "reasons", None)
-    if reasons:
-        # ResponseFailed and friends wrap the real causes.
-        return "; ".join(_describe(r) for r in reasons if isinstance(r, Failure))
+    if reasons and isinstance(reasons[0], Failure):
+        # ResponseFailed, ResponseNeverReceived... wrap the real causes; the
+        # first one says what happened (the others are consequences).
+        if reasons[0].check(ConnectionDone, ConnectionLost):
+            return "connection lost"
+        return _describe(reasons[0])
+    if isinstance(value, (ConnectionDone, ConnectionLost)):
+        return "connection lost"
+    if isinstance(value, ConnectionRefusedError):
+        return "connection refused"
     text = str(value).strip()
     name = type(value).__name__
     return f"{name}: {text}" if text else name
@@ -1029,30 +1070,50 @@ commands:
   /quit         log out and exit (also Ctrl-C or end of input)"""
 
 
-def _say(text: str) -> None:
+class Output:
     """
-    A user-facing notice on standard error (frames go to standard output).
+    Where the console writes: frames to standard output (through the
+    Twisted stdio transport when there is one, since it makes the descriptor
+    non-blocking), notices and errors to standard error.
     """
-    sys.stderr.write(f"* {text}\n")
-    sys.stderr.flush()
 
+    def __init__(self) -> None:
+        self.transport: Any = None
 
-def _print_frame(frame_id: int | None, text: str) -> None:
-    sys.stdout.write(format_frame(frame_id, text) + "\n")
-    sys.stdout.flush()
+    def frame(self, frame_id: int | None, text: str) -> None:
+        """
+        Print one frame (see L{format_frame}).
+        """
+        self.out(format_frame(frame_id, text) + "\n")
+
+    def out(self, text: str) -> None:
+        """
+        Write to standard output now.
+        """
+        if self.transport is not None:
+            self.transport.write(text.encode("utf-8"))
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def say(self, text: str) -> None:
+        """
+        A notice on standard error.
+        """
+        try:
+            sys.stderr.write(f"* {text}\n")
+            sys.stderr.flush()
+        except OSError:
+            pass
 
 
 class CommandHandler:
     """
     Runs console commands one after another against a L{HeartbeatClient}.
-    Kept apart from the line protocol so it can be tested with plain strings.
+    Kept apart from the line protocol so it can be tested with strings.
     """
 
-    def __init__(
-        self,
-        client: HeartbeatClient,
-        say: Callable[[str], None] = _say,
-    ) -> None:
+    def __init__(self, client: HeartbeatClient, say: Callable[[str], object]) -> None:
         self.client = client
         self.say = say
         self._queue: Deferred[None] = succeed(None)
@@ -1060,31 +1121,34 @@ class CommandHandler:
 
     def line(self, line: str) -> Deferred[None]:
         """
-        Queue one input line; the returned Deferred fires once it ran.
+        Queue one input line; the returned Deferred fires once it has run.
         """
         line = line.strip()
 
-        async def run(_: object) -> None:
+        async def run() -> None:
             try:
                 await self._run(line)
-            except ServerError as e:
-                self.say(f"error: {e.message} ({e.code})" if e.code else f"error: {e.message}")
             except ClientStopped:
-                self.say("not sent: the client has stopped")
+                self.say("not done: the client has stopped")
+            except ServerError as e:
+                self.say(f"error: {e}")
             except Exception as e:
                 self.say(f"error: {_describe(Failure(e))}")
 
-        self._queue.addCallback(lambda r: Deferred.fromCoroutine(run(r)))
-        done: Deferred[None] = Deferred()
-        self._queue.addBoth(lambda r: (done.callback(None), None)[1])
-        return done
+        self._queue.addCallback(lambda _: Deferred.fromCoroutine(run()))
+        return self.idle()
 
     def idle(self) -> Deferred[None]:
         """
         Fire once every command queued so far has run.
         """
         done: Deferred[None] = Deferred()
-        self._queue.addBoth(lambda r: (done.callback(None), None)[1])
+
+        def fire(result: object) -> None:
+            if not done.called:
+                done.callback(None)
+
+        self._queue.addBoth(fire)
         return done
 
     async def _run(self, line: str) -> None:
@@ -1096,21 +1160,19 @@ class CommandHandler:
                 self.say("usage: @USER TEXT")
                 return
             answer = await self.client.send_chat(to, text)
-            how = answer.get("delivered", "?") if isinstance(answer, dict) else "?"
-            msgid = answer.get("msgid", "?") if isinstance(answer, dict) else "?"
-            self.say(f"to {to}: {how} (msgid {msgid})")
+            answer = answer if isinstance(answer, dict) else {}
+            self.say(f"to {to}: {answer.get('delivered', '?')} (msgid {answer.get('msgid', '?')})")
             return
         word, _, rest = line.partition(" ")
         rest = rest.strip()
         if word == "/init" and rest:
             answer = await self.client.init_chat(rest)
             if isinstance(answer, dict) and answer.get("online") is False:
-                self.say(f"{rest} is offline (a chat message will be stored)")
+                self.say(f"{rest} is offline; a message will be stored for them")
             else:
                 self.say(f"chat with {rest} opened")
         elif word == "/who" and rest:
-            answer = await self.client.presence(rest)
-            self.say(_describe_presence(answer))
+            self.say(_describe_presence(await self.client.presence(rest)))
         elif word == "/quit":
             self.quitting = True
             await self.client.logout()
@@ -1122,44 +1184,73 @@ class CommandHandler:
 def _describe_presence(answer: Any) -> str:
     if not isinstance(answer, dict):
         return str(answer)
-    if "members" in answer:
+    if isinstance(answer.get("members"), list):
         members = ", ".join(
             f"{m.get('name')} ({'online' if m.get('online') else 'offline'})"
             for m in answer["members"]
             if isinstance(m, dict)
         )
         return f"{answer.get('name')}: {members or 'no members'}"
-    state = "online" if answer.get("online") else "offline"
-    return f"{answer.get('name')}: {state}"
+    return f"{answer.get('name')}: {'online' if answer.get('online') else 'offline'}"
 
 
-def _make_line_protocol(handler: CommandHandler) -> Any:
-    from twisted.protocols.basic import LineReceiver
+@implementer(IHalfCloseableProtocol)
+class ConsoleLines(LineReceiver):
+    """
+    Standard input, one command per line. The end of input logs out once
+    the queued commands have run (waiting at most C{eof_grace} seconds);
+    standard output stays open meanwhile, so frames keep being printed.
+    """
 
-    class ConsoleLines(LineReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = 65536
+    eof_grace = 30.0
+
+    def __init__(self, handler: CommandHandler, reactor: IReactorTime) -> None:
+        self.handler = handler
+        self.reactor = reactor
+        self.closed: Deferred[None] = Deferred()
+
+    def lineReceived(self, line: bytes) -> None:
         """
-        Standard input, one command per line; end of input logs out.
+        Queue one command.
+        """
+        self.handler.line(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        Drop an over-long line instead of closing standard input.
+        """
+        self.handler.say(f"line too long ({len(line)} bytes), ignored")
+
+    def readConnectionLost(self) -> None:
+        """
+        End of input: finish the queued commands, then log out.
+        """
+        if self.handler.quitting:
+            return
+        self.handler.quitting = True
+        done = self.handler.idle()
+        timer = self.reactor.callLater(self.eof_grace, lambda: done.called or done.callback(None))
+
+        def logout(_: object) -> Deferred[None]:
+            if timer.active():
+                timer.cancel()
+            return self.handler.client.logout()
+
+        done.addCallback(logout)
+
+    def writeConnectionLost(self) -> None:
+        """
+        Standard output closed: nothing to do, frames are dropped.
         """
 
-        delimiter = b"\n"
-
-        def lineReceived(self, line: bytes) -> None:
-            handler.line(line.rstrip(b"\r").decode("utf-8", errors="replace"))
-
-        def connectionLost(self, reason: Failure | None = None) -> None:
-            if handler.quitting:
-                return
-            handler.quitting = True
-            done = handler.idle()
-            # Do not wait forever for queued commands (say, no server).
-            waiting: Deferred[Any] = DeferredList(
-                [done, deferLater(handler.client._reactor, 30, lambda: None)],  # type: ignore[arg-type]
-                fireOnOneCallback=True,
-                consumeErrors=True,
-            )
-            waiting.addBoth(lambda _: handler.client.logout())
-
-    return ConsoleLines()
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """
+        Both directions closed.
+        """
+        if not self.closed.called:
+            self.closed.callback(None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1168,22 +1259,31 @@ def build_parser() -> argparse.ArgumentParser:
     """
     p = argparse.ArgumentParser(
         prog="presence-client",
-        description="Log in to a presence server, print frames as they "
-        "arrive and send chat messages typed on standard input.",
+        description="Log in to a presence server, hold the heartbeat, print frames "
+        "as they arrive and send chat messages typed on standard input.",
         epilog=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--server", default="http://127.0.0.1:8080", help="base URL (default %(default)s)")
     p.add_argument("--user", help="username (required unless --guest)")
     p.add_argument(
-        "--password",
-        help="password (default: $PRESENCE_PASSWORD, else asked on the terminal)",
+        "--password", help="password (default: $PRESENCE_PASSWORD, else asked on the terminal)"
     )
     p.add_argument("--register", action="store_true", help="register the user first (an existing name is fine)")
-    p.add_argument("--guest", action="store_true", help="log in as a guest")
+    p.add_argument("--guest", action="store_true", help="log in as a guest instead of a user")
     p.add_argument("--mode", choices=("stream", "poll"), default="stream", help="heartbeat mode (default %(default)s)")
-    p.add_argument("--no-stdin", action="store_true", help="do not read commands; run until interrupted")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="diagnostics on standard error (-vv: debug)")
+    p.add_argument("--no-stdin", action="store_true", help="read no commands; run until interrupted")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=65.0,
+        metavar="SECONDS",
+        help="replace a heartbeat that received nothing for this long; keep it above the "
+        "server's --keepalive plus --poll (default %(default)g)",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log diagnostics to standard error (-vv: debug)"
+    )
     return p
 
 
@@ -1196,73 +1296,118 @@ def _start_logging(verbosity: int) -> None:
         textFileLogObserver,
     )
 
-    level = {0: LogLevel.warn, 1: LogLevel.info}.get(verbosity, LogLevel.debug)
+    level = {0: LogLevel.error, 1: LogLevel.info}.get(verbosity, LogLevel.debug)
     observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr),
-        [LogLevelFilterPredicate(defaultLogLevel=level)],
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 async def _run(reactor: Any, args: argparse.Namespace, password: str | None) -> None:
-    quiet = args.verbose == 0
+    output = Output()
     client = HeartbeatClient(
         reactor,
         args.server,
         None if args.guest else args.user,
-        password,
-        on_frame=_print_frame,
+        None if args.guest else password,
+        on_frame=output.frame,
         mode=args.mode,
         register=args.register,
         guest=args.guest,
-        on_status=_say if quiet else None,
+        # With -v the same lines go to the log instead.
+        on_status=output.say if args.verbose == 0 else None,
+        idle_timeout=args.idle_timeout,
     )
     stopped = client.when_stopped()
 
     def before_shutdown() -> Deferred[None]:
-        # Ctrl-C: log out, but do not hold the exit for long.
+        # Ctrl-C or a signal: log out, but do not hold the exit for long.
         d = client.logout()
         d.addTimeout(3, reactor)
         d.addErrback(lambda f: None)
         return d
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+    lines: ConsoleLines | None = None
+    stdio: Any = None
     if not args.no_stdin:
         from twisted.internet.stdio import StandardIO
 
-        StandardIO(_make_line_protocol(CommandHandler(client)), reactor=reactor)
+        lines = ConsoleLines(CommandHandler(client, output.say), reactor)
+        stdio = StandardIO(lines, reactor=reactor)
+        output.transport = stdio
     client.start()
+    code = 0
     try:
         reason = await stopped
-    except ServerError as e:
-        _say(f"error: {e.message} ({e.code})")
-        raise SystemExit(1)
     except Exception as e:
-        _say(f"error: {_describe(Failure(e))}")
-        raise SystemExit(1)
-    if reason != "logout":
-        _say(reason)
-        await client.logout()
+        output.say(f"error: {_describe(Failure(e))}")
+        code = 1
+    else:
+        if reason != "logout":
+            # The server ended the session (msg bye ...).
+            output.say(f"stopped: {reason}")
+            code = 2
+            await client.logout()
+    if lines is not None and stdio is not None:
+        # Let what is buffered for standard output be written first.
+        lines.handler.quitting = True
+        stdio.loseConnection()
+        timer = reactor.callLater(2, lambda: lines.closed.called or lines.closed.callback(None))
+        await lines.closed
+        if timer.active():
+            timer.cancel()
+    if code:
+        raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     """
     The ``presence-client`` console script.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if not args.guest and not args.user:
-        build_parser().error("--user is required (or use --guest)")
+        parser.error("--user is required (or use --guest)")
     password = args.password
     if not args.guest and password is None:
         password = os.environ.get("PRESENCE_PASSWORD")
         if password is None:
             if not sys.stdin.isatty():
-                build_parser().error("--password or $PRESENCE_PASSWORD is required when stdin is not a terminal")
+                parser.error("--password or $PRESENCE_PASSWORD is needed when stdin is not a terminal")
             password = getpass.getpass(f"password for {args.user}: ")
     _start_logging(args.verbose)
     from twisted.internet.task import react
 
-    react(lambda reactor: Deferred.fromCoroutine(_run(reactor, args, password)))
+    # Twisted's stdio makes the descriptors non-blocking, which a terminal
+    # shares with the shell: put them back as they were on the way out.
+    saved = _fd_flags()
+    try:
+        react(lambda reactor: Deferred.fromCoroutine(_run(reactor, args, password)))
+    finally:
+        _restore_fd_flags(saved)
+
+
+def _fd_flags() -> dict[int, int]:
+    import fcntl
+
+    flags = {}
+    for fd in (0, 1, 2):
+        try:
+            flags[fd] = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError:
+            pass
+    return flags
+
+
+def _restore_fd_flags(flags: dict[int, int]) -> None:
+    import fcntl
+
+    for fd, value in flags.items():
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, value)
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,103 @@
+"""Session IDs and passwords never appear in the server's log (spec section 2)."""
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+
+from presence_harness import User, chat_ok, expect, login, register, unique_name, unique_password
+
+pytestmark = pytest.mark.integration
+
+
+def test_log_never_contains_session_ids_or_passwords(server_factory, heartbeats):
+    json_log = server_factory.base / "presence-log.json"
+    # --json-log: docs/decisions-draft.md (JSON log lines for operators)
+    s = server_factory.start(keepalive=1, poll=1, linger=2, json_log=str(json_log))
+    api = s.api()
+    secrets: list[str] = []
+
+    users = [register(api, unique_name(p)) for p in ("alice", "bob", "carol")]
+    secrets += [u.password for u in users]
+    for u in users:
+        login(api, u)
+        secrets.append(u.session)
+    alice, bob, carol = users
+    # a second session for alice, a JSON-body login, and failed logins
+    alice2 = login(api, User(alice.name, alice.password))
+    secrets.append(alice2.session)
+    r = api.post("/api/login", json_body={"username": bob.name, "password": bob.password})
+    expect(r, 200)
+    secrets.append(r.json()["session"])
+    wrong = unique_password()
+    secrets.append(wrong)
+    expect(api.post("/api/login", form={"username": alice.name, "password": wrong}), 401)
+    weak = "Wk" + unique_password()[-3:]
+    secrets.append(weak)
+    expect(api.post("/api/register", form={"username": unique_name("w"), "password": weak}), 400)
+    # Credentials in the query string (a careless client): whatever the
+    # server answers, the access log must not show them.
+    q_user = User(unique_name("query"), unique_password())
+    secrets.append(q_user.password)
+    api.post("/api/register", query={"username": q_user.name, "password": q_user.password})
+    r = api.post("/api/login", query={"username": q_user.name, "password": q_user.password})
+    if r.status == 200:
+        secrets.append(r.json()["session"])
+    api.get("/api/login", query={"username": alice.name, "password": alice.password})
+    made_up = "0123456789abcdef" + unique_password()
+    secrets.append(made_up)
+    expect(api.get("/api/messages", query={"me": alice.name, "id": made_up}), 403)
+
+    expect(api.post("/api/contacts", form={**bob.auth, "contact": alice.name}), 204)
+    hb_b = heartbeats.open(bob, server=s)
+    hb_a = heartbeats.open(alice, server=s)
+    hb_b.wait_for(f"msg update online {alice.name}", timeout=3)
+    chat_ok(api, alice, bob, "hi")
+    f = hb_b.wait_for(lambda f: f.kind == "chat", timeout=3)
+    # the session ID in the query string of other calls, and the synonym
+    expect(api.post("/ack", query={**bob.auth, "ack": f.id}), 204)
+    r = api.post("/chat", query={"me": bob.name, "sessionId": bob.session, "to": alice.name, "msg": "yo"})
+    expect(r, 202)
+    hb_a.wait_for(lambda f: f.kind == "chat", timeout=3)
+    hb_b2 = heartbeats.open(bob, server=s, last_event_id=f.id, mode="poll", wait=1)
+    hb_b2.wait_end(3)
+    hb_c = heartbeats.open(carol, server=s, mode="poll", wait=1)
+    hb_c.wait_end(3)
+    bad = heartbeats.open(User(carol.name, "", made_up), server=s)
+    assert bad.status == 403
+    expect(api.get("/api/welcome", query=alice.auth), 200)
+    expect(api.post("/api/logout", form=alice2.auth), 204)
+    hb_a.close()
+    hb_b.close()
+
+    s.stop()
+    assert_no_secret_in_logs(s, json_log, secrets)
+
+
+def assert_no_secret_in_logs(s, json_log, secrets) -> None:
+    text_log = s.output()
+    assert "presence ready" in text_log
+    assert json_log.exists(), "--json-log wrote no file"
+    log = text_log + "\n" + json_log.read_text("utf-8", "replace")
+    for secret in secrets:
+        for form in {secret, urllib.parse.quote(secret), urllib.parse.quote_plus(secret),
+                     json.dumps(secret)[1:-1]}:
+            if form in log:
+                lines = "\n".join(line[:400] for line in log.splitlines() if form in line)
+                pytest.fail(f"secret {secret!r} appears in the server log:\n{lines}", pytrace=False)
+
+
+def test_session_id_in_referer_is_not_logged(server_factory):
+    """A page whose own URL carries the session (the pattern of the heartbeat
+    URL, /jchat?me=..&id=..) sends it as the Referer of the requests it makes;
+    the access log must mask it there too."""
+    json_log = server_factory.base / "presence-log.json"
+    s = server_factory.start(json_log=str(json_log))
+    api = s.api()
+    alice = login(api, register(api, unique_name("alice")))
+    page = f"{s.base}/jchat?me={alice.name}&id={alice.session}"
+    expect(api.get("/api/welcome", query=alice.auth, headers={"Referer": page}), 200)
+    expect(api.get(f"/api/presence/{alice.name}", headers={"Referer": page}), 200)
+    s.stop()
+    assert_no_secret_in_logs(s, json_log, [alice.password, alice.session])

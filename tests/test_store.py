@@ -1,0 +1,407 @@
+"""The embedded directory (SQLite) and the password hashes.
+
+``SQLiteDirectory`` runs its SQL at once on this thread (``runner=run_now``),
+on a real file under ``tmp_path`` so that durability across a restart (a new
+directory object on the same file) is checked for real.
+"""
+
+from __future__ import annotations
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from helpers import failure_of, result_of
+from presence.store import passwords
+from presence.store.interface import IDirectory, NameTaken
+from presence.store.sqlite import SQLiteDirectory, open_directory, run_now
+
+HASH = "scrypt$1$8$1$00$00"  # the directory stores hashes as given
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "data" / "presence.sqlite3")
+
+
+@pytest.fixture
+def store(path):
+    s = SQLiteDirectory(path, runner=run_now)
+    yield s
+    s.stop()
+
+
+def reopen(store: SQLiteDirectory) -> SQLiteDirectory:
+    """Close the directory and open the same file again (a server restart)."""
+    store.stop()
+    return SQLiteDirectory(store.path, runner=run_now)
+
+
+def test_provides_idirectory(store):
+    assert verifyObject(IDirectory, store)
+
+
+def test_open_directory_creates_the_data_dir(tmp_path):
+    store = open_directory(str(tmp_path / "new" / "dir"), runner=run_now)
+    try:
+        assert result_of(store.create_user("alice", HASH)) == "alice"
+        assert (tmp_path / "new" / "dir" / "presence.sqlite3").exists()
+    finally:
+        store.stop()
+
+
+def test_calls_before_start_fail_clearly(path):
+    store = SQLiteDirectory(path)  # no runner, not started
+    try:
+        with pytest.raises(RuntimeError, match="not started"):
+            store.get_user("alice")
+    finally:
+        store.stop()
+
+
+# -- users ----------------------------------------------------------------------
+
+def test_create_and_get_user(store):
+    result_of(store.create_user("alice", HASH, "a@example.com", "+4930123", "+4917011",
+                                now=1234.5))
+    user = result_of(store.get_user("alice"))
+    assert user["name"] == "alice"
+    assert user["password_hash"] == HASH
+    assert (user["email"], user["phone"], user["wireless"]) == (
+        "a@example.com", "+4930123", "+4917011")
+    assert user["created"] == 1234.5
+    assert user["last_login"] is None and user["last_seen"] is None
+    assert user["hits_offline"] == 0
+
+
+def test_unknown_user_is_none(store):
+    assert result_of(store.get_user("nobody")) is None
+
+
+def test_user_name_taken_by_user(store):
+    result_of(store.create_user("alice", HASH))
+    failure_of(store.create_user("alice", "scrypt$other"), NameTaken)
+    # the first account is untouched
+    assert result_of(store.get_user("alice"))["password_hash"] == HASH
+
+
+def test_user_name_taken_by_group_and_alias(store):
+    result_of(store.create_user("alice", HASH))
+    result_of(store.create_group("friends", "alice"))
+    result_of(store.add_alias("alice", "ally"))
+    failure_of(store.create_user("friends", HASH), NameTaken)
+    failure_of(store.create_user("ally", HASH), NameTaken)
+    assert result_of(store.get_user("friends")) is None
+    assert result_of(store.get_user("ally")) is None
+
+
+def test_group_name_taken_by_user_alias_and_group(store):
+    result_of(store.create_user("alice", HASH))
+    result_of(store.add_alias("alice", "ally"))
+    result_of(store.create_group("friends", "alice"))
+    for name in ("alice", "ally", "friends"):
+        failure_of(store.create_group(name, "alice"), NameTaken)
+    # a failed create leaves no half-made group behind
+    assert result_of(store.get_group("ally")) is None
+    assert result_of(store.members("ally")) == []
+
+
+def test_alias_name_taken(store):
+    result_of(store.create_user("alice", HASH))
+    result_of(store.create_user("bob", HASH))
+    result_of(store.create_group("friends", "alice"))
+    result_of(store.add_alias("alice", "ally"))
+    for name in ("bob", "friends", "ally"):
+        failure_of(store.add_alias("bob", name), NameTaken)
+    assert result_of(store.aliases("bob")) == []
+    assert result_of(store.aliases("alice")) == ["ally"]
+
+
+def test_resolve_user_group_alias_unknown(store):
+    result_of(store.create_user("alice", HASH))
+    result_of(store.create_group("friends", "alice"))
+    result_of(store.add_alias("alice", "alice@example.com"))
+    result_of(store.add_alias("alice", "+4930123"))
+    assert result_of(store.resolve("alice")) == ("user", "alice")
+    assert result_of(store.resolve("friends")) == ("group", "friends")
+    assert result_of(store.resolve("alice@example.com")) == ("user", "alice")
+    assert result_of(store.resolve("+4930123")) == ("user", "alice")
+    assert result_of(store.resolve("nobody")) is None
+    assert result_of(store.aliases("alice")) == ["+4930123", "alice@example.com"]
+
+
+def test_record_login_returns_previous_figures_and_resets_hits(store):
+    result_of(store.create_user("alice", HASH, now=100.0))
+    first = result_of(store.record_login("alice", 200.0))
+    assert first == {"last_login": None, "last_seen": None, "hits_offline": 0}
+
+    result_of(store.record_offline("alice", 300.0))
+    for _ in range(3):
+        result_of(store.add_hit("alice"))
+    assert result_of(store.get_user("alice"))["hits_offline"] == 3
+
+    second = result_of(store.record_login("alice", 400.0))
+    assert second == {"last_login": 200.0, "last_seen": 300.0, "hits_offline": 3}
+    user = result_of(store.get_user("alice"))
+    assert user["last_login"] == 400.0
+    assert user["hits_offline"] == 0
+
+    third = result_of(store.record_login("alice", 500.0))
+    assert third["last_login"] == 400.0 and third["hits_offline"] == 0
+
+
+def test_record_login_of_unknown_user(store):
+    figures = result_of(store.record_login("ghost", 1.0))
+    assert figures == {"last_login": None, "last_seen": None, "hits_offline": 0}
+    assert result_of(store.get_user("ghost")) is None
+
+
+def test_add_hit_counts_per_user(store):
+    result_of(store.create_user("alice", HASH))
+    result_of(store.create_user("bob", HASH))
+    result_of(store.add_hit("alice"))
+    result_of(store.add_hit("alice"))
+    result_of(store.add_hit("bob"))
+    assert result_of(store.get_user("alice"))["hits_offline"] == 2
+    assert result_of(store.get_user("bob"))["hits_offline"] == 1
+
+
+# -- groups and address books --------------------------------------------------------
+
+def test_create_group_owner_is_member(store):
+    result_of(store.create_user("alice", HASH))
+    result_of(store.create_group("friends", "alice", "scrypt$grp", now=7.0))
+    group = result_of(store.get_group("friends"))
+    assert group["name"] == "friends" and group["owner"] == "alice"
+    assert group["password_hash"] == "scrypt$grp" and group["created"] == 7.0
+    assert result_of(store.members("friends")) == ["alice"]
+    assert result_of(store.get_group("nothing")) is None
+
+
+def test_join_leave_members(store):
+    for name in ("alice", "bob", "carol"):
+        result_of(store.create_user(name, HASH))
+    result_of(store.create_group("friends", "bob"))
+    assert result_of(store.join("friends", "carol")) is True
+    assert result_of(store.join("friends", "alice")) is True
+    assert result_of(store.join("friends", "alice")) is False  # already a member
+    assert result_of(store.members("friends")) == ["alice", "bob", "carol"]  # sorted
+    assert result_of(store.leave("friends", "alice")) is True
+    assert result_of(store.leave("friends", "alice")) is False
+    assert result_of(store.members("friends")) == ["bob", "carol"]
+
+
+def test_memberships_include_address_book_owners(store):
+    for name in ("alice", "bob", "carol", "dave"):
+        result_of(store.create_user(name, HASH))
+    result_of(store.create_group("friends", "alice"))
+    result_of(store.create_group("work", "bob"))
+    result_of(store.join("work", "alice"))
+    result_of(store.add_contact("carol", "alice"))
+    result_of(store.add_contact("dave", "alice"))
+    result_of(store.add_contact("alice", "bob"))  # alice's own book is not hers to be in
+    groups, owners = result_of(store.memberships("alice"))
+    assert sorted(groups) == ["friends", "work"]
+    assert sorted(owners) == ["carol", "dave"]
+    assert result_of(store.memberships("nobody")) == ([], [])
+
+
+def test_contacts(store):
+    for name in ("alice", "bob", "carol"):
+        result_of(store.create_user(name, HASH))
+    assert result_of(store.add_contact("alice", "carol")) is True
+    assert result_of(store.add_contact("alice", "bob")) is True
+    assert result_of(store.add_contact("alice", "bob")) is False
+    assert result_of(store.contacts("alice")) == ["bob", "carol"]
+    assert result_of(store.contacts("bob")) == []  # not symmetric
+    assert result_of(store.remove_contact("alice", "bob")) is True
+    assert result_of(store.remove_contact("alice", "bob")) is False
+    assert result_of(store.contacts("alice")) == ["carol"]
+
+
+# -- message boxes ---------------------------------------------------------------
+
+def test_messages_newest_first_with_fields(store):
+    first = result_of(store.store_message("bob", "alice", "one", 10.0))
+    second = result_of(store.store_message("bob", "anonymous", "two\nlines", 20.0))
+    result_of(store.store_message("carol", "alice", "not bob's", 15.0))
+    assert isinstance(first, int) and second != first
+    box = result_of(store.messages("bob"))
+    assert box == [
+        {"id": second, "from": "anonymous", "text": "two\nlines", "time": 20.0, "read": False},
+        {"id": first, "from": "alice", "text": "one", "time": 10.0, "read": False},
+    ]
+    assert result_of(store.messages("nobody")) == []
+
+
+def test_messages_limit_keeps_newest(store):
+    ids = [result_of(store.store_message("bob", "alice", f"m{i}", float(i))) for i in range(5)]
+    box = result_of(store.messages("bob", limit=2))
+    assert [m["id"] for m in box] == [ids[4], ids[3]]
+
+
+def test_repeated_msgid_kept_once(store):
+    first = result_of(store.store_message("bob", "alice", "hello", 1.0, msgid="abc123"))
+    again = result_of(store.store_message("bob", "alice", "hello", 2.0, msgid="abc123"))
+    assert again == first
+    assert [m["text"] for m in result_of(store.messages("bob"))] == ["hello"]
+    assert result_of(store.unread("bob")) == 1
+    # without a msgid every call is a new message
+    result_of(store.store_message("bob", "alice", "hello", 3.0))
+    result_of(store.store_message("bob", "alice", "hello", 3.0))
+    assert result_of(store.unread("bob")) == 3
+
+
+def test_mark_read_only_for_the_recipient(store):
+    ident = result_of(store.store_message("bob", "alice", "for bob", 1.0))
+    other = result_of(store.store_message("bob", "alice", "also for bob", 2.0))
+    assert result_of(store.unread("bob")) == 2
+    assert result_of(store.mark_read("carol", ident)) is False
+    assert result_of(store.unread("bob")) == 2
+    assert result_of(store.mark_read("bob", ident)) is True
+    assert result_of(store.unread("bob")) == 1
+    box = {m["id"]: m["read"] for m in result_of(store.messages("bob"))}
+    assert box == {ident: True, other: False}
+    assert result_of(store.mark_read("bob", 999999)) is False
+
+
+def test_unread_counts_per_recipient(store):
+    result_of(store.store_message("bob", "alice", "x", 1.0))
+    result_of(store.store_message("carol", "alice", "y", 1.0))
+    result_of(store.store_message("carol", "alice", "z", 1.0))
+    assert result_of(store.unread("bob")) == 1
+    assert result_of(store.unread("carol")) == 2
+    assert result_of(store.unread("alice")) == 0
+
+
+# -- durability -------------------------------------------------------------------
+
+def test_everything_survives_a_restart(store):
+    result_of(store.create_user("alice", HASH, "a@example.com", now=1.0))
+    result_of(store.create_user("bob", HASH))
+    result_of(store.add_alias("alice", "ally"))
+    result_of(store.create_group("friends", "alice", "scrypt$grp"))
+    result_of(store.join("friends", "bob"))
+    result_of(store.add_contact("bob", "alice"))
+    result_of(store.record_login("alice", 50.0))
+    result_of(store.record_offline("alice", 60.0))
+    result_of(store.add_hit("alice"))
+    kept = result_of(store.store_message("alice", "bob", "see you", 70.0, msgid="m1"))
+    read = result_of(store.store_message("alice", "bob", "read me", 71.0))
+    result_of(store.mark_read("alice", read))
+
+    again = reopen(store)
+    try:
+        user = result_of(again.get_user("alice"))
+        assert user["email"] == "a@example.com" and user["password_hash"] == HASH
+        assert (user["last_login"], user["last_seen"], user["hits_offline"]) == (50.0, 60.0, 1)
+        assert result_of(again.resolve("ally")) == ("user", "alice")
+        assert result_of(again.resolve("friends")) == ("group", "friends")
+        assert result_of(again.get_group("friends"))["password_hash"] == "scrypt$grp"
+        assert result_of(again.members("friends")) == ["alice", "bob"]
+        assert result_of(again.contacts("bob")) == ["alice"]
+        assert result_of(again.memberships("alice")) == (["friends"], ["bob"])
+        box = result_of(again.messages("alice"))
+        assert [(m["id"], m["text"], m["read"]) for m in box] == [
+            (read, "read me", True), (kept, "see you", False)]
+        assert result_of(again.unread("alice")) == 1
+        # names stay taken and msgids stay de-duplicated after the restart
+        failure_of(again.create_user("ally", HASH), NameTaken)
+        assert result_of(again.store_message("alice", "bob", "see you", 80.0, "m1")) == kept
+        assert result_of(again.unread("alice")) == 1
+    finally:
+        again.stop()
+
+
+def test_started_directory_runs_on_its_worker_thread(path):
+    """``start`` (what the server does) moves the SQL to a thread of its own;
+    with a fake reactor the results come back through callFromThread."""
+    import threading
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    class ThreadReactor(MemoryReactorClock):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+            self.lock = threading.Condition()
+
+        def callFromThread(self, f, *args, **kw):
+            with self.lock:
+                self.calls.append((f, args, kw))
+                self.lock.notify_all()
+
+    reactor = ThreadReactor()
+    store = SQLiteDirectory(path)
+    store.start(reactor)
+    try:
+        d = store.create_user("alice", HASH)
+        with reactor.lock:
+            assert reactor.lock.wait_for(lambda: reactor.calls, timeout=10)
+        f, args, kw = reactor.calls.pop()
+        f(*args, **kw)
+        assert result_of(d) == "alice"
+    finally:
+        store.stop()
+    again = SQLiteDirectory(path, runner=run_now)
+    try:
+        assert result_of(again.get_user("alice"))["name"] == "alice"
+    finally:
+        again.stop()
+
+
+# -- password hashes ------------------------------------------------------------------
+
+def test_hash_and_check_round_trip():
+    stored = passwords.hash_password("correct horse", cost=1)
+    assert stored.startswith("scrypt$1$")
+    assert "correct horse" not in stored
+    assert passwords.check_password("correct horse", stored) is True
+
+
+def test_wrong_password_is_refused():
+    stored = passwords.hash_password("correct horse", cost=1)
+    assert passwords.check_password("correct horsf", stored) is False
+    assert passwords.check_password("", stored) is False
+
+
+def test_hashes_are_salted():
+    a = passwords.hash_password("same", cost=1)
+    b = passwords.hash_password("same", cost=1)
+    assert a != b
+    assert passwords.check_password("same", a) and passwords.check_password("same", b)
+
+
+def test_hash_records_its_cost():
+    stored = passwords.hash_password("pw-pw-pw", cost=3)
+    assert stored.split("$")[1] == "3"
+    assert passwords.check_password("pw-pw-pw", stored)
+
+
+def test_unicode_password():
+    stored = passwords.hash_password("pässwörd-✓", cost=1)
+    assert passwords.check_password("pässwörd-✓", stored)
+    assert not passwords.check_password("passwort-✓", stored)
+
+
+@pytest.mark.parametrize("stored", [
+    "",
+    "garbage",
+    "bcrypt$1$8$1$00$00",
+    "scrypt$1$8$1$00",                      # a field missing
+    "scrypt$1$8$1$00$00$00",                # a field too many
+    "scrypt$x$8$1$00$00",                   # cost not a number
+    "scrypt$0$8$1$00$00",                   # N = 1 is not valid
+    "scrypt$40$8$1$00$00",                  # beyond any memory limit
+    "scrypt$1$0$1$00$00",                   # r = 0
+    "scrypt$1$8$1$zz$00",                   # salt not hex
+])
+def test_malformed_stored_hash_is_false(stored):
+    assert passwords.check_password("pw", stored) is False
+
+
+def test_malformed_stored_hash_with_non_hex_key_is_false():
+    assert passwords.check_password("pw", "scrypt$1$8$1$00$zz") is False
+
+
+def test_malformed_stored_hash_with_negative_cost_is_false():
+    assert passwords.check_password("pw", "scrypt$-1$8$1$00$00") is False

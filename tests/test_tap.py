@@ -1,0 +1,235 @@
+"""``twistd presence``: the options and the service tree (no sockets).
+
+``makeService`` is given a ``MemoryReactorClock``: starting the tree records
+the TCP listen instead of opening a socket, and the sweep runs on the fake
+clock.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python import usage
+
+from helpers import RawConnection, dechunk, split_response
+from presence import tap
+from presence.sweep import SweepService
+from presence.web.http import PresenceSite
+
+OPTIONS = ["http", "data", "domain", "host-box", "keepalive", "poll", "linger",
+           "session-ttl", "mailbox", "hash-cost", "json-log"]
+
+
+def parse(*args: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(args))
+    return options
+
+
+# -- options ----------------------------------------------------------------------
+
+def test_defaults():
+    o = parse()
+    assert o["http"] == "tcp:8080"
+    assert o["data"] == "./presence-data"
+    assert o["domain"] == "localhost"
+    assert o["host-box"] is None
+    assert o["keepalive"] == 25.0
+    assert o["poll"] == 4.0
+    assert o["linger"] == 8.0  # two poll intervals
+    assert o["session-ttl"] == 3600.0
+    assert o["mailbox"] == 1000
+    assert o["hash-cost"] == 14
+    assert o["json-log"] is None
+
+
+def test_values_are_parsed():
+    o = parse("--http", "tcp:18081:interface=127.0.0.1", "--data", "/tmp/x",
+              "--domain", "example.org", "--host-box", "box7:80", "--keepalive", "2.5",
+              "--poll", "0.5", "--linger", "0", "--session-ttl", "60", "--mailbox", "5",
+              "--hash-cost", "1", "--json-log", "/tmp/log.json")
+    assert o["http"] == "tcp:18081:interface=127.0.0.1"
+    assert o["data"] == "/tmp/x"
+    assert o["domain"] == "example.org"
+    assert o["host-box"] == "box7:80"
+    assert o["keepalive"] == 2.5
+    assert o["poll"] == 0.5
+    assert o["linger"] == 0
+    assert o["session-ttl"] == 60
+    assert o["mailbox"] == 5 and isinstance(o["mailbox"], int)
+    assert o["hash-cost"] == 1 and isinstance(o["hash-cost"], int)
+    assert o["json-log"] == "/tmp/log.json"
+
+
+def test_linger_defaults_to_two_polls():
+    assert parse("--poll", "3")["linger"] == 6.0
+    assert parse("--poll", "3", "--linger", "1")["linger"] == 1.0
+
+
+@pytest.mark.parametrize("args", [
+    ["--keepalive", "-1"], ["--keepalive", "0"], ["--keepalive", "soon"],
+    ["--poll", "-4"], ["--poll", "0"], ["--linger", "-1"],
+    ["--session-ttl", "0"], ["--mailbox", "0"], ["--mailbox", "1.5"],
+    ["--hash-cost", "0"], ["--hash-cost", "21"], ["--hash-cost", "x"],
+    ["--http", "bogus:1"], ["--http", "tcp:notaport"], ["--http", "tcp:"], ["--http", ""],
+    ["--http", "tcp:8080:backlog=many"],
+    ["--no-such-option"], ["surplus"],
+])
+def test_bad_options_are_usage_errors(args):
+    with pytest.raises(usage.UsageError):
+        parse(*args)
+
+
+def test_bad_http_endpoint_message_names_the_option():
+    with pytest.raises(usage.UsageError, match="--http"):
+        parse("--http", "bogus:1")
+
+
+def test_bad_ssl_endpoint_is_a_usage_error():
+    with pytest.raises(usage.UsageError):
+        parse("--http", "ssl:8443:privateKey=/nonexistent/server.pem")
+
+
+def test_other_endpoint_types_are_accepted():
+    assert parse("--http", "unix:/tmp/presence.sock")["http"] == "unix:/tmp/presence.sock"
+    assert parse("--http", "tcp6:8080:interface=\\:\\:1")["http"].startswith("tcp6:")
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse("--help")
+    assert exit.value.code in (0, None)
+    text = capsys.readouterr().out
+    for name in OPTIONS:
+        assert f"--{name}=" in text, name
+    assert "--help" in text
+    # the defaults are shown
+    assert "tcp:8080" in text and "./presence-data" in text
+
+
+def test_plugin_is_found_by_twistd():
+    from twisted.plugin import getPlugins
+    from twisted import plugins
+
+    makers = {p.tapname: p for p in getPlugins(IServiceMaker, plugins)}
+    assert "presence" in makers
+    maker = makers["presence"]
+    assert maker.options is tap.Options
+    assert maker.makeService is tap.makeService
+
+
+# -- the service tree ----------------------------------------------------------------
+
+@pytest.fixture
+def built(tmp_path):
+    """A service tree on a MemoryReactorClock; stopped at teardown if started."""
+    made = []
+
+    def build(*args: str):
+        options = parse("--http", "tcp:18081:interface=127.0.0.1",
+                        "--data", str(tmp_path / "data"), "--hash-cost", "1", *args)
+        reactor = MemoryReactorClock()
+        top = tap.makeService(options, reactor=reactor)
+        made.append(top)
+        return top, reactor
+
+    yield build
+    for top in made:
+        if top.running:
+            top.stopService()
+
+
+def children(top: MultiService):
+    return list(top)
+
+
+def test_service_tree(built, tmp_path):
+    top, reactor = built()
+    assert IService.providedBy(top)
+    kinds = [type(s) for s in children(top)]
+    assert kinds.count(tap.ListenService) == 1
+    assert kinds.count(tap.DirectoryService) == 1
+    assert kinds.count(SweepService) == 1
+    listener = next(s for s in top if isinstance(s, tap.ListenService))
+    assert isinstance(listener.factory, PresenceSite)
+    sweep = next(s for s in top if isinstance(s, SweepService))
+    assert sweep.interval == 4.0
+    assert sweep.clock is reactor
+    assert (tmp_path / "data").is_dir()
+    # nothing listens before the tree is started
+    assert reactor.tcpServers == []
+
+
+def test_start_listens_and_logs_ready(built, tmp_path):
+    top, reactor = built()
+    with capturedLogs() as events:
+        top.startService()
+    assert len(reactor.tcpServers) == 1
+    port, factory, backlog, interface = reactor.tcpServers[0]
+    assert port == 18081
+    assert interface == "127.0.0.1"
+    assert isinstance(factory, PresenceSite)
+    ready = [formatEvent(e) for e in events if "presence ready" in formatEvent(e)]
+    assert len(ready) == 1
+    assert ":18081" in ready[0]
+    # the store is open: its file exists under --data
+    assert (tmp_path / "data" / "presence.sqlite3").exists()
+    top.stopService()
+    assert not top.running
+
+
+def test_host_box_option_is_reported(built):
+    top, reactor = built("--host-box", "box7.example:80")
+    with capturedLogs() as events:
+        top.startService()
+    ready = [formatEvent(e) for e in events if "presence ready" in formatEvent(e)]
+    assert "box7.example:80" in ready[0]
+
+
+def test_sweep_runs_every_poll_interval(built):
+    top, reactor = built("--poll", "2")
+    top.startService()
+    sweep = next(s for s in top if isinstance(s, SweepService))
+    reactor.advance(1.9)
+    assert sweep.sweeps == 0
+    reactor.advance(0.1)
+    assert sweep.sweeps == 1
+    reactor.advance(2)
+    reactor.advance(2)
+    assert sweep.sweeps == 3
+    top.stopService()
+    reactor.advance(10)
+    assert sweep.sweeps == 3  # stopped with the tree
+
+
+def test_listening_site_serves_the_heartbeat_and_stats(built):
+    top, reactor = built()
+    top.startService()
+    factory = reactor.tcpServers[0][1]
+    conn = RawConnection(factory)
+    raw = conn.send(b"GET /jchat?me=alice&id=nope HTTP/1.1\r\nHost: x\r\n"
+                    b"Connection: close\r\n\r\n")
+    status, headers, body = split_response(raw)
+    assert status == 403
+    assert headers["content-type"] == "application/json"
+    conn = RawConnection(factory)
+    raw = conn.send(b"GET /api/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, headers, body = split_response(raw)
+    assert status == 200
+    payload = body if "content-length" in headers else dechunk(body)
+    stats = json.loads(payload)
+    for key in ("sessions", "held", "online_users", "sweeps", "sweep_max_ms", "uptime"):
+        assert key in stats, key
+
+
+def test_stop_closes_the_store(built):
+    top, reactor = built()
+    top.startService()
+    directory = next(s for s in top if isinstance(s, tap.DirectoryService))
+    assert directory.store._pool is not None  # SQL on a worker thread while running
+    top.stopService()
+    assert directory.store._pool is None
