@@ -1,9 +1,15 @@
-"""The HTTP front-end's resource tree: ``/jchat`` is a plain, light resource
-(thousands are held at once); everything else is the Klein app."""
+"""The HTTP front-end's resource tree.
+
+The first path segment picks a front-end: ``/jchat`` is a plain, light
+resource (thousands are held at once); the JSON API answers ``/api``,
+``/chat``, ``/initchat`` and ``/ack``; another front-end (pages, SIP tunnel,
+WML) adds its own segments with :meth:`Root.mount` or becomes the default
+that every other path goes to.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from twisted.web import resource
 
@@ -12,26 +18,43 @@ from presence.web.api import PresenceAPI
 from presence.web.heartbeat import HeartbeatResource
 from presence.web.http import PresenceSite
 
+#: the first segments the JSON API answers
+API_SEGMENTS = (b"api", b"chat", b"initchat", b"ack")
+
 
 class Root(resource.Resource):
-    def __init__(self, heartbeat: resource.IResource, app: resource.IResource) -> None:
+    def __init__(self, default: resource.IResource) -> None:
         super().__init__()
-        self.heartbeat = heartbeat
-        self.app = app
+        self.default = default
+        self.routes: Dict[bytes, resource.IResource] = {}
+        self.whole_path: set[bytes] = set()
+
+    def mount(self, segment: bytes, child: resource.IResource, whole_path: bool = False) -> None:
+        """Send paths starting with ``segment`` to ``child``.  With
+        ``whole_path`` (a Klein app) the child sees the whole path."""
+        self.routes[segment] = child
+        if whole_path:
+            self.whole_path.add(segment)
 
     def getChildWithDefault(self, name: bytes, request) -> resource.IResource:
-        if name == b"jchat":
-            return self.heartbeat
+        child = self.routes.get(name)
+        if child is None:
+            child = self.default
+        elif name not in self.whole_path:
+            return child
         # hand the whole path to Klein, which routes on it
         request.postpath.insert(0, request.prepath.pop())
-        return self.app
+        return child
 
     def render(self, request):
-        return self.app.render(request)
+        return self.default.render(request)
 
 
 def make_site(service: PresenceService, keepalive: float, reactor=None,
               stats: Optional[Callable[[], dict]] = None) -> PresenceSite:
-    api = PresenceAPI(service, stats)
-    heartbeat = HeartbeatResource(service.hub, service.clock, keepalive)
-    return PresenceSite(Root(heartbeat, api.app.resource()), reactor=reactor)
+    api = PresenceAPI(service, stats).app.resource()
+    root = Root(default=api)
+    root.mount(b"jchat", HeartbeatResource(service.hub, service.clock, keepalive))
+    for segment in API_SEGMENTS:
+        root.mount(segment, api, whole_path=True)
+    return PresenceSite(root, reactor=reactor)
