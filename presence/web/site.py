@@ -9,7 +9,7 @@ that every other path goes to.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from twisted.web import resource
 
@@ -51,10 +51,17 @@ class Root(resource.Resource):
 
 
 def make_site(service: PresenceService, keepalive: float, reactor=None,
-              stats: Optional[Callable[[], dict]] = None) -> PresenceSite:
+              stats: Optional[Callable[[], dict]] = None,
+              mounts: Optional[Dict[bytes, Tuple[resource.IResource, bool]]] = None,
+              default: Optional[resource.IResource] = None) -> PresenceSite:
+    """The site: heartbeat and JSON API, plus ``mounts`` (first segment ->
+    (resource, whole_path)) of other front-ends; paths no front-end claims
+    go to ``default`` (the pages, once they exist; else the API's 404s)."""
     api = PresenceAPI(service, stats).app.resource()
-    root = Root(default=api)
+    root = Root(default=default if default is not None else api)
     root.mount(b"jchat", HeartbeatResource(service.hub, service.clock, keepalive))
     for segment in API_SEGMENTS:
         root.mount(segment, api, whole_path=True)
+    for segment, (child, whole_path) in (mounts or {}).items():
+        root.mount(segment, child, whole_path)
     return PresenceSite(root, reactor=reactor)
