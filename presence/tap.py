@@ -99,10 +99,10 @@ class _ParseOnly:
 
 
 class ListenService(Service):
-    """Listens on an endpoint; logs ``presence ready`` once listening."""
+    """Listens on an endpoint and tells ``on_ready`` once listening."""
 
-    def __init__(self, name: str, endpoint, factory, on_ready=None) -> None:
-        self.label = name
+    def __init__(self, label: str, endpoint, factory, on_ready=None) -> None:
+        self.label = label
         self.endpoint = endpoint
         self.factory = factory
         self.on_ready = on_ready
@@ -130,6 +130,40 @@ class ListenService(Service):
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()
+
+
+class ReadyGate:
+    """Logs ``presence ready`` once every expected listener is up.
+
+    Each front-end's listener calls :meth:`up` with its label and address
+    (``http``, ``sip-udp``, ``sip-tcp``, ``smsc`` ...); ``expect`` names them
+    all before the service starts.
+    """
+
+    def __init__(self) -> None:
+        self.expected: list[str] = []
+        self.addresses: dict[str, str] = {}
+        self.hooks: list = []
+        #: further words for the ready line (data directory, host box)
+        self.details: dict[str, str] = {}
+        self.done = False
+
+    def expect(self, label: str) -> str:
+        self.expected.append(label)
+        return label
+
+    def up(self, label: str, address: str) -> None:
+        self.addresses[label] = address
+        if not self.done and all(name in self.addresses for name in self.expected):
+            self.done = True
+            for hook in self.hooks:
+                hook(self.addresses)
+            log.info("presence ready {listeners} {details}", listeners=" ".join(
+                f"{name}={self.addresses[name]}" for name in self.expected),
+                details=" ".join(f"{k}={v}" for k, v in self.details.items()))
+
+    def listener(self, listen: ListenService) -> None:
+        self.up(listen.label, listen.address())
 
 
 class DirectoryService(Service):
@@ -179,18 +213,21 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
 
     site = make_site(service, options["keepalive"], reactor, stats)
 
-    def ready(listener: ListenService) -> None:
-        address = listener.address()
+    gate = ReadyGate()
+
+    def host_box(addresses: dict) -> None:
         if not config.host_box:
-            host, _, port = address.rpartition(":")
+            host, _, port = addresses["http"].rpartition(":")
             if host in ("0.0.0.0", "::", ""):
                 host = socket.gethostname()
             config.host_box = f"{host}:{port}"
-        log.info("presence ready http={address} data={data} host_box={box}",
-                 address=address, data=options["data"], box=config.host_box)
+        gate.details["data"] = options["data"]
+        gate.details["host_box"] = config.host_box
 
-    http = ListenService("http", endpoints.serverFromString(reactor, options["http"]),
-                         site, ready)
+    gate.hooks.append(host_box)
+    http = ListenService(gate.expect("http"),
+                         endpoints.serverFromString(reactor, options["http"]),
+                         site, gate.listener)
     http.setServiceParent(top)
     sweep.setServiceParent(top)
     return top
