@@ -22,6 +22,7 @@ sent again, with their ids, on the next request.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any, Optional, Sequence
 
 from twisted.internet.interfaces import IDelayedCall
@@ -112,6 +113,9 @@ class HeartbeatResource(resource.Resource):
         self.hub = hub
         self.clock = clock
         self.keepalive = keepalive
+        #: seconds written data may stay unacknowledged before the kernel
+        #: declares the connection dead (then we see it lost at once)
+        self.dead_after = max(10.0, 2 * hub.config.poll + 5)
 
     def render_GET(self, request: server.Request) -> Any:
         args = request.args or {}
@@ -143,12 +147,7 @@ class HeartbeatResource(resource.Resource):
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-accel-buffering", b"no")
-        transport = getattr(request.channel, "transport", None)
-        if transport is not None and hasattr(transport, "setTcpNoDelay"):
-            try:
-                transport.setTcpNoDelay(True)
-            except OSError:
-                pass
+        _tune(getattr(request.channel, "transport", None), self.dead_after)
         request.write(b"")  # the headers, at once
         _slim(request)
         channel = HeartbeatChannel(request, self.hub, session, mode == "poll")
@@ -174,6 +173,22 @@ def _slim(request: server.Request) -> None:
     request.requestHeaders = _NO_HEADERS
     request.responseHeaders = _NO_HEADERS
     request.content = None
+
+
+def _tune(transport: Any, dead_after: float) -> None:
+    """Socket options for a held heartbeat: no Nagle delay on small frames,
+    and TCP_USER_TIMEOUT so that a peer that vanished without a word (no FIN,
+    no RST) is found dead a few seconds after the next keep-alive write
+    instead of after minutes of retransmission."""
+    if transport is None:
+        return
+    try:
+        transport.setTcpNoDelay(True)
+        sock = transport.getHandle()
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(dead_after * 1000))
+    except (AttributeError, OSError):
+        pass  # not a TCP socket (tests, UNIX endpoints)
 
 
 def _number(text: Optional[str]) -> int:
