@@ -44,7 +44,11 @@ class SweepService(Service):
     def begin(self) -> None:
         if self._pass is not None:
             return  # the previous pass is still going
-        self._pass = self.hub.sweep()
+        try:
+            self._pass = self.hub.sweep()
+        except Exception:
+            self.log.failure("sweep failed to start")
+            return
         self.step()
 
     def step(self) -> None:

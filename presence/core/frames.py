@@ -95,6 +95,16 @@ def bye(reason: str) -> Frame:
     return Frame("bye", (reason,))
 
 
+def sipreq(method: str, txid: str, text: str) -> Frame:
+    """``msg sipreq <METHOD> <txid>`` + the SIP request, lines joined by ``\\n``."""
+    return Frame("sipreq", (method, txid), text)
+
+
+def sipresp(code: int, txid: str, text: str) -> Frame:
+    """``msg sipresp <code> <txid>`` + the SIP response, lines joined by ``\\n``."""
+    return Frame("sipresp", (str(code), txid), text)
+
+
 def parse(text: str) -> Frame:
     """Parse frame text (as carried in ``data:`` lines, joined by ``\\n``)."""
     head, _, payload = text.partition("\n")

@@ -125,12 +125,12 @@ class Hub:
         user = self.users.ensure(name, groups, guest)
         if groups:
             user.groups = frozenset(groups)
-        while len(user.sessions) >= self.config.sessions_per_user:
-            self.end(user.sessions[0], "replaced")
         session = Session(ident, user, ip, port, self.config.host_box, now,
                           Mailbox(self.config.mailbox))
         self.users.add(session)
         self.groups.watch(session, book_key(name))
+        while len(user.sessions) > self.config.sessions_per_user:
+            self.end(user.sessions[0], "replaced")
         return session
 
     def session(self, ident: str) -> Optional[Session]:
@@ -141,26 +141,33 @@ class Hub:
         release its heartbeat, keep its unread chat, update presence."""
         if self.users.session(session.id) is not session:
             return
+        now = self.clock.seconds()
+        user = session.user
         self.users.remove(session)
         self.groups.unwatch(session)
         channel = session.channel
+        unread = []
         if channel is not None:
             session.channel = None
+            session.last_end = now
             self.held -= 1
             bye = frames.bye(reason)
-            ident, _ = session.mailbox.push(bye)
+            ident, unread = session.mailbox.push(bye)
             channel.send([(ident, bye)])
             channel.release(reason)
-        for frame in session.mailbox.drain():
+        for frame in unread + session.mailbox.drain():
             if frame.is_chat:
-                self.listener.spill(session.user.name, frame)
-        user = session.user
+                self.listener.spill(user.name, frame)
+        if reason != "logout" and session.last_end is not None:
+            # only an explicit logout ends presence at once; a replaced
+            # session's heartbeat lingers like any other that ended
+            user.ended_at = max(user.ended_at or 0.0, session.last_end)
         if not user.sessions:
             self._lingering.discard(user)
             self._set_online(user, False)
             self.users.forget_if_idle(user)
         else:
-            self._settle(user, self.clock.seconds())
+            self._settle(user, now)
 
     # -- heartbeats -------------------------------------------------------
 

@@ -96,7 +96,7 @@ class Session:
 class UserState:
     """A user known to this node: their live sessions and groups."""
 
-    __slots__ = ("name", "sessions", "groups", "online", "last_seen", "guest")
+    __slots__ = ("name", "sessions", "groups", "online", "last_seen", "guest", "ended_at")
 
     def __init__(self, name: str, groups: Iterable[str] = (), guest: bool = False) -> None:
         self.name = name
@@ -106,6 +106,8 @@ class UserState:
         self.online = False
         self.last_seen: Optional[float] = None
         self.guest = guest
+        #: when the heartbeat of a session that was replaced last ended
+        self.ended_at: Optional[float] = None
 
     def holding(self) -> bool:
         """Whether any session holds a heartbeat right now."""
@@ -113,6 +115,8 @@ class UserState:
 
     def last_end(self) -> Optional[float]:
         ends = [s.last_end for s in self.sessions if s.last_end is not None]
+        if self.ended_at is not None:
+            ends.append(self.ended_at)
         return max(ends) if ends else None
 
     def __repr__(self) -> str:
