@@ -34,7 +34,11 @@ from presence.store.interface import IDirectory, NameTaken
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}\Z")
 ALIAS_RE = re.compile(r"[a-z0-9+][a-z0-9._@+-]{0,63}\Z")
 MSISDN_RE = re.compile(r"\+[0-9]{3,15}\Z")
+PHONE_RE = re.compile(r"\+?[0-9 ().-]{3,32}\Z")
+SEQ_RE = re.compile(r"[0-9]{1,18}\Z")
 GUEST_PREFIX = "guest."
+#: password hashes queued for the worker threads at most; past it, 429
+MAX_HASHING = 64
 #: first path segments that are never names (spec section 6)
 RESERVED = frozenset({
     "api", "jchat", "chat", "initchat", "call", "sip", "static", "wml", "nic", "ack",
@@ -111,6 +115,7 @@ class PresenceService:
         self.login_failures = RateLimiter(capacity=10, rate=1 / 6)
         self.guest_limit = RateLimiter(capacity=30, rate=1 / 2)
         self.anonymous_limit = RateLimiter(capacity=20, rate=1 / 3)
+        self._hashing = 0
 
     # -- accounts -------------------------------------------------------------
 
@@ -128,7 +133,7 @@ class PresenceService:
             raise BadRequest("email is not an e-mail address")
         if wireless and not (isinstance(wireless, str) and MSISDN_RE.match(wireless)):
             raise BadRequest("wireless must be a handset number: '+' and 3-15 digits")
-        hashed = await self.hasher(passwords.hash_password, password, self.hash_cost)
+        hashed = await self._hash(passwords.hash_password, password, self.hash_cost)
         try:
             await self.store.create_user(name, hashed, email or None, phone or None,
                                          wireless or None, self.clock.seconds())
@@ -144,23 +149,39 @@ class PresenceService:
         if not isinstance(name, str) or not isinstance(password, str) or not name:
             raise BadRequest("username and password are required")
         user = await self.store.get_user(name) if NAME_RE.match(name) else None
-        ok = user is not None and await self.hasher(
+        ok = user is not None and await self._hash(
             passwords.check_password, password, user["password_hash"])
         if not ok:
             self.login_failures.take(ip, self.clock.seconds())
             raise Unauthorized("wrong username or password")
+        session = await self._open_user(name, ip, port)
+        self.log.info("{user} logged in from {ip}", user=name, ip=ip)
+        return session
+
+    async def login_verified(self, name: str, ip: str = "", port: int = 0) -> Session:
+        """Open a session for user ``name`` whose identity was proven another
+        way (a one-time link pushed to the user's handset): as :meth:`login`,
+        without the password.  NotFound if there is no such user."""
+        user = await self.store.get_user(name) if NAME_RE.match(name or "") else None
+        if user is None:
+            raise NotFound("no such user")
+        session = await self._open_user(name, ip, port)
+        self.log.info("{user} logged in from {ip} with a handset link", user=name, ip=ip)
+        return session
+
+    async def _open_user(self, name: str, ip: str, port: int) -> Session:
+        """A new session for the registered user ``name``, with its groups
+        and the welcome figures of the time before it."""
         before = await self.store.record_login(name, self.clock.seconds())
         groups, owners = await self.store.memberships(name)
         session = self._open(name, ip, port, groups + [book_key(o) for o in owners])
-        was_online_elsewhere = session.user.online
         last_seen = before.get("last_seen")
         session.welcome = {
             "last_login": before.get("last_login"),
-            "offline_seconds": 0 if was_online_elsewhere or last_seen is None
+            "offline_seconds": 0 if session.user.online or last_seen is None
             else max(0, round(session.login_time - last_seen)),
             "hits_while_offline": before.get("hits_offline") or 0,
         }
-        self.log.info("{user} logged in from {ip}", user=name, ip=ip)
         return session
 
     def guest(self, ip: str = "", port: int = 0) -> Session:
@@ -245,7 +266,7 @@ class PresenceService:
         if password:
             if not isinstance(password, str) or len(password) > MAX_PASSWORD:
                 raise BadRequest("the group password is not valid")
-            hashed = await self.hasher(passwords.hash_password, password, self.hash_cost)
+            hashed = await self._hash(passwords.hash_password, password, self.hash_cost)
         owner = session.user.name
         try:
             await self.store.create_group(name, owner, hashed, self.clock.seconds())
@@ -254,19 +275,39 @@ class PresenceService:
         self.hub.membership_changed(name, owner, True)
         return name
 
-    async def _check_group_password(self, group: Dict[str, Any], password: Any) -> bool:
+    async def _check_group_password(self, group: Dict[str, Any], password: Any,
+                                    ip: str = "") -> bool:
+        """Whether ``password`` opens ``group``; wrong guesses count against
+        the address like failed logins (429 past the limit)."""
         if not group["password_hash"]:
             return True
         if not isinstance(password, str) or not password:
             return False
-        return await self.hasher(passwords.check_password, password, group["password_hash"])
+        if not self.login_failures.allowed(ip, self.clock.seconds()):
+            raise TooMany("too many wrong passwords from this address; try again later")
+        ok = await self._hash(passwords.check_password, password, group["password_hash"])
+        if not ok:
+            self.login_failures.take(ip, self.clock.seconds())
+        return ok
+
+    async def _hash(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a password hash function through ``hasher``, at most
+        ``MAX_HASHING`` at once: a flood of registrations or logins gets 429
+        instead of an ever longer queue."""
+        if self._hashing >= MAX_HASHING:
+            raise TooMany("the server is busy; try again in a moment")
+        self._hashing += 1
+        try:
+            return await self.hasher(fn, *args)
+        finally:
+            self._hashing -= 1
 
     async def join(self, session: Session, name: Any, password: Any = None) -> None:
         self._member_only(session)
         group = await self.group_named(name)
         user = session.user.name
         if user not in await self.store.members(group["name"]):
-            if not await self._check_group_password(group, password):
+            if not await self._check_group_password(group, password, session.ip):
                 raise Forbidden("wrong group password")
             if await self.store.join(group["name"], user):
                 self.hub.membership_changed(group["name"], user, True)
@@ -318,7 +359,7 @@ class PresenceService:
         return [{"name": n, "online": self.hub.is_online(n)} for n in names]
 
     async def presence_of(self, name: Any, password: Any = None,
-                          session: Optional[Session] = None) -> Dict[str, Any]:
+                          session: Optional[Session] = None, ip: str = "") -> Dict[str, Any]:
         found = await self.resolve(name)
         if found is None:
             raise NotFound(f"no such user or group: {_shown(name)}")
@@ -327,7 +368,7 @@ class PresenceService:
             group = await self.store.get_group(name)
             members = await self.store.members(name)
             member = session is not None and session.user.name in members
-            if not member and not await self._check_group_password(group, password):
+            if not member and not await self._check_group_password(group, password, ip):
                 raise Unauthorized(f"{name} is a protected group: give its password")
             return {"name": name, "members": self._rows(members)}
         state = self.hub.users.user(name)
@@ -357,7 +398,7 @@ class PresenceService:
                    seq: Optional[str] = None) -> Tuple[str, str]:
         text = check_text(text, "msg")
         if seq is not None:
-            if not isinstance(seq, str) or not seq.isdigit() or len(seq) > 18:
+            if not isinstance(seq, str) or not SEQ_RE.match(seq):
                 raise BadRequest("seq must be a whole number (the sender's own counter)")
             seq = str(int(seq))
         required(to, "to")
@@ -411,6 +452,131 @@ class PresenceService:
         """Someone opened ``name``'s page: count it if they are offline."""
         if not self.hub.is_online(name):
             await self.store.add_hit(name)
+
+    # -- communications pages, home page and settings (spec section 6) ---------
+
+    async def page_rows(self, names: List[str]) -> List[Dict[str, Any]]:
+        """The rows of a communications page: ``{"name", "online", "phone",
+        "handset"}`` per name.  ``phone`` is the stored phone number (pages
+        offer it as a ``tel:`` link) or None; ``handset`` only says whether a
+        handset number is stored (the number itself stays private)."""
+        rows = []
+        for name in names:
+            user = None if name.startswith(GUEST_PREFIX) else await self.store.get_user(name)
+            rows.append({
+                "name": name,
+                "online": self.hub.is_online(name),
+                "phone": (user or {}).get("phone") or None,
+                "handset": bool((user or {}).get("wireless")),
+            })
+        return rows
+
+    async def page(self, name: Any, session: Optional[Session] = None,
+                   admitted: bool = False) -> Dict[str, Any]:
+        """What the communications page of ``name`` shows: ``{"kind":
+        "user"|"group", "name": canonical, "protected": bool, "rows": [...]}``.
+
+        Raises NotFound for an unknown name, and Unauthorized for a protected
+        group unless the visitor is a member or was ``admitted`` (gave its
+        password, see :meth:`admit`); that error names no member."""
+        found = await self.resolve(name)
+        if found is None:
+            raise NotFound(f"no such user or group: {_shown(name)}")
+        kind, canonical = found
+        if kind == "user":
+            return {"kind": "user", "name": canonical, "protected": False,
+                    "rows": await self.page_rows([canonical])}
+        group = await self.store.get_group(canonical)
+        members = await self.store.members(canonical)
+        protected = bool(group["password_hash"])
+        member = session is not None and session.user.name in members
+        if protected and not (member or admitted):
+            raise Unauthorized(f"{canonical} is a protected group: give its password")
+        return {"kind": "group", "name": canonical, "protected": protected,
+                "rows": await self.page_rows(members)}
+
+    async def admit(self, name: Any, password: Any, ip: str = "") -> str:
+        """Check a protected group's password for a visitor who is not a
+        member; return the group's name.  NotFound, Forbidden for a wrong
+        password; wrong passwords count against ``ip`` like failed logins."""
+        now = self.clock.seconds()
+        if not self.login_failures.allowed(ip, now):
+            raise TooMany("too many wrong passwords from this address; try again later")
+        group = await self.group_named(name)
+        if not await self._check_group_password(group, password):
+            self.login_failures.take(ip, self.clock.seconds())
+            raise Forbidden("wrong group password")
+        return group["name"]
+
+    async def show(self, session: Session, name: Any,
+                   admitted: bool = False) -> Dict[str, Any]:
+        """Make ``session`` watch ``name`` as its communications page does
+        (a user, or a group the visitor may see: see :meth:`page`), and
+        return the page (as :meth:`page`)."""
+        page = await self.page(name, session, admitted)
+        self.hub.watch(session, page["name"])
+        return page
+
+    async def home(self, session: Session, group: Optional[str] = None) -> Dict[str, Any]:
+        """Make ``session`` watch its home group and return it: ``{"kind":
+        "book"|"group", "name", "rows"}``.  ``group`` is a group the user is
+        a member of; None, or a group they no longer belong to, is their
+        address book."""
+        self._member_only(session)
+        me = session.user.name
+        if group and group != me:
+            found = await self.store.get_group(group)
+            members = await self.store.members(group) if found else []
+            if me in members:
+                self.hub.watch(session, group)
+                return {"kind": "group", "name": group, "rows": await self.page_rows(members)}
+        self.hub.watch(session, book_key(me))
+        names = await self.store.contacts(me)
+        return {"kind": "book", "name": me, "rows": await self.page_rows(names)}
+
+    async def account(self, session: Session) -> Dict[str, Any]:
+        """What the settings page shows: profile, aliases, groups, contacts."""
+        self._member_only(session)
+        me = session.user.name
+        user = await self.store.get_user(me) or {}
+        groups, _ = await self.store.memberships(me)
+        shown = []
+        for name in sorted(groups):
+            group = await self.store.get_group(name)
+            if group is not None:
+                shown.append({"name": name, "owner": group["owner"],
+                              "protected": bool(group["password_hash"])})
+        return {
+            "name": me,
+            "email": user.get("email"),
+            "phone": user.get("phone"),
+            "wireless": user.get("wireless"),
+            "aliases": await self.store.aliases(me),
+            "groups": shown,
+            "contacts": await self.store.contacts(me),
+        }
+
+    async def update_profile(self, session: Session, email: Any = None, phone: Any = None,
+                             wireless: Any = None) -> None:
+        """Set the user's e-mail, phone and handset number; an empty or
+        missing value clears it."""
+        self._member_only(session)
+        values = []
+        for value, label in ((email, "email"), (phone, "phone"), (wireless, "wireless")):
+            if value is not None and not isinstance(value, str):
+                raise BadRequest(f"{label} is not valid")
+            value = (value or "").strip() or None
+            if value is not None and len(value) > 128:
+                raise BadRequest(f"{label} is longer than 128 characters")
+            values.append(value)
+        email, phone, wireless = values
+        if email and "@" not in email:
+            raise BadRequest("email is not an e-mail address")
+        if phone and (not PHONE_RE.match(phone) or sum(c.isdigit() for c in phone) < 3):
+            raise BadRequest("phone may hold only digits, spaces and + - ( ) .")
+        if wireless and not MSISDN_RE.match(wireless):
+            raise BadRequest("the handset number must be '+' and 3-15 digits")
+        await self.store.update_profile(session.user.name, email, phone, wireless)
 
 
 def _shown(value: Any) -> str:

@@ -20,11 +20,14 @@ from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.python import usage
 
 from presence.core.hub import Hub, HubConfig
+from presence.pages import Pages
 from presence.service import PresenceService
+from presence.sip import frontend as sip_frontend
 from presence.store import passwords
 from presence.store.sqlite import open_directory
 from presence.sweep import SweepService
 from presence.web.site import make_site
+from presence.wireless import frontend as wireless_frontend
 
 log = Logger()
 
@@ -83,7 +86,7 @@ class Options(usage.Options):
          "Password hash work factor, log2 of scrypt's N (1-20). Lower only for tests and"
          " benchmarks.", _cost],
         ["json-log", None, None, "Also write the log as JSON lines to this file."],
-    ]
+    ] + wireless_frontend.OPTIONS + sip_frontend.OPTIONS
 
     def postOptions(self) -> None:
         if self["linger"] is None:
@@ -92,6 +95,7 @@ class Options(usage.Options):
             endpoints.serverFromString(_ParseOnly(), self["http"])
         except Exception as e:
             raise usage.UsageError(f"--http: not a server endpoint string: {e}")
+        wireless_frontend.check_options(self)
 
 
 class _ParseOnly:
@@ -177,7 +181,22 @@ class DirectoryService(Service):
 
     def stopService(self):
         super().stopService()
+        # the worker finishes every queued write (those of the sessions that
+        # just ended included) before its thread is joined
         self.store.stop()
+
+
+class HubService(Service):
+    """At shutdown, ends every session (``msg bye shutdown``) so that unread
+    chat goes to the message boxes and users are recorded offline before the
+    directory closes."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def stopService(self):
+        super().stopService()
+        self.hub.close_all("shutdown")
 
 
 def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
@@ -198,6 +217,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         host_box=options["host-box"] or "",
     )
     hub = Hub(reactor, config)
+    HubService(hub).setServiceParent(top)  # stops before the directory
 
     def hasher(fn, *args):
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
@@ -209,9 +229,13 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     def stats() -> dict:
         figures = sweep.stats()
         figures["uptime"] = round(time.time() - started, 3)
+        if sip is not None:
+            figures["sip"] = sip.stats()
         return figures
 
-    site = make_site(service, options["keepalive"], reactor, stats)
+    pages = Pages(service, domain=options["domain"])
+    site = make_site(service, options["keepalive"], reactor, stats,
+                     mounts=pages.mounts(), default=pages.resource())
 
     gate = ReadyGate()
 
@@ -225,9 +249,23 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         gate.details["host_box"] = config.host_box
 
     gate.hooks.append(host_box)
+    wireless = wireless_frontend.WirelessFrontEnd(options, service, reactor)
+    wireless.mount(site.resource)
+    sip = None
+    if options["sip"]:
+        sip = sip_frontend.SipFrontEnd(service, reactor, options["sip"], options["domain"])
+        sip.mount(site.resource)
+    gate.hooks.append(wireless.ready)
     http = ListenService(gate.expect("http"),
                          endpoints.serverFromString(reactor, options["http"]),
                          site, gate.listener)
     http.setServiceParent(top)
+    if sip is not None:
+        for listener in sip.services(gate.expect("sip-udp"), gate.expect("sip-tcp"), gate.up):
+            listener.setServiceParent(top)
+    if wireless.enabled:
+        ListenService(gate.expect("smsc"), wireless.endpoint(), wireless.site,
+                      gate.listener).setServiceParent(top)
+    wireless.setServiceParent(top)
     sweep.setServiceParent(top)
     return top

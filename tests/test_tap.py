@@ -130,8 +130,11 @@ def built(tmp_path):
     made = []
 
     def build(*args: str):
+        # the wireless simulator's listener is tested in test_wireless_tap.py,
+        # the SIP listeners in test_sip_tap.py
         options = parse("--http", "tcp:18081:interface=127.0.0.1",
-                        "--data", str(tmp_path / "data"), "--hash-cost", "1", *args)
+                        "--data", str(tmp_path / "data"), "--hash-cost", "1",
+                        "--smsc", "none", "--sip", "0", *args)
         reactor = MemoryReactorClock()
         top = tap.makeService(options, reactor=reactor)
         made.append(top)

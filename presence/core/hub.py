@@ -35,7 +35,7 @@ from presence.core.tables import (
 #: how many recent chat ``seq`` values a session remembers for de-duplication
 SEQ_MEMORY = 256
 #: sessions looked at per sweep chunk (one reactor turn)
-SWEEP_CHUNK = 1000
+SWEEP_CHUNK = 200
 
 
 class IChannel(Interface):
@@ -168,6 +168,11 @@ class Hub:
             self.users.forget_if_idle(user)
         else:
             self._settle(user, now)
+
+    def close_all(self, reason: str) -> None:
+        """End every session (server shutdown)."""
+        for session in list(self.users.sessions.values()):
+            self.end(session, reason)
 
     # -- heartbeats -------------------------------------------------------
 

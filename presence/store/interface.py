@@ -24,6 +24,10 @@ class IDirectory(Interface):
         """A dict (name, password_hash, email, phone, wireless, created,
         last_login, last_seen, hits_offline) or None."""
 
+    def user_by_wireless(number):
+        """The name of the user whose handset number (``wireless``) is
+        ``number``, or None; with several, the earliest registered."""
+
     def resolve(name):
         """``("user"|"group", canonical name)`` for a user, group or alias
         name; None when unknown."""
@@ -43,6 +47,10 @@ class IDirectory(Interface):
 
     def add_hit(user):
         """Count one opening of ``user``'s page while they were offline."""
+
+    def update_profile(user, email=None, phone=None, wireless=None):
+        """Set ``user``'s e-mail, phone and handset number (None clears
+        one); True if the user exists."""
 
     # -- groups and address books --------------------------------------------
     def create_group(name, owner, password_hash=None, now=0.0):

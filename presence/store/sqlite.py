@@ -145,6 +145,11 @@ class SQLiteDirectory:
         d = self._query("SELECT * FROM users WHERE name=?", name)
         return d.addCallback(lambda rows: rows[0] if rows else None)
 
+    def user_by_wireless(self, number: str) -> defer.Deferred:
+        d = self._query("SELECT name FROM users WHERE wireless=? ORDER BY created, name"
+                        " LIMIT 1", number)
+        return d.addCallback(lambda rows: rows[0]["name"] if rows else None)
+
     def add_alias(self, user: str, alias: str) -> defer.Deferred:
         def work(db: sqlite3.Connection) -> str:
             if self._taken(db, alias):
@@ -173,6 +178,13 @@ class SQLiteDirectory:
     def add_hit(self, user: str) -> defer.Deferred:
         return self._tx(lambda db: db.execute(
             "UPDATE users SET hits_offline=hits_offline+1 WHERE name=?", (user,)).rowcount)
+
+    def update_profile(self, user: str, email: Optional[str] = None,
+                       phone: Optional[str] = None,
+                       wireless: Optional[str] = None) -> defer.Deferred:
+        return self._tx(lambda db: db.execute(
+            "UPDATE users SET email=?, phone=?, wireless=? WHERE name=?",
+            (email, phone, wireless, user)).rowcount == 1)
 
     # -- groups ----------------------------------------------------------------
 

@@ -47,6 +47,24 @@ def api(handler: Handler) -> Callable[..., Awaitable[bytes]]:
     return route
 
 
+def request_session(service: PresenceService, request: server.Request,
+                    p: Dict[str, Any]) -> Session:
+    """The live session a request names by ``id`` (or ``sessionId``) and
+    ``me``, or by its cookie (``403`` when none is live), after applying the
+    request's ``ack=n`` to it (``400`` unless a whole number)."""
+    sid = p.get("id") or p.get("sessionId")
+    if not sid:
+        cookie = request.getCookie(COOKIE)
+        sid = cookie.decode("ascii", "replace") if cookie else None
+    session = service.session(sid, p.get("me"))
+    ack = p.get("ack")
+    if ack not in (None, ""):
+        if not ack.isascii() or not ack.isdigit():
+            raise BadRequest("ack must be a whole number")
+        service.hub.ack(session, int(ack))
+    return session
+
+
 class PresenceAPI:
     app = Klein()
 
@@ -58,19 +76,7 @@ class PresenceAPI:
     # -- helpers ----------------------------------------------------------------
 
     def _session(self, request: server.Request, p: Dict[str, Any]) -> Session:
-        sid = p.get("id") or p.get("sessionId")
-        if not sid:
-            cookie = request.getCookie(COOKIE)
-            sid = cookie.decode("ascii", "replace") if cookie else None
-        session = self.service.session(sid, p.get("me"))
-        ack = p.get("ack")
-        if ack not in (None, ""):
-            try:
-                upto = int(ack)
-            except ValueError:
-                raise BadRequest("ack must be a whole number")
-            self.hub.ack(session, upto)
-        return session
+        return request_session(self.service, request, p)
 
     def _maybe_session(self, request: server.Request, p: Dict[str, Any]) -> Optional[Session]:
         """For calls open to anyone: the caller's session if they name one
@@ -184,7 +190,8 @@ class PresenceAPI:
     @api
     async def presence(self, request, p, name) -> Answer:
         session = self._maybe_session(request, p)
-        return 200, await self.service.presence_of(name, p.get("password"), session)
+        ip, _ = client_address(request)
+        return 200, await self.service.presence_of(name, p.get("password"), session, ip)
 
     # -- chat ----------------------------------------------------------------------
 

@@ -117,6 +117,12 @@ class HeartbeatResource(resource.Resource):
         #: declares the connection dead (then we see it lost at once)
         self.dead_after = max(10.0, 2 * hub.config.poll + 5)
 
+    def render(self, request: server.Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _error(request, 405, "the heartbeat is a GET request")
+        return self.render_GET(request)
+
     def render_GET(self, request: server.Request) -> Any:
         args = request.args or {}
 

@@ -74,7 +74,24 @@ class BoundedRequest(server.Request):
             return
         super().handleContentChunk(data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # Twisted parses every form body's Content-Type with the e-mail
+        # header parser, a tenth of the cost of a chat; the plain urlencoded
+        # form (what browsers and clients send) is recognised cheaply here
+        # and parsed with the same parse_qs.
+        ctype = self.requestHeaders.getRawHeaders(b"content-type")
+        if ctype and command == b"POST" and ctype[0].split(b";")[0].strip().lower() == _FORM:
+            self._parsePOSTFormSubmission = False
+            self._form_body = True
+        super().requestReceived(command, path, version)
+
+    _form_body = False
+
     def process(self) -> None:
+        if self._form_body and not self.too_large and self.content is not None:
+            self.content.seek(0, 0)
+            self.args.update(http.parse_qs(self.content.read(), 1))
+            self.content.seek(0, 0)
         if self.too_large:
             self.site = self.channel.site
             self.setHeader(b"connection", b"close")
@@ -82,6 +99,9 @@ class BoundedRequest(server.Request):
             self.finish()
             return
         super().process()
+
+
+_FORM = b"application/x-www-form-urlencoded"
 
 
 class PresenceSite(server.Site):

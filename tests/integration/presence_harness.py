@@ -36,10 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-READY_TIMEOUT = 20.0
+READY_TIMEOUT = 60.0  # generous: CI machines are shared and can be loaded
 READY_RE = re.compile(
     r"presence ready\b.*?\bhttp=(?:\[(?P<host6>[^\]]+)\]|(?P<host>[^\s:]+)):(?P<port>\d+)"
 )
+
+SMSC_RE = re.compile(r"\bsmsc=\S*?:(\d+)")
 
 # A bound for every polling loop in this module, on top of its deadline.
 MAX_LOOP = 100_000
@@ -118,6 +120,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.host = "127.0.0.1"
         self.port: int | None = None
+        self.smsc_port: int | None = None  # the wireless simulator's port, if on
         self._log_file = None
 
     # -- life cycle ---------------------------------------------------------
@@ -141,6 +144,12 @@ class ServerProcess:
             a += ["--poll", _num(self.poll)]
         if self.linger is not None:
             a += ["--linger", _num(self.linger)]
+        if "--smsc" not in self.extra_args:
+            # the SMS / WAP push simulator on a free port, never the fixed default
+            a += ["--smsc", "tcp:0:interface=127.0.0.1"]
+        if "--sip" not in self.extra_args:
+            # SIP off unless a test asks for it (sip=<free port>): never the fixed 5060
+            a += ["--sip", "0"]
         return a + self.extra_args
 
     def start(self, timeout: float = READY_TIMEOUT) -> "ServerProcess":
@@ -172,6 +181,8 @@ class ServerProcess:
             if m:
                 self.host = m.group("host6") or m.group("host")
                 self.port = int(m.group("port"))
+                smsc = SMSC_RE.search(m.group(0) + text[m.end():].split("\n", 1)[0])
+                self.smsc_port = int(smsc.group(1)) if smsc else None
                 return
             if self.proc.poll() is not None:
                 raise ServerStartError(
@@ -181,10 +192,11 @@ class ServerProcess:
                 )
             if time.monotonic() >= deadline:
                 out = self.output(since_start=True)
+                command = " ".join(map(str, self.proc.args))
                 self.kill()
                 raise ServerStartError(
                     f"no 'presence ready http=HOST:PORT' line within {timeout} s.\n"
-                    f"command: {' '.join(self.proc.args)}\noutput:\n{out[-8000:]}"
+                    f"command: {command}\noutput:\n{out[-8000:]}"
                 )
             time.sleep(0.05)  # polling interval of a condition wait
         raise ServerStartError("ready loop bound exceeded")

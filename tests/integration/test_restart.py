@@ -74,3 +74,28 @@ def test_restart_keeps_accounts_groups_aliases_and_messages(server_factory, stop
     # whatever the server says must be 200-something or 403, never a 500.
     r = api2.get("/api/messages", query={"me": alice.name, "id": old_sessions[0]})
     assert r.status in (200, 403), r
+
+
+def test_a_clean_stop_keeps_unacknowledged_chat_in_the_message_box(server_factory):
+    """Chat answered "delivered: online" but not yet acknowledged by the
+    recipient is not lost when the server stops: it moves to the box."""
+    data = server_factory.new_data_dir()
+    s1 = server_factory.start(data_dir=data)
+    api = s1.api()
+    alice = login(api, register(api, unique_name("alice")))
+    bob = login(api, register(api, unique_name("bob")))
+    hb = s1.heartbeat(bob)
+    sent = chat_ok(api, alice, bob, "still unread at shutdown")
+    assert sent["delivered"] == "online", sent
+    hb.wait_for(lambda f: f.kind == "chat", what="the chat frame")  # seen, never acked
+    s1.stop()
+    assert not s1.running
+
+    s2 = server_factory.start(data_dir=data)
+    api2 = s2.api()
+    bob2 = login(api2, User(bob.name, bob.password))
+    r = expect(api2.get("/api/messages", query=bob2.auth), 200)
+    texts = [(m["from"], m["text"]) for m in r.json()["messages"]]
+    assert texts == [(alice.name, "still unread at shutdown")], r.json()
+    r = expect(api2.get(f"/api/presence/{bob.name}"), 200)
+    assert r.json()["last_seen"] is not None, r.json()
