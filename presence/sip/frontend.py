@@ -1,0 +1,137 @@
+"""Wiring of the SIP front-end into ``twistd presence``.
+
+``--sip PORT`` (default ``5060``; ``0`` turns SIP off): the proxy listens on
+that port over UDP and TCP on every interface, and ``POST /sip`` is mounted
+on the HTTP site.  Each listener reports to the ready gate (``sip-udp``,
+``sip-tcp``), so ``presence ready`` is logged only once both are up.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+
+from presence.sip.proxy import SipProxy
+from presence.sip.transport import SipDatagramProtocol, SipNetwork, SipStreamFactory
+from presence.sip.web import SipTunnelResource
+
+log = Logger()
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("must be a port number 1-65535, or 0 for no SIP")
+    return number
+
+
+_port.coerceDoc = "A port number; 0 turns SIP off."  # type: ignore[attr-defined]
+
+OPTIONS = [
+    ["sip", None, 5060,
+     "SIP proxy port, UDP and TCP on every interface; 0 turns SIP off.", _port],
+]
+
+Ready = Callable[[str, str], None]
+
+
+def check_options(options: Any) -> None:
+    """The SIP part of ``Options.postOptions`` (the type check did it all)."""
+    if not isinstance(options["sip"], int):  # pragma: no cover - coerced
+        raise usage.UsageError("--sip must be a port number")
+
+
+class SipFrontEnd:
+    """The proxy, its network and its HTTP resource for one server."""
+
+    def __init__(self, service: Any, reactor: Any, port: int, domain: str,
+                 interface: str = "") -> None:
+        self.reactor = reactor
+        self.port = port
+        self.enabled = port != 0
+        self.network = SipNetwork(reactor, port, interface)
+        self.proxy = SipProxy(service, self.network, reactor, domain)
+        self.network.receiver = self.proxy.received
+        self.network.rejecter = self.proxy.reject_malformed
+        self.resource = SipTunnelResource(service, self.proxy)
+        self.interface = interface
+
+    def mount(self, root: Any) -> None:
+        """``/sip`` on the site's root resource."""
+        root.mount(b"sip", self.resource)
+
+    def services(self, udp_label: str, tcp_label: str, ready: Ready) -> List[Service]:
+        """The UDP and the TCP listener, each telling ``ready(label, address)``."""
+        return [
+            SipUDPService(self, udp_label, ready),
+            SipTCPService(self, tcp_label, ready),
+        ]
+
+    def stats(self) -> dict:
+        return self.proxy.stats()
+
+
+class _SipListener(Service):
+    """One of the proxy's listening ports; reports ``label`` to ``ready``."""
+
+    def __init__(self, front: SipFrontEnd, label: str, ready: Optional[Ready]) -> None:
+        self.front = front
+        self.label = label
+        self.ready = ready
+        self.port: Any = None
+
+
+class SipUDPService(_SipListener):
+    def startService(self) -> None:
+        super().startService()
+        front = self.front
+        # a failure raises here: twistd reports it and exits
+        self.port = front.reactor.listenUDP(front.port, SipDatagramProtocol(front.network),
+                                            interface=front.interface, maxPacketSize=65535)
+        front.network.udp = self.port
+        host = self.port.getHost()
+        log.info("SIP listening on UDP {host}:{port}", host=host.host, port=host.port)
+        if self.ready is not None:
+            self.ready(self.label, f"{host.host}:{host.port}")
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.front.proxy.stop()
+        if self.port is not None:
+            port, self.port = self.port, None
+            self.front.network.udp = None
+            return port.stopListening()
+        return None
+
+
+class SipTCPService(_SipListener):
+    def startService(self) -> None:
+        super().startService()
+        front = self.front
+        endpoint = endpoints.TCP4ServerEndpoint(front.reactor, front.port,
+                                                interface=front.interface)
+        failures: list = []
+        d = endpoint.listen(SipStreamFactory(front.network))
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        host = port.getHost()
+        log.info("SIP listening on TCP {host}:{port}", host=host.host, port=host.port)
+        if self.ready is not None:
+            self.ready(self.label, f"{host.host}:{host.port}")
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for conn in list(self.front.network.connections_all):
+            conn.transport.loseConnection()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None

@@ -1,0 +1,1116 @@
+"""The SIP proxy core: RFC 3261 section 16 for ``--domain``, with the HTTP
+tunnel as the way to its users.
+
+The proxy does no I/O of its own.  Messages come in through
+:meth:`SipProxy.received` (a UDP datagram, or one message framed from a TCP
+stream, with the :class:`Hop` it came from) and :meth:`SipProxy.from_session`
+(the body of ``POST /sip`` from a live session).  They leave through the
+:class:`ISipNetwork` it is given (UDP and TCP) and as frames on the hub
+(``msg sipreq <METHOD> <txid>`` / ``msg sipresp <code> <txid>``).  Time is
+the ``IReactorTime`` it is given: every timer is a ``callLater`` on it, so
+tests drive it with ``twisted.internet.task.Clock``.
+
+What it does with a request (from the network or from a tunnel session):
+
+1. validation (16.3): syntax (``400``, by :func:`~presence.sip.message.parse`),
+   URI scheme (``416``), ``Max-Forwards`` (``483`` at zero), loops (``482``,
+   a ``Via`` of ours whose branch carries the hash this request would get),
+   ``Proxy-Require`` (``420``: no extensions are supported);
+2. ``100 Trying`` at once for INVITE;
+3. route processing (16.4): a first ``Route`` naming this proxy is removed;
+4. the target (16.5): ``sip:<user>@<domain or our address>`` is a user (or
+   alias) looked up in the directory: unknown ``404``, no live session
+   ``480``, else every session of the user (parallel forking); a URI with our
+   ``tun`` parameter is the one session whose Contact it replaced; a URI for
+   anyone else, or a further ``Route``, is forwarded only for a request from a
+   tunnel session (authenticated): from the network it gets ``403`` (not an
+   open relay);
+5. forwarding (16.6): a copy per target with ``Max-Forwards`` decremented (or
+   ``70`` inserted), ``Record-Route: <sip:host:port;lr>`` for requests that
+   may make a dialog, our ``Via`` with a fresh ``z9hG4bK`` branch (the loop
+   hash plus a random part) on top; to a session as a ``msg sipreq`` frame
+   whose ``txid`` is that branch;
+6. responses (16.7): matched by our branch, our ``Via`` removed, ``100``
+   absorbed, other provisionals and every ``2xx`` forwarded at once, the best
+   final of the others forwarded when all branches are done (``6xx`` cancels
+   the rest, ``503`` becomes ``500``), timeouts count as ``408``;
+7. ``CANCEL`` (16.10): answered ``200`` (or ``481``) hop by hop and sent on
+   to every branch still pending;
+8. ``Contact`` of anything a tunnel session sends is rewritten to
+   ``sip:<user>@<our address>;tun=<token>`` (the token names the session and
+   is not its ID) so that the far end reaches the session through us.
+
+Transactions (RFC 3261 section 17, with RFC 6026's Accepted state) are kept
+in two tables and dropped by their timers, so memory follows the calls in
+progress, not the traffic seen; past :data:`MAX_TRANSACTIONS` new requests
+get ``503``.  Over UDP requests and final non-2xx responses are retransmitted
+(timers A, E, G); the tunnel and TCP are reliable.  ACK of a non-2xx final is
+hop by hop: the proxy sends it itself downstream and absorbs the one from
+upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from urllib.parse import unquote
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface
+
+from presence.core import frames
+from presence.core.tables import Session
+from presence.errors import BadRequest, ClientError, NotFound, TooLarge
+from presence.sip.message import (
+    MAGIC_COOKIE, MAX_MESSAGE, NameAddr, ParseError, Request, Response, SipURI, Via,
+    ack_for, bare_host, make_response, parse, reason_phrase, text_body,
+)
+
+log = Logger(namespace="presence.sip")
+
+T1 = 0.5
+T2 = 4.0
+T4 = 5.0
+#: 64*T1: how long a transaction waits for a response (timers B, F, H, J, M)
+TIMER_B = 64 * T1
+#: how long a proxied INVITE may stay in a provisional state (timer C, > 3 min)
+TIMER_C = 181.0
+#: transactions (server and client) kept at once, those that wait out their
+#: final timers included (about three per call for 32 s); past it, 503
+MAX_TRANSACTIONS = 100_000
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
+#: requests that do not get our Record-Route
+NO_RECORD_ROUTE = frozenset({"ACK", "CANCEL", "BYE", "REGISTER", "PRACK"})
+SERVER_NAME = "presence-sip"
+UDP, TCP, TUNNEL = "UDP", "TCP", "TUNNEL"
+
+
+class ServiceUnavailable(ClientError):
+    status = 503
+
+
+class UnsupportedMedia(ClientError):
+    status = 415
+
+
+class Hop:
+    """Where a message came from or goes to: a network peer (``UDP`` or
+    ``TCP``, with the connection it came on) or a tunnel ``session``."""
+
+    __slots__ = ("transport", "host", "port", "conn", "session")
+
+    def __init__(self, transport: str, host: str = "", port: int = 0, conn: Any = None,
+                 session: Optional[Session] = None) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.conn = conn
+        self.session = session
+
+    @property
+    def tunnel(self) -> bool:
+        return self.transport == TUNNEL
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != UDP
+
+    def __repr__(self) -> str:
+        if self.tunnel:
+            return f"<Hop tunnel {self.session!r}>"
+        return f"<Hop {self.transport} {self.host}:{self.port}>"
+
+
+class ISipNetwork(Interface):
+    """The UDP and TCP side of the proxy."""
+
+    port = Attribute("the SIP port (UDP and TCP)")
+
+    def send(data: bytes, hop: Hop, on_error: Optional[Callable[[], None]]) -> None:
+        """Send one message to ``hop`` (over ``hop.conn`` if it is still
+        open, else over a connection to ``hop.host:hop.port``); call
+        ``on_error`` if it could not be sent."""
+
+    def local_host(hop: Hop) -> str:
+        """Our address as ``hop`` reaches it (for Via, Record-Route, Contact)."""
+
+    def resolve(host: str) -> defer.Deferred:
+        """An IP address for ``host``."""
+
+    def is_local(host: str) -> bool:
+        """Whether ``host`` (an IP address or name) is this machine."""
+
+
+class Timers:
+    """Named ``callLater`` timers of one transaction."""
+
+    __slots__ = ("clock", "calls")
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.calls: Dict[str, Any] = {}
+
+    def start(self, name: str, delay: float, fn: Callable, *args: Any) -> None:
+        self.cancel(name)
+        self.calls[name] = self.clock.callLater(delay, self._fire, name, fn, args)
+
+    def _fire(self, name: str, fn: Callable, args: tuple) -> None:
+        self.calls.pop(name, None)
+        fn(*args)
+
+    def cancel(self, name: str) -> None:
+        call = self.calls.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def cancel_all(self) -> None:
+        for name in list(self.calls):
+            self.cancel(name)
+
+
+class Context:
+    """One proxied request: its server transaction and its branches."""
+
+    __slots__ = ("server", "clients", "best", "best_owner", "final", "cancelled",
+                 "loop_hash", "target_pending")
+
+    def __init__(self, server: "ServerTxn", loop_hash: str) -> None:
+        self.server = server
+        self.clients: List[ClientTxn] = []
+        self.best: Optional[Response] = None
+        #: the branch the best response came from (None: made up here)
+        self.best_owner: Optional[ClientTxn] = None
+        self.final = False
+        self.cancelled = False
+        self.loop_hash = loop_hash
+        self.target_pending = False
+
+
+class ServerTxn:
+    """The transaction of a request we received (RFC 3261 17.2)."""
+
+    def __init__(self, proxy: "SipProxy", key: tuple, request: Request, hop: Hop,
+                 txid: str) -> None:
+        self.proxy = proxy
+        self.key = key
+        self.request = request
+        self.hop = hop
+        self.txid = txid
+        self.method = request.method
+        self.state = "trying"
+        #: what went upstream last (bytes, or a frame for a session), re-sent
+        #: when the request is repeated
+        self.last_out: Any = None
+        self.last_code = 0
+        self.reply_hop: Optional[Hop] = None
+        self.context: Optional[Context] = None
+        self.timers = Timers(proxy.clock)
+        self.to_tag = secrets.token_hex(5)
+        self.g_interval = T1
+
+    @property
+    def is_invite(self) -> bool:
+        return self.method == "INVITE"
+
+    def respond(self, response: Response) -> None:
+        """Send ``response`` upstream and move the state machine."""
+        if self.state in ("completed", "confirmed", "terminated"):
+            return  # a final response went already
+        if self.state == "accepted" and not 200 <= response.code < 300:
+            return
+        self.last_code = response.code
+        self.last_out = self.proxy._send_upstream(self, response)
+        code = response.code
+        if code < 200:
+            self.state = "proceeding"
+            return
+        self._release()
+        if self.is_invite and code < 300:
+            # RFC 6026 Accepted: absorb INVITE retransmissions, pass further 2xx
+            self.state = "accepted"
+            self.timers.start("L", TIMER_B, self.terminate)
+            return
+        self.state = "completed"
+        if self.is_invite:
+            if self.hop.transport == UDP:
+                self.timers.start("G", self.g_interval, self._timer_g)
+            self.timers.start("H", TIMER_B, self.terminate)
+        else:
+            self.timers.start("J", TIMER_B if self.hop.transport != TCP else 0, self.terminate)
+
+    def _release(self) -> None:
+        """A final response went: keep only what answers repeats (the
+        request and the response context are no longer needed)."""
+        self.request = None  # type: ignore[assignment]
+        if self.context is not None:
+            self.context.best = None
+
+    def retransmitted(self) -> None:
+        """The same request again: send the last response again."""
+        if self.last_out is not None and self.state != "confirmed":
+            self.proxy._resend_upstream(self)
+
+    def ack(self) -> None:
+        """ACK of our non-2xx final response."""
+        if self.state == "completed" and self.is_invite:
+            self.state = "confirmed"
+            self.timers.cancel("G")
+            self.timers.cancel("H")
+            self.timers.start("I", T4 if self.hop.transport == UDP else 0, self.terminate)
+
+    def _timer_g(self) -> None:
+        if self.state != "completed" or self.last_out is None:
+            return
+        self.proxy._resend_upstream(self)
+        self.g_interval = min(2 * self.g_interval, T2)
+        self.timers.start("G", self.g_interval, self._timer_g)
+
+    def terminate(self) -> None:
+        self.state = "terminated"
+        self.timers.cancel_all()
+        self.proxy._drop_server(self)
+
+
+class ClientTxn:
+    """The transaction of a request we forwarded (RFC 3261 17.1)."""
+
+    def __init__(self, proxy: "SipProxy", context: Optional[Context], request: Request,
+                 hop: Hop, branch: str) -> None:
+        self.proxy = proxy
+        self.context = context
+        self.request = request
+        self.hop = hop
+        self.branch = branch
+        self.method = request.method
+        self.state = "calling" if request.method == "INVITE" else "trying"
+        self.provisional = False
+        self.final: Optional[int] = None
+        self.cancel_wanted = False
+        self.cancelled = False
+        self.data: Optional[bytes] = None
+        self.timers = Timers(proxy.clock)
+        self.interval = T1
+
+    @property
+    def key(self) -> Tuple[str, str]:
+        return (self.branch, self.method)
+
+    @property
+    def is_invite(self) -> bool:
+        return self.method == "INVITE"
+
+    def start(self) -> None:
+        if self.hop.transport == UDP:
+            self.timers.start("A", self.interval, self._retransmit)
+        self.timers.start("B", TIMER_B, self._timeout)
+        if self.is_invite:
+            self.timers.start("C", TIMER_C, self._timer_c)
+
+    def _retransmit(self) -> None:
+        if self.final is not None or (self.is_invite and self.provisional):
+            return
+        self.proxy._send_client(self)
+        self.interval = 2 * self.interval if self.is_invite else min(2 * self.interval, T2)
+        if self.provisional and not self.is_invite:
+            self.interval = T2
+        self.timers.start("A", self.interval, self._retransmit)
+
+    def _timeout(self) -> None:
+        """Timers B and F: no final response in time: a 408."""
+        if self.final is None:
+            self.proxy._client_failed(self, 408)
+
+    def _timer_c(self) -> None:
+        """Timer C: an INVITE that rang for too long."""
+        if self.final is not None:
+            return
+        if self.provisional:
+            self.proxy._cancel_branch(self)
+            # the 487 should follow; if it does not, give up on the branch
+            self.timers.start("B", TIMER_B, self._timeout)
+        else:
+            self.proxy._client_failed(self, 408)
+
+    def got(self, response: Response) -> None:
+        code = response.code
+        if code < 200:
+            self.provisional = True
+            if self.is_invite:
+                self.timers.cancel("B")  # timer F of a non-INVITE runs on
+                self.state = "proceeding"
+                self.timers.cancel("A")
+                self.timers.start("C", TIMER_C, self._timer_c)
+            if self.cancel_wanted and not self.cancelled:
+                self.proxy._cancel_branch(self)
+            return
+        self.final = code
+        self.timers.cancel_all()
+        if self.is_invite and code < 300:
+            self.state = "accepted"   # RFC 6026: pass 2xx retransmissions
+            self.timers.start("M", TIMER_B, self.terminate)
+            self.data = None
+        else:
+            self.state = "completed"
+            reliable = self.hop.reliable
+            if self.is_invite:
+                self.timers.start("D", 0 if reliable else TIMER_B, self.terminate)
+            else:
+                self.timers.start("K", 0 if reliable else T4, self.terminate)
+
+    def terminate(self) -> None:
+        self.state = "terminated"
+        self.timers.cancel_all()
+        self.proxy._drop_client(self)
+
+
+class _Target:
+    """Where route processing says a request goes."""
+
+    def __init__(self, kind: str, code: int = 0, reason: str = "", name: str = "",
+                 session: Optional[Session] = None, uri: Optional[SipURI] = None) -> None:
+        self.kind = kind  # error, self, user, session, outside
+        self.code = code
+        self.reason = reason
+        self.name = name
+        self.session = session
+        self.uri = uri
+
+
+class SipProxy:
+    """The proxy for ``domain``: see the module docstring."""
+
+    def __init__(self, service, network, clock, domain: str) -> None:
+        self.service = service
+        self.hub = service.hub
+        self.network = network
+        self.clock = clock
+        self.domain = domain.lower()
+        self.server_txns: Dict[tuple, ServerTxn] = {}
+        self.client_txns: Dict[Tuple[str, str], ClientTxn] = {}
+        #: Contact tokens: token -> session, and back (weak: gone with the session)
+        self._sessions_by_token: "weakref.WeakValueDictionary[str, Session]" = \
+            weakref.WeakValueDictionary()
+        self._tokens: "weakref.WeakKeyDictionary[Session, str]" = weakref.WeakKeyDictionary()
+        self.counters: Dict[str, int] = {}
+
+    @property
+    def port(self) -> int:
+        return self.network.port
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def stats(self) -> Dict[str, int]:
+        figures = dict(self.counters)
+        figures["server_transactions"] = len(self.server_txns)
+        figures["client_transactions"] = len(self.client_txns)
+        return figures
+
+    # -- who we are --------------------------------------------------------
+
+    def is_me(self, host: str, port: Optional[int]) -> bool:
+        """Whether ``host:port`` (of a URI or a Via) names this proxy."""
+        host = bare_host(host)
+        if host == self.domain:
+            return port is None or port == self.port
+        if port is None:
+            port = 5060
+        return port == self.port and self.network.is_local(host)
+
+    def _uri_is_me(self, uri: Optional[SipURI]) -> bool:
+        return uri is not None and self.is_me(uri.host, uri.port)
+
+    def local_host(self, hop: Hop) -> str:
+        if hop.tunnel:
+            return self.domain
+        return self.network.local_host(hop)
+
+    def token_of(self, session: Session) -> str:
+        token = self._tokens.get(session)
+        if token is None:
+            token = secrets.token_urlsafe(12)
+            self._tokens[session] = token
+            self._sessions_by_token[token] = session
+        return token
+
+    def _alive(self, session: Optional[Session]) -> bool:
+        return session is not None and self.hub.session(session.id) is session
+
+    # -- ways in -----------------------------------------------------------
+
+    def received(self, data: bytes, hop: Hop) -> None:
+        """One message from the network (a datagram, or one framed from a
+        stream; ``TCP`` messages have been framed by Content-Length)."""
+        if not data.strip(b"\r\n \t"):
+            return  # keep-alive
+        try:
+            message = parse(data)
+        except ParseError as e:
+            self._count("malformed")
+            self.reject_malformed(e, hop)
+            return
+        if isinstance(message, Response):
+            self._network_response(message, hop)
+        else:
+            self._network_request(message, hop)
+
+    def reject_malformed(self, error: ParseError, hop: Hop) -> None:
+        """Answer a request that could not be taken, when it can be
+        addressed; drop anything else."""
+        partial = error.partial
+        log.debug("malformed SIP message from {hop}: {why}", hop=hop, why=error.reason)
+        if not isinstance(partial, Request) or partial.method == "ACK" \
+                or not partial.get_all("via"):
+            return
+        try:
+            phrase = f"{reason_phrase(error.status)} ({error.reason})"
+        except Exception:  # pragma: no cover
+            phrase = None
+        response = make_response(partial, error.status, phrase, secrets.token_hex(5),
+                                 [("Server", SERVER_NAME)])
+        # answer the source itself: the Via of a broken message is not trusted
+        self.network.send(response.to_bytes(), Hop(hop.transport, hop.host, hop.port, hop.conn),
+                          None)
+
+    def from_session(self, session: Session, data: bytes) -> Dict[str, Any]:
+        """The body of ``POST /sip`` from ``session``: a response to a
+        ``msg sipreq`` or a request of the user.  Returns the JSON answer;
+        raises a :class:`~presence.errors.ClientError` for the HTTP error."""
+        if len(data) > MAX_MESSAGE:
+            raise TooLarge(f"a SIP message may be at most {MAX_MESSAGE} bytes")
+        if b"\r" not in data:
+            data = data.replace(b"\n", b"\r\n")  # frame text: restore CRLF
+        try:
+            message = parse(data)
+        except ParseError as e:
+            if e.status == 513:
+                raise TooLarge(f"SIP message too large: {e.reason}")
+            raise BadRequest(f"not a valid SIP message: {e.reason}")
+        hop = Hop(TUNNEL, session=session)
+        if isinstance(message, Response):
+            return self._session_response(message, session)
+        return self._session_request(message, hop)
+
+    # -- requests ----------------------------------------------------------
+
+    def _network_request(self, request: Request, hop: Hop) -> None:
+        via = request.top_via()
+        assert via is not None
+        # RFC 3261 18.2.1 and RFC 3581: where the request really came from
+        if bare_host(via.host) != bare_host(hop.host) or via.param("rport") == "":
+            via.set_param("received", hop.host)
+        if via.param("rport") == "":
+            via.set_param("rport", str(hop.port))
+        request.set_top_via(via)
+        key = self._network_key(request)
+        self._request(request, hop, key, via.branch or key[1])
+
+    def _session_request(self, request: Request, hop: Hop) -> Dict[str, Any]:
+        via = request.top_via()
+        assert via is not None
+        branch = via.branch
+        if not branch:
+            branch = "t" + hashlib.sha1(repr(self._network_key(request)).encode()).hexdigest()[:16]
+        method = "INVITE" if request.method == "ACK" else request.method
+        key = ("T", hop.session.id, branch, method)
+        self._request(request, hop, key, branch)
+        return {"txid": branch}
+
+    def _network_key(self, request: Request) -> tuple:
+        via = request.top_via()
+        method = "INVITE" if request.method == "ACK" else request.method
+        branch = via.branch or ""
+        if branch.startswith(MAGIC_COOKIE):
+            host, port = via.sent_by
+            return ("N", branch, host, port, method)
+        number, _ = request.cseq
+        return ("O", request.call_id, request.tag("from"), number,
+                request.values("via")[0], method)
+
+    def _request(self, request: Request, hop: Hop, key: tuple, txid: str) -> None:
+        if request.method == "ACK":
+            stx = self.server_txns.get(key)
+            if stx is not None:
+                stx.ack()
+                return
+            self._stateless(request, hop)
+            return
+        stx = self.server_txns.get(key)
+        if stx is not None:
+            stx.retransmitted()
+            return
+        if request.method == "CANCEL":
+            self._cancel_request(request, hop, key[:-1] + ("INVITE",))
+            return
+        if len(self.server_txns) + len(self.client_txns) >= MAX_TRANSACTIONS:
+            self._count("overload")
+            self._reply_stateless(request, hop, 503, [("Retry-After", "5")])
+            return
+        stx = ServerTxn(self, key, request, hop, txid)
+        self.server_txns[key] = stx
+        self._count("requests")
+        self._handle(stx)
+
+    def _reply_stateless(self, request: Request, hop: Hop, code: int,
+                         extra: List[Tuple[str, str]] = (), reason: Optional[str] = None) -> None:
+        response = make_response(request, code, reason, secrets.token_hex(5),
+                                  [("Server", SERVER_NAME), *extra])
+        if hop.tunnel:
+            self._deliver_response(hop.session, _txid_of(request), response)
+        else:
+            self.network.send(response.to_bytes(), self._response_hop(request, hop), None)
+
+    def _reply(self, stx: ServerTxn, code: int, extra: List[Tuple[str, str]] = (),
+               reason: Optional[str] = None) -> None:
+        response = make_response(stx.request, code, reason, stx.to_tag,
+                                 [("Server", SERVER_NAME), *extra])
+        if stx.context is not None:
+            stx.context.final = code >= 200
+        stx.respond(response)
+
+    def _validate(self, request: Request, loop_hash: str) -> Optional[Tuple[int, str, list]]:
+        """RFC 3261 16.3: ``(code, reason, extra headers)`` to refuse with."""
+        try:
+            uri = SipURI.parse(request.uri)
+        except ValueError:
+            return 416, "Unsupported URI Scheme", []
+        if uri.scheme != "sip":
+            return 416, "Unsupported URI Scheme (no TLS here)", []
+        mf = request.get("max-forwards")
+        if mf is not None and int(mf) == 0:
+            return 483, "Too Many Hops", []
+        for value in request.values("via"):
+            via = Via.parse(value)
+            branch = via.branch or ""
+            if self.is_me(via.host, via.port) and branch.startswith(
+                    f"{MAGIC_COOKIE}{loop_hash}."):
+                return 482, "Loop Detected", []
+        required = [r.strip() for v in request.get_all("proxy-require") for r in v.split(",")]
+        required = [r for r in required if r]
+        if required:
+            return 420, "Bad Extension", [("Unsupported", ", ".join(required))]
+        return None
+
+    def _loop_hash(self, request: Request) -> str:
+        """What the branch of a forwarded copy depends on (RFC 3261 16.6
+        step 8): the Request-URI, the routing and admission fields, the
+        dialog and transaction identifiers; not the Via or Max-Forwards."""
+        parts = [request.uri, request.call_id or "", request.tag("from") or "",
+                 request.tag("to") or "", str(request.cseq[0])]
+        for name in ("route", "proxy-require", "proxy-authorization"):
+            parts.extend(request.get_all(name))
+        return hashlib.sha1("\x00".join(parts).encode("utf-8")).hexdigest()[:12]
+
+    def _handle(self, stx: ServerTxn) -> None:
+        request = stx.request
+        loop_hash = self._loop_hash(request)
+        context = stx.context = Context(stx, loop_hash)
+        refusal = self._validate(request, loop_hash)
+        if refusal is not None:
+            code, reason, extra = refusal
+            self._count(f"refused_{code}")
+            self._reply(stx, code, extra, reason)
+            return
+        if request.method == "INVITE":
+            stx.respond(make_response(request, 100, None, None, [("Server", SERVER_NAME)]))
+        forwarded = request.copy()
+        target = self._target(forwarded, stx.hop)
+        if target.kind == "error":
+            self._count(f"refused_{target.code}")
+            self._reply(stx, target.code, reason=target.reason or None)
+        elif target.kind == "self":
+            if request.method == "OPTIONS":
+                self._reply(stx, 200, [("Allow", ALLOW), ("Accept", "application/sdp")])
+            else:
+                self._reply(stx, 405, [("Allow", "OPTIONS")])
+        elif target.kind == "session":
+            self._forward(context, forwarded, [Hop(TUNNEL, session=target.session)])
+        elif target.kind == "user":
+            context.target_pending = True
+            d = defer.ensureDeferred(self.service.resolve(target.name))
+            d.addCallback(self._user_found, context, forwarded)
+            d.addErrback(self._target_failed, context)
+        else:
+            context.target_pending = True
+            d = self._outside_hop(target.uri, stx.hop)
+            d.addCallback(lambda hop: self._forward(context, forwarded, [hop]))
+            d.addErrback(self._target_failed, context)
+
+    def _target(self, request: Request, source: Hop) -> _Target:
+        """RFC 3261 16.4 and 16.5: route processing and the target.
+        ``request`` is the copy to forward; our own Route is removed."""
+        routes = request.values("route")
+        if routes:
+            try:
+                first = NameAddr.parse(routes[0]).sip_uri()
+            except ValueError:
+                return _Target("error", 400, "Bad Request (malformed Route)")
+            if self._uri_is_me(first):
+                request.set_values("route", routes[1:])
+                routes = routes[1:]
+        uri = SipURI.parse(request.uri)
+        if routes and uri.user is None and self._uri_is_me(uri) and uri.param("lr") is not None:
+            # the previous hop was a strict router (RFC 3261 16.4)
+            try:
+                request.uri = NameAddr.parse(routes[-1]).uri
+            except ValueError:
+                return _Target("error", 400, "Bad Request (malformed Route)")
+            request.set_values("route", routes[:-1])
+            routes = routes[:-1]
+            try:
+                uri = SipURI.parse(request.uri)
+            except ValueError:
+                return _Target("error", 416, "Unsupported URI Scheme")
+        if routes:
+            if not source.tunnel:
+                return _Target("error", 403, "Forbidden (not an open relay)")
+            try:
+                next_uri = NameAddr.parse(routes[0]).sip_uri()
+            except ValueError:
+                next_uri = None
+            if next_uri is None:
+                return _Target("error", 416, "Unsupported URI Scheme (Route)")
+            return _Target("outside", uri=next_uri)
+        if self._uri_is_me(uri) or bare_host(uri.host) == self.domain:
+            if not self._uri_is_me(uri):
+                # the domain, but another port: someone else's
+                return self._elsewhere(uri, source)
+            token = uri.param("tun")
+            if token is not None:
+                session = self._sessions_by_token.get(token)
+                if not self._alive(session):
+                    if request.tag("to"):
+                        return _Target("error", 481, "Call/Transaction Does Not Exist")
+                    return _Target("error", 404, "Not Found (that session has ended)")
+                return _Target("session", session=session)
+            if uri.user is None:
+                return _Target("self")
+            return _Target("user", name=unquote(uri.user))
+        return self._elsewhere(uri, source)
+
+    def _elsewhere(self, uri: SipURI, source: Hop) -> _Target:
+        if not source.tunnel:
+            return _Target("error", 403, "Forbidden (not an open relay)")
+        return _Target("outside", uri=uri)
+
+    def _outside_hop(self, uri: SipURI, source: Hop) -> defer.Deferred:
+        transport = TCP if uri.transport == "TCP" else UDP
+        if uri.transport not in ("UDP", "TCP"):
+            return defer.fail(_Refused(503, f"Service Unavailable (no {uri.transport[:10]})"))
+        host = uri.param("maddr") or bare_host(uri.host)
+        port = uri.port or 5060
+        d = self.network.resolve(host)
+        d.addCallback(lambda ip: Hop(transport, ip, port))
+        return d
+
+    def _user_found(self, found, context: Context, request: Request) -> None:
+        context.target_pending = False
+        stx = context.server
+        if context.final or stx.state == "terminated":
+            return
+        if context.cancelled:
+            self._reply(stx, 487, reason="Request Terminated")
+            return
+        if found is None or found[0] != "user":
+            self._count("not_found")
+            self._reply(stx, 404, reason="Not Found")
+            return
+        name = found[1]
+        state = self.hub.users.user(name)
+        sessions = list(state.sessions) if state is not None and self.hub.is_online(name) else []
+        if not sessions:
+            self._count("offline")
+            self._reply(stx, 480, reason="Temporarily Unavailable")
+            return
+        self._forward(context, request, [Hop(TUNNEL, session=s) for s in sessions])
+
+    def _target_failed(self, failure, context: Context, code: int = 500) -> None:
+        context.target_pending = False
+        if context.final:
+            return
+        if failure.check(_Refused):
+            self._reply(context.server, failure.value.code, reason=failure.value.reason)
+            return
+        if failure.check(ClientError) is None:
+            from twisted.internet.error import DNSLookupError
+            if failure.check(DNSLookupError):
+                self._reply(context.server, 404, reason="Not Found (no such host)")
+                return
+            log.failure("routing a SIP request failed", failure)
+        self._reply(context.server, 500, reason="Server Internal Error")
+
+    # -- forwarding -----------------------------------------------------------
+
+    def _record_route(self, source: Hop, dest: Hop) -> str:
+        leg = source if not source.tunnel else dest
+        host = self.local_host(leg)
+        uri = SipURI(host, None, self.port, [("lr", None)])
+        if leg.transport == TCP:
+            uri = SipURI(host, None, self.port, [("transport", "tcp"), ("lr", None)])
+        return f"<{uri}>"
+
+    def _prepare(self, request: Request, source: Hop, dest: Hop, branch: str) -> Request:
+        """The copy of ``request`` for ``dest``: 16.6 steps 3 to 8."""
+        copy = request.copy()
+        mf = copy.get("max-forwards")
+        copy.set("max-forwards", str(int(mf) - 1) if mf is not None else "70")
+        if source.tunnel:
+            self._rewrite_contacts(copy, source.session, self.local_host(dest))
+        if copy.method not in NO_RECORD_ROUTE:
+            copy.prepend("record-route", self._record_route(source, dest))
+        via_transport = TCP if dest.transport == TCP else UDP
+        copy.prepend("via", str(Via(via_transport, self.local_host(dest), self.port,
+                                    [("branch", branch)])))
+        return copy
+
+    def _branch(self, context: Optional[Context], request: Request) -> str:
+        loop_hash = context.loop_hash if context is not None else self._loop_hash(request)
+        return f"{MAGIC_COOKIE}{loop_hash}.{secrets.token_hex(6)}"
+
+    def _forward(self, context: Context, request: Request, dests: List[Hop]) -> None:
+        context.target_pending = False
+        stx = context.server
+        if context.final or stx.state == "terminated":
+            return
+        if context.cancelled:
+            self._reply(stx, 487, reason="Request Terminated")
+            return
+        if request.method != "ACK" and not text_body(request) and any(d.tunnel for d in dests):
+            self._reply(stx, 415, reason="Unsupported Media Type (the tunnel carries text)")
+            return
+        for dest in dests:
+            branch = self._branch(context, request)
+            copy = self._prepare(request, stx.hop, dest, branch)
+            ctx = ClientTxn(self, context, copy, dest, branch)
+            context.clients.append(ctx)
+            self.client_txns[ctx.key] = ctx
+            ctx.start()
+            self._send_client(ctx)
+
+    def _send_client(self, ctx: ClientTxn) -> None:
+        hop = ctx.hop
+        if hop.tunnel:
+            if not self._alive(hop.session):
+                self.clock.callLater(0, self._client_failed, ctx, 480)
+                return
+            self.hub.deliver_session(hop.session, frames.sipreq(
+                ctx.method, ctx.branch, ctx.request.to_text()))
+            return
+        if ctx.data is None:
+            ctx.data = ctx.request.to_bytes()
+        self.network.send(ctx.data, hop, lambda: self._client_failed(ctx, 503))
+
+    def _stateless(self, request: Request, hop: Hop) -> None:
+        """An ACK of a 2xx (its own transaction, never answered): forward it."""
+        if self._validate(request, self._loop_hash(request)) is not None:
+            return
+        copy = request.copy()
+        target = self._target(copy, hop)
+        if target.kind == "session":
+            self._send_stateless(copy, hop, [Hop(TUNNEL, session=target.session)])
+        elif target.kind == "user":
+            state = self.hub.users.user(target.name.lower())
+            if state is not None:
+                self._send_stateless(copy, hop, [Hop(TUNNEL, session=s) for s in state.sessions])
+        elif target.kind == "outside":
+            d = self._outside_hop(target.uri, hop)
+            d.addCallback(lambda dest: self._send_stateless(copy, hop, [dest]))
+            d.addErrback(lambda f: log.debug("ACK not forwarded: {f}", f=f.getErrorMessage()))
+
+    def _send_stateless(self, request: Request, source: Hop, dests: List[Hop]) -> None:
+        for dest in dests:
+            branch = self._branch(None, request)
+            copy = self._prepare(request, source, dest, branch)
+            if dest.tunnel:
+                if self._alive(dest.session) and text_body(copy):
+                    self.hub.deliver_session(dest.session, frames.sipreq(
+                        copy.method, branch, copy.to_text()))
+            else:
+                self.network.send(copy.to_bytes(), dest, None)
+
+    # -- CANCEL ---------------------------------------------------------------
+
+    def _cancel_request(self, request: Request, hop: Hop, invite_key: tuple) -> None:
+        stx = self.server_txns.get(invite_key)
+        if stx is None:
+            self._reply_stateless(request, hop, 481, reason="Call/Transaction Does Not Exist")
+            return
+        to_tag = stx.to_tag
+        response = make_response(request, 200, None, to_tag, [("Server", SERVER_NAME)])
+        if hop.tunnel:
+            self._deliver_response(hop.session, _txid_of(request), response)
+        else:
+            self.network.send(response.to_bytes(), self._response_hop(request, hop), None)
+        context = stx.context
+        if context is None or context.final:
+            return
+        context.cancelled = True
+        if not context.clients and not context.target_pending:
+            self._reply(stx, 487, reason="Request Terminated")
+            return
+        for ctx in context.clients:
+            if ctx.final is None:
+                self._cancel_branch(ctx)
+
+    def _cancel_branch(self, ctx: ClientTxn) -> None:
+        """Send CANCEL for a pending INVITE branch (RFC 3261 9.1): at once to a
+        session, after a provisional response over the network."""
+        if not ctx.is_invite or ctx.final is not None or ctx.cancelled:
+            return
+        if not ctx.provisional and not ctx.hop.tunnel:
+            ctx.cancel_wanted = True
+            return
+        ctx.cancelled = True
+        invite = ctx.request
+        cancel = Request("CANCEL", invite.uri)
+        cancel.add("Via", invite.values("via")[0])
+        for name in ("route",):
+            for value in invite.get_all(name):
+                cancel.add("Route", value)
+        cancel.add("Max-Forwards", "70")
+        for name, spelled in (("from", "From"), ("to", "To"), ("call-id", "Call-ID")):
+            cancel.add(spelled, invite.get(name) or "")
+        cancel.add("CSeq", f"{invite.cseq[0]} CANCEL")
+        cancel_tx = ClientTxn(self, None, cancel, ctx.hop, ctx.branch)
+        self.client_txns[cancel_tx.key] = cancel_tx
+        cancel_tx.start()
+        self._send_client(cancel_tx)
+
+    # -- responses --------------------------------------------------------------
+
+    def _network_response(self, response: Response, hop: Hop) -> None:
+        via = response.top_via()
+        ctx = self._match_client(response)
+        if ctx is None or ctx.hop.tunnel or not self.is_me(via.host, via.port):
+            self._count("stray_responses")
+            log.debug("stray SIP response {code} from {hop}", code=response.code, hop=hop)
+            return
+        self._client_response(ctx, response)
+
+    def _session_response(self, response: Response, session: Session) -> Dict[str, Any]:
+        ctx = self._match_client(response)
+        if ctx is None or not ctx.hop.tunnel or ctx.hop.session is not session:
+            raise NotFound("no SIP transaction of this session matches the response"
+                           " (its top Via must be the proxy's, as in the msg sipreq)")
+        if not text_body(response) and ctx.context is not None \
+                and ctx.context.server.hop.tunnel:
+            raise UnsupportedMedia("the body of a SIP message in the tunnel must be UTF-8 text")
+        self._client_response(ctx, response)
+        return {"txid": ctx.branch}
+
+    def _match_client(self, response: Response) -> Optional[ClientTxn]:
+        via = response.top_via()
+        if via is None or not via.branch:
+            return None
+        return self.client_txns.get((via.branch, response.cseq[1]))
+
+    def _client_response(self, ctx: ClientTxn, response: Response) -> None:
+        code = response.code
+        if ctx.state == "completed":
+            # a retransmitted final: ACK it again (non-2xx INVITE)
+            if ctx.is_invite and not ctx.hop.tunnel and code >= 300:
+                self._ack_branch(ctx, response)
+            return
+        if ctx.state == "terminated":
+            return
+        if ctx.state == "accepted":
+            if 200 <= code < 300 and ctx.context is not None:
+                self._upstream(ctx, response)  # a 2xx retransmission
+            return
+        ctx.got(response)
+        if ctx.context is None:
+            return  # our own CANCEL
+        if code == 100:
+            return
+        if code >= 300 and ctx.is_invite and not ctx.hop.tunnel:
+            self._ack_branch(ctx, response)
+        self._response_context(ctx, response)
+
+    def _ack_branch(self, ctx: ClientTxn, response: Response) -> None:
+        """RFC 3261 17.1.1.3: the ACK of a non-2xx final, sent by us."""
+        self.network.send(ack_for(ctx.request, response).to_bytes(), ctx.hop, None)
+
+    def _upstream(self, ctx: ClientTxn, response: Response) -> None:
+        """Forward ``response`` of branch ``ctx`` to the previous hop."""
+        copy = response.copy()
+        copy.pop_first_value("via")
+        if ctx.hop.tunnel and 100 < copy.code < 300:
+            stx = ctx.context.server
+            self._rewrite_contacts(copy, ctx.hop.session, self.local_host(stx.hop))
+        ctx.context.server.respond(copy)
+
+    def _response_context(self, ctx: ClientTxn, response: Response) -> None:
+        """RFC 3261 16.7 for one response of a branch."""
+        context = ctx.context
+        code = response.code
+        if context.final and not (200 <= code < 300 and ctx.is_invite):
+            return
+        if code < 200:
+            self._upstream(ctx, response)
+            return
+        if 200 <= code < 300:
+            context.final = True
+            self._upstream(ctx, response)
+            if ctx.is_invite:
+                for other in context.clients:
+                    if other is not ctx and other.final is None:
+                        self._cancel_branch(other)
+            return
+        if context.best is None or _better(response, context.best):
+            context.best, context.best_owner = response, ctx
+        if code >= 600 and ctx.is_invite:
+            for other in context.clients:
+                if other is not ctx and other.final is None:
+                    self._cancel_branch(other)
+        self._maybe_done(context)
+
+    def _maybe_done(self, context: Context) -> None:
+        if context.final or any(c.final is None for c in context.clients):
+            return
+        best = context.best
+        context.final = True
+        if best is None:
+            self._reply(context.server, 408)
+            return
+        if best.code == 503:
+            best = best.copy()
+            best.code, best.reason = 500, "Server Internal Error"
+        if context.best_owner is not None:
+            self._upstream(context.best_owner, best)
+        else:
+            context.server.respond(best)
+
+    def _client_failed(self, ctx: ClientTxn, code: int) -> None:
+        """A branch without answer (timeout, unreachable, session gone)."""
+        if ctx.final is not None:
+            return
+        ctx.final = code
+        ctx.timers.cancel_all()
+        self._drop_client(ctx)
+        ctx.state = "terminated"
+        context = ctx.context
+        if context is None or context.final:
+            return
+        synthetic = make_response(context.server.request, code, None,
+                                  context.server.to_tag, [("Server", SERVER_NAME)])
+        if context.best is None or _better(synthetic, context.best):
+            context.best, context.best_owner = synthetic, None
+        self._maybe_done(context)
+
+    # -- sending responses upstream ------------------------------------------------
+
+    def _response_hop(self, request: Request, hop: Hop) -> Hop:
+        """RFC 3261 18.2.2 and RFC 3581: where a response to ``request``
+        (received from ``hop``) goes."""
+        via = request.top_via()
+        host = via.param("received") or bare_host(via.host)
+        rport = via.param("rport")
+        port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
+        if hop.transport == TCP:
+            # the connection it came on; if that closed, a new one to the Via
+            return Hop(TCP, host, port, conn=hop.conn)
+        return Hop(hop.transport, host, port)
+
+    def _send_upstream(self, stx: ServerTxn, response: Response) -> Any:
+        """Send ``response`` to the previous hop of ``stx``; return what was
+        sent (bytes, or the frame), for repeats."""
+        if stx.hop.tunnel:
+            return self._deliver_response(stx.hop.session, stx.txid, response)
+        if stx.reply_hop is None:
+            stx.reply_hop = self._response_hop(stx.request, stx.hop)
+        data = response.to_bytes()
+        self.network.send(data, stx.reply_hop, None)
+        return data
+
+    def _resend_upstream(self, stx: ServerTxn) -> None:
+        if stx.hop.tunnel:
+            if self._alive(stx.hop.session):
+                self.hub.deliver_session(stx.hop.session, stx.last_out)
+        elif stx.reply_hop is not None:
+            self.network.send(stx.last_out, stx.reply_hop, None)
+
+    def _deliver_response(self, session: Session, txid: str, response: Response) -> Any:
+        if not self._alive(session):
+            return None
+        if not text_body(response):
+            response = response.copy()
+            response.body = b""
+        frame = frames.sipresp(response.code, txid, response.to_text())
+        self.hub.deliver_session(session, frame)
+        return frame
+
+    # -- Contact ------------------------------------------------------------------
+
+    def _rewrite_contacts(self, message, session: Session, host: str) -> None:
+        """Point every Contact of a tunnel session's message at us."""
+        values = message.values("contact")
+        if not values:
+            return
+        token = self.token_of(session)
+        out = []
+        for value in values:
+            try:
+                address = NameAddr.parse(value)
+            except ValueError:
+                out.append(value)
+                continue
+            if address.uri == "*":
+                out.append(value)
+                continue
+            uri = address.sip_uri()
+            user = uri.user if uri is not None and uri.user else session.user.name
+            address.uri = str(SipURI(host, user, self.port, [("tun", token)]))
+            address.angle = True
+            out.append(str(address))
+        message.set_values("contact", out)
+
+    # -- bookkeeping -------------------------------------------------------------
+
+    def _drop_server(self, stx: ServerTxn) -> None:
+        if self.server_txns.get(stx.key) is stx:
+            del self.server_txns[stx.key]
+
+    def _drop_client(self, ctx: ClientTxn) -> None:
+        if self.client_txns.get(ctx.key) is ctx:
+            del self.client_txns[ctx.key]
+
+    def stop(self) -> None:
+        """Cancel every timer (the service stops)."""
+        for stx in list(self.server_txns.values()):
+            stx.terminate()
+        for ctx in list(self.client_txns.values()):
+            ctx.terminate()
+
+
+def _txid_of(request: Request) -> str:
+    via = request.top_via()
+    return (via.branch if via is not None else None) or "-"
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _rank(code: int) -> Tuple[int, int]:
+    """Lower is better (RFC 3261 16.7 step 6): 6xx first, then the lowest
+    class, with 401/407/415/420/484 and 3xx preferred within 4xx; 408 and 503
+    (timeouts, overload) last among their classes."""
+    klass = code // 100
+    if klass == 6:
+        return (0, code)
+    order = {2: 1, 3: 2, 4: 3, 5: 4}.get(klass, 5)
+    penalty = 1 if code in (408, 503) else 0
+    return (order, penalty)
+
+
+def _better(a: Response, b: Response) -> bool:
+    return _rank(a.code) < _rank(b.code)
+
+
+Answer = Union[Dict[str, Any], None]

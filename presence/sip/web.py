@@ -1,0 +1,75 @@
+"""``POST /sip?me&id``: the tunnel's way into the proxy (spec section 7).
+
+The body is one SIP message (``Content-Type: message/sip``; lines may end in
+``\\n`` as in frames, ``CRLF`` is restored): a response to a ``msg sipreq``
+the session received, or a request of the user.  Answers are JSON:
+
+* ``202 {"txid": ...}``: taken.  For a request, ``txid`` is the branch of
+  its top ``Via``; the responses to it come back as
+  ``msg sipresp <code> <txid>`` frames to this session (SIP errors such as
+  ``404`` or ``480`` too: they are the SIP answer, not the HTTP one).
+* ``400`` not a SIP message (the reason says what is wrong), ``403`` no such
+  session, ``404`` a response that matches no transaction of this session,
+  ``405`` a method other than POST, ``413`` too large, ``415`` another
+  content type, ``503`` the proxy is at its transaction bound.
+
+Like every call that acts for a user it takes ``ack=n`` (acknowledges frames
+up to ``n``) and the session cookie in place of ``me``/``id``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from presence.errors import BadRequest, ClientError, NotFound
+from presence.sip.proxy import SipProxy, UnsupportedMedia
+from presence.web.api import request_session
+from presence.web.http import params, write_json
+
+log = Logger(namespace="presence.sip")
+
+CONTENT_TYPES = (b"message/sip",)
+
+
+class SipTunnelResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, service, proxy: SipProxy) -> None:
+        super().__init__()
+        self.service = service
+        self.proxy = proxy
+
+    def render_POST(self, request: server.Request) -> bytes:
+        try:
+            status, body = self._post(request)
+        except ClientError as e:
+            status, body = e.status, {"error": e.message}
+        except Exception:
+            log.failure("POST /sip failed")
+            status, body = 500, {"error": "internal error; it has been logged"}
+        request.setHeader(b"cache-control", b"no-store")
+        return write_json(request, status, body)
+
+    def _post(self, request: server.Request) -> Tuple[int, Dict[str, Any]]:
+        if request.postpath not in ([], [b""]):
+            raise NotFound("no such endpoint")
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if ctype not in CONTENT_TYPES:
+            raise UnsupportedMedia("the body must be one SIP message with "
+                                   "Content-Type: message/sip")
+        p = params(request)
+        session = request_session(self.service, request, p)
+        request.content.seek(0)
+        data = request.content.read()
+        if not data.strip():
+            raise BadRequest("the body is empty: send one SIP message")
+        return 202, self.proxy.from_session(session, data)
+
+    def render(self, request: server.Request) -> bytes:
+        if request.method == b"POST":
+            return self.render_POST(request)
+        request.setHeader(b"allow", b"POST")
+        return write_json(request, 405, {"error": "method not allowed here: POST a SIP message"})

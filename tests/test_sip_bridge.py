@@ -1,0 +1,284 @@
+"""``presence-sip-bridge`` in memory, end to end through the real server code.
+
+The chain: an outside SIP peer (the proxy's ``FakeNetwork``) <-> the proxy
+<-> the presence server (``World``: hub, heartbeat, ``POST /sip``) <-> the
+bridge's ``HeartbeatClient`` over ``StubTreq`` <-> the bridge <-> the phone
+(a fake UDP port: the test reads what the bridge sends it and hands the
+bridge what the phone sends).  One ``Clock`` drives every timer.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import List, Tuple
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+
+from helpers import BASE, PASSWORD, logged_errors, world  # noqa: F401  (fixtures)
+from presence.cli.sip_bridge import SipBridge, build_parser, parse_address
+from presence.sip import proxy as proxy_mod
+from presence.sip.message import NameAddr, ParseError, Via, parse
+from presence.sip.proxy import UDP, Hop, SipProxy
+from presence.sip.testing import SDP, FakeNetwork, answer, invite, request
+from presence.sip.web import SipTunnelResource
+
+PHONE = ("127.0.0.1", 5080)
+LISTEN = ("127.0.0.1", 5070)
+CALLER = Hop(UDP, "198.51.100.7", 5062)
+PROXY_RR = "<sip:192.0.2.1:5060;lr>"
+BRIDGE_RR = "<sip:127.0.0.1:5070;lr>"
+
+
+class FakeUDP:
+    def __init__(self) -> None:
+        self.written: List[Tuple[object, Tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr) -> None:
+        try:
+            message = parse(data)
+        except ParseError as e:  # an answer to a broken request copies its faults
+            message = e.partial
+        self.written.append((message, addr))
+
+    def getHost(self):
+        return IPv4Address("UDP", *LISTEN)
+
+
+@pytest.fixture
+def rig(world):
+    net = FakeNetwork()
+    proxy = SipProxy(world.service, net, world.clock, "example.org")
+    world.site.resource.mount(b"sip", SipTunnelResource(world.service, proxy))
+    assert world.register("bob").status == 201
+    stub = StubTreq(world.site.resource)
+    bridge = SipBridge(world.clock, LISTEN, PHONE, BASE, "bob", PASSWORD, http=stub)
+    bridge.transport = FakeUDP()
+    bridge.start()
+    stub.flush()
+    assert bridge.client.connected
+    r = SimpleNamespace(world=world, net=net, proxy=proxy, bridge=bridge, stub=stub,
+                        clock=world.clock)
+
+    def phone_gets() -> List[object]:
+        """What reached the phone since the last look (after moving HTTP)."""
+        stub.flush()
+        out = [m for m, addr in bridge.transport.written]
+        bridge.transport.written.clear()
+        return out
+
+    def phone_sends(message, source=PHONE) -> None:
+        data = message.to_bytes() if not isinstance(message, bytes) else message
+        bridge.datagram(data, source)
+        stub.flush()
+
+    def network_gets() -> List[object]:
+        stub.flush()
+        return [m for m, _ in net.take()]
+
+    r.phone_gets, r.phone_sends, r.network_gets = phone_gets, phone_sends, network_gets
+    yield r
+    bridge.stop()
+    proxy.stop()
+
+
+def test_an_outside_call_rings_the_phone_and_completes(rig):
+    inv = invite("sip:bob@example.org")
+    rig.proxy.received(inv.to_bytes(), CALLER)
+    assert [m.code for m in rig.network_gets()] == [100]
+    [at_phone] = rig.phone_gets()
+    assert at_phone.method == "INVITE"
+    assert at_phone.uri == "sip:bob@127.0.0.1:5080"
+    vias = [Via.parse(v) for v in at_phone.values("via")]
+    assert vias[0].sent_by == LISTEN and vias[0].branch.endswith("-pb")
+    assert vias[1].sent_by == ("example.org", 5060)
+    assert at_phone.values("record-route") == [BRIDGE_RR, PROXY_RR]
+    assert at_phone.get("max-forwards") == "68"
+    assert at_phone.body == SDP.encode()
+    # the phone answers as a stock phone does: Via and Record-Route copied
+    rig.phone_sends(answer(at_phone, 180, contact="<sip:phone@127.0.0.1:5080>"))
+    rig.phone_sends(answer(at_phone, 200, contact="<sip:phone@127.0.0.1:5080>", body=SDP))
+    ringing, ok = rig.network_gets()
+    assert (ringing.code, ok.code) == (180, 200)
+    assert ok.values("record-route") == [PROXY_RR]
+    assert len(ok.values("via")) == 1
+    contact = NameAddr.parse(ok.get("contact")).sip_uri()
+    assert contact.host == "192.0.2.1" and contact.user == "phone" and contact.param("tun")
+    # the caller's ACK and BYE follow the route set to the phone
+    dialog = dict(to_uri="sip:bob@example.org", to_tag="callee1", call_id=inv.call_id,
+                  extra=(("Route", PROXY_RR),))
+    rig.proxy.received(request("ACK", str(contact), **dialog).to_bytes(), CALLER)
+    rig.proxy.received(request("BYE", str(contact), cseq=2, **dialog).to_bytes(), CALLER)
+    ack, bye = rig.phone_gets()
+    assert (ack.method, bye.method) == ("ACK", "BYE")
+    assert bye.uri == "sip:phone@127.0.0.1:5080"
+    assert bye.get("route") is None
+    rig.phone_sends(answer(bye, 200))
+    assert [m.code for m in rig.network_gets()] == [200]
+    rig.clock.advance(proxy_mod.TIMER_B + 1)
+    assert rig.bridge.pending == {}
+    assert rig.proxy.stats()["server_transactions"] == 0
+
+
+def test_the_phone_calls_out_and_hangs_up(rig):
+    inv = invite("sip:uas@198.51.100.9:5090", via_host="127.0.0.1", via_port=5080,
+                 from_uri="sip:bob@example.org", contact="<sip:phone@127.0.0.1:5080>")
+    rig.phone_sends(inv)
+    [trying] = rig.phone_gets()
+    assert trying.code == 100
+    via = Via.parse(trying.get("via"))
+    assert via.branch == inv.top_via().branch and via.param("rport") == "5080"
+    [out] = rig.network_gets()
+    assert out.method == "INVITE" and out.values("record-route") == [PROXY_RR]
+    assert NameAddr.parse(out.get("contact")).sip_uri().param("tun")
+    uas = Hop(UDP, "198.51.100.9", 5090)
+    rig.proxy.received(answer(out, 200, contact="<sip:uas@198.51.100.9:5090>").to_bytes(), uas)
+    [ok] = rig.phone_gets()
+    assert ok.code == 200
+    # the bridge puts itself last: the phone reverses the list, the bridge first
+    assert ok.values("record-route") == [PROXY_RR, BRIDGE_RR]
+    routes = list(reversed(ok.values("record-route")))
+    dialog = dict(via_host="127.0.0.1", via_port=5080, call_id=inv.call_id, to_tag="callee1",
+                  from_uri="sip:bob@example.org", extra=(("Route", ", ".join(routes)),))
+    rig.phone_sends(request("ACK", "sip:uas@198.51.100.9:5090", **dialog))
+    rig.phone_sends(request("BYE", "sip:uas@198.51.100.9:5090", cseq=2, **dialog))
+    ack, bye = rig.network_gets()
+    assert (ack.method, bye.method) == ("ACK", "BYE")
+    assert ack.get("route") is None and bye.get("route") is None
+    rig.proxy.received(answer(bye, 200).to_bytes(), uas)
+    [done] = rig.phone_gets()
+    assert done.code == 200 and done.cseq == (2, "BYE")
+
+
+def test_cancel_and_the_hop_by_hop_ack(rig):
+    inv = invite("sip:bob@example.org")
+    rig.proxy.received(inv.to_bytes(), CALLER)
+    rig.network_gets()
+    [at_phone] = rig.phone_gets()
+    rig.phone_sends(answer(at_phone, 180))
+    rig.network_gets()
+    rig.proxy.received(request("CANCEL", "sip:bob@example.org", call_id=inv.call_id,
+                               branch_id=inv.top_via().branch).to_bytes(), CALLER)
+    assert [m.code for m in rig.network_gets()] == [200]
+    [cancel] = rig.phone_gets()
+    assert cancel.method == "CANCEL" and cancel.uri == at_phone.uri
+    assert cancel.values("via")[0] == at_phone.values("via")[0]   # matches the INVITE
+    rig.phone_sends(answer(cancel, 200))
+    rig.phone_sends(answer(at_phone, 487))
+    [ack] = rig.phone_gets()
+    assert ack.method == "ACK" and ack.values("via") == [at_phone.values("via")[0]]
+    assert [m.code for m in rig.network_gets()] == [487]
+    # the phone repeats its 487: the bridge ACKs again and posts nothing
+    rig.phone_sends(answer(at_phone, 487))
+    assert [m.method for m in rig.phone_gets()] == ["ACK"]
+    assert rig.network_gets() == []
+
+
+def test_requests_to_a_silent_phone_are_retransmitted_then_408(rig):
+    rig.proxy.received(invite("sip:bob@example.org").to_bytes(), CALLER)
+    rig.network_gets()
+    assert [m.method for m in rig.phone_gets()] == ["INVITE"]
+    rig.clock.advance(0.5)
+    assert [m.method for m in rig.phone_gets()] == ["INVITE"]
+    rig.clock.advance(1.0)
+    assert [m.method for m in rig.phone_gets()] == ["INVITE"]
+    rig.clock.advance(40)
+    rig.phone_gets()
+    assert 408 in [m.code for m in rig.network_gets()]
+    assert rig.bridge.pending == {}
+
+
+def test_garbage_from_the_phone_is_dropped_and_broken_requests_get_400(rig):
+    for junk in (b"\x00\x01\x02", b"hello\r\n\r\n", b"\r\n\r\n", b"SIP/2.0 200 OK\r\n\r\n"):
+        rig.phone_sends(junk)
+    assert rig.phone_gets() == [] and rig.network_gets() == []
+    bad = invite("sip:alice@example.org", via_host="127.0.0.1", via_port=5080).to_bytes()
+    rig.phone_sends(bad.replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE"))
+    [reply] = rig.phone_gets()
+    assert reply.code == 400
+    # a response the bridge did not ask for is dropped
+    rig.phone_sends(answer(request("OPTIONS", "sip:x@y"), 200))
+    assert rig.network_gets() == []
+    assert rig.bridge.counters["malformed"] >= 3
+
+
+def test_a_request_the_server_refuses_is_answered_to_the_phone(rig, monkeypatch):
+    monkeypatch.setattr(proxy_mod, "MAX_MESSAGE", 100)
+    rig.phone_sends(invite("sip:alice@example.org", via_host="127.0.0.1", via_port=5080))
+    [reply] = rig.phone_gets()
+    assert reply.code == 503 and "tunnel" in reply.reason
+
+
+def test_messages_of_one_call_are_posted_in_order(rig):
+    rig.proxy.received(invite("sip:bob@example.org").to_bytes(), CALLER)
+    rig.network_gets()
+    [at_phone] = rig.phone_gets()
+    # three answers at once, before any HTTP moves
+    for code in (180, 183, 200):
+        rig.bridge.datagram(answer(at_phone, code).to_bytes(), PHONE)
+    assert [m.code for m in rig.network_gets()] == [180, 183, 200]
+
+
+def test_command_line():
+    args = build_parser().parse_args(["--user", "bob", "--listen", "127.0.0.1:6000",
+                                      "--phone", "[::1]:6001"])
+    assert args.listen == ("127.0.0.1", 6000) and args.phone == ("::1", 6001)
+    assert args.server == "http://127.0.0.1:8080"
+    with pytest.raises(ValueError):
+        parse_address("127.0.0.1")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--user", "bob", "--listen", "nowhere"])
+
+
+# -- fuzzing the bridge ---------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SEEDS = [
+    invite("sip:bob@example.org", via_host="127.0.0.1", via_port=5080).to_bytes(),
+    answer(invite("sip:bob@example.org", extra=(("Via", "SIP/2.0/UDP 127.0.0.1:5070;"
+                                                        "branch=z9hG4bKx-pb"),)), 200).to_bytes(),
+    request("BYE", "sip:x@y", extra=(("Route", BRIDGE_RR),)).to_bytes(),
+]
+
+
+@st.composite
+def _mutated(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(_SEEDS)))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        cut = draw(st.integers(0, 12))
+        data[at:at + cut] = draw(st.binary(max_size=8) | st.sampled_from(
+            [b"\r\n", b";", b"<", b">", b":", b"-pb", b"\x00", b"5070", b"Max-Forwards: 0\r\n"]))
+    return bytes(data)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutated(), st.sampled_from(["sipreq INVITE z9hG4bKa", "sipresp 200 z9hG4bKa",
+                                    "sipreq", "chat x 1"]))
+def test_fuzz_the_bridge(data, head):
+    """Broken datagrams from the phone and broken frames from the server
+    raise nothing out of the bridge."""
+    bridge = SipBridge(_Clock(), LISTEN, PHONE, BASE, "bob", "pw", http=object())
+    bridge.transport = _Sink()
+    bridge.client.post_body = lambda *a, **k: _succeed(None)
+    bridge.datagram(data, PHONE)
+    bridge.frame(1, f"msg {head}\n" + data.decode("utf-8", "replace"))
+    bridge.stop()
+
+
+class _Sink:
+    def write(self, data, addr) -> None:
+        pass
+
+
+def _Clock():
+    from twisted.internet.task import Clock
+    return Clock()
+
+
+def _succeed(value):
+    from twisted.internet.defer import succeed
+    return succeed(value)
