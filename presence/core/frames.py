@@ -105,6 +105,12 @@ def sipresp(code: int, txid: str, text: str) -> Frame:
     return Frame("sipresp", (str(code), txid), text)
 
 
+def wireless_unavailable(user: str) -> Frame:
+    """``msg wireless unavailable <user>``: a text to ``user``'s handset
+    could not be delivered."""
+    return Frame("wireless", ("unavailable", user))
+
+
 def parse(text: str) -> Frame:
     """Parse frame text (as carried in ``data:`` lines, joined by ``\\n``)."""
     head, _, payload = text.partition("\n")

@@ -1,0 +1,161 @@
+"""Wiring of the wireless front-end into ``twistd presence``: its options,
+the simulator's listener, the pages and the gateway.
+
+Options (see docs/operations.md and docs/wireless.md):
+
+``--smsc ENDPOINT``          the simulator's operator and handset API
+                             (``tcp:13013``; ``none`` turns wireless off)
+``--smsc-user NAME``         operator API user name (``presence``)
+``--smsc-password TEXT``     its password (``presence``)
+``--smsc-validity SECONDS``  validity period of a message (``60``)
+``--wireless-via push|sms``  how a handset is texted (``push``)
+``--wml-base URL``           this server as handsets reach it, the base of
+                             push links [default: ``http://`` + the
+                             ``--http`` address, ``--domain`` for a wildcard]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+
+from presence.service import PresenceService
+from presence.web.http import PresenceSite
+from presence.wireless.gateway import WirelessGateway
+from presence.wireless.operator import OperatorAPI
+from presence.wireless.simulator import DEFAULT_VALIDITY, Simulator
+from presence.wireless.web import WirelessWeb, mount
+
+log = Logger()
+
+
+def _validity(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 7 * 86400:
+        raise ValueError("must be 0-604800 seconds")
+    return number
+
+
+_validity.coerceDoc = "Seconds, more than 0."  # type: ignore[attr-defined]
+
+OPTIONS = [
+    ["smsc", None, "tcp:13013",
+     "Endpoint of the SMS / WAP push simulator's operator and handset API; 'none' turns"
+     " it off. Keep it on loopback (tcp:13013:interface=127.0.0.1) outside tests."],
+    ["smsc-user", None, "presence", "User name of the simulator's operator API."],
+    ["smsc-password", None, "presence", "Password of the simulator's operator API."],
+    ["smsc-validity", None, DEFAULT_VALIDITY,
+     "Seconds a message waits for its handset before its delivery report says failed.",
+     _validity],
+    ["wireless-via", None, "push", "How a handset is texted: push (WAP push) or sms."],
+    ["wml-base", None, None,
+     "Base URL of this server as handsets reach it, for push links [default: http:// and"
+     " the --http address, or --domain when it listens on all interfaces]."],
+]
+
+
+def check_options(options: Any) -> None:
+    """The wireless part of ``Options.postOptions``."""
+    smsc = options["smsc"]
+    if smsc != "none":
+        try:
+            endpoints.serverFromString(_ParseOnly(), smsc)
+        except Exception as e:
+            raise usage.UsageError(f"--smsc: not a server endpoint string (or none): {e}")
+    if options["wireless-via"] not in ("push", "sms"):
+        raise usage.UsageError("--wireless-via must be push or sms")
+    base = options["wml-base"]
+    if base is not None and not (base.startswith("http://") or base.startswith("https://")):
+        raise usage.UsageError("--wml-base must be an http:// or https:// URL")
+    for name in ("smsc-user", "smsc-password"):
+        if not options[name]:
+            raise usage.UsageError(f"--{name} must not be empty")
+
+
+class _ParseOnly:
+    """Stands in for a reactor while an endpoint string is checked."""
+
+
+def _host_port(address: str) -> Optional[tuple]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+def _url_host(host: str, wildcard: str) -> str:
+    if host in ("0.0.0.0", "", "::"):
+        host = wildcard
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return host
+
+
+class WirelessFrontEnd(Service):
+    """The simulator, the gateway and the WML pages of one server."""
+
+    def __init__(self, options: Any, service: PresenceService, reactor: Any,
+                 http: Any = None) -> None:
+        self.options = options
+        self.reactor = reactor
+        self.smsc = options.get("smsc", "none") or "none"
+        self.enabled = self.smsc != "none"
+        user = options.get("smsc-user", "presence")
+        password = options.get("smsc-password", "presence")
+        validity = options.get("smsc-validity", DEFAULT_VALIDITY)
+        if http is None:
+            from presence.cli.client import TreqHTTP
+            http = TreqHTTP(reactor)
+        self.http = http
+        self.gateway = WirelessGateway(service, http, user, password,
+                                       via=options.get("wireless-via", "push"),
+                                       validity=validity)
+        self.web = WirelessWeb(service, self.gateway)
+        self.simulator: Optional[Simulator] = None
+        self.site: Optional[PresenceSite] = None
+        if self.enabled:
+            self.simulator = Simulator(reactor, validity, fetch=self._fetch)
+            self.simulator.on_mo = self.gateway.mobile_text
+            self.operator = OperatorAPI(self.simulator, {user: password})
+            self.site = PresenceSite(self.operator.app.resource(), reactor=reactor)
+
+    def endpoint(self) -> Any:
+        return endpoints.serverFromString(self.reactor, self.smsc)
+
+    async def _fetch(self, url: str) -> int:
+        response = await self.http.request("GET", url)
+        await self.http.content(response)
+        return response.code
+
+    def mount(self, root: Any) -> None:
+        mount(root, self.web)
+
+    def ready(self, addresses: dict) -> None:
+        """Every listener is up: point the gateway at the operator and at
+        this server."""
+        if not self.enabled:
+            return
+        http = _host_port(addresses.get("http", ""))
+        smsc = _host_port(addresses.get("smsc", ""))
+        if http is None or smsc is None:
+            log.warn("wireless texting is off: --http and --smsc must be TCP endpoints")
+            return
+        domain = self.options.get("domain", "localhost")
+        public = self.options.get("wml-base") or (
+            f"http://{_url_host(http[0], domain)}:{http[1]}")
+        callback = f"http://{_url_host(http[0], '127.0.0.1')}:{http[1]}"
+        operator = f"http://{_url_host(smsc[0], '127.0.0.1')}:{smsc[1]}"
+        self.gateway.configure(operator, callback, public)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.simulator is not None:
+            self.simulator.stop()
+        close = getattr(self.http, "close", None)
+        if close is not None:
+            return close()
+        return None

@@ -1,0 +1,399 @@
+"""The simulator's HTTP face on ``--smsc``: the operator API and the handset
+API.  Wire formats in docs/wireless.md; the network's rules in
+:mod:`presence.wireless.simulator`.
+
+Operator API (shaped like Kannel's smsbox and push proxy gateway)::
+
+    GET|POST /cgi-bin/sendsms?username=&password=&from=&to=&text=
+             [&dlr-mask=&dlr-url=&validity=&charset=]
+        202 "0: Accepted for delivery"
+        403 "Authorization failed for sendsms"
+        400 "Missing receiver number, rejected" (and Kannel's other words)
+    POST /cgi-bin/sendsms  Content-Type: text/plain, body = the text,
+        X-Kannel-Username/-Password/-To/-From/-DLR-Mask/-DLR-URL headers
+    POST /wappush?username=&password=&to=[&push-id=&dlr-mask=&dlr-url=]
+        body: a Service Indication (text/vnd.wap.si or XML), or the form
+        field ``si``; answered with a PAP push-response (202, code 1001)
+        or its error codes (2000, 2001, 2002, 2007, 3005).
+
+Handset API (JSON)::
+
+    GET  /handset/<number>/poll?after=<seq>&wait=<s>
+    POST /handset/<number>/send   to, text
+    POST /handset/<number>/detach
+    GET  /handset/<number>
+"""
+
+from __future__ import annotations
+
+import codecs
+import hmac
+import json
+import re
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+from xml.sax.saxutils import quoteattr
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web import server
+from werkzeug.exceptions import HTTPException
+
+from presence.wireless import numbers, si
+from presence.wireless.simulator import DEFAULT_WAIT, MAX_WAIT, Simulator, SimulatorError
+
+MAX_RECEIVERS = 100
+_SENDER = re.compile(r"[A-Za-z0-9 +._-]{1,20}\Z")
+PAP_DESC = {
+    1001: "Accepted for processing",
+    2000: "Bad request",
+    2001: "Forbidden",
+    2002: "Address error",
+    2007: "Duplicate push ID",
+    3000: "Internal server error",
+    3005: "Multiple addresses not supported",
+}
+PAP_STATUS = {1001: 202, 2000: 400, 2001: 403, 2002: 400, 2007: 400, 3000: 500, 3005: 400}
+
+log = Logger()
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+class PapError(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _plain(request: server.Request, status: int, text: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-cache")
+    return text.encode("utf-8")
+
+
+def _json(request: server.Request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"cache-control", b"no-store")
+    if body is None:
+        return b""
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(body).encode("utf-8")
+
+
+def _raw_args(request: server.Request) -> Dict[str, bytes]:
+    out: Dict[str, bytes] = {}
+    for key, values in (request.args or {}).items():
+        if values:
+            out[key.decode("latin-1").lower()] = values[0]
+    return out
+
+
+def _text(value: Optional[bytes], what: str) -> Optional[str]:
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(400, f"{what} field misformed, rejected")
+
+
+def _int(value: Optional[str], what: str, low: int, high: int) -> Optional[int]:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise Rejected(400, f"{what} field misformed, rejected")
+    if not low <= number <= high:
+        raise Rejected(400, f"{what} field misformed, rejected")
+    return number
+
+
+def _dlr_url(value: Optional[str]) -> str:
+    if not value:
+        return ""
+    if len(value) > 2048 or not re.match(r"https?://", value, re.I):
+        raise Rejected(400, "DLR-URL field misformed, rejected")
+    return value
+
+
+def receivers(to: str) -> Tuple[List[str], List[str]]:
+    """``(allowed, denied)``: the normalised numbers and the malformed words."""
+    allowed: List[str] = []
+    denied: List[str] = []
+    for word in to.split():
+        number = numbers.normalize(word)
+        if number is None:
+            if word not in denied:
+                denied.append(word)
+        elif number not in allowed:
+            allowed.append(number)
+    return allowed, denied
+
+
+class OperatorAPI:
+    """The Klein app of the simulator's listener."""
+
+    app = Klein()
+
+    def __init__(self, simulator: Simulator, credentials: Mapping[str, str]) -> None:
+        self.sim = simulator
+        self.credentials = dict(credentials)
+        self._push_ids: "OrderedDict[str, float]" = OrderedDict()
+
+    def _authorised(self, user: Optional[str], password: Optional[str]) -> bool:
+        if user is None or password is None:
+            return False
+        expected = self.credentials.get(user)
+        if expected is None:
+            hmac.compare_digest(password.encode(), b"x" * len(password.encode()))
+            return False
+        return hmac.compare_digest(password.encode("utf-8"), expected.encode("utf-8"))
+
+    # -- sendsms --------------------------------------------------------------
+
+    @app.route("/cgi-bin/sendsms", methods=["GET", "POST"])
+    def sendsms(self, request: server.Request) -> bytes:
+        try:
+            status, text = self._sendsms(request)
+        except Rejected as e:
+            status, text = e.status, e.text
+        except SimulatorError as e:
+            status, text = e.status, e.message
+        except Exception:
+            log.failure("sendsms failed")
+            status, text = 500, "Sending failed."
+        return _plain(request, status, text)
+
+    def _sendsms_fields(self, request: server.Request) -> Dict[str, Optional[str]]:
+        raw = _raw_args(request)
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if request.method == b"POST" and ctype in (b"text/plain", b"application/octet-stream"):
+            # Kannel's POST mode: the body is the text, the rest in headers
+            request.content.seek(0)
+            raw["text"] = request.content.read()
+            for name in ("username", "password", "to", "from", "dlr-mask", "dlr-url",
+                         "validity", "charset"):
+                header = request.getHeader(b"x-kannel-" + name.encode())
+                if header is not None:
+                    raw[name] = header
+        charset = _text(raw.get("charset"), "Charset")
+        fields: Dict[str, Optional[str]] = {}
+        for key in ("username", "user", "password", "pass", "to", "from", "dlr-mask",
+                    "dlrmask", "dlr-url", "dlrurl", "validity"):
+            fields[key] = _text(raw.get(key), key.capitalize())
+        text = raw.get("text")
+        if text is not None and charset:
+            try:
+                codecs.lookup(charset)
+                fields["text"] = text.decode(charset)
+            except (LookupError, UnicodeDecodeError):
+                raise Rejected(400, "Charset or body misformed, rejected")
+        else:
+            fields["text"] = _text(text, "Text") if text is not None else None
+        return fields
+
+    def _sendsms(self, request: server.Request) -> Tuple[int, str]:
+        f = self._sendsms_fields(request)
+        user = f["username"] if f["username"] is not None else f["user"]
+        password = f["password"] if f["password"] is not None else f["pass"]
+        if not self._authorised(user, password):
+            return 403, "Authorization failed for sendsms"
+        to = f["to"]
+        if to is None:
+            return 400, "Missing receiver number, rejected"
+        if not to.strip():
+            return 400, "Empty receiver number not allowed, rejected"
+        mask = _int(f["dlr-mask"] if f["dlr-mask"] is not None else f["dlrmask"],
+                    "DLR-Mask", -1, 63)
+        url = _dlr_url(f["dlr-url"] if f["dlr-url"] is not None else f["dlrurl"])
+        validity = _int(f["validity"], "Validity", -1, 10080)
+        sender = f["from"] if f["from"] else self.sim.shortcode
+        if not _SENDER.match(sender):
+            return 400, "Sender field misformed, rejected"
+        allowed, denied = receivers(to)
+        if len(allowed) > MAX_RECEIVERS:
+            return 400, f"Too many receivers (at most {MAX_RECEIVERS}), rejected"
+        if not allowed:
+            return 400, "Number(s) has/have been denied by white- and/or black-lists."
+        text = f["text"] or ""
+        self.sim.check_text(text)
+        life = validity * 60.0 if validity is not None and validity > 0 else None
+        for number in allowed:
+            self.sim.submit("sms", sender, number, text, dlr_mask=mask or 0, dlr_url=url,
+                            user=user or "", validity=life)
+        answer = "0: Accepted for delivery"
+        if denied:
+            answer += " Denied receivers are: " + " ".join(w[:32] for w in denied[:20])
+        return 202, answer
+
+    # -- WAP push -------------------------------------------------------------
+
+    @app.route("/wappush", methods=["POST"])
+    def wappush(self, request: server.Request) -> bytes:
+        push_id = None
+        try:
+            push_id, number = self._wappush(request)
+            code, detail = 1001, f"queued for {number}"
+        except PapError as e:
+            code, detail = e.code, e.detail
+        except Rejected as e:
+            code, detail = 2000, e.text
+        except SimulatorError as e:
+            code, detail = (2000 if e.status < 500 else 3000), e.message
+        except Exception:
+            log.failure("wappush failed")
+            code, detail = 3000, "the push could not be processed"
+        request.setResponseCode(PAP_STATUS[code])
+        request.setHeader(b"content-type", b"application/xml; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.sim.clock.seconds()))
+        pid = f" push-id={quoteattr(push_id)}" if push_id else ""
+        return (
+            '<?xml version="1.0"?>\n'
+            '<!DOCTYPE pap PUBLIC "-//WAPFORUM//DTD PAP 2.0//EN"'
+            ' "http://www.wapforum.org/DTD/pap_2.0.dtd">\n'
+            f'<pap><push-response{pid} sender-name="presence simulator"'
+            f' reply-time="{stamp}"><response-result code="{code}"'
+            f' desc={quoteattr(PAP_DESC[code] + ": " + detail)}/></push-response></pap>\n'
+        ).encode("utf-8")
+
+    def _wappush(self, request: server.Request) -> Tuple[str, str]:
+        raw = _raw_args(request)
+        user = _text(raw.get("username", raw.get("user")), "Username")
+        password = _text(raw.get("password", raw.get("pass")), "Password")
+        if user is None and request.getUser():
+            user = request.getUser().decode("utf-8", "replace")
+            password = request.getPassword().decode("utf-8", "replace")
+        if not self._authorised(user, password):
+            raise PapError(2001, "wrong username or password")
+        to = _text(raw.get("to"), "To")
+        if to is None or not to.strip():
+            raise PapError(2002, "the receiver (to) is missing")
+        words = to.split()
+        if len(words) > 1:
+            raise PapError(3005, "one receiver per push")
+        number = numbers.normalize(words[0])
+        if number is None:
+            raise PapError(2002, "the receiver is not a handset number")
+        mask = _int(_text(raw.get("dlr-mask"), "DLR-Mask"), "DLR-Mask", -1, 63)
+        url = _dlr_url(_text(raw.get("dlr-url"), "DLR-URL"))
+        push_id = _text(raw.get("push-id"), "Push-ID")
+        if push_id is not None and not (0 < len(push_id) <= 128):
+            raise PapError(2000, "push-id must be 1-128 characters")
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if ctype in (b"application/x-www-form-urlencoded", b"multipart/form-data"):
+            document = raw.get("si")
+        else:
+            request.content.seek(0)
+            document = request.content.read()
+            if ctype not in (b"text/vnd.wap.si", b"text/xml", b"application/xml", b""):
+                raise PapError(2000, "the body must be a Service Indication (text/vnd.wap.si)")
+        if not document:
+            raise PapError(2000, "the Service Indication document is missing")
+        try:
+            indication = si.parse(document)
+        except si.SIError as e:
+            raise PapError(2000, str(e))
+        now = self.sim.clock.seconds()
+        if indication.expires is not None and indication.expires <= now:
+            raise PapError(2000, "the indication has expired already")
+        if push_id is None:
+            push_id = "sim-" + uuid.uuid4().hex
+        elif push_id in self._push_ids:
+            raise PapError(2007, "that push-id was used already")
+        self._push_ids[push_id] = now
+        while len(self._push_ids) > 10000:
+            self._push_ids.popitem(last=False)
+        self.sim.submit("push", self.sim.shortcode, number, indication.text, si=indication,
+                        dlr_mask=mask or 0, dlr_url=url, user=user or "")
+        return push_id, number
+
+    # -- the handset API ---------------------------------------------------------
+
+    @staticmethod
+    def _number(number: str) -> str:
+        found = numbers.normalize(number)
+        if found is None:
+            raise SimulatorError(400, "not a handset number: '+' and 3-15 digits")
+        return found
+
+    @app.route("/handset/<string:number>/poll", methods=["GET"])
+    def poll(self, request: server.Request, number: str) -> Any:
+        try:
+            n = self._number(number)
+            raw = _raw_args(request)
+            after = _int(_text(raw.get("after"), "After"), "After", 0, 2 ** 62) or 0
+            wait_text = _text(raw.get("wait"), "Wait")
+            try:
+                wait = float(wait_text) if wait_text else DEFAULT_WAIT
+            except ValueError:
+                raise Rejected(400, "wait must be a number of seconds")
+            if not 0 <= wait <= MAX_WAIT:
+                raise Rejected(400, f"wait must be 0-{MAX_WAIT:g} seconds")
+            d = self.sim.poll(n, after, wait)
+        except SimulatorError as e:
+            return _json(request, e.status, {"error": e.message})
+        except Rejected as e:
+            return _json(request, 400, {"error": e.text})
+        request.setHeader(b"cache-control", b"no-store")
+        d.addCallback(lambda messages: _json(request, 200, {
+            "number": n, "messages": [m.wire() for m in messages]}))
+        return d
+
+    @app.route("/handset/<string:number>/send", methods=["POST"])
+    def send(self, request: server.Request, number: str) -> bytes:
+        try:
+            n = self._number(number)
+            raw = _raw_args(request)
+            to = _text(raw.get("to"), "To")
+            text = _text(raw.get("text"), "Text")
+            if not to or not to.strip():
+                raise Rejected(400, "to is required")
+            if text is None or not text.strip():
+                raise Rejected(400, "text is required")
+            return _json(request, 202, self.sim.send_mo(n, to.strip(), text))
+        except SimulatorError as e:
+            return _json(request, e.status, {"error": e.message})
+        except Rejected as e:
+            return _json(request, 400, {"error": e.text})
+
+    @app.route("/handset/<string:number>/detach", methods=["POST"])
+    def detach(self, request: server.Request, number: str) -> bytes:
+        try:
+            n = self._number(number)
+        except SimulatorError as e:
+            return _json(request, e.status, {"error": e.message})
+        if not self.sim.detach(n):
+            return _json(request, 404, {"error": "unknown subscriber"})
+        return _json(request, 204, None)
+
+    @app.route("/handset/<string:number>", methods=["GET"])
+    def status(self, request: server.Request, number: str) -> bytes:
+        try:
+            n = self._number(number)
+        except SimulatorError as e:
+            return _json(request, e.status, {"error": e.message})
+        return _json(request, 200, self.sim.status(n))
+
+    @app.route("/", methods=["GET"])
+    def index(self, request: server.Request) -> bytes:
+        return _plain(request, 200, "presence SMS / WAP push simulator: /cgi-bin/sendsms,"
+                                    " /wappush, /handset/<number>/poll (docs/wireless.md)\n")
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: server.Request, failure: Any) -> bytes:
+        error = failure.value
+        text = {404: "no such endpoint", 405: "method not allowed here"}.get(
+            error.code, error.name)
+        return _json(request, error.code, {"error": text})
