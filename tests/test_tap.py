@@ -17,11 +17,13 @@ from twisted.python import usage
 
 from helpers import RawConnection, dechunk, split_response
 from presence import tap
+from presence.gcpolicy import GCPolicy
 from presence.sweep import SweepService
+from presence.threads import Pool
 from presence.web.http import PresenceSite
 
 OPTIONS = ["http", "data", "domain", "host-box", "keepalive", "poll", "linger",
-           "session-ttl", "mailbox", "hash-cost", "json-log"]
+           "session-ttl", "mailbox", "hash-cost", "json-log", "gc-freeze-at", "gc-thaw"]
 
 
 def parse(*args: str) -> tap.Options:
@@ -45,13 +47,16 @@ def test_defaults():
     assert o["mailbox"] == 1000
     assert o["hash-cost"] == 14
     assert o["json-log"] is None
+    assert o["gc-freeze-at"] == 20000
+    assert o["gc-thaw"] == 0
 
 
 def test_values_are_parsed():
     o = parse("--http", "tcp:18081:interface=127.0.0.1", "--data", "/tmp/x",
               "--domain", "example.org", "--host-box", "box7:80", "--keepalive", "2.5",
               "--poll", "0.5", "--linger", "0", "--session-ttl", "60", "--mailbox", "5",
-              "--hash-cost", "1", "--json-log", "/tmp/log.json")
+              "--hash-cost", "1", "--json-log", "/tmp/log.json",
+              "--gc-freeze-at", "0", "--gc-thaw", "3600")
     assert o["http"] == "tcp:18081:interface=127.0.0.1"
     assert o["data"] == "/tmp/x"
     assert o["domain"] == "example.org"
@@ -63,6 +68,8 @@ def test_values_are_parsed():
     assert o["mailbox"] == 5 and isinstance(o["mailbox"], int)
     assert o["hash-cost"] == 1 and isinstance(o["hash-cost"], int)
     assert o["json-log"] == "/tmp/log.json"
+    assert o["gc-freeze-at"] == 0 and isinstance(o["gc-freeze-at"], int)
+    assert o["gc-thaw"] == 3600.0
 
 
 def test_linger_defaults_to_two_polls():
@@ -78,6 +85,8 @@ def test_linger_defaults_to_two_polls():
     ["--http", "bogus:1"], ["--http", "tcp:notaport"], ["--http", "tcp:"], ["--http", ""],
     ["--http", "tcp:8080:backlog=many"],
     ["--no-such-option"], ["surplus"],
+    ["--gc-freeze-at", "-1"], ["--gc-freeze-at", "many"], ["--gc-freeze-at", "1.5"],
+    ["--gc-thaw", "-1"], ["--gc-thaw", "hourly"],
 ])
 def test_bad_options_are_usage_errors(args):
     with pytest.raises(usage.UsageError):
@@ -165,6 +174,38 @@ def test_service_tree(built, tmp_path):
     assert (tmp_path / "data").is_dir()
     # nothing listens before the tree is started
     assert reactor.tcpServers == []
+    policy = next(s for s in top if isinstance(s, GCPolicy))
+    assert (policy.freeze_at, policy.thaw_every, policy.clock) == (20000, 0, reactor)
+    assert children(top)[-1] is policy  # started last: it freezes what was built
+
+
+def test_gc_policy_options_reach_the_policy(built):
+    top, reactor = built("--gc-freeze-at", "5000", "--gc-thaw", "7200")
+    policy = next(s for s in top if isinstance(s, GCPolicy))
+    assert (policy.freeze_at, policy.thaw_every) == (5000, 7200)
+    top, reactor = built("--gc-freeze-at", "0")
+    assert not next(s for s in top if isinstance(s, GCPolicy)).enabled
+
+
+def test_gc_policy_begins_only_with_the_reactor(built):
+    # twistd starts the services, then runs the reactor; this test process's
+    # own collector must not be frozen by a tree started here
+    top, reactor = built()
+    top.startService()
+    reactor.advance(10)
+    policy = next(s for s in top if isinstance(s, GCPolicy))
+    assert policy.freezes == 0
+    assert [hook for hook, _, _ in reactor.whenRunningHooks] == [policy._begin]
+
+
+def test_blocking_work_runs_on_cycle_free_pools(built):
+    top, reactor = built()
+    pools = [s.pool for s in top if isinstance(s, tap.PoolService)]
+    assert len(pools) == 1 and isinstance(pools[0], Pool)  # password hashing
+    assert pools[0].max == 10
+    top.startService()
+    directory = next(s for s in top if isinstance(s, tap.DirectoryService))
+    assert isinstance(directory.store._pool, Pool)  # SQL
 
 
 def test_start_listens_and_logs_ready(built, tmp_path):
@@ -225,7 +266,8 @@ def test_listening_site_serves_the_heartbeat_and_stats(built):
     assert status == 200
     payload = body if "content-length" in headers else dechunk(body)
     stats = json.loads(payload)
-    for key in ("sessions", "held", "online_users", "sweeps", "sweep_max_ms", "uptime"):
+    for key in ("sessions", "held", "online_users", "sweeps", "sweep_max_ms", "uptime",
+                "gc_frozen", "gc_freezes", "gc_thaws", "gc_pause_max_ms"):
         assert key in stats, key
 
 

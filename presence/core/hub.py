@@ -29,7 +29,7 @@ from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.mailbox import Entry, Mailbox
 from presence.core.tables import (
-    GroupTable, Session, UserState, UserTable, book_key, display_name,
+    GroupTable, Session, UserState, UserTable, book_key, display_name, group_set,
 )
 
 #: how many recent chat ``seq`` values a session remembers for de-duplication
@@ -124,7 +124,7 @@ class Hub:
         now = self.clock.seconds()
         user = self.users.ensure(name, groups, guest)
         if groups:
-            user.groups = frozenset(groups)
+            user.groups = group_set(groups)
         session = Session(ident, user, ip, port, self.config.host_box, now,
                           Mailbox(self.config.mailbox))
         self.users.add(session)
@@ -263,7 +263,7 @@ class Hub:
         update the member's groups and tell every session showing ``key``."""
         user = self.users.user(member)
         if user is not None:
-            user.groups = user.groups | {key} if joined else user.groups - {key}
+            user.groups = group_set(user.groups | {key} if joined else user.groups - {key})
         frame = frames.refresh(display_name(key))
         for session in list(self.groups.watching(key)):
             self._push(session, frame)

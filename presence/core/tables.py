@@ -24,11 +24,20 @@ Pure data structures: no I/O, no clock.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Set
+from typing import Collection, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Union
 
 from presence.core.mailbox import Mailbox
 
 BOOK_PREFIX = "~"
+#: the groups of every user in none (``frozenset()`` is a new, GC-tracked
+#: object each time)
+NO_GROUPS: FrozenSet[str] = frozenset()
+
+
+def group_set(groups: Iterable[str]) -> FrozenSet[str]:
+    """``frozenset(groups)``, the shared :data:`NO_GROUPS` when empty."""
+    frozen = frozenset(groups)
+    return frozen if frozen else NO_GROUPS
 
 
 def book_key(owner: str) -> str:
@@ -102,7 +111,7 @@ class UserState:
         self.name = name
         self.sessions: List[Session] = []
         #: immutable, so that the many users in no group share one empty set
-        self.groups: FrozenSet[str] = frozenset(groups)
+        self.groups: FrozenSet[str] = group_set(groups)
         self.online = False
         self.last_seen: Optional[float] = None
         self.guest = guest
@@ -166,33 +175,58 @@ class UserTable:
 
 
 class GroupTable:
-    """Watch key -> the sessions watching it."""
+    """Watch key -> the sessions watching it.
+
+    A key watched by one session (most keys: each session starts on its own
+    address book) maps to that session itself, not to a set of one: one
+    object less per session for the garbage collector to scan.
+    """
 
     def __init__(self) -> None:
-        self.watchers: Dict[str, Set[Session]] = {}
+        self.watchers: Dict[str, Union[Session, Set[Session]]] = {}
 
     def watch(self, session: Session, key: str) -> None:
         self.unwatch(session)
         session.active = key
-        self.watchers.setdefault(key, set()).add(session)
+        current = self.watchers.get(key)
+        if current is None:
+            self.watchers[key] = session
+        elif type(current) is set:
+            current.add(session)
+        elif current is not session:
+            self.watchers[key] = {current, session}
 
     def unwatch(self, session: Session) -> None:
-        watchers = self.watchers.get(session.active)
-        if watchers is not None:
-            watchers.discard(session)
-            if not watchers:
-                del self.watchers[session.active]
+        key = session.active
+        current = self.watchers.get(key)
+        if current is None:
+            return
+        if type(current) is set:
+            current.discard(session)
+            if len(current) == 1:
+                self.watchers[key] = next(iter(current))
+            elif not current:
+                del self.watchers[key]
+        elif current is session:
+            del self.watchers[key]
 
-    def watching(self, key: str) -> Set[Session]:
-        return self.watchers.get(key, _EMPTY)
+    def watching(self, key: str) -> Collection[Session]:
+        current = self.watchers.get(key)
+        if current is None:
+            return _EMPTY
+        return current if type(current) is set else (current,)
 
     def audience(self, user: UserState) -> List[Session]:
         """The update list for a change of ``user``: every session watching a
         group ``user`` is in, or ``user`` alone; ``user``'s own excepted."""
         seen: Set[Session] = set()
         out: List[Session] = []
+        watchers = self.watchers
         for key in (user.name, *user.groups):
-            for s in self.watchers.get(key, _EMPTY):
+            current = watchers.get(key)
+            if current is None:
+                continue
+            for s in (current if type(current) is set else (current,)):
                 if s.user is not user and s not in seen:
                     seen.add(s)
                     out.append(s)

@@ -272,6 +272,7 @@ class ServerTxn:
         self.state = "terminated"
         self.timers.cancel_all()
         self.proxy._drop_server(self)
+        _dissolve(self.context)
 
 
 class ClientTxn:
@@ -364,6 +365,25 @@ class ClientTxn:
         self.state = "terminated"
         self.timers.cancel_all()
         self.proxy._drop_client(self)
+        _dissolve(self.context)
+
+
+def _dissolve(context: Optional[Context]) -> None:
+    """Once the server transaction of ``context`` and all its branches have
+    terminated, nothing uses the context any more: drop the references
+    between them (the context and its transactions refer to each other), so
+    that a finished call is freed by reference counting and is not left to
+    the cyclic garbage collector (which never sees objects it froze, see
+    ``presence.gcpolicy``)."""
+    if context is None or context.server.state != "terminated":
+        return
+    if any(c.state != "terminated" for c in context.clients):
+        return
+    context.server.context = None
+    for client in context.clients:
+        client.context = None
+    context.clients = []
+    context.best = context.best_owner = None
 
 
 class _Target:
@@ -992,13 +1012,16 @@ class SipProxy:
         self._drop_client(ctx)
         ctx.state = "terminated"
         context = ctx.context
-        if context is None or context.final:
-            return
-        synthetic = make_response(context.server.request, code, None,
-                                  context.server.to_tag, [("Server", SERVER_NAME)])
-        if context.best is None or _better(synthetic, context.best):
-            context.best, context.best_owner = synthetic, None
-        self._maybe_done(context)
+        try:
+            if context is None or context.final:
+                return
+            synthetic = make_response(context.server.request, code, None,
+                                      context.server.to_tag, [("Server", SERVER_NAME)])
+            if context.best is None or _better(synthetic, context.best):
+                context.best, context.best_owner = synthetic, None
+            self._maybe_done(context)
+        finally:
+            _dissolve(context)  # the branch ended without terminate()
 
     # -- sending responses upstream ------------------------------------------------
 

@@ -18,10 +18,10 @@ from typing import Any, Callable, List, Optional
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from presence.store.interface import IDirectory, NameTaken
+from presence.threads import Pool
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -64,7 +64,7 @@ class SQLiteDirectory:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        self._pool: Optional[ThreadPool] = None
+        self._pool: Optional[Pool] = None
         self._run = runner
 
     # -- lifecycle ----------------------------------------------------------
@@ -73,7 +73,7 @@ class SQLiteDirectory:
         """Run SQL on a worker thread of our own from now on."""
         if self._run is not None:
             return
-        pool = self._pool = ThreadPool(1, 1, name="presence-sqlite")
+        pool = self._pool = Pool(1, 1, name="presence-sqlite")
         pool.start()
         self._run = lambda fn, *a: deferToThreadPool(reactor, pool, fn, *a)
 

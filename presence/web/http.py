@@ -28,12 +28,15 @@ def masked_log_formatter(timestamp: str, request: http.Request) -> str:
     """Twisted's combined log format, with secrets masked in the URI."""
     referrer = http._escape(mask(request.getHeader(b"referer") or b"-"))
     agent = http._escape(request.getHeader(b"user-agent") or b"-")
+    # a held heartbeat keeps only its peer's IP (see heartbeat._slim)
+    ip = getattr(request, "peer_ip", None)
+    if ip is None:
+        ip = getattr(request.getClientAddress(), "host", None)
     line = (
         '"%(ip)s" - - %(timestamp)s "%(method)s %(uri)s %(protocol)s" '
         '%(code)d %(length)s "%(referrer)s" "%(agent)s"'
         % dict(
-            ip=http._escape(request.getClientAddress().host or b"-")
-            if hasattr(request.getClientAddress(), "host") else "-",
+            ip=http._escape(ip or b"-") if ip is not None else "-",
             timestamp=timestamp,
             method=http._escape(request.method),
             uri=http._escape(mask(request.uri)),
@@ -52,9 +55,35 @@ class BoundedRequest(server.Request):
 
     A longer body is not kept: its bytes are counted and dropped, and the
     request is answered ``413`` without reaching a resource.
+
+    When it ends (finished, or its connection lost) it drops the references
+    that would keep it in a reference cycle, so that a finished request and
+    its closed connection are freed by reference counting alone and never
+    wait for the cyclic garbage collector (see :meth:`_ended`).
     """
 
-    too_large = False
+    # Our own per-request state lives in slots, not in the instance dict.
+    # CPython 3.11 keeps instance attributes inline (no dict object) only
+    # for the attribute names that the first few instances of a class set,
+    # about 30 in all, and Twisted's Request uses nearly as many by itself;
+    # a request that sets a name past those gets a dict of its own: one
+    # more object to scan and ~1 KB more per held heartbeat.
+    __slots__ = ("too_large", "_body_seen", "_form_body", "_watcher", "peer_ip")
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.too_large = False
+        self._body_seen = 0
+        self._form_body = False
+        #: told ``ended(reason)`` once when the request ends (see :meth:`watch`)
+        self._watcher: Any = None
+        #: the peer's IP once a held heartbeat dropped its address objects
+        self.peer_ip: Optional[str] = None
+        super().__init__(*args, **kw)
+        # the one instance attribute of a held heartbeat that not every
+        # request sets (a response with a Content-Length is not chunked):
+        # set it on every request, so that it is among the names kept inline
+        # whatever the first requests of the process were
+        self.chunked = 0
 
     def gotLength(self, length: Optional[int]) -> None:
         self._body_seen = 0
@@ -75,17 +104,22 @@ class BoundedRequest(server.Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        # Twisted parses every form body's Content-Type with the e-mail
-        # header parser, a tenth of the cost of a chat; the plain urlencoded
-        # form (what browsers and clients send) is recognised cheaply here
-        # and parsed with the same parse_qs.
+        # Twisted parses the Content-Type of every POST body with the e-mail
+        # header parser: a tenth of the cost of a chat, and a new class each
+        # time (cyclic garbage, some 40 objects).  It acts on two types only.
+        # The plain urlencoded form (what browsers and clients send) is
+        # recognised cheaply here and parsed with the same parse_qs; a
+        # multipart form is left to Twisted; any other type (JSON, SIP) is
+        # not parsed at all.
         ctype = self.requestHeaders.getRawHeaders(b"content-type")
-        if ctype and command == b"POST" and ctype[0].split(b";")[0].strip().lower() == _FORM:
-            self._parsePOSTFormSubmission = False
-            self._form_body = True
+        if ctype and command == b"POST":
+            key = ctype[0].split(b";")[0].strip().lower()
+            if key == _FORM:
+                self._parsePOSTFormSubmission = False
+                self._form_body = True
+            elif b"multipart" not in key and b"form" not in key:
+                self._parsePOSTFormSubmission = False
         super().requestReceived(command, path, version)
-
-    _form_body = False
 
     def process(self) -> None:
         if self._form_body and not self.too_large and self.content is not None:
@@ -100,16 +134,66 @@ class BoundedRequest(server.Request):
             return
         super().process()
 
+    def watch(self, watcher: Any) -> None:
+        """Have ``watcher.ended(reason)`` called once when this request ends:
+        with ``None`` when it finished, with the connection's failure when the
+        connection was lost first.
+
+        What ``notifyFinish().addBoth(watcher.ended)`` does, without the
+        Deferred, the list and the bound method that a held request would
+        keep for hours.  The request forgets ``watcher`` before calling it,
+        so a watcher that refers to the request leaves no cycle behind.
+        """
+        self._watcher = watcher
+
+    def notifyFinish(self):
+        if type(self.notifications) is not list:  # a slimmed heartbeat's ()
+            self.notifications = list(self.notifications)
+        return super().notifyFinish()
+
+    def finish(self) -> None:
+        super().finish()
+        self._ended(None)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self._ended(reason)
+
+    def _ended(self, reason: Any) -> None:
+        # Klein caches its IKleinRequest adapter (and URL mapper) among the
+        # request's components, and the adapter refers back to the request:
+        # a reference cycle.  The request is done; so is the adapter.
+        # (Klein's render closures make another cycle with the request that
+        # cannot be broken from here: the routes of every session's life are
+        # served without Klein, see ``presence.web.site.DIRECT_API``.)
+        if self._adapterCache:
+            self._adapterCache = {}
+        watcher = self._watcher
+        if watcher is not None:
+            self._watcher = None
+            watcher.ended(reason)
+
 
 _FORM = b"application/x-www-form-urlencoded"
 
 
 class PresenceSite(server.Site):
     requestFactory = BoundedRequest
+    _call_later: Any = None
 
     def __init__(self, resource, reactor=None, **kw: Any) -> None:
         super().__init__(resource, logFormatter=masked_log_formatter, reactor=reactor, **kw)
         self.displayTracebacks = False
+
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        # HTTPFactory hands every connection a bound method of its own
+        # (``reactor.callLater``, for the idle timeout); one shared is enough
+        call_later = self._call_later
+        if call_later is None or getattr(call_later, "__self__", None) is not self.reactor:
+            call_later = self._call_later = self.reactor.callLater
+        channel.callLater = call_later
+        return channel
 
 
 def write_json(request: server.Request, status: int, body: Any) -> bytes:

@@ -22,6 +22,11 @@ from presence.web.http import PresenceSite
 
 #: the first segments the JSON API answers through Klein
 API_SEGMENTS = (b"api", b"initchat")
+#: API routes of every session's life served without Klein (``Direct``):
+#: a Klein request leaves some 40 objects of cyclic garbage (its render's
+#: closures refer to themselves and to the request), which only the cyclic
+#: garbage collector frees
+DIRECT_API = ("register", "login", "guest", "logout")
 
 
 class Direct(resource.Resource):
@@ -82,6 +87,9 @@ class Root(resource.Resource):
         self.default = default
         self.routes: Dict[bytes, resource.IResource] = {}
         self.whole_path: set[bytes] = set()
+        #: whole paths (tuples of segments) answered by a leaf of their own,
+        #: before the resource of their first segment
+        self.exact: Dict[Tuple[bytes, ...], resource.IResource] = {}
 
     def mount(self, segment: bytes, child: resource.IResource, whole_path: bool = False) -> None:
         """Send paths starting with ``segment`` to ``child``.  With
@@ -90,7 +98,17 @@ class Root(resource.Resource):
         if whole_path:
             self.whole_path.add(segment)
 
+    def mount_exact(self, path: Tuple[bytes, ...], child: resource.IResource) -> None:
+        """Send exactly ``path`` (no trailing slash, nothing more) to the
+        leaf ``child``; longer or other paths go where they went before."""
+        self.exact[path] = child
+
     def getChildWithDefault(self, name: bytes, request) -> resource.IResource:
+        if self.exact and len(request.postpath) == 1:
+            child = self.exact.get((name, request.postpath[0]))
+            if child is not None:
+                request.prepath.append(request.postpath.pop())
+                return child
         child = self.routes.get(name)
         if child is None:
             child = self.default
@@ -119,6 +137,8 @@ def make_site(service: PresenceService, keepalive: float, reactor=None,
         root.mount(segment, api, whole_path=True)
     root.mount(b"chat", Direct(handlers.chat))
     root.mount(b"ack", Direct(handlers.ack))
+    for name in DIRECT_API:
+        root.mount_exact((b"api", name.encode("ascii")), Direct(getattr(handlers, name)))
     for segment, (child, whole_path) in (mounts or {}).items():
         root.mount(segment, child, whole_path)
     return PresenceSite(root, reactor=reactor)
