@@ -164,7 +164,9 @@ _HELP: list = []
 def presence_off_flags(twistd: str) -> list:
     """Turn off the listeners on fixed ports (SIP 5060, the SMS simulator
     13013) where this server version has them: a benchmark run must not
-    collide with another server on the machine, and measures HTTP only."""
+    collide with another server on the machine, and measures HTTP only.
+    The access log is off too (``--no-access-log``), as the baseline has
+    none, unless ``PRESENCE_BENCH_ACCESS_LOG=1``."""
     if not _HELP:
         try:
             _HELP.append(subprocess.run([twistd, "presence", "--help"], capture_output=True,
@@ -178,6 +180,8 @@ def presence_off_flags(twistd: str) -> list:
         flags += ["--smsc", "none"]
     if "--dns=" in _HELP[0]:
         flags += ["--dns", "none"]
+    if "--no-access-log" in _HELP[0] and os.environ.get("PRESENCE_BENCH_ACCESS_LOG") != "1":
+        flags += ["--no-access-log"]
     return flags
 
 

@@ -1398,6 +1398,16 @@ def test_access_log_never_shows_session_or_password(world):
     assert quote(PASSWORD) not in text and PASSWORD not in text
 
 
+def test_the_access_log_can_be_turned_off(world):
+    world.register("alice")
+    text, _ = _access_log(world, [("GET", "/api/presence/alice")])
+    assert '"GET /api/presence/alice HTTP/1.1" 200' in text
+    world.site.access_log = False  # what --no-access-log sets
+    text, answers = _access_log(world, [("GET", "/api/presence/alice")])
+    assert answers[0][0] == 200
+    assert "/api/presence/alice" not in text
+
+
 def test_access_log_masks_the_referrer(world):
     alice = world.user("alice")
     sid = alice.session

@@ -187,6 +187,19 @@ def test_gc_policy_options_reach_the_policy(built):
     assert not next(s for s in top if isinstance(s, GCPolicy)).enabled
 
 
+def test_no_access_log_flag_reaches_the_site(built, capsys):
+    def site(top):
+        return next(s for s in top if isinstance(s, tap.ListenService)).factory
+
+    top, _ = built()
+    assert site(top).access_log is True
+    top, _ = built("--no-access-log")
+    assert site(top).access_log is False
+    with pytest.raises(SystemExit):
+        parse("--help")
+    assert "--no-access-log" in capsys.readouterr().out
+
+
 def test_gc_policy_begins_only_with_the_reactor(built):
     # twistd starts the services, then runs the reactor; this test process's
     # own collector must not be frozen by a tree started here

@@ -181,9 +181,15 @@ class PresenceSite(server.Site):
     requestFactory = BoundedRequest
     _call_later: Any = None
 
-    def __init__(self, resource, reactor=None, **kw: Any) -> None:
+    def __init__(self, resource, reactor=None, access_log: bool = True, **kw: Any) -> None:
         super().__init__(resource, logFormatter=masked_log_formatter, reactor=reactor, **kw)
         self.displayTracebacks = False
+        self.access_log = access_log
+
+    def log(self, request) -> None:
+        """The access log line of ``request``, unless turned off."""
+        if self.access_log:
+            super().log(request)
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)

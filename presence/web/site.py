@@ -125,7 +125,8 @@ class Root(resource.Resource):
 def make_site(service: PresenceService, keepalive: float, reactor=None,
               stats: Optional[Callable[[], dict]] = None,
               mounts: Optional[Dict[bytes, Tuple[resource.IResource, bool]]] = None,
-              default: Optional[resource.IResource] = None) -> PresenceSite:
+              default: Optional[resource.IResource] = None,
+              access_log: bool = True) -> PresenceSite:
     """The site: heartbeat and JSON API, plus ``mounts`` (first segment ->
     (resource, whole_path)) of other front-ends; paths no front-end claims
     go to ``default`` (the pages, once they exist; else the API's 404s)."""
@@ -141,4 +142,4 @@ def make_site(service: PresenceService, keepalive: float, reactor=None,
         root.mount_exact((b"api", name.encode("ascii")), Direct(getattr(handlers, name)))
     for segment, (child, whole_path) in (mounts or {}).items():
         root.mount(segment, child, whole_path)
-    return PresenceSite(root, reactor=reactor)
+    return PresenceSite(root, reactor=reactor, access_log=access_log)
