@@ -726,13 +726,21 @@ class SipProxy:
         d.addCallback(lambda ip: Hop(transport, ip, port))
         return d
 
-    def _user_found(self, found, context: Context, request: Request) -> None:
+    def _routing_settled(self, context: Context) -> bool:
+        """The target of ``context`` is known: False when the transaction
+        has meanwhile been answered, ended or cancelled (cancelled: ``487``)."""
         context.target_pending = False
         stx = context.server
         if context.final or stx.state == "terminated":
-            return
+            return False
         if context.cancelled:
             self._reply(stx, 487, reason="Request Terminated")
+            return False
+        return True
+
+    def _user_found(self, found, context: Context, request: Request) -> None:
+        stx = context.server
+        if not self._routing_settled(context):
             return
         if found is None or found[0] != "user":
             self._count("not_found")
@@ -791,12 +799,8 @@ class SipProxy:
         return f"{MAGIC_COOKIE}{loop_hash}.{secrets.token_hex(6)}"
 
     def _forward(self, context: Context, request: Request, dests: List[Hop]) -> None:
-        context.target_pending = False
         stx = context.server
-        if context.final or stx.state == "terminated":
-            return
-        if context.cancelled:
-            self._reply(stx, 487, reason="Request Terminated")
+        if not self._routing_settled(context):
             return
         if request.method != "ACK" and not text_body(request) and any(d.tunnel for d in dests):
             self._reply(stx, 415, reason="Unsupported Media Type (the tunnel carries text)")
