@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import sys
@@ -309,6 +310,7 @@ class Session:
     def ended(self, reason: str) -> None:
         if self.held:
             self.held = False
+            self.client.held_now -= 1
             self.client.released[reason] = self.client.released.get(reason, 0) + 1
 
 
@@ -326,6 +328,9 @@ class Client:
         self.control: list[HTTPConn] = []
         self.keepalives = 0
         self.busy = 0  # 429 answers retried
+        self.held_now = 0  # heartbeats open now, and the most open at once
+        self.held_peak = 0
+        self.stop_at = math.inf  # cmd_join starts no user after this
         self.frames_total = 0
         self.kinds: dict[str, int] = {}
         self.released: dict[str, int] = {}
@@ -488,6 +493,9 @@ class Client:
         if st != 200:
             raise HTTPError(f"jchat {st} {body[:80]!r}")
         s.held = True
+        self.held_now += 1
+        if self.held_now > self.held_peak:
+            self.held_peak = self.held_now
 
     # ------------------------------------------------ commands
     async def cmd_login(self, register=True, conc=32, seconds=300, names=None):
@@ -511,7 +519,34 @@ class Client:
                                                 t0 + seconds)
         return {"n_ok": ok, "errors": errors, "sample": sample,
                 "held": sum(1 for s in self.sessions.values() if s.held),
+            "held_peak": self.held_peak,
                 "elapsed": mono() - t0}
+
+    async def cmd_join(self, conc=32, seconds=300):
+        """Register, log in and at once hold the heartbeat, user after user,
+        until all hold one, ``seconds`` pass or ``cmd_stop_join`` (the
+        same-memory run, where the server may be stopped part way)."""
+        t0 = mono()
+        self.stop_at = math.inf
+        for n in self.users:
+            if n not in self.sessions:
+                self.sessions[n] = Session(self, n)
+
+        async def one(s: Session) -> None:
+            if mono() > self.stop_at:
+                raise ConnectionError("stopped")
+            if not s.sid:
+                await self.login_one(s, True)
+            await self.hold_one(s)
+        ok, errors, sample = await self.bounded(
+            [self.sessions[n] for n in self.users], one, conc, t0 + seconds)
+        return {"n_ok": ok, "errors": errors, "sample": sample,
+                "held": self.held_now, "held_peak": self.held_peak,
+                "elapsed": mono() - t0}
+
+    async def cmd_stop_join(self):
+        self.stop_at = 0.0
+        return {"held": self.held_now, "held_peak": self.held_peak}
 
     async def cmd_open(self, name):
         """Open one heartbeat; report when the request left and when the
@@ -644,6 +679,7 @@ class Client:
     async def cmd_counts(self):
         return {
             "held": sum(1 for s in self.sessions.values() if s.held),
+            "held_peak": self.held_peak,
             "released": self.released,
             "keepalives": self.keepalives,
             "frames": self.frames_total,
