@@ -20,7 +20,9 @@ from helpers import (  # noqa: F401  (logged_errors, world: fixtures)
     PASSWORD, logged_errors, raw_request, result_of, world,
 )
 from presence.store import passwords
-from presence.web.http import MAX_BODY, mask, masked_log_formatter
+from twisted.internet.task import Clock
+
+from presence.web.http import MAX_BODY, AccessLogFile, PresenceSite, mask, masked_log_formatter
 
 SECRET_PASSWORD = "s3cret-Pa55word"
 
@@ -1406,6 +1408,94 @@ def test_the_access_log_can_be_turned_off(world):
     text, answers = _access_log(world, [("GET", "/api/presence/alice")])
     assert answers[0][0] == 200
     assert "/api/presence/alice" not in text
+
+
+def test_access_log_file_holds_lines_until_a_second_has_passed(tmp_path):
+    clock = Clock()
+    path = tmp_path / "access.log"
+    f = AccessLogFile(str(path), clock)
+    f.write("one\n")
+    f.write("two\n")
+    assert path.read_text() == ""  # waiting, not yet written
+    clock.advance(0.999)
+    assert path.read_text() == ""
+    clock.advance(0.001)
+    assert path.read_text() == "one\ntwo\n"
+    assert not clock.getDelayedCalls()  # nothing waits, nothing scheduled
+    f.write("three\n")
+    f.close()  # at stop: what waits is written, and no call is left behind
+    assert path.read_text() == "one\ntwo\nthree\n"
+    assert not clock.getDelayedCalls()
+
+
+def test_access_log_file_writes_early_when_much_is_waiting(tmp_path):
+    clock = Clock()
+    path = tmp_path / "access.log"
+    f = AccessLogFile(str(path), clock)
+    line = "x" * 1023 + "\n"
+    for _ in range(AccessLogFile.MAX_WAITING // len(line) - 1):
+        f.write(line)
+    assert path.read_text() == ""
+    f.write(line)  # the 64 KiB that may wait: written at once
+    assert len(path.read_text()) == AccessLogFile.MAX_WAITING
+    assert not clock.getDelayedCalls()
+    f.close()
+
+
+def test_access_log_file_appends_to_what_is_there(tmp_path):
+    path = tmp_path / "access.log"
+    path.write_text("old line\n")
+    f = AccessLogFile(str(path), Clock())
+    f.write("new line\n")
+    f.close()
+    assert path.read_text() == "old line\nnew line\n"
+
+
+def test_a_failing_access_log_drops_lines_and_says_so_once(tmp_path):
+    class Full:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    clock = Clock()
+    f = AccessLogFile(str(tmp_path / "access.log"), clock)
+    f._file.close()
+    f._file = Full()
+    with capturedLogs() as events:
+        for _ in range(3):
+            f.write("line\n")
+            clock.advance(1)  # never raises into the reactor
+    errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+    assert len(errors) == 1 and "No space left on device" in errors[0]
+    f.close()
+
+
+def test_access_log_to_a_file_of_its_own(world, tmp_path):
+    world.register("alice")
+    sid = world.login("alice").session
+    path = tmp_path / "access.log"
+    site = PresenceSite(world.site.resource, reactor=world.clock, access_log=str(path))
+    site.doStart()
+    try:
+        with capturedLogs() as events:
+            answers = [raw_request(site, "GET", f"/api/welcome?me=alice&id={sid}"),
+                       raw_request(site, "GET", "/api/presence/nobody")]
+            world.clock.advance(1)
+    finally:
+        site.doStop()
+    assert [a[0] for a in answers] == [200, 404]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    assert '"GET /api/welcome?me=alice&id=*** HTTP/1.1" 200' in lines[0]
+    assert '"GET /api/presence/nobody HTTP/1.1" 404' in lines[1]
+    assert sid not in path.read_text()
+    # and not in the server's own log as well
+    assert not any("/api/presence/nobody" in formatEvent(e) for e in events)
 
 
 def test_access_log_masks_the_referrer(world):

@@ -200,6 +200,21 @@ def test_no_access_log_flag_reaches_the_site(built, capsys):
     assert "--no-access-log" in capsys.readouterr().out
 
 
+def test_access_log_option_reaches_the_site(built, tmp_path, capsys):
+    path = tmp_path / "logs" / "access.log"
+    path.parent.mkdir()
+    top, _ = built("--access-log", str(path))
+    site = next(s for s in top if isinstance(s, tap.ListenService)).factory
+    assert site.access_log == str(path) and site.logPath == str(path)
+    with pytest.raises(usage.UsageError, match="contradict"):
+        parse("--access-log", str(path), "--no-access-log")
+    with pytest.raises(usage.UsageError, match="cannot append"):
+        parse("--access-log", str(tmp_path / "missing" / "access.log"))
+    with pytest.raises(SystemExit):
+        parse("--help")
+    assert "--access-log=" in capsys.readouterr().out
+
+
 def test_gc_policy_begins_only_with_the_reactor(built):
     # twistd starts the services, then runs the reactor; this test process's
     # own collector must not be frozen by a tree started here

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import re
 from io import BytesIO
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Union
 
+from twisted.logger import Logger
 from twisted.web import http, server
 
 from presence.errors import BadRequest
@@ -177,14 +178,82 @@ class BoundedRequest(server.Request):
 _FORM = b"application/x-www-form-urlencoded"
 
 
+class AccessLogFile:
+    """The access log in a file of its own (``--access-log PATH``).
+
+    A request costs its formatted line only: lines wait in memory and are
+    written together at most ``FLUSH_EVERY`` seconds after the first of
+    them, or as soon as ``MAX_WAITING`` characters wait, and when the
+    server stops.  The file is opened for appending (``O_APPEND``), so a
+    log rotated by copy-and-truncate goes on at the start of the file.
+    A failed write (a full disk) is reported in the server's log once and
+    those lines are dropped: the access log never stops a request.
+    """
+
+    FLUSH_EVERY = 1.0
+    MAX_WAITING = 64 * 1024
+    log = Logger()
+
+    def __init__(self, path: str, clock: Any) -> None:
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8", newline="\n")
+        self._clock = clock
+        self._lines: List[str] = []
+        self._waiting = 0
+        self._call: Any = None
+        self._failing = False
+
+    def write(self, line: str) -> None:
+        self._lines.append(line)
+        self._waiting += len(line)
+        if self._waiting >= self.MAX_WAITING:
+            self.flush()
+        elif self._call is None:
+            self._call = self._clock.callLater(self.FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        if not self._lines:
+            return
+        text = "".join(self._lines)
+        self._lines.clear()
+        self._waiting = 0
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except (OSError, ValueError) as e:
+            if not self._failing:
+                self.log.error("access log {path}: cannot write ({error}); "
+                               "lines dropped until it can", path=self.path, error=e)
+            self._failing = True
+        else:
+            self._failing = False
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+
+
 class PresenceSite(server.Site):
+    """``access_log``: ``True`` logs each request in the server's log,
+    ``False`` logs nothing, a path writes the lines to that file
+    (:class:`AccessLogFile`)."""
+
     requestFactory = BoundedRequest
     _call_later: Any = None
 
-    def __init__(self, resource, reactor=None, access_log: bool = True, **kw: Any) -> None:
+    def __init__(self, resource, reactor=None, access_log: Union[bool, str] = True,
+                 **kw: Any) -> None:
+        if isinstance(access_log, str):
+            kw["logPath"] = access_log
         super().__init__(resource, logFormatter=masked_log_formatter, reactor=reactor, **kw)
         self.displayTracebacks = False
         self.access_log = access_log
+
+    def _openLogFile(self, path):
+        return AccessLogFile(path, self.reactor)
 
     def log(self, request) -> None:
         """The access log line of ``request``, unless turned off."""

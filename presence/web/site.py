@@ -9,7 +9,7 @@ that every other path goes to.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -126,7 +126,7 @@ def make_site(service: PresenceService, keepalive: float, reactor=None,
               stats: Optional[Callable[[], dict]] = None,
               mounts: Optional[Dict[bytes, Tuple[resource.IResource, bool]]] = None,
               default: Optional[resource.IResource] = None,
-              access_log: bool = True) -> PresenceSite:
+              access_log: Union[bool, str] = True) -> PresenceSite:
     """The site: heartbeat and JSON API, plus ``mounts`` (first segment ->
     (resource, whole_path)) of other front-ends; paths no front-end claims
     go to ``default`` (the pages, once they exist; else the API's 404s)."""

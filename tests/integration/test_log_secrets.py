@@ -101,3 +101,21 @@ def test_session_id_in_referer_is_not_logged(server_factory):
     expect(api.get(f"/api/presence/{alice.name}", headers={"Referer": page}), 200)
     s.stop()
     assert_no_secret_in_logs(s, json_log, [alice.password, alice.session])
+
+
+def test_access_log_in_a_file_of_its_own(server_factory):
+    """--access-log PATH: the request lines go to that file (masked, written
+    within a second and at stop), not to the server's log."""
+    path = server_factory.base / "access.log"
+    s = server_factory.start(access_log=str(path))
+    api = s.api()
+    alice = login(api, register(api, unique_name("alice")))
+    expect(api.get("/api/welcome", query=alice.auth), 200)
+    expect(api.get(f"/api/presence/{unique_name('nobody')}"), 404)
+    s.stop()
+    text = path.read_text("utf-8")
+    lines = text.splitlines()
+    assert any(f'"GET /api/welcome?me={alice.name}&id=*** HTTP/1.1" 200' in x for x in lines), text
+    assert any("/api/presence/nobody" in x and '" 404 ' in x for x in lines), text
+    assert alice.session not in text and alice.password not in text
+    assert "/api/welcome" not in s.output()
