@@ -668,7 +668,7 @@ class Bench:
         out: dict = {"group_size": g}
         t0 = mono()
         r = await aux.cmd("login", 120, register=True, conc=4, seconds=90,
-                          names=[owner] + stars)
+                          names=[owner, "foprobe"] + stars)
         r = await aux.cmd("api", 60, calls=[["POST", "/api/groups",
                                               {"me": owner, "name": group}, [200, 201]]])
         if not r.get("ok") or r.get("errors"):
@@ -697,8 +697,13 @@ class Bench:
         for star in stars:
             await self.all("watch", 30, line=f"msg update online {star}")
             cpu0 = self.srv.status().get("cpu_s", 0)
+            # a probe beside it: how long the fan-out keeps others waiting
+            probe = asyncio.ensure_future(aux.cmd("probe", 60, name="foprobe",
+                                                  interval=0.005, duration=a.fanout_probe))
+            await asyncio.sleep(0.2)
             o = await aux.cmd("open", 60, name=star)
             if not o.get("ok"):
+                await probe
                 reps.append({"star": star, "error": o.get("error")})
                 continue
             t_sent = o["t_sent"]
@@ -710,21 +715,26 @@ class Bench:
                     break
                 await asyncio.sleep(0.05)
             cpu1 = self.srv.status().get("cpu_s", 0)
+            p = await probe
             firsts = [x["watch_first"] for x in c if x.get("watch_first")]
             lasts = [x["watch_last"] for x in c if x.get("watch_last")]
             rep = {"star": star, "received": got,
                    "headers_ms": round((o["t_headers"] - t_sent) * 1000, 2),
                    "first_ms": round((min(firsts) - t_sent) * 1000, 2) if firsts else None,
                    "all_ms": round((max(lasts) - t_sent) * 1000, 2) if lasts else None,
-                   "server_cpu_s": round(cpu1 - cpu0, 3)}
+                   "server_cpu_s": round(cpu1 - cpu0, 3),
+                   "probe_ms": p.get("ms"), "probe_worst": (p.get("worst") or [])[:3]}
             reps.append(rep)
-            log(f"{self.kind}: fan-out {star}: {got}/{watching} in {rep['all_ms']} ms")
+            log(f"{self.kind}: fan-out {star}: {got}/{watching} in {rep['all_ms']} ms, "
+                f"probe max {_get(p, ('ms', 'max'))} ms")
             await asyncio.sleep(1.0)
         out["reps"] = reps
         alls = sorted(x["all_ms"] for x in reps if x.get("all_ms") is not None
                       and x.get("received") == watching)
         out["all_ms_median"] = alls[len(alls) // 2] if alls else None
         out["all_ms_max"] = alls[-1] if alls else None
+        stalls = sorted(x["probe_ms"]["max"] for x in reps if x.get("probe_ms"))
+        out["probe_max_ms_median"] = stalls[len(stalls) // 2] if stalls else None
         await self.all("ack_all", 150, self.users + [aux], conc=8, seconds=120)
         return out
 
@@ -886,6 +896,8 @@ def summarize(res: dict) -> str:
          g(B, "rate", "server_cpu_ms_per_chat"), "inv", g(F, "rate", "server_cpu_ms_per_chat"), ""),
         ("fan-out to group, median (ms)", g(P, "fanout", "all_ms_median"),
          g(B, "fanout", "all_ms_median"), "inv", None, ""),
+        ("probe max stall, fan-out (ms)", g(P, "fanout", "probe_max_ms_median"),
+         g(B, "fanout", "probe_max_ms_median"), "inv", None, ""),
         ("probe max stall, sweep (ms)", g(PS, "probe", "ms", "max"), g(BS, "probe", "ms", "max"),
          "inv", None, "<= 50"),
         ("probe p99, sweep (ms)", g(PS, "probe", "ms", "p99"), g(BS, "probe", "ms", "p99"),
@@ -1014,6 +1026,8 @@ def main() -> None:
                     help="long enough to span one keep-alive round (--keepalive 25)")
     ap.add_argument("--group", type=int, default=5000, help="fan-out group size")
     ap.add_argument("--fanout-reps", type=int, default=3)
+    ap.add_argument("--fanout-probe", type=float, default=2.0,
+                    help="seconds of probing (a request every 5 ms) around each fan-out")
     ap.add_argument("--probe-seconds", type=float, default=20.0)
     ap.add_argument("--rate-reps", type=int, default=3,
                     help="rate bursts per server; the median is reported")

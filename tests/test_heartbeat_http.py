@@ -249,6 +249,7 @@ def test_poll_carries_at_most_100_frames(world):
     stream = bob.heartbeat()
     for i in range(150):
         assert alice.post("/chat", to="bob", msg=f"m{i}").json["delivered"] == "online"
+    world.clock.advance(0)  # 100 heartbeat writes in a turn at most (WritePacer)
     assert len(stream.events()) == 150
     first = bob.heartbeat(mode="poll")  # nothing acknowledged yet
     assert stream.finished  # released by the newer request
@@ -694,3 +695,125 @@ def test_new_port_alone_is_not_announced(world):
     assert alice.get("/api/session").json["port"] == 5001
     a.close()
     b.close()
+
+
+# -- writes spread over reactor turns ---------------------------------------------------
+
+class TurnClock:
+    """The reactor as the pacer sees it: a ``callLater(0)`` made during a
+    turn runs in the next turn, never in the same one (as in
+    ``ReactorBase.runUntilCurrent``; ``Clock.advance(0)`` would run it at once)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def callLater(self, delay, fn, *args):
+        assert delay == 0
+        from twisted.internet.task import Clock
+        call = Clock().callLater(0, fn, *args)  # a real IDelayedCall
+        self.calls.append(call)
+        return call
+
+    def turn(self):
+        calls, self.calls = self.calls, []
+        for call in calls:
+            if call.active():
+                call.called = True
+                call.func(*call.args, **call.kw)
+
+
+class _Channel:
+    """What the pacer sees of a channel: the frames that wait, and flush."""
+
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+        self.queued = ["x"]
+        self.done = False
+
+    def flush(self):
+        self.queued = None
+        self.log.append(self.name)
+
+
+def test_pacer_admits_so_many_writes_per_turn_and_the_rest_in_order():
+    from presence.web.heartbeat import WritePacer
+    clock = TurnClock()
+    pacer = WritePacer(clock, per_turn=3)
+    assert [pacer.admit() for _ in range(4)] == [True, True, True, False]
+    log = []
+    waiting = [_Channel(log, n) for n in "abcdefg"]
+    for c in waiting:
+        pacer.wait(c)
+    waiting[1].done = True  # its request ended meanwhile: skipped, costs nothing
+    clock.turn()
+    assert log == ["a", "c", "d"]
+    assert not pacer.admit()  # this turn is spent on those in line
+    clock.turn()
+    assert log == ["a", "c", "d", "e", "f", "g"]
+    assert not pacer.admit()  # three went out in this turn already
+    clock.turn()  # the next turn starts afresh
+    assert [pacer.admit() for _ in range(4)] == [True, True, True, False]
+    clock.turn()
+    clock.turn()
+    assert clock.calls == []  # idle: nothing left scheduled
+
+
+def _paced(world, per_turn):
+    """The world's heartbeats paced at ``per_turn`` writes, on a TurnClock."""
+    pacer = world.site.resource.routes[b"jchat"].pacer
+    pacer.per_turn = per_turn
+    pacer.clock = TurnClock()
+    return pacer.clock
+
+
+def _heard(watchers, head):
+    return sum(1 for hb in watchers if hb.heads() == [head])
+
+
+def test_a_large_fan_out_is_written_over_several_turns(world):
+    turns = _paced(world, 2)
+    alice = world.user("alice")
+    watchers = []
+    for name in ("bob", "carol", "dave", "erin", "frank"):
+        w = world.user(name)
+        assert w.post("/api/contacts", contact="alice").status == 204
+        hb = w.heartbeat(ack="1")
+        assert hb.heads() == []
+        watchers.append(hb)
+    turns.turn()
+    turns.turn()  # a fresh turn
+    alice.heartbeat()  # alice comes online: five sessions must hear it
+    assert _heard(watchers, "msg update online alice") == 2  # two in this turn
+    turns.turn()
+    assert _heard(watchers, "msg update online alice") == 4
+    turns.turn()
+    assert _heard(watchers, "msg update online alice") == 5
+
+
+def test_frames_waiting_for_a_turn_keep_their_order(world):
+    turns = _paced(world, 1)
+    bob, alice, hb = watched(world)
+    turns.turn()
+    turns.turn()
+    alice.heartbeat()  # the one write of this turn: to bob, "online"
+    for text in ("one", "two", "three"):
+        assert alice.post("/chat", to="bob", msg=text).status == 202
+    assert hb.heads() == ["msg update online alice"]
+    turns.turn()
+    assert [e.text.split("\n")[1] for e in chats(hb)] == ["one", "two", "three"]
+    assert hb.ids() == [2, 3, 4, 5]
+
+
+def test_frames_waiting_when_the_heartbeat_ends_are_sent_again(world):
+    turns = _paced(world, 1)
+    bob, alice, hb = watched(world)
+    turns.turn()
+    turns.turn()
+    alice.heartbeat()
+    assert alice.post("/chat", to="bob", msg="kept").status == 202
+    assert chats(hb) == []  # waiting for the next turn...
+    hb2 = bob.heartbeat(ack="2")  # ...when bob's client reconnects
+    turns.turn()
+    assert chats(hb) == []  # not written to the released request
+    assert [e.text.split("\n")[1] for e in chats(hb2)] == ["kept"]
+    assert hb2.ids() == [3]
