@@ -247,7 +247,8 @@ def presence_off_flags(twistd: str) -> list:
     13013) where this server version has them: a benchmark run must not
     collide with another server on the machine, and measures HTTP only.
     The access log is off too (``--no-access-log``), as the baseline has
-    none, unless ``PRESENCE_BENCH_ACCESS_LOG=1``."""
+    none, unless ``PRESENCE_BENCH_ACCESS_LOG=1`` (in the server's log) or
+    ``=file`` (``--access-log`` to a file in the work dir)."""
     if not _HELP:
         try:
             _HELP.append(subprocess.run([twistd, "presence", "--help"], capture_output=True,
@@ -261,7 +262,8 @@ def presence_off_flags(twistd: str) -> list:
         flags += ["--smsc", "none"]
     if "--dns=" in _HELP[0]:
         flags += ["--dns", "none"]
-    if "--no-access-log" in _HELP[0] and os.environ.get("PRESENCE_BENCH_ACCESS_LOG") != "1":
+    if "--no-access-log" in _HELP[0] and os.environ.get("PRESENCE_BENCH_ACCESS_LOG",
+                                                         "") not in ("1", "file"):
         flags += ["--no-access-log"]
     return flags
 
@@ -274,6 +276,8 @@ def presence_server(workdir: str, data: str, name: str, keepalive, poll,
     if gcwatch:  # the same twistd, with a gc.callbacks timer (bench/gcwatch.py)
         twistd = [sys.executable, os.path.join(HERE, "gcwatch.py")]
         env = {"PRESENCE_GCWATCH": os.path.join(workdir, f"{name}-gc.json")}
+    if os.environ.get("PRESENCE_BENCH_ACCESS_LOG") == "file":
+        off = off + ["--access-log", os.path.join(workdir, f"{name}-access.log")]
     argv = (twistd if isinstance(twistd, list) else [twistd]) + [
         "-n", "--pidfile", os.path.join(workdir, f"{name}.pid"),
         "presence", "--http", "tcp:0:interface=127.0.0.1", "--data", data,
