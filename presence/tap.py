@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from presence import gcpolicy
 from presence.core.hub import Hub, HubConfig
+from presence.endpoint_option import check_server_endpoint
 from presence.pages import Pages
 from presence.service import PresenceService
 from presence.sip import frontend as sip_frontend
@@ -124,24 +125,23 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["linger"] is None:
             self["linger"] = 2 * self["poll"]
-        try:
-            endpoints.serverFromString(_ParseOnly(), self["http"])
-        except Exception as e:
-            raise usage.UsageError(f"--http: not a server endpoint string: {e}")
+        check_server_endpoint("http", self["http"])
         wireless_frontend.check_options(self)
-        if self["access-log"]:
-            if self["no-access-log"]:
-                raise usage.UsageError("--access-log and --no-access-log contradict each other")
-            try:
-                open(self["access-log"], "a").close()
-            except OSError as e:
-                raise usage.UsageError(f"--access-log: cannot append to "
-                                       f"{self['access-log']}: {e.strerror}")
-            self["access-log"] = os.path.abspath(self["access-log"])
+        if self["access-log"] and self["no-access-log"]:
+            raise usage.UsageError("--access-log and --no-access-log contradict each other")
+        for name in ("access-log", "json-log"):
+            if self[name]:
+                self[name] = _appendable(name, self[name])
 
 
-class _ParseOnly:
-    """Stands in for a reactor while an endpoint string is checked."""
+def _appendable(option: str, path: str) -> str:
+    """``path`` made absolute, once it is known that it can be appended to
+    (created if missing); else a usage error naming ``option``."""
+    try:
+        open(path, "a").close()
+    except OSError as e:
+        raise usage.UsageError(f"--{option}: cannot append to {path}: {e.strerror}")
+    return os.path.abspath(path)
 
 
 class ListenService(Service):
@@ -212,6 +212,33 @@ class ReadyGate:
         self.up(listen.label, listen.address())
 
 
+class JsonLogService(Service):
+    """``--json-log``: the log as JSON lines in a file, from the start of the
+    service tree to its end (the observer is removed and the file closed at
+    stop)."""
+
+    def __init__(self, path: str, publisher: Any = globalLogPublisher) -> None:
+        self.path = path
+        self.publisher = publisher
+        self.observer: Any = None
+        self._file: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._file = open(self.path, "a", encoding="utf-8")
+        self.observer = jsonFileLogObserver(self._file)
+        self.publisher.addObserver(self.observer)
+
+    def stopService(self):
+        super().stopService()
+        if self.observer is not None:
+            self.publisher.removeObserver(self.observer)
+            self.observer = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class DirectoryService(Service):
     def __init__(self, store, reactor) -> None:
         self.store = store
@@ -260,11 +287,11 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
-    if options.get("json-log"):
-        globalLogPublisher.addObserver(jsonFileLogObserver(open(options["json-log"], "a")))
     os.makedirs(options["data"], exist_ok=True)
 
     top = MultiService()
+    if options.get("json-log"):  # first to start, last to stop
+        JsonLogService(options["json-log"]).setServiceParent(top)
     store = open_directory(options["data"])
     DirectoryService(store, reactor).setServiceParent(top)
 

@@ -51,11 +51,12 @@ def test_defaults():
     assert o["gc-thaw"] == 0
 
 
-def test_values_are_parsed():
+def test_values_are_parsed(tmp_path):
+    json_log = str(tmp_path / "log.json")
     o = parse("--http", "tcp:18081:interface=127.0.0.1", "--data", "/tmp/x",
               "--domain", "example.org", "--host-box", "box7:80", "--keepalive", "2.5",
               "--poll", "0.5", "--linger", "0", "--session-ttl", "60", "--mailbox", "5",
-              "--hash-cost", "1", "--json-log", "/tmp/log.json",
+              "--hash-cost", "1", "--json-log", json_log,
               "--gc-freeze-at", "0", "--gc-thaw", "3600")
     assert o["http"] == "tcp:18081:interface=127.0.0.1"
     assert o["data"] == "/tmp/x"
@@ -67,7 +68,7 @@ def test_values_are_parsed():
     assert o["session-ttl"] == 60
     assert o["mailbox"] == 5 and isinstance(o["mailbox"], int)
     assert o["hash-cost"] == 1 and isinstance(o["hash-cost"], int)
-    assert o["json-log"] == "/tmp/log.json"
+    assert o["json-log"] == json_log
     assert o["gc-freeze-at"] == 0 and isinstance(o["gc-freeze-at"], int)
     assert o["gc-thaw"] == 3600.0
 
@@ -96,6 +97,17 @@ def test_bad_options_are_usage_errors(args):
 def test_bad_http_endpoint_message_names_the_option():
     with pytest.raises(usage.UsageError, match="--http"):
         parse("--http", "bogus:1")
+
+
+@pytest.mark.parametrize("endpoint", ["tcp:99999", "tcp6:70000", "tcp:-1"])
+def test_a_port_out_of_range_is_a_usage_error_not_a_traceback_at_start(endpoint):
+    with pytest.raises(usage.UsageError, match="--http: port -?[0-9]+ is not 0-65535"):
+        parse("--http", endpoint)
+
+
+def test_ports_at_the_ends_of_the_range_are_accepted():
+    assert parse("--http", "tcp:65535")["http"] == "tcp:65535"
+    assert parse("--http", "tcp:0:interface=127.0.0.1")["http"] == "tcp:0:interface=127.0.0.1"
 
 
 def test_bad_ssl_endpoint_is_a_usage_error():
@@ -213,6 +225,29 @@ def test_access_log_option_reaches_the_site(built, tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse("--help")
     assert "--access-log=" in capsys.readouterr().out
+
+
+def test_json_log_lives_with_the_service_tree(built, tmp_path):
+    from twisted.logger import LogPublisher, Logger
+    path = tmp_path / "log.json"
+    top, _ = built("--json-log", str(path))
+    service = list(top)[0]
+    assert isinstance(service, tap.JsonLogService)  # first to start, last to stop
+    publisher = LogPublisher()
+    service.publisher = publisher
+    log = Logger(observer=publisher)
+    log.info("before {n}", n=0)
+    service.startService()
+    log.info("during {n}", n=1)
+    service.stopService()
+    log.info("after {n}", n=2)
+    from twisted.logger import eventsFromJSONLogFile
+    with open(path) as f:
+        events = list(eventsFromJSONLogFile(f))
+    assert [e["n"] for e in events] == [1]
+    assert service.observer is None and service._file is None
+    with pytest.raises(usage.UsageError, match="--json-log: cannot append"):
+        parse("--json-log", str(tmp_path / "missing" / "log.json"))
 
 
 def test_gc_policy_begins_only_with_the_reactor(built):

@@ -49,6 +49,11 @@ def test_bad_options(args):
         parse(*args)
 
 
+def test_smsc_port_out_of_range_names_the_option():
+    with pytest.raises(usage.UsageError, match="--smsc: port 99999 is not 0-65535"):
+        parse("--smsc", "tcp:99999")
+
+
 def test_help_lists_the_options(capsys):
     with pytest.raises(SystemExit):
         parse("--help")

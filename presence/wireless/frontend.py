@@ -23,6 +23,7 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
+from presence.endpoint_option import check_server_endpoint
 from presence.service import PresenceService
 from presence.web.http import PresenceSite
 from presence.wireless.gateway import WirelessGateway
@@ -62,10 +63,7 @@ def check_options(options: Any) -> None:
     """The wireless part of ``Options.postOptions``."""
     smsc = options["smsc"]
     if smsc != "none":
-        try:
-            endpoints.serverFromString(_ParseOnly(), smsc)
-        except Exception as e:
-            raise usage.UsageError(f"--smsc: not a server endpoint string (or none): {e}")
+        check_server_endpoint("smsc", smsc, also=" (or none)")
     if options["wireless-via"] not in ("push", "sms"):
         raise usage.UsageError("--wireless-via must be push or sms")
     base = options["wml-base"]
@@ -74,10 +72,6 @@ def check_options(options: Any) -> None:
     for name in ("smsc-user", "smsc-password"):
         if not options[name]:
             raise usage.UsageError(f"--{name} must not be empty")
-
-
-class _ParseOnly:
-    """Stands in for a reactor while an endpoint string is checked."""
 
 
 def _host_port(address: str) -> Optional[tuple]:
