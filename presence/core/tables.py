@@ -221,12 +221,8 @@ class GroupTable:
         group ``user`` is in, or ``user`` alone; ``user``'s own excepted."""
         seen: Set[Session] = set()
         out: List[Session] = []
-        watchers = self.watchers
         for key in (user.name, *user.groups):
-            current = watchers.get(key)
-            if current is None:
-                continue
-            for s in (current if type(current) is set else (current,)):
+            for s in self.watching(key):
                 if s.user is not user and s not in seen:
                     seen.add(s)
                     out.append(s)

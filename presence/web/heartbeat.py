@@ -71,12 +71,14 @@ class WritePacer:
         if self.spent >= self.per_turn:
             return False
         self.spent += 1
-        if self.call is None:
-            self.call = self.clock.callLater(0, self._turn)
+        self._schedule()
         return True
 
     def wait(self, channel: "HeartbeatChannel") -> None:
         self.waiting.append(channel)
+        self._schedule()
+
+    def _schedule(self) -> None:
         if self.call is None:
             self.call = self.clock.callLater(0, self._turn)
 
@@ -100,7 +102,7 @@ class HeartbeatChannel:
     __slots__ = ("request", "hub", "session", "poll", "timer", "done", "pacer", "queued")
 
     def __init__(self, request: server.Request, hub: Hub, session: Session,
-                 poll: bool, pacer: Optional[WritePacer] = None) -> None:
+                 poll: bool, pacer: WritePacer) -> None:
         self.request = request
         self.hub = hub
         self.session = session
@@ -117,10 +119,9 @@ class HeartbeatChannel:
         if self.queued is not None:
             self.queued.extend(entries)
             return
-        pacer = self.pacer
-        if pacer is not None and not pacer.admit():
+        if not self.pacer.admit():
             self.queued = list(entries)
-            pacer.wait(self)
+            self.pacer.wait(self)
             return
         self._send_now(entries)
 
