@@ -90,6 +90,14 @@ def require_program_fixture() -> Callable[[str], str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Until someone begins logging, Twisted keeps the last 65,536 log events
+    # in memory, and with them every object an event names (a service, a
+    # request, a whole test's world).  The objects of one test would then be
+    # freed, as cyclic garbage, during a later test, which the reference-
+    # cycle tests (test_gc_cycles.py) would count as that test's.  Tests
+    # that read log events add their own observers; nothing reads the buffer.
+    from twisted.logger import globalLogBeginner
+    globalLogBeginner.beginLoggingTo([], discardBuffer=True, redirectStandardIO=False)
     config.addinivalue_line(
         "markers",
         "requires_program(*names): skip (or fail under PRESENCE_REQUIRE_ALL=1) "
