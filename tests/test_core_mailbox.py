@@ -98,6 +98,23 @@ def test_bound_evicts_oldest_and_returns_them() -> None:
     assert not box.has(2) and box.has(3)
 
 
+def test_ids_stay_right_after_evictions_and_acks_mixed() -> None:
+    # the mailbox keeps frames only and counts their ids from the newest
+    box = Mailbox(bound=3)
+    fs = chats(8)
+    for f in fs[:5]:
+        box.push(f)  # 1 and 2 evicted
+    assert box.ack(3) == 1
+    assert box.pending() == [(4, fs[3]), (5, fs[4])]
+    assert box.pending(1) == [(4, fs[3])]
+    for f in fs[5:]:
+        box.push(f)  # 6, 7, 8: 4 and 5 evicted
+    assert box.pending() == [(6, fs[5]), (7, fs[6]), (8, fs[7])]
+    assert box.ack(2) == 0 and box.ack(7) == 2
+    assert box.pending() == [(8, fs[7])] and box.has(8) and not box.has(7)
+    assert box.drain() == [fs[7]] and box.push(fs[0])[0] == 9
+
+
 def test_acks_make_room_so_nothing_is_evicted() -> None:
     box = Mailbox(bound=2)
     fs = chats(4)

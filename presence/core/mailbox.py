@@ -25,6 +25,12 @@ Entry = Tuple[int, Frame]
 
 
 class Mailbox:
+    """The ids of the frames held are consecutive (frames leave from the
+    oldest end only), so only the frames are kept: the newest has id
+    ``next_id - 1``.  An (id, frame) pair per held frame would be one more
+    object for the garbage collector to track and scan for every frame that
+    waits for its acknowledgement."""
+
     __slots__ = ("next_id", "bound", "_frames")
 
     def __init__(self, bound: int = 1000) -> None:
@@ -32,7 +38,7 @@ class Mailbox:
             raise ValueError("mailbox bound must be at least 1")
         self.next_id = 1
         self.bound = bound
-        self._frames: Deque[Entry] | None = None
+        self._frames: Deque[Frame] | None = None
 
     def __len__(self) -> int:
         return len(self._frames) if self._frames else 0
@@ -42,6 +48,9 @@ class Mailbox:
         """The id of the newest frame ever pushed (0 before the first)."""
         return self.next_id - 1
 
+    def _first_id(self, frames: Deque[Frame]) -> int:
+        return self.next_id - len(frames)
+
     def push(self, frame: Frame) -> Tuple[int, List[Frame]]:
         """Add ``frame``; return its id and the frames evicted by the bound."""
         ident = self.next_id
@@ -49,10 +58,10 @@ class Mailbox:
         frames = self._frames
         if frames is None:
             frames = self._frames = deque()
-        frames.append((ident, frame))
+        frames.append(frame)
         evicted: List[Frame] = []
         while len(frames) > self.bound:
-            evicted.append(frames.popleft()[1])
+            evicted.append(frames.popleft())
         return ident, evicted
 
     def ack(self, upto: int) -> int:
@@ -60,30 +69,32 @@ class Mailbox:
         frames = self._frames
         if not frames:
             return 0
-        count = 0
-        while frames and frames[0][0] <= upto:
-            frames.popleft()
-            count += 1
-        if not frames:
+        count = min(len(frames), max(0, upto - self._first_id(frames) + 1))
+        if count == len(frames):
             self._frames = None
+        else:
+            for _ in range(count):
+                frames.popleft()
         return count
 
     def pending(self, limit: int | None = None) -> List[Entry]:
-        """The unacknowledged frames, oldest first (at most ``limit``)."""
+        """The unacknowledged frames with their ids, oldest first (at most
+        ``limit``)."""
         frames = self._frames
         if not frames:
             return []
-        if limit is None or limit >= len(frames):
-            return list(frames)
-        return [frames[i] for i in range(limit)]
+        first = self._first_id(frames)
+        if limit is not None and limit < len(frames):
+            return [(first + i, frames[i]) for i in range(limit)]
+        return list(enumerate(frames, first))
 
     def has(self, ident: int) -> bool:
         """Whether the frame ``ident`` is still unacknowledged."""
         frames = self._frames
-        return bool(frames) and frames[0][0] <= ident <= frames[-1][0]
+        return bool(frames) and self._first_id(frames) <= ident < self.next_id
 
     def drain(self) -> List[Frame]:
         """Empty the mailbox and return what was in it (session end)."""
         frames = self._frames
         self._frames = None
-        return [f for _, f in frames] if frames else []
+        return list(frames) if frames else []
