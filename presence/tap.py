@@ -30,6 +30,7 @@ from presence.store.sqlite import open_directory
 from presence.sweep import SweepService
 from presence.threads import Pool
 from presence.web.site import make_site
+from presence.web.transport import use_turn_flush
 from presence.wireless import frontend as wireless_frontend
 
 log = Logger()
@@ -147,8 +148,10 @@ def _appendable(option: str, path: str) -> str:
 class ListenService(Service):
     """Listens on an endpoint and tells ``on_ready`` once listening."""
 
-    def __init__(self, label: str, endpoint, factory, on_ready=None) -> None:
+    def __init__(self, label: str, endpoint, factory, on_ready=None,
+                 turn_flush: bool = False) -> None:
         self.label = label
+        self.turn_flush = turn_flush
         self.endpoint = endpoint
         self.factory = factory
         self.on_ready = on_ready
@@ -164,6 +167,8 @@ class ListenService(Service):
 
     def _listening(self, port) -> None:
         self.port = port
+        if self.turn_flush:
+            use_turn_flush(port)
         if self.on_ready is not None:
             self.on_ready(self)
 
@@ -352,7 +357,8 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     gate.hooks.append(wireless.ready)
     http = ListenService(gate.expect("http"),
                          endpoints.serverFromString(reactor, options["http"]),
-                         site, gate.listener)
+                         site, gate.listener,
+                         turn_flush=os.environ.get("PRESENCE_TURN_FLUSH", "1") != "0")
     http.setServiceParent(top)
     if sip is not None:
         for listener in sip.services(gate.expect("sip-udp"), gate.expect("sip-tcp"), gate.up):
