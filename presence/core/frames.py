@@ -48,10 +48,11 @@ class Frame:
     def data(self) -> bytes:
         """The ``data:`` lines and the blank line that ends the event."""
         if self._data is None:
-            text = self.text.replace("\r\n", "\n").replace("\r", "\n")
-            self._data = b"".join(
-                b"data: " + line.encode("utf-8") + b"\n" for line in text.split("\n")
-            ) + b"\n"
+            text = self.text
+            if "\r" in text:
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
+            # every line after "data: ", each ended by \n; a blank line ends it
+            self._data = ("data: " + text.replace("\n", "\ndata: ") + "\n\n").encode("utf-8")
         return self._data
 
     def event(self, ident: int) -> bytes:
