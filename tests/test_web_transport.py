@@ -118,6 +118,16 @@ def test_a_connection_lost_before_the_turn_ends_sends_nothing(conn):
     assert transport not in reactor.getWriters()
 
 
+def test_an_aborted_connection_drops_what_it_had_to_send(conn):
+    transport, peer, reactor, proto = conn
+    transport.write(b"never")
+    transport.abortConnection()
+    reactor.advance(0)  # the turn ends, then the abort's connectionLost runs
+    assert received(peer) == b""
+    assert transport not in reactor.getWriters()
+    assert len(proto.lost) == 1 and proto.lost[0].check(error.ConnectionAborted)
+
+
 @contextlib.contextmanager
 def turn_flush_port(interface: str):
     """A listening TCP port (on a memory reactor) switched over."""

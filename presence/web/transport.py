@@ -74,8 +74,8 @@ class TurnFlushServer(tcp.Server):
         queue.add(self)
 
     def _flushTurn(self) -> None:
-        if not self.connected:
-            return  # lost meanwhile: nothing to send
+        if not self.connected or self._aborting:
+            return  # lost or aborted meanwhile: nothing to send
         if self.disconnecting or self._writeDisconnecting:
             tcp.Server.startWriting(self)  # the reactor sends the rest, then closes
             return
