@@ -11,6 +11,7 @@ import json
 
 import pytest
 from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.internet import protocol, tcp
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python import usage
@@ -21,6 +22,7 @@ from presence.gcpolicy import GCPolicy
 from presence.sweep import SweepService
 from presence.threads import Pool
 from presence.web.http import PresenceSite
+from presence.web.transport import TurnFlushServer
 
 OPTIONS = ["http", "data", "domain", "host-box", "keepalive", "poll", "linger",
            "session-ttl", "mailbox", "hash-cost", "json-log", "gc-freeze-at", "gc-thaw"]
@@ -341,3 +343,29 @@ def test_stop_closes_the_store(built):
     assert directory.store._pool is not None  # SQL on a worker thread while running
     top.stopService()
     assert directory.store._pool is None
+
+
+def test_the_http_listener_sends_at_the_end_of_the_turn_unless_turned_off(built, monkeypatch):
+    def listener(top):
+        return next(s for s in top if isinstance(s, tap.ListenService))
+
+    top, _ = built()
+    assert listener(top).turn_flush is True
+    monkeypatch.setenv("PRESENCE_TURN_FLUSH", "0")
+    top, _ = built()
+    assert listener(top).turn_flush is False
+
+
+@pytest.mark.parametrize("turn_flush, transport", [(True, TurnFlushServer),
+                                                   (False, tcp.Server)])
+def test_a_listener_switches_its_tcp_port_once_listening(turn_flush, transport):
+    reactor = MemoryReactorClock()
+    port = tcp.Port(0, protocol.Factory(), interface="127.0.0.1", reactor=reactor)
+    port.startListening()
+    try:
+        ready = []
+        tap.ListenService("http", None, None, ready.append, turn_flush=turn_flush)._listening(port)
+        assert port.transport is transport and len(ready) == 1
+    finally:
+        port.stopListening()
+        reactor.advance(0)
