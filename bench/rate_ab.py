@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import shutil
 import statistics
@@ -43,13 +42,10 @@ async def one_server(args, label: str, env: dict) -> list:
         await bench.start_clients()
         res: dict = {}
         await bench.login_and_hold(res, "", a.phase_seconds)
-        procs = bench.users + [bench.aux]
-        per = max(1, math.ceil(a.conc / len(procs)))
-        await asyncio.gather(*(c.cmd("senders", 120, n=per, prefix=f"s{c.idx}x", conc=8,
-                                     seconds=90) for c in procs))
+        procs, per, _ = await bench.log_in_senders()
         for _ in range(args.reps):
             r = await bench.rate_phase(procs, per)
-            await bench.all("ack_all", 150, procs, conc=8, seconds=120)
+            await bench.ack_all(procs)
             out.append({"chats_per_s": r["chats_per_s"],
                         "cpu_ms_per_chat": r["server_cpu_ms_per_chat"],
                         "delivered": r["delivered"], "sent": r["sent"],

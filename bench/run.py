@@ -537,26 +537,20 @@ class Bench:
                 res["aborted"] = "no heartbeat held"
                 return res
 
-            # senders: aux gets the latency senders, every process some burst senders
-            procs = self.users + [self.aux]
-            per = max(1, math.ceil(a.conc / len(procs)))
-            r = await asyncio.gather(*(
-                c.cmd("senders", 120, n=per, prefix=f"s{c.idx}x", conc=8, seconds=90)
-                for c in procs))
-            res["senders"] = sum(x.get("senders", 0) for x in r)
+            procs, per, res["senders"] = await self.log_in_senders()
 
             # latency at full load, paced
             self.spy_start("latency")
             res["latency"] = await self.latency_phase()
             self.spy_stop()
-            await self.all("ack_all", 150, procs, conc=8, seconds=120)
+            await self.ack_all(procs)
 
             # rate: unpaced bursts over all processes; the median of --rate-reps
             self.spy_start("rate")
             reps = []
             for _ in range(max(1, a.rate_reps)):
                 reps.append(await self.rate_phase(procs, per))
-                await self.all("ack_all", 150, procs, conc=8, seconds=120)
+                await self.ack_all(procs)
             self.spy_stop()
             res["rate_reps"] = [x.get("chats_per_s") for x in reps]
             res["rate"] = sorted(reps, key=lambda x: x.get("chats_per_s") or 0)[len(reps) // 2]
@@ -572,6 +566,21 @@ class Bench:
         finally:
             await self.teardown(res, t_run)
         return res
+
+    async def log_in_senders(self) -> tuple:
+        """Log in the chat senders: the aux process gets the latency senders,
+        every process some burst senders.  Returns (processes, burst senders
+        per process, senders logged in)."""
+        procs = self.users + [self.aux]
+        per = max(1, math.ceil(self.args.conc / len(procs)))
+        r = await asyncio.gather(*(
+            c.cmd("senders", 120, n=per, prefix=f"s{c.idx}x", conc=8, seconds=90)
+            for c in procs))
+        return procs, per, sum(x.get("senders", 0) for x in r)
+
+    async def ack_all(self, procs: list) -> None:
+        """Acknowledge every frame the clients hold (between bursts)."""
+        await self.all("ack_all", 150, procs, conc=8, seconds=120)
 
     async def teardown(self, res: dict, t_run: float) -> None:
         """After a phase: GC figures, clients and server stopped, time taken."""
@@ -739,7 +748,7 @@ class Bench:
         out["all_ms_max"] = alls[-1] if alls else None
         stalls = sorted(x["probe_ms"]["max"] for x in reps if x.get("probe_ms"))
         out["probe_max_ms_median"] = stalls[len(stalls) // 2] if stalls else None
-        await self.all("ack_all", 150, self.users + [aux], conc=8, seconds=120)
+        await self.ack_all(self.users + [aux])
         return out
 
     async def run_budget(self, res: dict, limit: int) -> dict:
