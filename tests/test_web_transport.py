@@ -13,6 +13,7 @@ import socket
 import pytest
 from twisted.internet import error, main, protocol, tcp
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from presence.web.transport import TurnFlushServer, use_turn_flush
@@ -126,6 +127,37 @@ def test_an_aborted_connection_drops_what_it_had_to_send(conn):
     assert received(peer) == b""
     assert transport not in reactor.getWriters()
     assert len(proto.lost) == 1 and proto.lost[0].check(error.ConnectionAborted)
+
+
+def test_a_send_that_raises_loses_that_connection_and_the_others_are_still_sent(conn):
+    transport, peer, reactor, proto = conn
+    mine2, peer2 = socket.socketpair()
+    mine2.setblocking(False)
+    peer2.setblocking(False)
+    try:
+        broken, proto2 = None, Recorder()
+        broken = TurnFlushServer(mine2, proto2, ("127.0.0.1", 40001), None, 2, reactor)
+        proto2.makeConnection(broken)
+
+        def send_raises(data):
+            raise RuntimeError("the send broke")
+
+        broken.writeSomeData = send_raises
+        broken.write(b"lost")        # first in the turn's list
+        transport.write(b"delivered")
+        with capturedLogs() as events:
+            reactor.advance(0)
+        assert received(peer) == b"delivered"
+        assert len(proto2.lost) == 1 and proto2.lost[0].check(RuntimeError)
+        assert not broken.connected and broken not in reactor.getWriters()
+        assert proto.lost == []  # the good connection is still open
+        failures = [e for e in events if "log_failure" in e]
+        assert len(failures) == 1
+        assert failures[0]["log_failure"].check(RuntimeError)
+        assert "127.0.0.1:40001" in formatEvent(failures[0])
+    finally:
+        mine2.close()
+        peer2.close()
 
 
 @contextlib.contextmanager
