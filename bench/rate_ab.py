@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A/B of the presence server's chat rate: the same server with and without
-one switch, taken from the environment at start (``--b-env VAR=VALUE``,
-by default ``PRESENCE_TURN_FLUSH=0``, Twisted's own write path).
+some ``twistd presence`` options (``--b-args``, by default
+``--no-turn-flush``, Twisted's own write path).
 
 Each round starts A, then B, each with N users registered, logged in and
 holding heartbeats, and sends ``--reps`` unpaced bursts of ``--chats`` chats
@@ -12,6 +12,7 @@ slows down or speeds up during the run weighs on both.
 
     python bench/rate_ab.py                           # 2 rounds, 2,000 users
     python bench/rate_ab.py --users 10000 --rounds 3
+    python bench/rate_ab.py --b-args "--no-access-log --no-turn-flush"
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -28,14 +30,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (bench/run.py: servers, clients, the rate phase)
 
 
-async def one_server(args, label: str, env: dict) -> list:
+async def one_server(args, label: str, extra: list) -> list:
     workdir = tempfile.mkdtemp(prefix=f"rate-ab-{label}-")
     a = argparse.Namespace(phase_seconds=args.phase_seconds, chats=args.chats, conc=args.conc,
                            gc_watch=False, profile="", login_conc=32, rate_reps=args.reps)
     bench = run.Bench(a, "presence", args.users, workdir)
     bench.srv = run.presence_server(workdir, os.path.join(workdir, "data"), f"presence-{label}",
                                     25, 4)
-    bench.srv.env = env
+    bench.srv.argv += extra
     await bench.srv.start()
     out = []
     try:
@@ -62,15 +64,14 @@ def median(rows: list, key: str) -> float:
 
 
 async def amain(args) -> dict:
-    var, _, value = args.b_env.partition("=")
-    sides = {"A": {}, "B": {var: value}}
+    sides = {"A": [], "B": shlex.split(args.b_args)}
     got: dict = {"A": [], "B": []}
     for i in range(args.rounds):
-        for label, env in sides.items():
-            run.log(f"round {i + 1}: {label} {env or '(as built)'}")
-            got[label] += await one_server(args, label, env)
+        for label, extra in sides.items():
+            run.log(f"round {i + 1}: {label} {' '.join(extra) or '(as built)'}")
+            got[label] += await one_server(args, label, extra)
     out = {"machine": run.machine(), "users": args.users, "chats": args.chats,
-           "b_env": args.b_env, "bursts": got}
+           "b_args": args.b_args, "bursts": got}
     for label in sides:
         out[label] = {"cpu_ms_per_chat": median(got[label], "cpu_ms_per_chat"),
                       "chats_per_s": median(got[label], "chats_per_s")}
@@ -86,13 +87,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="bursts per server start")
     ap.add_argument("--chats", type=int, default=20000, help="chats per burst")
     ap.add_argument("--conc", type=int, default=64, help="sender connections")
-    ap.add_argument("--b-env", default="PRESENCE_TURN_FLUSH=0",
-                    help="VAR=VALUE set for the B server")
+    ap.add_argument("--b-args", default="--no-turn-flush",
+                    help="twistd presence options added for the B server (default %(default)s)")
     ap.add_argument("--phase-seconds", type=float, default=180.0)
     ap.add_argument("--out", default=os.path.join(run.HERE, "results", "rate_ab.json"))
     args = ap.parse_args()
-    if "=" not in args.b_env:
-        ap.error("--b-env takes VAR=VALUE")
+    if not shlex.split(args.b_args):
+        ap.error("--b-args names at least one option")
     res = asyncio.run(amain(args))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

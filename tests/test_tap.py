@@ -351,9 +351,12 @@ def test_the_http_listener_sends_at_the_end_of_the_turn_unless_turned_off(built,
 
     top, _ = built()
     assert listener(top).turn_flush is True
+    top, _ = built("--no-turn-flush")
+    assert listener(top).turn_flush is False
+    # the environment switch it replaced has no effect any more
     monkeypatch.setenv("PRESENCE_TURN_FLUSH", "0")
     top, _ = built()
-    assert listener(top).turn_flush is False
+    assert listener(top).turn_flush is True
 
 
 @pytest.mark.parametrize("turn_flush, transport", [(True, TurnFlushServer),
