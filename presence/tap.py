@@ -22,6 +22,7 @@ from twisted.python import usage
 from presence import gcpolicy
 from presence.core.hub import Hub, HubConfig
 from presence.endpoint_option import check_server_endpoint
+from presence.listen import ListenService
 from presence.pages import Pages
 from presence.service import PresenceService
 from presence.sip import frontend as sip_frontend
@@ -30,7 +31,6 @@ from presence.store.sqlite import open_directory
 from presence.sweep import SweepService
 from presence.threads import Pool
 from presence.web.site import make_site
-from presence.web.transport import use_turn_flush
 from presence.wireless import frontend as wireless_frontend
 
 log = Logger()
@@ -148,44 +148,6 @@ def _appendable(option: str, path: str) -> str:
     return os.path.abspath(path)
 
 
-class ListenService(Service):
-    """Listens on an endpoint and tells ``on_ready`` once listening."""
-
-    def __init__(self, label: str, endpoint, factory, on_ready=None,
-                 turn_flush: bool = False) -> None:
-        self.label = label
-        self.turn_flush = turn_flush
-        self.endpoint = endpoint
-        self.factory = factory
-        self.on_ready = on_ready
-        self.port = None
-
-    def startService(self) -> None:
-        super().startService()
-        failures = []
-        d = self.endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            failures[0].raiseException()  # twistd reports it and exits
-
-    def _listening(self, port) -> None:
-        self.port = port
-        if self.turn_flush:
-            use_turn_flush(port)
-        if self.on_ready is not None:
-            self.on_ready(self)
-
-    def address(self) -> str:
-        host = self.port.getHost()
-        return f"{getattr(host, 'host', '?')}:{getattr(host, 'port', '?')}"
-
-    def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-
-
 class ReadyGate:
     """Logs ``presence ready`` once every expected listener is up.
 
@@ -248,13 +210,22 @@ class JsonLogService(Service):
 
 
 class DirectoryService(Service):
-    def __init__(self, store, reactor) -> None:
+    """Opens the store at start (after ``twistd -u`` dropped privileges);
+    one that cannot be opened ends the start with one line naming
+    ``--data``, as a port that cannot be bound does."""
+
+    def __init__(self, store, reactor, data: str = "") -> None:
         self.store = store
         self.reactor = reactor
+        self.data = data
 
     def startService(self) -> None:
         super().startService()
-        self.store.start(self.reactor)
+        try:
+            self.store.start(self.reactor)
+        except Exception as e:  # OSError, sqlite3.Error: both say what is wrong
+            self.running = False
+            raise SystemExit(f"presence: cannot open the store in --data {self.data}: {e}")
 
     def stopService(self):
         super().stopService()
@@ -295,13 +266,14 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
-    os.makedirs(options["data"], exist_ok=True)
 
     top = MultiService()
     if options.get("json-log"):  # first to start, last to stop
         JsonLogService(options["json-log"]).setServiceParent(top)
-    store = open_directory(options["data"])
-    DirectoryService(store, reactor).setServiceParent(top)
+    # opened (the directory created) when the tree starts: after twistd -u
+    # dropped privileges, so its files belong to the user the server runs as
+    store = open_directory(options["data"], connect=False)
+    DirectoryService(store, reactor, options["data"]).setServiceParent(top)
 
     config = HubConfig(
         keepalive=options["keepalive"], poll=options["poll"], linger=options["linger"],
@@ -360,15 +332,15 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     gate.hooks.append(wireless.ready)
     http = ListenService(gate.expect("http"),
                          endpoints.serverFromString(reactor, options["http"]),
-                         site, gate.listener,
-                         turn_flush=not options.get("no-turn-flush"))
+                         site, gate.listener, turn_flush=not options.get("no-turn-flush"),
+                         value=options["http"])
     http.setServiceParent(top)
     if sip is not None:
         for listener in sip.services(gate.expect("sip-udp"), gate.expect("sip-tcp"), gate.up):
             listener.setServiceParent(top)
     if wireless.enabled:
         ListenService(gate.expect("smsc"), wireless.endpoint(), wireless.site,
-                      gate.listener).setServiceParent(top)
+                      gate.listener, value=options["smsc"]).setServiceParent(top)
     wireless.setServiceParent(top)
     sweep.setServiceParent(top)
     # last: its first check, at start, freezes everything built above

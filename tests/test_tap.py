@@ -185,7 +185,9 @@ def test_service_tree(built, tmp_path):
     sweep = next(s for s in top if isinstance(s, SweepService))
     assert sweep.interval == 4.0
     assert sweep.clock is reactor
-    assert (tmp_path / "data").is_dir()
+    # nothing on disk before the tree starts (twistd -u has not dropped
+    # privileges yet): the store and its directory are made at start
+    assert not (tmp_path / "data").exists()
     # nothing listens before the tree is started
     assert reactor.tcpServers == []
     policy = next(s for s in top if isinstance(s, GCPolicy))
@@ -289,6 +291,18 @@ def test_start_listens_and_logs_ready(built, tmp_path):
     assert (tmp_path / "data" / "presence.sqlite3").exists()
     top.stopService()
     assert not top.running
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_line_naming_data(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    options = parse("--data", str(blocker / "data"), "--smsc", "none", "--sip", "0")
+    top = tap.makeService(options, reactor=MemoryReactorClock())
+    with pytest.raises(SystemExit) as stopped:
+        top.startService()
+    message = str(stopped.value.code)
+    assert message.startswith(f"presence: cannot open the store in --data {blocker / 'data'}: ")
+    assert "Not a directory" in message
 
 
 def test_host_box_option_is_reported(built):

@@ -2,8 +2,11 @@
 
 ``--sip PORT`` (default ``5060``; ``0`` turns SIP off): the proxy listens on
 that port over UDP and TCP on every interface, and ``POST /sip`` is mounted
-on the HTTP site.  Each listener reports to the ready gate (``sip-udp``,
-``sip-tcp``), so ``presence ready`` is logged only once both are up.
+on the HTTP site.  Both ports are bound before ``twistd`` drops privileges
+(:mod:`presence.listen`); one that cannot be bound ends the start with a
+message naming ``--sip``.  Each listener reports to the ready gate
+(``sip-udp``, ``sip-tcp``), so ``presence ready`` is logged only once both
+are up.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
+
+from presence.listen import Listener
 
 from presence.sip.proxy import SipProxy
 from presence.sip.transport import SipDatagramProtocol, SipNetwork, SipStreamFactory
@@ -75,63 +81,56 @@ class SipFrontEnd:
         return self.proxy.stats()
 
 
-class _SipListener(Service):
-    """One of the proxy's listening ports; reports ``label`` to ``ready``."""
+class _SipListener(Listener):
+    """One of the proxy's listening ports, bound before privileges are
+    dropped; reports ``label`` to ``ready`` once started."""
+
+    option = "sip"
 
     def __init__(self, front: SipFrontEnd, label: str, ready: Optional[Ready]) -> None:
         self.front = front
         self.label = label
         self.ready = ready
-        self.port: Any = None
+        self.value = front.port
+
+    def listening(self, port: Any) -> None:
+        host = port.getHost()
+        log.info("SIP listening on {what} {host}:{port}", what=self.what, host=host.host,
+                 port=host.port)
+        if self.ready is not None:
+            self.ready(self.label, f"{host.host}:{host.port}")
 
 
 class SipUDPService(_SipListener):
-    def startService(self) -> None:
-        super().startService()
+    what = "UDP"
+
+    def bind(self) -> Any:
         front = self.front
-        # a failure raises here: twistd reports it and exits
-        self.port = front.reactor.listenUDP(front.port, SipDatagramProtocol(front.network),
-                                            interface=front.interface, maxPacketSize=65535)
-        front.network.udp = self.port
-        host = self.port.getHost()
-        log.info("SIP listening on UDP {host}:{port}", host=host.host, port=host.port)
-        if self.ready is not None:
-            self.ready(self.label, f"{host.host}:{host.port}")
+        port = front.reactor.listenUDP(front.port, SipDatagramProtocol(front.network),
+                                       interface=front.interface, maxPacketSize=65535)
+        front.network.udp = port
+        return port
 
     def stopService(self) -> Any:
-        super().stopService()
         self.front.proxy.stop()
-        if self.port is not None:
-            port, self.port = self.port, None
-            self.front.network.udp = None
-            return port.stopListening()
-        return None
+        self.front.network.udp = None
+        return super().stopService()
 
 
 class SipTCPService(_SipListener):
-    def startService(self) -> None:
-        super().startService()
+    what = "TCP"
+
+    def bind(self) -> Any:
         front = self.front
         endpoint = endpoints.TCP4ServerEndpoint(front.reactor, front.port,
                                                 interface=front.interface)
-        failures: list = []
-        d = endpoint.listen(SipStreamFactory(front.network))
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            failures[0].raiseException()
-
-    def _listening(self, port: Any) -> None:
-        self.port = port
-        host = port.getHost()
-        log.info("SIP listening on TCP {host}:{port}", host=host.host, port=host.port)
-        if self.ready is not None:
-            self.ready(self.label, f"{host.host}:{host.port}")
+        outcome: list = []
+        endpoint.listen(SipStreamFactory(front.network)).addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):  # a TCP endpoint answers at once
+            outcome[0].raiseException()
+        return outcome[0]
 
     def stopService(self) -> Any:
-        super().stopService()
         for conn in list(self.front.network.connections_all):
             conn.transport.loseConnection()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
+        return super().stopService()

@@ -55,8 +55,22 @@ def run_now(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
 
 @implementer(IDirectory)
 class SQLiteDirectory:
-    def __init__(self, path: str, runner: Optional[Runner] = None) -> None:
+    def __init__(self, path: str, runner: Optional[Runner] = None,
+                 connect: bool = True) -> None:
         self.path = path
+        self._db: Any = None
+        self._pool: Optional[Pool] = None
+        self._run = runner
+        if connect:
+            self.connect()
+
+    def connect(self) -> None:
+        """Open the database, creating it and its directory if missing (at
+        construction, or at :meth:`start` with ``connect=False``: under
+        ``twistd -u`` the files are then the user's the server runs as)."""
+        if self._db is not None:
+            return
+        path = self.path
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -64,13 +78,12 @@ class SQLiteDirectory:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        self._pool: Optional[Pool] = None
-        self._run = runner
 
     # -- lifecycle ----------------------------------------------------------
 
     def start(self, reactor) -> None:
         """Run SQL on a worker thread of our own from now on."""
+        self.connect()
         if self._run is not None:
             return
         pool = self._pool = Pool(1, 1, name="presence-sqlite")
@@ -82,7 +95,8 @@ class SQLiteDirectory:
             self._pool.stop()
             self._pool = None
             self._run = None
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         if self._run is None:
@@ -270,8 +284,9 @@ class SQLiteDirectory:
         return d.addCallback(lambda rows: rows[0]["n"])
 
 
-def open_directory(data_dir: str, runner: Optional[Runner] = None) -> SQLiteDirectory:
-    return SQLiteDirectory(os.path.join(data_dir, "presence.sqlite3"), runner)
+def open_directory(data_dir: str, runner: Optional[Runner] = None,
+                   connect: bool = True) -> SQLiteDirectory:
+    return SQLiteDirectory(os.path.join(data_dir, "presence.sqlite3"), runner, connect)
 
 
 __all__: List[str] = ["SQLiteDirectory", "open_directory", "run_now", "NameTaken"]
