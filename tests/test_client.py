@@ -1,6 +1,6 @@
 """
-Unit tests for L{presence.cli.client}: the reusable L{HeartbeatClient} and
-the console command handler.
+Unit tests for L{presence.client.heartbeat}, the reusable L{HeartbeatClient},
+and for the console command handler of L{presence.cli.client}.
 
 No sockets, no global reactor, no sleeps: time is a
 L{twisted.internet.task.Clock} and HTTP is L{FakeHTTP}, which records every
@@ -24,15 +24,15 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from presence.cli.client import (
+from presence.cli.client import CommandHandler
+from presence.client.eventstream import encode_event
+from presence.client.heartbeat import (
     ClientStopped,
-    CommandHandler,
     HeartbeatClient,
     LoginRefused,
     ServerError,
     format_frame,
 )
-from presence.cli.eventstream import encode_event
 
 BASE = "http://presence.test"
 

@@ -1,5 +1,5 @@
 """
-Unit tests for L{presence.cli.eventstream}: the incremental event-stream
+Unit tests for L{presence.client.eventstream}: the incremental event-stream
 parser and the frame splitter.
 """
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from presence.cli.eventstream import (
+from presence.client.eventstream import (
     Event,
     EventStreamError,
     EventStreamParser,

@@ -12,7 +12,7 @@ arrives, opens push URLs (and, with ``--follow-sms-links``, links in SMS)
 in its small WML browser (:mod:`presence.wireless.browser`), prints the
 card, and as soon as the browser holds a presence session cookie it holds
 that session's heartbeat (``GET /jchat``, through
-:class:`~presence.cli.client.HeartbeatClient`) and prints its frames like
+:class:`~presence.client.heartbeat.HeartbeatClient`) and prints its frames like
 ``presence-client`` does.
 
 Commands, typed or one per line of ``--script`` (``#`` starts a comment);
@@ -59,9 +59,9 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from presence.cli.client import (
-    HeartbeatClient, LoginRefused, Output, SessionInfo, TreqHTTP, _describe,
-    _fd_flags, _restore_fd_flags, _start_logging, format_frame,
+from presence.cli.client import Output, _fd_flags, _restore_fd_flags, _start_logging
+from presence.client.heartbeat import (
+    HeartbeatClient, LoginRefused, SessionInfo, TreqHTTP, _describe, format_frame,
 )
 from presence.wireless.browser import BrowserError, Page, WMLBrowser
 

@@ -6,7 +6,7 @@ places and receives calls through the presence server's HTTP tunnel.
         --listen 127.0.0.1:5070 --phone 127.0.0.1:5080
 
 It logs in as the user and holds the heartbeat with the reference client
-(L{presence.cli.client.HeartbeatClient}: acknowledgements, reconnects,
+(L{presence.client.heartbeat.HeartbeatClient}: acknowledgements, reconnects,
 logging in again), and gives the phone a local UDP port (C{--listen}):
 
  - each C{msg sipreq <METHOD> <txid>} frame becomes a request to the phone
@@ -47,8 +47,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from presence.cli.client import HeartbeatClient, ServerError, _describe
-from presence.cli.eventstream import FrameError, parse_frame
+from presence.client.eventstream import FrameError, parse_frame
+from presence.client.heartbeat import HeartbeatClient, ServerError, _describe
 from presence.sip.message import (
     MAGIC_COOKIE, NameAddr, ParseError, Request, Response, SipURI, Via, ack_for, bare_host,
     format_hostport, make_response, parse, split_hostport,

@@ -102,7 +102,7 @@ class WirelessFrontEnd(Service):
         password = options.get("smsc-password", "presence")
         validity = options.get("smsc-validity", DEFAULT_VALIDITY)
         if http is None:
-            from presence.cli.client import TreqHTTP
+            from presence.client.heartbeat import TreqHTTP
             http = TreqHTTP(reactor)
         self.http = http
         self.gateway = WirelessGateway(service, http, user, password,
