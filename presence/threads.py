@@ -10,16 +10,30 @@ every connection left a little cyclic garbage behind.
 :class:`Pool` hands its team a small ``__slots__`` object instead, which
 forgets the call once it has run; nothing else changes (threads, limits,
 ``start``/``stop``, context propagation).  Use it with ``deferToThreadPool``
-as any ``ThreadPool``.
+as any ``ThreadPool``.  On a Twisted whose pool has no ``_team`` it falls
+back to Twisted's own method, and logs a warning once.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from twisted.logger import Logger
 from twisted.python import context, log
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+
+_log = Logger()
+#: set once the fallback has been reported (it is reported once per process)
+_warned: list = []
+
+
+def _fallback_warning() -> None:
+    if not _warned:
+        _warned.append(True)
+        _log.warn("presence.threads: this Twisted's ThreadPool has no _team; its own"
+                  " callInThreadWithCallback is used, and every call leaves cyclic"
+                  " garbage again (tests/test_twisted_private.py names what changed)")
 
 
 class _Call:
@@ -62,6 +76,7 @@ class Pool(ThreadPool):
     def callInThreadWithCallback(self, onResult, func, *args, **kw) -> None:
         team = getattr(self, "_team", None)
         if team is None:  # a Twisted laid out otherwise: its own way
+            _fallback_warning()
             return super().callInThreadWithCallback(onResult, func, *args, **kw)
         if self.joined:
             return
