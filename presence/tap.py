@@ -9,7 +9,9 @@ It logs ``presence ready http=HOST:PORT`` once every listener is up.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 import time
 from typing import Any, Optional
@@ -60,6 +62,40 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+#: one label of a host name (RFC 1123): letters, digits, inner hyphens
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def _domain(value: str) -> str:
+    labels = value.split(".")
+    if len(value) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(f"--domain: not a host name: {value!r} (letters, digits, hyphens and dots;"
+                         " labels of 1-63 characters)")
+    return value.lower()
+
+
+_domain.coerceDoc = "A host name."  # type: ignore[attr-defined]
+
+
+def _loopback(host: str) -> bool:
+    """Is the listening address ``host`` on this machine only?  ``False``
+    for a wildcard and for anything that is not an IP address."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def domain_detail(domain: str, http_host: str) -> str:
+    """The ``domain=`` word of the ready line: with what to set when the
+    domain is this machine's alone but --http is reachable from others."""
+    if domain == "localhost" or _loopback(domain):
+        if http_host not in ("?", "") and not _loopback(http_host):
+            return (f"{domain} (set --domain NAME so that other devices can reach"
+                    " SIP URIs and links)")
+    return domain
+
+
 def _cost(value: str) -> int:
     number = int(value)
     if not 1 <= number <= 20:
@@ -90,7 +126,11 @@ class Options(usage.Options):
          "Endpoint for web pages, the JSON API and heartbeats (a Twisted server endpoint"
          " string, e.g. tcp:8080:interface=127.0.0.1)."],
         ["data", None, "./presence-data", "Directory where the embedded store keeps its files."],
-        ["domain", None, "localhost", "Domain of static URLs, SIP URIs and names."],
+        ["domain", None, "localhost",
+         "Domain of static URLs, SIP URIs and names: a host name (or IPv4 address) that"
+         " other devices resolve to this server. The default, localhost, works only on"
+         " this machine; the ready line says so when --http is reachable from others.",
+         _domain],
         ["host-box", None, None,
          "This node's identity in dynamic session information [default: host:port of --http]."],
         ["keepalive", None, 25.0,
@@ -321,6 +361,8 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
             config.host_box = f"{host}:{port}"
         gate.details["data"] = options["data"]
         gate.details["host_box"] = config.host_box
+        http_host = addresses["http"].rpartition(":")[0].strip("[]")
+        gate.details["domain"] = domain_detail(options["domain"], http_host)
 
     gate.hooks.append(host_box)
     wireless = wireless_frontend.WirelessFrontEnd(options, service, reactor)

@@ -305,6 +305,49 @@ def test_a_data_directory_that_cannot_be_made_is_one_line_naming_data(tmp_path):
     assert "Not a directory" in message
 
 
+@pytest.mark.parametrize("bad", ["", "exa mple.org", "-x.org", "x-.org", "a..b", "x.org.",
+                                 "a" * 64 + ".org", "ex_ample.org", "http://x.org",
+                                 "x.org:80", "\u00e9t\u00e9.fr", "[::1]", ".".join(["a" * 63] * 4)])
+def test_a_domain_that_is_no_host_name_is_a_usage_error(bad):
+    with pytest.raises(usage.UsageError, match="domain"):
+        parse("--domain", bad)
+
+
+def test_a_domain_is_a_host_name_kept_in_lower_case():
+    assert parse("--domain", "Chat.Example.ORG")["domain"] == "chat.example.org"
+    assert parse("--domain", "192.168.1.20")["domain"] == "192.168.1.20"
+    assert parse("--domain", "a" * 63 + ".example")["domain"] == "a" * 63 + ".example"
+
+
+HINT = "set --domain NAME so that other devices can reach SIP URIs and links"
+
+
+@pytest.mark.parametrize("domain, hint", [("localhost", True), ("chat.example.org", False)])
+def test_the_ready_line_says_what_to_set_when_the_domain_is_this_machines_alone(
+        built, domain, hint):
+    top, _ = built("--http", "tcp:18081", "--domain", domain)  # every interface
+    with capturedLogs() as events:
+        top.startService()
+    [ready] = [formatEvent(e) for e in events if "presence ready" in formatEvent(e)]
+    assert f"domain={domain}" in ready
+    assert (HINT in ready) is hint
+
+
+@pytest.mark.parametrize("domain, http_host, hint", [
+    ("localhost", "0.0.0.0", True), ("localhost", "::", True),
+    ("localhost", "192.0.2.7", True),       # an address other devices reach
+    ("127.0.0.1", "0.0.0.0", True),
+    ("localhost", "127.0.0.1", False),      # this machine only
+    ("localhost", "::1", False),
+    ("localhost", "?", False),              # a unix socket: who reaches it is unknown
+    ("chat.example.org", "0.0.0.0", False),
+])
+def test_the_hint_is_given_when_others_reach_http_but_not_the_domain(domain, http_host, hint):
+    detail = tap.domain_detail(domain, http_host)
+    assert detail.startswith(domain)
+    assert (HINT in detail) is hint
+
+
 def test_host_box_option_is_reported(built):
     top, reactor = built("--host-box", "box7.example:80")
     with capturedLogs() as events:
