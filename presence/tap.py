@@ -225,7 +225,8 @@ class ReadyGate:
 class JsonLogService(Service):
     """``--json-log``: the log as JSON lines in a file, from the start of the
     service tree to its end (the observer is removed and the file closed at
-    stop)."""
+    stop).  The file is opened before ``twistd -u`` drops privileges, as the
+    access log file is (Twisted opens that one when the HTTP port listens)."""
 
     def __init__(self, path: str, publisher: Any = globalLogPublisher) -> None:
         self.path = path
@@ -233,11 +234,19 @@ class JsonLogService(Service):
         self.observer: Any = None
         self._file: Any = None
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._open()
+
     def startService(self) -> None:
         super().startService()
-        self._file = open(self.path, "a", encoding="utf-8")
-        self.observer = jsonFileLogObserver(self._file)
-        self.publisher.addObserver(self.observer)
+        self._open()
+
+    def _open(self) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")
+            self.observer = jsonFileLogObserver(self._file)
+            self.publisher.addObserver(self.observer)
 
     def stopService(self):
         super().stopService()

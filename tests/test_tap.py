@@ -254,6 +254,23 @@ def test_json_log_lives_with_the_service_tree(built, tmp_path):
         parse("--json-log", str(tmp_path / "missing" / "log.json"))
 
 
+def test_json_log_is_opened_before_privileges_are_dropped(built, tmp_path):
+    from twisted.logger import LogPublisher, Logger, eventsFromJSONLogFile
+    path = tmp_path / "log.json"
+    top, _ = built("--json-log", str(path))
+    service = list(top)[0]
+    service.publisher = publisher = LogPublisher()
+    service.privilegedStartService()  # twistd -u: as root
+    opened = service._file
+    assert opened is not None
+    service.startService()  # as the user: the same file, observed once
+    assert service._file is opened
+    Logger(observer=publisher).info("once {n}", n=1)
+    service.stopService()
+    with open(path) as f:
+        assert [e["n"] for e in eventsFromJSONLogFile(f)] == [1]
+
+
 def test_gc_policy_begins_only_with_the_reactor(built):
     # twistd starts the services, then runs the reactor; this test process's
     # own collector must not be frozen by a tree started here

@@ -124,9 +124,10 @@ def _run_as_nobody(tmp_path: Path, data: Path, nobody) -> None:
     for _ in range(3):
         used.add(_free_privileged_port(used))
     http, sip, smsc = sorted(used)
+    json_log = tmp_path / "log.json"  # root's alone: opened before the drop
     server = ServerProcess(data, tmp_path / "server.log", extra_args=[
         "--http", f"tcp:{http}:interface=127.0.0.1", "--sip", str(sip),
-        "--smsc", f"tcp:{smsc}:interface=127.0.0.1"])
+        "--smsc", f"tcp:{smsc}:interface=127.0.0.1", "--json-log", str(json_log)])
     # twistd's own options come before the plugin name
     args = server.args
     server.args = lambda: ["-u", "nobody", *args()]  # type: ignore[method-assign]
@@ -143,5 +144,6 @@ def _run_as_nobody(tmp_path: Path, data: Path, nobody) -> None:
         assert server.api().request("POST", "/api/register", form={
             "username": name, "password": password}).status == 201
         assert (data / "presence.sqlite3").stat().st_uid == nobody.pw_uid
+        assert "presence ready" in json_log.read_text()  # written after the drop
     finally:
         server.stop()
