@@ -160,6 +160,30 @@ def test_a_send_that_raises_loses_that_connection_and_the_others_are_still_sent(
         peer2.close()
 
 
+def test_a_protocol_that_raises_while_told_of_the_loss_stops_nothing_else(conn):
+    transport, peer, reactor, proto = conn
+    mine2, peer2 = socket.socketpair()
+    mine2.setblocking(False)
+    try:
+        class Raising(Recorder):
+            def connectionLost(self, reason):
+                raise ValueError("and this too")
+
+        broken = TurnFlushServer(mine2, Raising(), ("127.0.0.1", 40002), None, 3, reactor)
+        broken.protocol.makeConnection(broken)
+        broken.writeSomeData = lambda data: 1 / 0
+        broken.write(b"lost")
+        transport.write(b"delivered")
+        with capturedLogs() as events:
+            reactor.advance(0)  # nothing escapes into the reactor
+        assert received(peer) == b"delivered"
+        logged = [e["log_failure"].type for e in events if "log_failure" in e]
+        assert logged == [ZeroDivisionError, ValueError]
+    finally:
+        mine2.close()
+        peer2.close()
+
+
 @contextlib.contextmanager
 def turn_flush_port(interface: str):
     """A listening TCP port (on a memory reactor) switched over."""
