@@ -194,6 +194,11 @@ def test_tcp_endpoints_keep_their_port_number_as_port(description, port):
     assert endpoints.serverFromString(_ParseOnly(), description)._port == port
 
 
+def test_ssl_endpoints_keep_their_port_number_as_port_too():
+    endpoint = endpoints.SSL4ServerEndpoint(MemoryReactorClock(), 70000, sslContextFactory=None)
+    assert endpoint._port == 70000
+
+
 # -- presence/client/heartbeat.py: the connection pool's factory --------------------
 
 def test_the_connection_pool_builds_connections_with_its_factory():
