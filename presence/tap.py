@@ -69,8 +69,8 @@ _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 def _domain(value: str) -> str:
     labels = value.split(".")
     if len(value) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise ValueError(f"--domain: not a host name: {value!r} (letters, digits, hyphens and dots;"
-                         " labels of 1-63 characters)")
+        raise ValueError(f"--domain: not a host name: {value!r} (letters, digits,"
+                         " hyphens and dots; labels of 1-63 characters)")
     return value.lower()
 
 
