@@ -128,6 +128,7 @@ class ListenService(Listener):
         d.addBoth(keep)
         if not outcome:
             # an endpoint that answers later: started when it does
+            self._waiting = d
             d.addCallbacks(self._late, self._late_failure)
             return None
         if isinstance(outcome[0], Failure):
@@ -135,7 +136,16 @@ class ListenService(Listener):
             raise listen_failed(self.option, self.value, outcome[0], self.what)
         return outcome[0]
 
+    _waiting: Any = None
+
+    def stopService(self) -> Any:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.called:
+            waiting.cancel()  # stopped before the endpoint answered
+        return super().stopService()
+
     def _late(self, port: Any) -> None:
+        self._waiting = None
         self.port = port
         if self.running:
             self.listening(port)

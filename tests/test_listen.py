@@ -148,6 +148,22 @@ def test_an_endpoint_that_fails_later_says_so_in_the_log():
     assert "cannot listen on --http x" in line and "Permission denied" in line
 
 
+def test_a_listener_stopped_before_its_endpoint_answered_gives_up_quietly():
+    cancelled = []
+    later = defer.Deferred(cancelled.append)
+
+    class Later:
+        def listen(self, factory):
+            return later
+
+    listen = ListenService("http", Later(), object(), value="x")
+    listen.startService()
+    with capturedLogs() as events:
+        listen.stopService()
+    assert cancelled == [later] and listen.port is None
+    assert [formatEvent(e) for e in events if "cannot listen" in formatEvent(e)] == []
+
+
 @pytest.mark.parametrize("taken, kind, service", [("udp", "UDP", SipUDPService),
                                                   ("tcp", "TCP", SipTCPService)])
 def test_a_taken_sip_port_names_sip_and_the_protocol(tmp_path, taken, kind, service):
