@@ -116,15 +116,21 @@ def test_start_binds_when_nothing_called_the_privileged_step():
     assert listen.port is None
 
 
+class Slow:
+    """An endpoint whose listen answers when the test fires ``later``."""
+
+    def __init__(self, later: defer.Deferred) -> None:
+        self.later = later
+
+    def listen(self, factory):
+        return self.later
+
+
 def test_an_endpoint_that_answers_later_is_ready_when_it_does():
     later = defer.Deferred()
 
-    class Later:
-        def listen(self, factory):
-            return later
-
     ready = []
-    listen = ListenService("http", Later(), object(), ready.append, value="x")
+    listen = ListenService("http", Slow(later), object(), ready.append, value="x")
     listen.privilegedStartService()
     listen.startService()
     assert ready == []
@@ -136,11 +142,7 @@ def test_an_endpoint_that_answers_later_is_ready_when_it_does():
 def test_an_endpoint_that_fails_later_says_so_in_the_log():
     later = defer.Deferred()
 
-    class Later:
-        def listen(self, factory):
-            return later
-
-    listen = ListenService("http", Later(), object(), value="x")
+    listen = ListenService("http", Slow(later), object(), value="x")
     listen.startService()
     with capturedLogs() as events:
         later.errback(error.CannotListenError("", 1, OSError(13, "Permission denied")))
@@ -152,11 +154,7 @@ def test_a_listener_stopped_before_its_endpoint_answered_gives_up_quietly():
     cancelled = []
     later = defer.Deferred(cancelled.append)
 
-    class Later:
-        def listen(self, factory):
-            return later
-
-    listen = ListenService("http", Later(), object(), value="x")
+    listen = ListenService("http", Slow(later), object(), value="x")
     listen.startService()
     with capturedLogs() as events:
         listen.stopService()
