@@ -321,11 +321,13 @@ def test_session_cookie(world):
     alice = world.login("alice", browser=browser)
     reply = browser.get("/api/welcome")  # no me, no id: the cookie set at login
     assert reply.status == 200
-    chat = browser.post("/api/groups", name="cookies")
+    # a state change with the cookie alone: from a page of this origin
+    same = {"Origin": ["http://presence.test"]}
+    chat = browser.request("POST", "/api/groups", data={"name": "cookies"}, headers=same)
     assert chat.status == 201
     assert world.hub.session(alice.session) is not None
     # after logout the cookie no longer works
-    assert browser.post("/api/logout").status == 204
+    assert browser.request("POST", "/api/logout", headers=same).status == 204
     assert browser.get("/api/welcome").status == 403
 
 
@@ -1050,6 +1052,11 @@ def test_mark_read_of_someone_elses_message_is_404(world):
     assert bob.get("/api/messages").json["unread"] == 1
     assert bob.post("/api/messages/999999/read").status == 404
     assert bob.post("/api/messages/abc/read").status == 404
+    # past what the store holds: 400, not a 500 (issue 11)
+    for ident in (str(2 ** 63), "9" * 19, "1" * 5000):
+        reply = bob.post(f"/api/messages/{ident}/read")
+        assert reply.status == 400, (ident[:20], reply.body[:200])
+        assert "whole number" in reply.error and len(reply.error) < 100
 
 
 def test_messages_of_another_user_are_not_shown(world):

@@ -129,6 +129,9 @@ class Visitor:
 
     def request(self, method: str, path: str, data: Any = None,
                 headers: Optional[Dict[str, Any]] = None) -> Reply:
+        if method == "POST" and headers is None:
+            # what a browser sends with a form or a fetch of our own pages
+            headers = {"Origin": [BASE]}
         d = self.stub.request(method, BASE + path, data=data, headers=headers,
                               allow_redirects=False)
         self.stub.flush()
@@ -424,7 +427,8 @@ def test_call_live_makes_the_visitors_session_watch_the_user(world):
     # and so the guest's heartbeat hears alice come online
     b = Browser(world)
     b.stub = v.stub
-    heartbeat = b.heartbeat(me=guest)
+    # EventSource on the page: the cookie, and the browser's Fetch Metadata
+    heartbeat = b.heartbeat(me=guest, headers={"Sec-Fetch-Site": ["same-origin"]})
     alice = world.login("alice")
     alice.heartbeat()
     assert "msg update online alice" in heartbeat.heads()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 from weakref import WeakKeyDictionary
 
 from klein import Klein
@@ -42,7 +42,8 @@ from werkzeug.exceptions import HTTPException
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooMany, Unauthorized
 from presence.service import RESERVED, PresenceService
-from presence.web.http import COOKIE, client_address, params
+from presence.web.auth import COOKIE, cookie_session_id, cross_origin, same_origin
+from presence.web.http import client_address, params
 from presence.pages import views
 from presence.pages.views import Visitor, call_url, shown
 
@@ -130,12 +131,12 @@ class Pages:
     # -- helpers ----------------------------------------------------------------------
 
     def visitor_session(self, request: server.Request) -> Optional[Session]:
-        raw = request.getCookie(COOKIE)
-        if not raw:
+        sid = cookie_session_id(request)
+        if sid is None:
             return None
         try:
-            return self.service.session(raw.decode("ascii"))
-        except (UnicodeDecodeError, ClientError):
+            return self.service.session(sid)
+        except ClientError:
             return None
 
     @staticmethod
@@ -187,22 +188,18 @@ class Pages:
         request.setHeader(b"cache-control", b"no-store")
         return b""
 
-    @staticmethod
-    def same_origin(request: server.Request) -> bool:
-        """A form POST comes from our own pages (the cookie is also
-        SameSite=Lax): an ``Origin`` header, when sent, names this host."""
-        origin = request.getHeader(b"origin")
-        host = request.getHeader(b"host")
-        if origin is None or host is None:
-            return True
-        try:
-            return urlsplit(origin.decode("ascii")).netloc.lower() == host.decode(
-                "ascii").lower()
-        except (UnicodeDecodeError, ValueError):
-            return False
-
     def check_post(self, request: server.Request) -> Dict[str, Any]:
-        if not self.same_origin(request):
+        """The parameters of a form POST that may change state.
+
+        With a live session cookie the form acts for that session: it must
+        come from a page of this origin (``Sec-Fetch-Site: same-origin`` or
+        our ``Origin``, see :mod:`presence.web.auth`).  Without one (log in,
+        register, an anonymous message) a browser that says the form comes
+        from another origin is refused too."""
+        if self.visitor_session(request) is not None:
+            if not same_origin(request):
+                raise Forbidden("this form was sent from another site")
+        elif cross_origin(request):
             raise Forbidden("this form was sent from another site")
         return params(request)
 
@@ -310,7 +307,7 @@ class Pages:
         """For the page script: watch ``name`` with the visitor's session (if
         any) and answer the current rows."""
         try:
-            p = params(request)
+            p = self.check_post(request)  # it changes what the session watches
             name = p.get("name")
             if not isinstance(name, str) or not name:
                 return self.text(request, 400, "name is required")
@@ -455,6 +452,7 @@ class Pages:
     @app.route("/home/live", methods=["POST"])
     async def home_live(self, request) -> bytes:
         try:
+            self.check_post(request)  # it changes what the session watches
             session = self.user_session(request)
             if session is None:
                 return self.text(request, 403, "log in again")

@@ -18,7 +18,7 @@ from twisted.web import resource, server
 from presence.service import PresenceService
 from presence.web.api import PresenceAPI
 from presence.web.heartbeat import HeartbeatResource
-from presence.web.http import PresenceSite
+from presence.web.http import PresenceSite, mask
 
 #: the first segments the JSON API answers through Klein
 API_SEGMENTS = (b"api", b"initchat")
@@ -66,7 +66,7 @@ class Direct(resource.Resource):
                 request.finish()
 
         def failed(f) -> bytes:
-            self.log.failure("answering {path} failed", f, path=request.uri)
+            self.log.failure("answering {path} failed", f, path=mask(request.uri))
             request.setResponseCode(500)
             request.setHeader(b"content-type", b"application/json")
             return b'{"error": "internal error; the request was not carried out"}'
@@ -77,7 +77,7 @@ class Direct(resource.Resource):
             return answered[0]
         d.addCallback(later)
         d.addErrback(lambda f: self.log.failure("answering {path} failed", f,
-                                                path=request.uri))
+                                                path=mask(request.uri)))
         return server.NOT_DONE_YET
 
 
