@@ -578,6 +578,8 @@ class _Guard(resource.Resource):
     a 400 page here (Klein would log it as an error and answer plain text)."""
 
     isLeaf = True
+    #: the site's Root leaves such paths to it (see presence.web.site)
+    answers_bad_paths = True
 
     def __init__(self, pages: Pages, inner: resource.IResource) -> None:
         super().__init__()

@@ -81,6 +81,32 @@ class Direct(resource.Resource):
         return server.NOT_DONE_YET
 
 
+def _text_path(name: bytes, rest: list) -> bool:
+    """Whether the path's segments (percent-decoded) are UTF-8 text."""
+    try:
+        for segment in (name, *rest):
+            if not segment.isascii():
+                segment.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _BadPath(resource.Resource):
+    """The JSON answer to a path that is not UTF-8 text (Klein would log a
+    traceback and answer in plain text)."""
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(400)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"error": "the path is not UTF-8 text"}'
+
+
+_BAD_PATH = _BadPath()
+
+
 class Root(resource.Resource):
     def __init__(self, default: resource.IResource) -> None:
         super().__init__()
@@ -104,6 +130,10 @@ class Root(resource.Resource):
         self.exact[path] = child
 
     def getChildWithDefault(self, name: bytes, request) -> resource.IResource:
+        if not _text_path(name, request.postpath) and (
+                name in self.routes or not getattr(self.default, "answers_bad_paths", False)):
+            # (the pages, the default front-end, have an error page of their own)
+            return _BAD_PATH
         if self.exact and len(request.postpath) == 1:
             child = self.exact.get((name, request.postpath[0]))
             if child is not None:
