@@ -64,7 +64,7 @@ def _mask_query(query: bytes, depth: int) -> bytes:
         elif sep and value and depth < 3:
             # a value that carries a URL with a secret (next=/jchat?id=...)
             decoded = unquote_to_bytes(value.replace(b"+", b" "))
-            if b"=" in decoded and _mask_uri(decoded, depth + 1) != decoded:
+            if (b"=" in decoded or b"/" in decoded) and _mask_uri(decoded, depth + 1) != decoded:
                 value = MASKED
         pairs.append(key + sep + value)
     return b"".join(pairs)
