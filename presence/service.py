@@ -97,6 +97,8 @@ def required(value: Any, what: str) -> str:
     """A parameter that must be given as a non-empty string, or 400."""
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"{what} is required")
+    if not valid_text(value):
+        raise BadRequest(f"{what} is not valid Unicode text (a lone surrogate)")
     return value
 
 
@@ -469,7 +471,8 @@ class PresenceService:
                 "unread": await self.store.unread(name)}
 
     async def mark_read(self, session: Session, ident: Any) -> None:
-        if not (isinstance(ident, str) and ident.isascii() and ident.isdigit()):
+        if not isinstance(ident, int) and not (
+                isinstance(ident, str) and ident.isascii() and ident.isdigit()):
             raise NotFound("no such message")  # no message has that id
         number = whole_number(ident, "the message id")  # 400 past what the store holds
         if not await self.store.mark_read(session.user.name, number):

@@ -377,3 +377,29 @@ def test_access_log_masks_every_kind_of_secret(world):
     text = "\n".join(formatEvent(e) for e in events)
     assert text.count("***") >= 4, text
     assert sid not in text and quote(PASSWORD) not in text and PASSWORD not in text
+
+
+def test_the_sip_tunnel_takes_the_cookie_only_from_this_origin(world):
+    """``POST /sip`` acts for the session like any other state change: with
+    the cookie alone, another origin is refused before the proxy sees it."""
+    from presence.sip.web import SipTunnelResource
+
+    class Proxy:
+        def __init__(self) -> None:
+            self.taken: List[bytes] = []
+
+        def from_session(self, session, data):
+            self.taken.append(data)
+            return {"txid": "z9hG4bK1"}
+
+    proxy = Proxy()
+    world.site.resource.mount(b"sip", SipTunnelResource(world.service, proxy))
+    alice = cookie_user(world)
+    sip = {"Content-Type": ["message/sip"]}
+    body = b"MESSAGE sip:alice@presence.test SIP/2.0\r\n\r\n"
+    reply = alice.browser.request("POST", "/sip", body=body, headers={**sip, **OTHER_PORT})
+    assert reply.status == 403 and "another site" in reply.error
+    assert proxy.taken == []
+    reply = alice.browser.request("POST", "/sip", body=body,
+                                  headers={**sip, "Sec-Fetch-Site": ["same-origin"]})
+    assert reply.status == 202 and proxy.taken == [body]

@@ -1,6 +1,7 @@
 """HTTP plumbing shared by the web front-end: bounded bodies, JSON answers,
-parameters from query, form or JSON bodies, and an access log that never
-shows a session ID or a password.
+parameters from query, form or JSON bodies (decoded and checked once, here:
+UTF-8, Unicode scalar values, bounded JSON), and an access log that never
+shows a session ID, a password or a token (:func:`mask`).
 """
 
 from __future__ import annotations
