@@ -28,29 +28,25 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class Frame:
     """One immutable frame.  ``kind`` is the word after ``msg``."""
 
-    __slots__ = ("kind", "args", "payload", "_data", "_repaired")
+    __slots__ = ("kind", "args", "payload", "_data", "repaired")
 
     def __init__(self, kind: str, args: Iterable[str] = (), payload: str = "") -> None:
         self.kind = kind
         self.args = tuple(args)
         self.payload = payload
         self._data: bytes | None = None
-        #: 0, or 1 once :meth:`data` had to repair the frame, 2 once that
-        #: was reported (see :meth:`repair_to_report`)
-        self._repaired = 0
-
-    @property
-    def repaired(self) -> bool:
-        """Whether :meth:`data` could not encode the frame as it is: it
-        carries U+FFFD in place of what is not text (a lone surrogate), or,
-        for a frame whose parts are not text at all, is ``msg invalid``."""
-        return self._repaired != 0
+        #: true once :meth:`data` could not encode the frame as it is: it
+        #: carries U+FFFD in place of what is not text (a lone surrogate),
+        #: or, for a frame whose parts are not text at all, is ``msg
+        #: invalid``.  (1: repaired; 2: and reported, see
+        #: :meth:`repair_to_report`.)
+        self.repaired = 0
 
     def repair_to_report(self) -> bool:
         """True once (to the first caller) after the frame was repaired: the
         writer that sees it logs it, once, however many sessions share it."""
-        if self._repaired == 1:
-            self._repaired = 2
+        if self.repaired == 1:
+            self.repaired = 2
             return True
         return False
 
@@ -77,7 +73,7 @@ class Frame:
                 text = self.text
             except TypeError:
                 text = "msg invalid " + "".join(c for c in str(self.kind) if c.isalnum())[:32]
-                self._repaired = 1
+                self.repaired = 1
             if "\r" in text:
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
             # every line after "data: ", each ended by \n; a blank line ends it
@@ -86,7 +82,7 @@ class Frame:
                 self._data = lines.encode("utf-8")
             except UnicodeEncodeError:
                 self._data = _SURROGATE.sub("\ufffd", lines).encode("utf-8")
-                self._repaired = 1
+                self.repaired = 1
         return self._data
 
     def event(self, ident: int) -> bytes:

@@ -148,7 +148,3 @@ def request_session(service: PresenceService, request: server.Request,
         service.hub.ack(session, whole_number(ack, "ack"))
     return session
 
-
-def names_session(p: Dict[str, Any], request: server.Request) -> bool:
-    """Whether the request names a session at all (parameters or cookie)."""
-    return bool(p.get("id") or p.get("sessionId") or request.getCookie(COOKIE))

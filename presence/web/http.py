@@ -411,8 +411,7 @@ def _json_object(raw: bytes) -> Dict[str, Any]:
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(text) > MAX_JSON_DEPTH:
         raise BadRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        body = json.loads(text, parse_int=_json_number, parse_float=_json_number,
-                          parse_constant=_json_constant)
+        body = _DECODER.decode(text)
     except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON")
     if not isinstance(body, dict):
@@ -433,6 +432,9 @@ def _json_constant(name: str) -> Any:
     raise BadRequest(f"{name} is not a JSON number")
 
 
+#: one decoder for every body (``json.loads`` with hooks builds one per call)
+_DECODER = json.JSONDecoder(parse_int=_json_number, parse_float=_json_number,
+                            parse_constant=_json_constant)
 _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 

@@ -130,10 +130,11 @@ class Root(resource.Resource):
         self.exact[path] = child
 
     def getChildWithDefault(self, name: bytes, request) -> resource.IResource:
-        if not _text_path(name, request.postpath) and (
-                name in self.routes or not getattr(self.default, "answers_bad_paths", False)):
+        path = request.path
+        if (b"%" in path or not path.isascii()) and not _text_path(name, request.postpath):
             # (the pages, the default front-end, have an error page of their own)
-            return _BAD_PATH
+            if name in self.routes or not getattr(self.default, "answers_bad_paths", False):
+                return _BAD_PATH
         if self.exact and len(request.postpath) == 1:
             child = self.exact.get((name, request.postpath[0]))
             if child is not None:
