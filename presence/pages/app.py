@@ -43,7 +43,7 @@ from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooMany, Unauthorized
 from presence.service import RESERVED, PresenceService
 from presence.web.auth import COOKIE, cookie_session_id, cross_origin, same_origin
-from presence.web.http import client_address, params
+from presence.web.http import client_address, mask, params
 from presence.pages import views
 from presence.pages.views import Visitor, call_url, shown
 
@@ -91,7 +91,7 @@ def page(handler: Handler) -> Callable[..., Awaitable[bytes]]:
                                     e.message)
         except Exception:
             log.failure("{method} {path} failed", method=request.method,
-                        path=request.path.decode("ascii", "replace"))
+                        path=mask(request.path).decode("ascii", "replace"))
             return await self.error(request, 500, "Something went wrong",
                                     "The server could not answer this; it has been logged.")
 

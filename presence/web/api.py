@@ -23,7 +23,7 @@ from presence.service import PresenceService
 from presence.web.auth import (  # noqa: F401  (COOKIE, request_session: re-exported)
     COOKIE, cookie_session_id, cross_origin, request_session,
 )
-from presence.web.http import client_address, params, write_json
+from presence.web.http import client_address, mask, params, write_json
 
 Answer = Tuple[int, Any]
 Handler = Callable[..., Awaitable[Answer]]
@@ -42,7 +42,7 @@ def api(handler: Handler) -> Callable[..., Awaitable[bytes]]:
             status, body = e.status, {"error": e.message}
         except Exception:
             log.failure("{method} {path} failed", method=request.method,
-                        path=request.path.decode("ascii", "replace"))
+                        path=mask(request.path).decode("ascii", "replace"))
             status, body = 500, {"error": "internal error; it has been logged"}
         request.setHeader(b"cache-control", b"no-store")
         return write_json(request, status, body)
