@@ -42,7 +42,7 @@ from werkzeug.exceptions import HTTPException
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooMany, Unauthorized
 from presence.service import RESERVED, PresenceService
-from presence.web.auth import COOKIE, cookie_session_id, cross_origin, same_origin
+from presence.web.auth import COOKIE, cookie_session_id, cross_origin
 from presence.web.http import client_address, mask, params
 from presence.pages import views
 from presence.pages.views import Visitor, call_url, shown
@@ -189,17 +189,10 @@ class Pages:
         return b""
 
     def check_post(self, request: server.Request) -> Dict[str, Any]:
-        """The parameters of a form POST that may change state.
-
-        With a live session cookie the form acts for that session: it must
-        come from a page of this origin (``Sec-Fetch-Site: same-origin`` or
-        our ``Origin``, see :mod:`presence.web.auth`).  Without one (log in,
-        register, an anonymous message) a browser that says the form comes
-        from another origin is refused too."""
-        if self.visitor_session(request) is not None:
-            if not same_origin(request):
-                raise Forbidden("this form was sent from another site")
-        elif cross_origin(request):
+        """The parameters of a form POST (which may change state): refused
+        (403) when the browser says it comes from another origin, another
+        port of this host included (see :mod:`presence.web.auth`)."""
+        if cross_origin(request):
             raise Forbidden("this form was sent from another site")
         return params(request)
 

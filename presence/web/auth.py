@@ -12,12 +12,18 @@ the same everywhere (see docs/security.md, "Web input, CSRF and logs"):
   ``Origin``).
 * A request that is authenticated by the ``presence_session`` cookie alone
   and changes state (any method but GET and HEAD, a GET that acknowledges
-  frames, holds a heartbeat or opens a chat) must prove that it comes from a
-  page of this very origin: ``Sec-Fetch-Site: same-origin``, or an
-  ``Origin`` equal to the scheme, host and port the request was sent to.
-  Otherwise it is refused with ``403``.  The cookie is ``SameSite=Lax``,
-  which does not stop another port of the same host (the same *site*, a
-  different *origin*); this check does.
+  frames, holds a heartbeat or opens a chat) is refused with ``403`` when
+  the browser says it comes from another origin: a ``Sec-Fetch-Site`` other
+  than ``same-origin``, or an ``Origin`` that is not the scheme, host and
+  port the request was sent to.  The cookie is ``SameSite=Lax``, which does
+  not stop another port of the same host (the same *site*, a different
+  *origin*); this check does.  Every current browser sends one of the two
+  headers with a cross-origin ``POST`` (``Origin`` with every ``fetch`` and
+  form ``POST``, ``Sec-Fetch-Site`` with every request), and with the
+  subresource ``GET`` s that could carry the cookie (``EventSource``, an
+  image).  A request with neither header is not a browser's: a client
+  that holds the cookie itself (the contract lets every call take the
+  cookie in place of ``id``) is not refused.
 """
 
 from __future__ import annotations
@@ -108,17 +114,16 @@ def cross_origin(request: server.Request) -> bool:
     """Whether the browser says this request comes from another origin (a
     ``Sec-Fetch-Site`` other than ``same-origin``, or an ``Origin`` header
     that is not this server's).  A request with neither header is not a
-    browser's cross-origin request: for forms that need no session (log in,
-    register)."""
+    browser's cross-origin request."""
     if request.getHeader(b"sec-fetch-site") is None and request.getHeader(b"origin") is None:
         return False
     return not same_origin(request)
 
 
 def check_cookie_request(request: server.Request) -> None:
-    """Raise ``Forbidden`` (403) unless the request, authenticated by the
-    session cookie, comes from this origin (see :func:`same_origin`)."""
-    if not same_origin(request):
+    """Raise ``Forbidden`` (403) when the request, authenticated by the
+    session cookie, comes from another origin (see :func:`cross_origin`)."""
+    if cross_origin(request):
         raise Forbidden(CROSS_ORIGIN)
 
 
@@ -134,7 +139,7 @@ def request_session(service: PresenceService, request: server.Request,
     request's ``ack=n`` to it (``400`` unless a whole number).
 
     With the cookie only, a request that changes state (``state_change``;
-    by default :func:`changes_state`) must come from this origin, else 403.
+    by default :func:`changes_state`) from another origin is 403.
     """
     sid = p.get("id") or p.get("sessionId")
     if not sid:

@@ -38,7 +38,7 @@ from presence.core.mailbox import Entry
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError
 from presence.service import whole_number
-from presence.web.auth import CROSS_ORIGIN, cookie_session_id, same_origin
+from presence.web.auth import CROSS_ORIGIN, cookie_session_id, cross_origin
 from presence.web.http import client_address, params
 
 POLL_BATCH = 100
@@ -252,8 +252,8 @@ class HeartbeatResource(resource.Resource):
         if not sid:
             sid = cookie_session_id(request)
             # holding a heartbeat (and its ack) changes the session's state:
-            # with the cookie alone only a page of this origin may do it
-            if sid is not None and not same_origin(request):
+            # with the cookie alone, never from another origin
+            if sid is not None and cross_origin(request):
                 return _error(request, 403, CROSS_ORIGIN)
         session = self.hub.session(sid) if sid else None
         me = p.get("me")
