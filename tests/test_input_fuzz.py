@@ -109,6 +109,8 @@ def requests(draw: Any) -> Tuple[str, str, bytes, Dict[str, str], bool]:
                                    "http://\udc00", "http://presence.test:99999"]))
     if origin is not None:
         headers["Origin"] = origin
+    if draw(st.integers(0, 9)) == 0:
+        headers["Host"] = draw(st.sampled_from(["\udc00", "h\xff", "a b", "", "x:99999"]))
     if draw(st.booleans()):
         headers["Last-Event-ID"] = draw(numbers)[:6000]
     kind = draw(st.sampled_from(["form", "json", "json-raw", "deep", "bytes", "none"]))

@@ -18,7 +18,8 @@ import pytest
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from helpers import (  # noqa: F401  (logged_errors, world: fixtures)
-    BASE, PASSWORD, logged_errors, raw_request, result_of, world,
+    BASE, PASSWORD, RawConnection, logged_errors, raw_request, result_of, split_response,
+    world,
 )
 from presence.core import frames
 from presence.core.frames import Frame
@@ -81,6 +82,15 @@ def test_text_that_is_not_unicode_scalar_values_is_400(world, target, body, head
     assert "UTF-8" in error_of(payload) or "surrogate" in error_of(payload)
     assert result_of(world.store.get_user("carol")) is None
     assert result_of(world.store.messages("bob")) == []
+
+
+@pytest.mark.parametrize("target", ["/api/session", "/api/presence/alice", "/initchat"])
+def test_a_host_that_is_not_utf8_is_a_json_400(world, logged_errors, target):
+    conn = RawConnection(world.site)
+    raw = conn.send(f"GET {target} HTTP/1.1\r\nHost: \udc00:80\r\n\r\n"
+                    .encode("utf-8", "surrogatepass"))
+    status, _, payload = split_response(raw)
+    assert status == 400 and "not UTF-8" in error_of(payload)
 
 
 def test_a_surrogate_in_a_heartbeat_query_is_400(world):

@@ -81,10 +81,11 @@ class Direct(resource.Resource):
         return server.NOT_DONE_YET
 
 
-def _text_path(name: bytes, rest: list) -> bool:
-    """Whether the path's segments (percent-decoded) are UTF-8 text."""
+def _text_path(name: bytes, rest: list, host: bytes) -> bool:
+    """Whether the path's segments (percent-decoded) and the host are UTF-8
+    text."""
     try:
-        for segment in (name, *rest):
+        for segment in (name, *rest, host):
             if not segment.isascii():
                 segment.decode("utf-8")
     except UnicodeDecodeError:
@@ -93,15 +94,15 @@ def _text_path(name: bytes, rest: list) -> bool:
 
 
 class _BadPath(resource.Resource):
-    """The JSON answer to a path that is not UTF-8 text (Klein would log a
-    traceback and answer in plain text)."""
+    """The JSON answer to a path or host that is not UTF-8 text (Klein would
+    log a traceback and answer in plain text)."""
 
     isLeaf = True
 
     def render(self, request):
         request.setResponseCode(400)
         request.setHeader(b"content-type", b"application/json")
-        return b'{"error": "the path is not UTF-8 text"}'
+        return b'{"error": "the path or the host is not UTF-8 text"}'
 
 
 _BAD_PATH = _BadPath()
@@ -131,7 +132,9 @@ class Root(resource.Resource):
 
     def getChildWithDefault(self, name: bytes, request) -> resource.IResource:
         path = request.path
-        if (b"%" in path or not path.isascii()) and not _text_path(name, request.postpath):
+        host = request.getHeader(b"host") or b""
+        if ((b"%" in path or not path.isascii() or not host.isascii())
+                and not _text_path(name, request.postpath, host)):
             # (the pages, the default front-end, have an error page of their own)
             if name in self.routes or not getattr(self.default, "answers_bad_paths", False):
                 return _BAD_PATH
