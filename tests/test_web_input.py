@@ -337,6 +337,7 @@ def test_api_login_from_another_origin_is_refused(world):
     (b"/jchat?me=a&next=/wml/t/T0KEN123", b"T0KEN123"),
     (b"http://presence.test/call?name=x&id=S3CRET#frag", b"S3CRET"),
     (b"https://h:8080/wml/t/T0KEN123", b"T0KEN123"),
+    (b"http://h?id=S3CRET", b"S3CRET"),
 ])
 def test_mask_reads_names_as_the_server_does(uri, secret):
     masked = mask(uri)

@@ -45,6 +45,7 @@ SECRET_PARAMS = {
 #: ``/wml/t/<token>`` is a one-time push link.  Extend like SECRET_PARAMS.
 SECRET_PATHS = {("wml", "t")}
 MASKED = b"***"
+_HOST_END = re.compile(rb"[/?#]")
 
 
 def _name(raw: bytes) -> str:
@@ -86,8 +87,10 @@ def _mask_uri(uri: bytes, depth: int = 0) -> bytes:
     scheme, sep, rest = uri.partition(b"://")
     if sep and b"/" not in scheme and b"?" not in scheme:
         # an absolute URL (a Referer): keep scheme and host as they are
-        host, slash, tail = rest.partition(b"/")
-        return scheme + sep + host + slash + (_mask_uri(b"/" + tail, depth)[1:] if slash else b"")
+        end = _HOST_END.search(rest)
+        if end is None:
+            return uri
+        return scheme + sep + rest[:end.start()] + _mask_uri(rest[end.start():], depth)
     path, q, query = uri.partition(b"?")
     fragment = b""
     if b"#" in query:
