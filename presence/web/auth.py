@@ -20,7 +20,7 @@ the same everywhere (see docs/security.md, "Web input, CSRF and logs"):
   *origin*); this check does.  Every current browser sends one of the two
   headers with a cross-origin ``POST`` (``Origin`` with every ``fetch`` and
   form ``POST``, ``Sec-Fetch-Site`` with every request), and with the
-  subresource ``GET`` s that could carry the cookie (``EventSource``, an
+  subresource requests that could carry the cookie (``EventSource``, an
   image).  A request with neither header is not a browser's: a client
   that holds the cookie itself (the contract lets every call take the
   cookie in place of ``id``) is not refused.
