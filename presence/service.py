@@ -52,6 +52,38 @@ MAX_PASSWORD = 1024
 Hasher = Callable[..., defer.Deferred]
 
 
+#: the largest whole number a client may give (an SQLite integer; 19 digits)
+MAX_WHOLE = 2 ** 63 - 1
+
+
+def valid_text(value: str) -> bool:
+    """Whether ``value`` is Unicode scalar values only (no lone surrogate),
+    i.e. can be written as UTF-8."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def whole_number(value: Any, what: str, maximum: int = MAX_WHOLE) -> int:
+    """A parameter that must be a whole number ``0..maximum`` written in
+    ASCII digits (at most 19 of them), or 400 (never a 500 for 5,000 digits
+    or a number past what the store holds)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif (isinstance(value, str) and 0 < len(value) <= 19 and value.isascii()
+            and value.isdigit()):
+        number = int(value)
+    else:
+        raise BadRequest(f"{what} must be a whole number")
+    if not 0 <= number <= maximum:
+        raise BadRequest(f"{what} must be a whole number from 0 to {maximum}")
+    return number
+
+
 def check_name(name: Any, what: str = "username") -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise BadRequest(f"{what} must be 1-32 characters of a-z, 0-9, '.', '_', '-',"
@@ -65,6 +97,8 @@ def required(value: Any, what: str) -> str:
     """A parameter that must be given as a non-empty string, or 400."""
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"{what} is required")
+    if not valid_text(value):
+        raise BadRequest(f"{what} is not valid Unicode text (a lone surrogate)")
     return value
 
 
@@ -73,6 +107,8 @@ def check_text(text: Any, what: str = "text") -> str:
         raise BadRequest(f"{what} is missing or empty")
     if len(text) > MAX_TEXT:
         raise TooLarge(f"{what} is longer than {MAX_TEXT} characters")
+    if not valid_text(text):
+        raise BadRequest(f"{what} is not valid Unicode text (a lone surrogate)")
     return text
 
 
@@ -435,10 +471,10 @@ class PresenceService:
                 "unread": await self.store.unread(name)}
 
     async def mark_read(self, session: Session, ident: Any) -> None:
-        try:
-            number = int(ident)
-        except (TypeError, ValueError):
-            raise NotFound("no such message")
+        if not isinstance(ident, int) and not (
+                isinstance(ident, str) and ident.isascii() and ident.isdigit()):
+            raise NotFound("no such message")  # no message has that id
+        number = whole_number(ident, "the message id")  # 400 past what the store holds
         if not await self.store.mark_read(session.user.name, number):
             raise NotFound("no such message")
 

@@ -1050,6 +1050,11 @@ def test_mark_read_of_someone_elses_message_is_404(world):
     assert bob.get("/api/messages").json["unread"] == 1
     assert bob.post("/api/messages/999999/read").status == 404
     assert bob.post("/api/messages/abc/read").status == 404
+    # past what the store holds: 400, not a 500 (issue 11)
+    for ident in (str(2 ** 63), "9" * 19, "1" * 5000):
+        reply = bob.post(f"/api/messages/{ident}/read")
+        assert reply.status == 400, (ident[:20], reply.body[:200])
+        assert "whole number" in reply.error and len(reply.error) < 100
 
 
 def test_messages_of_another_user_are_not_shown(world):

@@ -824,3 +824,32 @@ def test_the_json_api_keeps_its_own_answers(world):
     v = world.visitor()
     reply = v.get("/api/nothing-here")
     assert reply.status == 404 and reply.header("content-type") == "application/json"
+
+
+# -- cross-site forms (issue 11, item 5) --------------------------------------------------
+
+@pytest.mark.parametrize("headers", [{"Origin": ["http://presence.test:8081"]},
+                                     {"Sec-Fetch-Site": ["same-site"]},
+                                     {"Origin": ["null"]}])
+def test_a_form_from_another_origin_is_refused(world, headers):
+    world.register("alice")
+    v = world.visitor()
+    v.login("alice")
+    reply = v.request("POST", "/settings/alias", data={"alias": "ally"}, headers=headers)
+    assert reply.status == 403
+    reply = v.request("POST", "/call/live", data={"name": "alice"}, headers=headers)
+    assert reply.status == 403
+    reply = v.request("POST", "/logout", data={}, headers=headers)
+    assert reply.status == 403
+    assert v.get("/api/session").status == 200  # still logged in
+    reply = v.request("POST", "/settings/alias", data={"alias": "ally"},
+                      headers={"Sec-Fetch-Site": ["same-origin"]})
+    assert reply.status == 303
+
+
+def test_a_form_without_origin_headers_is_taken(world):
+    world.register("alice")
+    v = world.visitor()
+    reply = v.request("POST", "/login", data={"username": "alice", "password": PASSWORD},
+                      headers={})
+    assert reply.status == 303

@@ -19,20 +19,36 @@ event-stream parsers ignore.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 KEEPALIVE = b"\n"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 class Frame:
     """One immutable frame.  ``kind`` is the word after ``msg``."""
 
-    __slots__ = ("kind", "args", "payload", "_data")
+    __slots__ = ("kind", "args", "payload", "_data", "repaired")
 
     def __init__(self, kind: str, args: Iterable[str] = (), payload: str = "") -> None:
         self.kind = kind
         self.args = tuple(args)
         self.payload = payload
         self._data: bytes | None = None
+        #: true once :meth:`data` could not encode the frame as it is: it
+        #: carries U+FFFD in place of what is not text (a lone surrogate),
+        #: or, for a frame whose parts are not text at all, is ``msg
+        #: invalid``.  (1: repaired; 2: and reported, see
+        #: :meth:`repair_to_report`.)
+        self.repaired = 0
+
+    def repair_to_report(self) -> bool:
+        """True once (to the first caller) after the frame was repaired: the
+        writer that sees it logs it, once, however many sessions share it."""
+        if self.repaired == 1:
+            self.repaired = 2
+            return True
+        return False
 
     @property
     def is_chat(self) -> bool:
@@ -46,13 +62,27 @@ class Frame:
         return head
 
     def data(self) -> bytes:
-        """The ``data:`` lines and the blank line that ends the event."""
+        """The ``data:`` lines and the blank line that ends the event.
+
+        Never raises: a frame that cannot be written as it is (built by a
+        front-end that let a lone surrogate through, or with parts that are
+        not text) is written repaired (see :attr:`repaired`), so that one
+        bad frame never stops the frames after it on a heartbeat."""
         if self._data is None:
-            text = self.text
+            try:
+                text = self.text
+            except TypeError:
+                text = "msg invalid " + "".join(c for c in str(self.kind) if c.isalnum())[:32]
+                self.repaired = 1
             if "\r" in text:
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
             # every line after "data: ", each ended by \n; a blank line ends it
-            self._data = ("data: " + text.replace("\n", "\ndata: ") + "\n\n").encode("utf-8")
+            lines = "data: " + text.replace("\n", "\ndata: ") + "\n\n"
+            try:
+                self._data = lines.encode("utf-8")
+            except UnicodeEncodeError:
+                self._data = _SURROGATE.sub("\ufffd", lines).encode("utf-8")
+                self.repaired = 1
         return self._data
 
     def event(self, ident: int) -> bytes:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 from weakref import WeakKeyDictionary
 
 from klein import Klein
@@ -42,7 +42,8 @@ from werkzeug.exceptions import HTTPException
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooMany, Unauthorized
 from presence.service import RESERVED, PresenceService
-from presence.web.http import COOKIE, client_address, params
+from presence.web.auth import COOKIE, cookie_session_id, cross_origin
+from presence.web.http import client_address, mask, params
 from presence.pages import views
 from presence.pages.views import Visitor, call_url, shown
 
@@ -90,7 +91,7 @@ def page(handler: Handler) -> Callable[..., Awaitable[bytes]]:
                                     e.message)
         except Exception:
             log.failure("{method} {path} failed", method=request.method,
-                        path=request.path.decode("ascii", "replace"))
+                        path=mask(request.path).decode("ascii", "replace"))
             return await self.error(request, 500, "Something went wrong",
                                     "The server could not answer this; it has been logged.")
 
@@ -130,12 +131,12 @@ class Pages:
     # -- helpers ----------------------------------------------------------------------
 
     def visitor_session(self, request: server.Request) -> Optional[Session]:
-        raw = request.getCookie(COOKIE)
-        if not raw:
+        sid = cookie_session_id(request)
+        if sid is None:
             return None
         try:
-            return self.service.session(raw.decode("ascii"))
-        except (UnicodeDecodeError, ClientError):
+            return self.service.session(sid)
+        except ClientError:
             return None
 
     @staticmethod
@@ -187,22 +188,11 @@ class Pages:
         request.setHeader(b"cache-control", b"no-store")
         return b""
 
-    @staticmethod
-    def same_origin(request: server.Request) -> bool:
-        """A form POST comes from our own pages (the cookie is also
-        SameSite=Lax): an ``Origin`` header, when sent, names this host."""
-        origin = request.getHeader(b"origin")
-        host = request.getHeader(b"host")
-        if origin is None or host is None:
-            return True
-        try:
-            return urlsplit(origin.decode("ascii")).netloc.lower() == host.decode(
-                "ascii").lower()
-        except (UnicodeDecodeError, ValueError):
-            return False
-
     def check_post(self, request: server.Request) -> Dict[str, Any]:
-        if not self.same_origin(request):
+        """The parameters of a form POST (which may change state): refused
+        (403) when the browser says it comes from another origin, another
+        port of this host included (see :mod:`presence.web.auth`)."""
+        if cross_origin(request):
             raise Forbidden("this form was sent from another site")
         return params(request)
 
@@ -310,7 +300,7 @@ class Pages:
         """For the page script: watch ``name`` with the visitor's session (if
         any) and answer the current rows."""
         try:
-            p = params(request)
+            p = self.check_post(request)  # it changes what the session watches
             name = p.get("name")
             if not isinstance(name, str) or not name:
                 return self.text(request, 400, "name is required")
@@ -455,6 +445,7 @@ class Pages:
     @app.route("/home/live", methods=["POST"])
     async def home_live(self, request) -> bytes:
         try:
+            self.check_post(request)  # it changes what the session watches
             session = self.user_session(request)
             if session is None:
                 return self.text(request, 403, "log in again")
@@ -580,6 +571,8 @@ class _Guard(resource.Resource):
     a 400 page here (Klein would log it as an error and answer plain text)."""
 
     isLeaf = True
+    #: the site's Root leaves such paths to it (see presence.web.site)
+    answers_bad_paths = True
 
     def __init__(self, pages: Pages, inner: resource.IResource) -> None:
         super().__init__()

@@ -20,7 +20,10 @@ from werkzeug.exceptions import HTTPException
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden
 from presence.service import PresenceService
-from presence.web.http import COOKIE, client_address, params, write_json
+from presence.web.auth import (  # noqa: F401  (COOKIE, request_session: re-exported)
+    COOKIE, cookie_session_id, cross_origin, request_session,
+)
+from presence.web.http import client_address, mask, params, write_json
 
 Answer = Tuple[int, Any]
 Handler = Callable[..., Awaitable[Answer]]
@@ -39,30 +42,12 @@ def api(handler: Handler) -> Callable[..., Awaitable[bytes]]:
             status, body = e.status, {"error": e.message}
         except Exception:
             log.failure("{method} {path} failed", method=request.method,
-                        path=request.path.decode("ascii", "replace"))
+                        path=mask(request.path).decode("ascii", "replace"))
             status, body = 500, {"error": "internal error; it has been logged"}
         request.setHeader(b"cache-control", b"no-store")
         return write_json(request, status, body)
 
     return route
-
-
-def request_session(service: PresenceService, request: server.Request,
-                    p: Dict[str, Any]) -> Session:
-    """The live session a request names by ``id`` (or ``sessionId``) and
-    ``me``, or by its cookie (``403`` when none is live), after applying the
-    request's ``ack=n`` to it (``400`` unless a whole number)."""
-    sid = p.get("id") or p.get("sessionId")
-    if not sid:
-        cookie = request.getCookie(COOKIE)
-        sid = cookie.decode("ascii", "replace") if cookie else None
-    session = service.session(sid, p.get("me"))
-    ack = p.get("ack")
-    if ack not in (None, ""):
-        if not ack.isascii() or not ack.isdigit():
-            raise BadRequest("ack must be a whole number")
-        service.hub.ack(session, int(ack))
-    return session
 
 
 class PresenceAPI:
@@ -75,20 +60,29 @@ class PresenceAPI:
 
     # -- helpers ----------------------------------------------------------------
 
-    def _session(self, request: server.Request, p: Dict[str, Any]) -> Session:
-        return request_session(self.service, request, p)
+    def _session(self, request: server.Request, p: Dict[str, Any],
+                 state_change: Optional[bool] = None) -> Session:
+        return request_session(self.service, request, p, state_change)
 
     def _maybe_session(self, request: server.Request, p: Dict[str, Any]) -> Optional[Session]:
         """For calls open to anyone: the caller's session if they name one
-        (a wrong one is 403), or the cookie's if it is still live."""
+        (a wrong one is 403), or the cookie's if it is still live (a state
+        change with the cookie from another origin is 403, see
+        :mod:`presence.web.auth`)."""
         if p.get("id") or p.get("sessionId"):
             return self._session(request, p)
-        if request.getCookie(COOKIE):
-            try:
-                return self._session(request, p)
-            except Forbidden:
-                return None
+        sid = cookie_session_id(request)
+        if sid is not None and self.hub.session(sid) is not None:
+            return self._session(request, p)
         return None
+
+    @staticmethod
+    def _not_from_another_site(request: server.Request) -> None:
+        """A login sets the session cookie: a browser that says the request
+        comes from another origin (which could log its user in as someone
+        else) is refused; clients that send no ``Origin`` are not affected."""
+        if cross_origin(request):
+            raise Forbidden("this login was sent from another site")
 
     def _login_answer(self, request: server.Request, session: Session) -> Answer:
         name = session.user.name
@@ -113,6 +107,7 @@ class PresenceAPI:
     @app.route("/api/login", methods=["POST"])
     @api
     async def login(self, request, p) -> Answer:
+        self._not_from_another_site(request)
         ip, port = client_address(request)
         session = await self.service.login(p.get("username"), p.get("password"), ip, port)
         return self._login_answer(request, session)
@@ -120,6 +115,7 @@ class PresenceAPI:
     @app.route("/api/guest", methods=["POST"])
     @api
     async def guest(self, request, p) -> Answer:
+        self._not_from_another_site(request)
         ip, port = client_address(request)
         return self._login_answer(request, self.service.guest(ip, port))
 
@@ -198,7 +194,10 @@ class PresenceAPI:
     @app.route("/initchat", methods=["GET", "POST"])
     @api
     async def init_chat(self, request, p) -> Answer:
-        if await self.service.init_chat(self._session(request, p), p.get("to")):
+        # a GET (as the spec has it) that changes state: with the cookie
+        # only from a page of this origin
+        session = self._session(request, p, state_change=True)
+        if await self.service.init_chat(session, p.get("to")):
             return 204, None
         return 200, {"online": False}
 

@@ -36,7 +36,10 @@ from presence.core.frames import KEEPALIVE
 from presence.core.hub import Hub, IChannel
 from presence.core.mailbox import Entry
 from presence.core.tables import Session
-from presence.web.http import client_address
+from presence.errors import BadRequest, ClientError
+from presence.service import whole_number
+from presence.web.auth import CROSS_ORIGIN, cookie_session_id, cross_origin
+from presence.web.http import client_address, params
 
 POLL_BATCH = 100
 MAX_WAIT = 300.0
@@ -44,6 +47,8 @@ MAX_WAIT = 300.0
 #: turns, in order (a presence change seen by 5,000 sessions is written in
 #: 50 slices, and other connections are served between them)
 WRITES_PER_TURN = 100
+
+_log = Logger()
 
 
 class WritePacer:
@@ -135,14 +140,51 @@ class HeartbeatChannel:
         if self.poll:
             if len(entries) < POLL_BATCH and len(self.session.mailbox) > len(entries):
                 entries = self.session.mailbox.pending(POLL_BATCH)
-            self._write(b"".join(frame.event(i) for i, frame in entries[:POLL_BATCH]))
+            self._write(self._events(entries[:POLL_BATCH]))
             self.release("answered")
         else:
+            self._write(self._events(entries))
+
+    def _events(self, entries: Sequence[Entry]) -> bytes:
+        """The events of ``entries``.  A frame that could only be written
+        repaired is logged (once); one that cannot be written at all (not a
+        frame) is logged and left out: the frames around it still go out and
+        the heartbeat stays held.  (Its id is skipped; the client's next ack
+        covers it.)"""
+        try:
             if len(entries) == 1:
                 ident, frame = entries[0]
-                self._write(frame.event(ident))
-            else:
-                self._write(b"".join(frame.event(i) for i, frame in entries))
+                data = frame.event(ident)
+                if frame.repaired:
+                    self._repaired(ident, frame)
+                return data
+            data = b"".join([frame.event(i) for i, frame in entries])
+        except Exception:
+            return self._each(entries)
+        for ident, frame in entries:
+            if frame.repaired:
+                self._repaired(ident, frame)
+        return data
+
+    def _each(self, entries: Sequence[Entry]) -> bytes:
+        parts = []
+        for ident, frame in entries:
+            try:
+                parts.append(frame.event(ident))
+            except Exception:
+                _log.failure("frame {ident} for {user} cannot be written; left out",
+                             ident=ident, user=self.session.user.name)
+                continue
+            if frame.repaired:
+                self._repaired(ident, frame)
+        return b"".join(parts)
+
+    def _repaired(self, ident: int, frame: Any) -> None:
+        if frame.repair_to_report():
+            _log.warn("frame {ident} for {user} ({kind}) was not valid text; it was"
+                      " written with U+FFFD in place of what was not",
+                      ident=ident, user=self.session.user.name,
+                      kind=str(getattr(frame, "kind", "?"))[:32])
 
     def keepalive(self) -> None:
         if not self.done:
@@ -202,30 +244,30 @@ class HeartbeatResource(resource.Resource):
         return self.render_GET(request)
 
     def render_GET(self, request: server.Request) -> Any:
-        args = request.args or {}
-
-        def arg(name: bytes) -> Optional[str]:
-            values = args.get(name)
-            if not values:
-                return None
-            return values[0].decode("utf-8", "replace")
-
-        sid = arg(b"id") or arg(b"sessionId") or _cookie(request)
+        try:
+            p = params(request)
+        except ClientError as e:
+            return _error(request, e.status, e.message)
+        sid = p.get("id") or p.get("sessionId")
+        if not sid:
+            sid = cookie_session_id(request)
+            # holding a heartbeat (and its ack) changes the session's state:
+            # with the cookie alone, never from another origin
+            if sid is not None and cross_origin(request):
+                return _error(request, 403, CROSS_ORIGIN)
         session = self.hub.session(sid) if sid else None
-        me = arg(b"me")
+        me = p.get("me")
         if session is None or (me and me != session.user.name):
             return _error(request, 403, "no such session: log in again")
-        mode = arg(b"mode") or "stream"
+        mode = p.get("mode") or "stream"
         if mode not in ("stream", "poll"):
             return _error(request, 400, "mode must be stream or poll")
         try:
-            ack = max(_number(arg(b"ack")), _number(_header(request, b"last-event-id")))
-            wait = float(arg(b"wait")) if arg(b"wait") is not None else self.keepalive
-            if not 0 <= wait <= MAX_WAIT:
-                raise ValueError
-        except ValueError:
-            return _error(request, 400, "ack and Last-Event-ID must be whole numbers;"
-                                        f" wait 0-{MAX_WAIT:g} seconds")
+            ack = max(_number(p.get("ack"), "ack"),
+                      _number(_header(request, b"last-event-id"), "Last-Event-ID"))
+            wait = _wait(p.get("wait"), self.keepalive)
+        except ClientError as e:
+            return _error(request, e.status, e.message)
         ip, port = client_address(request)
         self.hub.address_changed(session, ip, port)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
@@ -293,24 +335,29 @@ def _tune(transport: Any, dead_after: float) -> None:
         pass  # not a TCP socket (tests, UNIX endpoints)
 
 
-def _number(text: Optional[str]) -> int:
+def _number(text: Optional[str], what: str) -> int:
     if text is None or text == "":
         return 0
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
+    return whole_number(text, what)
+
+
+def _wait(text: Optional[str], default: float) -> float:
+    if text is None:
+        return default
+    try:
+        if len(text) > 20:
+            raise ValueError(text)
+        wait = float(text)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT:  # NaN too
+        raise BadRequest(f"wait must be 0-{MAX_WAIT:g} seconds")
+    return wait
 
 
 def _header(request: server.Request, name: bytes) -> Optional[str]:
     value = request.getHeader(name)
     return value.decode("ascii", "replace") if value is not None else None
-
-
-def _cookie(request: server.Request) -> Optional[str]:
-    from presence.web.http import COOKIE
-    value = request.getCookie(COOKIE)
-    return value.decode("ascii", "replace") if value else None
 
 
 def _error(request: server.Request, status: int, message: str) -> bytes:

@@ -1,6 +1,7 @@
 """HTTP plumbing shared by the web front-end: bounded bodies, JSON answers,
-parameters from query, form or JSON bodies, and an access log that never
-shows a session ID or a password.
+parameters from query, form or JSON bodies (decoded and checked once, here:
+UTF-8, Unicode scalar values, bounded JSON), and an access log that never
+shows a session ID, a password or a token (:func:`mask`).
 """
 
 from __future__ import annotations
@@ -8,21 +9,109 @@ from __future__ import annotations
 import json
 import re
 from io import BytesIO
+from urllib.parse import unquote_to_bytes
 from typing import Any, Dict, List, Optional, Union
 
 from twisted.logger import Logger
 from twisted.web import http, server
 
 from presence.errors import BadRequest
+from presence.service import valid_text
+from presence.web.auth import COOKIE  # noqa: F401  (re-exported)
 
 MAX_BODY = 64 * 1024
-COOKIE = b"presence_session"
-_SECRET_PARAM = re.compile(rb"((?:^|[?&;])(?:id|sessionId|password)=)[^&;#\s]*", re.I)
+#: nesting of arrays and objects a JSON body may have (ours are flat objects)
+MAX_JSON_DEPTH = 32
+#: characters of one number in a JSON body
+MAX_JSON_NUMBER = 40
+#: characters of a client's value quoted back in an error message at most
+QUOTE = 40
+
+#: Names of every parameter whose value is a secret: the access log (and
+#: the Referer it shows) masks their values, however the name is written
+#: (percent-encoded, ``+`` for a space, any case).  Parts of the server that
+#: accept another secret add its name here when imported
+#: (``SECRET_PARAMS.add("name")``); names are lower case.
+SECRET_PARAMS = {
+    # session IDs (spec section 2) and what login answers
+    "id", "sessionid", "session", "sid",
+    # passwords: the API and the pages' forms, the operator API, WML forms
+    "password", "password2", "pass", "passwd", "pwd", "pw", "old_password",
+    "new_password",
+    # one-time tokens and secrets: push links, handset secrets, resumption
+    "token", "t", "resume", "secret", "handset_secret", "key",
+}
+#: Paths whose next segment is a secret (lower case segments, decoded):
+#: ``/wml/t/<token>`` is a one-time push link.  Extend like SECRET_PARAMS.
+SECRET_PATHS = {("wml", "t")}
+MASKED = b"***"
+_HOST_END = re.compile(rb"[/?#]")
+
+
+def _name(raw: bytes) -> str:
+    """A query parameter's name as the server reads it: ``+`` is a space,
+    percent-escapes decoded, case and surrounding blanks ignored."""
+    return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8", "replace").strip().lower()
+
+
+def _mask_query(query: bytes, depth: int) -> bytes:
+    pairs = []
+    for part in re.split(rb"([&;])", query):
+        if part in (b"&", b";"):
+            pairs.append(part)
+            continue
+        key, sep, value = part.partition(b"=")
+        if sep and _name(key) in SECRET_PARAMS:
+            value = MASKED
+        elif sep and value and depth < 3:
+            # a value that carries a URL with a secret (next=/jchat?id=...)
+            decoded = unquote_to_bytes(value.replace(b"+", b" "))
+            if (b"=" in decoded or b"/" in decoded) and _mask_uri(decoded, depth + 1) != decoded:
+                value = MASKED
+        pairs.append(key + sep + value)
+    return b"".join(pairs)
+
+
+def _mask_path(path: bytes) -> bytes:
+    segments = path.split(b"/")
+    names = [_name(s) for s in segments]
+    for prefix in SECRET_PATHS:
+        n = len(prefix)
+        for i in range(1, len(segments) - n):
+            if tuple(names[i:i + n]) == prefix and segments[i + n]:
+                segments[i + n] = MASKED
+    return b"/".join(segments)
+
+
+def _mask_uri(uri: bytes, depth: int = 0) -> bytes:
+    scheme, sep, rest = uri.partition(b"://")
+    if sep and b"/" not in scheme and b"?" not in scheme:
+        # an absolute URL (a Referer): keep scheme and host as they are
+        end = _HOST_END.search(rest)
+        if end is None:
+            return uri
+        return scheme + sep + rest[:end.start()] + _mask_uri(rest[end.start():], depth)
+    path, q, query = uri.partition(b"?")
+    fragment = b""
+    if b"#" in query:
+        query, _, fragment = query.partition(b"#")
+        fragment = b"#" + fragment
+    return _mask_path(path) + q + (_mask_query(query, depth) if q else b"") + fragment
 
 
 def mask(uri: bytes) -> bytes:
-    """``uri`` with the values of ``id``, ``sessionId`` and ``password`` masked."""
-    return _SECRET_PARAM.sub(rb"\1***", uri)
+    """``uri`` (a request target or a whole URL, as a Referer) with the
+    value of every secret parameter (:data:`SECRET_PARAMS`) and every secret
+    path segment (:data:`SECRET_PATHS`) replaced by ``***``.
+
+    Names are compared as the server reads them, after decoding, so
+    ``%69d=`` and ``pass%77ord=`` are masked like ``id=`` and ``password=``;
+    a parameter whose decoded value is a URL carrying a secret is masked
+    whole.  Never raises: the access log never stops a request."""
+    try:
+        return _mask_uri(uri)
+    except Exception:
+        return MASKED
 
 
 def masked_log_formatter(timestamp: str, request: http.Request) -> str:
@@ -282,39 +371,97 @@ def write_json(request: server.Request, status: int, body: Any) -> bytes:
 
 
 def params(request: server.Request) -> Dict[str, Any]:
-    """The request's parameters: query string, then form or JSON body.
+    """The request's parameters: query string, then form or JSON body, each
+    name and value decoded once, here, for every route.
 
-    Raises :class:`~presence.errors.BadRequest` on a broken body.
+    Raises :class:`~presence.errors.BadRequest` (400) on a broken body, on
+    bytes that are not UTF-8, on text that is not Unicode scalar values (a
+    lone surrogate, written ``\\udc00`` in JSON), on JSON nested deeper than
+    :data:`MAX_JSON_DEPTH` or with a number longer than
+    :data:`MAX_JSON_NUMBER` characters, ``NaN`` or ``Infinity``.
     """
     out: Dict[str, Any] = {}
     for key, values in (request.args or {}).items():
         if values:
-            out[key.decode("utf-8", "replace")] = _text(values[0])
+            out[_text(key, "parameter names")] = _text(values[0], "parameters")
     ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if ctype == b"application/json" and request.content is not None:
         request.content.seek(0)
         raw = request.content.read()
         if raw.strip():
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise BadRequest("the body is not valid JSON")
-            if not isinstance(body, dict):
-                raise BadRequest("the JSON body must be an object")
-            for key, value in body.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    value = str(value)
-                elif value is not None and not isinstance(value, str):
-                    raise BadRequest(f"the field {str(key)[:40]!r} must be a string")
+            for key, value in _json_object(raw).items():
+                if value is not None and not isinstance(value, str):
+                    raise BadRequest(f"the field {quoted(key)} must be a string")
+                if not valid_text(key) or (value is not None and not valid_text(value)):
+                    raise BadRequest(f"the field {quoted(key)} is not valid Unicode text"
+                                     " (a lone surrogate)")
                 out[key] = value
     return out
 
 
-def _text(value: bytes) -> str:
+def quoted(value: str, limit: int = QUOTE) -> str:
+    """``value`` for an error message: at most ``limit`` characters, as a
+    Python literal (escapes control characters and lone surrogates)."""
+    text = value if len(value) <= limit else value[:limit] + "..."
+    return ascii(text)
+
+
+def _json_object(raw: bytes) -> Dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the JSON body is not UTF-8")
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(text) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        body = _DECODER.decode(text)
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON")
+    if not isinstance(body, dict):
+        raise BadRequest("the JSON body must be an object")
+    return body
+
+
+def _json_number(literal: str) -> str:
+    """A JSON number is kept as the text it was written as (parameters are
+    text): nothing to convert, nothing too large to convert."""
+    if len(literal) > MAX_JSON_NUMBER:
+        raise BadRequest(f"a number in the JSON body is longer than {MAX_JSON_NUMBER}"
+                         " characters")
+    return literal
+
+
+def _json_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not a JSON number")
+
+
+#: one decoder for every body (``json.loads`` with hooks builds one per call)
+_DECODER = json.JSONDecoder(parse_int=_json_number, parse_float=_json_number,
+                            parse_constant=_json_constant)
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in ``text`` (strings skipped)."""
+    depth = deepest = 0
+    for token in _JSON_TOKENS.finditer(text):
+        c = token.group()
+        if c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    break
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def _text(value: bytes, what: str = "parameters") -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequest("parameters must be UTF-8")
+        raise BadRequest(f"{what} must be UTF-8 text")
 
 
 def client_address(request: server.Request) -> tuple:

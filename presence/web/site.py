@@ -18,7 +18,7 @@ from twisted.web import resource, server
 from presence.service import PresenceService
 from presence.web.api import PresenceAPI
 from presence.web.heartbeat import HeartbeatResource
-from presence.web.http import PresenceSite
+from presence.web.http import PresenceSite, mask
 
 #: the first segments the JSON API answers through Klein
 API_SEGMENTS = (b"api", b"initchat")
@@ -66,7 +66,7 @@ class Direct(resource.Resource):
                 request.finish()
 
         def failed(f) -> bytes:
-            self.log.failure("answering {path} failed", f, path=request.uri)
+            self.log.failure("answering {path} failed", f, path=mask(request.uri))
             request.setResponseCode(500)
             request.setHeader(b"content-type", b"application/json")
             return b'{"error": "internal error; the request was not carried out"}'
@@ -77,8 +77,35 @@ class Direct(resource.Resource):
             return answered[0]
         d.addCallback(later)
         d.addErrback(lambda f: self.log.failure("answering {path} failed", f,
-                                                path=request.uri))
+                                                path=mask(request.uri)))
         return server.NOT_DONE_YET
+
+
+def _text_path(name: bytes, rest: list, host: bytes) -> bool:
+    """Whether the path's segments (percent-decoded) and the host are UTF-8
+    text."""
+    try:
+        for segment in (name, *rest, host):
+            if not segment.isascii():
+                segment.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _BadPath(resource.Resource):
+    """The JSON answer to a path or host that is not UTF-8 text (Klein would
+    log a traceback and answer in plain text)."""
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(400)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"error": "the path or the host is not UTF-8 text"}'
+
+
+_BAD_PATH = _BadPath()
 
 
 class Root(resource.Resource):
@@ -104,6 +131,13 @@ class Root(resource.Resource):
         self.exact[path] = child
 
     def getChildWithDefault(self, name: bytes, request) -> resource.IResource:
+        path = request.path
+        host = request.getHeader(b"host") or b""
+        if ((b"%" in path or not path.isascii() or not host.isascii())
+                and not _text_path(name, request.postpath, host)):
+            # (the pages, the default front-end, have an error page of their own)
+            if name in self.routes or not getattr(self.default, "answers_bad_paths", False):
+                return _BAD_PATH
         if self.exact and len(request.postpath) == 1:
             child = self.exact.get((name, request.postpath[0]))
             if child is not None:

@@ -167,6 +167,29 @@ CASES: list[tuple[str, int, Callable[[Ctx], Response]]] = [
     ("json-empty", 400, lambda c: c.api.post("/api/register", **_json(b""))),
     ("json-wrong-types", 400,
      lambda c: c.api.post("/api/register", json_body={"username": ["a"], "password": {"x": 1}})),
+    # issue 11, item 6: each of these was a 500 with a logged traceback
+    ("json-20000-deep", 400,
+     lambda c: c.api.post("/chat", query=c.alice.auth, **_json(
+         b'{"to": "bob", "msg": ' + b"[" * 20000 + b"]" * 20000 + b"}"))),
+    ("ack-5000-digits", 400,
+     lambda c: c.api.post("/ack", query={**c.alice.auth, "ack": "1" * 5000})),
+    ("heartbeat-ack-5000-digits", 400,
+     lambda c: c.api.get("/jchat", query={**c.alice.auth, "ack": "1" * 5000})),
+    ("message-id-past-2^63", 400,
+     lambda c: c.api.post(f"/api/messages/{2 ** 63}/read", query=c.alice.auth)),
+    ("register-lone-surrogate-password", 400,
+     lambda c: c.api.post("/api/register", **_json(
+         b'{"username": "%s", "password": "abcdef\\udc00"}' % unique_name("n").encode()))),
+    ("login-lone-surrogate-password", 400,
+     lambda c: c.api.post("/api/login", **_json(
+         b'{"username": "%s", "password": "\\udc00"}' % c.alice.name.encode()))),
+    ("chat-lone-surrogate", 400,
+     lambda c: c.api.post("/chat", query=c.alice.auth, **_json(
+         b'{"to": "%s", "msg": "\\udc00"}' % c.bob.name.encode()))),
+    ("messages-lone-surrogate-utf8", 400,
+     lambda c: c.api.post("/api/messages", query=c.alice.auth,
+                          body=b"to=" + c.bob.name.encode() + b"&text=%ED%B0%80",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})),
     ("json-chat-broken", 400,
      lambda c: c.api.post("/chat", **_json(b'{"me": "%s", "id": "%s", "to": ' % (
          c.alice.name.encode(), c.alice.session.encode())))),
@@ -301,3 +324,41 @@ def test_failed_logins_get_429_without_disturbing_others(server_factory, heartbe
     f = hb.wait_for(lambda f: f.kind == "chat", timeout=3)
     assert f.payload == "after"
     assert not hb.ended
+
+
+def test_a_lone_surrogate_never_poisons_the_recipients_heartbeat(server, api, heartbeats):
+    """Issue 11, item 4: a JSON chat with "\\udc00" was taken (202) and every
+    later heartbeat of the recipient answered "Processing Failed"."""
+    alice, bob = new_user(api, "alice"), new_user(api, "bob")
+    hb = heartbeats(bob)
+    r = api.post("/chat", query=alice.auth,
+                 **_json(b'{"to": "%s", "msg": "x\\udc00y"}' % bob.name.encode()))
+    assert r.status == 400 and "surrogate" in assert_error_body(r, alice.session)
+    chat_ok(api, alice, bob, "after")
+    assert hb.wait_for(lambda f: f.kind == "chat", timeout=3).payload == "after"
+    hb.close()
+    again = heartbeats(bob)  # a new heartbeat of bob is healthy
+    chat_ok(api, alice, bob, "again")
+    assert again.wait_for(lambda f: f.kind == "chat" and f.payload == "again", timeout=3)
+    log = server.output()
+    assert "Processing Failed" not in log and "UnicodeEncodeError" not in log
+
+
+def test_a_cookie_state_change_from_another_port_is_403(server, api):
+    """Issue 11, item 5: a page on the same host, another port (the same
+    site for SameSite=Lax, another origin), cannot act with the cookie."""
+    alice = new_user(api, "alice")
+    cookie = {"Cookie": f"presence_session={alice.session}"}
+    other = {**cookie, "Origin": f"http://{server.host}:{server.port + 1}"}
+    for path, form in (("/api/aliases", {"alias": unique_name("al")}),
+                       ("/chat", {"to": alice.name, "msg": "forged"})):
+        r = api.post(path, form=form, headers=other)
+        assert r.status == 403, (path, r)
+        assert "another site" in assert_error_body(r, alice.session, alice.password)
+        r = api.post(path, form=form, headers={**cookie, "Sec-Fetch-Site": "same-site"})
+        assert r.status == 403, (path, r)
+    own = {**cookie, "Origin": f"http://{server.host}:{server.port}"}
+    expect(api.post("/api/aliases", form={"alias": unique_name("al")}, headers=own), 201)
+    expect(api.post("/chat", form={"to": alice.name, "msg": "mine"}, headers=own), 202)
+    # me and id from a client that sends no Origin work as ever
+    expect(api.post("/api/aliases", form={**alice.auth, "alias": unique_name("al")}), 201)

@@ -6,7 +6,9 @@ import urllib.parse
 
 import pytest
 
-from presence_harness import User, chat_ok, expect, login, register, unique_name, unique_password
+from presence_harness import (
+    Api, User, chat_ok, expect, login, register, unique_name, unique_password,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +121,45 @@ def test_access_log_in_a_file_of_its_own(server_factory):
     assert any("/api/presence/nobody" in x and '" 404 ' in x for x in lines), text
     assert alice.session not in text and alice.password not in text
     assert "/api/welcome" not in s.output()
+
+
+@pytest.mark.parametrize("where", ["server-log", "access-log-file"])
+def test_secrets_are_masked_however_the_request_writes_them(server_factory, where):
+    """Issue 11, item 7: names percent-encoded or in another case, ``pass=``
+    on sendsms, ``password2=`` of the register form, a one-time
+    ``/wml/t/<token>`` link and a Referer carrying them: the log (the
+    server's, or the ``--access-log`` file) shows none of the values."""
+    json_log = server_factory.base / f"presence-log-{where}.json"
+    options = {"json_log": str(json_log)}
+    access = server_factory.base / f"access-{where}.log"
+    if where == "access-log-file":
+        options["access_log"] = str(access)
+    s = server_factory.start(**options)
+    api = s.api()
+    alice = login(api, register(api, unique_name("alice")))
+    secrets = [alice.password, alice.session]
+    pw2, token, op_pw, made_up = (unique_password() for _ in range(4))
+    secrets += [pw2, token, op_pw, made_up]
+    sid = alice.session
+    expect(api.get(f"/api/welcome?me={alice.name}&%69d={sid}"), 200)
+    api.get(f"/api/welcome?me={alice.name}&%49D={sid}")  # not a name we read: masked still
+    api.post(f"/api/login?username={alice.name}&pass%77ord="
+             + urllib.parse.quote(alice.password))
+    api.get(f"/register?username=x&PASSWORD={made_up}&password2={pw2}")
+    api.get(f"/wml/t/{token}")
+    api.get(f"/wml/%74/{token}x")
+    api.get("/api/presence/" + alice.name,
+            headers={"Referer": f"{s.base}/jchat?me={alice.name}&%69d={sid}&next=/wml/t/{token}"})
+    api.get("/login?next=" + urllib.parse.quote(f"/jchat?me={alice.name}&id={sid}", safe=""))
+    assert s.smsc_port, "the harness starts the simulator"
+    smsc = Api(s.host, s.smsc_port)
+    smsc.get(f"/cgi-bin/sendsms?username=op&pass={op_pw}&to=%2B4917012345&text=hi")
+    smsc.get(f"/cgi-bin/sendsms?username=op&Pass%77ord={op_pw}x&to=%2B4917012345&text=hi")
+    s.stop()
+    if where == "access-log-file":
+        text = access.read_text("utf-8")
+        assert "/api/welcome" in text and "/wml/t/***" in text, text
+        for secret in secrets:
+            assert secret not in text, (secret, text)
+    assert_no_secret_in_logs(s, json_log, secrets)
+    assert "pass=***" in s.output()  # the simulator's access log: the server's log
