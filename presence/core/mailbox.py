@@ -88,6 +88,11 @@ class Mailbox:
             return [(first + i, frames[i]) for i in range(limit)]
         return list(enumerate(frames, first))
 
+    def oldest(self) -> Frame | None:
+        """The oldest unacknowledged frame (the next to leave), or None."""
+        frames = self._frames
+        return frames[0] if frames else None
+
     def has(self, ident: int) -> bool:
         """Whether the frame ``ident`` is still unacknowledged."""
         frames = self._frames

@@ -8,19 +8,26 @@ before the API answers success.
 
 Tests pass ``runner=run_now`` to run the same SQL synchronously without
 threads or a reactor.
+
+Chat that leaves a mailbox unread (:meth:`SQLiteDirectory.spill`) does not
+take one transaction per frame: rows wait in a list while one batch
+transaction (at most ``SPILL_BATCH`` rows) is on the worker, so a session
+flooded with chat it never reads puts at most one write ahead of everyone's
+logins, however fast the chat arrives.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from presence.store.interface import IDirectory, NameTaken
+from presence.store.interface import BoxFull, IDirectory, NameTaken
 from presence.threads import Pool
 
 SCHEMA = """
@@ -45,7 +52,20 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages (recipient, id);
 """
 
+#: per recipient, the unread messages and their size in UTF-8 bytes, kept up
+#: to date by every write so that the quota check reads one row
+BOXES = """
+CREATE TABLE boxes (
+    recipient TEXT PRIMARY KEY, unread INTEGER NOT NULL, bytes INTEGER NOT NULL);
+INSERT INTO boxes (recipient, unread, bytes)
+    SELECT recipient, COUNT(*), SUM(LENGTH(CAST(text AS BLOB))) FROM messages
+    WHERE read=0 GROUP BY recipient;
+"""
+
 Runner = Callable[..., defer.Deferred]
+Row = Tuple[str, str, str, float, Optional[str]]
+#: spilled chat rows written in one transaction at most
+SPILL_BATCH = 500
 
 
 def run_now(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -55,6 +75,8 @@ def run_now(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
 
 @implementer(IDirectory)
 class SQLiteDirectory:
+    log = Logger()
+
     def __init__(self, path: str, runner: Optional[Runner] = None) -> None:
         self.path = path
         if path != ":memory:":
@@ -64,8 +86,16 @@ class SQLiteDirectory:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='boxes'").fetchone():
+            # a directory from before the quota: count its boxes once
+            self._db.executescript("BEGIN;" + BOXES + "COMMIT;")
         self._pool: Optional[Pool] = None
         self._run = runner
+        #: operations handed to the worker and not finished yet
+        self.queued = 0
+        #: spilled chat waiting for the batch in flight to finish
+        self._spills: List[Row] = []
+        self._spilling = False
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -82,15 +112,29 @@ class SQLiteDirectory:
             self._pool.stop()
             self._pool = None
             self._run = None
+        if self._spills:
+            # the worker is gone: what still waited is written here, now
+            rows, self._spills = self._spills, []
+            self._transaction(self._write_spills, rows)()
         self._db.close()
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         if self._run is None:
             raise RuntimeError("the directory is not started")
-        return self._run(fn, *args)
+        self.queued += 1
+        d = self._run(fn, *args)
+        d.addBoth(self._done)
+        return d
+
+    def _done(self, result: Any) -> Any:
+        self.queued -= 1
+        return result
 
     def _tx(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run ``fn(db, *args)`` in one transaction on the worker."""
+        return self._call(self._transaction(fn, *args))
+
+    def _transaction(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         def work() -> Any:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -101,7 +145,7 @@ class SQLiteDirectory:
                 raise
             db.execute("COMMIT")
             return result
-        return self._call(work)
+        return work
 
     def _query(self, sql: str, *params: Any) -> defer.Deferred:
         return self._call(lambda: [dict(r) for r in self._db.execute(sql, params)])
@@ -240,17 +284,62 @@ class SQLiteDirectory:
 
     # -- message boxes -------------------------------------------------------
 
+    @staticmethod
+    def _usage(db: sqlite3.Connection, recipient: str) -> Tuple[int, int]:
+        row = db.execute("SELECT unread, bytes FROM boxes WHERE recipient=?",
+                         (recipient,)).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, recipient: str, sender: str, text: str,
+                now: float, msgid: Optional[str], quota: Optional[Tuple[int, int]]) -> int:
+        if msgid is not None:
+            row = db.execute("SELECT id FROM messages WHERE msgid=?", (msgid,)).fetchone()
+            if row:
+                return row[0]
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if quota is not None:
+            unread, used = SQLiteDirectory._usage(db, recipient)
+            if unread >= quota[0] or used + size > quota[1]:
+                raise BoxFull(recipient)
+        cur = db.execute("INSERT INTO messages (msgid, recipient, sender, text, time)"
+                         " VALUES (?, ?, ?, ?, ?)", (msgid, recipient, sender, text, now))
+        db.execute("INSERT INTO boxes (recipient, unread, bytes) VALUES (?, 1, ?)"
+                   " ON CONFLICT (recipient) DO UPDATE SET unread=unread+1,"
+                   " bytes=bytes+excluded.bytes", (recipient, size))
+        return cur.lastrowid
+
     def store_message(self, recipient: str, sender: str, text: str, now: float,
-                      msgid: Optional[str] = None) -> defer.Deferred:
-        def work(db: sqlite3.Connection) -> int:
-            if msgid is not None:
-                row = db.execute("SELECT id FROM messages WHERE msgid=?", (msgid,)).fetchone()
-                if row:
-                    return row[0]
-            cur = db.execute("INSERT INTO messages (msgid, recipient, sender, text, time)"
-                             " VALUES (?, ?, ?, ?, ?)", (msgid, recipient, sender, text, now))
-            return cur.lastrowid
-        return self._tx(work)
+                      msgid: Optional[str] = None,
+                      quota: Optional[Tuple[int, int]] = None) -> defer.Deferred:
+        return self._tx(self._insert, recipient, sender, text, now, msgid, quota)
+
+    def spill(self, recipient: str, sender: str, text: str, now: float,
+              msgid: Optional[str] = None) -> None:
+        self._spills.append((recipient, sender, text, now, msgid))
+        if not self._spilling:
+            self._next_spill()
+
+    def _next_spill(self, _: Any = None) -> None:
+        if not self._spills or self._run is None:
+            self._spilling = False
+            return
+        self._spilling = True
+        rows, self._spills = self._spills[:SPILL_BATCH], self._spills[SPILL_BATCH:]
+        d = self._tx(self._write_spills, rows)
+        d.addErrback(lambda f: self.log.failure(
+            "keeping {count} chat messages that left a mailbox unread failed", f,
+            count=len(rows)))
+        d.addCallback(self._next_spill)
+
+    @classmethod
+    def _write_spills(cls, db: sqlite3.Connection, rows: Sequence[Row]) -> int:
+        for recipient, sender, text, now, msgid in rows:
+            cls._insert(db, recipient, sender, text, now, msgid, None)
+        return len(rows)
+
+    def box_usage(self, recipient: str) -> defer.Deferred:
+        return self._call(lambda: self._usage(self._db, recipient))
 
     def messages(self, recipient: str, limit: int = 100) -> defer.Deferred:
         d = self._query("SELECT id, sender, text, time, read FROM messages WHERE recipient=?"
@@ -260,9 +349,17 @@ class SQLiteDirectory:
              "read": bool(r["read"])} for r in rows])
 
     def mark_read(self, recipient: str, ident: int) -> defer.Deferred:
-        return self._tx(lambda db: db.execute(
-            "UPDATE messages SET read=1 WHERE id=? AND recipient=?", (ident, recipient)
-        ).rowcount == 1)
+        def work(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT read, LENGTH(CAST(text AS BLOB)) FROM messages"
+                             " WHERE id=? AND recipient=?", (ident, recipient)).fetchone()
+            if row is None:
+                return False
+            if not row[0]:
+                db.execute("UPDATE messages SET read=1 WHERE id=?", (ident,))
+                db.execute("UPDATE boxes SET unread=unread-1, bytes=bytes-? WHERE recipient=?",
+                           (row[1], recipient))
+            return True
+        return self._tx(work)
 
     def unread(self, recipient: str) -> defer.Deferred:
         d = self._query("SELECT COUNT(*) AS n FROM messages WHERE recipient=? AND read=0",
