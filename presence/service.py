@@ -106,15 +106,15 @@ class Limits:
     of the same names set them.  A bucket is ``(burst, per second)``."""
 
     #: POST /chat and leave-a-message, per session and per client address
-    chat_session: Tuple[float, float] = (30, 3)
-    chat_address: Tuple[float, float] = (60, 6)
+    chat_session: Tuple[float, float] = (200, 5)
+    chat_address: Tuple[float, float] = (1000, 50)
     #: unread messages and their UTF-8 bytes one message box may hold
     box_messages: int = 1000
     box_bytes: int = 4 * 1024 * 1024
     #: live guest sessions opened from one address
     guests_per_address: int = 100
     #: registrations per address: a burst of this many, as many again an hour
-    registrations: int = 20
+    registrations: int = 100
     #: failed logins to one account from addresses that never logged in to it
     account_failures: Tuple[float, float] = (20, 1 / 30)
 

@@ -327,8 +327,9 @@ class Hub:
 
     def spills_on_delivery(self, name: str) -> List[Frame]:
         """The chat frames one more frame for ``name`` would push out of a
-        full mailbox into the message box (one per session at its bound whose
-        oldest frame is chat; a chat held by several sessions counts once)."""
+        full mailbox into the message box (the oldest of each session at its
+        bound, two if a refresh would follow; a chat held by several sessions
+        counts once)."""
         user = self.users.user(name)
         if user is None:
             return []
@@ -336,10 +337,16 @@ class Hub:
         for session in user.sessions:
             mailbox = session.mailbox
             if len(mailbox) >= mailbox.bound:
-                oldest = mailbox.oldest()
-                if oldest is not None and oldest.is_chat:
-                    seen[oldest.args[1]] = oldest
+                # the frame pushes one out, and the refresh it brings another
+                for frame in mailbox.oldest(2 if self._refresh_due(session) else 1):
+                    if frame.is_chat:
+                        seen[frame.args[1]] = frame
         return list(seen.values())
+
+    @staticmethod
+    def _refresh_due(session: Session) -> bool:
+        """Whether an overflow of ``session`` now adds a ``msg refresh``."""
+        return not session.refresh_id or not session.mailbox.has(session.refresh_id)
 
     def _push(self, session: Session, frame: Frame) -> None:
         ident, evicted = session.mailbox.push(frame)
@@ -353,7 +360,7 @@ class Hub:
             for old in evicted:
                 if old.is_chat:
                     self.listener.spill(session.user.name, old)
-            if not session.refresh_id or not session.mailbox.has(session.refresh_id):
+            if self._refresh_due(session):
                 refresh = frames.refresh(display_name(session.active))
                 rid, more = session.mailbox.push(refresh)
                 for old in more:

@@ -88,10 +88,12 @@ class Mailbox:
             return [(first + i, frames[i]) for i in range(limit)]
         return list(enumerate(frames, first))
 
-    def oldest(self) -> Frame | None:
-        """The oldest unacknowledged frame (the next to leave), or None."""
+    def oldest(self, n: int = 1) -> List[Frame]:
+        """The ``n`` oldest unacknowledged frames (the next to leave)."""
         frames = self._frames
-        return frames[0] if frames else None
+        if not frames:
+            return []
+        return [frames[i] for i in range(min(n, len(frames)))]
 
     def has(self, ident: int) -> bool:
         """Whether the frame ``ident`` is still unacknowledged."""
