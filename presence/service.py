@@ -24,7 +24,7 @@ from zope.interface import implementer
 from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.hub import Hub, IHubListener
-from presence.core.ratelimit import RateLimiter, RecentSet, take_all
+from presence.core.ratelimit import RateLimiter, RecentSet, address_key, take_all
 from presence.core.tables import Session, book_key
 from presence.errors import (
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, TooMany, Unauthorized,
@@ -171,7 +171,7 @@ class PresenceService:
             raise BadRequest("email is not an e-mail address")
         if wireless and not (isinstance(wireless, str) and MSISDN_RE.match(wireless)):
             raise BadRequest("wireless must be a handset number: '+' and 3-15 digits")
-        wait = take_all([(self.register_limit, ip)], self.clock.seconds())
+        wait = take_all([(self.register_limit, address_key(ip))], self.clock.seconds())
         if wait is not None:
             raise TooMany("too many registrations from this address; try again later",
                           retry_after=wait)
@@ -186,28 +186,32 @@ class PresenceService:
 
     async def login(self, name: Any, password: Any, ip: str = "", port: int = 0) -> Session:
         now = self.clock.seconds()
-        if not self.login_failures.allowed(ip, now):
+        who = address_key(ip)
+        if not self.login_failures.allowed(who, now):
             raise TooMany("too many failed logins from this address; try again later",
-                          retry_after=self.login_failures.wait(ip, now))
+                          retry_after=self.login_failures.wait(who, now))
         if not isinstance(name, str) or not isinstance(password, str) or not name:
             raise BadRequest("username and password are required")
-        # an address that logged in to this account before keeps its own
-        # allowance: guessing from elsewhere never locks the owner out
-        known = (name, ip) in self.known_addresses
-        if not known and not self.account_failures.allowed(name, now):
+        # only a possible account name is a key (bounded, and no stranger's
+        # 60-KB "name" is kept); an address that logged in to this account
+        # before keeps its own allowance: guessing from elsewhere never locks
+        # the owner out
+        account = name if NAME_RE.match(name) else None
+        known = (name, who) in self.known_addresses
+        if account and not known and not self.account_failures.allowed(account, now):
             raise TooMany("too many failed logins to this account; try again later",
-                          retry_after=self.account_failures.wait(name, now))
-        user = await self.store.get_user(name) if NAME_RE.match(name) else None
+                          retry_after=self.account_failures.wait(account, now))
+        user = await self.store.get_user(name) if account else None
         # one hash either way: an unknown name answers as slowly as a wrong password
         stored = user["password_hash"] if user is not None else self._dummy_hash
         ok = await self._hash(passwords.check_password, password, stored)
         if not ok or user is None:
             now = self.clock.seconds()
-            self.login_failures.take(ip, now)
-            if not known:
-                self.account_failures.take(name, now)
+            self.login_failures.take(who, now)
+            if account and not known:
+                self.account_failures.take(account, now)
             raise Unauthorized("wrong username or password")
-        self.known_addresses.add((name, ip))
+        self.known_addresses.add((name, who))
         session = await self._open_user(name, ip, port)
         self.log.info("{user} logged in from {ip}", user=name, ip=ip)
         return session
@@ -240,12 +244,13 @@ class PresenceService:
 
     def guest(self, ip: str = "", port: int = 0) -> Session:
         now = self.clock.seconds()
-        if self.hub.guests_by_ip.get(ip, 0) >= self.limits.guests_per_address:
+        who = address_key(ip)
+        if self.hub.guests_by_ip.get(who, 0) >= self.limits.guests_per_address:
             raise TooMany("this address holds as many guest sessions as it may;"
                           " end one or try again later")
-        if not self.guest_limit.take(ip, now):
+        if not self.guest_limit.take(who, now):
             raise TooMany("too many guest sessions from this address; try again later",
-                          retry_after=self.guest_limit.wait(ip, now))
+                          retry_after=self.guest_limit.wait(who, now))
         if len(self.hub.guest_sessions) >= self.max_guests:
             raise TooMany("the server holds as many guests as it can; try again later")
         name = GUEST_PREFIX + secrets.token_hex(4)
@@ -341,7 +346,7 @@ class PresenceService:
             return True
         if not isinstance(password, str) or not password:
             return False
-        key = f"{ip} {group['name']}"
+        key = f"{address_key(ip)} {group['name']}"
         now = self.clock.seconds()
         if not self.group_failures.allowed(key, now):
             raise TooMany("too many wrong passwords for this group from this address;"
@@ -458,7 +463,7 @@ class PresenceService:
     def _chat_allowance(self, session: Session, ip: Optional[str] = None) -> None:
         """Spend one chat of ``session`` and of its address (the one given,
         else the one it logged in from), or 429 with the seconds to wait."""
-        address = session.ip if ip is None else ip
+        address = address_key(session.ip if ip is None else ip)
         wait = take_all([(self.chat_by_session, session.id),
                          (self.chat_by_address, address)], self.clock.seconds())
         if wait is not None:
@@ -497,12 +502,15 @@ class PresenceService:
                 raise BadRequest("seq must be a whole number (the sender's own counter)")
             seq = str(int(seq))
         required(to, "to")
-        self._chat_allowance(session)
+        # a retry of a chat already taken is answered again at no cost
+        repeat = seq is not None and session.seqs is not None and seq in session.seqs
+        if not repeat:
+            self._chat_allowance(session)
         if self.hub.users.user(to) is not None:
             peer = to
         else:
             peer = await self.user_named(to)
-        if self.hub.is_online(peer):
+        if not repeat and self.hub.is_online(peer):
             await self._room_for_spill(peer)
         msgid = secrets.token_hex(6)
         delivered, msgid, fresh = self.hub.chat(session, peer, text, seq, msgid)
@@ -519,9 +527,10 @@ class PresenceService:
                             ip: str = "") -> int:
         if session is None:
             now = self.clock.seconds()
-            if not self.anonymous_limit.take(ip, now):
+            who = address_key(ip)
+            if not self.anonymous_limit.take(who, now):
                 raise TooMany("too many messages from this address; try again later",
-                              retry_after=self.anonymous_limit.wait(ip, now))
+                              retry_after=self.anonymous_limit.wait(who, now))
         text = check_text(text)
         if session is not None:
             self._chat_allowance(session, ip or None)

@@ -3,7 +3,7 @@ per key with a capacity, a refill rate, and a bounded number of keys."""
 
 from __future__ import annotations
 
-from presence.core.ratelimit import RateLimiter, RecentSet, take_all
+from presence.core.ratelimit import RateLimiter, RecentSet, address_key, take_all
 
 
 def takes(limiter: RateLimiter, key: str, now: float, n: int) -> list:
@@ -137,3 +137,14 @@ def test_recent_set_remembers_the_newest_keys_only() -> None:
     for i in range(1000):
         recent.add(i)
     assert len(recent) == 2
+
+
+def test_address_key_limits_ipv6_by_its_64_and_keeps_ipv4() -> None:
+    assert address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_key("fe80::1%eth0") == "fe80::/64"
+    assert address_key("") == ""
+    assert address_key("/tmp/socket") == "/tmp/socket"

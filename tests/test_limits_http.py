@@ -425,3 +425,33 @@ def test_an_unknown_user_costs_one_hash_like_a_wrong_password(logged_errors):
         assert [fn for fn, _ in calls] == [passwords.check_password], name
         cost = int(calls[0][1][1].split("$")[1])
         assert cost == world.service.hash_cost     # the same work factor
+
+
+# -- details: IPv6 neighbours, retries, memory ---------------------------------------
+
+def test_one_ipv6_64_counts_as_one_address(w):
+    for i in range(3):
+        w.service.guest(f"2001:db8:0:1::{i + 1}", 4000)
+    with pytest.raises(service_module.TooMany):
+        w.service.guest("2001:db8:0:1:ffff::9", 4000)     # the same /64
+    w.service.guest("2001:db8:0:2::1", 4000)               # the next /64
+
+
+def test_a_retry_of_an_accepted_chat_is_answered_even_when_limited(w):
+    bob = w.user("bob")
+    bob.heartbeat()
+    eve = w.user("eve")
+    first = eve.post("/chat", to="bob", msg="hello", seq="1")
+    assert first.status == 202
+    assert chats(eve, "bob", 5)[-1] == 429                  # the bucket is empty now
+    again = eve.post("/chat", to="bob", msg="hello", seq="1")
+    assert again.status == 202 and again.json["msgid"] == first.json["msgid"]
+    assert eve.post("/chat", to="bob", msg="new", seq="2").status == 429
+
+
+def test_a_stranger_cannot_grow_the_per_account_memory_with_made_up_names(w):
+    for i in range(20):
+        reply = w.browser().post("/api/login", username=f"No Such Name {i}" * 100,
+                                 password="x")
+        assert reply.status in (401, 429)
+    assert len(w.service.account_failures._buckets) == 0

@@ -36,6 +36,7 @@ from zope.interface import Attribute, Interface, implementer
 from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.mailbox import Entry, Mailbox
+from presence.core.ratelimit import address_key
 from presence.core.tables import (
     GroupTable, Session, UserState, UserTable, book_key, display_name, group_set,
 )
@@ -137,7 +138,8 @@ class Hub:
         #: pushed them over is done (not while the audience is being walked)
         self._overflowed: List[Session] = []
         self._releasing = False
-        #: live guest sessions by the address they were opened from
+        #: live guest sessions, with the address key (``address_key``) they
+        #: were opened from, and how many each address key holds
         self.guest_sessions: Dict[Session, str] = {}
         self.guests_by_ip: Dict[str, int] = {}
 
@@ -157,8 +159,8 @@ class Hub:
         self.users.add(session)
         self.groups.watch(session, book_key(name))
         if guest:
-            self.guest_sessions[session] = ip
-            self.guests_by_ip[ip] = self.guests_by_ip.get(ip, 0) + 1
+            key = self.guest_sessions[session] = address_key(ip)
+            self.guests_by_ip[key] = self.guests_by_ip.get(key, 0) + 1
         while len(user.sessions) > self.config.sessions_per_user:
             self.end(user.sessions[0], "replaced")
         return session

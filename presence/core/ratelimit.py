@@ -11,8 +11,25 @@ ever makes a limit more lenient, never unbounded memory.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from typing import Iterable, Optional, Tuple
+
+
+def address_key(ip: str) -> str:
+    """The key a client address is limited by: an IPv4 address as it is, an
+    IPv6 address by its /64 (one subscriber's usual share, which one host can
+    hop within at will), an IPv4-mapped IPv6 address as its IPv4 address;
+    anything else (a UNIX socket, none) as given."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class RateLimiter:
