@@ -472,16 +472,18 @@ class PresenceService:
     def _quota(self) -> Tuple[int, int]:
         return (self.limits.box_messages, self.limits.box_bytes)
 
-    async def _store(self, peer: str, sender: str, text: str,
-                     msgid: Optional[str] = None) -> int:
-        """Keep ``text`` in ``peer``'s box within its quota (429 when full)."""
+    async def keep_message(self, peer: str, sender: str, text: str,
+                           msgid: Optional[str] = None) -> int:
+        """Keep ``text`` in ``peer``'s message box within its quota and return
+        its id; :class:`TooMany` (429) when the box is full.  Every front-end
+        that stores a message for someone goes through here."""
         try:
             return await self.store.store_message(peer, sender, text, self.clock.seconds(),
                                                   msgid, quota=self._quota())
         except BoxFull:
             raise _box_full(peer)
 
-    async def _room_for_spill(self, peer: str) -> None:
+    async def room_for_chat(self, peer: str) -> None:
         """Before a chat pushes older chat out of ``peer``'s full mailbox
         into the message box: 429 unless the box has room for it (the
         oldest is kept, the new chat is refused and its sender told)."""
@@ -511,12 +513,12 @@ class PresenceService:
         else:
             peer = await self.user_named(to)
         if not repeat and self.hub.is_online(peer):
-            await self._room_for_spill(peer)
+            await self.room_for_chat(peer)
         msgid = secrets.token_hex(6)
         delivered, msgid, fresh = self.hub.chat(session, peer, text, seq, msgid)
         if delivered == "stored" and fresh:
             try:
-                await self._store(peer, session.user.name, text, msgid)
+                await self.keep_message(peer, session.user.name, text, msgid)
             except Exception:
                 self.hub.forget_seq(session, seq)
                 raise
@@ -536,7 +538,7 @@ class PresenceService:
             self._chat_allowance(session, ip or None)
         peer = await self.user_named(to)
         sender = session.user.name if session is not None else "anonymous"
-        ident = await self._store(peer, sender, text)
+        ident = await self.keep_message(peer, sender, text)
         self.hub.deliver(peer, frames.message(sender))
         return ident
 

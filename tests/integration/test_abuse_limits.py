@@ -44,6 +44,13 @@ def _flood(server: ServerProcess, creds: dict, to: str, stop: threading.Event,
         conn.close()
 
 
+def _until(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def _probe(api: Api, server: ServerProcess, heartbeats: Any, flood: list[dict]) -> dict:
     """While the flood runs: log in and chat to a reading friend, again and
     again; the slowest login, chat and delivery."""
@@ -59,7 +66,7 @@ def _probe(api: Api, server: ServerProcess, heartbeats: Any, flood: list[dict]) 
         t.start()
     worst = {"login": 0.0, "chat": 0.0, "delivery": 0.0, "rounds": 0}
     try:
-        time.sleep(0.5)  # the flood is under way (not a wait for a condition)
+        _until(lambda: sum(counts.values()) >= 100, "the flood to be under way")
         deadline = time.monotonic() + FLOOD_SECONDS
         while time.monotonic() < deadline:
             t0 = time.monotonic()
