@@ -117,6 +117,9 @@ class Limits:
     registrations: int = 100
     #: failed logins to one account from addresses that never logged in to it
     account_failures: Tuple[float, float] = (20, 1 / 30)
+    #: changes to one user's groups, contacts, aliases and profile (each a
+    #: durable write that others may be sent a ``msg refresh`` for)
+    changes: Tuple[float, float] = (60, 1)
 
 
 def _bucket(limit: Tuple[float, float], max_keys: int = 10000) -> RateLimiter:
@@ -151,6 +154,7 @@ class PresenceService:
         # sessions: as many keys as sessions can live; addresses as usual
         self.chat_by_session = _bucket(limits.chat_session, max_keys=100000)
         self.chat_by_address = _bucket(limits.chat_address)
+        self.changes_by_user = _bucket(limits.changes, max_keys=100000)
         #: a well-formed hash of nothing: an unknown user costs one hash too
         self._dummy_hash = passwords.unmatchable(hash_cost)
         self._hashing = 0
@@ -305,6 +309,7 @@ class PresenceService:
 
     async def add_alias(self, session: Session, alias: Any) -> str:
         self._member_only(session)
+        self._change_allowance(session)
         if not isinstance(alias, str) or not ALIAS_RE.match(alias.lower()):
             raise BadRequest("an alias is 1-64 characters of a-z, 0-9, '.', '_', '-', '@', '+'")
         alias = alias.lower()
@@ -322,8 +327,16 @@ class PresenceService:
         if session.user.guest:
             raise Forbidden("guests cannot do that: register first")
 
+    def _change_allowance(self, session: Session) -> None:
+        """Spend one change of the session's user, or 429."""
+        wait = take_all([(self.changes_by_user, session.user.name)], self.clock.seconds())
+        if wait is not None:
+            raise TooMany("you are changing your groups and contacts too fast; slow down",
+                          retry_after=wait)
+
     async def create_group(self, session: Session, name: Any, password: Any = None) -> str:
         self._member_only(session)
+        self._change_allowance(session)
         name = check_name(name, "group name")
         hashed = None
         if password:
@@ -370,6 +383,7 @@ class PresenceService:
 
     async def join(self, session: Session, name: Any, password: Any = None) -> None:
         self._member_only(session)
+        self._change_allowance(session)
         group = await self.group_named(name)
         user = session.user.name
         if user not in await self.store.members(group["name"]):
@@ -379,6 +393,7 @@ class PresenceService:
                 self.hub.membership_changed(group["name"], user, True)
 
     async def leave(self, session: Session, name: Any) -> None:
+        self._change_allowance(session)
         group = await self.group_named(name)
         if not await self.store.leave(group["name"], session.user.name):
             raise NotFound(f"you are not a member of {group['name']}")
@@ -386,12 +401,14 @@ class PresenceService:
 
     async def add_contact(self, session: Session, contact: Any) -> None:
         self._member_only(session)
+        self._change_allowance(session)
         name = await self.user_named(contact, param="contact")
         owner = session.user.name
         if await self.store.add_contact(owner, name):
             self.hub.membership_changed(book_key(owner), name, True)
 
     async def remove_contact(self, session: Session, contact: Any) -> None:
+        self._change_allowance(session)
         owner = session.user.name
         name = await self.resolve(required(contact, "contact"))
         if name is None or not await self.store.remove_contact(owner, name[1]):
@@ -451,6 +468,7 @@ class PresenceService:
     # -- chat and messages ---------------------------------------------------
 
     async def init_chat(self, session: Session, to: Any) -> bool:
+        self._chat_allowance(session)       # each one opens windows for the peer
         peer = await self.user_named(to)
         if not self.hub.is_online(peer):
             return False
@@ -670,6 +688,7 @@ class PresenceService:
         """Set the user's e-mail, phone and handset number; an empty or
         missing value clears it."""
         self._member_only(session)
+        self._change_allowance(session)
         values = []
         for value, label in ((email, "email"), (phone, "phone"), (wireless, "wireless")):
             if value is not None and not isinstance(value, str):

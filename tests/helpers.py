@@ -41,9 +41,10 @@ from presence.web.site import make_site
 
 BASE = "http://presence.test"
 PASSWORD = "correct horse"
-#: the server's limits, but chat and registrations as fast as a test sends
-#: them (on a Clock that stands still); tests of the limits pass ``Limits()``
-TEST_LIMITS = Limits(chat_session=(10**9, 1), chat_address=(10**9, 1), registrations=10**6)
+#: the server's limits, but chat, registrations and changes as fast as a test
+#: sends them (on a Clock that stands still); tests of the limits pass ``Limits()``
+TEST_LIMITS = Limits(chat_session=(10**9, 1), chat_address=(10**9, 1), registrations=10**6,
+                     changes=(10**9, 1))
 
 
 def hasher(fn, *args) -> defer.Deferred:

@@ -455,3 +455,31 @@ def test_a_stranger_cannot_grow_the_per_account_memory_with_made_up_names(w):
                                  password="x")
         assert reply.status in (401, 429)
     assert len(w.service.account_failures._buckets) == 0
+
+
+def test_initchat_counts_as_chat(w):
+    w.user("bob").heartbeat()
+    eve = w.user("eve")
+    statuses = [eve.get("/initchat", to="bob").status for _ in range(6)]
+    assert statuses == [204] * 5 + [429]
+    assert w.user("alice").get("/initchat", to="bob").status == 204
+
+
+def test_changes_to_groups_and_contacts_are_limited_per_user(logged_errors):
+    world = make_world(logged_errors, limits=Limits(changes=(4, 0.5)))
+    world.user("bob")
+    eve = world.user("eve")
+    statuses = [eve.post("/api/contacts", contact="bob").status,
+                eve.post("/api/contacts/remove", contact="bob").status,
+                eve.post("/api/groups", name="g1").status,
+                eve.post("/api/groups/g1/leave").status,
+                eve.post("/api/groups/g1/join").status]
+    assert statuses == [204, 204, 201, 204, 429]
+    limited = eve.post("/api/aliases", alias="evil")
+    assert limited.status == 429 and "too fast" in limited.error
+    assert limited.header("retry-after") == "2"
+    # another user changes their own as usual
+    alice = world.user("alice")
+    assert alice.post("/api/contacts", contact="bob").status == 204
+    world.advance(2)
+    assert eve.post("/api/groups/g1/join").status == 204

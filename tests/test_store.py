@@ -520,3 +520,26 @@ def test_unmatchable_hash_costs_a_check_and_matches_nothing():
     assert not passwords.check_password("", dummy)
     assert not passwords.check_password("anything", dummy)
     assert passwords.unmatchable(1) != dummy
+
+
+def test_page_hits_of_a_flood_are_one_write_at_a_time(path):
+    queue = Queue()
+    store = SQLiteDirectory(path, runner=queue)
+    queue_run = queue.run_one
+    store.create_user("alice", HASH)
+    queue_run()
+    hits = [store.add_hit("alice") for _ in range(1000)] + [store.add_hit("bob")]
+    assert store.queued == 1                               # the first hit alone
+    login = store.get_user("alice")
+    queue_run()                                            # hit 1
+    assert hits[0].called and not hits[1].called
+    queue_run()                                            # the login's read
+    assert login.called
+    writes = 0
+    while queue.calls:
+        queue_run()
+        writes += 1
+    assert writes == 2 and all(d.called for d in hits)     # 500 + 500 hits
+    store._run = run_now
+    assert result_of(store.record_login("alice", 1.0))["hits_offline"] == 1000
+    store.stop()

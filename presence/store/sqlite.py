@@ -9,11 +9,12 @@ before the API answers success.
 Tests pass ``runner=run_now`` to run the same SQL synchronously without
 threads or a reactor.
 
-Chat that leaves a mailbox unread (:meth:`SQLiteDirectory.spill`) does not
-take one transaction per frame: rows wait in a list while one batch
-transaction (at most ``SPILL_BATCH`` rows) is on the worker, so a session
-flooded with chat it never reads puts at most one write ahead of everyone's
-logins, however fast the chat arrives.
+Two kinds of write that strangers can cause at any rate do not take one
+transaction each: chat that leaves a mailbox unread
+(:meth:`SQLiteDirectory.spill`) and page hits while a user is offline
+(:meth:`SQLiteDirectory.add_hit`).  Each waits in a :class:`_Batch` while one
+transaction of its kind (at most ``BATCH`` items) is on the worker, so a
+flood of them puts at most one write ahead of everyone's logins.
 """
 
 from __future__ import annotations
@@ -64,8 +65,63 @@ INSERT INTO boxes (recipient, unread, bytes)
 
 Runner = Callable[..., defer.Deferred]
 Row = Tuple[str, str, str, float, Optional[str]]
-#: spilled chat rows written in one transaction at most
-SPILL_BATCH = 500
+#: spilled chat rows (or page hits) written in one transaction at most
+BATCH = 500
+SPILL_BATCH = BATCH
+
+
+class _Batch:
+    """Items written ``write(db, items)`` in one transaction, one such
+    transaction on the worker at a time; items added meanwhile wait for the
+    next.  :meth:`add` returns a Deferred that fires once its item is on
+    disk.  At stop, :meth:`finish` writes what still waits on the calling
+    thread (the worker is gone, and the callbacks of a write that was on it
+    will never run)."""
+
+    log = Logger()
+
+    def __init__(self, store: "SQLiteDirectory", write: Callable[..., Any], what: str) -> None:
+        self.store = store
+        self.write = write
+        self.what = what
+        self.items: List[Any] = []
+        self.waiters: List[defer.Deferred] = []
+        self.busy = False
+
+    def add(self, item: Any) -> defer.Deferred:
+        self.items.append(item)
+        d = defer.Deferred()
+        self.waiters.append(d)
+        if not self.busy:
+            self._next()
+        return d
+
+    def _next(self, _: Any = None) -> None:
+        if not self.items or self.store._run is None:
+            self.busy = False
+            return
+        self.busy = True
+        items, self.items = self.items[:BATCH], self.items[BATCH:]
+        waiters, self.waiters = self.waiters[:BATCH], self.waiters[BATCH:]
+        d = self.store._tx(self.write, items)
+        d.addCallbacks(self._written, self._failed, callbackArgs=(waiters,),
+                       errbackArgs=(waiters, len(items)))
+        d.addCallback(self._next)
+
+    @staticmethod
+    def _written(result: Any, waiters: List[defer.Deferred]) -> None:
+        for d in waiters:
+            d.callback(result)
+
+    def _failed(self, failure: Any, waiters: List[defer.Deferred], count: int) -> None:
+        self.log.failure("writing {count} {what} failed", failure, count=count, what=self.what)
+        for d in waiters:
+            d.errback(failure)
+
+    def finish(self) -> None:
+        if self.items:
+            items, self.items, self.waiters = self.items, [], []
+            self.store._transaction(self.write, items)()
 
 
 def run_now(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -93,9 +149,9 @@ class SQLiteDirectory:
         self._run = runner
         #: operations handed to the worker and not finished yet
         self.queued = 0
-        #: spilled chat waiting for the batch in flight to finish
-        self._spills: List[Row] = []
-        self._spilling = False
+        self._spills = _Batch(self, self._write_spills,
+                              "chat messages that left a mailbox unread")
+        self._hits = _Batch(self, self._write_hits, "page hits")
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -112,10 +168,9 @@ class SQLiteDirectory:
             self._pool.stop()
             self._pool = None
             self._run = None
-        if self._spills:
-            # the worker is gone: what still waited is written here, now
-            rows, self._spills = self._spills, []
-            self._transaction(self._write_spills, rows)()
+        # the worker is gone: what still waited is written here, now
+        self._spills.finish()
+        self._hits.finish()
         self._db.close()
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -220,8 +275,15 @@ class SQLiteDirectory:
             "UPDATE users SET last_seen=? WHERE name=?", (now, user)).rowcount)
 
     def add_hit(self, user: str) -> defer.Deferred:
-        return self._tx(lambda db: db.execute(
-            "UPDATE users SET hits_offline=hits_offline+1 WHERE name=?", (user,)).rowcount)
+        return self._hits.add(user)
+
+    @staticmethod
+    def _write_hits(db: sqlite3.Connection, names: Sequence[str]) -> None:
+        counts: dict = {}
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+        db.executemany("UPDATE users SET hits_offline=hits_offline+? WHERE name=?",
+                       [(n, name) for name, n in counts.items()])
 
     def update_profile(self, user: str, email: Optional[str] = None,
                        phone: Optional[str] = None,
@@ -316,21 +378,8 @@ class SQLiteDirectory:
 
     def spill(self, recipient: str, sender: str, text: str, now: float,
               msgid: Optional[str] = None) -> None:
-        self._spills.append((recipient, sender, text, now, msgid))
-        if not self._spilling:
-            self._next_spill()
-
-    def _next_spill(self, _: Any = None) -> None:
-        if not self._spills or self._run is None:
-            self._spilling = False
-            return
-        self._spilling = True
-        rows, self._spills = self._spills[:SPILL_BATCH], self._spills[SPILL_BATCH:]
-        d = self._tx(self._write_spills, rows)
-        d.addErrback(lambda f: self.log.failure(
-            "keeping {count} chat messages that left a mailbox unread failed", f,
-            count=len(rows)))
-        d.addCallback(self._next_spill)
+        # the failure is logged by the batch; nobody waits for a spill
+        self._spills.add((recipient, sender, text, now, msgid)).addErrback(lambda _: None)
 
     @classmethod
     def _write_spills(cls, db: sqlite3.Connection, rows: Sequence[Row]) -> int:
