@@ -920,7 +920,7 @@ def test_a_replaced_session_that_is_not_followed_goes_offline_after_linger() -> 
 # -- abuse limits (issue 11): a session that never reads, guests ---------------
 
 def test_a_session_that_never_reads_is_released_and_its_chat_kept() -> None:
-    w = World(mailbox=4, overflow_release=6)
+    w = World(mailbox=4, overflow_release=7)
     bob = w.login("bob")                            # never holds, never acks
     reader = w.login("bob")
     rch = w.attach(reader)
@@ -928,7 +928,7 @@ def test_a_session_that_never_reads_is_released_and_its_chat_kept() -> None:
     for c in chats[:9]:
         w.hub.deliver("bob", c)
         w.hub.ack(reader, reader.mailbox.last_id)   # this one reads
-    # bob's session lost fewer than 6 frames unread so far
+    # bob's session spilled 6 chats so far (one of them for a msg refresh)
     assert w.hub.session(bob.id) is bob
     w.hub.deliver("bob", chats[9])
     assert w.hub.session(bob.id) is None            # released: msg bye overflow
@@ -1022,3 +1022,17 @@ def test_a_guest_expires_after_guest_ttl_a_user_after_session_ttl() -> None:
     assert w.hub.session(held.id) is held           # a guest holding a heartbeat stays
     assert HubConfig().guest_ttl == 300.0
     assert HubConfig(mailbox=7).overflow_release == 14
+
+
+def test_an_idle_session_in_a_busy_group_is_not_released_for_presence() -> None:
+    w = World(mailbox=3, overflow_release=2)
+    idle = w.login("alice", watch="friends")        # no heartbeat, never reads
+    for i in range(100):
+        w.hub.deliver_session(idle, frames.update("online", f"u{i}"))
+    assert w.hub.session(idle.id) is idle           # presence leaving costs nothing
+    w.hub.deliver_session(idle, frames.chat("bob", "m1", "one"))
+    w.hub.deliver_session(idle, frames.chat("bob", "m2", "two"))
+    for i in range(3):
+        w.hub.deliver_session(idle, frames.update("offline", f"u{i}"))
+    assert w.hub.session(idle.id) is None           # two chats spilled: released
+    assert [f.args[1] for _, f in w.listener.spilled] == ["m1", "m2"]

@@ -12,8 +12,8 @@ session end) and presence transitions to record (last seen).
 
 A session that never reads is bounded twice: its mailbox keeps at most
 ``mailbox`` frames (older chat spills to the message box), and once it has
-spilled ``overflow_release`` frames (default: two mailboxes' worth) without
-acknowledging any, the hub ends
+spilled ``overflow_release`` chat frames (default: two mailboxes' worth)
+without acknowledging any, the hub ends
 it (``msg bye overflow``; its unread chat is kept like any session's), so
 that a flood to a reader who is not there becomes offline chat, which the
 message-box quota bounds.
@@ -96,8 +96,9 @@ class HubConfig:
     #: a guest session expires after this long without a heartbeat
     guest_ttl: float = 300.0
     mailbox: int = 1000
-    #: frames a session may lose to its mailbox bound without acknowledging
-    #: any before it is ended (``msg bye overflow``); default: twice ``mailbox``
+    #: chat frames a session may spill (lose to its mailbox bound) without
+    #: acknowledging any before it is ended (``msg bye overflow``); default:
+    #: twice ``mailbox``
     overflow_release: Optional[int] = None
     sessions_per_user: int = 16
     host_box: str = "localhost:8080"
@@ -132,7 +133,8 @@ class Hub:
         #: sessions that hold no heartbeat but whose user may still linger
         self._lingering: set[UserState] = set()
         self.held = 0
-        #: frames each session lost to its mailbox bound since its last ack
+        #: chat frames each session lost to its mailbox bound (spilled) since
+        #: its last ack; presence frames that leave cost nothing and count not
         self._evicted: Dict[Session, int] = {}
         #: sessions past ``overflow_release``, ended once the delivery that
         #: pushed them over is done (not while the audience is being walked)
@@ -354,26 +356,32 @@ class Hub:
         ident, evicted = session.mailbox.push(frame)
         entries: List[Entry] = [(ident, frame)]
         if evicted:
-            lost = self._evicted.get(session, 0) + len(evicted)
-            self._evicted[session] = lost
-            if lost >= self.config.overflow_release and lost - len(evicted) < \
-                    self.config.overflow_release:
-                self._overflowed.append(session)
-            for old in evicted:
-                if old.is_chat:
-                    self.listener.spill(session.user.name, old)
+            spilled = self._spill(session, evicted)
             if self._refresh_due(session):
                 refresh = frames.refresh(display_name(session.active))
                 rid, more = session.mailbox.push(refresh)
-                for old in more:
-                    if old.is_chat:
-                        self.listener.spill(session.user.name, old)
+                spilled += self._spill(session, more)
                 session.refresh_id = rid
                 entries.append((rid, refresh))
+            if spilled:
+                before = self._evicted.get(session, 0)
+                self._evicted[session] = before + spilled
+                limit = self.config.overflow_release
+                if before < limit <= before + spilled:
+                    self._overflowed.append(session)
         channel = session.channel
         if channel is not None:
             session.last_write = self.clock.seconds()
             channel.send(entries)
+
+    def _spill(self, session: Session, evicted: List[Frame]) -> int:
+        """Hand the chat among ``evicted`` to the listener; how many."""
+        count = 0
+        for old in evicted:
+            if old.is_chat:
+                self.listener.spill(session.user.name, old)
+                count += 1
+        return count
 
     def _release_overflowed(self) -> None:
         """End the sessions that lost ``overflow_release`` frames unread."""
