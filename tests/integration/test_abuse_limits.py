@@ -147,3 +147,47 @@ def test_with_the_default_limits_a_flood_gets_429_and_the_probe_is_unaffected(
     expect(r, 429, "a flooder over its limit")
     assert "too fast" in r.json()["error"]
     assert int(r.headers["Retry-After"]) >= 1
+
+
+def _post_from(server: ServerProcess, source: str, path: str, **form: Any) -> tuple:
+    """POST a form from the loopback address ``source`` (127.0.0.x)."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10,
+                                      source_address=(source, 0))
+    try:
+        conn.request("POST", path, body=urllib.parse.urlencode(form),
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, resp.headers, json.loads(body) if body else None
+    finally:
+        conn.close()
+
+
+def test_guessing_an_account_from_many_addresses_never_locks_out_its_owner(server, api):
+    owner = register(api, unique_name("owner"))
+    login(api, owner)                                   # from 127.0.0.1: a known address
+    for i in range(20):                                 # 10 from each of two addresses
+        status, _, _ = _post_from(server, f"127.0.0.{2 + i // 10}", "/api/login",
+                                  username=owner.name, password=f"guess {i}")
+        assert status == 401, i
+    status, headers, body = _post_from(server, "127.0.0.4", "/api/login",
+                                       username=owner.name, password=owner.password)
+    assert status == 429 and "this account" in body["error"], body
+    assert owner.password not in json.dumps(body)
+    assert int(headers["Retry-After"]) >= 1
+    login(api, owner)                                   # the owner's usual address
+    other = register(api, unique_name("other"))         # another account is untouched
+    status, _, body = _post_from(server, "127.0.0.4", "/api/login", username=other.name,
+                                 password=other.password)
+    assert status == 200, body
+
+
+def test_an_idle_guest_expires_after_guest_ttl(server_factory):
+    server = server_factory.start(guest_ttl=1, poll=0.2, linger=0)
+    api = server.api()
+    guest = api.post("/api/guest").json()
+    user = new_user(api, "stays")
+    creds = {"me": guest["username"], "id": guest["session"]}
+    _until(lambda: api.get("/api/session", query=creds).status == 403,
+           "the idle guest to expire", timeout=15)
+    expect(api.get("/api/session", query=user.auth), 200, "a user's session stays")
