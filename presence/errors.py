@@ -38,4 +38,11 @@ class TooLarge(ClientError):
 
 
 class TooMany(ClientError):
+    """429.  ``retry_after``: seconds after which trying again can succeed
+    (the JSON API sends it as a ``Retry-After`` header), None if unknown."""
+
     status = 429
+
+    def __init__(self, message: str, retry_after: "float | None" = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
@@ -23,13 +24,13 @@ from zope.interface import implementer
 from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.hub import Hub, IHubListener
-from presence.core.ratelimit import RateLimiter
+from presence.core.ratelimit import RateLimiter, RecentSet, address_key, take_all
 from presence.core.tables import Session, book_key
 from presence.errors import (
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, TooMany, Unauthorized,
 )
 from presence.store import passwords
-from presence.store.interface import IDirectory, NameTaken
+from presence.store.interface import BoxFull, IDirectory, NameTaken
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}\Z")
 ALIAS_RE = re.compile(r"[a-z0-9+][a-z0-9._@+-]{0,63}\Z")
@@ -123,10 +124,9 @@ class _Listener:
 
     def spill(self, user: str, frame: Frame) -> None:
         sender, msgid = frame.args[0], frame.args[1]
-        d = self.owner.store.store_message(user, sender, frame.payload,
-                                           self.owner.clock.seconds(), msgid)
-        d.addErrback(lambda f: self.log.failure("keeping a chat for {user} failed", f,
-                                                user=user))
+        # batched by the directory: a flood of these is one write at a time
+        self.owner.store.spill(user, sender, frame.payload, self.owner.clock.seconds(),
+                               msgid)
 
     def presence_changed(self, user: str, online: bool, now: float) -> None:
         if online or user.startswith(GUEST_PREFIX):
@@ -136,27 +136,69 @@ class _Listener:
                                                 user=user))
 
 
+@dataclass
+class Limits:
+    """What one client may do (docs/operations.md, "Limits"); the ``--`` options
+    of the same names set them.  A bucket is ``(burst, per second)``."""
+
+    #: POST /chat and leave-a-message, per session and per client address
+    chat_session: Tuple[float, float] = (200, 5)
+    chat_address: Tuple[float, float] = (1000, 50)
+    #: unread messages and their UTF-8 bytes one message box may hold
+    box_messages: int = 1000
+    box_bytes: int = 4 * 1024 * 1024
+    #: live guest sessions opened from one address
+    guests_per_address: int = 100
+    #: registrations per address: a burst of this many, as many again an hour
+    registrations: int = 100
+    #: failed logins to one account from addresses that never logged in to it
+    account_failures: Tuple[float, float] = (20, 1 / 30)
+    #: changes to one user's groups, contacts, aliases and profile (each a
+    #: durable write that others may be sent a ``msg refresh`` for)
+    changes: Tuple[float, float] = (60, 1)
+
+
+def _bucket(limit: Tuple[float, float], max_keys: int = 10000) -> RateLimiter:
+    return RateLimiter(capacity=limit[0], rate=limit[1], max_keys=max_keys)
+
+
 class PresenceService:
     log = Logger()
 
     def __init__(self, hub: Hub, store: IDirectory, hasher: Hasher,
-                 hash_cost: int = passwords.DEFAULT_COST, max_guests: int = 10000) -> None:
+                 hash_cost: int = passwords.DEFAULT_COST, max_guests: int = 10000,
+                 limits: Optional[Limits] = None) -> None:
         self.hub = hub
         self.store = store
         self.clock = hub.clock
         self.hasher = hasher
         self.hash_cost = hash_cost
         self.max_guests = max_guests
+        self.limits = limits = limits or Limits()
         hub.listener = _Listener(self)
         self.login_failures = RateLimiter(capacity=10, rate=1 / 6)
+        #: wrong passwords per account, for addresses without a past success
+        self.account_failures = _bucket(limits.account_failures)
+        #: (account, address) pairs that logged in successfully (bounded LRU)
+        self.known_addresses = RecentSet(100000)
+        #: wrong group passwords per (address, group)
+        self.group_failures = RateLimiter(capacity=10, rate=1 / 6)
+        self.register_limit = RateLimiter(capacity=limits.registrations,
+                                          rate=limits.registrations / 3600)
         self.guest_limit = RateLimiter(capacity=30, rate=1 / 2)
         self.anonymous_limit = RateLimiter(capacity=20, rate=1 / 3)
+        # sessions: as many keys as sessions can live; addresses as usual
+        self.chat_by_session = _bucket(limits.chat_session, max_keys=100000)
+        self.chat_by_address = _bucket(limits.chat_address)
+        self.changes_by_user = _bucket(limits.changes, max_keys=100000)
+        #: a well-formed hash of nothing: an unknown user costs one hash too
+        self._dummy_hash = passwords.unmatchable(hash_cost)
         self._hashing = 0
 
     # -- accounts -------------------------------------------------------------
 
     async def register(self, name: Any, password: Any, email: Any = None,
-                       phone: Any = None, wireless: Any = None) -> str:
+                       phone: Any = None, wireless: Any = None, ip: str = "") -> str:
         name = check_name(name)
         if not isinstance(password, str) or len(password) < MIN_PASSWORD:
             raise BadRequest(f"the password must be at least {MIN_PASSWORD} characters")
@@ -169,6 +211,10 @@ class PresenceService:
             raise BadRequest("email is not an e-mail address")
         if wireless and not (isinstance(wireless, str) and MSISDN_RE.match(wireless)):
             raise BadRequest("wireless must be a handset number: '+' and 3-15 digits")
+        wait = take_all([(self.register_limit, address_key(ip))], self.clock.seconds())
+        if wait is not None:
+            raise TooMany("too many registrations from this address; try again later",
+                          retry_after=wait)
         hashed = await self._hash(passwords.hash_password, password, self.hash_cost)
         try:
             await self.store.create_user(name, hashed, email or None, phone or None,
@@ -180,16 +226,32 @@ class PresenceService:
 
     async def login(self, name: Any, password: Any, ip: str = "", port: int = 0) -> Session:
         now = self.clock.seconds()
-        if not self.login_failures.allowed(ip, now):
-            raise TooMany("too many failed logins from this address; try again later")
+        who = address_key(ip)
+        if not self.login_failures.allowed(who, now):
+            raise TooMany("too many failed logins from this address; try again later",
+                          retry_after=self.login_failures.wait(who, now))
         if not isinstance(name, str) or not isinstance(password, str) or not name:
             raise BadRequest("username and password are required")
-        user = await self.store.get_user(name) if NAME_RE.match(name) else None
-        ok = user is not None and await self._hash(
-            passwords.check_password, password, user["password_hash"])
-        if not ok:
-            self.login_failures.take(ip, self.clock.seconds())
+        # only a possible account name is a key (bounded, and no stranger's
+        # 60-KB "name" is kept); an address that logged in to this account
+        # before keeps its own allowance: guessing from elsewhere never locks
+        # the owner out
+        account = name if NAME_RE.match(name) else None
+        known = (name, who) in self.known_addresses
+        if account and not known and not self.account_failures.allowed(account, now):
+            raise TooMany("too many failed logins to this account; try again later",
+                          retry_after=self.account_failures.wait(account, now))
+        user = await self.store.get_user(name) if account else None
+        # one hash either way: an unknown name answers as slowly as a wrong password
+        stored = user["password_hash"] if user is not None else self._dummy_hash
+        ok = await self._hash(passwords.check_password, password, stored)
+        if not ok or user is None:
+            now = self.clock.seconds()
+            self.login_failures.take(who, now)
+            if account and not known:
+                self.account_failures.take(account, now)
             raise Unauthorized("wrong username or password")
+        self.known_addresses.add((name, who))
         session = await self._open_user(name, ip, port)
         self.log.info("{user} logged in from {ip}", user=name, ip=ip)
         return session
@@ -221,10 +283,15 @@ class PresenceService:
         return session
 
     def guest(self, ip: str = "", port: int = 0) -> Session:
-        if not self.guest_limit.take(ip, self.clock.seconds()):
-            raise TooMany("too many guest sessions from this address; try again later")
-        guests = sum(1 for u in self.hub.users.users.values() if u.guest)
-        if guests >= self.max_guests:
+        now = self.clock.seconds()
+        who = address_key(ip)
+        if self.hub.guests_by_ip.get(who, 0) >= self.limits.guests_per_address:
+            raise TooMany("this address holds as many guest sessions as it may;"
+                          " end one or try again later")
+        if not self.guest_limit.take(who, now):
+            raise TooMany("too many guest sessions from this address; try again later",
+                          retry_after=self.guest_limit.wait(who, now))
+        if len(self.hub.guest_sessions) >= self.max_guests:
             raise TooMany("the server holds as many guests as it can; try again later")
         name = GUEST_PREFIX + secrets.token_hex(4)
         while self.hub.users.user(name) is not None:
@@ -278,6 +345,7 @@ class PresenceService:
 
     async def add_alias(self, session: Session, alias: Any) -> str:
         self._member_only(session)
+        self._change_allowance(session)
         if not isinstance(alias, str) or not ALIAS_RE.match(alias.lower()):
             raise BadRequest("an alias is 1-64 characters of a-z, 0-9, '.', '_', '-', '@', '+'")
         alias = alias.lower()
@@ -295,8 +363,16 @@ class PresenceService:
         if session.user.guest:
             raise Forbidden("guests cannot do that: register first")
 
+    def _change_allowance(self, session: Session) -> None:
+        """Spend one change of the session's user, or 429."""
+        wait = take_all([(self.changes_by_user, session.user.name)], self.clock.seconds())
+        if wait is not None:
+            raise TooMany("you are changing your groups and contacts too fast; slow down",
+                          retry_after=wait)
+
     async def create_group(self, session: Session, name: Any, password: Any = None) -> str:
         self._member_only(session)
+        self._change_allowance(session)
         name = check_name(name, "group name")
         hashed = None
         if password:
@@ -319,11 +395,14 @@ class PresenceService:
             return True
         if not isinstance(password, str) or not password:
             return False
-        if not self.login_failures.allowed(ip, self.clock.seconds()):
-            raise TooMany("too many wrong passwords from this address; try again later")
+        key = f"{address_key(ip)} {group['name']}"
+        now = self.clock.seconds()
+        if not self.group_failures.allowed(key, now):
+            raise TooMany("too many wrong passwords for this group from this address;"
+                          " try again later", retry_after=self.group_failures.wait(key, now))
         ok = await self._hash(passwords.check_password, password, group["password_hash"])
         if not ok:
-            self.login_failures.take(ip, self.clock.seconds())
+            self.group_failures.take(key, self.clock.seconds())
         return ok
 
     async def _hash(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -340,6 +419,7 @@ class PresenceService:
 
     async def join(self, session: Session, name: Any, password: Any = None) -> None:
         self._member_only(session)
+        self._change_allowance(session)
         group = await self.group_named(name)
         user = session.user.name
         if user not in await self.store.members(group["name"]):
@@ -349,6 +429,7 @@ class PresenceService:
                 self.hub.membership_changed(group["name"], user, True)
 
     async def leave(self, session: Session, name: Any) -> None:
+        self._change_allowance(session)
         group = await self.group_named(name)
         if not await self.store.leave(group["name"], session.user.name):
             raise NotFound(f"you are not a member of {group['name']}")
@@ -356,12 +437,14 @@ class PresenceService:
 
     async def add_contact(self, session: Session, contact: Any) -> None:
         self._member_only(session)
+        self._change_allowance(session)
         name = await self.user_named(contact, param="contact")
         owner = session.user.name
         if await self.store.add_contact(owner, name):
             self.hub.membership_changed(book_key(owner), name, True)
 
     async def remove_contact(self, session: Session, contact: Any) -> None:
+        self._change_allowance(session)
         owner = session.user.name
         name = await self.resolve(required(contact, "contact"))
         if name is None or not await self.store.remove_contact(owner, name[1]):
@@ -421,6 +504,7 @@ class PresenceService:
     # -- chat and messages ---------------------------------------------------
 
     async def init_chat(self, session: Session, to: Any) -> bool:
+        self._chat_allowance(session)       # each one opens windows for the peer
         peer = await self.user_named(to)
         if not self.hub.is_online(peer):
             return False
@@ -430,6 +514,42 @@ class PresenceService:
             self.hub.deliver(peer, frames.init_chat(me))
         return True
 
+    def _chat_allowance(self, session: Session, ip: Optional[str] = None) -> None:
+        """Spend one chat of ``session`` and of its address (the one given,
+        else the one it logged in from), or 429 with the seconds to wait."""
+        address = address_key(session.ip if ip is None else ip)
+        wait = take_all([(self.chat_by_session, session.id),
+                         (self.chat_by_address, address)], self.clock.seconds())
+        if wait is not None:
+            raise TooMany("you are sending too fast; slow down", retry_after=wait)
+
+    def _quota(self) -> Tuple[int, int]:
+        return (self.limits.box_messages, self.limits.box_bytes)
+
+    async def keep_message(self, peer: str, sender: str, text: str,
+                           msgid: Optional[str] = None) -> int:
+        """Keep ``text`` in ``peer``'s message box within its quota and return
+        its id; :class:`TooMany` (429) when the box is full.  Every front-end
+        that stores a message for someone goes through here."""
+        try:
+            return await self.store.store_message(peer, sender, text, self.clock.seconds(),
+                                                  msgid, quota=self._quota())
+        except BoxFull:
+            raise _box_full(peer)
+
+    async def room_for_chat(self, peer: str) -> None:
+        """Before a chat pushes older chat out of ``peer``'s full mailbox
+        into the message box: 429 unless the box has room for it (the
+        oldest is kept, the new chat is refused and its sender told)."""
+        leaving = self.hub.spills_on_delivery(peer)
+        if not leaving:
+            return
+        unread, used = await self.store.box_usage(peer)
+        size = sum(len(f.payload.encode("utf-8", "surrogatepass")) for f in leaving)
+        if unread + len(leaving) > self.limits.box_messages or \
+                used + size > self.limits.box_bytes:
+            raise _box_full(peer)
+
     async def chat(self, session: Session, to: Any, text: Any,
                    seq: Optional[str] = None) -> Tuple[str, str]:
         text = check_text(text, "msg")
@@ -438,16 +558,21 @@ class PresenceService:
                 raise BadRequest("seq must be a whole number (the sender's own counter)")
             seq = str(int(seq))
         required(to, "to")
+        # a retry of a chat already taken is answered again at no cost
+        repeat = seq is not None and session.seqs is not None and seq in session.seqs
+        if not repeat:
+            self._chat_allowance(session)
         if self.hub.users.user(to) is not None:
             peer = to
         else:
             peer = await self.user_named(to)
+        if not repeat and self.hub.is_online(peer):
+            await self.room_for_chat(peer)
         msgid = secrets.token_hex(6)
         delivered, msgid, fresh = self.hub.chat(session, peer, text, seq, msgid)
         if delivered == "stored" and fresh:
             try:
-                await self.store.store_message(peer, session.user.name, text,
-                                               self.clock.seconds(), msgid)
+                await self.keep_message(peer, session.user.name, text, msgid)
             except Exception:
                 self.hub.forget_seq(session, seq)
                 raise
@@ -456,12 +581,18 @@ class PresenceService:
 
     async def leave_message(self, session: Optional[Session], to: Any, text: Any,
                             ip: str = "") -> int:
-        if session is None and not self.anonymous_limit.take(ip, self.clock.seconds()):
-            raise TooMany("too many messages from this address; try again later")
+        if session is None:
+            now = self.clock.seconds()
+            who = address_key(ip)
+            if not self.anonymous_limit.take(who, now):
+                raise TooMany("too many messages from this address; try again later",
+                              retry_after=self.anonymous_limit.wait(who, now))
         text = check_text(text)
+        if session is not None:
+            self._chat_allowance(session, ip or None)
         peer = await self.user_named(to)
         sender = session.user.name if session is not None else "anonymous"
-        ident = await self.store.store_message(peer, sender, text, self.clock.seconds())
+        ident = await self.keep_message(peer, sender, text)
         self.hub.deliver(peer, frames.message(sender))
         return ident
 
@@ -535,12 +666,8 @@ class PresenceService:
         """Check a protected group's password for a visitor who is not a
         member; return the group's name.  NotFound, Forbidden for a wrong
         password; wrong passwords count against ``ip`` like failed logins."""
-        now = self.clock.seconds()
-        if not self.login_failures.allowed(ip, now):
-            raise TooMany("too many wrong passwords from this address; try again later")
         group = await self.group_named(name)
-        if not await self._check_group_password(group, password):
-            self.login_failures.take(ip, self.clock.seconds())
+        if not await self._check_group_password(group, password, ip):
             raise Forbidden("wrong group password")
         return group["name"]
 
@@ -597,6 +724,7 @@ class PresenceService:
         """Set the user's e-mail, phone and handset number; an empty or
         missing value clears it."""
         self._member_only(session)
+        self._change_allowance(session)
         values = []
         for value, label in ((email, "email"), (phone, "phone"), (wireless, "wireless")):
             if value is not None and not isinstance(value, str):
@@ -613,6 +741,11 @@ class PresenceService:
         if wireless and not MSISDN_RE.match(wireless):
             raise BadRequest("the handset number must be '+' and 3-15 digits")
         await self.store.update_profile(session.user.name, email, phone, wireless)
+
+
+def _box_full(peer: str) -> TooMany:
+    return TooMany(f"{peer}'s message box is full: it holds as much unread as it may;"
+                   " try again once they have read their messages")
 
 
 def _shown(value: Any) -> str:

@@ -26,7 +26,7 @@ from presence.core.hub import Hub, HubConfig
 from presence.endpoint_option import check_server_endpoint
 from presence.listen import ListenService
 from presence.pages import Pages
-from presence.service import PresenceService
+from presence.service import Limits, PresenceService
 from presence.sip import frontend as sip_frontend
 from presence.store import passwords
 from presence.store.sqlite import open_directory
@@ -94,6 +94,37 @@ def domain_detail(domain: str, http_host: str) -> str:
             return (f"{domain} (set --domain NAME so that other devices can reach"
                     " SIP URIs and links)")
     return domain
+
+
+def _pair(form: str, second: type, example: str):
+    """A ``FIRST:SECOND`` option of two positive numbers (a whole number,
+    then ``second``)."""
+    def convert(value: str) -> tuple:
+        first, sep, rest = value.partition(":")
+        if not sep:
+            raise ValueError(f"must be {form}, not {value}")
+        return (_positive(int)(first), _positive(second)(rest))
+    convert.coerceDoc = f"{form}, e.g. {example}."  # type: ignore[attr-defined]
+    return convert
+
+
+_bucket = _pair("BURST:PER_SECOND", float, "200:5")
+_quota = _pair("MESSAGES:BYTES", int, "1000:4194304")
+
+
+def limits_of(options: Any) -> Limits:
+    """The service's :class:`Limits` from the options (usage.Options passes
+    a default through as it is written, so the string defaults are parsed
+    here)."""
+    def value(name: str, parse: Any) -> Any:
+        given = options[name]
+        return parse(given) if isinstance(given, str) else given
+    box = value("box-quota", _quota)
+    return Limits(chat_session=value("chat-limit", _bucket),
+                  chat_address=value("address-chat-limit", _bucket),
+                  box_messages=box[0], box_bytes=box[1],
+                  guests_per_address=options["guests-per-address"],
+                  registrations=options["registrations-per-hour"])
 
 
 def _cost(value: str) -> int:
@@ -164,6 +195,25 @@ class Options(usage.Options):
          " them (reclaiming any cyclic garbage among frozen objects; the log line says how"
          " much) and freeze again.  That collection pauses the server about 0.6 us per"
          " object (~200 ms with 19000 held heartbeats).  0: never.", _non_negative],
+        # abuse limits (docs/operations.md, "Limits")
+        ["chat-limit", None, "200:5",
+         "Chats and left messages one session may send: a burst, then so many a"
+         " second (429 past it).", _bucket],
+        ["address-chat-limit", None, "1000:50",
+         "The same for all sessions of one client address together.", _bucket],
+        ["box-quota", None, "1000:4194304",
+         "Unread messages and their UTF-8 bytes one message box holds; storing more"
+         " is refused with 429.", _quota],
+        ["guest-ttl", None, 300.0,
+         "Seconds without a heartbeat after which a guest session expires.",
+         _positive(float)],
+        ["max-guests", None, 10000, "Guest sessions the server holds at most.",
+         _positive(int)],
+        ["guests-per-address", None, 100,
+         "Live guest sessions one client address may hold.", _positive(int)],
+        ["registrations-per-hour", None, 100,
+         "Accounts one client address may register an hour (also the burst).",
+         _positive(int)],
     ] + wireless_frontend.OPTIONS + sip_frontend.OPTIONS
 
     def postOptions(self) -> None:
@@ -327,7 +377,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     config = HubConfig(
         keepalive=options["keepalive"], poll=options["poll"], linger=options["linger"],
         session_ttl=options["session-ttl"], mailbox=options["mailbox"],
-        host_box=options["host-box"] or "",
+        host_box=options["host-box"] or "", guest_ttl=options["guest-ttl"],
     )
     hub = Hub(reactor, config)
     HubService(hub).setServiceParent(top)  # stops before the directory
@@ -340,7 +390,8 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     def hasher(fn, *args):
         return threads.deferToThreadPool(reactor, hash_pool, fn, *args)
 
-    service = PresenceService(hub, store, hasher, hash_cost=options["hash-cost"])
+    service = PresenceService(hub, store, hasher, hash_cost=options["hash-cost"],
+                              max_guests=options["max-guests"], limits=limits_of(options))
     sweep = SweepService(hub, reactor, options["poll"])
     started = time.time()
 

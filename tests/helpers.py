@@ -34,13 +34,17 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from presence.core.hub import Hub, HubConfig
-from presence.service import PresenceService
+from presence.service import Limits, PresenceService
 from presence.store.sqlite import SQLiteDirectory, run_now
 from presence.sweep import SweepService
 from presence.web.site import make_site
 
 BASE = "http://presence.test"
 PASSWORD = "correct horse"
+#: the server's limits, but chat, registrations and changes as fast as a test
+#: sends them (on a Clock that stands still); tests of the limits pass ``Limits()``
+TEST_LIMITS = Limits(chat_session=(10**9, 1), chat_address=(10**9, 1), registrations=10**6,
+                     changes=(10**9, 1))
 
 
 def hasher(fn, *args) -> defer.Deferred:
@@ -302,7 +306,7 @@ class World:
     def __init__(self, path: str = ":memory:", keepalive: float = 25.0, poll: float = 4.0,
                  linger: Optional[float] = None, session_ttl: float = 3600.0,
                  mailbox: int = 1000, sessions_per_user: int = 16,
-                 start: float = 1_000_000.0) -> None:
+                 start: float = 1_000_000.0, limits: Optional[Limits] = None) -> None:
         self.clock = Clock()
         self.clock.advance(start)
         self.store = SQLiteDirectory(path, runner=run_now)
@@ -311,7 +315,8 @@ class World:
                                 sessions_per_user=sessions_per_user,
                                 host_box="box1.test:8080")
         self.hub = Hub(self.clock, self.config)
-        self.service = PresenceService(self.hub, self.store, hasher, hash_cost=1)
+        self.service = PresenceService(self.hub, self.store, hasher, hash_cost=1,
+                                       limits=limits or TEST_LIMITS)
         self.site = make_site(self.service, keepalive, reactor=self.clock)
 
     def browser(self) -> Browser:

@@ -915,3 +915,124 @@ def test_a_replaced_session_that_is_not_followed_goes_offline_after_linger() -> 
     w.advance(1)
     w.sweep()
     assert watcher.texts() == [ONLINE_BOB, OFFLINE_BOB]
+
+
+# -- abuse limits (issue 11): a session that never reads, guests ---------------
+
+def test_a_session_that_never_reads_is_released_and_its_chat_kept() -> None:
+    w = World(mailbox=4, overflow_release=7)
+    bob = w.login("bob")                            # never holds, never acks
+    reader = w.login("bob")
+    rch = w.attach(reader)
+    chats = [frames.chat("eve", f"m{i}", str(i)) for i in range(10)]
+    for c in chats[:9]:
+        w.hub.deliver("bob", c)
+        w.hub.ack(reader, reader.mailbox.last_id)   # this one reads
+    # bob's session spilled 6 chats so far (one of them for a msg refresh)
+    assert w.hub.session(bob.id) is bob
+    w.hub.deliver("bob", chats[9])
+    assert w.hub.session(bob.id) is None            # released: msg bye overflow
+    assert w.hub.session(reader.id) is reader       # the reading session stays
+    assert rch.released == []
+    spilled = [f for _, f in w.listener.spilled]
+    # every chat that left bob's session unread was kept, each once
+    assert {f.args[1] for f in spilled} == {c.args[1] for c in chats}
+    assert len(spilled) == len({f.args[1] for f in spilled})
+
+
+def test_the_release_says_bye_overflow_to_a_held_heartbeat() -> None:
+    w = World(mailbox=2, overflow_release=3)
+    s = w.login("bob")
+    ch = w.attach(s)                                # holds, but never acknowledges
+    for i in range(5):
+        w.hub.deliver("bob", frames.chat("eve", f"m{i}", str(i)))
+    assert w.hub.session(s.id) is None
+    assert ch.texts()[-1] == "msg bye overflow"
+    assert ch.released == ["overflow"]
+
+
+def test_an_ack_resets_the_overflow_count() -> None:
+    w = World(mailbox=2, overflow_release=3)
+    s = w.login("bob")
+    for i in range(40):
+        w.hub.deliver("bob", frames.chat("eve", f"m{i}", str(i)))
+        if i % 2:
+            w.hub.ack(s, s.mailbox.last_id - 1)     # reads, a little behind
+    assert w.hub.session(s.id) is s
+
+
+def test_a_release_during_a_presence_fan_out_reaches_everyone_else() -> None:
+    w = World(mailbox=1, overflow_release=1)
+    watchers = [w.login(f"w{i}", watch="bob") for i in range(5)]
+    for s in watchers:
+        w.hub.deliver_session(s, frames.chat("eve", f"x-{s.id}", "unread"))
+    bob = w.login("bob")
+    w.attach(bob)                                   # fans out to every watcher
+    for s in watchers:
+        assert w.hub.session(s.id) is None          # each lost its chat: released
+    assert len(w.listener.spilled) == 5
+    assert w.hub.stats()["sessions"] == 1
+
+
+def test_spills_on_delivery_names_the_chat_a_full_mailbox_would_lose() -> None:
+    w = World(mailbox=2)
+    a, b = w.login("bob"), w.login("bob")
+    assert w.hub.spills_on_delivery("bob") == []
+    assert w.hub.spills_on_delivery("nobody") == []
+    c1 = frames.chat("eve", "m1", "one")
+    w.hub.deliver("bob", c1)
+    assert w.hub.spills_on_delivery("bob") == []    # room left
+    w.hub.deliver("bob", frames.message("eve"))
+    assert w.hub.spills_on_delivery("bob") == [c1]  # held by both, counted once
+    w.hub.ack(a, 1)
+    assert w.hub.spills_on_delivery("bob") == [c1]  # b still holds it
+    w.hub.ack(b, 1)
+    assert w.hub.spills_on_delivery("bob") == []
+
+
+def test_guest_sessions_are_counted_per_address() -> None:
+    w = World()
+    g1 = w.login("guest.1", guest=True, ip="10.0.0.1")
+    w.login("guest.2", guest=True, ip="10.0.0.1")
+    w.login("guest.3", guest=True, ip="10.0.0.2")
+    w.login("alice", ip="10.0.0.1")
+    assert w.hub.guests_by_ip == {"10.0.0.1": 2, "10.0.0.2": 1}
+    assert len(w.hub.guest_sessions) == 3
+    w.hub.end(g1, "logout")
+    w.hub.end(g1, "logout")                         # twice: counted once
+    assert w.hub.guests_by_ip == {"10.0.0.1": 1, "10.0.0.2": 1}
+    for s in list(w.hub.guest_sessions):
+        w.hub.end(s, "logout")
+    assert w.hub.guests_by_ip == {} and w.hub.guest_sessions == {}
+
+
+def test_a_guest_expires_after_guest_ttl_a_user_after_session_ttl() -> None:
+    w = World(session_ttl=3600, guest_ttl=300)
+    guest = w.login("guest.1", guest=True)
+    user = w.login("alice")
+    held = w.login("guest.2", guest=True)
+    w.attach(held)
+    w.advance(299)
+    w.sweep()
+    assert w.hub.session(guest.id) is guest
+    w.advance(1)
+    w.sweep()
+    assert w.hub.session(guest.id) is None          # idle guest: gone after 5 min
+    assert w.hub.session(user.id) is user           # a user keeps the hour
+    assert w.hub.session(held.id) is held           # a guest holding a heartbeat stays
+    assert HubConfig().guest_ttl == 300.0
+    assert HubConfig(mailbox=7).overflow_release == 14
+
+
+def test_an_idle_session_in_a_busy_group_is_not_released_for_presence() -> None:
+    w = World(mailbox=3, overflow_release=2)
+    idle = w.login("alice", watch="friends")        # no heartbeat, never reads
+    for i in range(100):
+        w.hub.deliver_session(idle, frames.update("online", f"u{i}"))
+    assert w.hub.session(idle.id) is idle           # presence leaving costs nothing
+    w.hub.deliver_session(idle, frames.chat("bob", "m1", "one"))
+    w.hub.deliver_session(idle, frames.chat("bob", "m2", "two"))
+    for i in range(3):
+        w.hub.deliver_session(idle, frames.update("offline", f"u{i}"))
+    assert w.hub.session(idle.id) is None           # two chats spilled: released
+    assert [f.args[1] for _, f in w.listener.spilled] == ["m1", "m2"]

@@ -3,7 +3,7 @@ per key with a capacity, a refill rate, and a bounded number of keys."""
 
 from __future__ import annotations
 
-from presence.core.ratelimit import RateLimiter
+from presence.core.ratelimit import RateLimiter, RecentSet, address_key, take_all
 
 
 def takes(limiter: RateLimiter, key: str, now: float, n: int) -> list:
@@ -94,3 +94,57 @@ def test_allowed_does_not_create_keys() -> None:
     for i in range(10):
         assert limiter.allowed(f"probe{i}", 0)
     assert not limiter.take("a", 0)      # probes did not push "a" out
+
+
+# -- wait, take_all and RecentSet (issue 11: abuse limits) -----------------------
+
+def test_wait_says_when_the_next_token_comes() -> None:
+    limiter = RateLimiter(capacity=2, rate=0.5)   # one token every 2 s
+    assert limiter.wait("k", 0) == 0
+    takes(limiter, "k", 0, 2)
+    assert limiter.wait("k", 0) == 2.0
+    assert limiter.wait("k", 1.5) == 0.5
+    assert limiter.wait("k", 2) == 0
+    assert RateLimiter(capacity=1, rate=0).wait("k", 0) == 0
+    zero = RateLimiter(capacity=1, rate=0)
+    zero.take("k", 0)
+    assert zero.wait("k", 10 ** 6) == float("inf")
+
+
+def test_take_all_spends_from_every_bucket_or_from_none() -> None:
+    session = RateLimiter(capacity=3, rate=1)
+    address = RateLimiter(capacity=2, rate=0.25)
+    both = [(session, "s1"), (address, "1.2.3.4")]
+    assert take_all(both, 0) is None
+    assert take_all(both, 0) is None
+    # the address is empty: nothing is spent from the session either
+    assert take_all(both, 0) == 4.0
+    assert takes(session, "s1", 0, 2) == [True, False]
+    # another session from another address is not affected
+    assert take_all([(session, "s2"), (address, "5.6.7.8")], 0) is None
+    assert take_all(both, 4) is None
+
+
+def test_recent_set_remembers_the_newest_keys_only() -> None:
+    recent = RecentSet(max_keys=2)
+    recent.add(("alice", "1.1.1.1"))
+    recent.add(("bob", "2.2.2.2"))
+    recent.add(("alice", "1.1.1.1"))             # refreshed: bob is the oldest now
+    recent.add(("carol", "3.3.3.3"))
+    assert ("alice", "1.1.1.1") in recent and ("carol", "3.3.3.3") in recent
+    assert ("bob", "2.2.2.2") not in recent
+    assert len(recent) == 2
+    for i in range(1000):
+        recent.add(i)
+    assert len(recent) == 2
+
+
+def test_address_key_limits_ipv6_by_its_64_and_keeps_ipv4() -> None:
+    assert address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_key("fe80::1%eth0") == "fe80::/64"
+    assert address_key("") == ""
+    assert address_key("/tmp/socket") == "/tmp/socket"

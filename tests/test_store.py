@@ -405,3 +405,141 @@ def test_malformed_stored_hash_with_non_hex_key_is_false():
 
 def test_malformed_stored_hash_with_negative_cost_is_false():
     assert passwords.check_password("pw", "scrypt$-1$8$1$00$00") is False
+
+
+# -- message-box quota and batched spills (issue 11) ----------------------------------
+
+def test_box_usage_counts_unread_messages_and_their_bytes(store):
+    assert result_of(store.box_usage("bob")) == (0, 0)
+    first = result_of(store.store_message("bob", "alice", "h\u00e9", 1.0))   # 3 bytes
+    result_of(store.store_message("bob", "alice", "abcd", 2.0))
+    result_of(store.store_message("carol", "alice", "x", 2.0))
+    assert result_of(store.box_usage("bob")) == (2, 7)
+    assert result_of(store.mark_read("bob", first))
+    assert result_of(store.box_usage("bob")) == (1, 4)
+    assert result_of(store.mark_read("bob", first))          # twice: counted once
+    assert result_of(store.box_usage("bob")) == (1, 4)
+    assert not result_of(store.mark_read("carol", first))   # not carol's
+    assert result_of(store.box_usage("carol")) == (1, 1)
+
+
+def test_store_message_refuses_past_the_quota(store):
+    from presence.store.interface import BoxFull
+    for i in range(3):
+        result_of(store.store_message("bob", "alice", "abc", 1.0, quota=(3, 100)))
+    failure_of(store.store_message("bob", "alice", "abc", 1.0, quota=(3, 100)), BoxFull)
+    assert result_of(store.unread("bob")) == 3
+    # bytes: 9 used, 100 allowed
+    failure_of(store.store_message("bob", "alice", "y" * 92, 1.0, quota=(10, 100)), BoxFull)
+    result_of(store.store_message("bob", "alice", "y" * 91, 1.0, quota=(10, 100)))
+    # a repeated msgid is no new message, even in a full box
+    result_of(store.store_message("carol", "alice", "z", 1.0, "m1", quota=(1, 100)))
+    assert result_of(store.store_message("carol", "alice", "z", 1.0, "m1",
+                                         quota=(1, 100))) > 0
+    # without a quota (what spills use) the box takes it
+    result_of(store.store_message("bob", "alice", "over", 1.0))
+    assert result_of(store.box_usage("bob"))[0] == 5
+
+
+def test_the_box_counts_of_an_older_directory_are_made_once(path):
+    store = SQLiteDirectory(path, runner=run_now)
+    result_of(store.store_message("bob", "alice", "one", 1.0))
+    read = result_of(store.store_message("bob", "alice", "two", 1.0))
+    result_of(store.mark_read("bob", read))
+    store._db.execute("DROP TABLE boxes")                  # as before the quota
+    store.stop()
+    again = SQLiteDirectory(path, runner=run_now)
+    try:
+        assert result_of(again.box_usage("bob")) == (1, 3)
+    finally:
+        again.stop()
+
+
+class Queue:
+    """A worker the test runs by hand."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, fn, *args):
+        from twisted.internet import defer
+        d = defer.Deferred()
+        self.calls.append((fn, args, d))
+        return d
+
+    def run_one(self):
+        fn, args, d = self.calls.pop(0)
+        d.callback(fn(*args))
+
+
+def test_spills_are_written_in_batches_one_at_a_time(path):
+    from presence.store.sqlite import SPILL_BATCH
+    queue = Queue()
+    store = SQLiteDirectory(path, runner=queue)
+    for i in range(2 * SPILL_BATCH + 10):
+        store.spill("bob", "alice", f"t{i}", float(i), f"m{i}")
+    assert store.queued == 1 and len(queue.calls) == 1     # the first row alone
+    store.get_user("carol")                                # a login's read
+    assert store.queued == 2
+    queue.run_one()                                        # the first spill
+    queue.run_one()                                        # the read, then the next batch
+    writes = 1
+    while queue.calls:
+        queue.run_one()
+        writes += 1
+    assert writes == 4                                     # 1, 500, 500, 9 rows
+    store._run = run_now
+    assert result_of(store.unread("bob")) == 2 * SPILL_BATCH + 10
+    assert [m["text"] for m in result_of(store.messages("bob", limit=3))] == [
+        f"t{i}" for i in (1009, 1008, 1007)]
+    store.stop()
+
+
+def test_spills_still_waiting_are_written_at_stop(path):
+    queue = Queue()
+    store = SQLiteDirectory(path, runner=queue)
+    for i in range(5):
+        store.spill("bob", "alice", f"t{i}", 1.0, f"m{i}")
+    # at stop, the worker finishes what it was given (the first row) but the
+    # reactor no longer runs its callback; the four that waited behind it
+    # are written by stop itself
+    fn, args, _ = queue.calls.pop()
+    fn(*args)
+    store.stop()
+    again = SQLiteDirectory(path, runner=run_now)
+    try:
+        assert result_of(again.unread("bob")) == 5
+        assert result_of(again.box_usage("bob")) == (5, 10)
+    finally:
+        again.stop()
+
+
+def test_unmatchable_hash_costs_a_check_and_matches_nothing():
+    dummy = passwords.unmatchable(1)
+    assert dummy.split("$")[:4] == ["scrypt", "1", "8", "1"]
+    assert not passwords.check_password("", dummy)
+    assert not passwords.check_password("anything", dummy)
+    assert passwords.unmatchable(1) != dummy
+
+
+def test_page_hits_of_a_flood_are_one_write_at_a_time(path):
+    queue = Queue()
+    store = SQLiteDirectory(path, runner=queue)
+    queue_run = queue.run_one
+    store.create_user("alice", HASH)
+    queue_run()
+    hits = [store.add_hit("alice") for _ in range(1000)] + [store.add_hit("bob")]
+    assert store.queued == 1                               # the first hit alone
+    login = store.get_user("alice")
+    queue_run()                                            # hit 1
+    assert hits[0].called and not hits[1].called
+    queue_run()                                            # the login's read
+    assert login.called
+    writes = 0
+    while queue.calls:
+        queue_run()
+        writes += 1
+    assert writes == 2 and all(d.called for d in hits)     # 500 + 500 hits
+    store._run = run_now
+    assert result_of(store.record_login("alice", 1.0))["hits_offline"] == 1000
+    store.stop()

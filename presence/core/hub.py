@@ -10,6 +10,14 @@ Side effects that need I/O leave the core through the :class:`IHubListener`
 given to the hub: chat text to keep in a message box (mailbox overflow,
 session end) and presence transitions to record (last seen).
 
+A session that never reads is bounded twice: its mailbox keeps at most
+``mailbox`` frames (older chat spills to the message box), and once it has
+spilled ``overflow_release`` chat frames (default: two mailboxes' worth)
+without acknowledging any, the hub ends
+it (``msg bye overflow``; its unread chat is kept like any session's), so
+that a flood to a reader who is not there becomes offline chat, which the
+message-box quota bounds.
+
 Presence rule: a user is online while any of their sessions holds a heartbeat
 or ended its last one less than ``linger`` seconds ago.  Logout and expiry
 remove a session at once.  The :meth:`Hub.sweep` generator, driven a chunk at
@@ -21,13 +29,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from zope.interface import Attribute, Interface, implementer
 
 from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.mailbox import Entry, Mailbox
+from presence.core.ratelimit import address_key
 from presence.core.tables import (
     GroupTable, Session, UserState, UserTable, book_key, display_name, group_set,
 )
@@ -84,13 +93,21 @@ class HubConfig:
     poll: float = 4.0
     linger: Optional[float] = None  # default: two poll intervals
     session_ttl: float = 3600.0
+    #: a guest session expires after this long without a heartbeat
+    guest_ttl: float = 300.0
     mailbox: int = 1000
+    #: chat frames a session may spill (lose to its mailbox bound) without
+    #: acknowledging any before it is ended (``msg bye overflow``); default:
+    #: twice ``mailbox``
+    overflow_release: Optional[int] = None
     sessions_per_user: int = 16
     host_box: str = "localhost:8080"
 
     def __post_init__(self) -> None:
         if self.linger is None:
             self.linger = 2 * self.poll
+        if self.overflow_release is None:
+            self.overflow_release = 2 * self.mailbox
 
 
 @implementer(IHubListener)
@@ -116,6 +133,17 @@ class Hub:
         #: sessions that hold no heartbeat but whose user may still linger
         self._lingering: set[UserState] = set()
         self.held = 0
+        #: chat frames each session lost to its mailbox bound (spilled) since
+        #: its last ack; presence frames that leave cost nothing and count not
+        self._evicted: Dict[Session, int] = {}
+        #: sessions past ``overflow_release``, ended once the delivery that
+        #: pushed them over is done (not while the audience is being walked)
+        self._overflowed: List[Session] = []
+        self._releasing = False
+        #: live guest sessions, with the address key (``address_key``) they
+        #: were opened from, and how many each address key holds
+        self.guest_sessions: Dict[Session, str] = {}
+        self.guests_by_ip: Dict[str, int] = {}
 
     # -- sessions ---------------------------------------------------------
 
@@ -132,6 +160,9 @@ class Hub:
                           Mailbox(self.config.mailbox))
         self.users.add(session)
         self.groups.watch(session, book_key(name))
+        if guest:
+            key = self.guest_sessions[session] = address_key(ip)
+            self.guests_by_ip[key] = self.guests_by_ip.get(key, 0) + 1
         while len(user.sessions) > self.config.sessions_per_user:
             self.end(user.sessions[0], "replaced")
         return session
@@ -148,6 +179,14 @@ class Hub:
         user = session.user
         self.users.remove(session)
         self.groups.unwatch(session)
+        self._evicted.pop(session, None)
+        ip = self.guest_sessions.pop(session, None)
+        if ip is not None:
+            left = self.guests_by_ip[ip] - 1
+            if left:
+                self.guests_by_ip[ip] = left
+            else:
+                del self.guests_by_ip[ip]
         channel = session.channel
         unread = []
         if channel is not None:
@@ -212,7 +251,8 @@ class Hub:
             self._settle(session.user, now)
 
     def ack(self, session: Session, upto: int) -> None:
-        session.mailbox.ack(upto)
+        if session.mailbox.ack(upto):
+            self._evicted.pop(session, None)
         if session.refresh_id and upto >= session.refresh_id:
             session.refresh_id = 0
 
@@ -244,6 +284,7 @@ class Hub:
     def _fan_out(self, user: UserState, frame: Frame) -> None:
         for session in self.groups.audience(user):
             self._push(session, frame)
+        self._release_overflowed()
 
     def address_changed(self, session: Session, ip: str, port: int) -> None:
         """The client of ``session`` came back from another address."""
@@ -270,6 +311,7 @@ class Hub:
         frame = frames.refresh(display_name(key))
         for session in list(self.groups.watching(key)):
             self._push(session, frame)
+        self._release_overflowed()
 
     # -- delivery ---------------------------------------------------------
 
@@ -277,32 +319,80 @@ class Hub:
         user = self.users.user(name)
         if user is None:
             return 0
-        for session in user.sessions:
+        sessions = list(user.sessions)
+        for session in sessions:
             self._push(session, frame)
-        return len(user.sessions)
+        self._release_overflowed()
+        return len(sessions)
 
     def deliver_session(self, session: Session, frame: Frame) -> None:
         self._push(session, frame)
+        self._release_overflowed()
+
+    def spills_on_delivery(self, name: str) -> List[Frame]:
+        """The chat frames one more frame for ``name`` would push out of a
+        full mailbox into the message box (the oldest of each session at its
+        bound, two if a refresh would follow; a chat held by several sessions
+        counts once)."""
+        user = self.users.user(name)
+        if user is None:
+            return []
+        seen = {}
+        for session in user.sessions:
+            mailbox = session.mailbox
+            if len(mailbox) >= mailbox.bound:
+                # the frame pushes one out, and the refresh it brings another
+                for frame in mailbox.oldest(2 if self._refresh_due(session) else 1):
+                    if frame.is_chat:
+                        seen[frame.args[1]] = frame
+        return list(seen.values())
+
+    @staticmethod
+    def _refresh_due(session: Session) -> bool:
+        """Whether an overflow of ``session`` now adds a ``msg refresh``."""
+        return not session.refresh_id or not session.mailbox.has(session.refresh_id)
 
     def _push(self, session: Session, frame: Frame) -> None:
         ident, evicted = session.mailbox.push(frame)
         entries: List[Entry] = [(ident, frame)]
         if evicted:
-            for old in evicted:
-                if old.is_chat:
-                    self.listener.spill(session.user.name, old)
-            if not session.refresh_id or not session.mailbox.has(session.refresh_id):
+            spilled = self._spill(session, evicted)
+            if self._refresh_due(session):
                 refresh = frames.refresh(display_name(session.active))
                 rid, more = session.mailbox.push(refresh)
-                for old in more:
-                    if old.is_chat:
-                        self.listener.spill(session.user.name, old)
+                spilled += self._spill(session, more)
                 session.refresh_id = rid
                 entries.append((rid, refresh))
+            if spilled:
+                before = self._evicted.get(session, 0)
+                self._evicted[session] = before + spilled
+                limit = self.config.overflow_release
+                if before < limit <= before + spilled:
+                    self._overflowed.append(session)
         channel = session.channel
         if channel is not None:
             session.last_write = self.clock.seconds()
             channel.send(entries)
+
+    def _spill(self, session: Session, evicted: List[Frame]) -> int:
+        """Hand the chat among ``evicted`` to the listener; how many."""
+        count = 0
+        for old in evicted:
+            if old.is_chat:
+                self.listener.spill(session.user.name, old)
+                count += 1
+        return count
+
+    def _release_overflowed(self) -> None:
+        """End the sessions that lost ``overflow_release`` frames unread."""
+        if self._releasing:
+            return  # the outer call's loop takes the new ones too
+        self._releasing = True
+        try:
+            while self._overflowed:
+                self.end(self._overflowed.pop(0), "overflow")
+        finally:
+            self._releasing = False
 
     def chat(self, session: Session, to: str, text: str,
              seq: Optional[str], msgid: str) -> Tuple[str, str, bool]:
@@ -361,7 +451,8 @@ class Hub:
                         channel.keepalive()
                 else:
                     since = session.last_end if session.last_end is not None else session.login_time
-                    if now - since >= cfg.session_ttl:
+                    ttl = cfg.guest_ttl if session.user.guest else cfg.session_ttl
+                    if now - since >= ttl:
                         self.end(session, "expired")
             yield len(part)
 

@@ -88,6 +88,13 @@ class Mailbox:
             return [(first + i, frames[i]) for i in range(limit)]
         return list(enumerate(frames, first))
 
+    def oldest(self, n: int = 1) -> List[Frame]:
+        """The ``n`` oldest unacknowledged frames (the next to leave)."""
+        frames = self._frames
+        if not frames:
+            return []
+        return [frames[i] for i in range(min(n, len(frames)))]
+
     def has(self, ident: int) -> bool:
         """Whether the frame ``ident`` is still unacknowledged."""
         frames = self._frames

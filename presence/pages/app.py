@@ -393,11 +393,11 @@ class Pages:
         try:
             if password != p.get("password2"):
                 raise BadRequest("The two passwords differ.")
+            ip, port = client_address(request)
             name = await self.service.register(values["username"], password,
                                                values["email"] or None,
                                                values["phone"] or None,
-                                               values["wireless"] or None)
-            ip, port = client_address(request)
+                                               values["wireless"] or None, ip=ip)
             session = await self.service.login(name, password, ip, port)
         except ClientError as e:
             return await self.html(request, e.status, "Register",

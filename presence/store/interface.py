@@ -15,6 +15,10 @@ class NameTaken(Exception):
     """The name is already a user, a group or an alias."""
 
 
+class BoxFull(Exception):
+    """The recipient's message box holds as much unread as its quota allows."""
+
+
 class IDirectory(Interface):
     # -- users -------------------------------------------------------------
     def create_user(name, password_hash, email=None, phone=None, wireless=None, now=0.0):
@@ -83,9 +87,21 @@ class IDirectory(Interface):
         """The names in ``owner``'s address book, sorted."""
 
     # -- message boxes -------------------------------------------------------
-    def store_message(recipient, sender, text, now, msgid=None):
+    def store_message(recipient, sender, text, now, msgid=None, quota=None):
         """Keep a message; return its id.  A repeated ``msgid`` is kept once
-        and returns the first id."""
+        and returns the first id.  ``quota`` ``(messages, bytes)``: fail with
+        :class:`BoxFull` if the recipient already has ``messages`` unread, or
+        the text (in UTF-8 bytes) would take their unread past ``bytes``."""
+
+    def spill(recipient, sender, text, now, msgid=None):
+        """Keep chat that left a mailbox unread, past any quota (it was
+        accepted already); returns nothing.  Spills are written in batches,
+        in order, and at most one batch write waits for the storage at a
+        time; every spill made before the directory stops is kept.  A
+        repeated ``msgid`` is kept once."""
+
+    def box_usage(recipient):
+        """``(unread messages, their size in UTF-8 bytes)`` of ``recipient``."""
 
     def messages(recipient, limit=100):
         """The newest ``limit`` messages, newest first, as dicts (id, from,

@@ -23,6 +23,13 @@ def hash_password(password: str, cost: int = DEFAULT_COST) -> str:
     return f"scrypt${cost}${_R}${_P}${salt.hex()}${key.hex()}"
 
 
+def unmatchable(cost: int = DEFAULT_COST) -> str:
+    """A well-formed hash that no password matches (a random key, never
+    derived), to check against when a user does not exist: the answer then
+    costs one hash at ``cost``, the same as a wrong password's."""
+    return f"scrypt${cost}${_R}${_P}${os.urandom(16).hex()}${os.urandom(_LEN).hex()}"
+
+
 def check_password(password: str, stored: str) -> bool:
     try:
         scheme, cost, r, p, salt, key = stored.split("$")

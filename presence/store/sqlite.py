@@ -8,19 +8,27 @@ before the API answers success.
 
 Tests pass ``runner=run_now`` to run the same SQL synchronously without
 threads or a reactor.
+
+Two kinds of write that strangers can cause at any rate do not take one
+transaction each: chat that leaves a mailbox unread
+(:meth:`SQLiteDirectory.spill`) and page hits while a user is offline
+(:meth:`SQLiteDirectory.add_hit`).  Each waits in a :class:`_Batch` while one
+transaction of its kind (at most ``BATCH`` items) is on the worker, so a
+flood of them puts at most one write ahead of everyone's logins.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from presence.store.interface import IDirectory, NameTaken
+from presence.store.interface import BoxFull, IDirectory, NameTaken
 from presence.threads import Pool
 
 SCHEMA = """
@@ -45,7 +53,75 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages (recipient, id);
 """
 
+#: per recipient, the unread messages and their size in UTF-8 bytes, kept up
+#: to date by every write so that the quota check reads one row
+BOXES = """
+CREATE TABLE boxes (
+    recipient TEXT PRIMARY KEY, unread INTEGER NOT NULL, bytes INTEGER NOT NULL);
+INSERT INTO boxes (recipient, unread, bytes)
+    SELECT recipient, COUNT(*), SUM(LENGTH(CAST(text AS BLOB))) FROM messages
+    WHERE read=0 GROUP BY recipient;
+"""
+
 Runner = Callable[..., defer.Deferred]
+Row = Tuple[str, str, str, float, Optional[str]]
+#: spilled chat rows (or page hits) written in one transaction at most
+BATCH = 500
+SPILL_BATCH = BATCH
+
+
+class _Batch:
+    """Items written ``write(db, items)`` in one transaction, one such
+    transaction on the worker at a time; items added meanwhile wait for the
+    next.  :meth:`add` returns a Deferred that fires once its item is on
+    disk.  At stop, :meth:`finish` writes what still waits on the calling
+    thread (the worker is gone, and the callbacks of a write that was on it
+    will never run)."""
+
+    log = Logger()
+
+    def __init__(self, store: "SQLiteDirectory", write: Callable[..., Any], what: str) -> None:
+        self.store = store
+        self.write = write
+        self.what = what
+        self.items: List[Any] = []
+        self.waiters: List[defer.Deferred] = []
+        self.busy = False
+
+    def add(self, item: Any) -> defer.Deferred:
+        self.items.append(item)
+        d = defer.Deferred()
+        self.waiters.append(d)
+        if not self.busy:
+            self._next()
+        return d
+
+    def _next(self, _: Any = None) -> None:
+        if not self.items or self.store._run is None:
+            self.busy = False
+            return
+        self.busy = True
+        items, self.items = self.items[:BATCH], self.items[BATCH:]
+        waiters, self.waiters = self.waiters[:BATCH], self.waiters[BATCH:]
+        d = self.store._tx(self.write, items)
+        d.addCallbacks(self._written, self._failed, callbackArgs=(waiters,),
+                       errbackArgs=(waiters, len(items)))
+        d.addCallback(self._next)
+
+    @staticmethod
+    def _written(result: Any, waiters: List[defer.Deferred]) -> None:
+        for d in waiters:
+            d.callback(result)
+
+    def _failed(self, failure: Any, waiters: List[defer.Deferred], count: int) -> None:
+        self.log.failure("writing {count} {what} failed", failure, count=count, what=self.what)
+        for d in waiters:
+            d.errback(failure)
+
+    def finish(self) -> None:
+        if self.items:
+            items, self.items, self.waiters = self.items, [], []
+            self.store._transaction(self.write, items)()
 
 
 def run_now(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -55,12 +131,19 @@ def run_now(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
 
 @implementer(IDirectory)
 class SQLiteDirectory:
+    log = Logger()
+
     def __init__(self, path: str, runner: Optional[Runner] = None,
                  connect: bool = True) -> None:
         self.path = path
         self._db: Any = None
         self._pool: Optional[Pool] = None
         self._run = runner
+        #: operations handed to the worker and not finished yet
+        self.queued = 0
+        self._spills = _Batch(self, self._write_spills,
+                              "chat messages that left a mailbox unread")
+        self._hits = _Batch(self, self._write_hits, "page hits")
         if connect:
             self.connect()
 
@@ -78,6 +161,9 @@ class SQLiteDirectory:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='boxes'").fetchone():
+            # a directory from before the quota: count its boxes once
+            self._db.executescript("BEGIN;" + BOXES + "COMMIT;")
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -96,15 +182,28 @@ class SQLiteDirectory:
             self._pool = None
             self._run = None
         if self._db is not None:
+            # the worker is gone: what still waited is written here, now
+            self._spills.finish()
+            self._hits.finish()
             self._db.close()
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         if self._run is None:
             raise RuntimeError("the directory is not started")
-        return self._run(fn, *args)
+        self.queued += 1
+        d = self._run(fn, *args)
+        d.addBoth(self._done)
+        return d
+
+    def _done(self, result: Any) -> Any:
+        self.queued -= 1
+        return result
 
     def _tx(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run ``fn(db, *args)`` in one transaction on the worker."""
+        return self._call(self._transaction(fn, *args))
+
+    def _transaction(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         def work() -> Any:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -115,7 +214,7 @@ class SQLiteDirectory:
                 raise
             db.execute("COMMIT")
             return result
-        return self._call(work)
+        return work
 
     def _query(self, sql: str, *params: Any) -> defer.Deferred:
         return self._call(lambda: [dict(r) for r in self._db.execute(sql, params)])
@@ -190,8 +289,15 @@ class SQLiteDirectory:
             "UPDATE users SET last_seen=? WHERE name=?", (now, user)).rowcount)
 
     def add_hit(self, user: str) -> defer.Deferred:
-        return self._tx(lambda db: db.execute(
-            "UPDATE users SET hits_offline=hits_offline+1 WHERE name=?", (user,)).rowcount)
+        return self._hits.add(user)
+
+    @staticmethod
+    def _write_hits(db: sqlite3.Connection, names: Sequence[str]) -> None:
+        counts: dict = {}
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+        db.executemany("UPDATE users SET hits_offline=hits_offline+? WHERE name=?",
+                       [(n, name) for name, n in counts.items()])
 
     def update_profile(self, user: str, email: Optional[str] = None,
                        phone: Optional[str] = None,
@@ -254,17 +360,49 @@ class SQLiteDirectory:
 
     # -- message boxes -------------------------------------------------------
 
+    @staticmethod
+    def _usage(db: sqlite3.Connection, recipient: str) -> Tuple[int, int]:
+        row = db.execute("SELECT unread, bytes FROM boxes WHERE recipient=?",
+                         (recipient,)).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, recipient: str, sender: str, text: str,
+                now: float, msgid: Optional[str], quota: Optional[Tuple[int, int]]) -> int:
+        if msgid is not None:
+            row = db.execute("SELECT id FROM messages WHERE msgid=?", (msgid,)).fetchone()
+            if row:
+                return row[0]
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if quota is not None:
+            unread, used = SQLiteDirectory._usage(db, recipient)
+            if unread >= quota[0] or used + size > quota[1]:
+                raise BoxFull(recipient)
+        cur = db.execute("INSERT INTO messages (msgid, recipient, sender, text, time)"
+                         " VALUES (?, ?, ?, ?, ?)", (msgid, recipient, sender, text, now))
+        db.execute("INSERT INTO boxes (recipient, unread, bytes) VALUES (?, 1, ?)"
+                   " ON CONFLICT (recipient) DO UPDATE SET unread=unread+1,"
+                   " bytes=bytes+excluded.bytes", (recipient, size))
+        return cur.lastrowid
+
     def store_message(self, recipient: str, sender: str, text: str, now: float,
-                      msgid: Optional[str] = None) -> defer.Deferred:
-        def work(db: sqlite3.Connection) -> int:
-            if msgid is not None:
-                row = db.execute("SELECT id FROM messages WHERE msgid=?", (msgid,)).fetchone()
-                if row:
-                    return row[0]
-            cur = db.execute("INSERT INTO messages (msgid, recipient, sender, text, time)"
-                             " VALUES (?, ?, ?, ?, ?)", (msgid, recipient, sender, text, now))
-            return cur.lastrowid
-        return self._tx(work)
+                      msgid: Optional[str] = None,
+                      quota: Optional[Tuple[int, int]] = None) -> defer.Deferred:
+        return self._tx(self._insert, recipient, sender, text, now, msgid, quota)
+
+    def spill(self, recipient: str, sender: str, text: str, now: float,
+              msgid: Optional[str] = None) -> None:
+        # the failure is logged by the batch; nobody waits for a spill
+        self._spills.add((recipient, sender, text, now, msgid)).addErrback(lambda _: None)
+
+    @classmethod
+    def _write_spills(cls, db: sqlite3.Connection, rows: Sequence[Row]) -> int:
+        for recipient, sender, text, now, msgid in rows:
+            cls._insert(db, recipient, sender, text, now, msgid, None)
+        return len(rows)
+
+    def box_usage(self, recipient: str) -> defer.Deferred:
+        return self._call(lambda: self._usage(self._db, recipient))
 
     def messages(self, recipient: str, limit: int = 100) -> defer.Deferred:
         d = self._query("SELECT id, sender, text, time, read FROM messages WHERE recipient=?"
@@ -274,9 +412,17 @@ class SQLiteDirectory:
              "read": bool(r["read"])} for r in rows])
 
     def mark_read(self, recipient: str, ident: int) -> defer.Deferred:
-        return self._tx(lambda db: db.execute(
-            "UPDATE messages SET read=1 WHERE id=? AND recipient=?", (ident, recipient)
-        ).rowcount == 1)
+        def work(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT read, LENGTH(CAST(text AS BLOB)) FROM messages"
+                             " WHERE id=? AND recipient=?", (ident, recipient)).fetchone()
+            if row is None:
+                return False
+            if not row[0]:
+                db.execute("UPDATE messages SET read=1 WHERE id=?", (ident,))
+                db.execute("UPDATE boxes SET unread=unread-1, bytes=bytes-? WHERE recipient=?",
+                           (row[1], recipient))
+            return True
+        return self._tx(work)
 
     def unread(self, recipient: str) -> defer.Deferred:
         d = self._query("SELECT COUNT(*) AS n FROM messages WHERE recipient=? AND read=0",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
 from klein import Klein
@@ -40,6 +41,9 @@ def api(handler: Handler) -> Callable[..., Awaitable[bytes]]:
             status, body = await handler(self, request, params(request), **kw)
         except ClientError as e:
             status, body = e.status, {"error": e.message}
+            retry_after = getattr(e, "retry_after", None)
+            if retry_after is not None:
+                request.setHeader(b"retry-after", b"%d" % max(1, math.ceil(retry_after)))
         except Exception:
             log.failure("{method} {path} failed", method=request.method,
                         path=mask(request.path).decode("ascii", "replace"))
@@ -100,8 +104,10 @@ class PresenceAPI:
     @app.route("/api/register", methods=["POST"])
     @api
     async def register(self, request, p) -> Answer:
+        ip, _ = client_address(request)
         name = await self.service.register(p.get("username"), p.get("password"),
-                                           p.get("email"), p.get("phone"), p.get("wireless"))
+                                           p.get("email"), p.get("phone"), p.get("wireless"),
+                                           ip=ip)
         return 201, {"username": name}
 
     @app.route("/api/login", methods=["POST"])
