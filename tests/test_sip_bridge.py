@@ -122,7 +122,8 @@ def test_an_outside_call_rings_the_phone_and_completes(rig):
 
 
 def test_the_phone_calls_out_and_hangs_up(rig):
-    inv = invite("sip:uas@198.51.100.9:5090", via_host="127.0.0.1", via_port=5080,
+    rig.proxy.outbound = proxy_mod.OUTBOUND_PUBLIC  # a public UAS
+    inv = invite("sip:uas@93.184.216.9:5090", via_host="127.0.0.1", via_port=5080,
                  from_uri="sip:bob@example.org", contact="<sip:phone@127.0.0.1:5080>")
     rig.phone_sends(inv)
     [trying] = rig.phone_gets()
@@ -132,8 +133,8 @@ def test_the_phone_calls_out_and_hangs_up(rig):
     [out] = rig.network_gets()
     assert out.method == "INVITE" and out.values("record-route") == [PROXY_RR]
     assert NameAddr.parse(out.get("contact")).sip_uri().param("tun")
-    uas = Hop(UDP, "198.51.100.9", 5090)
-    rig.proxy.received(answer(out, 200, contact="<sip:uas@198.51.100.9:5090>").to_bytes(), uas)
+    uas = Hop(UDP, "93.184.216.9", 5090)
+    rig.proxy.received(answer(out, 200, contact="<sip:uas@93.184.216.9:5090>").to_bytes(), uas)
     [ok] = rig.phone_gets()
     assert ok.code == 200
     # the bridge puts itself last: the phone reverses the list, the bridge first
@@ -141,8 +142,8 @@ def test_the_phone_calls_out_and_hangs_up(rig):
     routes = list(reversed(ok.values("record-route")))
     dialog = dict(via_host="127.0.0.1", via_port=5080, call_id=inv.call_id, to_tag="callee1",
                   from_uri="sip:bob@example.org", extra=(("Route", ", ".join(routes)),))
-    rig.phone_sends(request("ACK", "sip:uas@198.51.100.9:5090", **dialog))
-    rig.phone_sends(request("BYE", "sip:uas@198.51.100.9:5090", cseq=2, **dialog))
+    rig.phone_sends(request("ACK", "sip:uas@93.184.216.9:5090", **dialog))
+    rig.phone_sends(request("BYE", "sip:uas@93.184.216.9:5090", cseq=2, **dialog))
     ack, bye = rig.network_gets()
     assert (ack.method, bye.method) == ("ACK", "BYE")
     assert ack.get("route") is None and bye.get("route") is None

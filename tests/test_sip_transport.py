@@ -106,6 +106,53 @@ def test_connection_bound(net, monkeypatch):
     assert SipStreamFactory(net).buildProtocol(IPv4Address("TCP", "1.2.3.4", 1)) is None
 
 
+def test_one_source_address_cannot_take_every_connection_slot(net, monkeypatch):
+    monkeypatch.setattr(transport_mod, "MAX_CONNECTIONS_PER_SOURCE", 3)
+    assert transport_mod.MAX_CONNECTIONS_PER_SOURCE < transport_mod.MAX_CONNECTIONS
+    flood = [connect(net, ("198.51.100.66", 40000 + i)) for i in range(3)]
+    factory = SipStreamFactory(net)
+    # that address is at its limit: refused; another address still connects
+    assert factory.buildProtocol(IPv4Address("TCP", "198.51.100.66", 40010)) is None
+    other, transport = connect(net, ("198.51.100.7", 40000))
+    assert other is not None and other.connected_
+    other.dataReceived(request("OPTIONS", "sip:example.org", transport="TCP").to_bytes())
+    assert len(net.got) == 1
+    # a slot of the flooding address frees when one of its connections closes
+    flood[0][0].connectionLost(None)
+    assert factory.buildProtocol(IPv4Address("TCP", "198.51.100.66", 40011)) is not None
+    assert net.per_source == {"198.51.100.66": 2, "198.51.100.7": 1}
+    for proto, _ in flood[1:] + [(other, transport)]:
+        proto.connectionLost(None)
+    assert net.per_source == {}
+
+
+def test_is_local_knows_every_address_of_this_machine(net):
+    assert net.is_local("127.0.0.1") and net.is_local("127.9.9.9") and net.is_local("::1")
+    assert net.is_local("0.0.0.0")
+    assert not net.is_local("93.184.216.34") and not net.is_local("10.255.255.254")
+
+
+def test_resolve_gives_every_address_of_a_name():
+    from twisted.internet.address import IPv4Address as Addr
+    from zope.interface import implementer
+    from twisted.internet.interfaces import IHostnameResolver
+
+    @implementer(IHostnameResolver)
+    class Resolver:
+        def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,
+                            transportSemantics="TCP"):
+            receiver.resolutionBegan(None)
+            for ip in ("93.184.216.34", "127.0.0.1", "93.184.216.34"):
+                receiver.addressResolved(Addr("TCP", ip, portNumber))
+            receiver.resolutionComplete()
+
+    reactor = MemoryReactorClock()
+    reactor.nameResolver = Resolver()
+    got = []
+    SipNetwork(reactor, 5060).resolve("evil.example").addCallback(got.append)
+    assert got == [["93.184.216.34", "127.0.0.1"]]
+
+
 def test_a_failing_receiver_breaks_nothing(net):
     def boom(data, hop):
         raise RuntimeError("boom")
@@ -163,7 +210,7 @@ def test_local_addresses(net):
     assert not net.is_local("198.51.100.7")
     got = []
     net.resolve("10.1.2.3").addCallback(got.append)
-    assert got == ["10.1.2.3"]
+    assert got == [["10.1.2.3"]]
 
 
 # -- the real proxy behind the real protocols --------------------------------------------------
