@@ -16,15 +16,15 @@ What it does with a request (from the network or from a tunnel session):
    URI scheme (``416``), ``Max-Forwards`` (``483`` at zero), loops (``482``,
    a ``Via`` of ours whose branch carries the hash this request would get),
    ``Proxy-Require`` (``420``: no extensions are supported);
-2. ``100 Trying`` at once for INVITE;
-3. route processing (16.4): a first ``Route`` naming this proxy is removed;
-4. the target (16.5): ``sip:<user>@<domain or our address>`` is a user (or
+2. route processing (16.4): a first ``Route`` naming this proxy is removed;
+3. the target (16.5): ``sip:<user>@<domain or our address>`` is a user (or
    alias) looked up in the directory: unknown ``404``, no live session
    ``480``, else every session of the user (parallel forking); a URI with our
    ``tun`` parameter is the one session whose Contact it replaced; a URI for
-   anyone else, or a further ``Route``, is forwarded only for a request from a
-   tunnel session (authenticated): from the network it gets ``403`` (not an
-   open relay);
+   anyone else, or a further ``Route``, gets ``403`` from the network (not an
+   open relay), and from a tunnel session only what its role allows (below);
+4. ``100 Trying`` for an INVITE that is looked up or forwarded (a final
+   known at once goes alone);
 5. forwarding (16.6): a copy per target with ``Max-Forwards`` decremented (or
    ``70`` inserted), ``Record-Route: <sip:host:port;lr>`` for requests that
    may make a dialog, our ``Via`` with a fresh ``z9hG4bK`` branch (the loop
@@ -40,11 +40,26 @@ What it does with a request (from the network or from a tunnel session):
    ``sip:<user>@<our address>;tun=<token>`` (the token names the session and
    is not its ID) so that the far end reaches the session through us.
 
+What a tunnel session may make the proxy send (no open relay, no SSRF):
+guests no request at all (``403``; they answer calls); registered users
+requests to users of the domain, in-dialog requests of dialogs the proxy
+relayed with their session in it (:class:`Dialogs`: to the peer the dialog
+was made with, or a public address), and with ``outbound="public"``
+(``--sip-outbound``) new requests to public addresses.  Every name is
+resolved first and every address it resolves to checked
+(:func:`forbidden_address`, :meth:`SipProxy.forbidden_destination`): never
+loopback, link-local, private, shared, multicast or reserved ranges, never
+an address of this machine nor a listener of this server.  A refusal is a
+``403`` with the reason as a ``msg sipresp`` frame; nothing is sent.
+``POST /sip`` is rate-limited per session (``429``) and network messages
+per source address (dropped).
+
 Transactions (RFC 3261 section 17, with RFC 6026's Accepted state) are kept
 in two tables and dropped by their timers, so memory follows the calls in
 progress, not the traffic seen; past :data:`MAX_TRANSACTIONS` new requests
 get ``503``.  Over UDP requests and final non-2xx responses are retransmitted
-(timers A, E, G); the tunnel and TCP are reliable.  ACK of a non-2xx final is
+(timers A, E, G; G only after a provisional: before it the client's own
+retransmissions fetch the final again); the tunnel and TCP are reliable.  ACK of a non-2xx final is
 hop by hop: the proxy sends it itself downstream and absorbs the one from
 upstream.
 """
