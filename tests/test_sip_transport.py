@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import List, Tuple
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -16,6 +17,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from helpers import logged_errors, world  # noqa: F401  (fixtures)
+from presence.sip import proxy as proxy_mod
 from presence.sip import transport as transport_mod
 from presence.sip.message import ParseError, parse
 from presence.sip.proxy import TCP, UDP, Hop, SipProxy
@@ -225,15 +227,25 @@ def wired(world):
     proxy.stop()
 
 
-def test_tcp_invite_for_an_unknown_user_gets_100_and_404_on_the_connection(wired):
+def test_tcp_invites_are_answered_on_the_connection(wired):
     net, proxy = wired
     proto, transport = connect(net)
+    # an unknown user: the 404 alone (found before any 100 Trying was due)
     proto.dataReceived(invite("sip:nobody@example.org", transport="TCP").to_bytes())
     raw = transport.value()
-    first, rest = raw.split(b"\r\n\r\n", 1)
-    assert first.startswith(b"SIP/2.0 100 Trying")
-    second = parse(rest)
-    assert second.code == 404 and "Content-Length: 0" in rest.decode()
+    assert parse(raw).code == 404 and raw.count(b"SIP/2.0 ") == 1
+    assert "Content-Length: 0" in raw.decode()
+    # a slow lookup: 100 Trying after 200 ms, then the 404, on the same stream
+    transport.clear()
+    slow = defer.Deferred()
+    proxy.service.resolve = lambda name: slow
+    proto.dataReceived(invite("sip:bob@example.org", transport="TCP").to_bytes())
+    assert transport.value() == b""
+    net.reactor.advance(proxy_mod.TRYING_DELAY)
+    first, rest = transport.value().split(b"\r\n\r\n", 1)
+    assert first.startswith(b"SIP/2.0 100 Trying") and rest == b""
+    slow.callback(None)
+    assert parse(transport.value().split(b"\r\n\r\n", 1)[1]).code == 404
 
 
 def test_tcp_stream_without_length_gets_400_then_closes(wired):

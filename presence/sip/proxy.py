@@ -23,8 +23,9 @@ What it does with a request (from the network or from a tunnel session):
    ``tun`` parameter is the one session whose Contact it replaced; a URI for
    anyone else, or a further ``Route``, gets ``403`` from the network (not an
    open relay), and from a tunnel session only what its role allows (below);
-4. ``100 Trying`` for an INVITE that is looked up or forwarded (a final
-   known at once goes alone);
+4. ``100 Trying`` for an INVITE as it is forwarded: at once to a session or
+   an outside address, once the user is found (or after
+   :data:`TRYING_DELAY`) for a user; a final known before goes alone;
 5. forwarding (16.6): a copy per target with ``Max-Forwards`` decremented (or
    ``70`` inserted), ``Record-Route: <sip:host:port;lr>`` for requests that
    may make a dialog, our ``Via`` with a fresh ``z9hG4bK`` branch (the loop
@@ -96,6 +97,10 @@ T4 = 5.0
 TIMER_B = 64 * T1
 #: how long a proxied INVITE may stay in a provisional state (timer C, > 3 min)
 TIMER_C = 181.0
+#: an INVITE whose user is being looked up gets its 100 Trying when the user
+#: is found, or after this long (RFC 3261 8.2.6.1's 200 ms); an unknown or
+#: offline user's final thus goes alone, without timer G
+TRYING_DELAY = 0.2
 #: transactions (server and client) kept at once, those that wait out their
 #: final timers included (about three per call for 32 s); past it, 503
 MAX_TRANSACTIONS = 100_000
@@ -253,6 +258,8 @@ class ServerTxn:
         if self.state == "accepted" and not 200 <= response.code < 300:
             return
         provisional_sent = self.state == "proceeding"
+        if response.code >= 200:
+            self.timers.cancel("100")
         self.last_code = response.code
         self.last_out = self.proxy._send_upstream(self, response)
         code = response.code
@@ -276,6 +283,13 @@ class ServerTxn:
             self.timers.start("H", TIMER_B, self.terminate)
         else:
             self.timers.start("J", TIMER_B if self.hop.transport != TCP else 0, self.terminate)
+
+    def trying(self) -> None:
+        """``100 Trying`` for an INVITE, unless a response went already."""
+        self.timers.cancel("100")
+        if self.is_invite and self.state == "trying" and self.request is not None:
+            self.respond(make_response(self.request, 100, None, None,
+                                       [("Server", SERVER_NAME)]))
 
     def _release(self) -> None:
         """A final response went: keep only what answers repeats (the
@@ -826,10 +840,13 @@ class SipProxy:
             return
         forwarded = request.copy()
         target = self._target(forwarded, stx.hop)
-        if request.method == "INVITE" and target.kind not in ("error", "self"):
-            # before the lookup or the forwarding; a final known at once goes
-            # alone (and the caller's retransmissions get it again)
-            stx.respond(make_response(request, 100, None, None, [("Server", SERVER_NAME)]))
+        # 100 Trying as the request is forwarded, or when its user is found
+        # (or the lookup is slow); a final known before goes alone, and the
+        # caller's retransmissions get it again
+        if target.kind == "user":
+            stx.timers.start("100", TRYING_DELAY, stx.trying)
+        elif target.kind in ("session", "outside"):
+            stx.trying()
         if target.kind == "error":
             self._count(f"refused_{target.code}")
             self._reply(stx, target.code, reason=target.reason or None)
@@ -1014,6 +1031,7 @@ class SipProxy:
             self._count("offline")
             self._reply(stx, 480, reason="Temporarily Unavailable")
             return
+        stx.trying()
         self._forward(context, request, [Hop(TUNNEL, session=s) for s in sessions])
 
     def _target_failed(self, failure, context: Context, code: int = 500) -> None:
