@@ -204,6 +204,20 @@ def test_garbage_from_the_phone_is_dropped_and_broken_requests_get_400(rig):
     assert rig.bridge.counters["malformed"] >= 3
 
 
+def test_only_the_phones_host_may_send_through_the_bridge(rig):
+    """Whatever the bridge takes is sent as the user: a stranger's request
+    (another host that can reach the listening port) is dropped."""
+    call = invite("sip:alice@example.org", via_host="192.0.2.99", via_port=5080)
+    rig.phone_sends(call, source=("192.0.2.99", 5080))
+    rig.phone_sends(answer(call, 200), source=("192.0.2.99", 5080))
+    assert rig.network_gets() == [] and rig.phone_gets() == []
+    assert rig.bridge.counters["foreign"] == 2
+    # the phone itself, from another port of its host, is still taken
+    rig.phone_sends(invite("sip:alice@example.org", via_host="127.0.0.1", via_port=5099),
+                    source=("127.0.0.1", 5099))
+    assert [m.code for m in rig.phone_gets()] == [404]  # the server answered it
+
+
 def test_a_request_the_server_refuses_is_answered_to_the_phone(rig, monkeypatch):
     monkeypatch.setattr(proxy_mod, "MAX_MESSAGE", 100)
     rig.phone_sends(invite("sip:alice@example.org", via_host="127.0.0.1", via_port=5080))
