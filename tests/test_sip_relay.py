@@ -224,13 +224,26 @@ def test_a_dialog_does_not_open_other_internal_addresses(sip):
     caller = Hop(UDP, "93.184.216.50", 5060)
     inv = call_from_outside(sip, bob, caller, "<sip:x@127.0.0.1:6379;transport=tcp>")
     assert "loopback" in refused(bob, bye_to(inv, "sip:x@127.0.0.1:6379;transport=tcp"))
+    # nor other public addresses (a user calling themselves from the network
+    # must not get around --sip-outbound none): only the peer it was made with
+    for target in ("sip:x@93.184.216.99:25;transport=tcp", "sip:carol@93.184.216.50:5070"):
+        assert "not the address this dialog" in refused(bob, bye_to(inv, target))
     # the peer's own address over UDP, its port only: a spoofable source is
     # trusted no further than the very address it sent from
-    assert "loopback" not in refused(Tunnel(sip.world, "alice"), bye_to(
+    assert "only users of" in refused(Tunnel(sip.world, "alice"), bye_to(
         inv, "sip:carol@93.184.216.50:5060"))
     nothing_sent(sip)
     bob.ok(bye_to(inv, "sip:carol@93.184.216.50:5060", cseq=4))
     assert [h.host for _, h in sip.sent()] == ["93.184.216.50"]
+
+
+def test_with_outbound_public_in_dialog_requests_may_go_to_public_addresses(sip):
+    sip.proxy.outbound = proxy_mod.OUTBOUND_PUBLIC
+    bob = sip.tunnel("bob")
+    inv = call_from_outside(sip, bob, Hop(UDP, "93.184.216.50", 5060))
+    bob.ok(bye_to(inv, "sip:carol@93.184.216.51:5060"))
+    assert [h.host for _, h in sip.sent()] == ["93.184.216.51"]
+    assert "private" in refused(bob, bye_to(inv, "sip:carol@10.0.0.1", cseq=3))
 
 
 def test_only_sessions_in_the_dialog_may_use_it(sip):

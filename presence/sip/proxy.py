@@ -950,8 +950,9 @@ class SipProxy:
     def _outside_permit(self, request: Request, source: Hop) -> Optional[Dialog]:
         """Whether the tunnel user may send ``request`` outside at all: an
         in-dialog request of a dialog the proxy relayed with this session
-        in it (the dialog is returned), or with ``--sip-outbound public`` any
-        request of a registered user (guests got their 403 before)."""
+        in it (the dialog is returned: its peer is allowed), or with
+        ``--sip-outbound public`` any request of a registered user (guests
+        got their 403 before)."""
         session = source.session
         if session is not None and request.tag("to"):
             dialog = self.dialogs.find(request, session)
@@ -984,7 +985,9 @@ class SipProxy:
         """Why the proxy does not send to ``ip:port``, or None: never to a
         listener of this server nor any other address of this machine; the
         network peer of ``dialog`` is allowed even when it is a private
-        address (it talked to us from there); else only public addresses."""
+        address (it talked to us from there); else only public addresses,
+        and for an in-dialog request only with ``--sip-outbound public`` (a
+        dialog is no way around it: its peer is the one address it opens)."""
         ip = bare_host(ip).lower()
         if self._is_own_listener(ip, port):
             return "this server's own address"
@@ -993,6 +996,8 @@ class SipProxy:
         why = forbidden_address(ip)
         if why is None and self.network.is_local(ip):
             why = "this server's own address"
+        if why is None and dialog is not None and self.outbound != OUTBOUND_PUBLIC:
+            why = "not the address this dialog was made with"
         return why
 
     def _is_own_listener(self, ip: str, port: int) -> bool:
