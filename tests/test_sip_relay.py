@@ -237,6 +237,30 @@ def test_a_dialog_does_not_open_other_internal_addresses(sip):
     assert [h.host for _, h in sip.sent()] == ["93.184.216.50"]
 
 
+class Connection:
+    """Stands for the TCP connection a peer opened (weakly referenced)."""
+    connected_ = True
+
+
+def test_a_tcp_dialog_peer_is_reached_on_its_own_connection_only(sip):
+    """Over TCP the peer's address may be a NAT's or a local proxy's (Docker's
+    userland proxy shows every client as its gateway): in-dialog requests go
+    on the peer's connection, and no other port of that address is opened."""
+    bob = sip.tunnel("bob")
+    conn = Connection()
+    caller = Hop(TCP, "172.17.0.1", 40000, conn=conn)
+    inv = call_from_outside(sip, bob, caller, "<sip:carol@172.17.0.1:5060;transport=tcp>")
+    for target in ("sip:carol@172.17.0.1:5060;transport=tcp",
+                   "sip:x@172.17.0.1:6379;transport=tcp"):
+        bob.ok(bye_to(inv, target))
+        [(out, hop)] = sip.sent()
+        assert (hop.host, hop.port, hop.conn) == ("172.17.0.1", 40000, conn)
+    # once that connection is closed, the address is as private as any
+    conn.connected_ = False
+    assert "private" in refused(bob, bye_to(inv, "sip:x@172.17.0.1:6379;transport=tcp"))
+    nothing_sent(sip)
+
+
 def test_with_outbound_public_in_dialog_requests_may_go_to_public_addresses(sip):
     sip.proxy.outbound = proxy_mod.OUTBOUND_PUBLIC
     bob = sip.tunnel("bob")

@@ -469,24 +469,43 @@ def forbidden_address(ip: str) -> Optional[str]:
 class Dialog:
     """A dialog the proxy relayed (it record-routed the request that made
     it): the tunnel sessions in it (by ID) and the network peer the proxy
-    exchanged it with (``(transport, ip, port)``), if any."""
+    exchanged it with (``(transport, ip, port)``), if any, with its TCP
+    connection (weakly: the dialog does not keep it)."""
 
-    __slots__ = ("sessions", "peer", "used")
+    __slots__ = ("sessions", "peer", "used", "_conn")
 
     def __init__(self, sessions: frozenset, peer: Optional[Tuple[str, str, int]],
-                 used: float) -> None:
+                 used: float, conn: Any = None) -> None:
         self.sessions = sessions
         self.peer = peer
         self.used = used
+        try:
+            self._conn = weakref.ref(conn) if conn is not None else None
+        except TypeError:  # an object without weak references (tests)
+            self._conn = lambda: conn
+
+    @property
+    def conn(self) -> Any:
+        conn = self._conn() if self._conn is not None else None
+        return conn if getattr(conn, "connected_", True) else None
 
     def is_peer(self, transport: str, ip: str, port: int) -> bool:
         """Whether ``transport:ip:port`` is the peer the dialog was made with:
-        over TCP the same IP (a TCP handshake proves the address), over UDP
-        the very address and port the peer sent from."""
+        over UDP the very address and port it sent from; over TCP its IP
+        while its connection is open (the request then goes on that
+        connection, see :meth:`peer_hop`: no new connection is opened, so
+        that a peer seen through a NAT or proxy address opens no other port
+        of that address)."""
         if self.peer is None:
             return False
         p_transport, p_ip, p_port = self.peer
-        return transport == p_transport and ip == p_ip and (transport == TCP or port == p_port)
+        if transport != p_transport or ip != p_ip:
+            return False
+        return self.conn is not None if transport == TCP else port == p_port
+
+    def peer_hop(self) -> "Hop":
+        transport, ip, port = self.peer  # type: ignore[misc]
+        return Hop(transport, ip, port, conn=self.conn if transport == TCP else None)
 
 
 class Dialogs:
@@ -510,17 +529,24 @@ class Dialogs:
             return None
         return (message.call_id, frozenset((ours, theirs)))
 
-    def add(self, message, sessions: List[Session],
-            peer: Optional[Tuple[str, str, int]]) -> None:
+    def add(self, message, sessions: List[Session], peer: Optional["Hop"]) -> None:
+        """Remember the dialog of ``message`` (a dialog-making response) with
+        ``sessions`` in it and ``peer`` (a network hop) as its peer."""
         key = self.key(message)
         if key is None:
             return
         ids = frozenset(s.id for s in sessions)
+        now = self.clock.seconds()
         known = self._dialogs.get(key)
         if known is not None:
             ids |= known.sessions
-            peer = known.peer if peer is None else peer
-        self._dialogs[key] = Dialog(ids, peer, self.clock.seconds())
+        if known is not None and peer is None:
+            known.sessions, known.used = ids, now  # a 200 after a 180: same peer
+        else:
+            address = (peer.transport, bare_host(peer.host).lower(), peer.port) \
+                if peer is not None else None
+            self._dialogs[key] = Dialog(ids, address, now,
+                                        peer.conn if peer is not None else None)
         self._dialogs.move_to_end(key)
         while len(self._dialogs) > self.limit:
             self._dialogs.popitem(last=False)
@@ -978,7 +1004,10 @@ class SipProxy:
                          host=host, port=port, why=why)
                 raise _Refused(403, f"Forbidden ({why})")
         ipv4 = [ip for ip in ips if ":" not in ip]
-        return Hop(transport, (ipv4 or ips)[0], port)
+        ip = (ipv4 or ips)[0]
+        if dialog is not None and transport == TCP and dialog.is_peer(transport, ip, port):
+            return dialog.peer_hop()  # on the peer's own connection
+        return Hop(transport, ip, port)
 
     def forbidden_destination(self, ip: str, port: int, transport: str = UDP,
                               dialog: Optional[Dialog] = None) -> Optional[str]:
@@ -1258,7 +1287,7 @@ class SipProxy:
         sessions = [h.session for h in hops if h.tunnel and h.session is not None]
         if not sessions:
             return
-        peers = [(h.transport, bare_host(h.host).lower(), h.port) for h in hops if not h.tunnel]
+        peers = [h for h in hops if not h.tunnel]
         self.dialogs.add(response, sessions, peers[0] if peers else None)
 
     def _response_context(self, ctx: ClientTxn, response: Response) -> None:
