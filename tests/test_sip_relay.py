@@ -261,6 +261,32 @@ def test_a_tcp_dialog_peer_is_reached_on_its_own_connection_only(sip):
     nothing_sent(sip)
 
 
+def test_a_response_over_a_closed_tcp_connection_opens_no_internal_port(sip):
+    """RFC 3261 18.2.2 reconnects to the received address and the Via port:
+    a caller behind a gateway address must not make the proxy connect to
+    another port of it (here 6379) by closing its connection early."""
+    bob = sip.tunnel("bob")
+    conn = Connection()
+    caller = Hop(TCP, "172.17.0.1", 40000, conn=conn)
+    inv = invite("sip:bob@example.org", via_host="203.0.113.1", via_port=6379,
+                 transport="TCP")
+    sip.send(inv.to_bytes().replace(b";rport", b""), caller)  # no rport: the Via's port
+    assert [(m.code, h.port, h.conn) for m, h in sip.sent()] == [(100, 6379, conn)]
+    conn.connected_ = False
+    bob.ok(answer(bob.one().message, 200, contact="<sip:bob@127.0.0.1:5080>"))
+    nothing_sent(sip)
+    assert sip.proxy.stats()["responses_dropped"] == 1
+    # a public address is answered as RFC 3261 says (a new connection)
+    public = Hop(TCP, "93.184.216.50", 40001, conn=Connection())
+    inv = invite("sip:bob@example.org", via_host="93.184.216.50", via_port=5060,
+                 transport="TCP")
+    sip.send(inv.to_bytes().replace(b";rport", b""), public)
+    public.conn.connected_ = False
+    bob.ok(answer(bob.one().message, 200, contact="<sip:bob@127.0.0.1:5080>"))
+    assert [(m.code, h.host, h.port) for m, h in sip.sent()] == [
+        (100, "93.184.216.50", 5060), (200, "93.184.216.50", 5060)]  # 100: on the connection
+
+
 def test_with_outbound_public_in_dialog_requests_may_go_to_public_addresses(sip):
     sip.proxy.outbound = proxy_mod.OUTBOUND_PUBLIC
     bob = sip.tunnel("bob")

@@ -280,7 +280,8 @@ def test_a_tcp_response_after_the_connection_closed_goes_to_the_via(world):
     net.receiver, net.rejecter = proxy.received, proxy.reject_malformed
     bob = world.user("bob")
     hb = bob.heartbeat()
-    proto, transport = connect(net, ("198.51.100.7", 40000))
+    # a public peer (a private one is not reconnected to: test_sip_relay.py)
+    proto, transport = connect(net, ("93.184.216.7", 40000))
     req = request("OPTIONS", "sip:bob@example.org", transport="TCP", via_port=5062)
     proto.dataReceived(req.to_bytes().replace(b";rport", b""))
     frame = [e for e in hb.events() if e.head.startswith("msg sipreq")][0]
@@ -290,7 +291,7 @@ def test_a_tcp_response_after_the_connection_closed_goes_to_the_via(world):
     proxy.from_session(bob.hub_session, answer(forwarded, 200).to_bytes())
     host, port, factory, _, _ = reactor.tcpClients[0]
     # received is the source address; no rport asked: the Via's port
-    assert (host, port) == ("198.51.100.7", 5062)
+    assert (host, port) == ("93.184.216.7", 5062)
     out = StringTransport(peerAddress=IPv4Address("TCP", host, port))
     factory.buildProtocol(None).makeConnection(out)
     assert parse(out.value()).code == 200

@@ -811,7 +811,7 @@ class SipProxy:
         if hop.tunnel:
             self._deliver_response(hop.session, txid or _txid_of(request), response)
         else:
-            self.network.send(response.to_bytes(), self._response_hop(request, hop), None)
+            self._send_response(response.to_bytes(), self._response_hop(request, hop))
 
     def _reply(self, stx: ServerTxn, code: int, extra: List[Tuple[str, str]] = (),
                reason: Optional[str] = None) -> None:
@@ -1180,7 +1180,7 @@ class SipProxy:
         if hop.tunnel:
             self._deliver_response(hop.session, _txid_of(request), response)
         else:
-            self.network.send(response.to_bytes(), self._response_hop(request, hop), None)
+            self._send_response(response.to_bytes(), self._response_hop(request, hop))
         context = stx.context
         if context is None or context.final:
             return
@@ -1373,7 +1373,7 @@ class SipProxy:
         if stx.reply_hop is None:
             stx.reply_hop = self._response_hop(stx.request, stx.hop)
         data = response.to_bytes()
-        self.network.send(data, stx.reply_hop, None)
+        self._send_response(data, stx.reply_hop)
         return data
 
     def _resend_upstream(self, stx: ServerTxn) -> None:
@@ -1381,7 +1381,22 @@ class SipProxy:
             if self._alive(stx.hop.session):
                 self.hub.deliver_session(stx.hop.session, stx.last_out)
         elif stx.reply_hop is not None:
-            self.network.send(stx.last_out, stx.reply_hop, None)
+            self._send_response(stx.last_out, stx.reply_hop)
+
+    def _send_response(self, data: bytes, hop: Hop) -> None:
+        """A response to the network.  Over TCP whose connection has closed,
+        RFC 3261 18.2.2 would open a new one to the ``received`` address and
+        the ``Via`` port, which the sender chose: only where a tunnel user
+        could send too (a source seen through a NAT or Docker's gateway must
+        not open other ports of that address); else it is dropped."""
+        if hop.transport == TCP and not getattr(hop.conn, "connected_", hop.conn is not None):
+            why = self.forbidden_destination(hop.host, hop.port, TCP)
+            if why is not None:
+                self._count("responses_dropped")
+                log.debug("a SIP response over a closed TCP connection was dropped: {why}",
+                          why=why)
+                return
+        self.network.send(data, hop, None)
 
     def _deliver_response(self, session: Session, txid: str, response: Response) -> Any:
         if not self._alive(session):
