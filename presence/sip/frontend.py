@@ -35,6 +35,7 @@ def _port(value: str) -> int:
 
 _port.coerceDoc = "A port number; 0 turns SIP off."  # type: ignore[attr-defined]
 
+
 def _outbound(value: str) -> str:
     value = value.strip().lower()
     if value not in (OUTBOUND_NONE, OUTBOUND_PUBLIC):
