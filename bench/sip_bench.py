@@ -293,7 +293,11 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
                               "from twisted.scripts.twistd import run; run()",
                               "-n", "--pidfile=", "--logfile=-", "presence", "--http",
                               "tcp:0:interface=127.0.0.1", "--data", str(work / "data"),
-                              "--sip", str(sip_port), "--smsc", "none", "--hash-cost", "1"],
+                              "--sip", str(sip_port), "--smsc", "none", "--hash-cost", "1",
+                              # one caller address and one bridge session carry
+                              # every call: lift the per-source and per-session
+                              # limits, which are sized for one person's phone
+                              "--sip-source-rate", "1000000", "--sip-session-rate", "1000000"],
                              log, cwd=work, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         m = wait_for(log, READY, server, 60)
         base = f"http://127.0.0.1:{m.group(2)}"

@@ -429,8 +429,9 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     wireless.mount(site.resource)
     sip = None
     if options["sip"]:
-        sip = sip_frontend.SipFrontEnd(service, reactor, options["sip"], options["domain"])
+        sip = sip_frontend.SipFrontEnd.from_options(options, service, reactor)
         sip.mount(site.resource)
+        gate.hooks.append(sip.ready)
     gate.hooks.append(wireless.ready)
     http = ListenService(gate.expect("http"),
                          endpoints.serverFromString(reactor, options["http"]),

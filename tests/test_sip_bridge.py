@@ -122,7 +122,8 @@ def test_an_outside_call_rings_the_phone_and_completes(rig):
 
 
 def test_the_phone_calls_out_and_hangs_up(rig):
-    inv = invite("sip:uas@198.51.100.9:5090", via_host="127.0.0.1", via_port=5080,
+    rig.proxy.outbound = proxy_mod.OUTBOUND_PUBLIC  # a public UAS
+    inv = invite("sip:uas@93.184.216.9:5090", via_host="127.0.0.1", via_port=5080,
                  from_uri="sip:bob@example.org", contact="<sip:phone@127.0.0.1:5080>")
     rig.phone_sends(inv)
     [trying] = rig.phone_gets()
@@ -132,8 +133,8 @@ def test_the_phone_calls_out_and_hangs_up(rig):
     [out] = rig.network_gets()
     assert out.method == "INVITE" and out.values("record-route") == [PROXY_RR]
     assert NameAddr.parse(out.get("contact")).sip_uri().param("tun")
-    uas = Hop(UDP, "198.51.100.9", 5090)
-    rig.proxy.received(answer(out, 200, contact="<sip:uas@198.51.100.9:5090>").to_bytes(), uas)
+    uas = Hop(UDP, "93.184.216.9", 5090)
+    rig.proxy.received(answer(out, 200, contact="<sip:uas@93.184.216.9:5090>").to_bytes(), uas)
     [ok] = rig.phone_gets()
     assert ok.code == 200
     # the bridge puts itself last: the phone reverses the list, the bridge first
@@ -141,8 +142,8 @@ def test_the_phone_calls_out_and_hangs_up(rig):
     routes = list(reversed(ok.values("record-route")))
     dialog = dict(via_host="127.0.0.1", via_port=5080, call_id=inv.call_id, to_tag="callee1",
                   from_uri="sip:bob@example.org", extra=(("Route", ", ".join(routes)),))
-    rig.phone_sends(request("ACK", "sip:uas@198.51.100.9:5090", **dialog))
-    rig.phone_sends(request("BYE", "sip:uas@198.51.100.9:5090", cseq=2, **dialog))
+    rig.phone_sends(request("ACK", "sip:uas@93.184.216.9:5090", **dialog))
+    rig.phone_sends(request("BYE", "sip:uas@93.184.216.9:5090", cseq=2, **dialog))
     ack, bye = rig.network_gets()
     assert (ack.method, bye.method) == ("ACK", "BYE")
     assert ack.get("route") is None and bye.get("route") is None
@@ -201,6 +202,20 @@ def test_garbage_from_the_phone_is_dropped_and_broken_requests_get_400(rig):
     rig.phone_sends(answer(request("OPTIONS", "sip:x@y"), 200))
     assert rig.network_gets() == []
     assert rig.bridge.counters["malformed"] >= 3
+
+
+def test_only_the_phones_host_may_send_through_the_bridge(rig):
+    """Whatever the bridge takes is sent as the user: a stranger's request
+    (another host that can reach the listening port) is dropped."""
+    call = invite("sip:alice@example.org", via_host="192.0.2.99", via_port=5080)
+    rig.phone_sends(call, source=("192.0.2.99", 5080))
+    rig.phone_sends(answer(call, 200), source=("192.0.2.99", 5080))
+    assert rig.network_gets() == [] and rig.phone_gets() == []
+    assert rig.bridge.counters["foreign"] == 2
+    # the phone itself, from another port of its host, is still taken
+    rig.phone_sends(invite("sip:alice@example.org", via_host="127.0.0.1", via_port=5099),
+                    source=("127.0.0.1", 5099))
+    assert [m.code for m in rig.phone_gets()] == [404]  # the server answered it
 
 
 def test_a_request_the_server_refuses_is_answered_to_the_phone(rig, monkeypatch):

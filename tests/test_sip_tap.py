@@ -150,3 +150,39 @@ def test_post_sip_is_mounted_and_wants_a_session(built):
     raw = RawConnection(site).send(b"GET /api/stats HTTP/1.1\r\nHost: x\r\nConnection: close"
                                    b"\r\n\r\n")
     assert b'"sip"' in raw and b"server_transactions" in raw
+
+
+def test_sip_abuse_options():
+    defaults = parse()
+    assert defaults["sip-outbound"] == "none"
+    assert defaults["sip-session-rate"] == 20 and defaults["sip-source-rate"] == 50
+    options = parse("--sip-outbound", "Public", "--sip-session-rate", "5",
+                    "--sip-source-rate", "0.5")
+    assert (options["sip-outbound"], options["sip-session-rate"],
+            options["sip-source-rate"]) == ("public", 5.0, 0.5)
+    for bad in (("--sip-outbound", "all"), ("--sip-session-rate", "0"),
+                ("--sip-source-rate", "-3"), ("--sip-source-rate", "lots")):
+        with pytest.raises(usage.UsageError):
+            parse(*bad)
+
+
+def test_help_documents_the_sip_abuse_options(capsys):
+    with pytest.raises(SystemExit):
+        parse("--help")
+    out = capsys.readouterr().out
+    for name in ("--sip-outbound=", "--sip-session-rate=", "--sip-source-rate="):
+        assert name in out
+
+
+def test_the_proxy_learns_every_listener_of_the_server_and_its_options(built):
+    top, reactor = built("--sip", "15063", "--sip-outbound", "public",
+                         "--sip-session-rate", "7", "--sip-source-rate", "9")
+    proxy = next(s for s in top if isinstance(s, SipUDPService)).front.proxy
+    assert proxy.own_listeners == set()
+    start(top)
+    # the HTTP listener (the memory reactor reports every listen on 0.0.0.0)
+    assert ("0.0.0.0", 18081) in proxy.own_listeners
+    assert ("0.0.0.0", 15063) in proxy.own_listeners
+    assert proxy.forbidden_destination("127.0.0.1", 18081) == "this server's own address"
+    assert proxy.outbound == "public"
+    assert proxy.session_limiter.rate == 7 and proxy.source_limiter.rate == 9

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import List, Tuple
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -16,6 +17,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from helpers import logged_errors, world  # noqa: F401  (fixtures)
+from presence.sip import proxy as proxy_mod
 from presence.sip import transport as transport_mod
 from presence.sip.message import ParseError, parse
 from presence.sip.proxy import TCP, UDP, Hop, SipProxy
@@ -106,6 +108,53 @@ def test_connection_bound(net, monkeypatch):
     assert SipStreamFactory(net).buildProtocol(IPv4Address("TCP", "1.2.3.4", 1)) is None
 
 
+def test_one_source_address_cannot_take_every_connection_slot(net, monkeypatch):
+    monkeypatch.setattr(transport_mod, "MAX_CONNECTIONS_PER_SOURCE", 3)
+    assert transport_mod.MAX_CONNECTIONS_PER_SOURCE < transport_mod.MAX_CONNECTIONS
+    flood = [connect(net, ("198.51.100.66", 40000 + i)) for i in range(3)]
+    factory = SipStreamFactory(net)
+    # that address is at its limit: refused; another address still connects
+    assert factory.buildProtocol(IPv4Address("TCP", "198.51.100.66", 40010)) is None
+    other, transport = connect(net, ("198.51.100.7", 40000))
+    assert other is not None and other.connected_
+    other.dataReceived(request("OPTIONS", "sip:example.org", transport="TCP").to_bytes())
+    assert len(net.got) == 1
+    # a slot of the flooding address frees when one of its connections closes
+    flood[0][0].connectionLost(None)
+    assert factory.buildProtocol(IPv4Address("TCP", "198.51.100.66", 40011)) is not None
+    assert net.per_source == {"198.51.100.66": 2, "198.51.100.7": 1}
+    for proto, _ in flood[1:] + [(other, transport)]:
+        proto.connectionLost(None)
+    assert net.per_source == {}
+
+
+def test_is_local_knows_every_address_of_this_machine(net):
+    assert net.is_local("127.0.0.1") and net.is_local("127.9.9.9") and net.is_local("::1")
+    assert net.is_local("0.0.0.0")
+    assert not net.is_local("93.184.216.34") and not net.is_local("10.255.255.254")
+
+
+def test_resolve_gives_every_address_of_a_name():
+    from twisted.internet.address import IPv4Address as Addr
+    from zope.interface import implementer
+    from twisted.internet.interfaces import IHostnameResolver
+
+    @implementer(IHostnameResolver)
+    class Resolver:
+        def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,
+                            transportSemantics="TCP"):
+            receiver.resolutionBegan(None)
+            for ip in ("93.184.216.34", "127.0.0.1", "93.184.216.34"):
+                receiver.addressResolved(Addr("TCP", ip, portNumber))
+            receiver.resolutionComplete()
+
+    reactor = MemoryReactorClock()
+    reactor.nameResolver = Resolver()
+    got = []
+    SipNetwork(reactor, 5060).resolve("evil.example").addCallback(got.append)
+    assert got == [["93.184.216.34", "127.0.0.1"]]
+
+
 def test_a_failing_receiver_breaks_nothing(net):
     def boom(data, hop):
         raise RuntimeError("boom")
@@ -163,7 +212,7 @@ def test_local_addresses(net):
     assert not net.is_local("198.51.100.7")
     got = []
     net.resolve("10.1.2.3").addCallback(got.append)
-    assert got == ["10.1.2.3"]
+    assert got == [["10.1.2.3"]]
 
 
 # -- the real proxy behind the real protocols --------------------------------------------------
@@ -178,15 +227,25 @@ def wired(world):
     proxy.stop()
 
 
-def test_tcp_invite_for_an_unknown_user_gets_100_and_404_on_the_connection(wired):
+def test_tcp_invites_are_answered_on_the_connection(wired):
     net, proxy = wired
     proto, transport = connect(net)
+    # an unknown user: the 404 alone (found before any 100 Trying was due)
     proto.dataReceived(invite("sip:nobody@example.org", transport="TCP").to_bytes())
     raw = transport.value()
-    first, rest = raw.split(b"\r\n\r\n", 1)
-    assert first.startswith(b"SIP/2.0 100 Trying")
-    second = parse(rest)
-    assert second.code == 404 and "Content-Length: 0" in rest.decode()
+    assert parse(raw).code == 404 and raw.count(b"SIP/2.0 ") == 1
+    assert "Content-Length: 0" in raw.decode()
+    # a slow lookup: 100 Trying after 200 ms, then the 404, on the same stream
+    transport.clear()
+    slow = defer.Deferred()
+    proxy.service.resolve = lambda name: slow
+    proto.dataReceived(invite("sip:bob@example.org", transport="TCP").to_bytes())
+    assert transport.value() == b""
+    net.reactor.advance(proxy_mod.TRYING_DELAY)
+    first, rest = transport.value().split(b"\r\n\r\n", 1)
+    assert first.startswith(b"SIP/2.0 100 Trying") and rest == b""
+    slow.callback(None)
+    assert parse(transport.value().split(b"\r\n\r\n", 1)[1]).code == 404
 
 
 def test_tcp_stream_without_length_gets_400_then_closes(wired):
@@ -221,7 +280,8 @@ def test_a_tcp_response_after_the_connection_closed_goes_to_the_via(world):
     net.receiver, net.rejecter = proxy.received, proxy.reject_malformed
     bob = world.user("bob")
     hb = bob.heartbeat()
-    proto, transport = connect(net, ("198.51.100.7", 40000))
+    # a public peer (a private one is not reconnected to: test_sip_relay.py)
+    proto, transport = connect(net, ("93.184.216.7", 40000))
     req = request("OPTIONS", "sip:bob@example.org", transport="TCP", via_port=5062)
     proto.dataReceived(req.to_bytes().replace(b";rport", b""))
     frame = [e for e in hb.events() if e.head.startswith("msg sipreq")][0]
@@ -231,7 +291,7 @@ def test_a_tcp_response_after_the_connection_closed_goes_to_the_via(world):
     proxy.from_session(bob.hub_session, answer(forwarded, 200).to_bytes())
     host, port, factory, _, _ = reactor.tcpClients[0]
     # received is the source address; no rport asked: the Via's port
-    assert (host, port) == ("198.51.100.7", 5062)
+    assert (host, port) == ("93.184.216.7", 5062)
     out = StringTransport(peerAddress=IPv4Address("TCP", host, port))
     factory.buildProtocol(None).makeConnection(out)
     assert parse(out.value()).code == 200

@@ -32,7 +32,8 @@ The server rewrites the phone's C{Contact} to an address of its own (with a
 token naming this session), so the phone needs no configuration beyond
 C{--listen} as its outbound proxy (for calls it places) and C{--phone} as its
 address.  Garbage datagrams are dropped, a request the bridge cannot parse
-is answered C{400}.  See C{docs/sip.md}.
+is answered C{400}.  Datagrams from any host but the phone's are dropped:
+whatever the bridge takes, it sends as the user.  See C{docs/sip.md}.
 """
 
 from __future__ import annotations
@@ -274,8 +275,15 @@ class SipBridge:
     # -- from the phone ----------------------------------------------------------------
 
     def datagram(self, data: bytes, addr: Address) -> None:
-        """One datagram from the phone (or anyone on the listening port)."""
+        """One datagram on the listening port: taken only from the phone's
+        host (any port of it), since whatever is taken is sent as the user;
+        anything from another host is dropped unanswered."""
         if not data.strip(b"\r\n \t"):
+            return
+        if bare_host(addr[0]) != self.phone[0]:
+            self._count("foreign")
+            log.debug("a datagram from {host}, not the phone's host, was dropped",
+                      host=addr[0])
             return
         try:
             message = parse(data)

@@ -2,9 +2,11 @@
 
 ``--sip PORT`` (default ``5060``; ``0`` turns SIP off): the proxy listens on
 that port over UDP and TCP on every interface, and ``POST /sip`` is mounted
-on the HTTP site.  Both ports are bound before ``twistd`` drops privileges
-(:mod:`presence.listen`); one that cannot be bound ends the start with a
-message naming ``--sip``.  Each listener reports to the ready gate
+on the HTTP site.  ``--sip-outbound``, ``--sip-session-rate`` and
+``--sip-source-rate`` bound what tunnel users and network peers may make it
+send (``docs/sip.md``).  Both ports are bound before ``twistd`` drops
+privileges (:mod:`presence.listen`); one that cannot be bound ends the start
+with a message naming ``--sip``.  Each listener reports to the ready gate
 (``sip-udp``, ``sip-tcp``), so ``presence ready`` is logged only once both
 are up.
 """
@@ -21,7 +23,9 @@ from twisted.python.failure import Failure
 
 from presence.listen import Listener
 
-from presence.sip.proxy import SipProxy
+from presence.sip.proxy import (
+    OUTBOUND_NONE, OUTBOUND_PUBLIC, SESSION_RATE, SOURCE_RATE, SipProxy,
+)
 from presence.sip.transport import SipDatagramProtocol, SipNetwork, SipStreamFactory
 from presence.sip.web import SipTunnelResource
 
@@ -37,9 +41,39 @@ def _port(value: str) -> int:
 
 _port.coerceDoc = "A port number; 0 turns SIP off."  # type: ignore[attr-defined]
 
+
+def _outbound(value: str) -> str:
+    value = value.strip().lower()
+    if value not in (OUTBOUND_NONE, OUTBOUND_PUBLIC):
+        raise ValueError(f"must be {OUTBOUND_NONE} or {OUTBOUND_PUBLIC}")
+    return value
+
+
+_outbound.coerceDoc = f"{OUTBOUND_NONE} or {OUTBOUND_PUBLIC}."  # type: ignore[attr-defined]
+
+
+def _rate(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 1_000_000:
+        raise ValueError("must be a number of messages a second above 0")
+    return number
+
+
+_rate.coerceDoc = "Messages a second (a burst of five seconds' worth is allowed)."  # type: ignore[attr-defined]
+
 OPTIONS = [
     ["sip", None, 5060,
      "SIP proxy port, UDP and TCP on every interface; 0 turns SIP off.", _port],
+    ["sip-outbound", None, OUTBOUND_NONE,
+     "Where registered users may place new SIP calls through the tunnel besides the users"
+     " of --domain: 'none' (only them), or 'public' (also SIP addresses on the public"
+     " Internet). Guests never send SIP requests, and loopback, private, link-local"
+     " addresses and this server's own are always refused.", _outbound],
+    ["sip-session-rate", None, SESSION_RATE,
+     "POST /sip messages a second allowed per session; more get 429.", _rate],
+    ["sip-source-rate", None, SOURCE_RATE,
+     "SIP messages a second taken from one network address (UDP and TCP); more are"
+     " dropped unanswered.", _rate],
 ]
 
 Ready = Callable[[str, str], None]
@@ -55,16 +89,30 @@ class SipFrontEnd:
     """The proxy, its network and its HTTP resource for one server."""
 
     def __init__(self, service: Any, reactor: Any, port: int, domain: str,
-                 interface: str = "") -> None:
+                 interface: str = "", *, outbound: str = OUTBOUND_NONE,
+                 session_rate: float = SESSION_RATE, source_rate: float = SOURCE_RATE) -> None:
         self.reactor = reactor
         self.port = port
         self.enabled = port != 0
         self.network = SipNetwork(reactor, port, interface)
-        self.proxy = SipProxy(service, self.network, reactor, domain)
+        self.proxy = SipProxy(service, self.network, reactor, domain, outbound=outbound,
+                              session_rate=session_rate, source_rate=source_rate)
         self.network.receiver = self.proxy.received
         self.network.rejecter = self.proxy.reject_malformed
         self.resource = SipTunnelResource(service, self.proxy)
         self.interface = interface
+
+    @classmethod
+    def from_options(cls, options: Any, service: Any, reactor: Any) -> "SipFrontEnd":
+        """The front-end ``twistd presence`` options ask for."""
+        return cls(service, reactor, options["sip"], options["domain"],
+                   outbound=options["sip-outbound"], session_rate=options["sip-session-rate"],
+                   source_rate=options["sip-source-rate"])
+
+    def ready(self, addresses: dict) -> None:
+        """The ready gate's hook: every listener of the server is up; the
+        proxy never sends to any of their addresses."""
+        self.proxy.listening(addresses)
 
     def mount(self, root: Any) -> None:
         """``/sip`` on the site's root resource."""

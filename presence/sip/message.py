@@ -307,7 +307,8 @@ def parse(data: bytes, *, stream: bool = False) -> Message:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
-        raise ParseError("the header section is not UTF-8")
+        # answerable (400) when the start line and a Via can be read
+        raise ParseError("the header section is not UTF-8", partial=_partial(head))
     text = _FOLD.sub(" ", text)
     lines = text.replace("\r\n", "\n").split("\n")
     version_error = None

@@ -16,15 +16,16 @@ What it does with a request (from the network or from a tunnel session):
    URI scheme (``416``), ``Max-Forwards`` (``483`` at zero), loops (``482``,
    a ``Via`` of ours whose branch carries the hash this request would get),
    ``Proxy-Require`` (``420``: no extensions are supported);
-2. ``100 Trying`` at once for INVITE;
-3. route processing (16.4): a first ``Route`` naming this proxy is removed;
-4. the target (16.5): ``sip:<user>@<domain or our address>`` is a user (or
+2. route processing (16.4): a first ``Route`` naming this proxy is removed;
+3. the target (16.5): ``sip:<user>@<domain or our address>`` is a user (or
    alias) looked up in the directory: unknown ``404``, no live session
    ``480``, else every session of the user (parallel forking); a URI with our
    ``tun`` parameter is the one session whose Contact it replaced; a URI for
-   anyone else, or a further ``Route``, is forwarded only for a request from a
-   tunnel session (authenticated): from the network it gets ``403`` (not an
-   open relay);
+   anyone else, or a further ``Route``, gets ``403`` from the network (not an
+   open relay), and from a tunnel session only what its role allows (below);
+4. ``100 Trying`` for an INVITE as it is forwarded: at once to a session or
+   an outside address, once the user is found (or after
+   :data:`TRYING_DELAY`) for a user; a final known before goes alone;
 5. forwarding (16.6): a copy per target with ``Max-Forwards`` decremented (or
    ``70`` inserted), ``Record-Route: <sip:host:port;lr>`` for requests that
    may make a dialog, our ``Via`` with a fresh ``z9hG4bK`` branch (the loop
@@ -40,11 +41,26 @@ What it does with a request (from the network or from a tunnel session):
    ``sip:<user>@<our address>;tun=<token>`` (the token names the session and
    is not its ID) so that the far end reaches the session through us.
 
+What a tunnel session may make the proxy send (no open relay, no SSRF):
+guests no request at all (``403``; they answer calls); registered users
+requests to users of the domain, in-dialog requests of dialogs the proxy
+relayed with their session in it (:class:`Dialogs`: to the peer the dialog
+was made with, or a public address), and with ``outbound="public"``
+(``--sip-outbound``) new requests to public addresses.  Every name is
+resolved first and every address it resolves to checked
+(:func:`forbidden_address`, :meth:`SipProxy.forbidden_destination`): never
+loopback, link-local, private, shared, multicast or reserved ranges, never
+an address of this machine nor a listener of this server.  A refusal is a
+``403`` with the reason as a ``msg sipresp`` frame; nothing is sent.
+``POST /sip`` is rate-limited per session (``429``) and network messages
+per source address (dropped).
+
 Transactions (RFC 3261 section 17, with RFC 6026's Accepted state) are kept
 in two tables and dropped by their timers, so memory follows the calls in
 progress, not the traffic seen; past :data:`MAX_TRANSACTIONS` new requests
 get ``503``.  Over UDP requests and final non-2xx responses are retransmitted
-(timers A, E, G); the tunnel and TCP are reliable.  ACK of a non-2xx final is
+(timers A, E, G; G only after a provisional: before it the client's own
+retransmissions fetch the final again); the tunnel and TCP are reliable.  ACK of a non-2xx final is
 hop by hop: the proxy sends it itself downstream and absorbs the one from
 upstream.
 """
@@ -52,8 +68,10 @@ upstream.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import weakref
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import unquote
 
@@ -62,8 +80,9 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from presence.core import frames
+from presence.core.ratelimit import RateLimiter
 from presence.core.tables import Session
-from presence.errors import BadRequest, ClientError, NotFound, TooLarge
+from presence.errors import BadRequest, ClientError, NotFound, TooLarge, TooMany
 from presence.sip.message import (
     MAGIC_COOKIE, MAX_MESSAGE, NameAddr, ParseError, Request, Response, SipURI, Via,
     ack_for, bare_host, make_response, parse, reason_phrase, text_body,
@@ -78,6 +97,10 @@ T4 = 5.0
 TIMER_B = 64 * T1
 #: how long a proxied INVITE may stay in a provisional state (timer C, > 3 min)
 TIMER_C = 181.0
+#: an INVITE whose user is being looked up gets its 100 Trying when the user
+#: is found, or after this long (RFC 3261 8.2.6.1's 200 ms); an unknown or
+#: offline user's final thus goes alone, without timer G
+TRYING_DELAY = 0.2
 #: transactions (server and client) kept at once, those that wait out their
 #: final timers included (about three per call for 32 s); past it, 503
 MAX_TRANSACTIONS = 100_000
@@ -86,6 +109,19 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTI
 NO_RECORD_ROUTE = frozenset({"ACK", "CANCEL", "BYE", "REGISTER", "PRACK"})
 SERVER_NAME = "presence-sip"
 UDP, TCP, TUNNEL = "UDP", "TCP", "TUNNEL"
+#: ``--sip-outbound``: whether registered tunnel users may start requests to
+#: public addresses outside ``--domain`` (``none``: only to users of it)
+OUTBOUND_NONE, OUTBOUND_PUBLIC = "none", "public"
+#: dialogs the proxy relayed, kept for in-dialog requests of tunnel users;
+#: past the bound the least recently used one goes
+MAX_DIALOGS = 50_000
+#: seconds without an in-dialog request after which a dialog is forgotten
+DIALOG_IDLE = 4 * 3600.0
+#: defaults of ``--sip-session-rate`` and ``--sip-source-rate`` (messages a
+#: second); a bucket holds :data:`BURST` seconds' worth
+SESSION_RATE = 20.0
+SOURCE_RATE = 50.0
+BURST = 5.0
 
 
 class ServiceUnavailable(ClientError):
@@ -138,7 +174,7 @@ class ISipNetwork(Interface):
         """Our address as ``hop`` reaches it (for Via, Record-Route, Contact)."""
 
     def resolve(host: str) -> defer.Deferred:
-        """An IP address for ``host``."""
+        """Every IP address of ``host`` (a list; empty: no such host)."""
 
     def is_local(host: str) -> bool:
         """Whether ``host`` (an IP address or name) is this machine."""
@@ -221,6 +257,9 @@ class ServerTxn:
             return  # a final response went already
         if self.state == "accepted" and not 200 <= response.code < 300:
             return
+        provisional_sent = self.state == "proceeding"
+        if response.code >= 200:
+            self.timers.cancel("100")
         self.last_code = response.code
         self.last_out = self.proxy._send_upstream(self, response)
         code = response.code
@@ -235,11 +274,22 @@ class ServerTxn:
             return
         self.state = "completed"
         if self.is_invite:
-            if self.hop.transport == UDP:
+            if self.hop.transport == UDP and provisional_sent:
+                # without a provisional the client's timer A retransmits the
+                # INVITE and each repeat gets the final again (as a stateless
+                # UAS, RFC 3261 8.2.7): timer G would only multiply datagrams
+                # towards an address that may be forged
                 self.timers.start("G", self.g_interval, self._timer_g)
             self.timers.start("H", TIMER_B, self.terminate)
         else:
             self.timers.start("J", TIMER_B if self.hop.transport != TCP else 0, self.terminate)
+
+    def trying(self) -> None:
+        """``100 Trying`` for an INVITE, unless a response went already."""
+        self.timers.cancel("100")
+        if self.is_invite and self.state == "trying" and self.request is not None:
+            self.respond(make_response(self.request, 100, None, None,
+                                       [("Server", SERVER_NAME)]))
 
     def _release(self) -> None:
         """A final response went: keep only what answers repeats (the
@@ -386,6 +436,143 @@ def _dissolve(context: Optional[Context]) -> None:
     context.best = context.best_owner = None
 
 
+def forbidden_address(ip: str) -> Optional[str]:
+    """Why the proxy never sends to the IP address ``ip`` (an address
+    after name resolution), or None for a public unicast address.
+
+    Refused: loopback, link-local, private ranges (RFC 1918, ``fc00::/7``),
+    shared address space (``100.64/10``), unspecified, multicast, broadcast,
+    and every other range the IANA registries do not call globally
+    reachable (documentation, benchmarking, reserved ...); an IPv4-mapped
+    IPv6 address is judged as its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return "loopback address"
+    if address.is_link_local:
+        return "link-local address"
+    if address.is_unspecified:
+        return "unspecified address"
+    if address.is_multicast:
+        return "multicast address"
+    if address.is_private:
+        return "private address"
+    if not address.is_global:
+        return "address not globally reachable"
+    return None
+
+
+class Dialog:
+    """A dialog the proxy relayed (it record-routed the request that made
+    it): the tunnel sessions in it (by ID) and the network peer the proxy
+    exchanged it with (``(transport, ip, port)``), if any, with its TCP
+    connection (weakly: the dialog does not keep it)."""
+
+    __slots__ = ("sessions", "peer", "used", "_conn")
+
+    def __init__(self, sessions: frozenset, peer: Optional[Tuple[str, str, int]],
+                 used: float, conn: Any = None) -> None:
+        self.sessions = sessions
+        self.peer = peer
+        self.used = used
+        try:
+            self._conn = weakref.ref(conn) if conn is not None else None
+        except TypeError:  # an object without weak references (tests)
+            self._conn = lambda: conn
+
+    @property
+    def conn(self) -> Any:
+        conn = self._conn() if self._conn is not None else None
+        return conn if getattr(conn, "connected_", True) else None
+
+    def is_peer(self, transport: str, ip: str, port: int) -> bool:
+        """Whether ``transport:ip:port`` is the peer the dialog was made with:
+        over UDP the very address and port it sent from; over TCP its IP
+        while its connection is open (the request then goes on that
+        connection, see :meth:`peer_hop`: no new connection is opened, so
+        that a peer seen through a NAT or proxy address opens no other port
+        of that address)."""
+        if self.peer is None:
+            return False
+        p_transport, p_ip, p_port = self.peer
+        if transport != p_transport or ip != p_ip:
+            return False
+        return self.conn is not None if transport == TCP else port == p_port
+
+    def peer_hop(self) -> "Hop":
+        transport, ip, port = self.peer  # type: ignore[misc]
+        return Hop(transport, ip, port, conn=self.conn if transport == TCP else None)
+
+
+class Dialogs:
+    """The dialogs the proxy relayed, by Call-ID and the pair of tags;
+    bounded (:data:`MAX_DIALOGS`, least recently used out) and expiring
+    (:data:`DIALOG_IDLE` without use); no timers: checked when looked up."""
+
+    def __init__(self, clock, limit: int = MAX_DIALOGS, idle: float = DIALOG_IDLE) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.idle = idle
+        self._dialogs: "OrderedDict[tuple, Dialog]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._dialogs)
+
+    @staticmethod
+    def key(message) -> Optional[tuple]:
+        ours, theirs = message.tag("from"), message.tag("to")
+        if not ours or not theirs or not message.call_id:
+            return None
+        return (message.call_id, frozenset((ours, theirs)))
+
+    def add(self, message, sessions: List[Session], peer: Optional["Hop"]) -> None:
+        """Remember the dialog of ``message`` (a dialog-making response) with
+        ``sessions`` in it and ``peer`` (a network hop) as its peer."""
+        key = self.key(message)
+        if key is None:
+            return
+        ids = frozenset(s.id for s in sessions)
+        now = self.clock.seconds()
+        known = self._dialogs.get(key)
+        if known is not None:
+            ids |= known.sessions
+        if known is not None and peer is None:
+            known.sessions, known.used = ids, now  # a 200 after a 180: same peer
+        else:
+            address = (peer.transport, bare_host(peer.host).lower(), peer.port) \
+                if peer is not None else None
+            self._dialogs[key] = Dialog(ids, address, now,
+                                        peer.conn if peer is not None else None)
+        self._dialogs.move_to_end(key)
+        while len(self._dialogs) > self.limit:
+            self._dialogs.popitem(last=False)
+
+    def find(self, message, session: Session) -> Optional[Dialog]:
+        """The dialog of in-dialog request ``message`` if ``session`` is in it."""
+        key = self.key(message)
+        dialog = self._dialogs.get(key) if key is not None else None
+        if dialog is None:
+            return None
+        now = self.clock.seconds()
+        if now - dialog.used > self.idle:
+            del self._dialogs[key]
+            return None
+        if session.id not in dialog.sessions:
+            return None
+        dialog.used = now
+        self._dialogs.move_to_end(key)
+        return dialog
+
+    def drop(self, message) -> None:
+        key = self.key(message)
+        if key is not None:
+            self._dialogs.pop(key, None)
+
+
 class _Target:
     """Where route processing says a request goes."""
 
@@ -402,12 +589,25 @@ class _Target:
 class SipProxy:
     """The proxy for ``domain``: see the module docstring."""
 
-    def __init__(self, service, network, clock, domain: str) -> None:
+    def __init__(self, service, network, clock, domain: str, *,
+                 outbound: str = OUTBOUND_NONE, session_rate: float = SESSION_RATE,
+                 source_rate: float = SOURCE_RATE) -> None:
+        if outbound not in (OUTBOUND_NONE, OUTBOUND_PUBLIC):
+            raise ValueError(f"outbound must be {OUTBOUND_NONE!r} or {OUTBOUND_PUBLIC!r}")
         self.service = service
         self.hub = service.hub
         self.network = network
         self.clock = clock
         self.domain = domain.lower()
+        self.outbound = outbound
+        #: ``(host, port)`` of every listener of this server (HTTP, SIP,
+        #: SMSC ...; a wildcard host stands for every local address), filled
+        #: by :meth:`listening` once they are up
+        self.own_listeners: set = set()
+        self.dialogs = Dialogs(clock)
+        #: POST /sip per session, and messages per source address from the network
+        self.session_limiter = RateLimiter(max(1.0, session_rate * BURST), session_rate)
+        self.source_limiter = RateLimiter(max(1.0, source_rate * BURST), source_rate)
         self.server_txns: Dict[tuple, ServerTxn] = {}
         self.client_txns: Dict[Tuple[str, str], ClientTxn] = {}
         #: Contact tokens: token -> session, and back (weak: gone with the session)
@@ -427,7 +627,16 @@ class SipProxy:
         figures = dict(self.counters)
         figures["server_transactions"] = len(self.server_txns)
         figures["client_transactions"] = len(self.client_txns)
+        figures["dialogs"] = len(self.dialogs)
         return figures
+
+    def listening(self, addresses: Dict[str, str]) -> None:
+        """The ready gate's hook: ``label -> "host:port"`` of every listener
+        of this server; the proxy never sends to any of them."""
+        for address in addresses.values():
+            host, _, port = address.rpartition(":")
+            if port.isdigit():
+                self.own_listeners.add((bare_host(host).lower(), int(port)))
 
     # -- who we are --------------------------------------------------------
 
@@ -466,6 +675,11 @@ class SipProxy:
         stream; ``TCP`` messages have been framed by Content-Length)."""
         if not data.strip(b"\r\n \t"):
             return  # keep-alive
+        if not self.source_limiter.take(hop.host, self.clock.seconds()):
+            # dropped unanswered: an answer would go to an address that may
+            # be forged; a real peer retransmits
+            self._count("rate_limited")
+            return
         try:
             message = parse(data)
         except ParseError as e:
@@ -499,6 +713,9 @@ class SipProxy:
         """The body of ``POST /sip`` from ``session``: a response to a
         ``msg sipreq`` or a request of the user.  Returns the JSON answer;
         raises a :class:`~presence.errors.ClientError` for the HTTP error."""
+        if not self.session_limiter.take(session.id, self.clock.seconds()):
+            self._count("rate_limited")
+            raise TooMany("too many SIP messages from this session: slow down")
         if len(data) > MAX_MESSAGE:
             raise TooLarge(f"a SIP message may be at most {MAX_MESSAGE} bytes")
         if b"\r" not in data:
@@ -509,6 +726,9 @@ class SipProxy:
             if e.status == 513:
                 raise TooLarge(f"SIP message too large: {e.reason}")
             raise BadRequest(f"not a valid SIP message: {e.reason}")
+        if not text_body(message):
+            raise BadRequest("not a valid SIP message: the body is not UTF-8 text"
+                             " (the tunnel carries text)")
         hop = Hop(TUNNEL, session=session)
         if isinstance(message, Response):
             return self._session_response(message, session)
@@ -534,6 +754,15 @@ class SipProxy:
         branch = via.branch
         if not branch:
             branch = "t" + hashlib.sha1(repr(self._network_key(request)).encode()).hexdigest()[:16]
+        if hop.session.user.guest:
+            # guests answer calls but never place them (nor hang up: the
+            # caller does), so that a visitor without an account cannot make
+            # the server send anything anywhere
+            self._count("refused_guest")
+            if request.method != "ACK":
+                self._reply_stateless(request, hop, 403, txid=branch,
+                                      reason="Forbidden (guests may not send SIP requests)")
+            return {"txid": branch}
         method = "INVITE" if request.method == "ACK" else request.method
         key = ("T", hop.session.id, branch, method)
         self._request(request, hop, key, branch)
@@ -575,13 +804,14 @@ class SipProxy:
         self._handle(stx)
 
     def _reply_stateless(self, request: Request, hop: Hop, code: int,
-                         extra: List[Tuple[str, str]] = (), reason: Optional[str] = None) -> None:
+                         extra: List[Tuple[str, str]] = (), reason: Optional[str] = None,
+                         txid: Optional[str] = None) -> None:
         response = make_response(request, code, reason, secrets.token_hex(5),
                                   [("Server", SERVER_NAME), *extra])
         if hop.tunnel:
-            self._deliver_response(hop.session, _txid_of(request), response)
+            self._deliver_response(hop.session, txid or _txid_of(request), response)
         else:
-            self.network.send(response.to_bytes(), self._response_hop(request, hop), None)
+            self._send_response(response.to_bytes(), self._response_hop(request, hop))
 
     def _reply(self, stx: ServerTxn, code: int, extra: List[Tuple[str, str]] = (),
                reason: Optional[str] = None) -> None:
@@ -634,10 +864,15 @@ class SipProxy:
             self._count(f"refused_{code}")
             self._reply(stx, code, extra, reason)
             return
-        if request.method == "INVITE":
-            stx.respond(make_response(request, 100, None, None, [("Server", SERVER_NAME)]))
         forwarded = request.copy()
         target = self._target(forwarded, stx.hop)
+        # 100 Trying as the request is forwarded, or when its user is found
+        # (or the lookup is slow); a final known before goes alone, and the
+        # caller's retransmissions get it again
+        if target.kind == "user":
+            stx.timers.start("100", TRYING_DELAY, stx.trying)
+        elif target.kind in ("session", "outside"):
+            stx.trying()
         if target.kind == "error":
             self._count(f"refused_{target.code}")
             self._reply(stx, target.code, reason=target.reason or None)
@@ -655,7 +890,7 @@ class SipProxy:
             d.addErrback(self._target_failed, context)
         else:
             context.target_pending = True
-            d = self._outside_hop(target.uri, stx.hop)
+            d = self._outside_hop(target.uri, stx.hop, forwarded)
             d.addCallback(lambda hop: self._forward(context, forwarded, [hop]))
             d.addErrback(self._target_failed, context)
 
@@ -716,15 +951,92 @@ class SipProxy:
             return _Target("error", 403, "Forbidden (not an open relay)")
         return _Target("outside", uri=uri)
 
-    def _outside_hop(self, uri: SipURI, source: Hop) -> defer.Deferred:
+    def _outside_hop(self, uri: SipURI, source: Hop, request: Request) -> defer.Deferred:
+        """The network hop for ``uri`` (the next ``Route`` or the
+        Request-URI) of ``request`` from tunnel session ``source``, once the
+        name is resolved and every address it resolves to is allowed; fails
+        with :class:`_Refused` (``403``) when the user may not send there."""
         transport = TCP if uri.transport == "TCP" else UDP
         if uri.transport not in ("UDP", "TCP"):
             return defer.fail(_Refused(503, f"Service Unavailable (no {uri.transport[:10]})"))
-        host = uri.param("maddr") or bare_host(uri.host)
+        host = (uri.param("maddr") or bare_host(uri.host)).lower()
         port = uri.port or 5060
+        try:
+            dialog = self._outside_permit(request, source)
+            if host == self.domain:
+                # the domain on another port than ours: never this server's
+                raise _Refused(403, "Forbidden (this server's own address)")
+        except _Refused as e:
+            self._count("refused_outside")
+            return defer.fail(e)
         d = self.network.resolve(host)
-        d.addCallback(lambda ip: Hop(transport, ip, port))
+        d.addCallback(self._checked_hop, host, transport, port, dialog)
         return d
+
+    def _outside_permit(self, request: Request, source: Hop) -> Optional[Dialog]:
+        """Whether the tunnel user may send ``request`` outside at all: an
+        in-dialog request of a dialog the proxy relayed with this session
+        in it (the dialog is returned: its peer is allowed), or with
+        ``--sip-outbound public`` any request of a registered user (guests
+        got their 403 before)."""
+        session = source.session
+        if session is not None and request.tag("to"):
+            dialog = self.dialogs.find(request, session)
+            if dialog is not None:
+                return dialog
+        if self.outbound != OUTBOUND_PUBLIC or session is None or session.user.guest:
+            raise _Refused(403, f"Forbidden (only users of {self.domain} can be reached"
+                                " through this server)")
+        return None
+
+    def _checked_hop(self, ips: List[str], host: str, transport: str, port: int,
+                     dialog: Optional[Dialog]) -> Hop:
+        """Every address ``host`` resolved to must be allowed (a name with
+        one private address among public ones is refused); then the hop."""
+        if not ips:
+            from twisted.internet.error import DNSLookupError
+            raise DNSLookupError(host)
+        for ip in ips:
+            why = self.forbidden_destination(ip, port, transport, dialog)
+            if why is not None:
+                self._count("refused_address")
+                log.info("SIP request of a tunnel user to {host}:{port} refused: {why}",
+                         host=host, port=port, why=why)
+                raise _Refused(403, f"Forbidden ({why})")
+        ipv4 = [ip for ip in ips if ":" not in ip]
+        ip = (ipv4 or ips)[0]
+        if dialog is not None and transport == TCP and dialog.is_peer(transport, ip, port):
+            return dialog.peer_hop()  # on the peer's own connection
+        return Hop(transport, ip, port)
+
+    def forbidden_destination(self, ip: str, port: int, transport: str = UDP,
+                              dialog: Optional[Dialog] = None) -> Optional[str]:
+        """Why the proxy does not send to ``ip:port``, or None: never to a
+        listener of this server nor any other address of this machine; the
+        network peer of ``dialog`` is allowed even when it is a private
+        address (it talked to us from there); else only public addresses,
+        and for an in-dialog request only with ``--sip-outbound public`` (a
+        dialog is no way around it: its peer is the one address it opens)."""
+        ip = bare_host(ip).lower()
+        if self._is_own_listener(ip, port):
+            return "this server's own address"
+        if dialog is not None and dialog.is_peer(transport, ip, port):
+            return None
+        why = forbidden_address(ip)
+        if why is None and self.network.is_local(ip):
+            why = "this server's own address"
+        if why is None and dialog is not None and self.outbound != OUTBOUND_PUBLIC:
+            why = "not the address this dialog was made with"
+        return why
+
+    def _is_own_listener(self, ip: str, port: int) -> bool:
+        if port == self.port and self.network.is_local(ip):
+            return True
+        for host, own_port in self.own_listeners:
+            if own_port == port and (host == ip or (
+                    host in ("", "0.0.0.0", "::") and self.network.is_local(ip))):
+                return True
+        return False
 
     def _routing_settled(self, context: Context) -> bool:
         """The target of ``context`` is known: False when the transaction
@@ -753,6 +1065,7 @@ class SipProxy:
             self._count("offline")
             self._reply(stx, 480, reason="Temporarily Unavailable")
             return
+        stx.trying()
         self._forward(context, request, [Hop(TUNNEL, session=s) for s in sessions])
 
     def _target_failed(self, failure, context: Context, code: int = 500) -> None:
@@ -840,7 +1153,7 @@ class SipProxy:
             if state is not None:
                 self._send_stateless(copy, hop, [Hop(TUNNEL, session=s) for s in state.sessions])
         elif target.kind == "outside":
-            d = self._outside_hop(target.uri, hop)
+            d = self._outside_hop(target.uri, hop, copy)
             d.addCallback(lambda dest: self._send_stateless(copy, hop, [dest]))
             d.addErrback(lambda f: log.debug("ACK not forwarded: {f}", f=f.getErrorMessage()))
 
@@ -867,7 +1180,7 @@ class SipProxy:
         if hop.tunnel:
             self._deliver_response(hop.session, _txid_of(request), response)
         else:
-            self.network.send(response.to_bytes(), self._response_hop(request, hop), None)
+            self._send_response(response.to_bytes(), self._response_hop(request, hop))
         context = stx.context
         if context is None or context.final:
             return
@@ -919,9 +1232,6 @@ class SipProxy:
         if ctx is None or not ctx.hop.tunnel or ctx.hop.session is not session:
             raise NotFound("no SIP transaction of this session matches the response"
                            " (its top Via must be the proxy's, as in the msg sipreq)")
-        if not text_body(response) and ctx.context is not None \
-                and ctx.context.server.hop.tunnel:
-            raise UnsupportedMedia("the body of a SIP message in the tunnel must be UTF-8 text")
         self._client_response(ctx, response)
         return {"txid": ctx.branch}
 
@@ -961,10 +1271,24 @@ class SipProxy:
         """Forward ``response`` of branch ``ctx`` to the previous hop."""
         copy = response.copy()
         copy.pop_first_value("via")
+        stx = ctx.context.server
         if ctx.hop.tunnel and 100 < copy.code < 300:
-            stx = ctx.context.server
             self._rewrite_contacts(copy, ctx.hop.session, self.local_host(stx.hop))
-        ctx.context.server.respond(copy)
+        if 100 < copy.code < 300 and ctx.method not in NO_RECORD_ROUTE:
+            self._remember_dialog(copy, stx.hop, ctx.hop)
+        elif ctx.method == "BYE" and 200 <= copy.code < 300:
+            self.dialogs.drop(copy)
+        stx.respond(copy)
+
+    def _remember_dialog(self, response: Response, upstream: Hop, downstream: Hop) -> None:
+        """A dialog-making response we relay (we record-routed its request):
+        its tunnel sessions may send in-dialog requests to its network peer."""
+        hops = (upstream, downstream)
+        sessions = [h.session for h in hops if h.tunnel and h.session is not None]
+        if not sessions:
+            return
+        peers = [h for h in hops if not h.tunnel]
+        self.dialogs.add(response, sessions, peers[0] if peers else None)
 
     def _response_context(self, ctx: ClientTxn, response: Response) -> None:
         """RFC 3261 16.7 for one response of a branch."""
@@ -1049,7 +1373,7 @@ class SipProxy:
         if stx.reply_hop is None:
             stx.reply_hop = self._response_hop(stx.request, stx.hop)
         data = response.to_bytes()
-        self.network.send(data, stx.reply_hop, None)
+        self._send_response(data, stx.reply_hop)
         return data
 
     def _resend_upstream(self, stx: ServerTxn) -> None:
@@ -1057,7 +1381,22 @@ class SipProxy:
             if self._alive(stx.hop.session):
                 self.hub.deliver_session(stx.hop.session, stx.last_out)
         elif stx.reply_hop is not None:
-            self.network.send(stx.last_out, stx.reply_hop, None)
+            self._send_response(stx.last_out, stx.reply_hop)
+
+    def _send_response(self, data: bytes, hop: Hop) -> None:
+        """A response to the network.  Over TCP whose connection has closed,
+        RFC 3261 18.2.2 would open a new one to the ``received`` address and
+        the ``Via`` port, which the sender chose: only where a tunnel user
+        could send too (a source seen through a NAT or Docker's gateway must
+        not open other ports of that address); else it is dropped."""
+        if hop.transport == TCP and not getattr(hop.conn, "connected_", hop.conn is not None):
+            why = self.forbidden_destination(hop.host, hop.port, TCP)
+            if why is not None:
+                self._count("responses_dropped")
+                log.debug("a SIP response over a closed TCP connection was dropped: {why}",
+                          why=why)
+                return
+        self.network.send(data, hop, None)
 
     def _deliver_response(self, session: Session, txid: str, response: Response) -> Any:
         if not self._alive(session):

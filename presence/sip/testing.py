@@ -11,7 +11,7 @@ import secrets
 from typing import Any, Callable, List, Optional, Tuple
 
 from twisted.internet import defer
-from twisted.internet.abstract import isIPAddress
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from zope.interface import implementer
 
 from presence.sip.message import Message, ParseError, Request, Response, parse
@@ -28,10 +28,16 @@ SDP = (
 )
 
 
+#: a public (globally reachable) address that the fake network resolves
+#: names to: the proxy may send there (nothing is ever sent for real)
+PUBLIC_HOST = "93.184.216.34"
+
+
 @implementer(ISipNetwork)
 class FakeNetwork:
     """Records ``(message, hop)`` for every send; names resolve to
-    ``192.0.2.50``; our address is ``192.0.2.1``."""
+    :data:`PUBLIC_HOST` unless ``resolutions`` (name -> list of addresses, or
+    a Deferred) says otherwise; our address is ``192.0.2.1``."""
 
     def __init__(self, port: int = 5060, local: str = "192.0.2.1") -> None:
         self.port = port
@@ -56,11 +62,12 @@ class FakeNetwork:
         return self.local
 
     def resolve(self, host: str) -> defer.Deferred:
-        if isIPAddress(host):
-            return defer.succeed(host)
+        if isIPAddress(host) or isIPv6Address(host):
+            return defer.succeed([host])
         if host in self.resolutions:
-            return self.resolutions[host]
-        return defer.succeed("192.0.2.50")
+            found = self.resolutions[host]
+            return found if isinstance(found, defer.Deferred) else defer.succeed(list(found))
+        return defer.succeed([PUBLIC_HOST])
 
     def is_local(self, host: str) -> bool:
         return host in (self.local, "127.0.0.1")

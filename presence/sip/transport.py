@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer, endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IResolutionReceiver
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -37,6 +38,11 @@ log = Logger(namespace="presence.sip")
 IDLE_TIMEOUT = 300.0
 #: TCP connections open at once (inbound and outbound)
 MAX_CONNECTIONS = 2000
+#: inbound TCP connections open at once from one source address, well below
+#: :data:`MAX_CONNECTIONS` so that one address cannot take every slot
+MAX_CONNECTIONS_PER_SOURCE = 64
+#: addresses whose locality (:meth:`SipNetwork.is_local`) is remembered
+MAX_LOCAL_CACHE = 4096
 #: messages queued for one TCP connection that is being opened
 MAX_QUEUED = 64
 
@@ -136,6 +142,10 @@ class SipStreamFactory(Factory):
         if len(self.network.connections_all) >= MAX_CONNECTIONS:
             log.warn("too many SIP TCP connections; refusing {addr}", addr=addr)
             return None
+        host = getattr(addr, "host", "")
+        if self.network.per_source.get(host, 0) >= MAX_CONNECTIONS_PER_SOURCE:
+            log.info("too many SIP TCP connections from {host}; refusing one", host=host)
+            return None
         return SipStreamProtocol(self.network)
 
 
@@ -154,6 +164,9 @@ class SipNetwork:
         #: the connection to use for each peer address (the newest)
         self.connections: Dict[Tuple[str, int], SipStreamProtocol] = {}
         self.connections_all: set = set()
+        #: open TCP connections by peer address (inbound and outbound)
+        self.per_source: Dict[str, int] = {}
+        self._local_cache: Dict[str, bool] = {}
         self._connecting: Dict[Tuple[str, int], List[Tuple[bytes, Any]]] = {}
         self._route_cache: Dict[str, str] = {}
         self._local: set = {"127.0.0.1", "::1", "localhost", "0.0.0.0"}
@@ -181,11 +194,21 @@ class SipNetwork:
             self.rejecter(error, hop)
 
     def connection_made(self, conn: SipStreamProtocol) -> None:
+        if conn not in self.connections_all:
+            host = conn.peer[0]
+            self.per_source[host] = self.per_source.get(host, 0) + 1
         self.connections_all.add(conn)
         self.connections[conn.peer] = conn
 
     def connection_lost(self, conn: SipStreamProtocol) -> None:
-        self.connections_all.discard(conn)
+        if conn in self.connections_all:
+            self.connections_all.discard(conn)
+            host = conn.peer[0]
+            left = self.per_source.get(host, 1) - 1
+            if left > 0:
+                self.per_source[host] = left
+            else:
+                self.per_source.pop(host, None)
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
 
@@ -271,10 +294,53 @@ class SipNetwork:
         return address
 
     def resolve(self, host: str) -> defer.Deferred:
+        """Every address of ``host`` (the reactor's ``nameResolver``: A and
+        AAAA records), so that the proxy can check each of them."""
         if isIPAddress(host) or isIPv6Address(host):
-            return defer.succeed(host)
-        return self.reactor.resolve(host)
+            return defer.succeed([host])
+        receiver = _Addresses()
+        self.reactor.nameResolver.resolveHostName(receiver, host)
+        return receiver.done
 
     def is_local(self, host: str) -> bool:
+        """Whether ``host`` is this machine: a name or address it is known
+        by, or any address a socket can be bound to (an address of one of
+        its interfaces, whichever it is)."""
         host = host.lower()
-        return host in self._local or host.startswith("127.")
+        if host in self._local or host.startswith("127."):
+            return True
+        if not (isIPAddress(host) or isIPv6Address(host)):
+            return False
+        known = self._local_cache.get(host)
+        if known is None:
+            family = socket.AF_INET6 if isIPv6Address(host) else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.bind((host, 0))
+                known = True
+            except OSError:
+                known = False
+            if len(self._local_cache) >= MAX_LOCAL_CACHE:
+                self._local_cache.clear()
+            self._local_cache[host] = known
+        return known
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """Collects the addresses of one ``resolveHostName`` into ``done``."""
+
+    def __init__(self) -> None:
+        self.done: defer.Deferred = defer.Deferred()
+        self.found: List[str] = []
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        host = getattr(address, "host", None)
+        if host and host not in self.found:
+            self.found.append(host)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.found)

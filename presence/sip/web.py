@@ -8,10 +8,13 @@ the session received, or a request of the user.  Answers are JSON:
   its top ``Via``; the responses to it come back as
   ``msg sipresp <code> <txid>`` frames to this session (SIP errors such as
   ``404`` or ``480`` too: they are the SIP answer, not the HTTP one).
-* ``400`` not a SIP message (the reason says what is wrong), ``403`` no such
-  session, ``404`` a response that matches no transaction of this session,
-  ``405`` a method other than POST, ``413`` too large, ``415`` another
-  content type, ``503`` the proxy is at its transaction bound.
+* ``400`` not a SIP message (the reason says what is wrong; text that is
+  not UTF-8 too), ``403`` no such session, ``404`` a response that matches
+  no transaction of this session, ``405`` a method other than POST, ``413``
+  too large, ``415`` another content type, ``429`` the session posts faster
+  than ``--sip-session-rate``.  A request the user may not send (a guest's,
+  or one to an address outside what the user's role allows) is still
+  ``202``: its ``403`` comes as the SIP answer, a ``msg sipresp`` frame.
 
 Like every call that acts for a user it takes ``ack=n`` (acknowledges frames
 up to ``n``) and the session cookie in place of ``me``/``id``.

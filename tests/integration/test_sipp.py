@@ -262,13 +262,19 @@ def test_bobs_phone_calls_another_tunnel_user(sipp, server, bridges):
     check(result, [phone], "bob's phone calls alice through two bridges")
 
 
-def test_bobs_phone_calls_an_outside_sip_address(sipp, server, bridges):
+def test_bobs_phone_cannot_call_a_loopback_address(sipp, server, bridges, tmp_path):
+    """Not an SSRF tool: a SIP address on loopback (here a UDP socket that
+    would be a local service) is refused with 403, and nothing reaches it."""
     bob, bob_bridge = bridges["bob"]
-    uas_port = udp_port()
-    uas = sipp.phone(uas_port, 5)
-    result = sipp.call(f"127.0.0.1:{bob_bridge.listen}", f"sip:uas@127.0.0.1:{uas_port}", 5,
-                       concurrent=2, rate=20)
-    check(result, [uas], "bob's phone calls an outside UAS")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as victim:
+        victim.bind(("127.0.0.1", 0))
+        port = victim.getsockname()[1]
+        result = sipp.call(f"127.0.0.1:{bob_bridge.listen}", f"sip:uas@127.0.0.1:{port}", 2,
+                           port=bob_bridge.phone, scenario=rejected(tmp_path, 403))
+        check(result, what="403 for a loopback address")
+        victim.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            victim.recv(65535)
 
 
 # -- refusals as SIPp sees them ------------------------------------------------------------------
