@@ -24,13 +24,7 @@ BEARER = {"Authorization": [f"Bearer s{BOB}"]}
 def net(logged_errors):
     n = Net()
     n.trust_any_handset()
-    n.sent = []
-
-    def fetch(url):
-        n.sent.append(url)
-        return defer.succeed(200)
-
-    n.sim.fetch = fetch
+    n.record_reports()
     yield n
     assert not logged_errors, [e.get("log_format") or e for e in logged_errors]
 

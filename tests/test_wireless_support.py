@@ -134,6 +134,18 @@ class Net:
         self.front.operator.handset_auth = (
             lambda number, secret: defer.succeed(secret == "s" + number))
 
+    def record_reports(self) -> None:
+        """Delivery reports are not fetched but kept in ``self.sent``."""
+        from twisted.internet import defer
+
+        self.sent: list = []
+
+        def fetch(url: str) -> Any:
+            self.sent.append(url)
+            return defer.succeed(200)
+
+        self.sim.fetch = fetch
+
     def call(self, method: str, url: str, **kw: Any) -> Reply:
         match = _HANDSET.match(urlsplit(url).path) if url.startswith(SIM) else None
         if match is not None and "headers" not in kw:

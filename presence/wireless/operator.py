@@ -115,15 +115,6 @@ def _raw_args(request: server.Request) -> Dict[str, bytes]:
     return out
 
 
-def scalar(text: str) -> bool:
-    """Whether ``text`` is Unicode scalar values only (no lone surrogate)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _text(value: Optional[bytes], what: str) -> Optional[str]:
     """Strict UTF-8 (which refuses encoded surrogates), else 400."""
     if value is None:
@@ -257,7 +248,7 @@ class OperatorAPI:
                 decoded = text.decode("utf-16-be" if name in ("ucs-2", "ucs2") else name)
             except (LookupError, UnicodeDecodeError):
                 raise Rejected(400, "Charset or body misformed, rejected")
-            if not scalar(decoded):
+            if not numbers.scalar(decoded):
                 raise Rejected(400, "Charset or body misformed, rejected")
             fields["text"] = decoded
         else:

@@ -259,6 +259,8 @@ class Simulator:
         is not a text or needs more than ``max_parts`` parts."""
         if not isinstance(text, str):
             raise SimulatorError(400, "the text is missing")
+        if not numbers.scalar(text):
+            raise SimulatorError(400, "the text is not valid Unicode")
         coding, parts = numbers.split(text)
         if len(parts) > self.max_parts:
             raise SimulatorError(400, f"Text too long ({len(parts)} parts, at most "

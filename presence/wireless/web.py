@@ -48,8 +48,8 @@ from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooLarge, Unauthorized
 from presence.service import PresenceService
 from presence.web.api import api as json_route
-from presence.web.http import COOKIE, client_address, params, write_json
-from presence.wireless import decks
+from presence.web.http import COOKIE, client_address, params as _params, write_json
+from presence.wireless import decks, numbers
 from presence.wireless.gateway import WirelessGateway
 from presence.wireless.keys import PROOF_HEADER
 from presence.wireless.wml import CONTENT_TYPE
@@ -85,6 +85,30 @@ def wml_route(handler: Callable[..., Awaitable[Page]]) -> Callable[..., Awaitabl
                         path=request.path.decode("ascii", "replace"))
             status, data = 500, decks.error("Sorry", "Something went wrong; it has been logged.")
         return _write(request, status, data)
+
+    return route
+
+
+def _scalar(p: dict) -> dict:
+    """``p``, or 400 for text in it that is not Unicode scalar values (a
+    lone surrogate from a JSON ``\\udc00``)."""
+    for value in p.values():
+        if isinstance(value, str) and not numbers.scalar(value):
+            raise BadRequest("the text is not valid Unicode")
+    return p
+
+
+def params(request: server.Request) -> dict:
+    """The request's parameters, Unicode scalar values only (else 400)."""
+    return _scalar(_params(request))
+
+
+def checked(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A JSON route's parameters, Unicode scalar values only (else 400)."""
+
+    @functools.wraps(handler)
+    async def route(self: "WirelessWeb", request: server.Request, p: dict, **kw: Any) -> Any:
+        return await handler(self, request, _scalar(p), **kw)
 
     return route
 
@@ -271,12 +295,14 @@ class WirelessWeb:
 
     @app.route("/api/wireless/text", methods=["POST"])
     @json_route
+    @checked
     async def text(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         session = self._api_session(request, p)
         return 202, await self.gateway.text(session, p.get("to"), client_address(request)[0])
 
     @app.route("/api/wireless/secret", methods=["POST"])
     @json_route
+    @checked
     async def secret(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         return 201, await self.gateway.issue_secret(self._api_session(request, p))
 
@@ -285,11 +311,13 @@ class WirelessWeb:
 
     @app.route("/api/wireless/session", methods=["GET"])
     @json_route
+    @checked
     async def session_info(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         return 200, self._api_session(request, p, (SCOPE,)).info()
 
     @app.route("/api/wireless/ack", methods=["POST"])
     @json_route
+    @checked
     async def ack(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         ack = p.get("ack")
         if not isinstance(ack, str) or not ack.isascii() or not ack.isdigit() or len(ack) > 18:
@@ -299,12 +327,14 @@ class WirelessWeb:
 
     @app.route("/api/wireless/logout", methods=["POST"])
     @json_route
+    @checked
     async def api_logout(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         self.service.logout(self._api_session(request, p, (SCOPE,)))
         return 204, None
 
     @app.route("/api/wireless/dlr", methods=["GET", "POST"])
     @json_route
+    @checked
     async def dlr(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         if not self.gateway.report(p.get("ref"), p.get("status")):
             raise NotFound("no such text")
@@ -312,6 +342,7 @@ class WirelessWeb:
 
     @app.route("/api/wireless", methods=["GET"])
     @json_route
+    @checked
     async def info(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         return 200, {"enabled": self.gateway.ready, "via": self.gateway.via}
 
