@@ -264,3 +264,22 @@ def test_a_handset_text_is_a_chat_by_the_services_rule_and_leaves_no_session(log
     texts = [m["text"] for m in n.get(f"{SIM}/handset/{BOB}/poll", wait="0").json["messages"]]
     assert texts[-1] == "To alice: delivered"
     assert not logged_errors
+
+
+def test_the_servers_own_texts_go_on_while_its_address_is_throttled(logged_errors):
+    n = Net()
+    assert n.world.register("bob", wireless=BOB).status == 201
+    n.handset("bob", BOB)
+    alice = n.world.user("alice")
+    for i in range(12):   # from the same (loopback) address as the gateway
+        n.get(f"{SIM}/cgi-bin/sendsms", username=USER, password=f"guess{i}", to=BOB, text="x")
+    assert n.get(f"{SIM}/cgi-bin/sendsms", **AUTH, to=BOB, text="x").status == 429
+    assert n.get(f"{SIM}/handset/{BOB}/poll", wait="0").status == 200
+    r = n.post(BASE + "/api/wireless/text", me="alice", id=alice.session, to="bob")
+    assert r.status == 202, r.body
+    [push] = n.get(f"{SIM}/handset/{BOB}/poll", wait="0").json["messages"]
+    assert push["type"] == "push"
+    # its credentials travel in HTTP Basic auth, never in a URL
+    [(_, url)] = [e for e in n.router.log if "/wappush" in e[1]]
+    assert "password" not in url and n.gateway.password not in url
+    assert not logged_errors

@@ -14,6 +14,7 @@ Options (see docs/operations.md and docs/wireless.md):
                              this server's own callback)
 ``--smsc-validity SECONDS``  validity period of a message (``60``)
 ``--wireless-via push|sms``  how a handset is texted (``push``)
+``--wml-link-ttl SECONDS``   how long a push link may be used (``300``)
 ``--wml-base URL``           this server as handsets reach it, the base of
                              push links [default: ``http://`` + the
                              ``--http`` address, ``--domain`` for a wildcard]
@@ -34,7 +35,7 @@ from presence.endpoint_option import check_server_endpoint
 from presence.service import PresenceService
 from presence.web.http import PresenceSite
 from presence.wireless.dlr import DlrPolicy
-from presence.wireless.gateway import WirelessGateway
+from presence.wireless.gateway import LINK_TTL, WirelessGateway
 from presence.wireless.keys import FILENAME as KEYS_FILE, HandsetKeys
 from presence.wireless.operator import OperatorAPI
 from presence.wireless.simulator import DEFAULT_VALIDITY, Simulator
@@ -71,6 +72,9 @@ OPTIONS = [
      "Seconds a message waits for its handset before its delivery report says failed.",
      _validity],
     ["wireless-via", None, "push", "How a handset is texted: push (WAP push) or sms."],
+    ["wml-link-ttl", None, LINK_TTL,
+     "Seconds a push link may be used after it was sent (once, by the handset it went to).",
+     _validity],
     ["wml-base", None, None,
      "Base URL of this server as handsets reach it, for push links [default: http:// and"
      " the --http address, or --domain when it listens on all interfaces]."],
@@ -151,6 +155,8 @@ class WirelessFrontEnd(Service):
         self.enabled = self.smsc != "none"
         user = options.get("smsc-user", "presence")
         password = operator_password(options) if self.enabled else ""
+        # the gateway's own account on the simulator: random, in memory only
+        own = (f"presence-gateway-{secrets.token_hex(4)}", secrets.token_urlsafe(24))
         validity = options.get("smsc-validity", DEFAULT_VALIDITY)
         if http is None:
             from presence.cli.client import TreqHTTP
@@ -158,9 +164,10 @@ class WirelessFrontEnd(Service):
         self.http = http
         data = options.get("data")
         keys = HandsetKeys(os.path.join(data, KEYS_FILE) if data else None)
-        self.gateway = WirelessGateway(service, http, user, password,
+        self.gateway = WirelessGateway(service, http, own[0], own[1],
                                        via=options.get("wireless-via", "push"),
-                                       validity=validity, keys=keys)
+                                       validity=validity, keys=keys,
+                                       link_ttl=options.get("wml-link-ttl", LINK_TTL))
         self.web = WirelessWeb(service, self.gateway)
         self.dlr_policy = DlrPolicy((options.get("dlr-allow") or "").split(","))
         self.simulator: Optional[Simulator] = None
@@ -171,7 +178,7 @@ class WirelessFrontEnd(Service):
             self.simulator.on_mo = self.gateway.mobile_text
             self.operator = OperatorAPI(self.simulator, {user: password},
                                         handset_auth=self.gateway.check_handset,
-                                        dlr_policy=self.dlr_policy)
+                                        dlr_policy=self.dlr_policy, trusted=own)
             self.site = PresenceSite(self.operator.app.resource(), reactor=reactor)
 
     def endpoint(self) -> Any:

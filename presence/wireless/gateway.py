@@ -221,18 +221,20 @@ class WirelessGateway:
         url = f"{self.public}/wml/t/{token}"
         words = f"{sender} wants to chat"
         dlr_url = f"{self.callback}/api/wireless/dlr?ref={ref}&status=%d"
-        common = {"username": self.username, "password": self.password, "to": number,
-                  "dlr-mask": "3", "dlr-url": dlr_url}
+        common = {"to": number, "dlr-mask": "3", "dlr-url": dlr_url}
         try:
             if self.via == "push":
+                # the credentials in HTTP Basic auth: never in a URL (or a log)
                 response = await self.http.request(
                     "POST", f"{self.operator}/wappush", params=common,
                     data=si.document(url, words, si_id=ref, action="signal-high"),
-                    headers={"Content-Type": [si.CONTENT_TYPE]})
+                    headers={"Content-Type": [si.CONTENT_TYPE]},
+                    auth=(self.username, self.password))
             else:
                 response = await self.http.request(
                     "POST", f"{self.operator}/cgi-bin/sendsms",
-                    data={**common, "from": self.shortcode, "text": f"{words}: {url}"})
+                    data={**common, "username": self.username, "password": self.password,
+                          "from": self.shortcode, "text": f"{words}: {url}"})
             body = await self.http.content(response)
         except Exception as e:
             self._forget(ref)
