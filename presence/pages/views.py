@@ -475,7 +475,7 @@ def handset_section(a: Dict[str, Any], secret: Optional[Dict[str, str]],
                    " (shown this once: copy it now into the file you give"
                    " presence-handset --secret-file):"),
             tags.p(tags.code(clean(secret["secret"], 64), id="handset-secret")),
-            class_="notice ok", role="status")
+            class_="secret-shown", role="status")
     return tags.section(
         tags.h2("Handset secret"),
         tags.p("Your handset proves it is yours with this secret; a new one replaces the"
