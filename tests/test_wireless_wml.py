@@ -410,3 +410,27 @@ def test_a_wml_session_holds_its_heartbeat_and_chats_on_the_wml_pages(net):
     assert net.call("POST", BASE + "/api/wireless/logout",
                     data={"me": "bob", "id": sid}).status == 204
     assert net.world.hub.session(sid) is None
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": ["http://evil.test"]},
+    {"Sec-Fetch-Site": ["cross-site"]},
+    {"Sec-Fetch-Site": ["same-site"]},     # another port of the same host
+])
+def test_cookie_state_changes_from_another_site_are_refused(net, headers):
+    register(net, "alice")
+    register(net, "bob", BOB_PHONE)
+    bob = net.world.login("bob")
+    cookie = {"Cookie": [f"presence_session={bob.session}"], "Host": ["presence.test"]}
+    for path, data in (("/wml/chat", {"to": "alice", "msg": "csrf"}), ("/wml/logout", {}),
+                       ("/api/wireless/text", {"to": "bob"}), ("/api/wireless/secret", {})):
+        r = net.call("POST", BASE + path, data=data, headers={**cookie, **headers})
+        assert r.status == 403, (path, r.body)
+    assert net.world.hub.session(bob.session) is not None
+    # me + id (a non-browser client) and a same-site cookie request still work
+    r = net.call("POST", BASE + "/api/wireless/secret", data={"me": "bob", "id": bob.session},
+                 headers=headers)
+    assert r.status == 201
+    r = net.call("POST", BASE + "/wml/chat", data={"to": "alice", "msg": "ok"},
+                 headers={**cookie, "Origin": [BASE], "Sec-Fetch-Site": ["same-origin"]})
+    assert r.status == 200

@@ -46,6 +46,7 @@ from werkzeug.exceptions import HTTPException
 from presence.core import frames
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooLarge, Unauthorized
+from presence.pages.app import Pages
 from presence.service import PresenceService
 from presence.web.api import api as json_route
 from presence.web.http import COOKIE, client_address, params as _params, write_json
@@ -113,6 +114,17 @@ def checked(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
     return route
 
 
+def _same_site(request: server.Request) -> None:
+    """A state change authenticated by the cookie must come from this site:
+    403 when ``Sec-Fetch-Site`` says cross-site or ``Origin`` names another
+    host (a WML browser sends neither: it passes)."""
+    if request.method not in (b"POST", b"PUT", b"DELETE", b"PATCH"):
+        return
+    fetch_site = (request.getHeader(b"sec-fetch-site") or b"").lower()
+    if fetch_site not in (b"", b"same-origin", b"none") or not Pages.same_origin(request):
+        raise Forbidden("this request was sent from another site")
+
+
 def _number(value: Any, what: str) -> int:
     if value in (None, ""):
         return 0
@@ -145,6 +157,7 @@ class WirelessWeb:
         session = self._maybe_session(request)
         if session is None:
             raise Forbidden("Log in first.")
+        _same_site(request)
         return session
 
     def _login(self, request: server.Request, session: Session) -> None:
@@ -175,6 +188,7 @@ class WirelessWeb:
     @app.route("/wml/login", methods=["POST"])
     @wml_route
     async def login(self, request: server.Request) -> Page:
+        _same_site(request)
         p = params(request)
         ip, port = client_address(request)
         try:
@@ -274,6 +288,7 @@ class WirelessWeb:
     @app.route("/wml/logout", methods=["POST"])
     @wml_route
     async def logout(self, request: server.Request) -> Page:
+        _same_site(request)
         session = self._maybe_session(request)
         if session is not None:
             self.service.logout(session)
@@ -291,6 +306,7 @@ class WirelessWeb:
         if not sid:
             cookie = request.getCookie(COOKIE)
             sid = cookie.decode("ascii", "replace") if cookie else None
+            _same_site(request)
         return self.service.session(sid, p.get("me"), scopes)
 
     @app.route("/api/wireless/text", methods=["POST"])
