@@ -256,14 +256,17 @@ class PresenceService:
         self.log.info("{user} logged in from {ip}", user=name, ip=ip)
         return session
 
-    async def login_verified(self, name: str, ip: str = "", port: int = 0) -> Session:
+    async def login_verified(self, name: str, ip: str = "", port: int = 0,
+                             scope: Optional[str] = None) -> Session:
         """Open a session for user ``name`` whose identity was proven another
         way (a one-time link pushed to the user's handset): as :meth:`login`,
-        without the password.  NotFound if there is no such user."""
+        without the password, limited to ``scope`` (see :meth:`session`).
+        NotFound if there is no such user."""
         user = await self.store.get_user(name) if NAME_RE.match(name or "") else None
         if user is None:
             raise NotFound("no such user")
         session = await self._open_user(name, ip, port)
+        session.scope = scope
         self.log.info("{user} logged in from {ip} with a handset link", user=name, ip=ip)
         return session
 
@@ -304,11 +307,16 @@ class PresenceService:
               guest: bool = False) -> Session:
         return self.hub.login(name, secrets.token_urlsafe(24), ip, port, groups, guest)
 
-    def session(self, ident: Any, me: Any = None) -> Session:
-        """The live session ``ident`` (of user ``me`` when given), or 403."""
+    def session(self, ident: Any, me: Any = None, scopes: Tuple[str, ...] = ()) -> Session:
+        """The live session ``ident`` (of user ``me`` when given), or 403.
+        A limited session (``session.scope`` set, e.g. ``"wml"``: one opened
+        by a handset link) is 403 too unless its scope is in ``scopes``."""
         session = self.hub.session(ident) if isinstance(ident, str) and ident else None
         if session is None or (me not in (None, "") and me != session.user.name):
             raise Forbidden("no such session: log in again")
+        if session.scope is not None and session.scope not in scopes:
+            raise Forbidden("this session may use the wireless pages only: log in with"
+                            " your password")
         return session
 
     def logout(self, session: Session) -> None:

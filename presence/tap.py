@@ -427,6 +427,8 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     gate.hooks.append(host_box)
     wireless = wireless_frontend.WirelessFrontEnd(options, service, reactor)
     wireless.mount(site.resource)
+    if wireless.enabled:
+        pages.handset_secret = wireless.gateway.issue_secret
     sip = None
     if options["sip"]:
         sip = sip_frontend.SipFrontEnd.from_options(options, service, reactor)

@@ -232,5 +232,8 @@ def test_the_browser_on_the_real_pages():
     head, _, payload = hb.events()[-1].text.partition("\n")
     assert head.startswith("msg chat bob ") and payload == "hello from the phone & $(you)"
     assert b.vars["msg"] == ""   # the chat card clears its field on entry
-    page = run(net, b.open("/wml/logout"))
+    page = run(net, b.open("/wml/"))
+    labels = [a.label for a in page.actions]
+    page = run(net, b.follow(labels.index("Log out") + 1))   # <go method="post">
+    assert "Logged out." in page.text
     assert b.cookie(BASE, "presence_session") is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import BASE, logged_errors  # noqa: F401
+from presence.wireless.keys import proof_for
 from test_wireless_support import SIM, Net
 
 BOB_PHONE = "+15550001"
@@ -18,6 +19,7 @@ BOB_PHONE = "+15550001"
 def net(logged_errors):
     n = Net(validity=30.0)
     assert n.world.register("bob", wireless=BOB_PHONE).status == 201
+    n.handset("bob", BOB_PHONE)
     n.alice = n.world.user("alice")
     n.hb = n.alice.heartbeat()
     yield n
@@ -28,6 +30,12 @@ def text(net, to="bob", user=None):
     user = user or net.alice
     return net.call("POST", BASE + "/api/wireless/text",
                     data={"me": user.name, "id": user.session, "to": to})
+
+
+def open_link(net, href, secret=None):
+    token = href.rsplit("/", 1)[1]
+    proof = proof_for(secret or net.secrets[BOB_PHONE], token)
+    return net.call("GET", href, headers={"X-Handset-Proof": [proof]})
 
 
 def handset_poll(net, after=0):
@@ -46,10 +54,10 @@ def test_text_push_delivered_then_init_chat(net):
     assert "msg initChat bob" not in net.hb.heads()
     handset_poll(net, after=push["seq"])    # acknowledged: delivered to the phone
     assert net.hb.heads()[-1] == "msg initChat bob"
-    # the handset opens the link: bob is logged in there, once
-    r = net.get(push["href"])
+    # the handset opens the link with its proof: bob is logged in there, once
+    r = open_link(net, push["href"])
     assert r.status == 200 and b"alice wants to chat." in r.body
-    assert net.get(push["href"]).status == 410
+    assert open_link(net, push["href"]).status == 410
 
 
 def test_detached_handset_gives_wireless_unavailable(net):
@@ -62,7 +70,7 @@ def test_detached_handset_gives_wireless_unavailable(net):
     assert net.hb.heads()[-1] == "msg wireless unavailable bob"
     # the link of an undelivered push is void
     token = next(iter(net.gateway.tokens))
-    assert net.get(f"{BASE}/wml/t/{token}").status == 410
+    assert open_link(net, f"{BASE}/wml/t/{token}").status == 410
 
 
 def test_a_handset_never_seen_fails_at_once(net):
@@ -121,12 +129,47 @@ def test_wireless_off_is_503(net):
     assert net.get(BASE + "/api/wireless").json == {"enabled": False, "via": "push"}
 
 
-def test_texts_are_rate_limited(net):
+def test_texts_to_one_handset_are_limited_whatever_the_sender(net):
     handset_poll(net)
-    statuses = [text(net).status for _ in range(12)]
-    assert statuses[:10] == [202] * 10 and statuses[10:] == [429, 429]
-    net.clock.advance(6)
+    # five senders, guests among them: the receiving handset's bound counts
+    senders = [net.world.user(f"s{i}") for i in range(3)] + [net.world.guest()
+                                                            for _ in range(3)]
+    statuses = [text(net, user=u).status for u in senders]
+    assert statuses == [202] * 5 + [429]
+    net.clock.advance(30)
     assert text(net).status == 202
+
+
+def gateway_text(net, user, to, ip) -> int:
+    """``WirelessGateway.text`` for ``user``'s session from address ``ip``:
+    202 or the error's status."""
+    from twisted.internet import defer
+
+    from presence.errors import ClientError
+
+    d = defer.ensureDeferred(net.gateway.text(net.world.hub.session(user.session), to, ip))
+    net.router.flush()
+    box = []
+    d.addBoth(box.append)
+    [outcome] = box
+    if isinstance(outcome, dict):
+        return 202
+    assert outcome.check(ClientError), outcome
+    return outcome.value.status
+
+
+def test_texts_are_limited_per_client_address_not_per_sender_name(net):
+    for i in range(12):
+        assert net.world.register(f"r{i}", wireless=f"+1555000{i + 100}").status == 201
+    flood = "198.51.100.7"
+    statuses = [gateway_text(net, net.world.guest(), f"r{i}", flood) for i in range(12)]
+    # a new guest name for every text does not help: the address counts
+    assert statuses[:10] == [202] * 10 and statuses[10:] == [429, 429]
+    # a normal user elsewhere still texts while that address floods
+    assert gateway_text(net, net.alice, "bob", "192.0.2.1") == 202
+    assert gateway_text(net, net.world.guest(), "r11", flood) == 429
+    net.clock.advance(6)
+    assert gateway_text(net, net.world.guest(), "r11", flood) == 202
 
 
 def test_delivery_report_endpoint(net):
@@ -178,7 +221,6 @@ def test_mo_to_an_offline_user_is_kept(net):
 @pytest.mark.parametrize("message, number, answer", [
     ("hello", BOB_PHONE, "To chat, text: @name your message"),
     ("@nobody hi", BOB_PHONE, "No such user: nobody"),
-    ("@alice hi", "+15559999", "This number is not registered with presence."),
 ])
 def test_mo_answers(net, message, number, answer):
     r = net.get(f"{SIM}/handset/{number}/poll", wait="0")

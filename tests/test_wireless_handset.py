@@ -26,6 +26,7 @@ def pump(net, rounds: int = 12) -> None:
 def net(logged_errors):
     n = Net(validity=30.0)
     assert n.world.register("bob", wireless=BOB_PHONE).status == 201
+    n.handset("bob", BOB_PHONE)
     n.alice = n.world.user("alice")
     n.hb = n.alice.heartbeat()
     yield n
@@ -36,7 +37,8 @@ def net(logged_errors):
 def phone(net):
     lines: List[str] = []
     em = HandsetEmulator(net.clock, SIM, BOB_PHONE, server=BASE, http=net.router,
-                         heartbeat_http=net.router, out=lines.append)
+                         heartbeat_http=net.router, out=lines.append,
+                         secret=net.secrets[BOB_PHONE])
     em.printed = lines
     em.attach()
     pump(net)
@@ -151,7 +153,8 @@ def test_browsing_commands(net, phone):
 def test_network_errors_are_retried(net):
     lines: List[str] = []
     net.router.down.add("sim.test")
-    em = HandsetEmulator(net.clock, SIM, BOB_PHONE, http=net.router, out=lines.append)
+    em = HandsetEmulator(net.clock, SIM, BOB_PHONE, http=net.router, out=lines.append,
+                         secret=net.secrets[BOB_PHONE])
     em.attach()
     pump(net)
     assert any("retrying in 0.5s" in line for line in lines)

@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from helpers import result_of
+from presence.wireless.dlr import DlrPolicy
 from presence.wireless.si import ServiceIndication
 from presence.wireless.simulator import Simulator, SimulatorError
 
@@ -54,7 +55,7 @@ def reports():
 
 @pytest.fixture
 def sim(clock, reports):
-    return Simulator(clock, validity=60.0, fetch=reports)
+    return Simulator(clock, validity=60.0, fetch=reports, dlr_policy=DlrPolicy(["app.test"]))
 
 
 def got(d) -> List[dict]:
@@ -224,7 +225,7 @@ def test_attached_lingers_briefly_after_a_poll(sim, clock):
 
 
 def test_queue_bound(clock, reports):
-    sim = Simulator(clock, fetch=reports, max_queue=2)
+    sim = Simulator(clock, fetch=reports, max_queue=2, dlr_policy=DlrPolicy(["app.test"]))
     sim.poll(BOB, 0, wait=0)
     sim.submit("sms", "7777", BOB, "1")
     sim.submit("sms", "7777", BOB, "2")

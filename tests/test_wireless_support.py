@@ -5,8 +5,9 @@ simulator and pages wired together on a fake clock."""
 from __future__ import annotations
 
 import json as jsonlib
+import re
 from typing import Any, Dict, Optional
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import treq
 from treq.testing import StubTreq
@@ -16,6 +17,15 @@ from presence.wireless.frontend import WirelessFrontEnd
 
 SIM = "http://sim.test"
 USER, PASSWORD = "presence", "sim-secret"
+_HANDSET = re.compile(r"/handset/([^/?]+)")
+
+
+class AnySecrets(dict):
+    """For tests of the simulator alone: every number has the secret
+    ``s<number>`` (see :meth:`Net.trust_any_handset`)."""
+
+    def __missing__(self, number: str) -> str:
+        return "s" + number
 
 
 class Router:
@@ -77,24 +87,73 @@ class Net:
     front-end, its simulator at ``http://sim.test`` and the server at
     ``http://presence.test``, all in memory on one fake clock."""
 
-    def __init__(self, via: str = "push", validity: float = 60.0, **world: Any) -> None:
+    def __init__(self, via: str = "push", validity: float = 60.0,
+                 dlr_allow: str = "app.test,a.test", pages: bool = False,
+                 **world: Any) -> None:
         self.world = World(**world)
+        self.pages = None
+        if pages:  # the HTML pages too (the settings page shows handset secrets)
+            from presence.pages import Pages
+            from presence.web.site import make_site
+
+            self.pages = Pages(self.world.service, domain="presence.test")
+            self.world.site = make_site(self.world.service, 25.0, reactor=self.world.clock,
+                                        mounts=self.pages.mounts(),
+                                        default=self.pages.resource())
         self.clock = self.world.clock
         self.router = Router()
         options = {"smsc": "tcp:0", "smsc-user": USER, "smsc-password": PASSWORD,
                    "smsc-validity": validity, "wireless-via": via, "wml-base": None,
-                   "domain": "presence.test"}
+                   "domain": "presence.test", "dlr-allow": dlr_allow}
         self.front = WirelessFrontEnd(options, self.world.service, self.clock, http=self.router)
         self.front.mount(self.world.site.resource)
         self.sim = self.front.simulator
         self.gateway = self.front.gateway
+        if self.pages is not None:
+            self.pages.handset_secret = self.gateway.issue_secret
         self.router.add("sim.test", self.front.operator.app.resource())
         self.router.add("presence.test", self.world.site.resource)
         self.front.ready({"http": "presence.test:80", "smsc": "sim.test:80"})
         # the gateway's URLs, as ready() made them from those addresses
         self.gateway.configure(SIM, BASE, BASE)
+        #: number -> secret: ``call`` sends it on the handset API
+        self.secrets: Dict[str, str] = {}
+
+    def handset(self, user: str, number: str) -> str:
+        """Issue ``user``'s handset ``number`` its secret, as the settings
+        page does, and remember it for :meth:`call`."""
+        self.secrets[number] = self.gateway.keys.issue(user, number)
+        return self.secrets[number]
+
+    def trust_any_handset(self) -> None:
+        """The simulator alone, without presence users: the number ``N``'s
+        secret is ``sN``."""
+        from twisted.internet import defer
+
+        self.secrets = AnySecrets()
+        self.front.operator.handset_auth = (
+            lambda number, secret: defer.succeed(secret == "s" + number))
+
+    def record_reports(self) -> None:
+        """Delivery reports are not fetched but kept in ``self.sent``."""
+        from twisted.internet import defer
+
+        self.sent: list = []
+
+        def fetch(url: str) -> Any:
+            self.sent.append(url)
+            return defer.succeed(200)
+
+        self.sim.fetch = fetch
 
     def call(self, method: str, url: str, **kw: Any) -> Reply:
+        match = _HANDSET.match(urlsplit(url).path) if url.startswith(SIM) else None
+        if match is not None and "headers" not in kw:
+            from presence.wireless.numbers import normalize
+
+            number = normalize(unquote(match.group(1))) or ""
+            if number in self.secrets or isinstance(self.secrets, AnySecrets):
+                kw["headers"] = {"Authorization": [f"Bearer {self.secrets[number]}"]}
         d = self.router.request(method, url, **kw)
         self.router.flush()
         response = result_of(d)

@@ -21,8 +21,9 @@ def parse(*args: str) -> tap.Options:
 
 def test_defaults():
     o = parse()
-    assert o["smsc"] == "tcp:13013"
-    assert o["smsc-user"] == "presence" and o["smsc-password"] == "presence"
+    assert o["smsc"] == "tcp:13013:interface=127.0.0.1"   # loopback unless told
+    assert o["smsc-user"] == "presence" and o["smsc-password"] is None  # no default
+    assert o["dlr-allow"] == ""
     assert o["smsc-validity"] == 60.0
     assert o["wireless-via"] == "push"
     assert o["wml-base"] is None

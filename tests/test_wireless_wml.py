@@ -15,6 +15,8 @@ from lxml import etree
 from helpers import BASE, logged_errors  # noqa: F401
 from presence.core import frames
 from presence.wireless import decks, wml
+from presence.wireless.gateway import LINK_TTL
+from presence.wireless.keys import proof_for
 from test_wireless_support import Net
 
 DTD = etree.DTD(str(Path(__file__).parent / "wml" / "wml_1.1.dtd"))
@@ -153,8 +155,8 @@ class Phone:
         self.net = net
         self.cookie = ""
 
-    def go(self, method: str, path: str, **fields):
-        kw = {"headers": {"Cookie": [self.cookie]}}
+    def go(self, method: str, path: str, headers=None, **fields):
+        kw = {"headers": {"Cookie": [self.cookie], **(headers or {})}}
         if method == "POST":
             kw["data"] = fields
         elif fields:
@@ -192,7 +194,13 @@ def test_login_home_buddies_logout(net):
     assert phone.cookie.startswith("presence_session=")
     r = phone.go("GET", "/wml/buddies")
     assert "bob off" in r.shown
-    assert phone.go("GET", "/wml/logout").status == 200
+    # logging out is a state change: never on GET
+    assert phone.go("GET", "/wml/logout").status == 405
+    assert phone.go("GET", "/wml/buddies").status == 200
+    r = phone.go("GET", "/wml/")
+    [go] = [g for g in r.root.iter("go") if g.get("href") == "/wml/logout"]
+    assert go.get("method") == "post"
+    assert phone.go("POST", "/wml/logout").status == 200
     assert phone.go("GET", "/wml/buddies").status == 403
 
 
@@ -294,26 +302,135 @@ def test_unknown_wml_page_is_a_deck(net):
 
 # -- one-time links -------------------------------------------------------------------
 
-def test_a_token_logs_the_handset_user_in_once(net):
+BOB_PHONE, CAROL_PHONE = "+15550001", "+15550002"
+
+
+def linked(net):
+    """alice, and bob with a handset and its secret; a link for bob."""
     register(net, "alice")
-    register(net, "bob", "+15550001")
-    token = net.gateway.issue("bob", "alice")
+    register(net, "bob", BOB_PHONE)
+    net.handset("bob", BOB_PHONE)
+    return net.gateway.issue("bob", "alice", BOB_PHONE)
+
+
+def proof(net, token, number=BOB_PHONE):
+    return {"X-Handset-Proof": [proof_for(net.secrets[number], token)]}
+
+
+def test_a_link_opens_a_wml_session_once_with_the_handsets_proof(net):
+    token = linked(net)
     phone = Phone(net)
-    r = phone.go("GET", f"/wml/t/{token}")
+    r = phone.go("GET", f"/wml/t/{token}", headers=proof(net, token))
     assert r.status == 200 and "alice wants to chat." in r.shown
     assert r.root.find("card").get("title") == "Chat alice"
     session = net.world.hub.session(phone.cookie.split("=", 1)[1])
-    assert session.user.name == "bob"
+    assert session.user.name == "bob" and session.scope == "wml"
     assert [f.text for _, f in session.mailbox.pending()] == [frames.init_chat("alice").text]
-    # used up: a second opening, from anyone, is refused
-    again = Phone(net).go("GET", f"/wml/t/{token}")
+    # used up: a second opening, even with the proof, is refused
+    again = Phone(net).go("GET", f"/wml/t/{token}", headers=proof(net, token))
     assert again.status == 410 and again.root.find(".//a") is not None
     assert Phone(net).go("GET", "/wml/t/never-issued").status == 404
 
 
-def test_an_expired_token_is_refused(net):
+def test_a_link_without_the_handsets_proof_is_refused_and_not_used_up(net):
+    token = linked(net)
+    register(net, "carol", CAROL_PHONE)
+    net.handset("carol", CAROL_PHONE)
+    stranger = Phone(net)
+    assert stranger.go("GET", f"/wml/t/{token}").status == 403
+    assert not stranger.cookie
+    # another handset's credentials do not open it either
+    r = stranger.go("GET", f"/wml/t/{token}", headers=proof(net, token, CAROL_PHONE))
+    assert r.status == 403 and not stranger.cookie
+    # the right handset still can
+    assert Phone(net).go("GET", f"/wml/t/{token}", headers=proof(net, token)).status == 200
+
+
+def test_wrong_proofs_void_a_link(net):
+    token = linked(net)
+    bad = {"X-Handset-Proof": ["0" * 64]}
+    assert [Phone(net).go("GET", f"/wml/t/{token}", headers=bad).status
+            for _ in range(3)] == [403, 403, 403]
+    assert Phone(net).go("GET", f"/wml/t/{token}", headers=proof(net, token)).status == 410
+
+
+def test_a_link_is_short_lived(net):
+    token = linked(net)
+    net.clock.advance(LINK_TTL)
+    assert Phone(net).go("GET", f"/wml/t/{token}", headers=proof(net, token)).status == 410
+
+
+def test_a_new_secret_voids_the_old_ones_proofs(net):
+    token = linked(net)
+    old = proof(net, token)
+    net.handset("bob", BOB_PHONE)
+    assert Phone(net).go("GET", f"/wml/t/{token}", headers=old).status == 403
+
+
+def wml_session(net):
+    token = linked(net)
+    phone = Phone(net)
+    assert phone.go("GET", f"/wml/t/{token}", headers=proof(net, token)).status == 200
+    return phone, phone.cookie.split("=", 1)[1]
+
+
+@pytest.mark.parametrize("path, fields", [
+    ("/api/aliases", {"alias": "bobby"}),
+    ("/api/groups", {"name": "bobs"}),
+    ("/api/contacts", {"contact": "alice"}),
+    ("/api/wireless/text", {"to": "alice"}),
+    ("/api/wireless/secret", {}),
+    ("/chat", {"to": "alice", "msg": "hi"}),
+    ("/api/logout", {}),
+])
+def test_a_wml_session_cannot_use_the_json_api(net, path, fields):
+    phone, sid = wml_session(net)
+    by_cookie = net.call("POST", BASE + path, data=fields, headers={"Cookie": [phone.cookie]})
+    by_id = net.call("POST", BASE + path, data={**fields, "me": "bob", "id": sid})
+    assert (by_cookie.status, by_id.status) == (403, 403), (by_cookie.body, by_id.body)
+    assert net.world.store.aliases("bob").result == []
+    assert net.world.store.get_group("bobs").result is None
+
+
+def test_a_wml_session_holds_its_heartbeat_and_chats_on_the_wml_pages(net):
+    phone, sid = wml_session(net)
+    assert net.call("GET", BASE + "/api/session", params={"id": sid}).status == 403
+    info = net.call("GET", BASE + "/api/wireless/session", headers={"Cookie": [phone.cookie]})
+    assert info.status == 200 and info.json["user"] == "bob"
+    hub_session = net.world.hub.session(sid)
+    alice = net.world.login("alice")
+    hb = alice.heartbeat()
+    r = phone.go("POST", "/wml/chat", to="alice", msg="from the phone")
+    assert r.status == 200
+    assert hb.events()[-1].text.endswith("\nfrom the phone")
+    # the heartbeat is allowed, and so is acknowledging and ending the session
+    assert net.call("POST", BASE + "/api/wireless/ack",
+                    data={"me": "bob", "id": sid, "ack": "1"}).status == 204
+    assert hub_session.mailbox.pending() == []
+    assert net.call("POST", BASE + "/api/wireless/logout",
+                    data={"me": "bob", "id": sid}).status == 204
+    assert net.world.hub.session(sid) is None
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": ["http://evil.test"]},
+    {"Sec-Fetch-Site": ["cross-site"]},
+    {"Sec-Fetch-Site": ["same-site"]},     # another port of the same host
+])
+def test_cookie_state_changes_from_another_site_are_refused(net, headers):
     register(net, "alice")
-    register(net, "bob", "+15550001")
-    token = net.gateway.issue("bob", "alice")
-    net.clock.advance(60 + 900)
-    assert Phone(net).go("GET", f"/wml/t/{token}").status == 410
+    register(net, "bob", BOB_PHONE)
+    bob = net.world.login("bob")
+    cookie = {"Cookie": [f"presence_session={bob.session}"], "Host": ["presence.test"]}
+    for path, data in (("/wml/chat", {"to": "alice", "msg": "csrf"}), ("/wml/logout", {}),
+                       ("/api/wireless/text", {"to": "bob"}), ("/api/wireless/secret", {})):
+        r = net.call("POST", BASE + path, data=data, headers={**cookie, **headers})
+        assert r.status == 403, (path, r.body)
+    assert net.world.hub.session(bob.session) is not None
+    # me + id (a non-browser client) and a same-site cookie request still work
+    r = net.call("POST", BASE + "/api/wireless/secret", data={"me": "bob", "id": bob.session},
+                 headers=headers)
+    assert r.status == 201
+    r = net.call("POST", BASE + "/wml/chat", data={"to": "alice", "msg": "ok"},
+                 headers={**cookie, "Origin": [BASE], "Sec-Fetch-Site": ["same-origin"]})
+    assert r.status == 200

@@ -3,7 +3,15 @@ The handset emulator, ``presence-handset``: a virtual phone on the SMS /
 WAP push simulator.
 
     presence-handset --smsc http://127.0.0.1:13013 --number +15550001 \\
-        [--server http://127.0.0.1:8080] [--script FILE] [--no-follow]
+        --secret-file FILE [--server http://127.0.0.1:8080] [--script FILE] [--no-follow]
+
+The handset's secret (issued on the settings page, or by ``POST
+/api/wireless/secret``) comes from ``--secret-file`` or the environment
+variable ``PRESENCE_HANDSET_SECRET``, never from the command line (which
+``ps`` shows).  Every call to the simulator carries it as ``Authorization:
+Bearer``; a push link is opened with ``X-Handset-Proof``, an HMAC of the
+link's token keyed by the secret's hash, so the secret never leaves for the
+presence server.
 
 It attaches the number to the simulator (a long-poll on
 ``/handset/<number>/poll``, acknowledging what it printed with ``after=``, so
@@ -64,11 +72,17 @@ from presence.client.heartbeat import (
     HeartbeatClient, LoginRefused, SessionInfo, TreqHTTP, _describe, format_frame,
 )
 from presence.wireless.browser import BrowserError, Page, WMLBrowser
+from presence.wireless.keys import proof_for
 
 log = Logger(namespace="presence.handset")
 
 SESSION_COOKIE = "presence_session"
+SECRET_ENV = "PRESENCE_HANDSET_SECRET"
 _URL = re.compile(r"https?://\S+")
+_LINK = re.compile(r"/wml/t/([A-Za-z0-9_-]{1,64})\Z")
+#: a push link's session is limited to the wireless pages: its heartbeat
+#: acknowledges and logs out through the wireless calls
+_WML_CALLS = {"/ack": "/api/wireless/ack", "/api/logout": "/api/wireless/logout"}
 
 
 class SessionHeartbeat(HeartbeatClient):
@@ -86,6 +100,9 @@ class SessionHeartbeat(HeartbeatClient):
             raise LoginRefused(403, "the handset's session has ended: open a new link")
         return given
 
+    async def _call(self, method: str, path: str, **kw: Any) -> Any:
+        return await super()._call(method, _WML_CALLS.get(path, path), **kw)
+
 
 class WaitTimeout(Exception):
     pass
@@ -100,10 +117,11 @@ class HandsetEmulator:
     def __init__(self, reactor: Any, smsc: str, number: str, server: Optional[str] = None,
                  http: Any = None, out: Optional[Callable[[str], None]] = None,
                  follow: bool = True, follow_sms_links: bool = False, wait: float = 25.0,
-                 heartbeat_http: Any = None) -> None:
+                 heartbeat_http: Any = None, secret: str = "") -> None:
         self.reactor = reactor
         self.smsc = smsc.rstrip("/")
         self.number = number
+        self.secret = secret
         self.server = server.rstrip("/") if server else None
         self.http = http if http is not None else TreqHTTP(reactor)
         self.heartbeat_http = heartbeat_http
@@ -173,6 +191,9 @@ class HandsetEmulator:
     def _handset_url(self, what: str) -> str:
         return f"{self.smsc}/handset/{quote(self.number, safe='+')}/{what}"
 
+    def _auth(self) -> dict:
+        return {"Authorization": [f"Bearer {self.secret}"]}
+
     def attach(self) -> None:
         if self.attached:
             return
@@ -187,7 +208,7 @@ class HandsetEmulator:
         self._retry = None
         url = self._handset_url("poll") + "?" + urlencode({"after": self.after,
                                                            "wait": f"{self.wait:g}"})
-        d = self.http.request("GET", url)
+        d = self.http.request("GET", url, headers=self._auth())
         d.addTimeout(self.wait + 15, self.reactor)
         self._poll_d = d
         d.addCallback(lambda response: self._answer(gen, response))
@@ -206,6 +227,10 @@ class HandsetEmulator:
     async def _answered(self, gen: int, response: Any) -> None:
         body = await self._content(response)
         if gen != self._gen or not self.attached:
+            return
+        if response.code == 403:
+            self.attached = False
+            self.say(f"* the network refused {self.number}: {body.get('error', body)}")
             return
         if response.code != 200:
             raise RuntimeError(f"poll answered {response.code}: {body.get('error', body)}")
@@ -236,12 +261,12 @@ class HandsetEmulator:
             href = message.get("href", "")
             self.say(f"<< PUSH from {sender}: {message.get('text', '')} <{href}>")
             if self.follow_push and href:
-                self._background(self.open(href))
+                self._background(self.open_link(href))
         else:
             self.say(f"<< SMS from {sender}: {message.get('text', '')}")
             links = _URL.findall(message.get("text", ""))
             if links and self.follow_sms_links:
-                self._background(self.open(links[0]))
+                self._background(self.open_link(links[0]))
 
     def _background(self, d: Any) -> None:
         if not isinstance(d, Deferred):
@@ -260,7 +285,8 @@ class HandsetEmulator:
     async def detach(self) -> None:
         self._stop_polling()
         try:
-            response = await self.http.request("POST", self._handset_url("detach"))
+            response = await self.http.request("POST", self._handset_url("detach"),
+                                               headers=self._auth())
             await self.http.content(response)
         except Exception as e:
             self.say(f"* detach: {_describe(Failure(e))}")
@@ -268,7 +294,8 @@ class HandsetEmulator:
 
     async def send_sms(self, to: str, text: str) -> None:
         response = await self.http.request("POST", self._handset_url("send"),
-                                           data={"to": to, "text": text})
+                                           data={"to": to, "text": text},
+                                           headers=self._auth())
         body = await self._content(response)
         if response.code == 202:
             self.say(f">> SMS to {to}: {body.get('status', 'accepted')}")
@@ -302,6 +329,17 @@ class HandsetEmulator:
 
     def open(self, url: str) -> Deferred:
         return Deferred.fromCoroutine(self._browse(lambda: self.browser.open(self._absolute(url))))
+
+    def open_link(self, url: str) -> Deferred:
+        """Open a link that arrived on this handset: a push link
+        (``/wml/t/<token>``) goes with this handset's proof of it."""
+        target = self._absolute(url)
+        match = _LINK.search(urlsplit(target).path)
+        headers = None
+        if match is not None and self.secret:
+            headers = {"X-Handset-Proof": [proof_for(self.secret, match.group(1))]}
+        return Deferred.fromCoroutine(self._browse(
+            lambda: self.browser.open(target, headers=headers)))
 
     def follow(self, n: int) -> Deferred:
         return Deferred.fromCoroutine(self._browse(lambda: self.browser.follow(n)))
@@ -343,7 +381,8 @@ class HandsetEmulator:
             return
         base = self._origin(url)
         response = await self.http.request(
-            "GET", f"{base}/api/session", headers={"Cookie": [f"{SESSION_COOKIE}={sid}"]})
+            "GET", f"{base}/api/wireless/session",
+            headers={"Cookie": [f"{SESSION_COOKIE}={sid}"]})
         body = await self._content(response)
         if response.code != 200 or not body.get("user"):
             self.say(f"* no session behind the cookie ({response.code})")
@@ -383,7 +422,7 @@ class HandsetEmulator:
         elif word == "reply" and rest:
             await self.reply(rest)
         elif word == "open" and rest:
-            await self.open(rest)
+            await self.open_link(rest)
         elif word == "chat" and rest:
             await self.open("/wml/chat?" + urlencode({"with": rest}))
         elif word == "login" and " " in rest:
@@ -458,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smsc", default="http://127.0.0.1:13013",
                    help="the simulator's URL (default %(default)s)")
     p.add_argument("--number", required=True, help="this handset's number, e.g. +15550001")
+    p.add_argument("--secret-file", metavar="FILE",
+                   help="a file holding this handset's secret (from the settings page);"
+                   f" else the environment variable {SECRET_ENV}")
     p.add_argument("--server", help="the presence server's URL, for relative URLs and login")
     p.add_argument("--script", help="run the commands of this file, then exit")
     p.add_argument("--no-follow", action="store_true", help="do not open push links by itself")
@@ -470,14 +512,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def read_secret(path: Optional[str]) -> str:
+    """The handset secret from ``path`` (its first line) or ``$PRESENCE_HANDSET_SECRET``."""
+    import os
+
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                secret = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"--secret-file: {e}")
+    else:
+        secret = os.environ.get(SECRET_ENV, "").strip()
+    if not secret:
+        raise SystemExit(f"give the handset's secret: --secret-file FILE or {SECRET_ENV}"
+                         " (the settings page shows it when you save your handset number)")
+    return secret
+
+
 async def _run(reactor: Any, args: argparse.Namespace) -> None:
     from presence.wireless.numbers import normalize
 
     number = normalize(args.number)
     if number is None:
         raise SystemExit("--number must be '+' and 3-15 digits")
+    secret = read_secret(args.secret_file)
     output = Output()
-    emulator = HandsetEmulator(reactor, args.smsc, number, server=args.server,
+    emulator = HandsetEmulator(reactor, args.smsc, number, server=args.server, secret=secret,
                                out=lambda line: output.out(line + "\n"),
                                follow=not args.no_follow,
                                follow_sms_links=args.follow_sms_links, wait=args.wait)

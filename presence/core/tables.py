@@ -56,7 +56,7 @@ class Session:
     __slots__ = (
         "id", "user", "ip", "port", "host_box", "login_time", "active",
         "mailbox", "channel", "last_end", "last_write", "seqs", "refresh_id",
-        "welcome", "__weakref__",
+        "welcome", "scope", "__weakref__",
     )
 
     def __init__(self, ident: str, user: "UserState", ip: str, port: int,
@@ -80,6 +80,9 @@ class Session:
         self.refresh_id = 0
         #: the welcome figures taken at login (spec section 5)
         self.welcome: dict | None = None
+        #: None for a full session; a name (``"wml"``) for a session limited
+        #: to some front-end (see PresenceService.session)
+        self.scope: Optional[str] = None
 
     @property
     def name(self) -> str:

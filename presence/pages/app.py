@@ -73,6 +73,7 @@ DONE = {
     "group-leave": "You left the group.",
     "contact-add": "Contact added.",
     "contact-remove": "Contact removed.",
+    "handset-secret": "A new handset secret: the old one no longer works.",
 }
 
 Handler = Callable[..., Awaitable[bytes]]
@@ -117,6 +118,9 @@ class Pages:
         self.admitted: "WeakKeyDictionary[Session, set]" = WeakKeyDictionary()
         #: the group each session's home page shows (absent: the address book)
         self.home_group: "WeakKeyDictionary[Session, str]" = WeakKeyDictionary()
+        #: issues a handset secret for a session's user (the wireless
+        #: gateway's issue_secret; None: wireless is off)
+        self.handset_secret: Optional[Callable[[Session], Awaitable[Dict[str, str]]]] = None
 
     # -- the resources to mount ------------------------------------------------
 
@@ -484,11 +488,13 @@ class Pages:
         return await self.settings_answer(request, session, 200, done=done)
 
     async def settings_answer(self, request, session: Session, status: int,
-                              done: Optional[str] = None, error: Optional[str] = None) -> bytes:
+                              done: Optional[str] = None, error: Optional[str] = None,
+                              secret: Optional[Dict[str, str]] = None) -> bytes:
         account = await self.service.account(session)
         home = self.home_group.get(session) or session.user.name
-        return await self.html(request, status, "Settings",
-                               views.settings_page(account, home, done, error), session)
+        page = views.settings_page(account, home, done, error, secret,
+                                   self.handset_secret is not None)
+        return await self.html(request, status, "Settings", page, session)
 
     @app.route("/settings/<action>", methods=["POST"])
     @page
@@ -501,14 +507,29 @@ class Pages:
         if handler is None:
             return await self.no_such_page(request)
         try:
-            await handler(self, session, p)
+            secret = await handler(self, session, p)
         except ClientError as e:
             return await self.settings_answer(request, session, e.status, error=e.message)
+        if secret:
+            # shown once, on this answer only (no redirect to a page that
+            # could be reloaded or cached: the page is no-store)
+            return await self.settings_answer(request, session, 200, done=DONE.get(action),
+                                              secret=secret)
         return self.redirect(request, self.local(p.get("next"), "/settings?done=" + action))
 
-    async def _profile(self, session, p) -> None:
+    async def _profile(self, session, p) -> Optional[Dict[str, str]]:
+        before = (await self.service.store.get_user(session.user.name) or {}).get("wireless")
         await self.service.update_profile(session, p.get("email"), p.get("phone"),
                                           p.get("wireless"))
+        after = (await self.service.store.get_user(session.user.name) or {}).get("wireless")
+        if after and after != before and self.handset_secret is not None:
+            return await self.handset_secret(session)  # a new number: a new secret
+        return None
+
+    async def _handset_secret(self, session, p) -> Dict[str, str]:
+        if self.handset_secret is None:
+            raise NotFound("texting handsets is off on this server")
+        return await self.handset_secret(session)
 
     async def _alias(self, session, p) -> None:
         alias = p.get("alias")
@@ -552,7 +573,7 @@ class Pages:
         "profile": _profile, "alias": _alias, "active": _active,
         "group-create": _group_create, "group-join": _group_join,
         "group-leave": _group_leave, "contact-add": _contact_add,
-        "contact-remove": _contact_remove,
+        "contact-remove": _contact_remove, "handset-secret": _handset_secret,
     }
 
     # -- errors of routing itself --------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlencode
 
 from twisted.python.filepath import FilePath
@@ -463,8 +463,31 @@ def home_page(visitor: Visitor, welcome: Dict[str, Any], box: Dict[str, Any],
     )
 
 
+def handset_section(a: Dict[str, Any], secret: Optional[Dict[str, str]],
+                    form: Callable[..., Tag]) -> Any:
+    """The handset secret: shown once right after it was issued."""
+    if not a.get("wireless") and not secret:
+        return ""
+    shown: Any = ""
+    if secret:
+        shown = tags.div(
+            tags.p("The secret of your handset ", tags.code(clean(secret["number"], 16)),
+                   " (shown this once: copy it now into the file you give"
+                   " presence-handset --secret-file):"),
+            tags.p(tags.code(clean(secret["secret"], 64), id="handset-secret")),
+            class_="secret-shown", role="status")
+    return tags.section(
+        tags.h2("Handset secret"),
+        tags.p("Your handset proves it is yours with this secret; a new one replaces the"
+               " old.", class_="muted"),
+        shown,
+        form("handset-secret", tags.p(tags.button("New handset secret", type="submit"))),
+        class_="card", id="handset")
+
+
 def settings_page(account: Dict[str, Any], home: str, done: Optional[str] = None,
-                  error: Optional[str] = None) -> Tag:
+                  error: Optional[str] = None, secret: Optional[Dict[str, str]] = None,
+                  wireless: bool = False) -> Tag:
     a = account
     me = a["name"]
 
@@ -512,6 +535,7 @@ def settings_page(account: Dict[str, Any], home: str, done: Optional[str] = None
                             a.get("wireless") or "", kind="tel", maxlength="16"),
                       tags.p(tags.button("Save", type="submit"))),
             class_="card", id="profile"),
+        handset_section(a, secret, post_form) if wireless else "",
         tags.section(
             tags.h2("Aliases"),
             tags.p("Other names that lead to your page: a nickname, a phone number, an"

@@ -16,6 +16,8 @@ and the presence side of texting a handset.
 * :mod:`~presence.wireless.numbers`, :mod:`~presence.wireless.si`,
   :mod:`~presence.wireless.dlr` - handset numbers and SMS sizes, Service
   Indication documents (hardened parsing), Kannel delivery reports;
+* :mod:`~presence.wireless.keys` - handset secrets (kept hashed) and the
+  proofs that bind a push link to its handset;
 * :mod:`~presence.wireless.frontend` - the ``twistd presence`` options and
   wiring;
 * :mod:`~presence.wireless.browser` - the small WML browser of the handset

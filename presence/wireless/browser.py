@@ -146,10 +146,15 @@ class WMLBrowser:
     # -- fetching ---------------------------------------------------------------
 
     async def _fetch(self, url: str, method: str = "GET",
-                     fields: Optional[List[Tuple[str, str]]] = None) -> Tuple[str, int, str, bytes]:
+                     fields: Optional[List[Tuple[str, str]]] = None,
+                     extra: Optional[Dict[str, List[str]]] = None,
+                     ) -> Tuple[str, int, str, bytes]:
         for _ in range(MAX_REDIRECTS + 1):
             headers = {"Accept": ["text/vnd.wap.wml, text/plain;q=0.5"],
                        "User-Agent": [self.user_agent]}
+            if extra:
+                headers.update(extra)  # the first request only, never a redirect's
+                extra = None
             # always explicit: an HTTP client's own cookie jar stays out of it
             headers["Cookie"] = [self._cookie_header(url) or ""]
             kw: Dict[str, Any] = {"headers": headers, "allow_redirects": False}
@@ -181,13 +186,15 @@ class WMLBrowser:
         raise BrowserError("too many redirects")
 
     async def open(self, url: str, method: str = "GET",
-                   fields: Optional[List[Tuple[str, str]]] = None) -> Page:
-        """Fetch ``url`` and show it (the current page goes to the history)."""
+                   fields: Optional[List[Tuple[str, str]]] = None,
+                   headers: Optional[Dict[str, List[str]]] = None) -> Page:
+        """Fetch ``url`` and show it (the current page goes to the history);
+        ``headers`` go with the first request only."""
         base = self.current.url if self.current is not None else None
         target = urljoin(base, url) if base else url
         if not urlsplit(target).scheme.startswith("http"):
             raise BrowserError(f"not an http URL: {url[:80]}")
-        final, status, ctype, body = await self._fetch(target, method, fields)
+        final, status, ctype, body = await self._fetch(target, method, fields, headers)
         self.status = status
         self.content_type = ctype
         if self.current is not None:

@@ -41,7 +41,8 @@ def home(name: str, unread: int, guest: bool = False, note: str = "") -> bytes:
     if not guest:
         rows.append(link("/wml/buddies", "Buddies") + "<br/>")
         rows.append(link("/wml/messages", f"Messages ({unread} unread)") + "<br/>")
-    rows.append(link("/wml/logout", "Log out"))
+    # a state change: POST, never a link a prefetch could follow
+    rows.append(f'<anchor>Log out{go_post("/wml/logout", [])}</anchor>')
     return deck(card("home", "Presence", "".join(rows)))
 
 

@@ -13,6 +13,9 @@ URL-encoded).  Event values (``%d``):
 16    non-delivered to SMSC       (never sent: refusals are HTTP errors)
 ====  ==========================  =====================================
 
+Which URLs are called at all is :class:`DlrPolicy`'s: the operator's
+allow-list, and this server's own callback.
+
 Escapes (as in Kannel's delivery reports, where sender and receiver are
 those of the report: ``%p`` is the handset, ``%P`` the original sender):
 ``%d`` event value, ``%p``/``%q`` handset number, ``%P``/``%Q`` original
@@ -28,8 +31,8 @@ text, ``%%`` a percent sign.  Any other ``%x`` is left as it is.
 from __future__ import annotations
 
 import time as _time
-from typing import Dict
-from urllib.parse import quote
+from typing import Dict, Iterable, Set, Tuple
+from urllib.parse import quote, urlsplit
 
 DELIVERED = 1
 UNDELIVERED = 2
@@ -102,3 +105,49 @@ def values_for(event: int, handset: str, sender: str, when: float, report: str,
         "n": user,
         "c": "0" if coding == "gsm7" else "2",
     }
+
+
+class DlrRefused(ValueError):
+    """A ``dlr-url`` the simulator will not call; the text says why."""
+
+
+#: the path of the presence server's own delivery-report callback
+OWN_CALLBACK_PATH = "/api/wireless/dlr"
+
+
+class DlrPolicy:
+    """Which ``dlr-url``s the simulator calls: ``http(s)`` URLs whose host
+    is on the operator's list (``--dlr-allow``, exact names or addresses,
+    case-insensitive), and this server's own callback (``/api/wireless/dlr``
+    on the loopback host and port its HTTP listener has, see :meth:`allow_own`).
+    Nothing else: no other loopback, private or link-local address, no
+    other name.  The list is the operator's word; a name on it is not
+    resolved here."""
+
+    def __init__(self, hosts: Iterable[str] = ()) -> None:
+        self.hosts = frozenset(h.strip().lower().strip("[]") for h in hosts if h.strip())
+        self.own: Set[Tuple[str, int]] = set()
+
+    def allow_own(self, host: str, port: int) -> None:
+        self.own.add((host.lower().strip("[]"), port))
+
+    def check(self, url: str) -> None:
+        """Raise :class:`DlrRefused` unless ``url`` may be fetched."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise DlrRefused("it is not a valid URL")
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "").lower()
+        if scheme not in ("http", "https") or not host:
+            raise DlrRefused("only http(s) URLs with a host are called")
+        if parts.username is not None or parts.password is not None:
+            raise DlrRefused("a URL with credentials is not called")
+        if host in self.hosts:
+            return
+        if port is None:
+            port = 443 if scheme == "https" else 80
+        if (host, port) in self.own and (parts.path == OWN_CALLBACK_PATH):
+            return
+        raise DlrRefused(f"the host {host[:64]} is not on the operator's list (--dlr-allow)")

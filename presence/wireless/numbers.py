@@ -45,6 +45,16 @@ def normalize(raw: str) -> Optional[str]:
     return "+" + text
 
 
+def scalar(text: str) -> bool:
+    """Whether ``text`` is Unicode scalar values only: no lone surrogate
+    (which no SMS, XML or UTF-8 can carry)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_gsm7(text: str) -> bool:
     return all(c in GSM7_BASIC or c in GSM7_EXTENSION for c in text)
 

@@ -16,24 +16,29 @@ Operator API (shaped like Kannel's smsbox and push proxy gateway)::
         field ``si``; answered with a PAP push-response (202, code 1001)
         or its error codes (2000, 2001, 2002, 2007, 3005).
 
-Handset API (JSON)::
+Handset API (JSON), every call with ``Authorization: Bearer <the handset's
+secret>`` (403, the same answer for a number with no secret)::
 
     GET  /handset/<number>/poll?after=<seq>&wait=<s>
     POST /handset/<number>/send   to, text
     POST /handset/<number>/detach
     GET  /handset/<number>
+
+Wrong operator passwords are counted per client address, wrong handset
+secrets per address and number: past ``AUTH_FAILURES`` in a row (then one
+per ``1 / AUTH_RATE`` seconds) the address (for that number) gets ``429``
+whatever it sends.
 """
 
 from __future__ import annotations
 
-import codecs
 import hmac
 import json
 import re
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
 from xml.sax.saxutils import quoteattr
 
 from klein import Klein
@@ -41,10 +46,23 @@ from twisted.logger import Logger
 from twisted.web import server
 from werkzeug.exceptions import HTTPException
 
+from presence.core.ratelimit import RateLimiter
+from presence.web.http import client_address
 from presence.wireless import numbers, si
+from presence.wireless.dlr import DlrPolicy, DlrRefused
 from presence.wireless.simulator import DEFAULT_WAIT, MAX_WAIT, Simulator, SimulatorError
 
 MAX_RECEIVERS = 100
+#: wrong passwords or secrets one address may send in a row, and the refill
+AUTH_FAILURES = 10
+AUTH_RATE = 1 / 6
+#: the charsets sendsms accepts for ``text`` (text codecs only)
+CHARSETS = frozenset({"utf-8", "utf8", "iso-8859-1", "latin-1", "latin1", "iso-8859-15",
+                      "windows-1252", "cp1252", "us-ascii", "ascii", "utf-16", "utf-16be",
+                      "utf-16le", "ucs-2", "ucs2"})
+HANDSET_DENIED = "handset authentication failed: give this number's secret"
+#: (number, secret) -> whether the secret is that handset's; None: deny all
+HandsetAuth = Callable[[str, Optional[str]], Awaitable[bool]]
 _SENDER = re.compile(r"[A-Za-z0-9 +._-]{1,20}\Z")
 PAP_DESC = {
     1001: "Accepted for processing",
@@ -99,12 +117,24 @@ def _raw_args(request: server.Request) -> Dict[str, bytes]:
 
 
 def _text(value: Optional[bytes], what: str) -> Optional[str]:
+    """Strict UTF-8 (which refuses encoded surrogates), else 400."""
     if value is None:
         return None
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         raise Rejected(400, f"{what} field misformed, rejected")
+
+
+def _bearer(request: server.Request) -> Optional[str]:
+    header = request.getHeader(b"authorization") or b""
+    scheme, _, value = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not value.strip():
+        return None
+    try:
+        return value.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 def _int(value: Optional[str], what: str, low: int, high: int) -> Optional[int]:
@@ -119,11 +149,15 @@ def _int(value: Optional[str], what: str, low: int, high: int) -> Optional[int]:
     return number
 
 
-def _dlr_url(value: Optional[str]) -> str:
+def _dlr_url(value: Optional[str], policy: DlrPolicy) -> str:
     if not value:
         return ""
     if len(value) > 2048 or not re.match(r"https?://", value, re.I):
         raise Rejected(400, "DLR-URL field misformed, rejected")
+    try:
+        policy.check(value)
+    except DlrRefused as e:
+        raise Rejected(400, f"DLR-URL not allowed: {e}, rejected")
     return value
 
 
@@ -146,19 +180,52 @@ class OperatorAPI:
 
     app = Klein()
 
-    def __init__(self, simulator: Simulator, credentials: Mapping[str, str]) -> None:
+    def __init__(self, simulator: Simulator, credentials: Mapping[str, str],
+                 handset_auth: Optional[HandsetAuth] = None,
+                 dlr_policy: Optional[DlrPolicy] = None,
+                 trusted: Optional[Tuple[str, str]] = None) -> None:
         self.sim = simulator
         self.credentials = dict(credentials)
+        #: the in-process gateway's own account (random, in memory only): it
+        #: is never throttled, so that wrong guesses from the server's own
+        #: address (loopback) cannot stop the server's texts
+        self.trusted = trusted
+        if trusted is not None:
+            self.credentials[trusted[0]] = trusted[1]
+        self.handset_auth = handset_auth
+        self.dlr_policy = dlr_policy if dlr_policy is not None else DlrPolicy()
+        self.failures = RateLimiter(capacity=AUTH_FAILURES, rate=AUTH_RATE)
         self._push_ids: "OrderedDict[str, float]" = OrderedDict()
 
-    def _authorised(self, user: Optional[str], password: Optional[str]) -> bool:
-        if user is None or password is None:
-            return False
-        expected = self.credentials.get(user)
-        if expected is None:
-            hmac.compare_digest(password.encode(), b"x" * len(password.encode()))
-            return False
-        return hmac.compare_digest(password.encode("utf-8"), expected.encode("utf-8"))
+    def _throttled(self, request: server.Request, number: str = "") -> bool:
+        return not self.failures.allowed(self._key(request, number), self.sim.clock.seconds())
+
+    def _failed(self, request: server.Request, number: str = "") -> None:
+        self.failures.take(self._key(request, number), self.sim.clock.seconds())
+
+    @staticmethod
+    def _key(request: server.Request, number: str) -> str:
+        """Operator passwords count per address; handset secrets per address
+        and number, so that guessing at one number from an address shared by
+        many handsets (loopback, a NAT) does not lock the others out."""
+        return client_address(request)[0] + (" " + number if number else "")
+
+    def _authorised(self, request: server.Request, user: Optional[str],
+                    password: Optional[str]) -> bool:
+        """The operator's credentials; a wrong one counts against the address,
+        and an address past its bound is refused (Rejected 429) whatever it
+        sends, except the trusted account (which no guess can find)."""
+        expected = self.credentials.get(user or "")
+        given = (password or "").encode("utf-8")
+        ok = hmac.compare_digest(given, (expected if expected is not None else "\0").encode())
+        ok = ok and expected is not None and password is not None
+        if ok and self.trusted is not None and user == self.trusted[0]:
+            return True
+        if self._throttled(request):
+            raise Rejected(429, "Too many failed authorizations from this address, try later")
+        if not ok:
+            self._failed(request)
+        return ok
 
     # -- sendsms --------------------------------------------------------------
 
@@ -194,11 +261,16 @@ class OperatorAPI:
             fields[key] = _text(raw.get(key), key.capitalize())
         text = raw.get("text")
         if text is not None and charset:
+            name = charset.strip().lower()
             try:
-                codecs.lookup(charset)
-                fields["text"] = text.decode(charset)
+                if name not in CHARSETS:
+                    raise LookupError(name)
+                decoded = text.decode("utf-16-be" if name in ("ucs-2", "ucs2") else name)
             except (LookupError, UnicodeDecodeError):
                 raise Rejected(400, "Charset or body misformed, rejected")
+            if not numbers.scalar(decoded):
+                raise Rejected(400, "Charset or body misformed, rejected")
+            fields["text"] = decoded
         else:
             fields["text"] = _text(text, "Text") if text is not None else None
         return fields
@@ -207,7 +279,7 @@ class OperatorAPI:
         f = self._sendsms_fields(request)
         user = f["username"] if f["username"] is not None else f["user"]
         password = f["password"] if f["password"] is not None else f["pass"]
-        if not self._authorised(user, password):
+        if not self._authorised(request, user, password):
             return 403, "Authorization failed for sendsms"
         to = f["to"]
         if to is None:
@@ -216,7 +288,8 @@ class OperatorAPI:
             return 400, "Empty receiver number not allowed, rejected"
         mask = _int(f["dlr-mask"] if f["dlr-mask"] is not None else f["dlrmask"],
                     "DLR-Mask", -1, 63)
-        url = _dlr_url(f["dlr-url"] if f["dlr-url"] is not None else f["dlrurl"])
+        url = _dlr_url(f["dlr-url"] if f["dlr-url"] is not None else f["dlrurl"],
+                       self.dlr_policy)
         validity = _int(f["validity"], "Validity", -1, 10080)
         sender = f["from"] if f["from"] else self.sim.shortcode
         if not _SENDER.match(sender):
@@ -248,13 +321,16 @@ class OperatorAPI:
         except PapError as e:
             code, detail = e.code, e.detail
         except Rejected as e:
-            code, detail = 2000, e.text
+            code, detail = (2001 if e.status == 429 else 2000), e.text
+            if e.status == 429:
+                request.setResponseCode(429)
         except SimulatorError as e:
             code, detail = (2000 if e.status < 500 else 3000), e.message
         except Exception:
             log.failure("wappush failed")
             code, detail = 3000, "the push could not be processed"
-        request.setResponseCode(PAP_STATUS[code])
+        if request.code != 429:
+            request.setResponseCode(PAP_STATUS[code])
         request.setHeader(b"content-type", b"application/xml; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.sim.clock.seconds()))
@@ -275,7 +351,7 @@ class OperatorAPI:
         if user is None and request.getUser():
             user = request.getUser().decode("utf-8", "replace")
             password = request.getPassword().decode("utf-8", "replace")
-        if not self._authorised(user, password):
+        if not self._authorised(request, user, password):
             raise PapError(2001, "wrong username or password")
         to = _text(raw.get("to"), "To")
         if to is None or not to.strip():
@@ -287,7 +363,7 @@ class OperatorAPI:
         if number is None:
             raise PapError(2002, "the receiver is not a handset number")
         mask = _int(_text(raw.get("dlr-mask"), "DLR-Mask"), "DLR-Mask", -1, 63)
-        url = _dlr_url(_text(raw.get("dlr-url"), "DLR-URL"))
+        url = _dlr_url(_text(raw.get("dlr-url"), "DLR-URL"), self.dlr_policy)
         push_id = _text(raw.get("push-id"), "Push-ID")
         if push_id is not None and not (0 < len(push_id) <= 128):
             raise PapError(2000, "push-id must be 1-128 characters")
@@ -328,10 +404,27 @@ class OperatorAPI:
             raise SimulatorError(400, "not a handset number: '+' and 3-15 digits")
         return found
 
+    async def _handset(self, request: server.Request, number: str) -> str:
+        """The normalised ``number`` once the request proved it is that
+        handset (its secret as a bearer token); SimulatorError 403 otherwise,
+        the same for a number that has no secret, 429 for an address that
+        sent too many wrong ones."""
+        n = self._number(number)
+        if self._throttled(request, n):
+            raise SimulatorError(429, "too many failed authentications from this address;"
+                                      " try again later")
+        secret = _bearer(request)
+        ok = False
+        if self.handset_auth is not None and secret is not None:
+            ok = bool(await self.handset_auth(n, secret))
+        if not ok:
+            self._failed(request, n)
+            raise SimulatorError(403, HANDSET_DENIED)
+        return n
+
     @app.route("/handset/<string:number>/poll", methods=["GET"])
-    def poll(self, request: server.Request, number: str) -> Any:
+    async def poll(self, request: server.Request, number: str) -> Any:
         try:
-            n = self._number(number)
             raw = _raw_args(request)
             after = _int(_text(raw.get("after"), "After"), "After", 0, 2 ** 62) or 0
             wait_text = _text(raw.get("wait"), "Wait")
@@ -341,20 +434,18 @@ class OperatorAPI:
                 raise Rejected(400, "wait must be a number of seconds")
             if not 0 <= wait <= MAX_WAIT:
                 raise Rejected(400, f"wait must be 0-{MAX_WAIT:g} seconds")
-            d = self.sim.poll(n, after, wait)
+            n = await self._handset(request, number)
+            messages = await self.sim.poll(n, after, wait)
         except SimulatorError as e:
             return _json(request, e.status, {"error": e.message})
         except Rejected as e:
             return _json(request, 400, {"error": e.text})
-        request.setHeader(b"cache-control", b"no-store")
-        d.addCallback(lambda messages: _json(request, 200, {
-            "number": n, "messages": [m.wire() for m in messages]}))
-        return d
+        return _json(request, 200, {"number": n, "messages": [m.wire() for m in messages]})
 
     @app.route("/handset/<string:number>/send", methods=["POST"])
-    def send(self, request: server.Request, number: str) -> bytes:
+    async def send(self, request: server.Request, number: str) -> bytes:
         try:
-            n = self._number(number)
+            n = await self._handset(request, number)
             raw = _raw_args(request)
             to = _text(raw.get("to"), "To")
             text = _text(raw.get("text"), "Text")
@@ -369,19 +460,18 @@ class OperatorAPI:
             return _json(request, 400, {"error": e.text})
 
     @app.route("/handset/<string:number>/detach", methods=["POST"])
-    def detach(self, request: server.Request, number: str) -> bytes:
+    async def detach(self, request: server.Request, number: str) -> bytes:
         try:
-            n = self._number(number)
+            n = await self._handset(request, number)
         except SimulatorError as e:
             return _json(request, e.status, {"error": e.message})
-        if not self.sim.detach(n):
-            return _json(request, 404, {"error": "unknown subscriber"})
+        self.sim.detach(n)
         return _json(request, 204, None)
 
     @app.route("/handset/<string:number>", methods=["GET"])
-    def status(self, request: server.Request, number: str) -> bytes:
+    async def status(self, request: server.Request, number: str) -> bytes:
         try:
-            n = self._number(number)
+            n = await self._handset(request, number)
         except SimulatorError as e:
             return _json(request, e.status, {"error": e.message})
         return _json(request, 200, self.sim.status(n))

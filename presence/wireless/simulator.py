@@ -47,6 +47,9 @@ POLL_BATCH = 50
 ATTACH_GRACE = 30.0
 SHORTCODE = "7777"
 REPORT_RETRIES = (1.0, 5.0)
+#: fetches of a message's dlr-url at most, retries included (a message has
+#: at most three report events: 8, 4, then 1 or 2)
+MAX_REPORT_FETCHES = 6
 
 Fetch = Callable[[str], defer.Deferred]
 
@@ -81,6 +84,7 @@ class Message:
     sent: bool = False
     state: str = "queued"          # queued, delivered, expired, failed
     timer: Any = field(default=None, repr=False)
+    fetches: int = 0               # dlr-url fetches so far (MAX_REPORT_FETCHES)
 
     def wire(self) -> Dict[str, Any]:
         """What the handset receives."""
@@ -114,8 +118,11 @@ class Simulator:
     def __init__(self, clock, validity: float = DEFAULT_VALIDITY,
                  fetch: Optional[Fetch] = None, shortcode: str = SHORTCODE,
                  max_parts: int = 10, max_queue: int = 500,
-                 max_handsets: int = 10000) -> None:
+                 max_handsets: int = 10000,
+                 dlr_policy: Optional[dlr.DlrPolicy] = None) -> None:
         self.clock = clock
+        #: which dlr-urls are called (checked again on the filled-in URL)
+        self.dlr_policy = dlr_policy if dlr_policy is not None else dlr.DlrPolicy()
         self.validity = validity
         self.fetch = fetch
         self.shortcode = shortcode
@@ -252,6 +259,8 @@ class Simulator:
         is not a text or needs more than ``max_parts`` parts."""
         if not isinstance(text, str):
             raise SimulatorError(400, "the text is missing")
+        if not numbers.scalar(text):
+            raise SimulatorError(400, "the text is not valid Unicode")
         coding, parts = numbers.split(text)
         if len(parts) > self.max_parts:
             raise SimulatorError(400, f"Text too long ({len(parts)} parts, at most "
@@ -324,12 +333,22 @@ class Simulator:
         report = dlr.receipt(m.msg_id, event, m.submitted, now, text, error)
         url = dlr.expand(m.dlr_url, dlr.values_for(event, m.receiver, m.sender, now, report,
                                                    m.msg_id, m.user, m.coding))
+        try:
+            self.dlr_policy.check(url)
+        except dlr.DlrRefused as e:
+            self.log.warn("a delivery report was not sent: {why}", why=str(e))
+            return
         self.reports.append((url, event))
-        self._send_report(url, 0)
+        self._send_report(m, url, 0)
 
-    def _send_report(self, url: str, attempt: int) -> None:
+    def _send_report(self, m: Message, url: str, attempt: int) -> None:
         if self.fetch is None or self.stopped:
             return
+        if m.fetches >= MAX_REPORT_FETCHES:
+            self.log.warn("a delivery report was not sent: {n} calls for one message"
+                          " already", n=m.fetches)
+            return
+        m.fetches += 1
         d = defer.maybeDeferred(self.fetch, url)
 
         def check(code: Any) -> None:
@@ -338,7 +357,7 @@ class Simulator:
 
         def retry(failure: Any) -> None:
             if attempt < len(REPORT_RETRIES) and not self.stopped:
-                call = self.clock.callLater(REPORT_RETRIES[attempt], self._retry, url,
+                call = self.clock.callLater(REPORT_RETRIES[attempt], self._retry, m, url,
                                             attempt + 1)
                 self._retries.add(call)
             else:
@@ -348,9 +367,9 @@ class Simulator:
         d.addCallback(check)
         d.addErrback(retry)
 
-    def _retry(self, url: str, attempt: int) -> None:
+    def _retry(self, m: Message, url: str, attempt: int) -> None:
         self._retries = {c for c in self._retries if c.active()}
-        self._send_report(url, attempt)
+        self._send_report(m, url, attempt)
 
     def stop(self) -> None:
         """Cancel every timer and answer held polls (server shutdown)."""

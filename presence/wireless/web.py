@@ -5,24 +5,32 @@ WML (``Content-Type: text/vnd.wap.wml``, decks built by
 
     GET  /wml/                   home (or the login card without a session)
     GET  /wml/login              login card; POST username, password
-    GET  /wml/t/<token>          one-time link from a push: logs the handset's
-                                 user in and opens the chat with the sender
+    GET  /wml/t/<token>          one-time link from a push (with the handset's
+                                 X-Handset-Proof): a session limited to the
+                                 wireless pages, the chat with the sender
     GET  /wml/buddies?from=N     address book with presence
     GET  /wml/chat?with=NAME     chat card with a reply form
     POST /wml/chat               to, msg: send, then the chat card again
     GET  /wml/messages?from=N    message box; GET /wml/messages/<id>?part=N
-    GET  /wml/logout
+    POST /wml/logout
 
 The session is the ``presence_session`` cookie that login sets (the same as
-the JSON API's).  Errors are decks too, with the fitting status: 401 wrong
-login, 403 no session, 404 unknown name or page, 410 used or expired link,
-413 text too long, 429 too many tries.
+the JSON API's).  A push link's session has the scope ``"wml"``: these pages
+and the heartbeat take it, the JSON API, the HTML pages and ``/sip`` refuse
+it (403, :meth:`PresenceService.session`).  Errors are decks too, with the
+fitting status: 401 wrong login, 403 no session or no handset proof, 404
+unknown name or page, 410 used or expired link, 413 text too long, 429 too
+many tries.
 
 JSON::
 
     POST /api/wireless/text    me, id, to  -> 202 {"status": "sent"}
+    POST /api/wireless/secret  me, id      -> 201 {"number", "secret"} (shown once)
     GET|POST /api/wireless/dlr ref, status (the operator's delivery reports)
     GET  /api/wireless         {"enabled": bool, "via": "push"|"sms"}
+    GET  /api/wireless/session, POST /api/wireless/ack, POST /api/wireless/logout
+                               as /api/session, /ack, /api/logout, also for
+                               a "wml" session (the emulator's heartbeat)
 """
 
 from __future__ import annotations
@@ -38,15 +46,19 @@ from werkzeug.exceptions import HTTPException
 from presence.core import frames
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooLarge, Unauthorized
+from presence.pages.app import Pages
 from presence.service import PresenceService
 from presence.web.api import api as json_route
-from presence.web.http import COOKIE, client_address, params, write_json
-from presence.wireless import decks
+from presence.web.http import COOKIE, client_address, params as _params, write_json
+from presence.wireless import decks, numbers
 from presence.wireless.gateway import WirelessGateway
+from presence.wireless.keys import PROOF_HEADER
 from presence.wireless.wml import CONTENT_TYPE
 
 log = Logger()
 Page = Tuple[int, bytes]
+#: the scope of a session a push link opens (see PresenceService.session)
+SCOPE = "wml"
 
 
 def _write(request: server.Request, status: int, data: bytes) -> bytes:
@@ -76,6 +88,41 @@ def wml_route(handler: Callable[..., Awaitable[Page]]) -> Callable[..., Awaitabl
         return _write(request, status, data)
 
     return route
+
+
+def _scalar(p: dict) -> dict:
+    """``p``, or 400 for text in it that is not Unicode scalar values (a
+    lone surrogate from a JSON ``\\udc00``)."""
+    for value in p.values():
+        if isinstance(value, str) and not numbers.scalar(value):
+            raise BadRequest("the text is not valid Unicode")
+    return p
+
+
+def params(request: server.Request) -> dict:
+    """The request's parameters, Unicode scalar values only (else 400)."""
+    return _scalar(_params(request))
+
+
+def checked(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A JSON route's parameters, Unicode scalar values only (else 400)."""
+
+    @functools.wraps(handler)
+    async def route(self: "WirelessWeb", request: server.Request, p: dict, **kw: Any) -> Any:
+        return await handler(self, request, _scalar(p), **kw)
+
+    return route
+
+
+def _same_site(request: server.Request) -> None:
+    """A state change authenticated by the cookie must come from this site:
+    403 when ``Sec-Fetch-Site`` says cross-site or ``Origin`` names another
+    host (a WML browser sends neither: it passes)."""
+    if request.method not in (b"POST", b"PUT", b"DELETE", b"PATCH"):
+        return
+    fetch_site = (request.getHeader(b"sec-fetch-site") or b"").lower()
+    if fetch_site not in (b"", b"same-origin", b"none") or not Pages.same_origin(request):
+        raise Forbidden("this request was sent from another site")
 
 
 def _number(value: Any, what: str) -> int:
@@ -110,6 +157,7 @@ class WirelessWeb:
         session = self._maybe_session(request)
         if session is None:
             raise Forbidden("Log in first.")
+        _same_site(request)
         return session
 
     def _login(self, request: server.Request, session: Session) -> None:
@@ -140,6 +188,7 @@ class WirelessWeb:
     @app.route("/wml/login", methods=["POST"])
     @wml_route
     async def login(self, request: server.Request) -> Page:
+        _same_site(request)
         p = params(request)
         ip, port = client_address(request)
         try:
@@ -154,10 +203,12 @@ class WirelessWeb:
     @app.route("/wml/t/<string:token>", methods=["GET"])
     @wml_route
     async def token(self, request: server.Request, token: str) -> Page:
-        user, peer = self.gateway.consume(token)
+        proof = request.getHeader(PROOF_HEADER)
+        user, peer = self.gateway.consume(
+            token, proof.decode("ascii", "replace") if proof is not None else None)
         ip, port = client_address(request)
         try:
-            session = await self.service.login_verified(user, ip, port)
+            session = await self.service.login_verified(user, ip, port, scope=SCOPE)
         except NotFound:
             raise NotFound("That account is gone.")
         self._login(request, session)
@@ -234,9 +285,10 @@ class WirelessWeb:
         await self.service.mark_read(session, number)
         return 200, decks.message(found, part)
 
-    @app.route("/wml/logout", methods=["GET", "POST"])
+    @app.route("/wml/logout", methods=["POST"])
     @wml_route
     async def logout(self, request: server.Request) -> Page:
+        _same_site(request)
         session = self._maybe_session(request)
         if session is not None:
             self.service.logout(session)
@@ -246,21 +298,59 @@ class WirelessWeb:
 
     # -- JSON -------------------------------------------------------------------
 
-    def _api_session(self, request: server.Request, p: dict) -> Session:
+    def _api_session(self, request: server.Request, p: dict,
+                     scopes: Tuple[str, ...] = ()) -> Session:
+        """The request's session; a push link's (``"wml"``) only where
+        ``scopes`` names it."""
         sid = p.get("id") or p.get("sessionId")
         if not sid:
             cookie = request.getCookie(COOKIE)
             sid = cookie.decode("ascii", "replace") if cookie else None
-        return self.service.session(sid, p.get("me"))
+            _same_site(request)
+        return self.service.session(sid, p.get("me"), scopes)
 
     @app.route("/api/wireless/text", methods=["POST"])
     @json_route
+    @checked
     async def text(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         session = self._api_session(request, p)
-        return 202, await self.gateway.text(session, p.get("to"))
+        return 202, await self.gateway.text(session, p.get("to"), client_address(request)[0])
+
+    @app.route("/api/wireless/secret", methods=["POST"])
+    @json_route
+    @checked
+    async def secret(self, request: server.Request, p: dict) -> Tuple[int, Any]:
+        return 201, await self.gateway.issue_secret(self._api_session(request, p))
+
+    # what the emulator's heartbeat needs of a push link's session: whose it
+    # is, acknowledging frames, ending it (the JSON API's refuse that scope)
+
+    @app.route("/api/wireless/session", methods=["GET"])
+    @json_route
+    @checked
+    async def session_info(self, request: server.Request, p: dict) -> Tuple[int, Any]:
+        return 200, self._api_session(request, p, (SCOPE,)).info()
+
+    @app.route("/api/wireless/ack", methods=["POST"])
+    @json_route
+    @checked
+    async def ack(self, request: server.Request, p: dict) -> Tuple[int, Any]:
+        ack = p.get("ack")
+        if not isinstance(ack, str) or not ack.isascii() or not ack.isdigit() or len(ack) > 18:
+            raise BadRequest("ack must be a whole number")
+        self.hub.ack(self._api_session(request, p, (SCOPE,)), int(ack))
+        return 204, None
+
+    @app.route("/api/wireless/logout", methods=["POST"])
+    @json_route
+    @checked
+    async def api_logout(self, request: server.Request, p: dict) -> Tuple[int, Any]:
+        self.service.logout(self._api_session(request, p, (SCOPE,)))
+        return 204, None
 
     @app.route("/api/wireless/dlr", methods=["GET", "POST"])
     @json_route
+    @checked
     async def dlr(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         if not self.gateway.report(p.get("ref"), p.get("status")):
             raise NotFound("no such text")
@@ -268,6 +358,7 @@ class WirelessWeb:
 
     @app.route("/api/wireless", methods=["GET"])
     @json_route
+    @checked
     async def info(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         return 200, {"enabled": self.gateway.ready, "via": self.gateway.via}
 
