@@ -495,6 +495,24 @@ def test_spills_are_written_in_batches_one_at_a_time(path):
     store.stop()
 
 
+def test_a_read_of_the_box_sees_every_spill_made_before_it(path):
+    # the spills of a batch in flight and of the one waiting behind it are
+    # all in the answer of a read asked for after them (as they were when
+    # each spill was a write of its own, in order on the one worker)
+    queue = Queue()
+    store = SQLiteDirectory(path, runner=queue)
+    for i in range(3):
+        store.spill("bob", "alice", f"t{i}", float(i), f"m{i}")
+    seen = []
+    store.messages("bob").addCallback(seen.append)
+    store.unread("bob").addCallback(seen.append)
+    while queue.calls:
+        queue.run_one()
+    assert [m["text"] for m in seen[0]] == ["t2", "t1", "t0"]
+    assert seen[1] == 3
+    store.stop()
+
+
 def test_spills_still_waiting_are_written_at_stop(path):
     queue = Queue()
     store = SQLiteDirectory(path, runner=queue)

@@ -87,14 +87,34 @@ class _Batch:
         self.items: List[Any] = []
         self.waiters: List[defer.Deferred] = []
         self.busy = False
+        #: the Deferred of the newest item, until it is written
+        self._last: Optional[defer.Deferred] = None
 
     def add(self, item: Any) -> defer.Deferred:
         self.items.append(item)
         d = defer.Deferred()
         self.waiters.append(d)
+        self._last = d
         if not self.busy:
             self._next()
         return d
+
+    def settled(self) -> defer.Deferred:
+        """Fires (with None) once every item added so far is written (or its
+        write failed): a read of what the items change waits for it, so that
+        it sees them, as it would if each had been a write of its own."""
+        last = self._last
+        if last is None or last.called:
+            self._last = None
+            return defer.succeed(None)
+        done: defer.Deferred = defer.Deferred()
+
+        def fire(result: Any) -> Any:
+            done.callback(None)
+            return result
+
+        last.addBoth(fire)
+        return done
 
     def _next(self, _: Any = None) -> None:
         if not self.items or self.store._run is None:
@@ -402,11 +422,14 @@ class SQLiteDirectory:
         return len(rows)
 
     def box_usage(self, recipient: str) -> defer.Deferred:
-        return self._call(lambda: self._usage(self._db, recipient))
+        d = self._spills.settled()
+        return d.addCallback(lambda _: self._call(lambda: self._usage(self._db, recipient)))
 
     def messages(self, recipient: str, limit: int = 100) -> defer.Deferred:
-        d = self._query("SELECT id, sender, text, time, read FROM messages WHERE recipient=?"
-                        " ORDER BY id DESC LIMIT ?", recipient, limit)
+        d = self._spills.settled()
+        d.addCallback(lambda _: self._query(
+            "SELECT id, sender, text, time, read FROM messages WHERE recipient=?"
+            " ORDER BY id DESC LIMIT ?", recipient, limit))
         return d.addCallback(lambda rows: [
             {"id": r["id"], "from": r["sender"], "text": r["text"], "time": r["time"],
              "read": bool(r["read"])} for r in rows])
@@ -425,8 +448,9 @@ class SQLiteDirectory:
         return self._tx(work)
 
     def unread(self, recipient: str) -> defer.Deferred:
-        d = self._query("SELECT COUNT(*) AS n FROM messages WHERE recipient=? AND read=0",
-                        recipient)
+        d = self._spills.settled()
+        d.addCallback(lambda _: self._query(
+            "SELECT COUNT(*) AS n FROM messages WHERE recipient=? AND read=0", recipient))
         return d.addCallback(lambda rows: rows[0]["n"])
 
 

@@ -46,8 +46,8 @@ from werkzeug.exceptions import HTTPException
 from presence.core import frames
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooLarge, Unauthorized
-from presence.pages.app import Pages
 from presence.service import PresenceService
+from presence.web import auth
 from presence.web.api import api as json_route
 from presence.web.http import COOKIE, client_address, params as _params, write_json
 from presence.wireless import decks, numbers
@@ -115,14 +115,12 @@ def checked(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
 
 
 def _same_site(request: server.Request) -> None:
-    """A state change authenticated by the cookie must come from this site:
-    403 when ``Sec-Fetch-Site`` says cross-site or ``Origin`` names another
-    host (a WML browser sends neither: it passes)."""
-    if request.method not in (b"POST", b"PUT", b"DELETE", b"PATCH"):
-        return
-    fetch_site = (request.getHeader(b"sec-fetch-site") or b"").lower()
-    if fetch_site not in (b"", b"same-origin", b"none") or not Pages.same_origin(request):
-        raise Forbidden("this request was sent from another site")
+    """A state change authenticated by the cookie must come from this site
+    (:func:`presence.web.auth.check_cookie_request`: 403 when the browser
+    says it comes from another origin; a WML browser sends neither header
+    and passes)."""
+    if request.method not in auth.SAFE_METHODS:
+        auth.check_cookie_request(request)
 
 
 def _number(value: Any, what: str) -> int:
@@ -148,10 +146,8 @@ class WirelessWeb:
     # -- sessions -----------------------------------------------------------
 
     def _maybe_session(self, request: server.Request) -> Optional[Session]:
-        cookie = request.getCookie(COOKIE)
-        if not cookie:
-            return None
-        return self.hub.session(cookie.decode("ascii", "replace"))
+        sid = auth.cookie_session_id(request)
+        return None if sid is None else self.hub.session(sid)
 
     def _session(self, request: server.Request) -> Session:
         session = self._maybe_session(request)
@@ -304,8 +300,7 @@ class WirelessWeb:
         ``scopes`` names it."""
         sid = p.get("id") or p.get("sessionId")
         if not sid:
-            cookie = request.getCookie(COOKIE)
-            sid = cookie.decode("ascii", "replace") if cookie else None
+            sid = auth.cookie_session_id(request)
             _same_site(request)
         return self.service.session(sid, p.get("me"), scopes)
 

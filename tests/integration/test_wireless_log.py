@@ -4,9 +4,9 @@ page), push-link tokens and their proofs, and the operator's password on
 sendsms and wappush in every spelling (``password=``, ``pass=``,
 percent-encoded names).
 
-Some spellings are masked only by the access log's masking rewrite (decode
-first, a list of secret-bearing names: another part of issue 11); those
-assertions are marked ``xfail(strict=False)`` until it is merged."""
+Some spellings (``pass=``, percent-encoded names, ``/wml/t/<token>``) are
+masked because the access log decodes names first and masks a list of
+secret-bearing names (``presence.web.http.SECRET_PARAMS``)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ from test_wireless import new_handset, open_link, pushed_link
 pytestmark = pytest.mark.integration
 
 OPERATOR = ("kannel", "Pw-operator-" + "s3cret")
-NEEDS_MASKING = pytest.mark.xfail(strict=False,
-                                  reason="needs the masking rewrite from the input branch")
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +88,11 @@ def test_the_operator_password_never_reaches_the_log_as_password(logged):
     assert own and not any("pass" in line.lower() for line in own), own
 
 
-@NEEDS_MASKING
 def test_the_operator_password_in_pass_and_encoded_names_never_reaches_the_log(logged):
     s, json_log, found = logged
     assert_no_secret_in_logs(s, json_log, found["password"])
 
 
-@NEEDS_MASKING
 def test_push_link_tokens_never_reach_the_log(logged):
     s, json_log, found = logged
     assert "/wml/t/" in s.output()
