@@ -106,6 +106,7 @@ class Net:
                    "smsc-validity": validity, "wireless-via": via, "wml-base": None,
                    "domain": "presence.test", "dlr-allow": dlr_allow}
         self.front = WirelessFrontEnd(options, self.world.service, self.clock, http=self.router)
+        self.front.startService()
         self.front.mount(self.world.site.resource)
         self.sim = self.front.simulator
         self.gateway = self.front.gateway

@@ -153,8 +153,7 @@ class WirelessFrontEnd(Service):
         self.reactor = reactor
         self.smsc = options.get("smsc", "none") or "none"
         self.enabled = self.smsc != "none"
-        user = options.get("smsc-user", "presence")
-        password = operator_password(options) if self.enabled else ""
+        self.operator_user = options.get("smsc-user", "presence")
         # the gateway's own account on the simulator: random, in memory only
         own = (f"presence-gateway-{secrets.token_hex(4)}", secrets.token_urlsafe(24))
         validity = options.get("smsc-validity", DEFAULT_VALIDITY)
@@ -176,7 +175,9 @@ class WirelessFrontEnd(Service):
             self.simulator = Simulator(reactor, validity, fetch=self._fetch,
                                        dlr_policy=self.dlr_policy)
             self.simulator.on_mo = self.gateway.mobile_text
-            self.operator = OperatorAPI(self.simulator, {user: password},
+            # the operator's password is read or made at start, as the user
+            # the server runs as (twistd -u), not as whoever built the tree
+            self.operator = OperatorAPI(self.simulator, {},
                                         handset_auth=self.gateway.check_handset,
                                         dlr_policy=self.dlr_policy, trusted=own)
             self.site = PresenceSite(self.operator.app.resource(), reactor=reactor)
@@ -215,6 +216,11 @@ class WirelessFrontEnd(Service):
         self.dlr_policy.allow_own(callback_host, http[1])
         operator = f"http://{_url_host(smsc[0], '127.0.0.1')}:{smsc[1]}"
         self.gateway.configure(operator, callback, public)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.enabled:
+            self.operator.credentials[self.operator_user] = operator_password(self.options)
 
     def stopService(self) -> Any:
         super().stopService()
