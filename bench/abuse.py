@@ -1077,8 +1077,9 @@ def details(res: dict) -> list:
         out.append(f"error: {res['error'][:300]}")
     if a.get("error"):
         out.append(f"attacker error: {a['error'][:300]}")
+    ra = a.get("retry_after_s")
     out.append(f"attacker got: {got_text(a, 12)}"
-               + (f"; Retry-After min/max/n {a['retry_after_s']}" if a.get("retry_after_s") else ""))
+               + (f"; Retry-After min/max/n {ra}" if ra else ""))
     if p.get("errors"):
         out.append(f"probe errors: {json.dumps(p['errors'])}")
     if p.get("legit"):
