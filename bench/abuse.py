@@ -579,7 +579,6 @@ class Probe(lc.Client):
         self.running = False
         self.tasks: set = set()
         self.held_since = 0.0
-        self.reopen = False
 
     def on_frame(self, s, data) -> None:
         if data and data[0].startswith(b"msg chat ") and len(data) > 1 \
@@ -689,14 +688,9 @@ class Probe(lc.Client):
                     self.acker.conn = None
                     self.err(f"ack {type(e).__name__}")
             if self.rx.held and mono() - self.held_since > REOPEN_EVERY:
-                # as a real client does now and then (network change, poll
-                # mode, a page reload): a new GET re-sends what is unacked
-                self.reopen = True
-                self.rx.conn.transport.abort()
+                await self.reopen()
             if not self.rx.held and self.running:
-                if not self.reopen:
-                    self.err("heartbeat ended")
-                self.reopen = False
+                self.err("heartbeat ended")
                 try:
                     self.rx.conn = None
                     self.rx.sbuf, self.rx.cur_data = b"", None  # a frame cut short
@@ -706,6 +700,25 @@ class Probe(lc.Client):
                     self.rx.conn = None
                     self.err(f"heartbeat reopen {str(e)[:40]}")
                     await asyncio.sleep(0.5)
+
+    async def reopen(self) -> None:
+        """A new heartbeat on a new connection, as a real client opens one now
+        and then (network change, page reload): the server ends the old one
+        and re-sends on the new one what is not acknowledged.  The old one is
+        closed only once the new one is held, so no chat waits for the gap."""
+        old, new = self.rx, lc.Session(self, self.receiver)
+        new.sid, new.qsid, new.last_id, new.acked = old.sid, old.qsid, old.last_id, old.acked
+        self.held_since = mono()
+        try:
+            await asyncio.wait_for(self.hold_one(new), 10)
+        except Exception as e:
+            if new.conn is not None:
+                new.conn.close()
+            self.err(f"heartbeat reopen {str(e)[:40]}")
+            return
+        self.rx = new
+        if old.conn is not None:
+            old.conn.close()
 
     async def run(self, seconds: float) -> None:
         self.running = True
