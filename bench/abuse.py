@@ -99,6 +99,8 @@ SIP_UDP_RATE = 20_000     # datagrams/s at most (loopback drops the rest anyway)
 SIP_UDP_MAX = 600_000
 SIP_UDP_TAIL = 10.0       # seconds to keep counting UDP answers (retransmissions)
 SETTLE_MAX = 10.0
+QUIET_MS = 50             # a pattern starts once 3 probe chats in a row take less
+QUIET_MAX = 40.0          # (SIP transactions live 32 s), waiting at most this long
 REOPEN_EVERY = 5.0        # the probe's receiver opens a new heartbeat this often
 GRACE_MAX = 20.0
 
@@ -613,16 +615,38 @@ class Probe(lc.Client):
         for _ in range(4):
             self.pool.put_nowait(holder())
         self.acker = holder()
-        self.pending[-1] = mono()  # a first chat to see the path works
+        self.warm = 0
+
+    async def round_trip(self, timeout: float = 10.0) -> float:
+        """One untimed chat (negative number) from POST to arrival, in s."""
+        self.warm -= 1
+        k = self.warm
+        t = self.pending[k] = mono()
         h = holder()
-        st, _, body = await self.call(h, self._chat(-1), timeout=10)
-        h.conn.close()
-        end = mono() + 10
-        while -1 in self.pending and mono() < end:
-            await asyncio.sleep(0.02)
-        if -1 in self.pending:
+        try:
+            st, _, body = await self.call(h, self._chat(k), timeout=timeout)
+        finally:
+            if h.conn is not None:
+                h.conn.close()
+        end = t + timeout
+        while k in self.pending and mono() < end:
+            await asyncio.sleep(0.005)
+        if self.pending.pop(k, None) is not None:
             raise RuntimeError(f"probe chat not delivered (POST answered {st} {body[:80]!r})")
+        return self.delivered.pop() if self.delivered else mono() - t
+
+    async def quiet(self, bound: float) -> float:
+        """Wait until three chats in a row arrive within QUIET_MS (what the
+        previous pattern left behind has drained); the seconds waited."""
+        t0, good = mono(), 0
+        while good < 3 and mono() - t0 < bound:
+            try:
+                good = good + 1 if await self.round_trip() < QUIET_MS / 1000 else 0
+            except RuntimeError:
+                good = 0
+            await asyncio.sleep(0.1)
         self.delivered.clear()
+        return round(mono() - t0, 1) if good >= 3 else -1.0
 
     def _chat(self, k: int) -> bytes:
         return lc.build("POST", "/chat", {"me": self.sender, "id": self.tx.sid,
@@ -960,7 +984,8 @@ async def run_pattern(T: Target, name: str, k: int, args) -> dict:
         legit = legit_sip(T.sip_port, name[4:])
     probe = Probe(T.port, sender, receiver, args.probe_rate, legit)
     await probe.start()
-    await asyncio.sleep(0.5)
+    await probe.round_trip()  # the path works (raises if not)
+    res["quiet_wait_s"] = await probe.quiet(QUIET_MAX)
     res["rss_before_kb"] = T.rss_kb()
     disk0, log0, cpu0 = T.disk_bytes(), T.log_size(), T.srv.status().get("cpu_s", 0)
     spec = {"pattern": name, "port": T.port, "sip_port": T.sip_port, "seconds": args.seconds,
@@ -1105,7 +1130,8 @@ def details(res: dict) -> list:
     if len(by_kind) > 1:
         out.append("attacker answer p50 ms by kind: " +
                    json.dumps({k: v.get("p50") for k, v in by_kind.items()}))
-    out.append(f"server CPU {res.get('server_cpu_frac')} of a core during the attack; "
+    out.append(f"waited {res.get('quiet_wait_s')} s for a quiet server before (-1: it never was); "
+               f"server CPU {res.get('server_cpu_frac')} of a core during the attack; "
                f"RSS at the attack's end {mib(res.get('rss_end_of_attack_kb'))} MiB, "
                f"settled in {res.get('settle_s')} s; chats sent {p.get('sent')}, "
                f"delivered {p.get('delivered')}")
@@ -1130,8 +1156,9 @@ def markdown(results: list, meta: dict, args, argv: list) -> str:
     out = [f"### Abuse run {m['date']}" + (f" ({args.label})" if args.label else ""), ""]
     if args.note:
         out += [args.note, ""]
-    shown = [a for i, a in enumerate(argv) if a != "--record" and a != "--note"
-             and not (i and argv[i - 1] == "--note")]
+    hidden = ("--note", "--out")  # long, or a path on the machine that ran it
+    shown = [a for i, a in enumerate(argv) if a != "--record" and a not in hidden
+             and not (i and argv[i - 1] in hidden)]
     out += [f"Command: `python bench/abuse.py {' '.join(shlex.quote(a) for a in shown)}`",
             "",
             f"Machine: {m['nproc']} cores ({m['cpu']}), {m['mem']} RAM, Linux {m['kernel']}, "
