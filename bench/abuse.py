@@ -891,6 +891,20 @@ class Target:
         self.sip = "sip-udp" in self.listeners
         self.smsc = "smsc" in self.listeners
 
+    def sched(self) -> tuple:
+        """(seconds on a CPU, seconds runnable but waiting for one) of all
+        the server's threads (/proc/<pid>/task/*/schedstat)."""
+        run = wait = 0
+        base = f"/proc/{self.srv.proc.pid}/task"
+        try:
+            for tid in os.listdir(base):
+                with open(f"{base}/{tid}/schedstat") as f:
+                    a, b, _ = f.read().split()
+                run, wait = run + int(a), wait + int(b)
+        except (OSError, ValueError):
+            pass
+        return run / 1e9, wait / 1e9
+
     def rss_kb(self) -> int:
         return self.srv.status().get("VmRSS", 0)
 
@@ -987,7 +1001,7 @@ async def run_pattern(T: Target, name: str, k: int, args) -> dict:
     await probe.round_trip()  # the path works (raises if not)
     res["quiet_wait_s"] = await probe.quiet(QUIET_MAX)
     res["rss_before_kb"] = T.rss_kb()
-    disk0, log0, cpu0 = T.disk_bytes(), T.log_size(), T.srv.status().get("cpu_s", 0)
+    disk0, log0 = T.disk_bytes(), T.log_size()
     spec = {"pattern": name, "port": T.port, "sip_port": T.sip_port, "seconds": args.seconds,
             "conns": args.attack_conns, "mal": T.mal, "offline": "offline1", "sink": "sink1",
             "group": T.group, "handset_user": "hand1", "probe_user": sender,
@@ -1005,10 +1019,12 @@ async def run_pattern(T: Target, name: str, k: int, args) -> dict:
         assert go.get("go"), go
         log(f"{name}: attacking for {args.seconds:g}s")
         sampler = asyncio.ensure_future(sample())
-        t_attack = mono()
+        t_attack, (run0, wait0), drops0 = mono(), T.sched(), listen_drops()
         await probe.run(args.seconds)
-        cpu1 = T.srv.status().get("cpu_s", 0)
-        res["server_cpu_frac"] = round((cpu1 - cpu0) / (mono() - t_attack), 2)
+        (run1, wait1), dt = T.sched(), mono() - t_attack
+        res["server_cpu_frac"] = round((run1 - run0) / dt, 2)
+        res["server_cpu_wait_frac"] = round((wait1 - wait0) / dt, 2)
+        res["listen_drops"] = {k: v - drops0.get(k, 0) for k, v in listen_drops().items()}
         res["rss_end_of_attack_kb"] = T.rss_kb()
 
         async def settle():
@@ -1131,7 +1147,9 @@ def details(res: dict) -> list:
         out.append("attacker answer p50 ms by kind: " +
                    json.dumps({k: v.get("p50") for k, v in by_kind.items()}))
     out.append(f"waited {res.get('quiet_wait_s')} s for a quiet server before (-1: it never was); "
-               f"server CPU {res.get('server_cpu_frac')} of a core during the attack; "
+               f"server CPU {res.get('server_cpu_frac')} of a core during the attack, "
+               f"and {res.get('server_cpu_wait_frac')} runnable but waiting for a core; "
+               f"kernel listen-queue drops {json.dumps(res.get('listen_drops'))}; "
                f"RSS at the attack's end {mib(res.get('rss_end_of_attack_kb'))} MiB, "
                f"settled in {res.get('settle_s')} s; chats sent {p.get('sent')}, "
                f"delivered {p.get('delivered')}")
@@ -1175,6 +1193,19 @@ def markdown(results: list, meta: dict, args, argv: list) -> str:
         if d:
             out.append(f"- **{r['pattern']}** ({r['about']}): " + "; ".join(d).replace("|", "/"))
     return "\n".join(out) + "\n"
+
+
+def listen_drops() -> dict:
+    """The kernel's ListenOverflows and ListenDrops (/proc/net/netstat, the
+    whole network namespace): SYNs dropped because an accept queue was full,
+    each costing its client a 1-s retransmission."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = [x.split() for x in f if x.startswith("TcpExt:")]
+        d = dict(zip(lines[0][1:], lines[1][1:]))
+        return {k: int(d[k]) for k in ("ListenOverflows", "ListenDrops") if k in d}
+    except (OSError, IndexError, ValueError):
+        return {}
 
 
 def loadavg() -> str:
