@@ -102,6 +102,7 @@ SETTLE_MAX = 10.0
 QUIET_MS = 50             # a pattern starts once 3 probe chats in a row take less
 QUIET_MAX = 40.0          # (SIP transactions live 32 s), waiting at most this long
 REOPEN_EVERY = 5.0        # the probe's receiver opens a new heartbeat this often
+                          # (at least once a pattern)
 GRACE_MAX = 20.0
 
 
@@ -711,7 +712,7 @@ class Probe(lc.Client):
                 except Exception as e:
                     self.acker.conn = None
                     self.err(f"ack {type(e).__name__}")
-            if self.rx.held and mono() - self.held_since > REOPEN_EVERY:
+            if self.rx.held and mono() - self.held_since > self.reopen_every:
                 await self.reopen()
             if not self.rx.held and self.running:
                 self.err("heartbeat ended")
@@ -746,6 +747,7 @@ class Probe(lc.Client):
 
     async def run(self, seconds: float) -> None:
         self.running = True
+        self.reopen_every = min(REOPEN_EVERY, seconds / 2)  # at least once
         hb = asyncio.ensure_future(self.keep_heartbeat())
         t0 = mono()
         k = 0
