@@ -1232,7 +1232,15 @@ async def amain(args) -> tuple:
                     T.srv.stop()
                 n += 1
                 T = Target(args, workdir, n)
-                await T.start()
+                try:
+                    await T.start()
+                except Exception as e:  # e.g. an option this server does not know
+                    log(f"server did not start: {e}")
+                    results += [{"pattern": p, "about": ABOUT[p],
+                                 "skipped": "the server did not start (see its log above)"}
+                                for p in select(args.only)[k:]]
+                    T = None
+                    break
             try:
                 results.append(await asyncio.wait_for(
                     run_pattern(T, name, k, args), args.seconds + 180))
