@@ -3,7 +3,7 @@
 logs in and chats.  Not a test: run by hand.
 
     python bench/abuse.py                      # every pattern, 30 s each
-    python bench/abuse.py --seconds 3          # smoke run, about a minute
+    python bench/abuse.py --seconds 3          # smoke run, 1 to 1.5 minutes
     python bench/abuse.py --only guest,sip_udp --seconds 10
     python bench/abuse.py --seconds 10 --record --label before \\
         --note "today's server, before the limits of issue 11"
