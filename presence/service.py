@@ -142,8 +142,8 @@ class Limits:
     of the same names set them.  A bucket is ``(burst, per second)``."""
 
     #: POST /chat and leave-a-message, per session and per client address
-    chat_session: Tuple[float, float] = (200, 5)
-    chat_address: Tuple[float, float] = (1000, 50)
+    chat_session: Tuple[float, float] = (1200, 10)
+    chat_address: Tuple[float, float] = (3000, 50)
     #: unread messages and their UTF-8 bytes one message box may hold
     box_messages: int = 1000
     box_bytes: int = 4 * 1024 * 1024

@@ -108,7 +108,7 @@ def _pair(form: str, second: type, example: str):
     return convert
 
 
-_bucket = _pair("BURST:PER_SECOND", float, "200:5")
+_bucket = _pair("BURST:PER_SECOND", float, "1200:10")
 _quota = _pair("MESSAGES:BYTES", int, "1000:4194304")
 
 
@@ -196,10 +196,10 @@ class Options(usage.Options):
          " much) and freeze again.  That collection pauses the server about 0.6 us per"
          " object (~200 ms with 19000 held heartbeats).  0: never.", _non_negative],
         # abuse limits (docs/operations.md, "Limits")
-        ["chat-limit", None, "200:5",
+        ["chat-limit", None, "1200:10",
          "Chats and left messages one session may send: a burst, then so many a"
          " second (429 past it).", _bucket],
-        ["address-chat-limit", None, "1000:50",
+        ["address-chat-limit", None, "3000:50",
          "The same for all sessions of one client address together.", _bucket],
         ["box-quota", None, "1000:4194304",
          "Unread messages and their UTF-8 bytes one message box holds; storing more"

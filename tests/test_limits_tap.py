@@ -32,7 +32,7 @@ def test_the_defaults_are_the_documented_limits(tmp_path, monkeypatch):
     assert service.limits == Limits()
     assert service.max_guests == 10000
     assert service.hub.config.guest_ttl == 300.0
-    assert (service.chat_by_session.capacity, service.chat_by_session.rate) == (200, 5)
+    assert (service.chat_by_session.capacity, service.chat_by_session.rate) == (1200, 10)
 
 
 def test_the_options_reach_the_service_and_the_hub(tmp_path, monkeypatch):

@@ -140,8 +140,8 @@ def test_with_the_default_limits_a_flood_gets_429_and_the_probe_is_unaffected(
     assert worst["chat"] < 1.0, worst
     flood = worst["flood"]
     accepted = flood.get("online", 0) + flood.get("stored", 0)
-    # a burst of 200, then 5 a second for the session
-    assert accepted <= 200 + 5 * (FLOOD_SECONDS + 3), flood
+    # a burst of 1,200, then 10 a second for the session
+    assert accepted <= 1200 + 10 * (FLOOD_SECONDS + 3), flood
     assert flood.get(429, 0) > accepted, flood
     r = api.post("/chat", form={**flooder.auth, "to": victim.name, "msg": "more"})
     expect(r, 429, "a flooder over its limit")
