@@ -435,6 +435,9 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         sip.mount(site.resource)
         gate.hooks.append(sip.ready)
     gate.hooks.append(wireless.ready)
+    # before the listeners: its start (the operator password file) is done
+    # by the time they report ready and "presence ready" is logged
+    wireless.setServiceParent(top)
     http = ListenService(gate.expect("http"),
                          endpoints.serverFromString(reactor, options["http"]),
                          site, gate.listener, turn_flush=not options.get("no-turn-flush"),
@@ -446,7 +449,6 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     if wireless.enabled:
         ListenService(gate.expect("smsc"), wireless.endpoint(), wireless.site,
                       gate.listener, value=options["smsc"]).setServiceParent(top)
-    wireless.setServiceParent(top)
     sweep.setServiceParent(top)
     # last: its first check, at start, freezes everything built above
     gc_policy.setServiceParent(top)
