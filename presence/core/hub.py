@@ -84,17 +84,18 @@ class IHub(Interface):
     Sessions (:class:`~presence.core.tables.Session`) and their mailboxes are
     *local*: a session lives on the box that holds its heartbeat, and the
     methods taking a ``Session`` are only ever given a session of this box.
-    Methods taking a *name* are global: they concern the user wherever their
-    sessions are.
+    Methods taking a *name* are global, they concern the user wherever their
+    sessions are, except where the docstring says "this box".
 
     ``is_online`` and the other presence queries are synchronous on purpose
     (see "Interfaces at the seams" in docs/architecture.md): every box keeps
     a local view of global presence, which a cluster implementation feeds
     from the presence changes it receives by pub/sub, so that the hot paths
     (``POST /chat``, a page's rows, SIP routing) never wait for the network.
-    The view may lag a change on another box by one pub/sub delivery; a frame
-    routed to a box where the user no longer has a session is handled there
-    like a frame for an offline user (chat goes to the message box).
+    The view may lag a change on another box by one pub/sub delivery, so a
+    cluster hub must handle a frame routed to a box where the user no longer
+    has a session like a frame for an offline user (chat goes to the message
+    box, never lost).
 
     No front-end reaches into the hub's tables (``users``, ``groups``);
     ``tests/test_seams.py`` checks that every hub attribute used outside
@@ -204,8 +205,9 @@ class IHub(Interface):
     def deliver(name: str, frame: Frame) -> int:
         """Put ``frame`` into every live session of user ``name``; return how
         many sessions it went to.  A cluster hub routes it to every box
-        holding one of the user's sessions and returns how many it sent
-        to (the count is only ever compared with 0)."""
+        holding one of the user's sessions and returns how many sessions
+        its view of the global directory lists (no front-end relies on
+        the exact number; a remote box may find fewer)."""
 
     def deliver_session(session: Session, frame: Frame) -> None:
         """Put ``frame`` into the mailbox of this one (local) session."""
