@@ -1,9 +1,13 @@
 """The presence service: accounts, sessions, groups, chat and message boxes.
 
-This joins the pure core (:class:`~presence.core.hub.Hub`) to the directory
+This joins the core (any :class:`~presence.core.hub.IHub`) to the directory
 (:class:`~presence.store.interface.IDirectory`).  It is independent of any
-protocol: the HTTP API, and later SIP and WML front-ends, call it and turn
-its :mod:`presence.errors` into their own status codes.
+protocol: the HTTP API, the pages, SIP and WML front-ends call it and turn
+its :mod:`presence.errors` into their own status codes.  Front-ends never
+reach the directory themselves (``service.store``): what they need of it is
+a method here (``unread``, ``group_names``, ``handset_number``, ...), so that
+every rule and every implementation of the directory stays behind this one
+class.
 
 Every method that touches the directory returns a Deferred (or is a
 coroutine); CPU-heavy password hashing runs through ``hasher`` off the
@@ -23,7 +27,7 @@ from zope.interface import implementer
 
 from presence.core import frames
 from presence.core.frames import Frame
-from presence.core.hub import Hub, IHubListener
+from presence.core.hub import IHub, IHubListener
 from presence.core.ratelimit import RateLimiter, RecentSet, address_key, take_all
 from presence.core.tables import Session, book_key
 from presence.errors import (
@@ -165,7 +169,7 @@ def _bucket(limit: Tuple[float, float], max_keys: int = 10000) -> RateLimiter:
 class PresenceService:
     log = Logger()
 
-    def __init__(self, hub: Hub, store: IDirectory, hasher: Hasher,
+    def __init__(self, hub: IHub, store: IDirectory, hasher: Hasher,
                  hash_cost: int = passwords.DEFAULT_COST, max_guests: int = 10000,
                  limits: Optional[Limits] = None) -> None:
         self.hub = hub
@@ -288,16 +292,16 @@ class PresenceService:
     def guest(self, ip: str = "", port: int = 0) -> Session:
         now = self.clock.seconds()
         who = address_key(ip)
-        if self.hub.guests_by_ip.get(who, 0) >= self.limits.guests_per_address:
+        if self.hub.guests_from(who) >= self.limits.guests_per_address:
             raise TooMany("this address holds as many guest sessions as it may;"
                           " end one or try again later")
         if not self.guest_limit.take(who, now):
             raise TooMany("too many guest sessions from this address; try again later",
                           retry_after=self.guest_limit.wait(who, now))
-        if len(self.hub.guest_sessions) >= self.max_guests:
+        if self.hub.guest_count() >= self.max_guests:
             raise TooMany("the server holds as many guests as it can; try again later")
         name = GUEST_PREFIX + secrets.token_hex(4)
-        while self.hub.users.user(name) is not None:
+        while self.hub.knows(name):
             name = GUEST_PREFIX + secrets.token_hex(4)
         session = self._open(name, ip, port, [], guest=True)
         session.welcome = {"last_login": None, "offline_seconds": 0, "hits_while_offline": 0}
@@ -330,8 +334,7 @@ class PresenceService:
         if not isinstance(name, str) or not name or len(name) > 128:
             return None
         name = name.lower()
-        state = self.hub.users.user(name)
-        if state is not None:
+        if self.hub.knows(name):
             return ("user", name)
         if name.startswith(GUEST_PREFIX):
             return None
@@ -498,13 +501,11 @@ class PresenceService:
             if not member and not await self._check_group_password(group, password, ip):
                 raise Unauthorized(f"{name} is a protected group: give its password")
             return {"name": name, "members": self._rows(members)}
-        state = self.hub.users.user(name)
-        online = bool(state and state.online)
+        online = self.hub.is_online(name)
+        last_seen = self.hub.last_seen(name)
         if online:
             last_seen = self.clock.seconds()
-        elif state is not None and state.last_seen is not None:
-            last_seen = state.last_seen
-        else:
+        elif last_seen is None:
             user = await self.store.get_user(name)
             last_seen = user["last_seen"] if user else None
         return {"name": name, "online": online, "last_seen": last_seen}
@@ -570,7 +571,7 @@ class PresenceService:
         repeat = seq is not None and session.seqs is not None and seq in session.seqs
         if not repeat:
             self._chat_allowance(session)
-        if self.hub.users.user(to) is not None:
+        if self.hub.knows(to):
             peer = to
         else:
             peer = await self.user_named(to)
@@ -619,9 +620,26 @@ class PresenceService:
 
     async def welcome(self, session: Session) -> Dict[str, Any]:
         figures = dict(session.welcome or {})
-        figures["unread"] = 0 if session.user.guest else await self.store.unread(
-            session.user.name)
+        figures["unread"] = await self.unread(session)
         return figures
+
+    async def unread(self, session: Session) -> int:
+        """How many unread messages the user of ``session`` has (a guest has
+        no message box: 0)."""
+        return 0 if session.user.guest else await self.store.unread(session.user.name)
+
+    async def group_names(self, session: Session) -> List[str]:
+        """The groups the user of ``session`` is a member of, sorted."""
+        groups, _ = await self.store.memberships(session.user.name)
+        return sorted(groups)
+
+    async def handset_number(self, name: str) -> Optional[str]:
+        """The handset number (``wireless``) user ``name`` has stored, or None."""
+        return (await self.store.get_user(name) or {}).get("wireless") or None
+
+    async def user_by_handset(self, number: str) -> Optional[str]:
+        """The user whose stored handset number is ``number``, or None."""
+        return await self.store.user_by_wireless(number)
 
     async def page_hit(self, name: str) -> None:
         """Someone opened ``name``'s page: count it if they are offline."""

@@ -1036,3 +1036,46 @@ def test_an_idle_session_in_a_busy_group_is_not_released_for_presence() -> None:
         w.hub.deliver_session(idle, frames.update("offline", f"u{i}"))
     assert w.hub.session(idle.id) is None           # two chats spilled: released
     assert [f.args[1] for _, f in w.listener.spilled] == ["m1", "m2"]
+
+
+# -- the queries front-ends use instead of the tables (IHub) -----------------
+
+def test_knows_last_seen_and_sessions_of_follow_the_life_of_a_user() -> None:
+    w = World(poll=4.0)  # linger 8 s
+    assert not w.hub.knows("bob") and w.hub.last_seen("bob") is None
+    assert w.hub.sessions_of("bob") == []
+    first = w.login("bob")
+    second = w.login("bob")
+    assert w.hub.knows("bob") and not w.hub.is_online("bob")
+    assert w.hub.sessions_of("bob") == [first, second]
+    w.hub.sessions_of("bob").clear()  # a copy: the hub's own list is untouched
+    assert w.hub.sessions_of("bob") == [first, second]
+    w.advance(5)
+    w.attach(first)
+    assert w.hub.last_seen("bob") == 5 and w.hub.is_online("bob")
+    w.hub.end(first, "logout")
+    w.hub.end(second, "logout")
+    # logged out: offline at once, forgotten; the directory tells from now on
+    assert not w.hub.knows("bob") and w.hub.last_seen("bob") is None
+    assert w.listener.presence == [("bob", True, 5), ("bob", False, 5)]
+
+
+def test_a_lingering_user_is_still_known_with_their_last_change() -> None:
+    w = World(poll=4.0)
+    s = w.login("bob")
+    w.attach(s).release("gone")  # the heartbeat ended: presence lingers
+    w.advance(3)
+    assert w.hub.knows("bob") and w.hub.is_online("bob") and w.hub.last_seen("bob") == 0
+
+
+def test_guest_counts_per_box_and_per_address() -> None:
+    w = World()
+    assert w.hub.guest_count() == 0 and w.hub.guests_from("10.0.0.1") == 0
+    one = w.login("guest-1", ip="10.0.0.1", guest=True)
+    w.login("guest-2", ip="10.0.0.1", guest=True)
+    w.login("guest-3", ip="10.0.0.2", guest=True)
+    w.login("carol", ip="10.0.0.1")
+    assert w.hub.guest_count() == 3
+    assert w.hub.guests_from("10.0.0.1") == 2 and w.hub.guests_from("10.0.0.2") == 1
+    w.hub.end(one, "logout")
+    assert w.hub.guest_count() == 2 and w.hub.guests_from("10.0.0.1") == 1

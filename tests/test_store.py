@@ -455,6 +455,107 @@ def test_the_box_counts_of_an_older_directory_are_made_once(path):
         again.stop()
 
 
+# -- one namespace, kept by the database ------------------------------------------
+
+def test_the_names_of_an_older_directory_are_taken_once(path):
+    """A directory from before the ``names`` table: it is filled from users,
+    groups and aliases at the first open, and those names stay taken."""
+    store = SQLiteDirectory(path, runner=run_now)
+    result_of(store.create_user("alice", HASH))
+    result_of(store.create_group("friends", "alice"))
+    result_of(store.add_alias("alice", "ally"))
+    store._db.execute("DROP TABLE names")                  # as before the table
+    store.stop()
+    again = SQLiteDirectory(path, runner=run_now)
+    try:
+        rows = again._db.execute("SELECT name, kind FROM names ORDER BY name").fetchall()
+        assert [tuple(r) for r in rows] == [
+            ("alice", "user"), ("ally", "alias"), ("friends", "group")]
+        for name in ("alice", "friends", "ally"):
+            failure_of(again.create_user(name, HASH), NameTaken)
+            failure_of(again.create_group(name, "alice"), NameTaken)
+            failure_of(again.add_alias("alice", name), NameTaken)
+        result_of(again.create_user("bob", HASH))
+    finally:
+        again.stop()
+    third = SQLiteDirectory(path, runner=run_now)         # filled once, not again
+    try:
+        assert third._db.execute("SELECT COUNT(*) FROM names").fetchone()[0] == 4
+    finally:
+        third.stop()
+
+
+def test_a_name_claimed_by_another_writer_is_taken(store):
+    """The claim in ``names`` decides, not a look at the three tables: a name
+    another connection (another process on the same file) has claimed in a
+    committed transaction is refused, even before its row is anywhere else."""
+    import sqlite3
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("INSERT INTO names (name, kind) VALUES ('zed', 'user')")
+        failure_of(store.create_group("zed", "alice"), NameTaken)
+        failure_of(store.create_user("zed", HASH), NameTaken)
+        failure_of(store.add_alias("alice", "zed"), NameTaken)
+        assert result_of(store.get_group("zed")) is None
+        assert result_of(store.resolve("zed")) is None
+    finally:
+        other.close()
+
+
+def test_two_connections_racing_for_a_name_make_one_winner(path):
+    """Two directories on one file (two processes), each on its own thread,
+    create the same names at the same moment as a user, a group or an alias:
+    every name has exactly one holder and the loser gets NameTaken."""
+    import threading
+    first = SQLiteDirectory(path, runner=run_now)
+    second = SQLiteDirectory(path, runner=run_now)
+    for s in (first, second):
+        s._db.execute("PRAGMA busy_timeout=10000")
+    result_of(first.create_user("owner", HASH))
+    rounds = 40
+    barrier = threading.Barrier(2)
+    outcomes = {0: [], 1: []}
+
+    def race(index, store, kinds):
+        for i in range(rounds):
+            name = f"name{i}"
+            kind = kinds[i % len(kinds)]
+            barrier.wait()
+            try:
+                if kind == "user":
+                    result_of(store.create_user(name, HASH))
+                elif kind == "group":
+                    result_of(store.create_group(name, "owner"))
+                else:
+                    result_of(store.add_alias("owner", name))
+                outcomes[index].append((name, kind))
+            except NameTaken:
+                outcomes[index].append((name, None))
+
+    threads = [threading.Thread(target=race, args=(0, first, ("user", "group", "alias"))),
+               threading.Thread(target=race, args=(1, second, ("group", "alias", "user")))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        assert len(outcomes[0]) == len(outcomes[1]) == rounds
+        for (name, a), (_, b) in zip(outcomes[0], outcomes[1]):
+            assert (a is None) != (b is None), (name, a, b)   # exactly one winner
+            kind = a or b
+            found = result_of(first.resolve(name))
+            assert found == (("user", "owner") if kind == "alias" else (kind, name)), name
+            held = sum(1 for sql in ("SELECT 1 FROM users WHERE name=?",
+                                     "SELECT 1 FROM groups WHERE name=?",
+                                     "SELECT 1 FROM aliases WHERE alias=?")
+                       if first._db.execute(sql, (name,)).fetchone())
+            assert held == 1, name
+    finally:
+        first.stop()
+        second.stop()
+
+
 class Queue:
     """A worker the test runs by hand."""
 

@@ -75,16 +75,168 @@ class IHubListener(Interface):
 
 
 class IHub(Interface):
-    """Routing of frames to users: local here, between host boxes in
-    cluster mode."""
+    """Everything a front-end (and :class:`~presence.service.PresenceService`)
+    may use of the hub: sessions, their heartbeats, presence, watching and
+    routing.  :class:`Hub` is the embedded implementation: one host box, all
+    in memory.  Cluster mode gives a second implementation that routes frames
+    between host boxes; each docstring says what it has to do there.
 
-    clock = Attribute("an IReactorTime")
+    Sessions (:class:`~presence.core.tables.Session`) and their mailboxes are
+    *local*: a session lives on the box that holds its heartbeat, and the
+    methods taking a ``Session`` are only ever given a session of this box.
+    Methods taking a *name* are global, they concern the user wherever their
+    sessions are, except where the docstring says "this box".
 
-    def deliver(user: str, frame: Frame) -> int:
-        """Put ``frame`` into every live session of ``user``; return how many."""
+    ``is_online`` and the other presence queries are synchronous on purpose
+    (see "Interfaces at the seams" in docs/architecture.md): every box keeps
+    a local view of global presence, which a cluster implementation feeds
+    from the presence changes it receives by pub/sub, so that the hot paths
+    (``POST /chat``, a page's rows, SIP routing) never wait for the network.
+    The view may lag a change on another box by one pub/sub delivery, so a
+    cluster hub must handle a frame routed to a box where the user no longer
+    has a session like a frame for an offline user (chat goes to the message
+    box, never lost).
 
-    def is_online(user: str) -> bool:
-        """Whether ``user`` is online by the presence rule."""
+    No front-end reaches into the hub's tables (``users``, ``groups``);
+    ``tests/test_seams.py`` checks that every hub attribute used outside
+    ``presence/core/`` is declared here.
+    """
+
+    clock = Attribute("the IReactorTime the hub reads time from")
+    config = Attribute(
+        "the HubConfig (timings, bounds, host_box): the same on every box of a "
+        "cluster, except host_box")
+    listener = Attribute(
+        "the IHubListener side effects leave through; PresenceService sets it. "
+        "A cluster hub calls it on the box where the effect happens (a spill on "
+        "the session's box; presence_changed once per transition of the user, "
+        "on the box that made it)")
+
+    # -- sessions -----------------------------------------------------------
+
+    def login(name: str, ident: str, ip: str = "", port: int = 0,
+              groups: Sequence[str] = (), guest: bool = False) -> Session:
+        """Open a session on this box for ``name`` with session ID ``ident``
+        (``groups``: its group keys, ``~owner`` of each address book listing
+        it included); past ``config.sessions_per_user`` the user's oldest
+        session ends with ``msg bye replaced``.  A cluster hub also records
+        the session in the global directory (which box holds it) and counts
+        the bound over all boxes."""
+
+    def session(ident: str) -> Optional[Session]:
+        """The live session ``ident`` if this box holds it, else None.  A
+        cluster hub answers None for a session held by another box; the
+        global directory says which (a front-end then redirects or forwards
+        the request there)."""
+
+    def end(session: Session, reason: str) -> None:
+        """End ``session`` (``logout``, ``expired``, ``replaced``, ...): send
+        ``msg bye reason``, release its heartbeat, spill its unread chat,
+        update presence.  A cluster hub also removes it from the global
+        directory."""
+
+    def close_all(reason: str) -> None:
+        """End every session of this box (the node stops)."""
+
+    # -- heartbeats -----------------------------------------------------------
+
+    def attach(session: Session, channel: IChannel, ack: int = 0) -> None:
+        """A heartbeat request arrived for ``session``: acknowledge up to
+        ``ack``, release the channel held before, hold ``channel``, send it
+        the unacknowledged frames; the user comes online."""
+
+    def detach(session: Session, channel: IChannel) -> None:
+        """The heartbeat ``channel`` of ``session`` ended (presence lingers)."""
+
+    def ack(session: Session, upto: int) -> None:
+        """The client of ``session`` has every frame up to id ``upto``."""
+
+    def address_changed(session: Session, ip: str, port: int) -> None:
+        """The client of ``session`` came back from another address; its
+        watchers hear ``msg update address`` when the IP changed."""
+
+    # -- presence -------------------------------------------------------------
+
+    def is_online(name: str) -> bool:
+        """Whether user ``name`` is online by the presence rule, on any box.
+        Synchronous: a cluster hub answers from its local view of global
+        presence."""
+
+    def knows(name: str) -> bool:
+        """Whether ``name`` is a live user: one with a session or still
+        online (lingering), on any box.  This is how guests, who exist only
+        while they have a session, are found; a cluster hub answers from the
+        global directory of sessions (its local view of it)."""
+
+    def last_seen(name: str) -> Optional[float]:
+        """When user ``name`` last came online or went offline, while the
+        hub still knows them (see :meth:`knows`); None otherwise (the
+        directory's ``last_seen`` then tells)."""
+
+    def sessions_of(name: str) -> List[Session]:
+        """The sessions of user ``name`` held by *this* box, oldest first (a
+        new list).  A front-end that must reach every session of a user on
+        every box uses :meth:`deliver`."""
+
+    def guest_count() -> int:
+        """How many guest sessions this box holds (the bound on guests is
+        one of the box's memory)."""
+
+    def guests_from(key: str) -> int:
+        """How many guest sessions the client address key ``key``
+        (:func:`~presence.core.ratelimit.address_key`) holds.  A cluster hub
+        counts over every box, so that the per-address bound holds in the
+        cluster."""
+
+    # -- groups and watching ----------------------------------------------------
+
+    def watch(session: Session, key: str) -> None:
+        """Make ``key`` (a group, a user, or ``~owner``) the active group of
+        ``session``: it hears of presence changes of the key's members only.
+        A cluster hub makes sure this box receives those changes."""
+
+    def membership_changed(key: str, member: str, joined: bool) -> None:
+        """``member`` joined or left group ``key`` (or an address book): the
+        member's groups change and every session showing ``key`` gets
+        ``msg refresh``.  A cluster hub does both on every box."""
+
+    # -- delivery -------------------------------------------------------------
+
+    def deliver(name: str, frame: Frame) -> int:
+        """Put ``frame`` into every live session of user ``name``; return how
+        many sessions it went to.  A cluster hub routes it to every box
+        holding one of the user's sessions and returns how many sessions
+        its view of the global directory lists (no front-end relies on
+        the exact number; a remote box may find fewer)."""
+
+    def deliver_session(session: Session, frame: Frame) -> None:
+        """Put ``frame`` into the mailbox of this one (local) session."""
+
+    def spills_on_delivery(name: str) -> List[Frame]:
+        """The chat frames one more frame for ``name`` would push out of full
+        mailboxes into the message box (each counted once).  A cluster hub
+        asks the boxes holding the user's sessions, or answers for the
+        local ones and lets the remote boxes refuse at delivery."""
+
+    def chat(session: Session, to: str, text: str, seq: Optional[str],
+             msgid: str) -> Tuple[str, str, bool]:
+        """Send a chat from ``session`` to user ``to``: ``(delivered, msgid,
+        fresh)``, ``delivered`` is ``"online"`` or ``"stored"`` (the caller
+        keeps it in the message box); a repeated ``seq`` of the session is
+        answered as the first time with ``fresh`` False.  Chats from one
+        session to one user arrive in the order of the calls, on any box."""
+
+    def forget_seq(session: Session, seq: Optional[str]) -> None:
+        """Let ``seq`` of ``session`` be sent again (keeping its text failed)."""
+
+    # -- the box ----------------------------------------------------------------
+
+    def sweep(chunk: int = SWEEP_CHUNK) -> Iterator[int]:
+        """One pass over this box's sessions (keep-alives, linger, expiry),
+        yielding how many sessions each chunk looked at."""
+
+    def stats() -> dict:
+        """This box's figures: ``sessions``, ``held``, ``online_users``."""
 
 
 @dataclass
@@ -169,6 +321,16 @@ class Hub:
 
     def session(self, ident: str) -> Optional[Session]:
         return self.users.session(ident)
+
+    def sessions_of(self, name: str) -> List[Session]:
+        user = self.users.user(name)
+        return [] if user is None else list(user.sessions)
+
+    def guest_count(self) -> int:
+        return len(self.guest_sessions)
+
+    def guests_from(self, key: str) -> int:
+        return self.guests_by_ip.get(key, 0)
 
     def end(self, session: Session, reason: str) -> None:
         """End a session (logout, expiry, replacement): say ``msg bye``,
@@ -260,6 +422,13 @@ class Hub:
 
     def is_online(self, name: str) -> bool:
         return self.users.is_online(name)
+
+    def knows(self, name: str) -> bool:
+        return name in self.users.users
+
+    def last_seen(self, name: str) -> Optional[float]:
+        user = self.users.user(name)
+        return None if user is None else user.last_seen
 
     def _settle(self, user: UserState, now: float) -> None:
         """Re-apply the presence rule to ``user`` after a heartbeat ended."""

@@ -442,9 +442,9 @@ class Pages:
         welcome = await self.service.welcome(session)
         box = await self.service.messages(session)
         home = await self.service.home(session, self.home_group.get(session))
-        groups, _ = await self.service.store.memberships(session.user.name)
+        groups = await self.service.group_names(session)
         return await self.html(request, 200, "Home", views.home_page(
-            self.visitor(session), welcome, box, home, sorted(groups), self.domain), session)
+            self.visitor(session), welcome, box, home, groups, self.domain), session)
 
     @app.route("/home/live", methods=["POST"])
     async def home_live(self, request) -> bytes:
@@ -518,10 +518,10 @@ class Pages:
         return self.redirect(request, self.local(p.get("next"), "/settings?done=" + action))
 
     async def _profile(self, session, p) -> Optional[Dict[str, str]]:
-        before = (await self.service.store.get_user(session.user.name) or {}).get("wireless")
+        before = await self.service.handset_number(session.user.name)
         await self.service.update_profile(session, p.get("email"), p.get("phone"),
                                           p.get("wireless"))
-        after = (await self.service.store.get_user(session.user.name) or {}).get("wireless")
+        after = await self.service.handset_number(session.user.name)
         if after and after != before and self.handset_secret is not None:
             return await self.handset_secret(session)  # a new number: a new secret
         return None
@@ -541,8 +541,7 @@ class Pages:
         if group in (None, "", me):
             self.home_group.pop(session, None)
             return
-        groups, _ = await self.service.store.memberships(me)
-        if group not in groups:
+        if group not in await self.service.group_names(session):
             raise NotFound(f"you are not a member of a group called {shown(group)}")
         self.home_group[session] = group
 

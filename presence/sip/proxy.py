@@ -1059,8 +1059,7 @@ class SipProxy:
             self._reply(stx, 404, reason="Not Found")
             return
         name = found[1]
-        state = self.hub.users.user(name)
-        sessions = list(state.sessions) if state is not None and self.hub.is_online(name) else []
+        sessions = self.hub.sessions_of(name) if self.hub.is_online(name) else []
         if not sessions:
             self._count("offline")
             self._reply(stx, 480, reason="Temporarily Unavailable")
@@ -1149,9 +1148,9 @@ class SipProxy:
         if target.kind == "session":
             self._send_stateless(copy, hop, [Hop(TUNNEL, session=target.session)])
         elif target.kind == "user":
-            state = self.hub.users.user(target.name.lower())
-            if state is not None:
-                self._send_stateless(copy, hop, [Hop(TUNNEL, session=s) for s in state.sessions])
+            sessions = self.hub.sessions_of(target.name.lower())
+            if sessions:
+                self._send_stateless(copy, hop, [Hop(TUNNEL, session=s) for s in sessions])
         elif target.kind == "outside":
             d = self._outside_hop(target.uri, hop, copy)
             d.addCallback(lambda dest: self._send_stateless(copy, hop, [dest]))

@@ -1,8 +1,9 @@
 """The embedded directory: SQLite in one file under ``--data``.
 
 All SQL runs on one worker thread (a ``ThreadPool`` of one), so the reactor
-never waits for the disk and writes are serialised, which also makes the
-"is this name free?" checks race-free.  The database is in WAL mode with
+never waits for the disk and writes are serialised.  Users, groups and
+aliases share one namespace, which the database itself keeps: the ``names``
+table (``NAMES``), whose primary key refuses a name twice whoever writes.  The database is in WAL mode with
 ``synchronous=FULL``: a write is on disk before its Deferred fires, and so
 before the API answers success.
 
@@ -62,6 +63,17 @@ INSERT INTO boxes (recipient, unread, bytes)
     SELECT recipient, COUNT(*), SUM(LENGTH(CAST(text AS BLOB))) FROM messages
     WHERE read=0 GROUP BY recipient;
 """
+
+#: one namespace for users, groups and aliases, enforced by the database: every
+#: create inserts its name here in its own transaction, and the primary key
+#: refuses a second holder (``NameTaken``), whatever connection or process
+#: writes.  Filled once from the three tables when an older directory is opened.
+NAMES = (
+    "CREATE TABLE names (name TEXT PRIMARY KEY, kind TEXT NOT NULL)",
+    "INSERT OR IGNORE INTO names (name, kind) SELECT name, 'user' FROM users",
+    "INSERT OR IGNORE INTO names (name, kind) SELECT name, 'group' FROM groups",
+    "INSERT OR IGNORE INTO names (name, kind) SELECT alias, 'alias' FROM aliases",
+)
 
 Runner = Callable[..., defer.Deferred]
 Row = Tuple[str, str, str, float, Optional[str]]
@@ -184,6 +196,16 @@ class SQLiteDirectory:
         if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='boxes'").fetchone():
             # a directory from before the quota: count its boxes once
             self._db.executescript("BEGIN;" + BOXES + "COMMIT;")
+        self._transaction(self._add_names)()
+
+    @staticmethod
+    def _add_names(db: sqlite3.Connection) -> None:
+        """Create and fill the ``names`` table of a directory that has none
+        (a new one, or one from before it), under the write lock so that two
+        processes opening the same file do it once."""
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name='names'").fetchone():
+            for sql in NAMES:
+                db.execute(sql)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -242,12 +264,13 @@ class SQLiteDirectory:
     # -- names ----------------------------------------------------------------
 
     @staticmethod
-    def _taken(db: sqlite3.Connection, name: str) -> bool:
-        for sql in ("SELECT 1 FROM users WHERE name=?", "SELECT 1 FROM groups WHERE name=?",
-                    "SELECT 1 FROM aliases WHERE alias=?"):
-            if db.execute(sql, (name,)).fetchone():
-                return True
-        return False
+    def _claim(db: sqlite3.Connection, name: str, kind: str) -> None:
+        """Take ``name`` in the shared namespace, in the caller's transaction
+        (rolled back with it), or raise :class:`NameTaken`."""
+        try:
+            db.execute("INSERT INTO names (name, kind) VALUES (?, ?)", (name, kind))
+        except sqlite3.IntegrityError:
+            raise NameTaken(name) from None
 
     def resolve(self, name: str) -> defer.Deferred:
         def work() -> Optional[tuple]:
@@ -266,8 +289,7 @@ class SQLiteDirectory:
                     phone: Optional[str] = None, wireless: Optional[str] = None,
                     now: float = 0.0) -> defer.Deferred:
         def work(db: sqlite3.Connection) -> str:
-            if self._taken(db, name):
-                raise NameTaken(name)
+            self._claim(db, name, "user")
             db.execute(
                 "INSERT INTO users (name, password_hash, email, phone, wireless, created)"
                 " VALUES (?, ?, ?, ?, ?, ?)", (name, password_hash, email, phone, wireless, now))
@@ -285,8 +307,7 @@ class SQLiteDirectory:
 
     def add_alias(self, user: str, alias: str) -> defer.Deferred:
         def work(db: sqlite3.Connection) -> str:
-            if self._taken(db, alias):
-                raise NameTaken(alias)
+            self._claim(db, alias, "alias")
             db.execute("INSERT INTO aliases (alias, user) VALUES (?, ?)", (alias, user))
             return alias
         return self._tx(work)
@@ -331,8 +352,7 @@ class SQLiteDirectory:
     def create_group(self, name: str, owner: str, password_hash: Optional[str] = None,
                      now: float = 0.0) -> defer.Deferred:
         def work(db: sqlite3.Connection) -> str:
-            if self._taken(db, name):
-                raise NameTaken(name)
+            self._claim(db, name, "group")
             db.execute("INSERT INTO groups (name, owner, password_hash, created)"
                        " VALUES (?, ?, ?, ?)", (name, owner, password_hash, now))
             db.execute("INSERT INTO members (grp, user) VALUES (?, ?)", (name, owner))

@@ -33,7 +33,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from presence.core.frames import KEEPALIVE
-from presence.core.hub import Hub, IChannel
+from presence.core.hub import IChannel, IHub
 from presence.core.mailbox import Entry
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError
@@ -106,7 +106,7 @@ class HeartbeatChannel:
 
     __slots__ = ("request", "hub", "session", "poll", "timer", "done", "pacer", "queued")
 
-    def __init__(self, request: server.Request, hub: Hub, session: Session,
+    def __init__(self, request: server.Request, hub: IHub, session: Session,
                  poll: bool, pacer: WritePacer) -> None:
         self.request = request
         self.hub = hub
@@ -227,7 +227,7 @@ class HeartbeatResource(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, hub: Hub, clock, keepalive: float) -> None:
+    def __init__(self, hub: IHub, clock, keepalive: float) -> None:
         super().__init__()
         self.hub = hub
         self.clock = clock

@@ -179,8 +179,7 @@ class WirelessGateway:
         if session.user.guest:
             raise Forbidden("guests have no handset")
         user = session.user.name
-        record = await self.service.store.get_user(user)
-        number = (record or {}).get("wireless")
+        number = await self.service.handset_number(user)
         if not number:
             raise NotFound("store your handset number first")
         secret = self.keys.issue(user, number)
@@ -192,7 +191,7 @@ class WirelessGateway:
         still its user's stored handset (the store is asked either way, so a
         number with no secret takes as long)."""
         user = self.keys.check(number, secret)
-        owner = await self.service.store.user_by_wireless(number)
+        owner = await self.service.user_by_handset(number)
         return user is not None and owner == user
 
     # -- texting a handset -----------------------------------------------------
@@ -201,8 +200,7 @@ class WirelessGateway:
         """Text ``to``'s handset for ``session``, whose request came from
         ``ip`` (the address limit's key)."""
         target = await self.service.user_named(to)
-        record = await self.service.store.get_user(target)
-        number = (record or {}).get("wireless")
+        number = await self.service.handset_number(target)
         if not number:
             raise NotFound(f"{target} has no handset number stored")
         if not self.ready:
@@ -289,7 +287,7 @@ class WirelessGateway:
             await self.sms(number, reply)
 
     async def _mobile_text(self, number: str, text: str) -> str:
-        user = await self.service.store.user_by_wireless(number)
+        user = await self.service.user_by_handset(number)
         if user is None:
             return "This number is not registered with presence."
         match = _MO.match(text.strip())
@@ -317,9 +315,9 @@ class WirelessGateway:
     async def _sender(self, user: str, number: str) -> Tuple[Session, bool]:
         """A session to send ``user``'s text with: their newest live one, or
         a transient one limited to the wireless pages (True: end it after)."""
-        state = self.hub.users.user(user)
-        if state is not None and state.sessions:
-            return state.sessions[-1], False
+        sessions = self.hub.sessions_of(user)
+        if sessions:
+            return sessions[-1], False
         session = await self.service.login_verified(user, f"sms:{number}", 0, scope="wml")
         return session, True
 

@@ -161,9 +161,8 @@ class WirelessWeb:
                           sameSite="lax")
 
     async def _home(self, session: Session, note: str = "") -> bytes:
-        guest = session.user.guest
-        unread = 0 if guest else await self.service.store.unread(session.user.name)
-        return decks.home(session.user.name, unread, guest, note)
+        unread = await self.service.unread(session)
+        return decks.home(session.user.name, unread, session.user.guest, note)
 
     # -- pages ----------------------------------------------------------------
 
