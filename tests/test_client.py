@@ -1086,3 +1086,28 @@ def test_bye_password_forgets_the_token() -> None:
     resp = h.heartbeat().respond(200)
     resp.frames((1, "msg bye password"))
     assert not h.client.has_resume_token and h.client.stopped
+
+
+def test_bye_shutdown_comes_back_with_the_token_after_the_backoff() -> None:
+    h = Harness()
+    h.client.start()
+    h.http.last("/api/login").respond(200, _login_answer("S1"))
+    resp = h.heartbeat().respond(200)
+    h.clock.advance(11)
+    resp.frames((1, "msg bye shutdown"))                # a clean restart of the server
+    assert not h.client.stopped and h.client.session is None
+    h.clock.advance(0.1)
+    assert h.http.count("/api/resume") == 0             # not while it is stopping
+    h.clock.advance(0.5)
+    h.http.last("/api/resume").refuse()                 # still down
+    h.clock.advance(1)
+    h.http.last("/api/resume").respond(200, _login_answer("S2"))
+    assert h.client.session.session == "S2" and h.http.count("/api/login") == 1
+
+
+def test_bye_shutdown_without_a_token_stops_as_before() -> None:
+    h = Harness()
+    h.client.start()
+    h.http.last("/api/login").respond(200, _login_answer("S1", None))
+    h.heartbeat().respond(200).frames((1, "msg bye shutdown"))
+    assert h.client.stopped

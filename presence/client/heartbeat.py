@@ -763,6 +763,11 @@ class HeartbeatClient:
         if reason == "expired":
             self._session_since = float("-inf")
             self._invalidate(session)
+        elif reason == "shutdown" and (self.guest or self._resume is not None):
+            # The server is stopping (a restart, or a box of a cluster
+            # leaving): come back with the backoff delay, resuming.
+            self._session_since = self._reactor.seconds()
+            self._invalidate(session)
         else:
             if reason == "password":
                 self._keep_resume(None)  # the server revoked every token

@@ -51,7 +51,8 @@ def test_a_resume_token_works_after_the_server_was_killed(server_factory):
     assert "resumed a session" in s2.output()
 
 
-def test_presence_client_resumes_by_itself_after_a_restart(server_factory, tmp_path):
+@pytest.mark.parametrize("stop", ["sigkill", "sigterm"])
+def test_presence_client_resumes_by_itself_after_a_restart(server_factory, tmp_path, stop):
     data = server_factory.new_data_dir()
     port = free_port()
     http = f"tcp:{port}:interface=127.0.0.1"
@@ -72,7 +73,10 @@ def test_presence_client_resumes_by_itself_after_a_restart(server_factory, tmp_p
     try:
         wait_for(lambda: online(api, alice.name), "alice online through presence-client")
         assert token_file.exists() and token_file.stat().st_mode & 0o777 == 0o600
-        s1.kill()
+        if stop == "sigkill":
+            s1.kill()
+        else:
+            s1.stop()                           # msg bye shutdown to the client
         s2 = server_factory.start(data_dir=data, http=http)
         api2 = s2.api()
         wait_for(lambda: online(api2, alice.name), "alice back online by herself", 60)

@@ -419,6 +419,14 @@
         }
         break;
       case 'bye':
+        if (w[2] === 'shutdown' && !cfg.guest) {
+          // the server is restarting: come back once it is up (spread over a
+          // few seconds, so that a whole server's pages do not come at once)
+          if (es) { es.close(); es = null; }
+          status('The server is restarting: reconnecting…', 'warn');
+          setTimeout(recover, 1000 + Math.random() * 4000);
+          break;
+        }
         gone(w[2] || 'ended');
         break;
     }
