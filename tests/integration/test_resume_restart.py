@@ -97,6 +97,48 @@ def test_presence_client_resumes_by_itself_after_a_restart(server_factory, tmp_p
     assert not token_file.exists()          # logged out: the token is revoked and gone
 
 
+def test_presence_client_started_again_resumes_from_its_file_without_a_password(
+        server_factory, tmp_path):
+    """After a crash of the client (SIGKILL: no logout), the next run finds
+    the token in --resume-file and needs no password at all."""
+    s = server_factory.start()
+    api = s.api()
+    alice = register(api, unique_name("alice"))
+    token_file = tmp_path / "alice.resume"
+
+    def run(password):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("PRESENCE_PASSWORD", None)
+        if password:
+            env["PRESENCE_PASSWORD"] = password
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]),
+                                             env.get("PYTHONPATH", "")])
+        return subprocess.Popen(
+            [sys.executable, "-m", "presence.cli.client", "--server", s.base, "--user",
+             alice.name, "--no-stdin", "--resume-file", str(token_file)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env, start_new_session=True)
+
+    first = run(alice.password)
+    try:
+        wait_for(token_file.exists, "the resume file")
+        wait_for(lambda: online(api, alice.name), "alice online")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)         # a crash: no logout
+        first.wait(5)
+    assert token_file.exists()
+    second = run(None)                               # no password anywhere
+    try:
+        wait_for(lambda: s.output().count(f"{alice.name} resumed a session") == 1,
+                 "a resumed session")
+        assert second.poll() is None                 # it runs, holding its session
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(15)
+    assert second.returncode == 0 and not token_file.exists()
+    assert s.output().count(f"{alice.name} logged in from") == 1   # the first run only
+
+
 def online(api, name: str) -> bool:
     r = api.get(f"/api/presence/{name}")
     return r.status == 200 and r.json()["online"] is True
