@@ -16,10 +16,12 @@ reactor thread.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
+from weakref import WeakKeyDictionary
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -53,12 +55,24 @@ RESERVED = frozenset({
 MAX_TEXT = 4096
 MIN_PASSWORD = 6
 MAX_PASSWORD = 1024
+#: random bytes of a resume token (256 bits; 43 characters of base64url)
+RESUME_BYTES = 32
+#: a longer "token" is not one of ours and is not even hashed
+MAX_TOKEN = 128
+RESUME_REFUSED = ("this resume token is not valid (unknown, or revoked by a logout or a"
+                  " password change): log in with your password")
 
 Hasher = Callable[..., defer.Deferred]
 
 
 #: the largest whole number a client may give (an SQLite integer; 19 digits)
 MAX_WHOLE = 2 ** 63 - 1
+
+
+def token_hash(token: str) -> str:
+    """The hash a resume token is stored as: SHA-256, hex.  A token carries
+    256 random bits, so a slow hash would add nothing but CPU per resume."""
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
 def valid_text(value: str) -> bool:
@@ -198,16 +212,33 @@ class PresenceService:
         #: a well-formed hash of nothing: an unknown user costs one hash too
         self._dummy_hash = passwords.unmatchable(hash_cost)
         self._hashing = 0
+        #: wrong resume tokens per address
+        self.resume_failures = RateLimiter(capacity=20, rate=1 / 3)
+        #: the hash of the resume token each live session was opened or issued
+        #: with (its device's): logout revokes that one
+        self._devices: "WeakKeyDictionary[Session, str]" = WeakKeyDictionary()
+        #: revocations of all of a user's tokens (password changes), counted,
+        #: and the count at the last one per user: a resume whose look-up
+        #: started before one is refused (the revocation is written before
+        #: the count is read by later look-ups: one SQL worker, in order)
+        self._revocations = 0
+        self._revoked_at: Dict[str, int] = {}
 
     # -- accounts -------------------------------------------------------------
+
+    @staticmethod
+    def _check_password(name: str, password: Any, what: str = "the password") -> None:
+        """400 unless ``password`` may be ``name``'s password (registration
+        and password changes alike)."""
+        if not isinstance(password, str) or len(password) < MIN_PASSWORD:
+            raise BadRequest(f"{what} must be at least {MIN_PASSWORD} characters")
+        if len(password) > MAX_PASSWORD or password == name:
+            raise BadRequest(f"{what} is too weak or too long")
 
     async def register(self, name: Any, password: Any, email: Any = None,
                        phone: Any = None, wireless: Any = None, ip: str = "") -> str:
         name = check_name(name)
-        if not isinstance(password, str) or len(password) < MIN_PASSWORD:
-            raise BadRequest(f"the password must be at least {MIN_PASSWORD} characters")
-        if len(password) > MAX_PASSWORD or password == name:
-            raise BadRequest("that password is too weak or too long")
+        self._check_password(name, password)
         for value, label in ((email, "email"), (phone, "phone")):
             if value is not None and (not isinstance(value, str) or len(value) > 128):
                 raise BadRequest(f"{label} is not valid")
@@ -323,9 +354,100 @@ class PresenceService:
                             " your password")
         return session
 
-    def logout(self, session: Session) -> None:
+    def logout(self, session: Session) -> defer.Deferred:
+        """End ``session`` and revoke its device's resume token; the
+        Deferred fires (None) once the revocation is durable (a failure is
+        logged, never raised: callers need not wait)."""
         self.hub.end(session, "logout")
         self.log.info("{user} logged out", user=session.user.name)
+        digest = self._devices.pop(session, None)
+        if digest is None:
+            return defer.succeed(None)
+        d = self.store.revoke_resume(session.user.name, digest)
+        d.addCallback(lambda _: None)
+        d.addErrback(lambda f: self.log.failure("revoking {user}'s resume token failed", f,
+                                                user=session.user.name))
+        return d
+
+    # -- resume tokens (spec section 9; docs/security.md, "Resume tokens") ----------
+
+    async def issue_resume(self, session: Session, device: str = "api") -> Optional[str]:
+        """A new resume token for the device of ``session`` (just opened by a
+        password login), kept hashed; None for a guest or a limited session,
+        which get none.  ``device`` is a short label (the front-end)."""
+        if session.user.guest or session.scope is not None:
+            return None
+        token = secrets.token_urlsafe(RESUME_BYTES)
+        digest = token_hash(token)
+        await self.store.store_resume(digest, session.user.name, device[:32],
+                                      self.clock.seconds())
+        self._devices[session] = digest
+        return token
+
+    async def resume(self, token: Any, ip: str = "", port: int = 0) -> Session:
+        """A new session for the user of the resume ``token``, without the
+        password (the same rights as a password login).  401 for a token
+        that is unknown or revoked (one hash and one look-up either way);
+        wrong tokens count against ``ip``: 429 past the limit."""
+        now = self.clock.seconds()
+        who = address_key(ip)
+        if not self.resume_failures.allowed(who, now):
+            raise TooMany("too many wrong resume tokens from this address; try again later",
+                          retry_after=self.resume_failures.wait(who, now))
+        if token is None or token == "":
+            raise BadRequest("token is required")
+        well_formed = isinstance(token, str) and len(token) <= MAX_TOKEN and token.isascii()
+        digest = token_hash(token) if well_formed else None
+        epoch = self._revocations
+        user = await self.store.resume_user(digest) if digest is not None else None
+        if user is not None:
+            session = await self._open_user(user, ip, port)
+            if self._revoked_at.get(user, 0) <= epoch:
+                self._devices[session] = digest
+                self.log.info("{user} resumed a session from {ip}", user=user, ip=ip)
+                return session
+            # the user's tokens were revoked while this one was being looked up
+            self.hub.end(session, "password")
+        self.resume_failures.take(who, self.clock.seconds())
+        raise Unauthorized(RESUME_REFUSED)
+
+    async def change_password(self, session: Session, password: Any, new_password: Any,
+                              ip: str = "") -> None:
+        """Replace the user's password after checking the current one (401
+        when wrong, counted like a failed login from ``ip``); revoke all the
+        user's resume tokens and end their other sessions (``msg bye
+        password``).  ``session`` itself stays, without a resume token."""
+        self._member_only(session)
+        name = session.user.name
+        now = self.clock.seconds()
+        who = address_key(ip or session.ip)
+        if not self.login_failures.allowed(who, now):
+            raise TooMany("too many wrong passwords from this address; try again later",
+                          retry_after=self.login_failures.wait(who, now))
+        if not isinstance(password, str) or not password:
+            raise BadRequest("password (the current one) is required")
+        self._check_password(name, new_password, "the new password")
+        user = await self.store.get_user(name)
+        stored = user["password_hash"] if user is not None else self._dummy_hash
+        if not await self._hash(passwords.check_password, password, stored) or user is None:
+            self.login_failures.take(who, self.clock.seconds())
+            raise Unauthorized("the current password is wrong")
+        hashed = await self._hash(passwords.hash_password, new_password, self.hash_cost)
+        if len(self._revoked_at) >= 10000:     # only look-ups in flight need them
+            self._revoked_at = {}
+        self._revocations += 1
+        self._revoked_at[name] = self._revocations
+        # tokens first: a look-up queued after this finds none of them
+        revoked = await self.store.revoke_resume(name)
+        await self.store.set_password(name, hashed)
+        self._devices.pop(session, None)
+        state = self.hub.users.user(name)
+        others = [s for s in (state.sessions if state is not None else []) if s is not session]
+        for other in others:
+            self.hub.end(other, "password")
+        self.log.info("{user} changed their password: {tokens} resume tokens revoked,"
+                      " {sessions} other sessions ended", user=name, tokens=revoked,
+                      sessions=len(others))
 
     # -- names ------------------------------------------------------------------
 

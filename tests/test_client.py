@@ -979,3 +979,135 @@ def test_post_body_for_sip() -> None:
     assert req.kwargs["headers"]["Content-Type"] == ["message/sip"]
     req.respond(202)
     assert d.result is None
+
+
+# -- resume tokens (issue 12) ----------------------------------------------------------
+
+TOKEN = "T" * 43
+
+
+def _login_answer(session: str, resume: str | None = TOKEN) -> dict[str, Any]:
+    return {"session": session, "username": "alice", "heartbeat": "/jchat", "host_box": "h:1",
+            "resume": resume}
+
+
+def _lose_session(h: Harness) -> None:
+    """The server restarts under a settled session: the held heartbeat ends,
+    the next one is refused."""
+    h.clock.advance(11)
+    h.heartbeat().response.end()
+    h.clock.advance(0.5)
+    h.heartbeat().respond(403, {"error": "no such session"})
+    h.clock.advance(0)
+
+
+def test_a_lost_session_is_resumed_without_the_password() -> None:
+    h = Harness()
+    h.client.start()
+    h.http.last("/api/login").respond(200, _login_answer("S1"))
+    h.heartbeat().respond(200)
+    assert h.client.has_resume_token and TOKEN not in repr(h.client.__dict__.get("session"))
+    _lose_session(h)
+    resume = h.http.last("/api/resume")
+    assert resume.method == "POST" and resume.form == {"token": TOKEN}
+    assert h.http.count("/api/login") == 1                 # no second password login
+    resume.respond(200, _login_answer("S2"))
+    assert h.heartbeat().query == {"me": "alice", "id": "S2", "mode": "stream"}
+    assert h.client.session.session == "S2"
+    # and again, with the same token
+    h.heartbeat().respond(200)
+    _lose_session(h)
+    assert h.http.last("/api/resume").form == {"token": TOKEN}
+    assert h.http.count("/api/login") == 1
+
+
+def test_a_refused_token_falls_back_to_the_password() -> None:
+    h = Harness()
+    h.client.start()
+    h.http.last("/api/login").respond(200, _login_answer("S1"))
+    h.heartbeat().respond(200)
+    _lose_session(h)
+    h.http.last("/api/resume").respond(401, {"error": "this resume token is not valid"})
+    login = h.http.last("/api/login")
+    assert h.http.count("/api/login") == 2 and login.form["password"] == "secret1"
+    assert not h.client.has_resume_token
+    login.respond(200, _login_answer("S3", "U" * 43))
+    assert h.client.session.session == "S3" and h.client.has_resume_token
+
+
+def test_a_busy_server_keeps_the_token_and_retries_later() -> None:
+    h = Harness()
+    h.client.start()
+    h.http.last("/api/login").respond(200, _login_answer("S1"))
+    h.heartbeat().respond(200)
+    _lose_session(h)
+    h.http.last("/api/resume").respond(503, {"error": "busy"})
+    assert h.http.count("/api/login") == 1 and h.client.has_resume_token
+    h.clock.advance(30)                                    # the backoff delay
+    assert h.http.count("/api/resume") == 2 and h.http.count("/api/login") == 1
+
+
+def test_a_restart_with_the_resume_file_needs_no_password(tmp_path: Any) -> None:
+    import os
+    path = str(tmp_path / "alice.resume")
+    h = Harness(resume_file=path)
+    h.client.start()
+    h.http.last("/api/login").respond(200, _login_answer("S1"))
+    assert open(path).read().strip() == TOKEN
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    # the next run (no password at all) resumes from the file
+    again = Harness(resume_file=path, password=None)
+    again.client.start()
+    assert again.http.count("/api/login") == 0
+    again.http.last("/api/resume").respond(200, _login_answer("S2"))
+    assert again.client.session.session == "S2"
+    # logging out revokes the token: the file goes too
+    again.heartbeat().respond(200)
+    again.client.logout()
+    again.http.last("/api/logout").respond(204)
+    assert not os.path.exists(path) and not again.client.has_resume_token
+
+
+def test_without_a_password_a_refused_token_stops_the_client(tmp_path: Any) -> None:
+    path = tmp_path / "alice.resume"
+    path.write_text(TOKEN + "\n")
+    h = Harness(resume_file=str(path), password=None)
+    stopped = h.client.when_stopped()
+    h.client.start()
+    h.http.last("/api/resume").respond(401, {"error": "this resume token is not valid"})
+    assert _failure_of(stopped).check(LoginRefused)
+    assert not path.exists() and h.http.count("/api/login") == 0
+
+
+def test_bye_password_forgets_the_token() -> None:
+    h = Harness()
+    h.client.start()
+    h.http.last("/api/login").respond(200, _login_answer("S1"))
+    resp = h.heartbeat().respond(200)
+    resp.frames((1, "msg bye password"))
+    assert not h.client.has_resume_token and h.client.stopped
+
+
+def test_bye_shutdown_comes_back_with_the_token_after_the_backoff() -> None:
+    h = Harness()
+    h.client.start()
+    h.http.last("/api/login").respond(200, _login_answer("S1"))
+    resp = h.heartbeat().respond(200)
+    h.clock.advance(11)
+    resp.frames((1, "msg bye shutdown"))                # a clean restart of the server
+    assert not h.client.stopped and h.client.session is None
+    h.clock.advance(0.1)
+    assert h.http.count("/api/resume") == 0             # not while it is stopping
+    h.clock.advance(0.5)
+    h.http.last("/api/resume").refuse()                 # still down
+    h.clock.advance(1)
+    h.http.last("/api/resume").respond(200, _login_answer("S2"))
+    assert h.client.session.session == "S2" and h.http.count("/api/login") == 1
+
+
+def test_bye_shutdown_without_a_token_stops_as_before() -> None:
+    h = Harness()
+    h.client.start()
+    h.http.last("/api/login").respond(200, _login_answer("S1", None))
+    h.heartbeat().respond(200).frames((1, "msg bye shutdown"))
+    assert h.client.stopped

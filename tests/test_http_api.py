@@ -153,7 +153,7 @@ def test_login_answer(world):
     reply = browser.post("/api/login", username="alice", password=PASSWORD)
     assert reply.status == 200
     body = reply.json
-    assert set(body) == {"session", "username", "heartbeat", "host_box"}
+    assert set(body) == {"session", "username", "heartbeat", "host_box", "resume"}
     assert body["username"] == "alice"
     assert body["heartbeat"] == f"/jchat?me=alice&id={body['session']}"
     assert body["host_box"] == "box1.test:8080"
@@ -248,7 +248,8 @@ def test_guest_session(world):
     body = reply.json
     assert body["username"].startswith("guest.")
     assert body["heartbeat"] == f"/jchat?me={body['username']}&id={body['session']}"
-    assert set(body) == {"session", "username", "heartbeat", "host_box"}
+    assert set(body) == {"session", "username", "heartbeat", "host_box", "resume"}
+    assert body["resume"] is None          # guests get no resume token
     me = browser.get("/api/session", me=body["username"], id=body["session"])
     assert me.status == 200 and me.json["user"] == body["username"]
     # each guest is someone else

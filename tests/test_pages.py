@@ -853,3 +853,105 @@ def test_a_form_without_origin_headers_is_taken(world):
     reply = v.request("POST", "/login", data={"username": "alice", "password": PASSWORD},
                       headers={})
     assert reply.status == 303
+
+
+# -- resume tokens and the password form (issue 12) ---------------------------------------
+
+def resume_cookie(reply: Reply) -> Optional[str]:
+    for line in reply.all_headers("set-cookie"):
+        if line.startswith("presence_resume="):
+            return line
+    return None
+
+
+def test_login_gives_the_browser_a_resume_cookie_for_api_resume_only(world):
+    world.register("alice")
+    v = world.visitor()
+    cookie = resume_cookie(v.login("alice"))
+    token = cookie.split(";")[0].split("=", 1)[1]
+    assert len(token) >= 43
+    lowered = cookie.lower()
+    assert "path=/api/resume" in lowered and "httponly" in lowered
+    assert "samesite=strict" in lowered
+    assert token.encode() not in v.get("/home").body   # no page carries it
+
+
+def test_the_page_gets_its_session_back_with_the_resume_cookie(world):
+    world.register("alice")
+    v = world.visitor()
+    v.login("alice")
+    old = v.session()
+    world.hub.end(old, "expired")                       # e.g. a server restart
+    assert v.get("/api/session").status == 403
+    reply = v.request("POST", "/api/resume", headers={"Sec-Fetch-Site": ["same-origin"]})
+    assert reply.status == 200 and reply.json["username"] == "alice"
+    assert reply.json["resume"] is None                 # the token stays in the cookie
+    assert v.get("/api/session").json["user"] == "alice"
+    assert v.get("/home").status == 200
+    # from another site the cookie is refused (and SameSite=Strict keeps it home)
+    evil = v.request("POST", "/api/resume", headers={"Origin": ["http://evil.example"]})
+    assert evil.status == 403
+
+
+def test_logging_out_of_the_page_revokes_its_resume_token(world):
+    world.register("alice")
+    v = world.visitor()
+    token = resume_cookie(v.login("alice")).split(";")[0].split("=", 1)[1]
+    reply = v.post("/logout")
+    cleared = resume_cookie(reply)
+    assert cleared.startswith("presence_resume=;") and "max-age=0" in cleared.lower()
+    assert world.browser().post("/api/resume", token=token).status == 401
+
+
+def test_the_settings_password_form(world):
+    world.register("alice")
+    v = world.visitor()
+    first = resume_cookie(v.login("alice")).split(";")[0].split("=", 1)[1]
+    other = world.visitor()
+    other.login("alice")
+    page = v.page("/settings")
+    form = page.one("form", action="/settings/password")
+    assert form["method"] == "post"
+    assert page.one("input", name="new_password")["type"] == "password"
+    reply = v.post("/settings/password", old_password=PASSWORD,
+                   new_password="battery staple", password2="battery staple")
+    assert (reply.status, reply.header("location")) == (303, "/settings?done=password")
+    fresh = resume_cookie(reply).split(";")[0].split("=", 1)[1]
+    assert fresh != first
+    assert "Password changed" in v.page("/settings", done="password").text
+    assert other.get("/api/session").status == 403       # the other browser: logged out
+    assert world.browser().post("/api/resume", token=first).status == 401
+    assert world.browser().post("/api/resume", token=fresh).status == 200
+    assert world.visitor().post("/login", username="alice",
+                                password="battery staple").status == 303
+
+
+@pytest.mark.parametrize("fields, status, words", [
+    ({"old_password": "not it", "new_password": "battery staple",
+      "password2": "battery staple"}, 401, "current password is wrong"),
+    ({"old_password": PASSWORD, "new_password": "battery staple",
+      "password2": "battery stable"}, 400, "differ"),
+    ({"old_password": PASSWORD, "new_password": "short", "password2": "short"}, 400,
+     "at least 6"),
+])
+def test_the_password_form_bad_input(world, fields, status, words):
+    world.register("alice")
+    v = world.visitor()
+    v.login("alice")
+    reply = v.post("/settings/password", **fields)
+    assert reply.status == status
+    assert Page(reply.body).find("p", class_="notice error")
+    assert words in reply.body.decode()
+    assert "battery staple" not in reply.body.decode() and PASSWORD not in reply.body.decode()
+    assert v.get("/api/session").status == 200
+
+
+def test_the_password_form_from_another_site_is_refused(world):
+    world.register("alice")
+    v = world.visitor()
+    v.login("alice")
+    reply = v.request("POST", "/settings/password", data={
+        "old_password": PASSWORD, "new_password": "battery staple",
+        "password2": "battery staple"}, headers={"Origin": ["http://evil.example"]})
+    assert reply.status == 403
+    assert world.visitor().post("/login", username="alice", password=PASSWORD).status == 303

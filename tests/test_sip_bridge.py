@@ -235,11 +235,28 @@ def test_messages_of_one_call_are_posted_in_order(rig):
     assert [m.code for m in rig.network_gets()] == [180, 183, 200]
 
 
+def test_the_bridge_resumes_its_lost_session_with_its_token(rig):
+    """Issue 12: the bridge's client gets a session back with the login's
+    resume token; the password is not used (it no longer works here)."""
+    client = rig.bridge.client
+    old = rig.world.hub.session(client.session.session)
+    assert client.has_resume_token
+    rig.world.store.set_password("bob", "scrypt$1$8$1$00$00")    # no password opens it now
+    rig.world.hub.end(old, "expired")
+    for _ in range(3):
+        rig.clock.advance(1)
+        rig.stub.flush()
+    assert client.connected and client.session.session != old.id
+    assert rig.world.hub.session(client.session.session).user.name == "bob"
+
+
 def test_command_line():
     args = build_parser().parse_args(["--user", "bob", "--listen", "127.0.0.1:6000",
                                       "--phone", "[::1]:6001"])
     assert args.listen == ("127.0.0.1", 6000) and args.phone == ("::1", 6001)
-    assert args.server == "http://127.0.0.1:8080"
+    assert args.server == "http://127.0.0.1:8080" and args.resume_file is None
+    assert build_parser().parse_args(["--user", "bob", "--resume-file", "/tmp/t"]).resume_file \
+        == "/tmp/t"
     with pytest.raises(ValueError):
         parse_address("127.0.0.1")
     with pytest.raises(SystemExit):

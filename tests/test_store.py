@@ -662,3 +662,74 @@ def test_page_hits_of_a_flood_are_one_write_at_a_time(path):
     store._run = run_now
     assert result_of(store.record_login("alice", 1.0))["hits_offline"] == 1000
     store.stop()
+
+
+# -- resume tokens and password changes (issue 12) ------------------------------
+
+def test_resume_token_hash_names_its_user_until_revoked(store):
+    result_of(store.create_user("alice", HASH))
+    assert result_of(store.store_resume("h1", "alice", "api", 1.0)) is None
+    result_of(store.store_resume("h2", "alice", "pages", 2.0))
+    result_of(store.store_resume("h3", "bob", "api", 3.0))
+    assert result_of(store.resume_user("h1")) == "alice"
+    assert result_of(store.resume_user("h3")) == "bob"
+    assert result_of(store.resume_user("nope")) is None
+    # one device's token: only that one goes, and only for its own user
+    assert result_of(store.revoke_resume("bob", "h1")) == 0
+    assert result_of(store.revoke_resume("alice", "h1")) == 1
+    assert result_of(store.resume_user("h1")) is None
+    assert result_of(store.resume_user("h2")) == "alice"
+    assert result_of(store.revoke_resume("alice", "h1")) == 0
+
+
+def test_revoking_all_of_a_users_resume_tokens_leaves_others(store):
+    for i in range(3):
+        result_of(store.store_resume(f"a{i}", "alice", "api", float(i)))
+    result_of(store.store_resume("b0", "bob", "api", 9.0))
+    assert result_of(store.revoke_resume("alice")) == 3
+    assert [result_of(store.resume_user(f"a{i}")) for i in range(3)] == [None] * 3
+    assert result_of(store.resume_user("b0")) == "bob"
+    assert result_of(store.revoke_resume("alice")) == 0
+
+
+def test_resume_tokens_per_user_are_bounded_oldest_dropped(store):
+    from presence.store.sqlite import RESUME_PER_USER
+    for i in range(RESUME_PER_USER + 2):
+        result_of(store.store_resume(f"t{i}", "alice", "api", float(i)))
+    result_of(store.store_resume("bob", "bob", "api", 0.0))
+    assert result_of(store.resume_user("t0")) is None
+    assert result_of(store.resume_user("t1")) is None
+    assert result_of(store.resume_user("t2")) == "alice"
+    assert result_of(store.resume_user(f"t{RESUME_PER_USER + 1}")) == "alice"
+    assert result_of(store.resume_user("bob")) == "bob"      # another user's stays
+    assert result_of(store.revoke_resume("alice")) == RESUME_PER_USER
+
+
+def test_set_password_replaces_the_hash(store):
+    result_of(store.create_user("alice", HASH))
+    assert result_of(store.set_password("alice", "scrypt$new")) is True
+    assert result_of(store.get_user("alice"))["password_hash"] == "scrypt$new"
+    assert result_of(store.set_password("nobody", "scrypt$new")) is False
+
+
+def test_resume_tokens_survive_a_restart_and_old_files_get_the_table(path):
+    import os
+    import sqlite3
+    # a directory file from before resume tokens: no "resume" table
+    os.makedirs(os.path.dirname(path))
+    old = sqlite3.connect(path)
+    old.executescript("CREATE TABLE users (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL,"
+                      " email TEXT, phone TEXT, wireless TEXT, created REAL NOT NULL,"
+                      " last_login REAL, last_seen REAL,"
+                      " hits_offline INTEGER NOT NULL DEFAULT 0);"
+                      "INSERT INTO users (name, password_hash, created) VALUES"
+                      " ('alice', 'h', 0);")
+    old.close()
+    store = SQLiteDirectory(path, runner=run_now)
+    result_of(store.store_resume("h1", "alice", "api", 1.0))
+    again = reopen(store)
+    try:
+        assert result_of(again.resume_user("h1")) == "alice"
+        assert result_of(again.get_user("alice"))["password_hash"] == "h"
+    finally:
+        again.stop()

@@ -244,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("stream", "poll"), default="stream", help="heartbeat mode (default %(default)s)")
     p.add_argument("--no-stdin", action="store_true", help="read no commands; run until interrupted")
     p.add_argument(
+        "--resume-file",
+        metavar="PATH",
+        help="keep the resume token in this file (mode 0600) so that the next run, after "
+        "a crash or a reboot, resumes without the password; a clean exit logs out and "
+        "removes it",
+    )
+    p.add_argument(
         "--idle-timeout",
         type=float,
         default=65.0,
@@ -287,6 +294,7 @@ async def _run(reactor: Any, args: argparse.Namespace, password: str | None) -> 
         # With -v the same lines go to the log instead.
         on_status=output.say if args.verbose == 0 else None,
         idle_timeout=args.idle_timeout,
+        resume_file=None if args.guest else args.resume_file,
     )
     stopped = client.when_stopped()
 
@@ -342,7 +350,9 @@ def main(argv: list[str] | None = None) -> None:
     password = args.password
     if not args.guest and password is None:
         password = os.environ.get("PRESENCE_PASSWORD")
-        if password is None:
+        if password is None and args.resume_file and os.path.exists(args.resume_file):
+            pass  # resume with the token; a refused token stops the client
+        elif password is None:
             if not sys.stdin.isatty():
                 parser.error("--password or $PRESENCE_PASSWORD is needed when stdin is not a terminal")
             password = getpass.getpass(f"password for {args.user}: ")

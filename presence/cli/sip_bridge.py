@@ -109,7 +109,7 @@ class SipBridge:
     """
 
     def __init__(self, reactor: Any, listen: Address, phone: Address, server: str,
-                 user: str, password: str, **client_options: Any) -> None:
+                 user: str, password: Optional[str], **client_options: Any) -> None:
         self.reactor = reactor
         self.listen_address = listen
         self.phone = phone
@@ -441,18 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UDP address of the phone (default %(default)s)")
     p.add_argument("--mode", choices=("stream", "poll"), default="stream",
                    help="heartbeat mode (default %(default)s)")
+    p.add_argument("--resume-file", metavar="PATH",
+                   help="keep the resume token in this file (mode 0600): a restarted bridge"
+                   " resumes without the password")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="log to standard error (-vv: debug)")
     return p
 
 
-async def _run(reactor: Any, args: argparse.Namespace, password: str) -> None:
+async def _run(reactor: Any, args: argparse.Namespace, password: Optional[str]) -> None:
     def say(text: str) -> None:
         sys.stderr.write(f"* {text}\n")
         sys.stderr.flush()
 
     bridge = SipBridge(reactor, args.listen, args.phone, args.server, args.user, password,
                        mode=args.mode, register=args.register,
+                       resume_file=args.resume_file,
                        on_status=say if not args.verbose else None)
     client = bridge.client
     bridge.listen()
@@ -495,7 +499,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     password = args.password
     if password is None:
         password = os.environ.get("PRESENCE_PASSWORD")
-        if password is None:
+        if password is None and args.resume_file and os.path.exists(args.resume_file):
+            pass  # resume with the token
+        elif password is None:
             if not sys.stdin.isatty():
                 parser.error("--password or $PRESENCE_PASSWORD is needed when stdin is not "
                              "a terminal")

@@ -11,6 +11,11 @@ request), reconnects after any drop with exponential backoff (0.5 s doubling
 to 30 s, reset by each successful heartbeat), logs in again when the server
 says the session is gone (``403``), sends chat messages with a sender
 sequence number so that retries are never delivered twice, and logs out.
+After a password login it keeps the answer's resume token (in memory, and in
+a file if given one, mode 0600), and logs in again with ``POST /api/resume``
+instead of the password: one SHA-256 on the server instead of an scrypt
+hash, which is what lets a whole box's users come back at once.  The password
+is used again only when the server refuses the token.
 
 It takes the reactor (only C{callLater} and C{seconds} are used, so
 L{twisted.internet.task.Clock} works in tests) and an HTTP client with the
@@ -24,6 +29,7 @@ nothing here reads a terminal or a command line.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 from urllib.parse import quote, urlencode
@@ -232,6 +238,7 @@ class HeartbeatClient:
         on_connected: Callable[[SessionInfo], object] | None = None,
         idle_timeout: float = 65.0,
         request_timeout: float = 30.0,
+        resume_file: str | None = None,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{seconds}; all timers use it.
@@ -253,10 +260,14 @@ class HeartbeatClient:
             keep-alive) for this long is given up and replaced.
         @param request_timeout: how long other requests wait for response
             headers before they count as a connection error.
+        @param resume_file: keep the resume token in this file too (written
+            with mode 0600, read at start, removed at logout), so that the
+            next run resumes without the password.  Without a password the
+            client can only resume; a refused token then stops it.
         """
         if mode not in ("stream", "poll"):
             raise ValueError(f"mode must be 'stream' or 'poll', not {mode!r}")
-        if not guest and (username is None or password is None):
+        if not guest and (username is None or (password is None and resume_file is None)):
             raise ValueError("username and password are required unless guest=True")
         self._reactor = reactor
         self.base_url = base_url.rstrip("/")
@@ -297,6 +308,9 @@ class HeartbeatClient:
         self._stopped_waiters: list[Deferred[str]] = []
         self._sleeps: set[Deferred[None]] = set()
         self._logout_d: Deferred[None] | None = None
+        self.resume_file = resume_file
+        #: the resume token of this device (never shown: see L{_keep_resume})
+        self._resume: str | None = None if guest else _read_token(resume_file)
 
     # -- public API -------------------------------------------------------
 
@@ -749,17 +763,66 @@ class HeartbeatClient:
         if reason == "expired":
             self._session_since = float("-inf")
             self._invalidate(session)
+        elif reason == "shutdown" and (self.guest or self._resume is not None):
+            # The server is stopping (a restart, or a box of a cluster
+            # leaving): come back with the backoff delay, resuming.
+            self._session_since = self._reactor.seconds()
+            self._invalidate(session)
         else:
+            if reason == "password":
+                self._keep_resume(None)  # the server revoked every token
             self.session = None
             self._halt(f"bye {reason}".strip())
             self._fire_stopped()
 
     # -- login, logout, stopping ---------------------------------------------
 
+    @property
+    def has_resume_token(self) -> bool:
+        """Whether the client holds a resume token (the token itself is
+        never shown)."""
+        return self._resume is not None
+
+    def _keep_resume(self, token: object) -> None:
+        """Hold C{token} (from a login or resume answer) for the next login;
+        C{None} forgets the one held."""
+        token = token if isinstance(token, str) and token else None
+        if token == self._resume:
+            return
+        self._resume = token
+        if self.resume_file is None:
+            return
+        try:
+            if token is None:
+                if os.path.exists(self.resume_file):
+                    os.remove(self.resume_file)
+            else:
+                _write_token(self.resume_file, token)
+        except OSError as e:
+            log.warn("cannot keep the resume token in {path}: {why}",
+                     path=self.resume_file, why=e.strerror or str(e))
+
+    async def _resume_login(self) -> Any:
+        """C{POST /api/resume} with the token held; the answer, or C{None}
+        when the server refused the token (then forgotten)."""
+        try:
+            return await self._call("POST", "/api/resume", form={"token": self._resume or ""})
+        except ServerError as e:
+            if e.code not in (400, 401):
+                raise  # 429, 5xx: try again later, with the token
+            self._status(f"resume token refused ({e.message}); logging in with the password")
+            self._keep_resume(None)
+            return None
+
     async def _login(self) -> SessionInfo:
+        body = None
         if self.guest:
             body = await self._call("POST", "/api/guest", form={})
-        else:
+        elif self._resume is not None:
+            body = await self._resume_login()
+        if body is None and self._password is None:
+            raise LoginRefused(401, "the resume token was refused and no password is known")
+        if body is None:
             assert self.username is not None and self._password is not None
             creds = {"username": self.username, "password": self._password}
             if self.register and not self._registered:
@@ -782,6 +845,8 @@ class HeartbeatClient:
                 raise
         if not isinstance(body, dict) or not body.get("session"):
             raise ServerError(200, "the login answer carries no session")
+        if not self.guest:
+            self._keep_resume(body.get("resume"))
         return SessionInfo(
             username=str(body.get("username") or self.username),
             session=str(body["session"]),
@@ -802,6 +867,7 @@ class HeartbeatClient:
             if session is not None:
                 await self._call("POST", "/api/logout", form=dict(_auth(session)))
                 self._status("logged out")
+                self._keep_resume(None)  # revoked by the server
         except ServerError as e:
             if e.code != 403:  # 403: the session was gone already
                 log.warn("logout: {e}", e=str(e))
@@ -966,6 +1032,32 @@ class _Abandoned(Exception):
     """
     Raised from a stale heartbeat's body collector so that treq closes it.
     """
+
+
+def _read_token(path: str | None) -> str | None:
+    """The resume token kept in C{path}, or C{None} (no such file, unreadable,
+    or not a token)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="ascii") as f:
+            token = f.read(200).strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token if 0 < len(token) <= 128 and token.isprintable() else None
+
+
+def _write_token(path: str, token: str) -> None:
+    """Write C{token} to C{path} with mode 0600 (a new file, renamed over the
+    old one: never readable by others, never half written)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, token.encode("ascii") + b"\n")
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def _auth(session: SessionInfo) -> list[tuple[str, str]]:

@@ -42,6 +42,7 @@ from werkzeug.exceptions import HTTPException
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooMany, Unauthorized
 from presence.service import RESERVED, PresenceService
+from presence.web.api import set_resume_cookie
 from presence.web.auth import COOKIE, cookie_session_id, cross_origin
 from presence.web.http import client_address, mask, params
 from presence.pages import views
@@ -74,6 +75,8 @@ DONE = {
     "contact-add": "Contact added.",
     "contact-remove": "Contact removed.",
     "handset-secret": "A new handset secret: the old one no longer works.",
+    "password": "Password changed: your other sessions have ended, and every other"
+                " device must log in with the new password.",
 }
 
 Handler = Callable[..., Awaitable[bytes]]
@@ -203,6 +206,12 @@ class Pages:
     def set_cookie(self, request: server.Request, session: Session) -> None:
         request.addCookie(COOKIE, session.id.encode("ascii"), path=b"/", httpOnly=True,
                           sameSite="lax")
+
+    async def set_resume(self, request: server.Request, session: Session) -> None:
+        """A resume token for this browser, in its HttpOnly cookie scoped to
+        ``/api/resume``: the page's script gets the session back with it
+        when the session is gone (docs/pages.md, "Resuming a session")."""
+        set_resume_cookie(request, await self.service.issue_resume(session, "pages"))
 
     @staticmethod
     def local(url: Any, default: str = "/home") -> str:
@@ -377,6 +386,7 @@ class Pages:
         if old is not None:
             self.service.logout(old)
         self.set_cookie(request, session)
+        await self.set_resume(request, session)
         return self.redirect(request, next_url)
 
     @app.route("/register", methods=["GET"])
@@ -409,6 +419,7 @@ class Pages:
         if old is not None:
             self.service.logout(old)
         self.set_cookie(request, session)
+        await self.set_resume(request, session)
         return self.redirect(request, "/home")
 
     @app.route("/logout", methods=["GET"])
@@ -426,9 +437,10 @@ class Pages:
         self.check_post(request)
         session = self.visitor_session(request)
         if session is not None:
-            self.service.logout(session)
+            await self.service.logout(session)
         request.addCookie(COOKIE, b"", path=b"/", httpOnly=True, sameSite="lax",
                           max_age=b"0")
+        set_resume_cookie(request, None)
         return self.redirect(request, "/")
 
     # -- the home page -------------------------------------------------------------------
@@ -510,6 +522,9 @@ class Pages:
             secret = await handler(self, session, p)
         except ClientError as e:
             return await self.settings_answer(request, session, e.status, error=e.message)
+        if action == "password":
+            # every token was revoked: this browser gets a new one
+            await self.set_resume(request, session)
         if secret:
             # shown once, on this answer only (no redirect to a page that
             # could be reloaded or cached: the page is no-store)
@@ -530,6 +545,12 @@ class Pages:
         if self.handset_secret is None:
             raise NotFound("texting handsets is off on this server")
         return await self.handset_secret(session)
+
+    async def _password(self, session, p) -> None:
+        if p.get("new_password") != p.get("password2"):
+            raise BadRequest("The two new passwords differ.")
+        await self.service.change_password(session, p.get("old_password"),
+                                           p.get("new_password"))
 
     async def _alias(self, session, p) -> None:
         alias = p.get("alias")
@@ -573,6 +594,7 @@ class Pages:
         "group-create": _group_create, "group-join": _group_join,
         "group-leave": _group_leave, "contact-add": _contact_add,
         "contact-remove": _contact_remove, "handset-secret": _handset_secret,
+        "password": _password,
     }
 
     # -- errors of routing itself --------------------------------------------------

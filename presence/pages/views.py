@@ -537,6 +537,20 @@ def settings_page(account: Dict[str, Any], home: str, done: Optional[str] = None
             class_="card", id="profile"),
         handset_section(a, secret, post_form) if wireless else "",
         tags.section(
+            tags.h2("Password"),
+            tags.p("A new password ends your other sessions and logs out every other"
+                   " device.", class_="muted"),
+            post_form("password",
+                      field("Current password", "old_password", kind="password", required="",
+                            maxlength="1024", autocomplete="current-password"),
+                      field("New password (at least 6 characters)", "new_password",
+                            kind="password", required="", minlength="6", maxlength="1024",
+                            autocomplete="new-password"),
+                      field("New password again", "password2", kind="password", required="",
+                            minlength="6", maxlength="1024", autocomplete="new-password"),
+                      tags.p(tags.button("Change password", type="submit"))),
+            class_="card", id="password"),
+        tags.section(
             tags.h2("Aliases"),
             tags.p("Other names that lead to your page: a nickname, a phone number, an"
                    " e-mail address.", class_="muted"),

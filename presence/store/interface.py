@@ -56,6 +56,19 @@ class IDirectory(Interface):
         """Set ``user``'s e-mail, phone and handset number (None clears
         one); True if the user exists."""
 
+    def set_password(user, password_hash):
+        """Replace ``user``'s password hash; Deferred of True if the user exists."""
+
+    # -- resume tokens (spec section 9) ------------------------------------------
+    def store_resume(token_hash, user, device, now):
+        """Keep a resume token's hash for ``user`` (``device`` a short label); Deferred of None."""
+
+    def resume_user(token_hash):
+        """The user a resume token's hash belongs to, or None; Deferred."""
+
+    def revoke_resume(user, token_hash=None):
+        """Forget ``user``'s resume token ``token_hash``, or all of theirs when None; Deferred of how many."""
+
     # -- groups and address books --------------------------------------------
     def create_group(name, owner, password_hash=None, now=0.0):
         """Create a group owned by (and containing) ``owner``; fails with

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS messages (
     sender TEXT NOT NULL, text TEXT NOT NULL, time REAL NOT NULL,
     read INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS messages_by_recipient ON messages (recipient, id);
+CREATE TABLE IF NOT EXISTS resume (
+    token_hash TEXT PRIMARY KEY, user TEXT NOT NULL, device TEXT NOT NULL,
+    created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS resume_by_user ON resume (user, created);
 """
 
 #: per recipient, the unread messages and their size in UTF-8 bytes, kept up
@@ -80,6 +84,8 @@ Row = Tuple[str, str, str, float, Optional[str]]
 #: spilled chat rows (or page hits) written in one transaction at most
 BATCH = 500
 SPILL_BATCH = BATCH
+#: resume tokens kept per user (one per device); a new one past it drops the oldest
+RESUME_PER_USER = 32
 
 
 class _Batch:
@@ -346,6 +352,35 @@ class SQLiteDirectory:
         return self._tx(lambda db: db.execute(
             "UPDATE users SET email=?, phone=?, wireless=? WHERE name=?",
             (email, phone, wireless, user)).rowcount == 1)
+
+    def set_password(self, user: str, password_hash: str) -> defer.Deferred:
+        return self._tx(lambda db: db.execute(
+            "UPDATE users SET password_hash=? WHERE name=?",
+            (password_hash, user)).rowcount == 1)
+
+    # -- resume tokens ----------------------------------------------------------
+
+    def store_resume(self, token_hash: str, user: str, device: str,
+                     now: float) -> defer.Deferred:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO resume (token_hash, user, device, created)"
+                       " VALUES (?, ?, ?, ?)", (token_hash, user, device, now))
+            # the newest RESUME_PER_USER stay (ties: the later written)
+            db.execute("DELETE FROM resume WHERE user=? AND rowid NOT IN (SELECT rowid"
+                       " FROM resume WHERE user=? ORDER BY created DESC, rowid DESC"
+                       " LIMIT ?)", (user, user, RESUME_PER_USER))
+        return self._tx(work)
+
+    def resume_user(self, token_hash: str) -> defer.Deferred:
+        d = self._query("SELECT user FROM resume WHERE token_hash=?", token_hash)
+        return d.addCallback(lambda rows: rows[0]["user"] if rows else None)
+
+    def revoke_resume(self, user: str, token_hash: Optional[str] = None) -> defer.Deferred:
+        if token_hash is None:
+            return self._tx(lambda db: db.execute(
+                "DELETE FROM resume WHERE user=?", (user,)).rowcount)
+        return self._tx(lambda db: db.execute(
+            "DELETE FROM resume WHERE user=? AND token_hash=?", (user, token_hash)).rowcount)
 
     # -- groups ----------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from twisted.web import server
 from werkzeug.exceptions import HTTPException
 
 from presence.core.tables import Session
-from presence.errors import BadRequest, ClientError, Forbidden
+from presence.errors import BadRequest, ClientError, Forbidden, Unauthorized
 from presence.service import PresenceService
 from presence.web.auth import (  # noqa: F401  (COOKIE, request_session: re-exported)
     COOKIE, cookie_session_id, cross_origin, request_session,
@@ -30,6 +30,22 @@ Answer = Tuple[int, Any]
 Handler = Callable[..., Awaitable[Answer]]
 
 log = Logger()
+
+#: the cookie a browser keeps the pages' resume token in: HttpOnly (no
+#: script reads it), SameSite=Strict, sent to ``/api/resume`` only
+RESUME_COOKIE = b"presence_resume"
+RESUME_PATH = b"/api/resume"
+
+
+def set_resume_cookie(request: server.Request, token: Optional[str]) -> None:
+    """Give the browser ``token`` in :data:`RESUME_COOKIE` (a browser-session
+    cookie, like the session cookie); None clears it."""
+    if token is None:
+        request.addCookie(RESUME_COOKIE, b"", path=RESUME_PATH, httpOnly=True,
+                          sameSite="strict", max_age=b"0")
+        return
+    request.addCookie(RESUME_COOKIE, token.encode("ascii"), path=RESUME_PATH, httpOnly=True,
+                      sameSite="strict", secure=request.isSecure() or None)
 
 
 def api(handler: Handler) -> Callable[..., Awaitable[bytes]]:
@@ -88,7 +104,8 @@ class PresenceAPI:
         if cross_origin(request):
             raise Forbidden("this login was sent from another site")
 
-    def _login_answer(self, request: server.Request, session: Session) -> Answer:
+    def _login_answer(self, request: server.Request, session: Session,
+                      resume: Optional[str] = None) -> Answer:
         name = session.user.name
         request.addCookie(COOKIE, session.id.encode("ascii"), path=b"/", httpOnly=True,
                           sameSite="lax")
@@ -97,6 +114,7 @@ class PresenceAPI:
             "username": name,
             "heartbeat": f"/jchat?me={name}&id={session.id}",
             "host_box": session.host_box,
+            "resume": resume,
         }
 
     # -- accounts ----------------------------------------------------------------
@@ -116,7 +134,29 @@ class PresenceAPI:
         self._not_from_another_site(request)
         ip, port = client_address(request)
         session = await self.service.login(p.get("username"), p.get("password"), ip, port)
-        return self._login_answer(request, session)
+        return self._login_answer(request, session,
+                                  await self.service.issue_resume(session, "api"))
+
+    @app.route("/api/resume", methods=["POST"])
+    @api
+    async def resume(self, request, p) -> Answer:
+        """A new session from a resume token: ``token``, or (the pages) the
+        :data:`RESUME_COOKIE`; the answer carries the token given as
+        ``token`` again, and ``"resume": null`` when it came in the cookie
+        (it stays out of reach of the page's scripts)."""
+        self._not_from_another_site(request)
+        ip, port = client_address(request)
+        token = p.get("token")
+        from_cookie = token in (None, "") and bool(request.getCookie(RESUME_COOKIE))
+        if from_cookie:
+            token = request.getCookie(RESUME_COOKIE).decode("ascii", "replace")
+        try:
+            session = await self.service.resume(token, ip, port)
+        except Unauthorized:
+            if from_cookie:
+                set_resume_cookie(request, None)
+            raise
+        return self._login_answer(request, session, None if from_cookie else token)
 
     @app.route("/api/guest", methods=["POST"])
     @api
@@ -128,9 +168,18 @@ class PresenceAPI:
     @app.route("/api/logout", methods=["POST"])
     @api
     async def logout(self, request, p) -> Answer:
-        self.service.logout(self._session(request, p))
+        await self.service.logout(self._session(request, p))
         request.addCookie(COOKIE, b"", path=b"/", httpOnly=True, sameSite="lax",
                           max_age=b"0")
+        set_resume_cookie(request, None)
+        return 204, None
+
+    @app.route("/api/password", methods=["POST"])
+    @api
+    async def password(self, request, p) -> Answer:
+        ip, _ = client_address(request)
+        await self.service.change_password(self._session(request, p), p.get("password"),
+                                           p.get("new_password"), ip)
         return 204, None
 
     @app.route("/api/session", methods=["GET"])

@@ -26,7 +26,7 @@ API_SEGMENTS = (b"api", b"initchat")
 #: a Klein request leaves some 40 objects of cyclic garbage (its render's
 #: closures refer to themselves and to the request), which only the cyclic
 #: garbage collector frees
-DIRECT_API = ("register", "login", "guest", "logout")
+DIRECT_API = ("register", "login", "guest", "logout", "resume")
 
 
 class Direct(resource.Resource):

@@ -163,3 +163,37 @@ def test_secrets_are_masked_however_the_request_writes_them(server_factory, wher
             assert secret not in text, (secret, text)
     assert_no_secret_in_logs(s, json_log, secrets)
     assert "pass=***" in s.output()  # the simulator's access log: the server's log
+
+
+def test_resume_tokens_and_new_passwords_are_not_logged(server_factory):
+    """Issue 12: resume tokens (a login's answer, ``token=`` of /api/resume in
+    a form, a JSON body, the query string or the pages' cookie) and the old
+    and new passwords of ``POST /api/password`` never reach the log."""
+    json_log = server_factory.base / "presence-log-resume.json"
+    s = server_factory.start(json_log=str(json_log))
+    api = s.api()
+    alice = login(api, register(api, unique_name("alice")))
+    token = alice.login_body["resume"]
+    secrets = [alice.password, alice.session, token]
+    for r in (api.post("/api/resume", form={"token": token}),
+              api.post("/api/resume", json_body={"token": token}),
+              api.post("/api/resume", query={"token": token}),
+              api.post("/api/resume", headers={"Cookie": f"presence_resume={token}"})):
+        expect(r, 200)
+        secrets.append(r.json()["session"])
+    wrong = unique_password()
+    secrets.append(wrong)
+    expect(api.post("/api/resume", form={"token": wrong}), 401)
+    expect(api.post("/api/resume", query={"TOKEN": wrong}), 400)  # not a name we read
+    new, bad_old = unique_password(), unique_password()
+    secrets += [new, bad_old]
+    expect(api.post("/api/password", form={**alice.auth, "password": bad_old,
+                                           "new_password": new}), 401)
+    expect(api.post("/api/password", query={**alice.auth, "password": alice.password,
+                                            "new_password": new}), 204)
+    expect(api.post("/api/resume", form={"token": token}), 401)   # revoked
+    again = login(api, User(alice.name, new))
+    secrets += [again.session, again.login_body["resume"]]
+    expect(api.post("/api/logout", form=again.auth), 204)
+    s.stop()
+    assert_no_secret_in_logs(s, json_log, secrets)

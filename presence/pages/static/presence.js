@@ -10,7 +10,11 @@
  *      row in place, "msg refresh" repeats step 2, chat frames open chat boxes;
  *   4. acknowledges frames with POST /ack every 100 frames and within 5 s, and
  *      with a beacon when the page goes away.  EventSource resumes by itself
- *      with Last-Event-ID after a dropped connection.
+ *      with Last-Event-ID after a dropped connection;
+ *   5. when a logged-in user's session is gone (403: it expired, or the server
+ *      restarted), POST /api/resume gets a new one without the password: the
+ *      resume token is in an HttpOnly cookie sent to /api/resume only, so this
+ *      script never sees it (docs/pages.md, "Resuming a session").
  * All text from the server or other people goes into the page as textContent.
  */
 (function () {
@@ -187,8 +191,26 @@
           resume();
         });
       }
-      if (r.status === 403) { gone('expired'); return; }
+      if (r.status === 403) { resumeSession(); return; }
       setTimeout(recover, 3000);
+    }, function () { setTimeout(recover, 3000); });
+  }
+
+  // The session is gone but the user never logged out: get a new one with
+  // the resume token this browser holds in its presence_resume cookie.
+  function resumeSession() {
+    if (cfg.guest || !cfg.me) { gone('expired'); return; }
+    post('/api/resume').then(function (r) {
+      if (r.status === 200) {
+        return r.json().then(function (j) {
+          if (j.username !== cfg.me) { gone('other'); return; }
+          adopt(j.username);  // a new session: frame ids start again
+          status('Your session was renewed.', 'live');
+          resume();
+        });
+      }
+      if (r.status === 401 || r.status === 400) { gone('expired'); return; }
+      setTimeout(recover, 3000);  // 429, 5xx: try again later
     }, function () { setTimeout(recover, 3000); });
   }
 
@@ -206,6 +228,7 @@
     ended = true;
     var words = reason === 'logout' ? 'You logged out.'
       : reason === 'replaced' ? 'This session was replaced by a newer login.'
+      : reason === 'password' ? 'Your password was changed: log in with the new one.'
       : reason === 'other' ? 'This browser is logged in as someone else now.'
       : 'Your session has ended.';
     status(words, 'error', link('Log in again', '/login?next=' +
@@ -396,6 +419,14 @@
         }
         break;
       case 'bye':
+        if (w[2] === 'shutdown' && !cfg.guest) {
+          // the server is restarting: come back once it is up (spread over a
+          // few seconds, so that a whole server's pages do not come at once)
+          if (es) { es.close(); es = null; }
+          status('The server is restarting: reconnecting…', 'warn');
+          setTimeout(recover, 1000 + Math.random() * 4000);
+          break;
+        }
         gone(w[2] || 'ended');
         break;
     }
