@@ -441,8 +441,7 @@ class PresenceService:
         revoked = await self.store.revoke_resume(name)
         await self.store.set_password(name, hashed)
         self._devices.pop(session, None)
-        state = self.hub.users.user(name)
-        others = [s for s in (state.sessions if state is not None else []) if s is not session]
+        others = [s for s in self.hub.sessions_of(name) if s is not session]
         for other in others:
             self.hub.end(other, "password")
         self.log.info("{user} changed their password: {tokens} resume tokens revoked,"
