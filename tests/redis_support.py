@@ -50,7 +50,7 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 
 class RedisServer:
     def __init__(self, program: str, directory: str, appendfsync: str = "everysec",
-                 password: Optional[str] = None) -> None:
+                 password: Optional[str] = None, unixsocket: bool = False) -> None:
         self.program = program
         self.directory = directory
         self.appendfsync = appendfsync
@@ -58,6 +58,8 @@ class RedisServer:
         self.port = free_port()
         self.process: Optional[subprocess.Popen] = None
         self.log = os.path.join(directory, "redis.log")
+        #: the path of its unix socket too, if asked for
+        self.socket = os.path.join(directory, "redis.sock") if unixsocket else None
 
     @property
     def url(self) -> str:
@@ -70,6 +72,8 @@ class RedisServer:
                 "--dir", self.directory, "--logfile", self.log]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.socket:
+            args += ["--unixsocket", self.socket, "--unixsocketperm", "700"]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT

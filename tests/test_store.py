@@ -604,3 +604,86 @@ def test_page_hits_of_a_flood_are_one_write_at_a_time(path):
     store._run = run_now
     assert result_of(store.record_login("alice", 1.0))["hits_offline"] == 1000
     store.stop()
+
+
+# -- profiles and handset numbers --------------------------------------------------------
+
+def test_update_profile_sets_and_clears_and_moves_the_handset_number(store):
+    result_of(store.create_user("alice", HASH, "a@example.com", None, "+4917011", now=1.0))
+    result_of(store.create_user("bob", HASH, wireless="+4917011", now=2.0))
+    assert result_of(store.user_by_wireless("+4917011")) == "alice"      # the earliest
+    assert result_of(store.update_profile("alice", None, "+4930", "+4917099")) is True
+    user = result_of(store.get_user("alice"))
+    assert (user["email"], user["phone"], user["wireless"]) == (None, "+4930", "+4917099")
+    assert result_of(store.user_by_wireless("+4917011")) == "bob"
+    assert result_of(store.user_by_wireless("+4917099")) == "alice"
+    assert result_of(store.update_profile("alice", "", None, None)) is True
+    assert result_of(store.get_user("alice"))["email"] == ""            # empty is not None
+    assert result_of(store.user_by_wireless("+4917099")) is None
+    assert result_of(store.update_profile("ghost", "g@example.com")) is False
+    assert result_of(store.get_user("ghost")) is None
+
+
+def test_names_and_texts_beyond_ascii_round_trip(store):
+    name, text = "j\u00fcrgen-\u2713", "gr\u00fc\u00dfe \U0001f600 42"
+    result_of(store.create_user(name, "123"))                  # a hash that looks like a number
+    result_of(store.add_alias(name, "+49"))
+    assert result_of(store.resolve("+49")) == ("user", name)
+    assert result_of(store.get_user(name))["password_hash"] == "123"
+    ident = result_of(store.store_message(name, "\u00e9ve", text, 1.5, msgid="007"))
+    assert result_of(store.messages(name)) == [
+        {"id": ident, "from": "\u00e9ve", "text": text, "time": 1.5, "read": False}]
+    assert result_of(store.box_usage(name)) == (1, len(text.encode("utf-8")))
+
+
+# -- resume tokens (issue 12) ----------------------------------------------------------
+
+def resume_store(store):
+    if isinstance(store, SQLiteDirectory) and not hasattr(store, "store_resume"):
+        pytest.xfail(RESUME_XFAIL)
+    return store
+
+
+def test_resume_token_hash_names_its_user(store):
+    store = resume_store(store)
+    result_of(store.create_user("alice", HASH))
+    assert result_of(store.resume_user("h1")) is None
+    assert result_of(store.store_resume("h1", "alice", "laptop", 10.0)) is None
+    result_of(store.store_resume("h2", "alice", "phone", 11.0))
+    assert result_of(store.resume_user("h1")) == "alice"
+    assert result_of(store.resume_user("h2")) == "alice"
+    assert result_of(store.resume_user("h3")) is None
+
+
+def test_revoke_one_resume_token(store):
+    store = resume_store(store)
+    for name in ("alice", "bob"):
+        result_of(store.create_user(name, HASH))
+    result_of(store.store_resume("h1", "alice", "laptop", 10.0))
+    result_of(store.store_resume("h2", "alice", "phone", 11.0))
+    result_of(store.store_resume("h3", "bob", "phone", 12.0))
+    assert result_of(store.revoke_resume("bob", "h1")) == 0      # not bob's to revoke
+    assert result_of(store.resume_user("h1")) == "alice"
+    assert result_of(store.revoke_resume("alice", "h1")) == 1
+    assert result_of(store.resume_user("h1")) is None
+    assert result_of(store.resume_user("h2")) == "alice"
+    assert result_of(store.revoke_resume("alice", "h1")) == 0    # twice: gone already
+
+
+def test_revoke_all_resume_tokens_of_a_user(store):
+    store = resume_store(store)
+    for name in ("alice", "bob"):
+        result_of(store.create_user(name, HASH))
+    for i in range(3):
+        result_of(store.store_resume(f"a{i}", "alice", f"device {i}", float(i)))
+    result_of(store.store_resume("b0", "bob", "phone", 1.0))
+    assert result_of(store.revoke_resume("alice")) == 3
+    assert [result_of(store.resume_user(f"a{i}")) for i in range(3)] == [None] * 3
+    assert result_of(store.resume_user("b0")) == "bob"
+    assert result_of(store.revoke_resume("alice")) == 0
+    # kept across a restart, like everything else
+    again = reopen(store)
+    try:
+        assert result_of(again.resume_user("b0")) == "bob"
+    finally:
+        settle(again.stop())

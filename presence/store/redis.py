@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -179,8 +179,11 @@ class TxRedis:
         return self.handler._factory.size > 0
 
     def when_ready(self) -> defer.Deferred:
-        """Fires once a connection is up (never cancelled: it only peeks)."""
-        return self.handler._factory.connectionQueue.peek()
+        """Fires once a connection is up, in a later reactor turn than the
+        pool's own bookkeeping of it (never cancelled: it only peeks)."""
+        from twisted.internet import reactor
+        return self.handler._factory.connectionQueue.peek().addCallback(
+            lambda conn: task.deferLater(reactor, 0, lambda: conn))
 
     def eval(self, script: bytes, keys: Sequence[bytes], args: Sequence[bytes]) -> defer.Deferred:
         return self.handler.eval(script, list(keys), list(args))
@@ -500,20 +503,27 @@ class RedisDirectory:
             raise RuntimeError("the directory is not started")
         script, argv = SCRIPTS[name], [_b(a) for a in args]
         if client.ready():
-            d = self._bounded(lambda: client.eval(script, keys, argv))
+            d = self._bounded(lambda late: client.eval(script, keys, argv))
         elif self.down_since is not None:
             d = defer.fail(StoreUnavailable())          # known down: at once
         else:
             # no connection yet (just started, or it just dropped): wait for
-            # one, within the same bound
-            d = self._bounded(lambda: client.when_ready().addCallback(
-                lambda _: client.eval(script, keys, argv)))
+            # one within the same bound, and send nothing once it has passed
+            # (the caller was told it failed: it must not happen later)
+            def when_up(late: Callable[[], bool]) -> defer.Deferred:
+                def send(_: Any) -> defer.Deferred:
+                    if late():
+                        return defer.fail(StoreUnavailable())
+                    return client.eval(script, keys, argv)
+                return client.when_ready().addCallback(send)
+            d = self._bounded(when_up)
         return d.addCallbacks(self._up, self._unavailable)
 
-    def _bounded(self, call: Callable[[], defer.Deferred]) -> defer.Deferred:
-        """``call()``'s result, or StoreUnavailable after ``timeout``
-        seconds; a late result is dropped, never cancelled (txredisapi's
-        reply queue must see every reply)."""
+    def _bounded(self, call: Callable[[Callable[[], bool]], defer.Deferred]) -> defer.Deferred:
+        """``call(late)``'s result, or StoreUnavailable after ``timeout``
+        seconds (``late()`` says whether they have passed); a late result
+        is dropped, never cancelled (txredisapi's reply queue must see every
+        reply)."""
         out: defer.Deferred = defer.Deferred()
 
         def late() -> None:
@@ -528,7 +538,7 @@ class RedisDirectory:
             if not out.called:
                 out.callback(result)            # a Failure errbacks
 
-        defer.maybeDeferred(call).addBoth(settle)
+        defer.maybeDeferred(call, lambda: out.called).addBoth(settle)
         return out
 
     def _up(self, result: Any) -> Any:
