@@ -2,9 +2,9 @@
 itself matters: two nodes racing for one name or one message box, spills
 batched into few script calls, a password and a unix socket in the URL, and
 Redis killed (SIGKILL) and started again: calls and the JSON API fail with
-503 within the bound while it is down, one log line says so, and with
-append-only persistence (``appendfsync always``) nothing written before the
-kill is lost.  The directory suite itself runs on Redis in ``test_store.py``.
+503 within the bound while it is down, one log line says so, chat spilled
+meanwhile is written when it is back, and with append-only persistence
+(``appendfsync always``) nothing written before the kill is lost.  The directory suite itself runs on Redis in ``test_store.py``.
 """
 
 from __future__ import annotations
@@ -225,6 +225,9 @@ def test_redis_killed_gives_503_within_the_bound_and_its_restart_loses_nothing(
             503, UNAVAILABLE)
         assert time.monotonic() - started < 0.5                  # the outage is known
         helpers.failure_of(settle(store.members("friends")), StoreUnavailable)
+        # chat that leaves a mailbox while Redis is down waits, in order
+        store.spill("alice", "bob", "while down", 75.0, "m2")
+        store.spill("alice", "carol", "also while down", 76.0, "m3")
         assert len(log_lines(LogLevel.error)) == 1               # one line per outage
 
         server.start()
@@ -239,7 +242,9 @@ def test_redis_killed_gives_503_within_the_bound_and_its_restart_loses_nothing(
         assert len(log_lines(LogLevel.info)) == 1                # "reachable again"
         # what was written before the kill is there (appendonly, fsync always)
         assert api.post("/api/login", username="alice", password="correct horse")[0] == 200
-        assert [m["id"] for m in result_of(store.messages("alice"))] == [kept]
+        box = result_of(store.messages("alice"))
+        assert [m["text"] for m in box] == ["also while down", "while down", "see you"]
+        assert box[-1]["id"] == kept
         assert result_of(store.members("friends")) == ["alice"]
         helpers.failure_of(settle(store.create_user("alice", HASH)), NameTaken)
     finally:

@@ -308,3 +308,36 @@ def test_a_connection_that_comes_up_after_the_bound_sends_nothing():
     failure_of(d, StoreUnavailable)
     fake.come_up()
     assert fake.calls == []
+
+
+def test_spills_made_while_redis_is_down_are_kept_and_sent_when_it_is_back(log_events):
+    fake, clock = FakeRedis(), Clock()
+    store = directory(fake, clock)
+    fake.answers = [Down("Lost connection")]
+    store.spill("bob", "alice", "t0", 1.0, "m0")                # fails: Redis is down
+    fake.is_ready = False
+    store.spill("bob", "alice", "t1", 2.0, "m1")
+    assert len(fake.calls) == 1
+    failure_of(store.unread("bob"), StoreUnavailable)           # a read fails at once
+    clock.advance(5)                                            # tries, fast, while down
+    assert len(fake.calls) == 1
+    fake.come_up()
+    fake.answers = [2]
+    clock.advance(1)                                            # the next try
+    name, _, args = fake.calls[-1]
+    assert name == "spill" and args[1::5] == [b"bob", b"bob"]
+    assert args[3::5] == [b"t0", b"t1"]                         # both, in order
+    assert len(redis_lines(log_events, LogLevel.error)) == 1
+
+
+def test_spills_that_cannot_be_sent_at_stop_are_logged_as_lost(log_events):
+    fake, clock = FakeRedis(), Clock()
+    store = directory(fake, clock)
+    fake.answers = [Down("Lost connection")]
+    store.spill("bob", "alice", "t0", 1.0, "m0")
+    fake.is_ready = False
+    result_of(store.stop())
+    lost = [line for line in redis_lines(log_events, LogLevel.error) if "lost" in line]
+    assert len(lost) == 1 and "1 chat messages that left a mailbox unread" in lost[0]
+    clock.advance(10)
+    assert len(fake.calls) == 1                                 # no more tries

@@ -12,7 +12,9 @@ creates the user, group or alias), the message-box quota (count and bytes
 checked and raised in the script that stores the message) and message ids
 (``INCR``) are atomic whichever node asks.  Chat that leaves a mailbox unread
 (:meth:`RedisDirectory.spill`) and page hits are batched as in SQLite: one
-script call for up to ``BATCH`` rows, one such call in flight at a time.
+script call for up to ``BATCH`` rows, one such call in flight at a time; a
+batch that finds Redis unavailable waits and is sent again, in order, when
+it is back (only what still waits when the node stops is lost, logged).
 
 Redis unreachable: every call fails with
 :class:`~presence.store.interface.StoreUnavailable` (a 503 on the JSON API)
@@ -49,6 +51,8 @@ UNAVAILABLE = ("OOM", "READONLY", "LOADING", "NOAUTH", "WRONGPASS", "MISCONF", "
                "ERR max number of clients")
 #: spilled chat rows (or page hits) sent in one script call at most
 BATCH = 500
+#: seconds between tries of a batch while Redis is unavailable
+RETRY = 1.0
 
 
 def _b(text: Any) -> bytes:
@@ -394,25 +398,41 @@ class _Batch:
     """Items sent ``write(items)`` (a Deferred) in calls of at most ``BATCH``,
     one call in flight at a time; items added meanwhile wait for the next.
     :meth:`add` fires once its item is written; :meth:`settled` once every
-    item added so far is (or failed)."""
+    item added so far is written (or failed, or waits for Redis to return).
+
+    A call that fails because Redis is unavailable loses nothing: its items
+    go back to the front, in order, and are sent again ``RETRY`` seconds
+    later (or at once when someone asks :meth:`settled`), until Redis is
+    back or :meth:`abandon` is called at stop.  Any other failure fails the
+    items (it is logged)."""
 
     log = Logger()
 
-    def __init__(self, write: Callable[[List[Any]], defer.Deferred], what: str) -> None:
+    def __init__(self, write: Callable[[List[Any]], defer.Deferred], what: str,
+                 reactor: Callable[[], Any]) -> None:
         self.write = write
         self.what = what
+        self.reactor = reactor
         self.items: List[Tuple[Any, defer.Deferred]] = []
         self.busy = False
         self._idle: List[defer.Deferred] = []
+        #: the delayed call of the next try while Redis is unavailable
+        self._retry: Any = None
 
     def add(self, item: Any) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
         self.items.append((item, d))
-        if not self.busy:
+        if not self.busy and self._retry is None:
             self._next()
         return d
 
     def settled(self) -> defer.Deferred:
+        if self._retry is not None:
+            # try now: if Redis is back, the read after this sees the items;
+            # if not, the try fails at once and the read fails as fast
+            self._retry.cancel()
+            self._retry = None
+            self._next()
         if not self.busy:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
@@ -420,7 +440,7 @@ class _Batch:
         return d
 
     def _next(self, _: Any = None) -> None:
-        if not self.items:
+        if not self.items or self._retry is not None:
             self.busy = False
             idle, self._idle = self._idle, []
             for d in idle:
@@ -439,10 +459,30 @@ class _Batch:
             d.callback(None)
 
     def _failed(self, failure: Failure, batch: List[Tuple[Any, defer.Deferred]]) -> None:
+        if failure.check(StoreUnavailable):
+            # the outage is logged once by the directory; keep the items
+            self.items[:0] = batch
+            self._retry = self.reactor().callLater(RETRY, self._again)
+            return
         self.log.warn("writing {count} {what} to Redis failed: {why}", count=len(batch),
                       what=self.what, why=failure.getErrorMessage())
         for _, d in batch:
             d.errback(failure)
+
+    def _again(self) -> None:
+        self._retry = None
+        if not self.busy:
+            self._next()
+
+    def abandon(self) -> int:
+        """At stop: give up on what still waits (Redis is down); how many."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        items, self.items = self.items, []
+        for _, d in items:
+            d.errback(StoreUnavailable())
+        return len(items)
 
 
 # -- the directory ------------------------------------------------------------------
@@ -469,8 +509,9 @@ class RedisDirectory:
         self._connect = connect
         #: when the current outage started (reactor seconds), or None
         self.down_since: Optional[float] = None
-        self._spills = _Batch(self._write_spills, "chat messages that left a mailbox unread")
-        self._hits = _Batch(self._write_hits, "page hits")
+        self._spills = _Batch(self._write_spills, "chat messages that left a mailbox unread",
+                              lambda: self.reactor)
+        self._hits = _Batch(self._write_hits, "page hits", lambda: self.reactor)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -482,10 +523,17 @@ class RedisDirectory:
 
     def stop(self) -> defer.Deferred:
         """Send what waits in the batches, then close the connections; the
-        Deferred fires when that is done (or failed, logged)."""
+        Deferred fires when that is done (or failed, logged).  With Redis
+        down, what cannot be sent within the bound is logged as lost."""
         d = defer.gatherResults([self._spills.settled(), self._hits.settled()])
 
         def close(_: Any) -> Any:
+            for batch in (self._spills, self._hits):
+                lost = batch.abandon()
+                if lost:
+                    self.log.error("stopping with the directory in Redis at {where}"
+                                   " unavailable: {count} {what} are lost",
+                                   where=self.where, count=lost, what=batch.what)
             client, self.client = self.client, None
             if client is not None:
                 return client.close()
