@@ -341,3 +341,15 @@ def test_spills_that_cannot_be_sent_at_stop_are_logged_as_lost(log_events):
     assert len(lost) == 1 and "1 chat messages that left a mailbox unread" in lost[0]
     clock.advance(10)
     assert len(fake.calls) == 1                                 # no more tries
+
+
+def test_a_page_hit_while_redis_is_down_fails_fast_and_is_not_kept():
+    # a page waits for its hit: it gets the 503 at once, never waits for Redis
+    fake, clock = FakeRedis(), Clock()
+    store = directory(fake, clock)
+    fake.answers = [Down("Lost connection")]
+    failure_of(store.add_hit("alice"), StoreUnavailable)
+    fake.is_ready = False
+    failure_of(store.add_hit("alice"), StoreUnavailable)
+    clock.advance(10)
+    assert len(fake.calls) == 1

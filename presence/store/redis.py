@@ -400,17 +400,20 @@ class _Batch:
     :meth:`add` fires once its item is written; :meth:`settled` once every
     item added so far is written (or failed, or waits for Redis to return).
 
-    A call that fails because Redis is unavailable loses nothing: its items
-    go back to the front, in order, and are sent again ``RETRY`` seconds
-    later (or at once when someone asks :meth:`settled`), until Redis is
-    back or :meth:`abandon` is called at stop.  Any other failure fails the
-    items (it is logged)."""
+    With ``keep`` (spills: nobody waits for them), a call that fails because
+    Redis is unavailable loses nothing: its items go back to the front, in
+    order, and are sent again ``RETRY`` seconds later (or at once when
+    someone asks :meth:`settled`), until Redis is back or :meth:`abandon`
+    is called at stop.  Otherwise (hits: a page waits for its hit, and must
+    not wait for Redis to return) and for any other failure the items fail
+    (a failure that is not an outage is logged)."""
 
     log = Logger()
 
     def __init__(self, write: Callable[[List[Any]], defer.Deferred], what: str,
-                 reactor: Callable[[], Any]) -> None:
+                 reactor: Callable[[], Any], keep: bool = False) -> None:
         self.write = write
+        self.keep = keep
         self.what = what
         self.reactor = reactor
         self.items: List[Tuple[Any, defer.Deferred]] = []
@@ -459,13 +462,14 @@ class _Batch:
             d.callback(None)
 
     def _failed(self, failure: Failure, batch: List[Tuple[Any, defer.Deferred]]) -> None:
-        if failure.check(StoreUnavailable):
-            # the outage is logged once by the directory; keep the items
+        outage = failure.check(StoreUnavailable)    # logged once by the directory
+        if outage and self.keep:
             self.items[:0] = batch
             self._retry = self.reactor().callLater(RETRY, self._again)
             return
-        self.log.warn("writing {count} {what} to Redis failed: {why}", count=len(batch),
-                      what=self.what, why=failure.getErrorMessage())
+        if not outage:
+            self.log.warn("writing {count} {what} to Redis failed: {why}", count=len(batch),
+                          what=self.what, why=failure.getErrorMessage())
         for _, d in batch:
             d.errback(failure)
 
@@ -510,7 +514,7 @@ class RedisDirectory:
         #: when the current outage started (reactor seconds), or None
         self.down_since: Optional[float] = None
         self._spills = _Batch(self._write_spills, "chat messages that left a mailbox unread",
-                              lambda: self.reactor)
+                              lambda: self.reactor, keep=True)
         self._hits = _Batch(self._write_hits, "page hits", lambda: self.reactor)
 
     # -- lifecycle ------------------------------------------------------------
