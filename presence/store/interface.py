@@ -109,7 +109,9 @@ class IDirectory(Interface):
         """Keep chat that left a mailbox unread, past any quota (it was
         accepted already); returns nothing.  Spills are written in batches,
         in order, and at most one batch write waits for the storage at a
-        time; every spill made before the directory stops is kept.  A
+        time; every spill made before the directory stops is kept (in
+        Redis: those that find it down are sent again when it is back; only
+        what still waits if it is down at stop is lost, and logged).  A
         repeated ``msgid`` is kept once."""
 
     def box_usage(recipient):
