@@ -46,3 +46,15 @@ class TooMany(ClientError):
     def __init__(self, message: str, retry_after: "float | None" = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ServiceUnavailable(ClientError):
+    """503: not the client's fault, but what the client should know: a part
+    of the server it needs (the directory) is unreachable for now; trying
+    again after ``retry_after`` seconds may work."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: "float | None" = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

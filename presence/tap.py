@@ -29,7 +29,7 @@ from presence.pages import Pages
 from presence.service import Limits, PresenceService
 from presence.sip import frontend as sip_frontend
 from presence.store import passwords
-from presence.store.sqlite import open_directory
+from presence.store.open import open_store
 from presence.sweep import SweepService
 from presence.threads import Pool
 from presence.web.site import make_site
@@ -371,7 +371,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         JsonLogService(options["json-log"]).setServiceParent(top)
     # opened (the directory created) when the tree starts: after twistd -u
     # dropped privileges, so its files belong to the user the server runs as
-    store = open_directory(options["data"], connect=False)
+    store = open_store(None, options["data"], reactor)
     DirectoryService(store, reactor, options["data"]).setServiceParent(top)
 
     config = HubConfig(

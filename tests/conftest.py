@@ -83,7 +83,7 @@ def require_programs(names: Iterable[str]) -> list[str]:
     return [require_program(n) for n in names]
 
 
-@pytest.fixture(name="require_program")
+@pytest.fixture(name="require_program", scope="session")
 def require_program_fixture() -> Callable[[str], str]:
     """Fixture form of :func:`require_program`: ``require_program("sipp")``."""
     return require_program
@@ -106,8 +106,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "integration: starts the real server or other real programs"
     )
+    config.addinivalue_line(
+        "markers",
+        "blocking: the test body runs outside the reactor's greenlet, so that it "
+        "may wait for a Deferred of the real reactor (redis_support.settle)",
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker in item.iter_markers(name="requires_program"):
         require_programs(marker.args)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    """A ``blocking`` test is called as plain pytest calls it, in the main
+    greenlet; pytest-twisted would call it inside the reactor's greenlet,
+    where ``pytest_twisted.blockon`` cannot wait (see redis_support.py)."""
+    if pyfuncitem.get_closest_marker("blocking") is None:
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names})
+    return True

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from zope.interface import Interface
 
+from presence.errors import ServiceUnavailable
+
+
+#: resume tokens kept per user (one per device); a new one past it drops the oldest
+RESUME_PER_USER = 32
 
 class NameTaken(Exception):
     """The name is already a user, a group or an alias."""
@@ -17,6 +22,16 @@ class NameTaken(Exception):
 
 class BoxFull(Exception):
     """The recipient's message box holds as much unread as its quota allows."""
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The directory cannot be reached now (Redis down or too slow); the
+    call failed within a bounded time, and trying again shortly may work.
+    The message is the one clients see (503); the reason is in the log."""
+
+    def __init__(self, message: str = "the directory is unavailable, try again shortly",
+                 retry_after: "float | None" = 2.0) -> None:
+        super().__init__(message, retry_after)
 
 
 class IDirectory(Interface):
@@ -110,7 +125,9 @@ class IDirectory(Interface):
         """Keep chat that left a mailbox unread, past any quota (it was
         accepted already); returns nothing.  Spills are written in batches,
         in order, and at most one batch write waits for the storage at a
-        time; every spill made before the directory stops is kept.  A
+        time; every spill made before the directory stops is kept (in
+        Redis: those that find it down are sent again when it is back; only
+        what still waits if it is down at stop is lost, and logged).  A
         repeated ``msgid`` is kept once."""
 
     def box_usage(recipient):
@@ -125,3 +142,13 @@ class IDirectory(Interface):
 
     def unread(recipient):
         """How many unread messages ``recipient`` has."""
+
+    # -- resume tokens -------------------------------------------------------
+    def store_resume(token_hash, user, device, now):
+        """Keep a resume token's hash for ``user`` (``device`` a short label); Deferred of None."""
+
+    def resume_user(token_hash):
+        """The user a resume token's hash belongs to, or None; Deferred."""
+
+    def revoke_resume(user, token_hash=None):
+        """Forget ``user``'s resume token ``token_hash``, or all of theirs when None; Deferred of how many."""

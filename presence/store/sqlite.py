@@ -29,7 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from presence.store.interface import BoxFull, IDirectory, NameTaken
+from presence.store.interface import RESUME_PER_USER, BoxFull, IDirectory, NameTaken
 from presence.threads import Pool
 
 SCHEMA = """
@@ -84,8 +84,6 @@ Row = Tuple[str, str, str, float, Optional[str]]
 #: spilled chat rows (or page hits) written in one transaction at most
 BATCH = 500
 SPILL_BATCH = BATCH
-#: resume tokens kept per user (one per device); a new one past it drops the oldest
-RESUME_PER_USER = 32
 
 
 class _Batch:
