@@ -163,7 +163,13 @@ class Options(usage.Options):
          " this machine; the ready line says so when --http is reachable from others.",
          _domain],
         ["host-box", None, None,
-         "This node's identity in dynamic session information [default: host:port of --http]."],
+         "This node's identity in dynamic session information [default: host:port of --http]."
+         " In cluster mode (--redis) it is required: HOST:PORT where clients reach this"
+         " node's --http."],
+        ["redis", None, None,
+         "Cluster mode: the directory, the global directory of sessions and the routing"
+         " between host boxes live in this Redis (redis://[:password@]host:port/db or"
+         " unix:/path/to/redis.sock[?db=N]), shared by every node. Needs --host-box."],
         ["keepalive", None, 25.0,
          "Idle seconds after which one keep-alive byte is written to a heartbeat.",
          _positive(float)],
@@ -220,6 +226,18 @@ class Options(usage.Options):
         if self["linger"] is None:
             self["linger"] = 2 * self["poll"]
         check_server_endpoint("http", self["http"])
+        if self["redis"] is not None:
+            from presence.store.redis import parse_url
+            try:
+                parse_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"--redis: {e}")
+            box = self["host-box"] or ""
+            host, _, port = box.rpartition(":")
+            if not (host and port.isdigit() and 0 < int(port) < 65536 and box.isascii()
+                    and not any(c in box for c in "/?#@ ")):
+                raise usage.UsageError("--redis needs --host-box HOST:PORT: the address"
+                                       " where clients reach this node's --http")
         wireless_frontend.check_options(self)
         if self["access-log"] and self["no-access-log"]:
             raise usage.UsageError("--access-log and --no-access-log contradict each other")
@@ -371,7 +389,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         JsonLogService(options["json-log"]).setServiceParent(top)
     # opened (the directory created) when the tree starts: after twistd -u
     # dropped privileges, so its files belong to the user the server runs as
-    store = open_store(None, options["data"], reactor)
+    store = open_store(options.get("redis"), options["data"], reactor)
     DirectoryService(store, reactor, options["data"]).setServiceParent(top)
 
     config = HubConfig(
@@ -379,8 +397,15 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         session_ttl=options["session-ttl"], mailbox=options["mailbox"],
         host_box=options["host-box"] or "", guest_ttl=options["guest-ttl"],
     )
-    hub = Hub(reactor, config)
-    HubService(hub).setServiceParent(top)  # stops before the directory
+    if options.get("redis"):
+        from presence.cluster.service import ClusterService
+        cluster = ClusterService(options["redis"], config, reactor)
+        hub = cluster.hub
+        # stops before the directory: ends its sessions, leaves the cluster
+        cluster.setServiceParent(top)
+    else:
+        hub = Hub(reactor, config)
+        HubService(hub).setServiceParent(top)  # stops before the directory
 
     # password hashing: the reactor's pool size, in a pool whose calls leave
     # no cyclic garbage (presence.threads)

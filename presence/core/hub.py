@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from zope.interface import Attribute, Interface, implementer
 
@@ -124,10 +124,12 @@ class IHub(Interface):
         the bound over all boxes."""
 
     def session(ident: str) -> Optional[Session]:
-        """The live session ``ident`` if this box holds it, else None.  A
-        cluster hub answers None for a session held by another box; the
-        global directory says which (a front-end then redirects or forwards
-        the request there)."""
+        """The live session ``ident``, else None.  A cluster hub answers a
+        session held by another box too, as a stand-in whose ``host_box`` is
+        that box's (not ``config.host_box``): the heartbeat redirects there
+        (307), and the other methods given the stand-in (``end``, ``ack``,
+        ``watch``, ``deliver_session``, ``chat``) are carried out on its box
+        through Redis."""
 
     def end(session: Session, reason: str) -> None:
         """End ``session`` (``logout``, ``expired``, ``replaced``, ...): send
@@ -237,6 +239,17 @@ class IHub(Interface):
 
     def stats() -> dict:
         """This box's figures: ``sessions``, ``held``, ``online_users``."""
+
+    def boxes() -> List[dict]:
+        """The live host boxes of the cluster, ``{"box", "sessions"}`` each
+        (``GET /api/cluster``); one node alone is a cluster of one box."""
+
+    def claim(ident: str) -> Optional[Any]:
+        """For a heartbeat naming a session this box does not know: None if
+        there is nothing more to learn (one node), else a Deferred firing
+        with the session once the global directory was read (a session
+        placed on this box by another node whose announcement has not
+        arrived yet is opened here then), or None."""
 
 
 @dataclass
@@ -447,6 +460,12 @@ class Hub:
         now = self.clock.seconds()
         user.online = online
         user.last_seen = now
+        self._changed(user, online, now)
+
+    def _changed(self, user: UserState, online: bool, now: float) -> None:
+        """``user`` came online or went offline on this box: record it and
+        tell the watchers (a cluster hub first asks whether another box
+        still holds the user online)."""
         self.listener.presence_changed(user.name, online, now)
         self._fan_out(user, frames.update("online" if online else "offline", user.name))
 
@@ -624,6 +643,12 @@ class Hub:
                     if now - since >= ttl:
                         self.end(session, "expired")
             yield len(part)
+
+    def boxes(self) -> List[dict]:
+        return [{"box": self.config.host_box, "sessions": len(self.users.sessions)}]
+
+    def claim(self, ident: str) -> None:
+        return None
 
     def stats(self) -> dict:
         return {

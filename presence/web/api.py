@@ -300,16 +300,26 @@ class PresenceAPI:
 
     # -- operations -------------------------------------------------------------------
 
-    @app.route("/api/stats", methods=["GET"])
-    @api
-    async def stats(self, request, p) -> Answer:
+    @staticmethod
+    def _operators_only(request, what: str) -> None:
         ip, _ = client_address(request)
         try:
             loopback = ipaddress.ip_address(ip).is_loopback
         except ValueError:
             loopback = False
         if not loopback:
-            raise Forbidden("stats are served to the loopback address only")
+            raise Forbidden(f"{what} are served to the loopback address only")
+
+    @app.route("/api/cluster", methods=["GET"])
+    @api
+    async def cluster(self, request, p) -> Answer:
+        self._operators_only(request, "the cluster's boxes")
+        return 200, {"boxes": self.hub.boxes()}
+
+    @app.route("/api/stats", methods=["GET"])
+    @api
+    async def stats(self, request, p) -> Answer:
+        self._operators_only(request, "stats")
         figures = dict(self.hub.stats())
         if self._stats is not None:
             figures.update(self._stats())

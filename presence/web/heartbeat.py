@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import socket
 from collections import deque
-from typing import Any, Deque, List, Optional, Sequence
+from typing import Any, Deque, Dict, List, Optional, Sequence
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -256,9 +256,43 @@ class HeartbeatResource(resource.Resource):
             if sid is not None and cross_origin(request):
                 return _error(request, 403, CROSS_ORIGIN)
         session = self.hub.session(sid) if sid else None
+        if session is None and sid:
+            pending = self.hub.claim(sid)
+            if pending is not None:
+                # a cluster: the session may have been placed here by another
+                # node a moment ago, or be held by another box
+                pending.addCallback(self._claimed, request, p)
+                pending.addErrback(self._unclaimed, request)
+                return server.NOT_DONE_YET
+        return self._hold(request, p, session)
+
+    def _claimed(self, session, request: server.Request, p: Dict[str, Any]) -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        body = self._hold(request, p, session)
+        if body is not server.NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _unclaimed(self, failure, request: server.Request) -> None:
+        if not (request.finished or getattr(request, "_disconnected", False)):
+            request.write(_error(request, 503, "the cluster's directory is unavailable,"
+                                 " try again shortly"))
+            request.finish()
+
+    def _hold(self, request: server.Request, p: Dict[str, Any],
+              session: Optional[Session]) -> Any:
         me = p.get("me")
         if session is None or (me and me != session.user.name):
             return _error(request, 403, "no such session: log in again")
+        if session.host_box != self.hub.config.host_box:
+            # held by another box of the cluster: the heartbeat goes there
+            request.setResponseCode(307)
+            request.setHeader(b"location", b"http://" + session.host_box.encode("ascii")
+                              + request.uri)
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"error": "this session is held by another box",
+                               "host_box": session.host_box}).encode("ascii")
         mode = p.get("mode") or "stream"
         if mode not in ("stream", "poll"):
             return _error(request, 400, "mode must be stream or poll")

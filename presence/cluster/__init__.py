@@ -1,0 +1,1 @@
+"""Cluster mode: several host boxes sharing one Redis (docs/cluster.md)."""

@@ -1,0 +1,613 @@
+"""The hub of a host box in a cluster: :class:`ClusterHub`.
+
+A :class:`~presence.core.hub.Hub` (this box's sessions, mailboxes and held
+heartbeats stay local) that shares the rest through Redis (the picture, the
+keys and the channels are in ``docs/cluster.md``):
+
+- **the box** is registered under ``node:<box>`` (its session count, with a
+  TTL refreshed every ``REFRESH`` seconds) and in the set ``nodes``;
+- **the global directory of sessions**: ``sessions`` (session ID -> JSON of
+  user, box, address, groups), ``onbox:<box>`` (the box's session IDs),
+  ``where:<user>`` (session ID -> box) and ``online:<box>`` (the users online
+  there).  Every box also keeps a local view of it, fed by the events on the
+  channel ``all``, so that ``is_online``, ``knows`` and ``session`` stay
+  synchronous;
+- **routing**: a frame for a user goes to the local sessions and to the
+  channel ``to:<box>`` of each other box holding one of the user's sessions;
+  a box that finds no session of the user any more keeps a chat frame in the
+  message box (never lost);
+- **placement**: a login opens its session on the live box with the fewest
+  sessions.  The node that answers the login writes the session record (in
+  the same script that announces it); the chosen box opens the local session
+  when the announcement arrives, or when the heartbeat comes first and the
+  record says the session is its own (:meth:`claim`);
+- **dead boxes**: every refresh looks for boxes in ``nodes`` whose
+  ``node:<box>`` key has expired; the first node to see one takes its
+  sessions out of the directory in one script and announces it, and every
+  box marks the dead box's users offline for its watchers unless they have
+  sessions elsewhere.
+
+Every publish and directory write goes through one Redis connection, so
+frames from this box reach another box in the order they were sent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from presence.core import frames
+from presence.core.frames import Frame
+from presence.core.hub import Hub, HubConfig, IHub
+from presence.core.mailbox import Mailbox
+from presence.core.tables import Session, UserState, group_set
+
+#: seconds between refreshes of this box's key (and looks for dead boxes)
+REFRESH = 3.0
+#: seconds a box's key lives without a refresh: a box silent this long is dead
+BOX_TTL = 10
+
+# Announce a session (KEYS sessions, onbox:<box>, where:<user>, all;
+# ARGV sid, record, box, event)
+OPEN = b"""
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('PUBLISH', KEYS[4], ARGV[4])
+return 1
+"""
+
+# A session ended (KEYS sessions, onbox:<box>, where:<user>, all; ARGV sid, event)
+CLOSE = b"""
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('PUBLISH', KEYS[4], ARGV[2])
+return 1
+"""
+
+# Presence on this box changed (KEYS online:<box>, all; ARGV user, 1|0, event)
+PRESENCE = b"""
+if ARGV[2] == '1' then
+  redis.call('SADD', KEYS[1], ARGV[1])
+else
+  redis.call('SREM', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+return 1
+"""
+
+# Refresh this box (KEYS node:<me>, nodes; ARGV me, sessions, ttl, node
+# prefix): the live boxes and their counts, and the boxes whose key is gone
+REGISTER = b"""
+redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+redis.call('SADD', KEYS[2], ARGV[1])
+local out = {}
+for _, box in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local count = redis.call('GET', ARGV[4] .. box)
+  table.insert(out, box)
+  table.insert(out, count or '')
+end
+return out
+"""
+
+# Take a box out of the directory (KEYS nodes, onbox:<box>, online:<box>,
+# sessions, node:<box>, all; ARGV box, where-prefix, alive(1: a clean stop)).
+# Only the caller that removes the box from ``nodes`` does the work, so two
+# nodes noticing one death at once announce it once.  Returns the session
+# records taken out.
+BURY = b"""
+if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[5]) == 1 then return {} end
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {} end
+redis.call('DEL', KEYS[5])
+local out = {}
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local record = redis.call('HGET', KEYS[4], sid)
+  if record then
+    table.insert(out, record)
+    local user = cjson.decode(record)['u']
+    redis.call('HDEL', ARGV[2] .. user, sid)
+    redis.call('HDEL', KEYS[4], sid)
+  end
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('PUBLISH', KEYS[6], cjson.encode({e='dead', b=ARGV[1]}))
+return out
+"""
+
+# The view at start (KEYS sessions, nodes; ARGV online prefix): the session
+# records, then per box its online users
+SNAPSHOT = b"""
+local sessions = redis.call('HVALS', KEYS[1])
+local online = {}
+for _, box in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  table.insert(online, box)
+  table.insert(online, redis.call('SMEMBERS', ARGV[1] .. box))
+end
+return {sessions, online}
+"""
+
+
+def encode_frame(frame: Frame) -> list:
+    return [frame.kind, list(frame.args), frame.payload]
+
+
+def decode_frame(data: Sequence[Any]) -> Frame:
+    kind, args, payload = data
+    return Frame(str(kind), [str(a) for a in args], str(payload))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else str(value)
+
+
+@implementer(IHub)
+class ClusterHub(Hub):
+    """One host box of a cluster (see the module docstring).
+
+    ``redis`` is the command seam (:class:`~presence.store.redis.TxRedis`
+    with one connection, or a fake): ``eval(script, keys, args)`` and
+    ``unavailable(error)``.  Messages from the subscription are handed to
+    :meth:`received` (channel, message bytes) by whoever subscribed
+    (:class:`presence.cluster.service.ClusterService`)."""
+
+    log = Logger()
+
+    def __init__(self, clock, config: HubConfig, redis: Any, prefix: str = "presence:",
+                 listener=None) -> None:
+        super().__init__(clock, config, listener)
+        self.redis = redis
+        self.prefix = prefix
+        #: remote sessions: sid -> (user, box, record)
+        self.where: Dict[str, Tuple[str, str, dict]] = {}
+        #: user -> box -> the user's session IDs there (remote boxes only)
+        self.remote: Dict[str, Dict[str, Set[str]]] = {}
+        #: user -> the remote boxes where the user is online
+        self.remote_online: Dict[str, Set[str]] = {}
+        self.remote_groups: Dict[str, frozenset] = {}
+        self.remote_seen: Dict[str, float] = {}
+        #: stand-ins of remote sessions asked for here (see IHub.session)
+        self.proxies: Dict[str, Session] = {}
+        #: the live boxes at the last refresh -> their session counts
+        self.live: Dict[str, int] = {}
+        self._outage = False
+
+    # -- keys and channels ------------------------------------------------------
+
+    def key(self, *parts: str) -> bytes:
+        return (self.prefix + ":".join(parts)).encode("utf-8", "surrogatepass")
+
+    @property
+    def me(self) -> str:
+        return self.config.host_box
+
+    def channels(self) -> List[bytes]:
+        """The channels this box subscribes to."""
+        return [self.key("all"), self.key("to", self.me)]
+
+    def _eval(self, script: bytes, keys: Sequence[bytes], args: Sequence[Any]) -> defer.Deferred:
+        args = [a if isinstance(a, bytes) else str(a).encode("utf-8", "surrogatepass")
+                for a in args]
+        d = defer.maybeDeferred(self.redis.eval, script, list(keys), args)
+        d.addCallback(self._up)
+        return d
+
+    def _up(self, result: Any) -> Any:
+        if self._outage:
+            self._outage = False
+            self.log.info("the cluster's Redis is reachable again")
+        return result
+
+    def _failed(self, failure, what: str) -> None:
+        if self.redis.unavailable(failure.value):
+            if not self._outage:
+                self._outage = True
+                self.log.warn("the cluster's Redis is unavailable ({error}): {what} and"
+                              " what follows until it is back are not shared with the"
+                              " other boxes", error=failure.getErrorMessage(), what=what)
+        else:
+            self.log.failure("cluster: {what} failed", failure, what=what)
+
+    def _do(self, what: str, script: bytes, keys: Sequence[bytes],
+            args: Sequence[Any]) -> defer.Deferred:
+        d = self._eval(script, keys, args)
+        d.addErrback(self._failed, what)
+        return d
+
+    def _send(self, box: str, event: dict) -> None:
+        """Publish ``event`` on ``box``'s channel."""
+        self._do("routing to " + box, b"return redis.call('PUBLISH', KEYS[1], ARGV[1])",
+                 [self.key("to", box)], [json.dumps(event)])
+
+    # -- placement and sessions ---------------------------------------------------
+
+    def _counts(self) -> Dict[str, int]:
+        """The live boxes (at the last refresh) and their sessions in the
+        view (which knows of every session announced since)."""
+        counts = {box: 0 for box in self.live}
+        counts[self.me] = len(self.users.sessions)
+        for _, box, _ in self.where.values():
+            if box in counts:
+                counts[box] += 1
+        return counts
+
+    def place(self) -> str:
+        """The live box with the fewest sessions (this one on a tie)."""
+        counts = self._counts()
+        return min(counts, key=lambda box: (counts[box], box != self.me, box))
+
+    def login(self, name: str, ident: str, ip: str = "", port: int = 0,
+              groups: Sequence[str] = (), guest: bool = False) -> Session:
+        box = self.place()
+        record = {"s": ident, "u": name, "b": box, "ip": ip, "port": port,
+                  "g": sorted(groups), "guest": guest, "t": self.clock.seconds()}
+        if box == self.me:
+            session = self._open_local(record)
+        else:
+            self._note_open(record)
+            session = self._proxy(ident)
+        self._announce_open(record)
+        return session
+
+    def _open_local(self, record: dict) -> Session:
+        return Hub.login(self, record["u"], record["s"], record["ip"], record["port"],
+                         record["g"], record["guest"])
+
+    def _announce_open(self, record: dict) -> None:
+        event = dict(record, e="open")
+        self._do("announcing a session", OPEN,
+                 [self.key("sessions"), self.key("onbox", record["b"]),
+                  self.key("where", record["u"]), self.key("all")],
+                 [record["s"], json.dumps(record), record["b"], json.dumps(event)])
+
+    def _note_open(self, record: dict) -> None:
+        sid, user, box = record["s"], record["u"], record["b"]
+        if box == self.me:
+            return
+        self.where[sid] = (user, box, record)
+        self.remote.setdefault(user, {}).setdefault(box, set()).add(sid)
+        self.remote_groups[user] = group_set(record.get("g") or ())
+
+    def _note_close(self, sid: str) -> None:
+        found = self.where.pop(sid, None)
+        self.proxies.pop(sid, None)
+        if found is None:
+            return
+        user, box, _ = found
+        boxes = self.remote.get(user)
+        if boxes is not None:
+            sids = boxes.get(box)
+            if sids is not None:
+                sids.discard(sid)
+                if not sids:
+                    del boxes[box]
+            if not boxes:
+                del self.remote[user]
+
+    def _proxy(self, sid: str) -> Optional[Session]:
+        proxy = self.proxies.get(sid)
+        if proxy is None:
+            found = self.where.get(sid)
+            if found is None:
+                return None
+            user, box, record = found
+            proxy = Session(sid, UserState(user, record.get("g") or (), record.get("guest")),
+                            record.get("ip", ""), record.get("port", 0), box,
+                            record.get("t", 0.0), Mailbox(1))
+            self.proxies[sid] = proxy
+        return proxy
+
+    def session(self, ident: str) -> Optional[Session]:
+        local = self.users.session(ident)
+        return local if local is not None else self._proxy(ident)
+
+    def claim(self, ident: str) -> Optional[defer.Deferred]:
+        d = self._eval(b"return redis.call('HGET', KEYS[1], ARGV[1])",
+                       [self.key("sessions")], [ident])
+
+        def found(raw):
+            if raw is None:
+                return None
+            record = json.loads(_text(raw))
+            if record.get("b") == self.me:
+                return self.users.session(ident) or self._open_local(record)
+            self._note_open(record)
+            return self.session(ident)
+        d.addCallback(found)
+        return d
+
+    def _remote(self, session: Session) -> bool:
+        return session.host_box != self.me
+
+    def end(self, session: Session, reason: str) -> None:
+        if self._remote(session):
+            self._send(session.host_box, {"e": "end", "s": session.id, "r": reason})
+            self._note_close(session.id)
+            return
+        live = self.users.session(session.id) is session
+        Hub.end(self, session, reason)
+        if live:
+            self._announce_close(session.id, session.user.name, self.me)
+
+    def _announce_close(self, sid: str, user: str, box: str) -> None:
+        self._do("announcing the end of a session", CLOSE,
+                 [self.key("sessions"), self.key("onbox", box), self.key("where", user),
+                  self.key("all")],
+                 [sid, json.dumps({"e": "close", "s": sid, "u": user, "b": box})])
+
+    def ack(self, session: Session, upto: int) -> None:
+        if self._remote(session):
+            self._send(session.host_box, {"e": "ack", "s": session.id, "n": upto})
+        else:
+            Hub.ack(self, session, upto)
+
+    def watch(self, session: Session, key: str) -> None:
+        if self._remote(session):
+            session.active = key
+            self._send(session.host_box, {"e": "watch", "s": session.id, "k": key})
+        else:
+            Hub.watch(self, session, key)
+
+    def address_changed(self, session: Session, ip: str, port: int) -> None:
+        if not self._remote(session):
+            Hub.address_changed(self, session, ip, port)
+
+    # -- presence ------------------------------------------------------------------
+
+    def is_online(self, name: str) -> bool:
+        return self.users.is_online(name) or bool(self.remote_online.get(name))
+
+    def knows(self, name: str) -> bool:
+        return (name in self.users.users or name in self.remote
+                or bool(self.remote_online.get(name)))
+
+    def last_seen(self, name: str) -> Optional[float]:
+        local = Hub.last_seen(self, name)
+        remote = self.remote_seen.get(name) if self.knows(name) else None
+        if local is None or (remote is not None and remote > local):
+            return remote
+        return local
+
+    def _changed(self, user: UserState, online: bool, now: float) -> None:
+        self._do("sharing a change of presence", PRESENCE,
+                 [self.key("online", self.me), self.key("all")],
+                 [user.name, "1" if online else "0",
+                  json.dumps({"e": "pres", "u": user.name, "b": self.me, "on": online,
+                              "g": sorted(user.groups), "t": now})])
+        if not self.remote_online.get(user.name):
+            Hub._changed(self, user, online, now)
+
+    def _remote_presence(self, user: str, box: str, online: bool,
+                         groups: Optional[Sequence[str]], when: float) -> None:
+        before = self.is_online(user)
+        boxes = self.remote_online.setdefault(user, set())
+        if online:
+            boxes.add(box)
+        else:
+            boxes.discard(box)
+            if not boxes:
+                del self.remote_online[user]
+        if groups is not None:
+            self.remote_groups[user] = group_set(groups)
+        self.remote_seen[user] = when
+        if before != self.is_online(user):
+            state = self.users.user(user) or UserState(user, self.remote_groups.get(user, ()))
+            if state.last_seen is None or state.last_seen < when:
+                state.last_seen = when
+            self._fan_out(state, frames.update("online" if online else "offline", user))
+        if not self.remote_online.get(user) and user not in self.remote:
+            self.remote_groups.pop(user, None)
+
+    # -- groups --------------------------------------------------------------------
+
+    def membership_changed(self, key: str, member: str, joined: bool) -> None:
+        Hub.membership_changed(self, key, member, joined)
+        self._do("sharing a change of membership",
+                 b"return redis.call('PUBLISH', KEYS[1], ARGV[1])", [self.key("all")],
+                 [json.dumps({"e": "member", "b": self.me, "k": key, "m": member,
+                              "j": joined})])
+
+    def _remote_membership(self, key: str, member: str, joined: bool) -> None:
+        groups = self.remote_groups.get(member)
+        if groups is not None:
+            self.remote_groups[member] = group_set(groups | {key} if joined
+                                                   else groups - {key})
+        Hub.membership_changed(self, key, member, joined)
+
+    # -- delivery ------------------------------------------------------------------
+
+    def deliver(self, name: str, frame: Frame) -> int:
+        count = Hub.deliver(self, name, frame)
+        for box, sids in list(self.remote.get(name, {}).items()):
+            self._send(box, {"e": "frame", "u": name, "f": encode_frame(frame)})
+            count += len(sids)
+        if not count and frame.is_chat:
+            # online in the view, but no session anywhere it knows of
+            self.listener.spill(name, frame)
+        return count
+
+    def deliver_session(self, session: Session, frame: Frame) -> None:
+        if self._remote(session):
+            self._send(session.host_box, {"e": "sframe", "s": session.id, "u": session.name,
+                                          "f": encode_frame(frame)})
+        else:
+            Hub.deliver_session(self, session, frame)
+
+    def _routed(self, name: str, frame: Frame) -> None:
+        """A frame for ``name`` routed here by another box."""
+        if not Hub.deliver(self, name, frame) and frame.is_chat:
+            self.listener.spill(name, frame)
+
+    # -- events ----------------------------------------------------------------------
+
+    def received(self, channel: bytes, message: bytes) -> None:
+        """A message on one of :meth:`channels`."""
+        try:
+            event = json.loads(_text(message))
+            kind = event["e"]
+        except (ValueError, KeyError, TypeError):
+            self.log.warn("cluster: an unreadable message on {channel}",
+                          channel=_text(channel))
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:
+            return
+        try:
+            handler(self, event)
+        except Exception:
+            self.log.failure("cluster: handling a {kind} event failed", kind=kind)
+
+    def _on_open(self, event: dict) -> None:
+        if event["b"] == self.me:
+            if self.users.session(event["s"]) is None:
+                self._open_local(event)
+        else:
+            self._note_open(event)
+
+    def _on_close(self, event: dict) -> None:
+        if event["b"] != self.me:
+            self._note_close(event["s"])
+
+    def _on_pres(self, event: dict) -> None:
+        if event["b"] != self.me:
+            self._remote_presence(event["u"], event["b"], bool(event["on"]), event.get("g"),
+                                  float(event.get("t") or self.clock.seconds()))
+
+    def _on_member(self, event: dict) -> None:
+        if event["b"] != self.me:
+            self._remote_membership(event["k"], event["m"], bool(event["j"]))
+
+    def _on_dead(self, event: dict) -> None:
+        box = event["b"]
+        if box == self.me:
+            return
+        self.live.pop(box, None)
+        self.forget_box(box)
+
+    def forget_box(self, box: str) -> None:
+        """``box`` is gone: drop its sessions from the view, and its users'
+        presence there (watchers here hear them go offline unless they are
+        online elsewhere)."""
+        for sid in [sid for sid, (_, b, _) in self.where.items() if b == box]:
+            self._note_close(sid)
+        now = self.clock.seconds()
+        for user in [u for u, boxes in self.remote_online.items() if box in boxes]:
+            self._remote_presence(user, box, False, None, now)
+
+    def _on_frame(self, event: dict) -> None:
+        self._routed(event["u"], decode_frame(event["f"]))
+
+    def _on_sframe(self, event: dict) -> None:
+        frame = decode_frame(event["f"])
+        session = self.users.session(event["s"])
+        if session is not None:
+            Hub.deliver_session(self, session, frame)
+        elif frame.is_chat:
+            self.listener.spill(event["u"], frame)
+
+    def _on_ack(self, event: dict) -> None:
+        session = self.users.session(event["s"])
+        if session is not None:
+            Hub.ack(self, session, int(event["n"]))
+
+    def _on_watch(self, event: dict) -> None:
+        session = self.users.session(event["s"])
+        if session is not None:
+            Hub.watch(self, session, str(event["k"]))
+
+    def _on_end(self, event: dict) -> None:
+        session = self.users.session(event["s"])
+        if session is not None:
+            self.end(session, str(event.get("r") or "logout"))
+
+    _handlers: Dict[str, Callable[["ClusterHub", dict], None]] = {
+        "open": _on_open, "close": _on_close, "pres": _on_pres, "member": _on_member,
+        "dead": _on_dead, "frame": _on_frame, "sframe": _on_sframe, "ack": _on_ack,
+        "watch": _on_watch, "end": _on_end,
+    }
+
+    # -- the box ---------------------------------------------------------------------
+
+    def load(self) -> defer.Deferred:
+        """Read the global directory into the local view (at start, once
+        subscribed, so that no change falls between the two)."""
+        d = self._eval(SNAPSHOT, [self.key("sessions"), self.key("nodes")],
+                       [self.prefix + "online:"])
+
+        def loaded(result):
+            sessions, online = result
+            for raw in sessions:
+                self._note_open(json.loads(_text(raw)))
+            now = self.clock.seconds()
+            for i in range(0, len(online), 2):
+                box = _text(online[i])
+                if box != self.me:
+                    for user in online[i + 1]:
+                        self._remote_presence(_text(user), box, True, None, now)
+        return d.addCallback(loaded)
+
+    def refresh(self) -> defer.Deferred:
+        """Refresh this box's key; learn the live boxes; bury the dead ones."""
+        d = self._eval(REGISTER, [self.key("node", self.me), self.key("nodes")],
+                       [self.me, len(self.users.sessions), BOX_TTL, self.prefix + "node:"])
+
+        def registered(reply):
+            live, dead = {}, []
+            for i in range(0, len(reply), 2):
+                box, count = _text(reply[i]), _text(reply[i + 1])
+                if count:
+                    live[box] = int(count)
+                else:
+                    dead.append(box)
+            self.live = live
+            for box in set(self.remote_online_boxes()) - set(live):
+                self.forget_box(box)
+            return defer.DeferredList([self.bury(box) for box in dead])
+        d.addCallback(registered)
+        d.addErrback(self._failed, "refreshing this box")
+        return d
+
+    def remote_online_boxes(self) -> Set[str]:
+        boxes = {b for _, b, _ in self.where.values()}
+        for online in self.remote_online.values():
+            boxes |= online
+        return boxes
+
+    def bury(self, box: str, alive: bool = False) -> defer.Deferred:
+        """Take ``box`` out of the directory (dead, or this box stopping
+        cleanly when ``alive``)."""
+        d = self._eval(BURY, [self.key("nodes"), self.key("onbox", box),
+                              self.key("online", box), self.key("sessions"),
+                              self.key("node", box), self.key("all")],
+                       [box, self.prefix + "where:", "1" if alive else "0"])
+
+        def buried(records):
+            if records and not alive:
+                self.log.warn("cluster: the box {box} is gone; {n} sessions left the"
+                              " directory", box=box, n=len(records))
+            if box != self.me:
+                self.forget_box(box)
+            return records
+        d.addCallback(buried)
+        d.addErrback(self._failed, "taking the box " + box + " out of the directory")
+        return d
+
+    def boxes(self) -> List[dict]:
+        counts = self._counts()
+        return [{"box": box, "sessions": counts[box]} for box in sorted(counts)]
+
+    def stats(self) -> dict:
+        figures = Hub.stats(self)
+        figures["remote_sessions"] = len(self.where)
+        figures["boxes"] = len(self.boxes())
+        return figures
+
+
+def make_loop(hub: ClusterHub, clock) -> task.LoopingCall:
+    loop = task.LoopingCall(hub.refresh)
+    loop.clock = clock
+    return loop

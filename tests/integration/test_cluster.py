@@ -1,0 +1,147 @@
+"""Cluster mode: three real ``twistd presence`` nodes sharing one real
+``redis-server`` (spec section 9, docs/cluster.md).
+
+Each node is started with ``--redis`` and ``--host-box 127.0.0.1:<port>``;
+the tests follow the ``host_box`` of each login answer, as clients do.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from presence_harness import (  # noqa: E402
+    Api, HeartbeatReader, ServerProcess, User, chat_frames, chat_ok, expect, free_port,
+    login, register, unique_name,
+)
+from redis_support import fresh_prefix, start_redis  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def redis(request, tmp_path_factory):
+    return start_redis(request, tmp_path_factory)
+
+
+def start_node(tmp: Path, url: str, name: str) -> ServerProcess:
+    port = free_port()
+    node = ServerProcess(tmp / name, tmp / f"{name}.log",
+                         extra_args=["--http", f"tcp:{port}:interface=127.0.0.1",
+                                     "--redis", url, "--host-box", f"127.0.0.1:{port}"])
+    return node.start()
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)   # polling a condition, with a deadline
+
+
+def boxes(api: Api) -> dict:
+    r = expect(api.get("/api/cluster"), 200, "GET /api/cluster")
+    return {b["box"]: b["sessions"] for b in r.json()["boxes"]}
+
+
+@pytest.fixture
+def cluster(redis, tmp_path):
+    url = f"{redis.url}?prefix={fresh_prefix()}"
+    nodes = []
+    try:
+        for name in ("a", "b", "c"):
+            nodes.append(start_node(tmp_path, url, name))
+        everyone = {f"127.0.0.1:{n.port}" for n in nodes}
+        for n in nodes:
+            wait_until(lambda: set(boxes(n.api())) == everyone, 15,
+                       f"{n.port} sees every box")
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def node_of(nodes, user: User) -> ServerProcess:
+    box = user.login_body["host_box"]
+    return next(n for n in nodes if f"127.0.0.1:{n.port}" == box)
+
+
+def hold(nodes, user: User) -> HeartbeatReader:
+    node = node_of(nodes, user)
+    return HeartbeatReader.open(node.host, node.port, user.name, user.session)
+
+
+def test_two_boxes_see_each_other_and_chat_both_ways_in_order(cluster):
+    a, b, c = cluster
+    alice, bob = register(a.api(), unique_name("alice")), register(b.api(), unique_name("bob"))
+    login(a.api(), alice)
+    login(b.api(), bob)
+    # login placement: the answering node held the fewest sessions each time
+    assert alice.login_body["host_box"] == f"127.0.0.1:{a.port}"
+    assert bob.login_body["host_box"] == f"127.0.0.1:{b.port}"
+    expect(a.api().post("/api/contacts", form={**alice.auth, "contact": bob.name}), 204)
+    expect(c.api().post("/api/contacts", form={**bob.auth, "contact": alice.name}), 204)
+
+    with hold(cluster, alice) as ha:
+        wait_until(lambda: c.api().get(f"/api/presence/{alice.name}").json()["online"], 5,
+                   "node c sees alice online")
+        with hold(cluster, bob) as hb:
+            ha.wait_for(f"msg update online {bob.name}", timeout=5)
+            # any node answers /api/presence for either
+            for n in cluster:
+                for u in (alice, bob):
+                    assert n.api().get(f"/api/presence/{u.name}").json()["online"] is True
+            sent = [f"a->b {i}" for i in range(10)]
+            for text in sent:   # through a, which holds alice
+                assert chat_ok(a.api(), alice, bob, text)["delivered"] == "online"
+            got = chat_frames(hb.read_frames(10, timeout=5,
+                                             pred=lambda f: f.kind == "chat"))
+            assert [f.payload for f in got] == sent
+            back = [f"b->a {i}" for i in range(10)]
+            for text in back:   # through c, which holds neither of them
+                assert chat_ok(c.api(), bob, alice, text)["delivered"] == "online"
+            got = chat_frames(ha.read_frames(10, timeout=5,
+                                             pred=lambda f: f.kind == "chat"))
+            assert [f.payload for f in got] == back
+            assert [f.words[2] for f in got] == [bob.name] * 10
+            # bob logs out through a node that does not hold his session
+            expect(a.api().post("/api/logout", form=bob.auth), 204, "logout on a")
+            ha.wait_for(f"msg update offline {bob.name}", timeout=5)
+            assert hb.wait_end(5)
+        for n in cluster:
+            assert n.api().get(f"/api/presence/{bob.name}").json()["online"] is False
+
+
+def test_login_is_placed_on_the_emptiest_box_and_a_wrong_heartbeat_is_redirected(cluster):
+    a, b, c = cluster
+    users = [register(a.api(), unique_name("p")) for _ in range(3)]
+    for u in users:
+        login(a.api(), u)
+    # every login through a: one session on each box, each one the emptiest
+    placed = sorted(u.login_body["host_box"] for u in users)
+    assert placed == sorted(f"127.0.0.1:{n.port}" for n in cluster)
+    for u in users:
+        assert u.login_body["heartbeat"].startswith("/jchat?")
+    wait_until(lambda: sorted(boxes(b.api()).values()) == [1, 1, 1], 10,
+               "every box counts its session")
+    far = next(u for u in users if u.login_body["host_box"] != f"127.0.0.1:{a.port}")
+    home = node_of(cluster, far)
+    reader = HeartbeatReader.open(a.host, a.port, far.name, far.session)
+    r = reader.response()
+    assert r.status == 307, r
+    location = r.headers["Location"]
+    assert location.startswith(f"http://127.0.0.1:{home.port}/jchat?"), location
+    assert f"id={far.session}" in location
+    # the right box holds it, and the user is online everywhere
+    with hold(cluster, far):
+        for n in cluster:
+            wait_until(lambda: n.api().get(f"/api/presence/{far.name}").json()["online"],
+                       5, f"{far.name} online on {n.port}")

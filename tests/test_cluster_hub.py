@@ -1,0 +1,293 @@
+"""ClusterHub against a fake of its Redis seam: an in-memory Redis that
+understands the hub's scripts and delivers what they publish to every hub
+subscribed, when the test pumps it (no reactor, no sleeps)."""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Set, Tuple
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from presence.cluster import hub as cluster
+from presence.cluster.hub import ClusterHub
+from presence.core import frames
+from presence.core.hub import HubConfig, IHub
+from presence.core.tables import book_key
+
+from test_core_hub import FakeChannel, RecordingListener
+
+P = "presence:"
+
+
+class Unavailable(Exception):
+    pass
+
+
+class FakeRedis:
+    """Just enough Redis for the hub's scripts, shared by several hubs."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.hubs: List[ClusterHub] = []
+        self.queue: List[Tuple[bytes, bytes]] = []
+        self.sessions: Dict[str, str] = {}
+        self.onbox: Dict[str, Set[str]] = {}
+        self.online: Dict[str, Set[str]] = {}
+        self.nodes: Set[str] = set()
+        self.expires: Dict[str, Tuple[str, float]] = {}
+        self.down = False
+
+    def seam(self) -> "Seam":
+        return Seam(self)
+
+    def publish(self, channel: bytes, message: bytes) -> None:
+        self.queue.append((channel, message))
+
+    def pump(self) -> None:
+        while self.queue:
+            channel, message = self.queue.pop(0)
+            for hub in self.hubs:
+                if channel in hub.channels():
+                    hub.received(channel, message)
+
+    def alive(self, box: str) -> bool:
+        found = self.expires.get(box)
+        return found is not None and found[1] > self.clock.seconds()
+
+    def eval(self, script, keys, args):
+        if self.down:
+            return defer.fail(Unavailable("down"))
+        k = [x.decode() for x in keys]
+        a = [x.decode() for x in args]
+        if script == cluster.OPEN:
+            self.sessions[a[0]] = a[1]
+            self.onbox.setdefault(a[2], set()).add(a[0])
+            self.publish(keys[3], args[3])
+        elif script == cluster.CLOSE:
+            self.sessions.pop(a[0], None)
+            for sids in self.onbox.values():
+                sids.discard(a[0])
+            self.publish(keys[3], args[1])
+        elif script == cluster.PRESENCE:
+            box = k[0][len(P + "online:"):]
+            (self.online.setdefault(box, set()).add if a[1] == "1"
+             else self.online.setdefault(box, set()).discard)(a[0])
+            self.publish(keys[1], args[2])
+        elif b"PUBLISH" in script and b"HSET" not in script and b"SREM" not in script:
+            self.publish(keys[0], args[0])
+        elif script == cluster.REGISTER:
+            self.expires[a[0]] = (a[1], self.clock.seconds() + float(a[2]))
+            self.nodes.add(a[0])
+            out = []
+            for box in sorted(self.nodes):
+                out += [box.encode(), self.expires[box][0].encode() if self.alive(box) else b""]
+            return defer.succeed(out)
+        elif script == cluster.BURY:
+            box = a[0]
+            if a[2] != "1" and self.alive(box):
+                return defer.succeed([])
+            if box not in self.nodes:
+                return defer.succeed([])
+            self.nodes.discard(box)
+            self.expires.pop(box, None)
+            out = [self.sessions.pop(s).encode() for s in self.onbox.pop(box, set())
+                   if s in self.sessions]
+            self.online.pop(box, None)
+            self.publish(keys[5], json.dumps({"e": "dead", "b": box}).encode())
+            return defer.succeed(out)
+        elif script == cluster.SNAPSHOT:
+            online = []
+            for box in sorted(self.nodes):
+                online += [box.encode(), [u.encode() for u in self.online.get(box, ())]]
+            return defer.succeed([[v.encode() for v in self.sessions.values()], online])
+        elif b"HGET" in script:
+            found = self.sessions.get(a[0])
+            return defer.succeed(None if found is None else found.encode())
+        else:
+            raise AssertionError(f"unexpected script {script!r}")
+        return defer.succeed(1)
+
+
+class Seam:
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+
+    def eval(self, script, keys, args):
+        return self.redis.eval(script, keys, args)
+
+    def unavailable(self, error) -> bool:
+        return isinstance(error, Unavailable)
+
+
+class Cluster:
+    def __init__(self, n: int = 2) -> None:
+        self.clock = Clock()
+        self.redis = FakeRedis(self.clock)
+        self.hubs: List[ClusterHub] = []
+        self.listeners: List[RecordingListener] = []
+        for i in range(n):
+            listener = RecordingListener()
+            hub = ClusterHub(self.clock, HubConfig(host_box=f"10.0.0.{i + 1}:80", linger=0),
+                             self.redis.seam(), listener=listener)
+            self.redis.hubs.append(hub)
+            self.hubs.append(hub)
+            self.listeners.append(listener)
+        self.refresh()   # each box registers ...
+        self.refresh()   # ... and then sees the others
+
+    def refresh(self) -> None:
+        for hub in self.hubs:
+            hub.refresh()
+        self.redis.pump()
+
+    def login(self, via: int, name: str, groups=()):
+        session = self.hubs[via].login(name, f"sid-{name}-{len(self.redis.sessions)}",
+                                       "10.1.1.1", 5000, list(groups))
+        self.redis.pump()
+        return session
+
+    def hub_of(self, session) -> ClusterHub:
+        return next(h for h in self.hubs if h.me == session.host_box)
+
+    def hold(self, session) -> FakeChannel:
+        hub = self.hub_of(session)
+        local = hub.session(session.id)
+        channel = FakeChannel(hub, local)
+        hub.attach(local, channel)
+        self.redis.pump()
+        return channel
+
+
+def lines(channel: FakeChannel) -> List[str]:
+    return [" ".join(("msg", f.kind) + f.args) for _, f in channel.sent]
+
+
+def test_the_cluster_hub_provides_IHub() -> None:
+    c = Cluster(1)
+    assert verifyObject(IHub, c.hubs[0])
+
+
+def test_a_login_is_placed_on_the_emptiest_live_box_and_opened_there() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    first = c.login(0, "alice")
+    assert first.host_box == a.me and a.session(first.id) is first
+    second = c.login(0, "bob")
+    # a holds one session, b none: b gets it; a answers with a stand-in
+    assert second.host_box == b.me
+    assert b.users.session(second.id) is not None
+    assert a.users.session(second.id) is None
+    assert a.session(second.id).host_box == b.me
+    assert a.boxes() == [{"box": a.me, "sessions": 1}, {"box": b.me, "sessions": 1}]
+
+
+def test_presence_and_chat_cross_boxes_in_order_filtered_by_watching() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice")
+    bob = c.login(0, "bob", groups=[book_key("alice")])     # placed on b
+    carol = c.login(0, "carol")                            # a: not in alice's book
+    ha = c.hold(alice)
+    c.hold(carol)
+    hb = c.hold(bob)
+    assert "msg update online bob" in lines(ha)
+    assert a.is_online("bob") and b.is_online("alice") and a.knows("bob")
+    for i in range(5):
+        assert a.chat(alice, "bob", f"hi {i}", None, f"m{i}")[0] == "online"
+    c.redis.pump()
+    assert [f.payload for _, f in hb.sent if f.is_chat] == [f"hi {i}" for i in range(5)]
+    # carol on b's view is not watched by bob... and alice's own change is not
+    # sent to alice
+    assert not any("alice" in line for line in lines(ha))
+    b.end(b.session(bob.id), "logout")
+    c.redis.pump()
+    assert lines(ha)[-1] == "msg update offline bob"
+    assert not a.is_online("bob") and not a.knows("bob")
+
+
+def test_a_stand_in_is_carried_out_on_its_box() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    c.login(0, "alice")
+    bob = c.login(0, "bob")
+    hb = c.hold(bob)
+    stand_in = a.session(bob.id)
+    a.deliver_session(stand_in, frames.init_chat("alice"))
+    a.watch(stand_in, "alice")
+    c.redis.pump()
+    held = b.session(bob.id)
+    assert held.active == "alice"
+    assert "msg initChat alice" in lines(hb)
+    a.end(stand_in, "logout")
+    c.redis.pump()
+    assert b.users.session(bob.id) is None and hb.released == ["logout"]
+
+
+def test_a_routed_chat_for_a_user_gone_from_the_box_goes_to_the_message_box() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    c.login(0, "alice")
+    bob = c.login(0, "bob")
+    c.hold(bob)
+    a.deliver("bob", frames.chat("alice", "m1", "are you there"))
+    # bob's session ends on b before the routed frame arrives
+    b.end(b.session(bob.id), "expired")
+    c.redis.pump()
+    spilled = [(u, f.payload) for u, f in c.listeners[1].spilled]
+    assert ("bob", "are you there") in spilled
+
+
+def test_a_heartbeat_that_beats_the_announcement_opens_the_session_from_redis() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    c.login(0, "alice")
+    bob = a.login("bob", "sid-bob", "10.1.1.1", 5000, [])   # placed on b, not pumped
+    assert bob.host_box == b.me and b.session("sid-bob") is None
+    found = []
+    b.claim("sid-bob").addCallback(found.append)
+    assert found[0] is b.users.session("sid-bob")
+    c.redis.pump()     # the announcement arrives late: nothing opened twice
+    assert len(b.sessions_of("bob")) == 1
+
+
+def test_a_dead_box_is_buried_and_its_users_go_offline_for_watchers() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice")
+    bob = c.login(0, "bob", groups=[book_key("alice")])
+    ha = c.hold(alice)
+    c.hold(bob)
+    assert a.is_online("bob")
+    c.redis.hubs.remove(b)          # b dies: no refresh, no messages
+    c.clock.advance(cluster.BOX_TTL + 1)
+    a.refresh()
+    c.redis.pump()
+    assert not a.is_online("bob") and a.session(bob.id) is None
+    assert lines(ha)[-1] == "msg update offline bob"
+    assert [x["box"] for x in a.boxes()] == [a.me]
+    assert bob.id not in c.redis.sessions
+
+
+def test_redis_down_logs_one_line_and_local_delivery_goes_on(caplog=None) -> None:
+    c = Cluster(1)
+    hub = c.hubs[0]
+    alice = c.login(0, "alice")
+    bob = c.login(0, "bob", groups=[book_key("alice")])
+    ha = c.hold(alice)
+    seen = []
+    from twisted.logger import globalLogPublisher
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        c.redis.down = True
+        c.hold(bob)
+        hub.chat(bob, "alice", "still here", None, "m1")
+        hub.refresh()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert "still here" in [f.payload for _, f in ha.sent if f.is_chat]
+    outages = [e for e in seen if "unavailable" in e.get("log_format", "")]
+    assert len(outages) == 1
