@@ -40,6 +40,7 @@ class FakeRedis:
         self.nodes: Set[str] = set()
         self.expires: Dict[str, Tuple[str, float]] = {}
         self.down = False
+        self.pending: Dict[str, Dict[str, str]] = {}
 
     def seam(self) -> "Seam":
         return Seam(self)
@@ -77,6 +78,20 @@ class FakeRedis:
             (self.online.setdefault(box, set()).add if a[1] == "1"
              else self.online.setdefault(box, set()).discard)(a[0])
             self.publish(keys[1], args[2])
+        elif script == cluster.ROUTE:
+            n = int(a[3])
+            for key in k[:n]:
+                self.pending.setdefault(key, {})[a[0]] = a[1]
+            for key in keys[n:]:
+                self.publish(key, args[2])
+        elif b"HDEL" in script and b"unpack" in script:
+            for field in a:
+                self.pending.get(k[0], {}).pop(field, None)
+        elif b"HGETALL" in script:
+            out = []
+            for field, value in self.pending.get(k[0], {}).items():
+                out += [field.encode(), value.encode()]
+            return defer.succeed(out)
         elif b"PUBLISH" in script and b"HSET" not in script and b"SREM" not in script:
             self.publish(keys[0], args[0])
         elif script == cluster.REGISTER:
@@ -89,16 +104,17 @@ class FakeRedis:
         elif script == cluster.BURY:
             box = a[0]
             if a[2] != "1" and self.alive(box):
-                return defer.succeed([])
+                return defer.succeed([[], []])
             if box not in self.nodes:
-                return defer.succeed([])
+                return defer.succeed([[], []])
+            pending = [v.encode() for v in self.pending.pop(k[6], {}).values()]
             self.nodes.discard(box)
             self.expires.pop(box, None)
             out = [self.sessions.pop(s).encode() for s in self.onbox.pop(box, set())
                    if s in self.sessions]
             self.online.pop(box, None)
             self.publish(keys[5], json.dumps({"e": "dead", "b": box}).encode())
-            return defer.succeed(out)
+            return defer.succeed([out, pending])
         elif script == cluster.SNAPSHOT:
             online = []
             for box in sorted(self.nodes):
@@ -291,3 +307,56 @@ def test_redis_down_logs_one_line_and_local_delivery_goes_on(caplog=None) -> Non
     assert "still here" in [f.payload for _, f in ha.sent if f.is_chat]
     outages = [e for e in seen if "unavailable" in e.get("log_format", "")]
     assert len(outages) == 1
+
+
+def test_a_chat_routed_to_a_box_that_dies_unacknowledged_reaches_the_message_box() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice")
+    bob = c.login(0, "bob")
+    c.hold(alice)
+    hb = c.hold(bob)
+    a.chat(alice, "bob", "read it", None, "m1")
+    a.chat(alice, "bob", "never acked", None, "m2")
+    c.redis.pump()
+    first_id = next(i for i, f in hb.sent if f.is_chat and f.payload == "read it")
+    b.ack(b.session(bob.id), first_id)        # the client has the first one
+    assert list(c.redis.pending[P + "pending:" + b.me]) == ["bob m2"]
+    c.redis.hubs.remove(b)
+    c.clock.advance(cluster.BOX_TTL + 1)
+    a.refresh()
+    c.redis.pump()
+    spilled = [(u, f.payload, f.args[1]) for u, f in c.listeners[0].spilled]
+    assert spilled == [("bob", "never acked", "m2")]
+    assert ("bob", False) in [(u, on) for u, on, _ in c.listeners[0].presence]
+
+
+def test_a_pending_chat_spilled_by_its_box_leaves_the_pending_hash_once_settled() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice")
+    bob = c.login(0, "bob")
+    c.hold(bob)
+    a.chat(alice, "bob", "later", None, "m1")
+    c.redis.pump()
+    b.end(b.session(bob.id), "expired")       # spilled to the message box
+    pending = c.redis.pending[P + "pending:" + b.me]
+    c.clock.advance(1)
+    b.settle()
+    assert list(pending) == ["bob m1"]        # too recent: the spill may be in flight
+    c.clock.advance(cluster.SETTLED)
+    b.settle()
+    assert pending == {}
+
+
+def test_a_pending_chat_still_in_a_mailbox_stays_pending_however_old() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice")
+    bob = c.login(0, "bob")
+    c.hold(bob)
+    a.chat(alice, "bob", "unread for long", None, "m1")
+    c.redis.pump()
+    c.clock.advance(10 * cluster.SETTLED)
+    b.settle()
+    assert list(c.redis.pending[P + "pending:" + b.me]) == ["bob m1"]

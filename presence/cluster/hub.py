@@ -50,6 +50,9 @@ from presence.core.tables import Session, UserState, group_set
 REFRESH = 3.0
 #: seconds a box's key lives without a refresh: a box silent this long is dead
 BOX_TTL = 10
+#: seconds after which a pending chat that no local mailbox holds any more
+#: (it was spilled to the message box) leaves the pending hash
+SETTLED = 30.0
 
 # Announce a session (KEYS sessions, onbox:<box>, where:<user>, all;
 # ARGV sid, record, box, event)
@@ -81,6 +84,16 @@ redis.call('PUBLISH', KEYS[2], ARGV[3])
 return 1
 """
 
+# A chat for a user on these boxes (KEYS pending:<box>... (n of them), then
+# to:<box> of each remote one; ARGV field, value, message, n): kept in each
+# box's pending hash until acknowledged, in the script that routes it
+ROUTE = b"""
+local n = tonumber(ARGV[4])
+for i = 1, n do redis.call('HSET', KEYS[i], ARGV[1], ARGV[2]) end
+for i = n + 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[3]) end
+return 1
+"""
+
 # Refresh this box (KEYS node:<me>, nodes; ARGV me, sessions, ttl, node
 # prefix): the live boxes and their counts, and the boxes whose key is gone
 REGISTER = b"""
@@ -96,13 +109,16 @@ return out
 """
 
 # Take a box out of the directory (KEYS nodes, onbox:<box>, online:<box>,
-# sessions, node:<box>, all; ARGV box, where-prefix, alive(1: a clean stop)).
-# Only the caller that removes the box from ``nodes`` does the work, so two
-# nodes noticing one death at once announce it once.  Returns the session
-# records taken out.
+# sessions, node:<box>, all, pending:<box>; ARGV box, where-prefix,
+# alive(1: a clean stop)).  Only the caller that removes the box from
+# ``nodes`` does the work, so two nodes noticing one death at once announce
+# it once.  Returns the session records taken out and the box's pending
+# chats (which the caller keeps in the message boxes).
 BURY = b"""
-if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[5]) == 1 then return {} end
-if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {} end
+if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[5]) == 1 then return {{}, {}} end
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return {{}, {}} end
+local pending = redis.call('HVALS', KEYS[7])
+redis.call('DEL', KEYS[7])
 redis.call('DEL', KEYS[5])
 local out = {}
 for _, sid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
@@ -116,7 +132,7 @@ for _, sid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
 end
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', KEYS[6], cjson.encode({e='dead', b=ARGV[1]}))
-return out
+return {out, pending}
 """
 
 # The view at start (KEYS sessions, nodes; ARGV online prefix): the session
@@ -130,6 +146,11 @@ for _, box in ipairs(redis.call('SMEMBERS', KEYS[2])) do
 end
 return {sessions, online}
 """
+
+
+def _pending_field(user: str, frame: Frame) -> str:
+    """The field of a chat in a pending hash: recipient and msgid."""
+    return f"{user} {frame.args[1]}"
 
 
 def encode_frame(frame: Frame) -> list:
@@ -339,12 +360,6 @@ class ClusterHub(Hub):
                   self.key("all")],
                  [sid, json.dumps({"e": "close", "s": sid, "u": user, "b": box})])
 
-    def ack(self, session: Session, upto: int) -> None:
-        if self._remote(session):
-            self._send(session.host_box, {"e": "ack", "s": session.id, "n": upto})
-        else:
-            Hub.ack(self, session, upto)
-
     def watch(self, session: Session, key: str) -> None:
         if self._remote(session):
             session.active = key
@@ -422,13 +437,67 @@ class ClusterHub(Hub):
 
     def deliver(self, name: str, frame: Frame) -> int:
         count = Hub.deliver(self, name, frame)
-        for box, sids in list(self.remote.get(name, {}).items()):
+        remote = list(self.remote.get(name, {}).items())
+        if frame.is_chat:
+            boxes = ([self.me] if count else []) + [box for box, _ in remote]
+            if boxes:
+                self._route_chat(name, frame, boxes)
+            else:
+                # online in the view, but no session anywhere it knows of
+                self.listener.spill(name, frame)
+            return count + sum(len(sids) for _, sids in remote)
+        for box, sids in remote:
             self._send(box, {"e": "frame", "u": name, "f": encode_frame(frame)})
             count += len(sids)
-        if not count and frame.is_chat:
-            # online in the view, but no session anywhere it knows of
-            self.listener.spill(name, frame)
         return count
+
+    def _route_chat(self, name: str, frame: Frame, boxes: List[str]) -> None:
+        """Route a chat to the remote ones of ``boxes`` and keep it in each
+        one's pending hash until acknowledged, in one script."""
+        event = json.dumps({"e": "frame", "u": name, "f": encode_frame(frame)})
+        keys = [self.key("pending", box) for box in boxes]
+        keys += [self.key("to", box) for box in boxes if box != self.me]
+        value = json.dumps({"u": name, "f": encode_frame(frame), "t": self.clock.seconds()})
+        self._do("routing a chat", ROUTE, keys,
+                 [_pending_field(name, frame), value, event, len(boxes)])
+
+    def ack(self, session: Session, upto: int) -> None:
+        if self._remote(session):
+            self._send(session.host_box, {"e": "ack", "s": session.id, "n": upto})
+            return
+        acked = [_pending_field(session.name, f) for i, f in session.mailbox.pending()
+                 if i <= upto and f.is_chat]
+        Hub.ack(self, session, upto)
+        if acked:
+            self._do("recording acknowledged chat",
+                     b"return redis.call('HDEL', KEYS[1], unpack(ARGV))",
+                     [self.key("pending", self.me)], acked)
+
+    def settle(self) -> defer.Deferred:
+        """Drop from this box's pending hash the chats older than
+        ``SETTLED`` seconds that no local mailbox holds any more (they were
+        spilled to the message box, long since written)."""
+        d = self._eval(b"return redis.call('HGETALL', KEYS[1])",
+                       [self.key("pending", self.me)], [])
+
+        def trim(flat):
+            now = self.clock.seconds()
+            done = []
+            for i in range(0, len(flat), 2):
+                field, value = _text(flat[i]), json.loads(_text(flat[i + 1]))
+                if now - float(value.get("t", now)) < SETTLED:
+                    continue
+                msgid = decode_frame(value["f"]).args[1]
+                if not any(f.is_chat and f.args[1] == msgid
+                           for s in self.sessions_of(value["u"])
+                           for _, f in s.mailbox.pending()):
+                    done.append(field)
+            if done:
+                return self._eval(b"return redis.call('HDEL', KEYS[1], unpack(ARGV))",
+                                  [self.key("pending", self.me)], done)
+        d.addCallback(trim)
+        d.addErrback(self._failed, "trimming the pending chats")
+        return d
 
     def deliver_session(self, session: Session, frame: Frame) -> None:
         if self._remote(session):
@@ -566,7 +635,7 @@ class ClusterHub(Hub):
             self.live = live
             for box in set(self.remote_online_boxes()) - set(live):
                 self.forget_box(box)
-            return defer.DeferredList([self.bury(box) for box in dead])
+            return defer.DeferredList([self.bury(box) for box in dead] + [self.settle()])
         d.addCallback(registered)
         d.addErrback(self._failed, "refreshing this box")
         return d
@@ -582,15 +651,27 @@ class ClusterHub(Hub):
         cleanly when ``alive``)."""
         d = self._eval(BURY, [self.key("nodes"), self.key("onbox", box),
                               self.key("online", box), self.key("sessions"),
-                              self.key("node", box), self.key("all")],
+                              self.key("node", box), self.key("all"),
+                              self.key("pending", box)],
                        [box, self.prefix + "where:", "1" if alive else "0"])
 
-        def buried(records):
-            if records and not alive:
+        def buried(reply):
+            records, pending = reply
+            if (records or pending) and not alive:
                 self.log.warn("cluster: the box {box} is gone; {n} sessions left the"
-                              " directory", box=box, n=len(records))
+                              " directory, {k} chats it had not seen acknowledged go to"
+                              " the message boxes", box=box, n=len(records), k=len(pending))
             if box != self.me:
                 self.forget_box(box)
+            for raw in pending if not alive else ():
+                # (a box that stops cleanly spilled its mailboxes itself)
+                value = json.loads(_text(raw))
+                # kept once even if it was spilled already (the msgid)
+                self.listener.spill(value["u"], decode_frame(value["f"]))
+            now = self.clock.seconds()
+            for user in {json.loads(_text(raw))["u"] for raw in records}:
+                if not self.is_online(user):
+                    self.listener.presence_changed(user, False, now)
             return records
         d.addCallback(buried)
         d.addErrback(self._failed, "taking the box " + box + " out of the directory")

@@ -145,3 +145,36 @@ def test_login_is_placed_on_the_emptiest_box_and_a_wrong_heartbeat_is_redirected
         for n in cluster:
             wait_until(lambda: n.api().get(f"/api/presence/{far.name}").json()["online"],
                        5, f"{far.name} online on {n.port}")
+
+
+def test_a_killed_box_is_noticed_within_30_s_and_its_unacknowledged_chat_is_kept(cluster):
+    a, b, c = cluster
+    alice, bob = register(a.api(), unique_name("alice")), register(b.api(), unique_name("bob"))
+    login(a.api(), alice)
+    login(b.api(), bob)
+    assert node_of(cluster, bob) is b
+    expect(a.api().post("/api/contacts", form={**alice.auth, "contact": bob.name}), 204)
+    with hold(cluster, alice) as ha, hold(cluster, bob) as hb:
+        ha.wait_for(f"msg update online {bob.name}", timeout=5)
+        sent = [f"before the crash {i}" for i in range(3)]
+        for text in sent:
+            assert chat_ok(c.api(), alice, bob, text)["delivered"] == "online"
+        # bob's client got them, but never acknowledged them
+        got = chat_frames(hb.read_frames(3, timeout=5, pred=lambda f: f.kind == "chat"))
+        assert [f.payload for f in got] == sent
+        b.kill()
+        killed = time.monotonic()
+        ha.wait_for(f"msg update offline {bob.name}", timeout=30)
+        noticed = time.monotonic() - killed
+        assert noticed <= 30, noticed
+        assert set(boxes(a.api())) == {f"127.0.0.1:{a.port}", f"127.0.0.1:{c.port}"}
+        assert c.api().get(f"/api/presence/{bob.name}").json()["online"] is False
+    # bob comes back on another box: the three chats wait in his message box,
+    # each once
+    login(c.api(), bob)
+    assert node_of(cluster, bob) is not b
+    box = wait_until(lambda: [m for m in c.api().get("/api/messages", query=bob.auth)
+                              .json()["messages"] if m["from"] == alice.name
+                              and m["text"].startswith("before the crash")], 10,
+                     "the chats in bob's message box")
+    assert sorted(m["text"] for m in box) == sorted(sent)
