@@ -331,14 +331,20 @@ def test_a_chat_routed_to_a_box_that_dies_unacknowledged_reaches_the_message_box
     assert ("bob", False) in [(u, on) for u, on, _ in c.listeners[0].presence]
 
 
-def test_a_pending_chat_spilled_by_its_box_leaves_the_pending_hash_once_settled() -> None:
+def chat_to_bob_on_b(text: str):
+    """Alice on box a sends ``text`` to bob, who holds a heartbeat on b."""
     c = Cluster(2)
     a, b = c.hubs
     alice = c.login(0, "alice")
     bob = c.login(0, "bob")
     c.hold(bob)
-    a.chat(alice, "bob", "later", None, "m1")
+    a.chat(alice, "bob", text, None, "m1")
     c.redis.pump()
+    return c, b, bob
+
+
+def test_a_pending_chat_spilled_by_its_box_leaves_the_pending_hash_once_settled() -> None:
+    c, b, bob = chat_to_bob_on_b("later")
     b.end(b.session(bob.id), "expired")       # spilled to the message box
     pending = c.redis.pending[P + "pending:" + b.me]
     c.clock.advance(1)
@@ -350,13 +356,7 @@ def test_a_pending_chat_spilled_by_its_box_leaves_the_pending_hash_once_settled(
 
 
 def test_a_pending_chat_still_in_a_mailbox_stays_pending_however_old() -> None:
-    c = Cluster(2)
-    a, b = c.hubs
-    alice = c.login(0, "alice")
-    bob = c.login(0, "bob")
-    c.hold(bob)
-    a.chat(alice, "bob", "unread for long", None, "m1")
-    c.redis.pump()
+    c, b, _ = chat_to_bob_on_b("unread for long")
     c.clock.advance(10 * cluster.SETTLED)
     b.settle()
     assert list(c.redis.pending[P + "pending:" + b.me]) == ["bob m1"]
