@@ -223,13 +223,17 @@ class ClusterHub(Hub):
             self.log.info("the cluster's Redis is reachable again")
         return result
 
+    def lost(self, error: str, what: str) -> None:
+        """Redis cannot be reached: one log line per outage."""
+        if not self._outage:
+            self._outage = True
+            self.log.warn("the cluster's Redis is unavailable ({error}): {what} and"
+                          " what follows until it is back are not shared with the"
+                          " other boxes; local delivery goes on", error=error, what=what)
+
     def _failed(self, failure, what: str) -> None:
         if self.redis.unavailable(failure.value):
-            if not self._outage:
-                self._outage = True
-                self.log.warn("the cluster's Redis is unavailable ({error}): {what} and"
-                              " what follows until it is back are not shared with the"
-                              " other boxes", error=failure.getErrorMessage(), what=what)
+            self.lost(failure.getErrorMessage(), what)
         else:
             self.log.failure("cluster: {what} failed", failure, what=what)
 

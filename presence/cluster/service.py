@@ -40,6 +40,12 @@ class _Subscriber(protocol.Factory):
                 d.addErrback(lambda f: owner.log.failure("cluster: subscribing failed", f))
                 return d
 
+            def connectionLost(self, why):
+                super().connectionLost(why)
+                if owner.running:
+                    owner.hub.lost("the subscription's connection was lost",
+                                   "routing between boxes")
+
             def messageReceived(self, pattern, channel, message):
                 owner.hub.received(channel, message)
 
@@ -48,6 +54,7 @@ class _Subscriber(protocol.Factory):
         sub.factory = self
         return sub
 
+    noisy = False
     # what RedisProtocol may call on its factory when AUTH fails
     isLazy = True
 

@@ -178,3 +178,60 @@ def test_a_killed_box_is_noticed_within_30_s_and_its_unacknowledged_chat_is_kept
                               and m["text"].startswith("before the crash")], 10,
                      "the chats in bob's message box")
     assert sorted(m["text"] for m in box) == sorted(sent)
+
+
+def test_a_box_stopped_cleanly_leaves_at_once_and_hands_its_unread_chat_on(cluster):
+    a, b, c = cluster
+    alice, bob = register(a.api(), unique_name("alice")), register(b.api(), unique_name("bob"))
+    login(a.api(), alice)
+    login(b.api(), bob)
+    expect(a.api().post("/api/contacts", form={**alice.auth, "contact": bob.name}), 204)
+    with hold(cluster, alice) as ha, hold(cluster, bob) as hb:
+        ha.wait_for(f"msg update online {bob.name}", timeout=5)
+        assert chat_ok(a.api(), alice, bob, "unread at the stop")["delivered"] == "online"
+        hb.wait_for(lambda f: f.kind == "chat", timeout=5)
+        stopped = time.monotonic()
+        b.stop()
+        # well before the box key's TTL (10 s) could have expired
+        ha.wait_for(f"msg update offline {bob.name}", timeout=5)
+        assert time.monotonic() - stopped < 8
+        assert set(boxes(c.api())) == {f"127.0.0.1:{a.port}", f"127.0.0.1:{c.port}"}
+    login(c.api(), bob)
+    texts = [m["text"] for m in c.api().get("/api/messages", query=bob.auth).json()["messages"]]
+    assert texts.count("unread at the stop") == 1
+
+
+def test_redis_restarted_local_delivery_goes_on_and_the_boxes_find_each_other_again(
+        cluster, redis):
+    a, b, c = cluster
+    alice, bob = register(a.api(), unique_name("alice")), register(b.api(), unique_name("bob"))
+    carol = register(a.api(), unique_name("carol"))
+    login(a.api(), alice)
+    login(b.api(), bob)
+    login(a.api(), carol)          # b and c hold none... c gets carol
+    near = next(u for u in (bob, carol) if node_of(cluster, u) is not a)
+    with hold(cluster, alice) as ha, hold(cluster, near) as hn:
+        redis.stop()
+        try:
+            # a request that needs Redis: 503 with a readable error, at once
+            r = a.api().post("/api/login", form={"username": alice.name,
+                                                 "password": alice.password})
+            assert r.status == 503, r
+            assert "error" in r.json()
+            assert r.elapsed < 5
+        finally:
+            redis.start()
+        # once Redis is back, the boxes see each other again and route
+        wait_until(lambda: len(boxes(a.api())) == 3, 20, "the boxes are back")
+        def routed():
+            chat_ok(a.api(), alice, near, "after the outage")
+            try:
+                hn.wait_for(lambda f: f.kind == "chat" and f.payload == "after the outage",
+                            timeout=1)
+                return True
+            except AssertionError:
+                return False
+        wait_until(routed, 20, "a chat routed across boxes after the outage")
+    outage_lines = [line for line in a.output().splitlines()
+                    if "the cluster's Redis is unavailable" in line]
+    assert 1 <= len(outage_lines) <= 2, outage_lines
