@@ -1,0 +1,72 @@
+"""``presence-cluster``: one command starts Redis and K nodes, prints where
+they are, and stops them all on Ctrl-C (docs/cluster.md)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from presence_harness import Api, expect
+
+pytestmark = [pytest.mark.integration, pytest.mark.requires_program("redis-server")]
+
+
+def two_free_ports() -> int:
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket() as t:
+                t.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no two consecutive free ports")
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_one_command_starts_two_nodes_and_ctrl_c_stops_everything(tmp_path):
+    port = two_free_ports()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "presence.cli.cluster", "--nodes", "2", "--port", str(port),
+         "--data", str(tmp_path / "c"), "--", "--hash-cost", "1", "--sip", "0",
+         "--smsc", "tcp:0:interface=127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 60
+        while not any("nodes ready" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+        text = "".join(lines)
+        assert "redis    redis://127.0.0.1:" in text
+        assert f"http://127.0.0.1:{port}/" in text and f"http://127.0.0.1:{port + 1}/" in text
+        api = Api("127.0.0.1", port)
+        expected = {f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"}
+        while {b["box"] for b in expect(api.get("/api/cluster"), 200).json()["boxes"]} != expected:
+            assert time.monotonic() < deadline, "the nodes never saw each other"
+            time.sleep(0.1)   # polling a condition, with a deadline
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        rest = proc.stdout.read()
+        assert "presence-cluster: stopped" in rest
+        assert not answers(port) and not answers(port + 1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
