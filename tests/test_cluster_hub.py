@@ -360,3 +360,18 @@ def test_a_pending_chat_still_in_a_mailbox_stays_pending_however_old() -> None:
     c.clock.advance(10 * cluster.SETTLED)
     b.settle()
     assert list(c.redis.pending[P + "pending:" + b.me]) == ["bob m1"]
+
+
+@pytest.mark.parametrize("message", [b"not json", b"[1, 2]", b'{"e": "frame"}',
+                                     b'{"e": "frame", "u": "bob", "f": 7}',
+                                     b'{"e": "pres", "u": null}', b"\xff\xfe"])
+def test_an_unreadable_event_is_dropped_and_the_next_one_is_handled(message) -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    c.login(0, "alice")
+    bob = c.login(0, "bob")
+    hb = c.hold(bob)
+    b.received(b.channels()[1], message)
+    a.deliver("bob", frames.init_chat("alice"))
+    c.redis.pump()
+    assert "msg initChat alice" in lines(hb)
