@@ -375,3 +375,26 @@ def test_an_unreadable_event_is_dropped_and_the_next_one_is_handled(message) -> 
     a.deliver("bob", frames.init_chat("alice"))
     c.redis.pump()
     assert "msg initChat alice" in lines(hb)
+
+
+def test_after_an_outage_a_box_makes_redis_and_the_other_boxes_agree_with_it() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice", groups=[book_key("bob")])
+    bob = c.login(0, "bob")
+    carol = c.login(0, "carol")                      # a, ends during the outage
+    ha = c.hold(alice)
+    hb = c.hold(bob)
+    assert b.is_online("alice") and b.session(carol.id) is not None
+    c.redis.down = True
+    ha.release("gone")                               # alice offline on a: not shared
+    a.end(carol, "expired")                          # nor this
+    c.redis.down = False
+    assert b.is_online("alice")                      # b's view is stale
+    a.load()                                         # a's subscription is back
+    c.redis.pump()
+    assert lines(hb)[-1] == "msg update offline alice"
+    assert not b.is_online("alice") and b.session(carol.id) is None
+    assert carol.id not in c.redis.sessions
+    b.load()                                         # and b's reload agrees
+    assert not b.is_online("alice") and b.session(carol.id) is None

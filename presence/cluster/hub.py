@@ -392,13 +392,16 @@ class ClusterHub(Hub):
         return local
 
     def _changed(self, user: UserState, online: bool, now: float) -> None:
+        self._share_presence(user, online, now)
+        if not self.remote_online.get(user.name):
+            Hub._changed(self, user, online, now)
+
+    def _share_presence(self, user: UserState, online: bool, now: float) -> None:
         self._do("sharing a change of presence", PRESENCE,
                  [self.key("online", self.me), self.key("all")],
                  [user.name, "1" if online else "0",
                   json.dumps({"e": "pres", "u": user.name, "b": self.me, "on": online,
                               "g": sorted(user.groups), "t": now})])
-        if not self.remote_online.get(user.name):
-            Hub._changed(self, user, online, now)
 
     def _remote_presence(self, user: str, box: str, online: bool,
                          groups: Optional[Sequence[str]], when: float) -> None:
@@ -414,12 +417,18 @@ class ClusterHub(Hub):
             self.remote_groups[user] = group_set(groups)
         self.remote_seen[user] = when
         if before != self.is_online(user):
-            state = self.users.user(user) or UserState(user, self.remote_groups.get(user, ()))
-            if state.last_seen is None or state.last_seen < when:
-                state.last_seen = when
-            self._fan_out(state, frames.update("online" if online else "offline", user))
+            self._remote_presence_changed(user, when)
         if not self.remote_online.get(user) and user not in self.remote:
             self.remote_groups.pop(user, None)
+
+    def _remote_presence_changed(self, user: str, when: float) -> None:
+        """``user``'s presence in the cluster changed through another box:
+        tell the watchers here."""
+        online = self.is_online(user)
+        state = self.users.user(user) or UserState(user, self.remote_groups.get(user, ()))
+        if state.last_seen is None or state.last_seen < when:
+            state.last_seen = when
+        self._fan_out(state, frames.update("online" if online else "offline", user))
 
     # -- groups --------------------------------------------------------------------
 
@@ -606,22 +615,60 @@ class ClusterHub(Hub):
     # -- the box ---------------------------------------------------------------------
 
     def load(self) -> defer.Deferred:
-        """Read the global directory into the local view (at start, once
-        subscribed, so that no change falls between the two)."""
+        """Read the global directory into the local view, replacing it (at
+        start and after every reconnect, once subscribed, so that no change
+        falls between the two); then make Redis agree with this box (what
+        changed here while Redis was away).  Watchers here hear of every
+        user whose presence differs between the old view and the new."""
         d = self._eval(SNAPSHOT, [self.key("sessions"), self.key("nodes")],
                        [self.prefix + "online:"])
 
         def loaded(result):
             sessions, online = result
+            before = {u: self.is_online(u) for u in self.remote_online}
+            self.where, self.remote, self.proxies = {}, {}, {}
+            self.remote_online, self.remote_seen = {}, {}
+            mine = {}
             for raw in sessions:
-                self._note_open(json.loads(_text(raw)))
+                record = json.loads(_text(raw))
+                if record.get("b") == self.me:
+                    mine[record["s"]] = record
+                else:
+                    self._note_open(record)
             now = self.clock.seconds()
+            online_here = set()
             for i in range(0, len(online), 2):
                 box = _text(online[i])
-                if box != self.me:
-                    for user in online[i + 1]:
-                        self._remote_presence(_text(user), box, True, None, now)
+                users = {_text(u) for u in online[i + 1]}
+                if box == self.me:
+                    online_here = users
+                    continue
+                for user in users:
+                    self.remote_online.setdefault(user, set()).add(box)
+                    self.remote_seen[user] = now
+            for user in set(before) | set(self.remote_online):
+                if before.get(user, self.users.is_online(user)) != self.is_online(user):
+                    self._remote_presence_changed(user, now)
+            self._agree(mine, online_here)
         return d.addCallback(loaded)
+
+    def _agree(self, recorded: Dict[str, dict], online: Set[str]) -> None:
+        """Announce what Redis lacks of this box, withdraw what it has that
+        this box no longer holds."""
+        for sid, record in recorded.items():
+            if self.users.session(sid) is None:
+                self._announce_close(sid, record["u"], self.me)
+        for sid, session in self.users.sessions.items():
+            if sid not in recorded:
+                self._announce_open({
+                    "s": sid, "u": session.name, "b": self.me, "ip": session.ip,
+                    "port": session.port, "g": sorted(session.user.groups),
+                    "guest": session.user.guest, "t": session.login_time})
+        now = self.clock.seconds()
+        here = set(self.users.online_names())
+        for name in here ^ online:
+            user = self.users.user(name) or UserState(name)
+            self._share_presence(user, name in here, now)
 
     def refresh(self) -> defer.Deferred:
         """Refresh this box's key; learn the live boxes; bury the dead ones."""
