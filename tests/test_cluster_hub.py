@@ -398,3 +398,14 @@ def test_after_an_outage_a_box_makes_redis_and_the_other_boxes_agree_with_it() -
     assert carol.id not in c.redis.sessions
     b.load()                                         # and b's reload agrees
     assert not b.is_online("alice") and b.session(carol.id) is None
+
+
+def test_a_chat_that_cannot_be_routed_while_redis_is_down_goes_to_the_message_box() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice")
+    bob = c.login(0, "bob")
+    c.hold(bob)
+    c.redis.down = True
+    assert a.chat(alice, "bob", "during the outage", None, "m1")[0] == "online"
+    assert [(u, f.payload) for u, f in c.listeners[0].spilled] == [("bob", "during the outage")]

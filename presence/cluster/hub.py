@@ -471,8 +471,15 @@ class ClusterHub(Hub):
         keys = [self.key("pending", box) for box in boxes]
         keys += [self.key("to", box) for box in boxes if box != self.me]
         value = json.dumps({"u": name, "f": encode_frame(frame), "t": self.clock.seconds()})
-        self._do("routing a chat", ROUTE, keys,
-                 [_pending_field(name, frame), value, event, len(boxes)])
+        d = self._eval(ROUTE, keys, [_pending_field(name, frame), value, event, len(boxes)])
+
+        def unrouted(failure):
+            self._failed(failure, "routing a chat")
+            if self.redis.unavailable(failure.value) and len(boxes) > (self.me in boxes):
+                # it reached no other box: the message box keeps it (the
+                # directory sends its spills when Redis is back)
+                self.listener.spill(name, frame)
+        d.addErrback(unrouted)
 
     def ack(self, session: Session, upto: int) -> None:
         if self._remote(session):
