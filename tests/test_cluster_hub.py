@@ -309,13 +309,24 @@ def test_redis_down_logs_one_line_and_local_delivery_goes_on(caplog=None) -> Non
     assert len(outages) == 1
 
 
-def test_a_chat_routed_to_a_box_that_dies_unacknowledged_reaches_the_message_box() -> None:
+def alice_on_a_bob_held_on_b():
+    """Two boxes: alice's session on a, bob's on b holding a heartbeat."""
     c = Cluster(2)
-    a, b = c.hubs
     alice = c.login(0, "alice")
     bob = c.login(0, "bob")
-    c.hold(alice)
-    hb = c.hold(bob)
+    return (c, *c.hubs, alice, bob, c.hold(bob))
+
+
+def chat_to_bob_on_b(text: str):
+    """Alice on box a sends ``text`` to bob, who holds a heartbeat on b."""
+    c, a, b, alice, bob, _ = alice_on_a_bob_held_on_b()
+    a.chat(alice, "bob", text, None, "m1")
+    c.redis.pump()
+    return c, b, bob
+
+
+def test_a_chat_routed_to_a_box_that_dies_unacknowledged_reaches_the_message_box() -> None:
+    c, a, b, alice, bob, hb = alice_on_a_bob_held_on_b()
     a.chat(alice, "bob", "read it", None, "m1")
     a.chat(alice, "bob", "never acked", None, "m2")
     c.redis.pump()
@@ -331,16 +342,6 @@ def test_a_chat_routed_to_a_box_that_dies_unacknowledged_reaches_the_message_box
     assert ("bob", False) in [(u, on) for u, on, _ in c.listeners[0].presence]
 
 
-def chat_to_bob_on_b(text: str):
-    """Alice on box a sends ``text`` to bob, who holds a heartbeat on b."""
-    c = Cluster(2)
-    a, b = c.hubs
-    alice = c.login(0, "alice")
-    bob = c.login(0, "bob")
-    c.hold(bob)
-    a.chat(alice, "bob", text, None, "m1")
-    c.redis.pump()
-    return c, b, bob
 
 
 def test_a_pending_chat_spilled_by_its_box_leaves_the_pending_hash_once_settled() -> None:
@@ -401,11 +402,7 @@ def test_after_an_outage_a_box_makes_redis_and_the_other_boxes_agree_with_it() -
 
 
 def test_a_chat_that_cannot_be_routed_while_redis_is_down_goes_to_the_message_box() -> None:
-    c = Cluster(2)
-    a, b = c.hubs
-    alice = c.login(0, "alice")
-    bob = c.login(0, "bob")
-    c.hold(bob)
+    c, a, _, alice, _, _ = alice_on_a_bob_held_on_b()
     c.redis.down = True
     assert a.chat(alice, "bob", "during the outage", None, "m1")[0] == "online"
     assert [(u, f.payload) for u, f in c.listeners[0].spilled] == [("bob", "during the outage")]
