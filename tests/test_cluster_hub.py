@@ -161,7 +161,7 @@ class Cluster:
         self.redis.pump()
 
     def login(self, via: int, name: str, groups=()):
-        session = self.hubs[via].login(name, f"sid-{name}-{len(self.redis.sessions)}",
+        session = self.hubs[via].login(name, f"sid-{name}-{len(self.redis.sessions):016d}",
                                        "10.1.1.1", 5000, list(groups))
         self.redis.pump()
         return session
@@ -261,11 +261,11 @@ def test_a_heartbeat_that_beats_the_announcement_opens_the_session_from_redis() 
     c = Cluster(2)
     a, b = c.hubs
     c.login(0, "alice")
-    bob = a.login("bob", "sid-bob", "10.1.1.1", 5000, [])   # placed on b, not pumped
-    assert bob.host_box == b.me and b.session("sid-bob") is None
+    bob = a.login("bob", "sid-bob-0123456789abcdef", "10.1.1.1", 5000, [])   # placed on b, not pumped
+    assert bob.host_box == b.me and b.session("sid-bob-0123456789abcdef") is None
     found = []
-    b.claim("sid-bob").addCallback(found.append)
-    assert found[0] is b.users.session("sid-bob")
+    b.claim("sid-bob-0123456789abcdef").addCallback(found.append)
+    assert found[0] is b.users.session("sid-bob-0123456789abcdef")
     c.redis.pump()     # the announcement arrives late: nothing opened twice
     assert len(b.sessions_of("bob")) == 1
 
@@ -406,3 +406,17 @@ def test_a_chat_that_cannot_be_routed_while_redis_is_down_goes_to_the_message_bo
     c.redis.down = True
     assert a.chat(alice, "bob", "during the outage", None, "m1")[0] == "online"
     assert [(u, f.payload) for u, f in c.listeners[0].spilled] == [("bob", "during the outage")]
+
+
+def test_a_made_up_session_id_costs_no_look_up_and_look_ups_are_bounded() -> None:
+    c = Cluster(1)
+    hub = c.hubs[0]
+    for bogus in ("x", "a" * 65, "../../etc", "sid with spaces and more"):
+        assert hub.claim(bogus) is None
+    stuck = defer.Deferred()
+    hub.redis = type("Slow", (), {"eval": lambda self, *a: stuck,
+                                  "unavailable": lambda self, e: False})()
+    pending = [hub.claim(f"unknown-session-{i:08d}") for i in range(cluster.MAX_CLAIMS + 5)]
+    assert sum(p is not None for p in pending) == cluster.MAX_CLAIMS
+    stuck.callback(None)
+    assert hub.claim("unknown-session-00000001") is not None

@@ -34,6 +34,7 @@ frames from this box reach another box in the order they were sent.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet import defer, task
@@ -50,6 +51,11 @@ from presence.core.tables import Session, UserState, group_set
 REFRESH = 3.0
 #: seconds a box's key lives without a refresh: a box silent this long is dead
 BOX_TTL = 10
+#: session IDs as the service makes them (``secrets.token_urlsafe``); a
+#: heartbeat naming anything else is not looked up
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
+#: look-ups of unknown session IDs in flight at most (see ClusterHub.claim)
+MAX_CLAIMS = 64
 #: seconds after which a pending chat that no local mailbox holds any more
 #: (it was spilled to the message box) leaves the pending hash
 SETTLED = 30.0
@@ -196,6 +202,7 @@ class ClusterHub(Hub):
         #: the live boxes at the last refresh -> their session counts
         self.live: Dict[str, int] = {}
         self._outage = False
+        self._claims = 0
 
     # -- keys and channels ------------------------------------------------------
 
@@ -331,6 +338,12 @@ class ClusterHub(Hub):
         return local if local is not None else self._proxy(ident)
 
     def claim(self, ident: str) -> Optional[defer.Deferred]:
+        # a stranger's made-up id costs no look-up, and look-ups in flight
+        # are bounded (past the bound: as unknown, a 403 the client retries)
+        if (not SESSION_ID.match(ident) or self.users.session(ident) is not None
+                or self._claims >= MAX_CLAIMS):
+            return None
+        self._claims += 1
         d = self._eval(b"return redis.call('HGET', KEYS[1], ARGV[1])",
                        [self.key("sessions")], [ident])
 
@@ -342,6 +355,11 @@ class ClusterHub(Hub):
                 return self.users.session(ident) or self._open_local(record)
             self._note_open(record)
             return self.session(ident)
+
+        def done(result):
+            self._claims -= 1
+            return result
+        d.addBoth(done)
         d.addCallback(found)
         return d
 
