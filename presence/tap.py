@@ -4,7 +4,8 @@
 
 ``makeService`` builds a ``MultiService`` of: the directory (SQLite under
 ``--data``), the HTTP listener (heartbeats, JSON API) and the sweep timer.
-It logs ``presence ready http=HOST:PORT`` once every listener is up.
+It logs ``presence ready http=HOST:PORT`` once every listener is up (and,
+with ``--redis``, once the node has joined the cluster: ``cluster=redis://...``).
 """
 
 from __future__ import annotations
@@ -450,6 +451,11 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         gate.details["domain"] = domain_detail(options["domain"], http_host)
 
     gate.hooks.append(host_box)
+    if options.get("redis"):
+        # ready once subscribed and the view of the cluster is loaded: the
+        # first login is then placed knowing the other boxes
+        joined = gate.expect("cluster")
+        cluster.ready.addCallback(lambda _: gate.up(joined, cluster.address.where))
     wireless = wireless_frontend.WirelessFrontEnd(options, service, reactor)
     wireless.mount(site.resource)
     if wireless.enabled:

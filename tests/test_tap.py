@@ -446,3 +446,23 @@ def test_a_listener_switches_its_tcp_port_once_listening(turn_flush, transport):
     finally:
         port.stopListening()
         reactor.advance(0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--redis", "http://x"], "--redis: the Redis URL must start with redis://"),
+    (["--redis", "redis://:s3cret@127.0.0.1:1/0"], "--redis needs --host-box HOST:PORT"),
+    (["--redis", "redis://127.0.0.1/0", "--host-box", "node-1"], "needs --host-box HOST:PORT"),
+    (["--redis", "redis://127.0.0.1/0", "--host-box", "a/b:80"], "needs --host-box HOST:PORT"),
+    (["--redis", "redis://127.0.0.1/0", "--host-box", "h:99999"], "needs --host-box HOST:PORT"),
+])
+def test_cluster_options_are_checked_and_never_echo_the_password(args, message):
+    with pytest.raises(usage.UsageError) as e:
+        parse(*args)
+    assert message in str(e.value)
+    assert "s3cret" not in str(e.value)
+
+
+def test_cluster_options_accepted_and_without_them_nothing_changes():
+    o = parse("--redis", "redis://:pw@127.0.0.1:6379/2", "--host-box", "10.0.0.5:8081")
+    assert o["redis"] == "redis://:pw@127.0.0.1:6379/2" and o["host-box"] == "10.0.0.5:8081"
+    assert parse()["redis"] is None
