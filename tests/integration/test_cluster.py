@@ -6,6 +6,9 @@ the tests follow the ``host_box`` of each login answer, as clients do.
 """
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -118,6 +121,37 @@ def test_two_boxes_see_each_other_and_chat_both_ways_in_order(cluster):
             assert hb.wait_end(5)
         for n in cluster:
             assert n.api().get(f"/api/presence/{bob.name}").json()["online"] is False
+
+
+def test_presence_client_follows_its_session_to_the_box_that_holds_it(cluster, tmp_path):
+    a, b, c = cluster
+    alice = login(a.api(), register(a.api(), unique_name("alice")))   # on a
+    bob = register(a.api(), unique_name("bob"))
+    out = tmp_path / "client.out"
+    env = dict(os.environ, PRESENCE_PASSWORD=bob.password, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]),
+                                         env.get("PYTHONPATH", "")])
+    with open(out, "wb") as sink:
+        # through a, which holds alice: bob's session is placed on b or c
+        client = subprocess.Popen(
+            [sys.executable, "-m", "presence.cli.client", "--server",
+             f"http://127.0.0.1:{a.port}", "--user", bob.name, "--no-stdin"],
+            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_until(lambda: a.api().get(f"/api/presence/{bob.name}").json()["online"], 20,
+                   "bob online through presence-client")
+        counts = boxes(a.api())
+        assert counts[f"127.0.0.1:{a.port}"] == 1, counts     # alice only
+        chat_ok(a.api(), alice, bob.name, "found you")
+        wait_until(lambda: "found you" in out.read_text("utf-8", "replace"), 10,
+                   "the chat printed by presence-client")
+    finally:
+        client.send_signal(signal.SIGTERM)
+        try:
+            client.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait(5)
 
 
 def test_login_is_placed_on_the_emptiest_box_and_a_wrong_heartbeat_is_redirected(cluster):
