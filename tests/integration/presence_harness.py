@@ -281,6 +281,39 @@ def _num(x: float) -> str:
 _LIVE: set[ServerProcess] = set()
 
 
+def start_client(server: str, user: str, password: str | None, *args: str,
+                 out: Path | None = None) -> subprocess.Popen:
+    """``presence-client --no-stdin`` of this checkout for ``user`` at the
+    base URL ``server``, in a process group of its own; its output goes to
+    the file ``out`` (else nowhere)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PRESENCE_PASSWORD", None)
+    if password:
+        env["PRESENCE_PASSWORD"] = password
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]),
+                                         env.get("PYTHONPATH", "")])
+    sink = open(out, "wb") if out is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "presence.cli.client", "--server", server, "--user", user,
+             "--no-stdin", *args],
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)
+    finally:
+        if out is not None:
+            sink.close()
+
+
+def stop_client(client: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM (a clean exit: it logs out), SIGKILL to its group if it hangs."""
+    client.send_signal(signal.SIGTERM)
+    try:
+        client.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(client.pid, signal.SIGKILL)
+        client.wait(5)
+
+
 def kill_all_servers() -> None:
     for s in list(_LIVE):
         s.kill()

@@ -6,9 +6,6 @@ the tests follow the ``host_box`` of each login answer, as clients do.
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from presence_harness import (  # noqa: E402
     Api, HeartbeatReader, ServerProcess, User, chat_frames, chat_ok, expect, free_port,
-    login, register, unique_name,
+    login, register, start_client, stop_client, unique_name,
 )
 from redis_support import fresh_prefix, start_redis  # noqa: E402
 
@@ -128,15 +125,8 @@ def test_presence_client_follows_its_session_to_the_box_that_holds_it(cluster, t
     alice = login(a.api(), register(a.api(), unique_name("alice")))   # on a
     bob = register(a.api(), unique_name("bob"))
     out = tmp_path / "client.out"
-    env = dict(os.environ, PRESENCE_PASSWORD=bob.password, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]),
-                                         env.get("PYTHONPATH", "")])
-    with open(out, "wb") as sink:
-        # through a, which holds alice: bob's session is placed on b or c
-        client = subprocess.Popen(
-            [sys.executable, "-m", "presence.cli.client", "--server",
-             f"http://127.0.0.1:{a.port}", "--user", bob.name, "--no-stdin"],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    # through a, which holds alice: bob's session is placed on b or c
+    client = start_client(f"http://127.0.0.1:{a.port}", bob.name, bob.password, out=out)
     try:
         wait_until(lambda: a.api().get(f"/api/presence/{bob.name}").json()["online"], 20,
                    "bob online through presence-client")
@@ -146,12 +136,7 @@ def test_presence_client_follows_its_session_to_the_box_that_holds_it(cluster, t
         wait_until(lambda: "found you" in out.read_text("utf-8", "replace"), 10,
                    "the chat printed by presence-client")
     finally:
-        client.send_signal(signal.SIGTERM)
-        try:
-            client.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(client.pid, signal.SIGKILL)
-            client.wait(5)
+        stop_client(client)
 
 
 def test_login_is_placed_on_the_emptiest_box_and_a_wrong_heartbeat_is_redirected(cluster):

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from presence_harness import User, chat_ok, expect, free_port, login, register, unique_name
+from presence_harness import (
+    User, chat_ok, expect, free_port, login, register, start_client, stop_client, unique_name,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,14 +61,8 @@ def test_presence_client_resumes_by_itself_after_a_restart(server_factory, tmp_p
     bob = login(api, register(api, unique_name("bob")))
     out = tmp_path / "client.out"
     token_file = tmp_path / "alice.resume"
-    env = dict(os.environ, PRESENCE_PASSWORD=alice.password, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]),
-                                         env.get("PYTHONPATH", "")])
-    with open(out, "wb") as sink:
-        client = subprocess.Popen(
-            [sys.executable, "-m", "presence.cli.client", "--server", f"http://127.0.0.1:{port}",
-             "--user", alice.name, "--no-stdin", "--resume-file", str(token_file)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    client = start_client(f"http://127.0.0.1:{port}", alice.name, alice.password,
+                          "--resume-file", str(token_file), out=out)
     try:
         wait_for(lambda: online(api, alice.name), "alice online through presence-client")
         assert token_file.exists() and token_file.stat().st_mode & 0o777 == 0o600
@@ -88,12 +81,7 @@ def test_presence_client_resumes_by_itself_after_a_restart(server_factory, tmp_p
         wait_for(lambda: "are you back?" in out.read_text("utf-8", "replace"),
                  "the chat printed by presence-client")
     finally:
-        client.send_signal(signal.SIGTERM)   # a clean exit: logs out
-        try:
-            client.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(client.pid, signal.SIGKILL)
-            client.wait(5)
+        stop_client(client)                  # a clean exit: logs out
     assert not token_file.exists()          # logged out: the token is revoked and gone
 
 
@@ -107,17 +95,7 @@ def test_presence_client_started_again_resumes_from_its_file_without_a_password(
     token_file = tmp_path / "alice.resume"
 
     def run(password):
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("PRESENCE_PASSWORD", None)
-        if password:
-            env["PRESENCE_PASSWORD"] = password
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]),
-                                             env.get("PYTHONPATH", "")])
-        return subprocess.Popen(
-            [sys.executable, "-m", "presence.cli.client", "--server", s.base, "--user",
-             alice.name, "--no-stdin", "--resume-file", str(token_file)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env=env, start_new_session=True)
+        return start_client(s.base, alice.name, password, "--resume-file", str(token_file))
 
     first = run(alice.password)
     try:
