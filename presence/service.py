@@ -688,6 +688,10 @@ class PresenceService:
                 raise BadRequest("seq must be a whole number (the sender's own counter)")
             seq = str(int(seq))
         required(to, "to")
+        if seq is not None:
+            recalled = self.hub.recall_seq(session, seq)   # a cluster: any node's
+            if recalled is not None:
+                await recalled
         # a retry of a chat already taken is answered again at no cost
         repeat = seq is not None and session.seqs is not None and seq in session.seqs
         if not repeat:

@@ -41,6 +41,7 @@ class FakeRedis:
         self.expires: Dict[str, Tuple[str, float]] = {}
         self.down = False
         self.pending: Dict[str, Dict[str, str]] = {}
+        self.seqs: Dict[str, Dict[str, str]] = {}
 
     def seam(self) -> "Seam":
         return Seam(self)
@@ -120,6 +121,13 @@ class FakeRedis:
             for box in sorted(self.nodes):
                 online += [box.encode(), [u.encode() for u in self.online.get(box, ())]]
             return defer.succeed([[v.encode() for v in self.sessions.values()], online])
+        elif script == cluster.SEQ:
+            self.seqs.setdefault(k[0], {})[a[0]] = a[1]
+        elif b"HGET" in script and k[0].startswith(P + "seqs:"):
+            found = self.seqs.get(k[0], {}).get(a[0])
+            return defer.succeed(None if found is None else found.encode())
+        elif b"HDEL" in script and k[0].startswith(P + "seqs:"):
+            self.seqs.get(k[0], {}).pop(a[0], None)
         elif b"HGET" in script:
             found = self.sessions.get(a[0])
             return defer.succeed(None if found is None else found.encode())
@@ -420,3 +428,21 @@ def test_a_made_up_session_id_costs_no_look_up_and_look_ups_are_bounded() -> Non
     assert sum(p is not None for p in pending) == cluster.MAX_CLAIMS
     stuck.callback(None)
     assert hub.claim("unknown-session-00000001") is not None
+
+
+def test_a_seq_retried_through_another_node_is_answered_as_the_first_time_and_sent_once() -> None:
+    c, a, b, alice, bob, hb = alice_on_a_bob_held_on_b()
+    assert a.recall_seq(alice, "7") is not None
+    first = a.chat(alice, "bob", "once", "7", "m1")
+    c.redis.pump()
+    # the retry reaches b, which knows alice's session only as a stand-in
+    stand_in = b.session(alice.id)
+    assert stand_in is not None and stand_in is not alice
+    recalled = []
+    b.recall_seq(stand_in, "7").addCallback(recalled.append)
+    assert recalled
+    again = b.chat(stand_in, "bob", "once", "7", "m2")
+    c.redis.pump()
+    assert again == (first[0], "m1", False)
+    assert [f.payload for _, f in hb.sent if f.is_chat] == ["once"]
+    assert a.recall_seq(alice, "7") is None          # its own memory answers

@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from presence.core import frames
 from presence.core.frames import Frame
-from presence.core.hub import Hub, HubConfig, IHub
+from presence.core.hub import SEQ_MEMORY, Hub, HubConfig, IHub
 from presence.core.mailbox import Mailbox
 from presence.core.tables import Session, UserState, group_set
 
@@ -97,6 +97,16 @@ ROUTE = b"""
 local n = tonumber(ARGV[4])
 for i = 1, n do redis.call('HSET', KEYS[i], ARGV[1], ARGV[2]) end
 for i = n + 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[3]) end
+return 1
+"""
+
+# Remember a chat's seq for its session (KEYS seqs:<sid>; ARGV seq, answer,
+# bound, ttl): past the bound the oldest half of the memory is not kept
+# (the hash starts again), as one node keeps SEQ_MEMORY
+SEQ = b"""
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return 1
 """
 
@@ -362,6 +372,38 @@ class ClusterHub(Hub):
         d.addBoth(done)
         d.addCallback(found)
         return d
+
+    # -- seq memory shared by the nodes --------------------------------------
+
+    def recall_seq(self, session: Session, seq: Optional[str]) -> Optional[defer.Deferred]:
+        if seq is None or (session.seqs is not None and seq in session.seqs):
+            return None
+        d = self._eval(b"return redis.call('HGET', KEYS[1], ARGV[1])",
+                       [self.key("seqs", session.id)], [seq])
+
+        def found(raw):
+            if raw is not None and not (session.seqs is not None and seq in session.seqs):
+                msgid, delivered = json.loads(_text(raw))
+                Hub._remember_seq(session, seq, msgid, delivered)
+        d.addCallback(found)
+        return d
+
+    def chat(self, session: Session, to: str, text: str, seq: Optional[str],
+             msgid: str) -> Tuple[str, str, bool]:
+        delivered, msgid, fresh = Hub.chat(self, session, to, text, seq, msgid)
+        if fresh and seq is not None:
+            # written before the answer goes out: a retry through another
+            # node reads it (recall_seq)
+            self._do("sharing a chat's seq", SEQ, [self.key("seqs", session.id)],
+                     [seq, json.dumps([msgid, delivered]), SEQ_MEMORY * 2,
+                      int(self.config.session_ttl)])
+        return delivered, msgid, fresh
+
+    def forget_seq(self, session: Session, seq: Optional[str]) -> None:
+        Hub.forget_seq(self, session, seq)
+        if seq is not None:
+            self._do("forgetting a chat's seq", b"return redis.call('HDEL', KEYS[1], ARGV[1])",
+                     [self.key("seqs", session.id)], [seq])
 
     def _remote(self, session: Session) -> bool:
         return session.host_box != self.me

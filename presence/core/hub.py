@@ -231,6 +231,13 @@ class IHub(Interface):
     def forget_seq(session: Session, seq: Optional[str]) -> None:
         """Let ``seq`` of ``session`` be sent again (keeping its text failed)."""
 
+    def recall_seq(session: Session, seq: Optional[str]) -> Optional[Any]:
+        """Before :meth:`chat` with ``seq``: None when the session's own
+        memory is all there is (one node), else a Deferred that fires once
+        the first answer to ``seq``, given by any node of the cluster, is in
+        the session's memory, so that a retry through another node is
+        answered as the first time and delivered once."""
+
     # -- the box ----------------------------------------------------------------
 
     def sweep(chunk: int = SWEEP_CHUNK) -> Iterator[int]:
@@ -598,19 +605,28 @@ class Hub:
             return first_delivered, first_id, False
         delivered = "online" if self.is_online(to) else "stored"
         if seq is not None:
-            if seqs is None:
-                seqs = session.seqs = OrderedDict()
-            seqs[seq] = (msgid, delivered)
-            if len(seqs) > SEQ_MEMORY:
-                seqs.popitem(last=False)
+            self._remember_seq(session, seq, msgid, delivered)
         if delivered == "online":
             self.deliver(to, frames.chat(session.user.name, msgid, text))
         return delivered, msgid, True
+
+    @staticmethod
+    def _remember_seq(session: Session, seq: str, msgid: str, delivered: str) -> None:
+        """``seq`` of ``session`` was answered ``(delivered, msgid)``."""
+        seqs = session.seqs
+        if seqs is None:
+            seqs = session.seqs = OrderedDict()
+        seqs[seq] = (msgid, delivered)
+        if len(seqs) > SEQ_MEMORY:
+            seqs.popitem(last=False)
 
     def forget_seq(self, session: Session, seq: Optional[str]) -> None:
         """Let ``seq`` be sent again (keeping its text failed)."""
         if seq is not None and session.seqs is not None:
             session.seqs.pop(seq, None)
+
+    def recall_seq(self, session: Session, seq: Optional[str]) -> None:
+        return None
 
     # -- the sweep ----------------------------------------------------------
 

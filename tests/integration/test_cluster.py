@@ -112,6 +112,15 @@ def test_two_boxes_see_each_other_and_chat_both_ways_in_order(cluster):
                                              pred=lambda f: f.kind == "chat"))
             assert [f.payload for f in got] == back
             assert [f.words[2] for f in got] == [bob.name] * 10
+            # a seq retried through other nodes: the first answer, sent once
+            first = chat_ok(a.api(), alice, bob, "only once", seq="41")
+            for n in (b, c):
+                assert chat_ok(n.api(), alice, bob, "only once", seq="41") == first
+            hb.wait_for(lambda f: f.kind == "chat" and f.payload == "only once", timeout=5)
+            chat_ok(c.api(), alice, bob, "and then this", seq="42")
+            later = hb.frames_until(lambda f: f.kind == "chat" and f.payload == "and then this",
+                                    timeout=5)
+            assert "only once" not in [f.payload for f in chat_frames(later)]
             # bob logs out through a node that does not hold his session
             expect(a.api().post("/api/logout", form=bob.auth), 204, "logout on a")
             ha.wait_for(f"msg update offline {bob.name}", timeout=5)
