@@ -446,3 +446,12 @@ def test_a_seq_retried_through_another_node_is_answered_as_the_first_time_and_se
     assert again == (first[0], "m1", False)
     assert [f.payload for _, f in hb.sent if f.is_chat] == ["once"]
     assert a.recall_seq(alice, "7") is None          # its own memory answers
+
+
+def test_a_seq_that_cannot_be_checked_while_redis_is_down_is_refused_with_503() -> None:
+    from presence.store.interface import StoreUnavailable
+    c, a, b, alice, _, _ = alice_on_a_bob_held_on_b()
+    c.redis.down = True
+    failures = []
+    b.recall_seq(b.session(alice.id), "9").addErrback(failures.append)
+    assert failures and failures[0].check(StoreUnavailable)

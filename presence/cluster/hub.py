@@ -46,6 +46,7 @@ from presence.core.frames import Frame
 from presence.core.hub import SEQ_MEMORY, Hub, HubConfig, IHub
 from presence.core.mailbox import Mailbox
 from presence.core.tables import Session, UserState, group_set
+from presence.store.interface import StoreUnavailable
 
 #: seconds between refreshes of this box's key (and looks for dead boxes)
 REFRESH = 3.0
@@ -385,7 +386,13 @@ class ClusterHub(Hub):
             if raw is not None and not (session.seqs is not None and seq in session.seqs):
                 msgid, delivered = json.loads(_text(raw))
                 Hub._remember_seq(session, seq, msgid, delivered)
-        d.addCallback(found)
+
+        def failed(failure):
+            self._failed(failure, "reading a chat's seq")
+            # without the first answer a retry could be sent twice: 503
+            raise StoreUnavailable("the cluster's directory is unavailable, try again"
+                                   " shortly")
+        d.addCallbacks(found, failed)
         return d
 
     def chat(self, session: Session, to: str, text: str, seq: Optional[str],
