@@ -441,12 +441,10 @@ class PresenceService:
         revoked = await self.store.revoke_resume(name)
         await self.store.set_password(name, hashed)
         self._devices.pop(session, None)
-        others = [s for s in self.hub.sessions_of(name) if s is not session]
-        for other in others:
-            self.hub.end(other, "password")
+        others = self.hub.end_user(name, "password", keep=session)
         self.log.info("{user} changed their password: {tokens} resume tokens revoked,"
                       " {sessions} other sessions ended", user=name, tokens=revoked,
-                      sessions=len(others))
+                      sessions=others)
 
     # -- names ------------------------------------------------------------------
 

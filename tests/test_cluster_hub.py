@@ -455,3 +455,19 @@ def test_a_seq_that_cannot_be_checked_while_redis_is_down_is_refused_with_503() 
     failures = []
     b.recall_seq(b.session(alice.id), "9").addErrback(failures.append)
     assert failures and failures[0].check(StoreUnavailable)
+
+
+def test_a_password_change_ends_the_users_other_sessions_on_every_box() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    first = c.login(0, "alice")                     # a
+    c.login(0, "bob")                               # b
+    second = c.login(0, "alice")                    # placed by load
+    third = c.login(1, "alice")
+    held = {s.id: c.hold(s) for s in (first, second, third)}
+    assert {first.host_box, second.host_box, third.host_box} == {a.me, b.me}
+    assert a.end_user("alice", "password", keep=first) == 2
+    c.redis.pump()
+    assert held[first.id].released == []
+    assert held[second.id].released == ["password"] and held[third.id].released == ["password"]
+    assert [s.id for s in a.sessions_of("alice")] == [first.id] and b.sessions_of("alice") == []

@@ -548,6 +548,16 @@ class ClusterHub(Hub):
                 self.listener.spill(name, frame)
         d.addErrback(unrouted)
 
+    def end_user(self, name: str, reason: str, keep: Optional[Session] = None) -> int:
+        count = Hub.end_user(self, name, reason, keep)
+        kept = keep.id if keep is not None else None
+        for sids in list(self.remote.get(name, {}).values()):
+            for sid in list(sids):
+                if sid != kept:
+                    self.end(self._proxy(sid), reason)
+                    count += 1
+        return count
+
     def ack(self, session: Session, upto: int) -> None:
         if self._remote(session):
             self._send(session.host_box, {"e": "ack", "s": session.id, "n": upto})

@@ -140,6 +140,11 @@ class IHub(Interface):
     def close_all(reason: str) -> None:
         """End every session of this box (the node stops)."""
 
+    def end_user(name: str, reason: str, keep: Optional[Session] = None) -> int:
+        """End every session of user ``name`` but ``keep`` (a password
+        change), on every box; return how many.  A cluster hub ends the
+        ones held by other boxes there."""
+
     # -- heartbeats -----------------------------------------------------------
 
     def attach(session: Session, channel: IChannel, ack: int = 0) -> None:
@@ -392,6 +397,12 @@ class Hub:
             self.users.forget_if_idle(user)
         else:
             self._settle(user, now)
+
+    def end_user(self, name: str, reason: str, keep: Optional[Session] = None) -> int:
+        others = [s for s in self.sessions_of(name) if s is not keep]
+        for other in others:
+            self.end(other, reason)
+        return len(others)
 
     def close_all(self, reason: str) -> None:
         """End every session (server shutdown)."""
