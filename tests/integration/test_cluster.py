@@ -263,3 +263,18 @@ def test_redis_restarted_local_delivery_goes_on_and_the_boxes_find_each_other_ag
     outage_lines = [line for line in a.output().splitlines()
                     if "the cluster's Redis is unavailable" in line]
     assert 1 <= len(outage_lines) <= 2, outage_lines
+
+
+def test_a_password_change_on_one_node_ends_the_users_sessions_on_the_other_boxes(cluster):
+    a, b, c = cluster
+    alice = register(a.api(), unique_name("alice"))
+    here = login(a.api(), User(alice.name, alice.password))     # on a
+    there = login(b.api(), User(alice.name, alice.password))    # on b
+    assert node_of(cluster, there) is b
+    with hold(cluster, there) as h:
+        expect(a.api().post("/api/password", form={**here.auth, "password": alice.password,
+                                                   "new_password": unique_name("pw") + "x"}),
+               204, "password change on a")
+        h.wait_for("msg bye password", timeout=5)
+    r = b.api().get("/api/session", query=there.auth)
+    assert r.status == 403, r
