@@ -500,17 +500,22 @@ class ClusterHub(Hub):
     # -- groups --------------------------------------------------------------------
 
     def membership_changed(self, key: str, member: str, joined: bool) -> None:
+        self._regroup(key, member, joined)
         Hub.membership_changed(self, key, member, joined)
         self._do("sharing a change of membership",
                  b"return redis.call('PUBLISH', KEYS[1], ARGV[1])", [self.key("all")],
                  [json.dumps({"e": "member", "b": self.me, "k": key, "m": member,
                               "j": joined})])
 
-    def _remote_membership(self, key: str, member: str, joined: bool) -> None:
+    def _regroup(self, key: str, member: str, joined: bool) -> None:
+        """The view of a remote member's groups follows the change."""
         groups = self.remote_groups.get(member)
         if groups is not None:
             self.remote_groups[member] = group_set(groups | {key} if joined
                                                    else groups - {key})
+
+    def _remote_membership(self, key: str, member: str, joined: bool) -> None:
+        self._regroup(key, member, joined)
         Hub.membership_changed(self, key, member, joined)
 
     # -- delivery ------------------------------------------------------------------
