@@ -471,3 +471,16 @@ def test_a_password_change_ends_the_users_other_sessions_on_every_box() -> None:
     assert held[first.id].released == []
     assert held[second.id].released == ["password"] and held[third.id].released == ["password"]
     assert [s.id for s in a.sessions_of("alice")] == [first.id] and b.sessions_of("alice") == []
+
+
+def test_a_session_look_up_while_redis_is_down_is_a_503() -> None:
+    from presence.store.interface import StoreUnavailable
+    c = Cluster(1)
+    c.redis.down = True
+    failures = []
+    c.hubs[0].claim("unknown-session-00000001").addErrback(failures.append)
+    assert failures and failures[0].check(StoreUnavailable)
+    again = c.hubs[0].claim("unknown-session-00000001")   # none left in flight
+    assert again is not None
+    again.addErrback(failures.append)
+    assert len(failures) == 2

@@ -371,7 +371,7 @@ class ClusterHub(Hub):
             self._claims -= 1
             return result
         d.addBoth(done)
-        d.addCallback(found)
+        d.addCallbacks(found, self._unavailable, errbackArgs=("looking a session up",))
         return d
 
     # -- seq memory shared by the nodes --------------------------------------
@@ -387,13 +387,15 @@ class ClusterHub(Hub):
                 msgid, delivered = json.loads(_text(raw))
                 Hub._remember_seq(session, seq, msgid, delivered)
 
-        def failed(failure):
-            self._failed(failure, "reading a chat's seq")
-            # without the first answer a retry could be sent twice: 503
-            raise StoreUnavailable("the cluster's directory is unavailable, try again"
-                                   " shortly")
-        d.addCallbacks(found, failed)
+        # without the first answer a retry could be sent twice: 503
+        d.addCallbacks(found, self._unavailable, errbackArgs=("reading a chat's seq",))
         return d
+
+    def _unavailable(self, failure, what: str) -> None:
+        """A look-up a request waits for failed: log it (once per outage),
+        and the request gets 503."""
+        self._failed(failure, what)
+        raise StoreUnavailable("the cluster's directory is unavailable, try again shortly")
 
     def chat(self, session: Session, to: str, text: str, seq: Optional[str],
              msgid: str) -> Tuple[str, str, bool]:

@@ -54,7 +54,9 @@ def api(handler: Handler) -> Callable[..., Awaitable[bytes]]:
     @functools.wraps(handler)
     async def route(self: "PresenceAPI", request: server.Request, **kw: Any) -> bytes:
         try:
-            status, body = await handler(self, request, params(request), **kw)
+            p = params(request)
+            await self._known(request, p)
+            status, body = await handler(self, request, p, **kw)
         except ClientError as e:
             status, body = e.status, {"error": e.message}
             retry_after = getattr(e, "retry_after", None)
@@ -79,6 +81,16 @@ class PresenceAPI:
         self._stats = stats
 
     # -- helpers ----------------------------------------------------------------
+
+    async def _known(self, request: server.Request, p: Dict[str, Any]) -> None:
+        """A cluster: a session this node has not heard of yet (placed
+        elsewhere by a login a moment ago) is looked up first, so that any
+        node answers a call made right after the login."""
+        sid = p.get("id") or p.get("sessionId") or cookie_session_id(request)
+        if isinstance(sid, str) and sid and self.hub.session(sid) is None:
+            pending = self.hub.claim(sid)
+            if pending is not None:
+                await pending
 
     def _session(self, request: server.Request, p: Dict[str, Any],
                  state_change: Optional[bool] = None) -> Session:
