@@ -48,6 +48,17 @@ def set_resume_cookie(request: server.Request, token: Optional[str]) -> None:
                       sameSite="strict", secure=request.isSecure() or None)
 
 
+async def known_session(hub: Any, request: server.Request, p: Dict[str, Any]) -> None:
+    """A cluster: a session this node has not heard of yet (placed elsewhere
+    by a login a moment ago) is looked up first, so that any node answers a
+    call made right after the login."""
+    sid = p.get("id") or p.get("sessionId") or cookie_session_id(request)
+    if isinstance(sid, str) and sid and hub.session(sid) is None:
+        pending = hub.claim(sid)
+        if pending is not None:
+            await pending
+
+
 def api(handler: Handler) -> Callable[..., Awaitable[bytes]]:
     """Wrap a route: parse parameters, map errors to JSON answers."""
 
@@ -55,7 +66,9 @@ def api(handler: Handler) -> Callable[..., Awaitable[bytes]]:
     async def route(self: "PresenceAPI", request: server.Request, **kw: Any) -> bytes:
         try:
             p = params(request)
-            await self._known(request, p)
+            hub = getattr(self, "hub", None)   # the wireless API uses this wrapper too
+            if hub is not None:
+                await known_session(hub, request, p)
             status, body = await handler(self, request, p, **kw)
         except ClientError as e:
             status, body = e.status, {"error": e.message}
@@ -81,16 +94,6 @@ class PresenceAPI:
         self._stats = stats
 
     # -- helpers ----------------------------------------------------------------
-
-    async def _known(self, request: server.Request, p: Dict[str, Any]) -> None:
-        """A cluster: a session this node has not heard of yet (placed
-        elsewhere by a login a moment ago) is looked up first, so that any
-        node answers a call made right after the login."""
-        sid = p.get("id") or p.get("sessionId") or cookie_session_id(request)
-        if isinstance(sid, str) and sid and self.hub.session(sid) is None:
-            pending = self.hub.claim(sid)
-            if pending is not None:
-                await pending
 
     def _session(self, request: server.Request, p: Dict[str, Any],
                  state_change: Optional[bool] = None) -> Session:
