@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from typing import List, Optional, Tuple
 
+from presence.service import valid_text
+
 _DIGITS = re.compile(r"[0-9]{3,15}\Z")
 
 GSM7_BASIC = frozenset(
@@ -45,14 +47,9 @@ def normalize(raw: str) -> Optional[str]:
     return "+" + text
 
 
-def scalar(text: str) -> bool:
-    """Whether ``text`` is Unicode scalar values only: no lone surrogate
-    (which no SMS, XML or UTF-8 can carry)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+#: whether a text is Unicode scalar values only: no lone surrogate (which no
+#: SMS, XML or UTF-8 can carry); the service's rule for every entry point
+scalar = valid_text
 
 
 def is_gsm7(text: str) -> bool:

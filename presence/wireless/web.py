@@ -90,28 +90,10 @@ def wml_route(handler: Callable[..., Awaitable[Page]]) -> Callable[..., Awaitabl
     return route
 
 
-def _scalar(p: dict) -> dict:
-    """``p``, or 400 for text in it that is not Unicode scalar values (a
-    lone surrogate from a JSON ``\\udc00``)."""
-    for value in p.values():
-        if isinstance(value, str) and not numbers.scalar(value):
-            raise BadRequest("the text is not valid Unicode")
-    return p
-
-
 def params(request: server.Request) -> dict:
-    """The request's parameters, Unicode scalar values only (else 400)."""
-    return _scalar(_params(request))
-
-
-def checked(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """A JSON route's parameters, Unicode scalar values only (else 400)."""
-
-    @functools.wraps(handler)
-    async def route(self: "WirelessWeb", request: server.Request, p: dict, **kw: Any) -> Any:
-        return await handler(self, request, _scalar(p), **kw)
-
-    return route
+    """The request's parameters (:func:`presence.web.http.params`: text that
+    is not UTF-8 or holds a lone surrogate is already a 400 there)."""
+    return _params(request)
 
 
 def _same_site(request: server.Request) -> None:
@@ -305,14 +287,12 @@ class WirelessWeb:
 
     @app.route("/api/wireless/text", methods=["POST"])
     @json_route
-    @checked
     async def text(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         session = self._api_session(request, p)
         return 202, await self.gateway.text(session, p.get("to"), client_address(request)[0])
 
     @app.route("/api/wireless/secret", methods=["POST"])
     @json_route
-    @checked
     async def secret(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         return 201, await self.gateway.issue_secret(self._api_session(request, p))
 
@@ -321,13 +301,11 @@ class WirelessWeb:
 
     @app.route("/api/wireless/session", methods=["GET"])
     @json_route
-    @checked
     async def session_info(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         return 200, self._api_session(request, p, (SCOPE,)).info()
 
     @app.route("/api/wireless/ack", methods=["POST"])
     @json_route
-    @checked
     async def ack(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         ack = p.get("ack")
         if not isinstance(ack, str) or not ack.isascii() or not ack.isdigit() or len(ack) > 18:
@@ -337,14 +315,12 @@ class WirelessWeb:
 
     @app.route("/api/wireless/logout", methods=["POST"])
     @json_route
-    @checked
     async def api_logout(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         self.service.logout(self._api_session(request, p, (SCOPE,)))
         return 204, None
 
     @app.route("/api/wireless/dlr", methods=["GET", "POST"])
     @json_route
-    @checked
     async def dlr(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         if not self.gateway.report(p.get("ref"), p.get("status")):
             raise NotFound("no such text")
@@ -352,7 +328,6 @@ class WirelessWeb:
 
     @app.route("/api/wireless", methods=["GET"])
     @json_route
-    @checked
     async def info(self, request: server.Request, p: dict) -> Tuple[int, Any]:
         return 200, {"enabled": self.gateway.ready, "via": self.gateway.via}
 
