@@ -234,6 +234,18 @@ def test_online_while_any_session_holds(w: World) -> None:
     assert w.listener.presence[-1] == ("bob", False, 108)
 
 
+def test_state_of_follows_the_presence_rule(w: World) -> None:
+    assert w.hub.state_of("bob") == ("offline", "")
+    session = w.login("bob")
+    assert w.hub.state_of("bob") == ("offline", "")   # no heartbeat yet
+    channel = w.attach(session)
+    assert w.hub.state_of("bob") == ("available", "")
+    channel.release("closed")
+    w.advance(9)
+    w.sweep()
+    assert w.hub.state_of("bob") == ("offline", "")
+
+
 def test_linger_uses_the_latest_end_of_all_sessions(w: World) -> None:
     s1, s2 = w.login("bob"), w.login("bob")
     c1, c2 = w.attach(s1), w.attach(s2)

@@ -169,6 +169,13 @@ class IHub(Interface):
         Synchronous: a cluster hub answers from its local view of global
         presence."""
 
+    def state_of(name: str) -> Tuple[str, str]:
+        """User ``name``'s combined presence state and status text:
+        ``("available" | "away" | "busy" | "offline", text)``, the state of
+        their most available live session on any box (``offline`` with no
+        text when none).  Synchronous like :meth:`is_online`, which is true
+        exactly when the state is not ``offline``."""
+
     def knows(name: str) -> bool:
         """Whether ``name`` is a live user: one with a session or still
         online (lingering), on any box.  This is how guests, who exist only
@@ -453,6 +460,9 @@ class Hub:
 
     def is_online(self, name: str) -> bool:
         return self.users.is_online(name)
+
+    def state_of(self, name: str) -> Tuple[str, str]:
+        return ("available", "") if self.is_online(name) else ("offline", "")
 
     def knows(self, name: str) -> bool:
         return name in self.users.users
