@@ -51,6 +51,7 @@ RESERVED = frozenset({
     "api", "jchat", "chat", "initchat", "call", "sip", "static", "wml", "nic", "ack",
     "login", "logout", "register", "home", "settings", "favicon.ico", "robots.txt",
     "cgi-bin", "wappush", "admin", "www", "guest", "anonymous", "messages",
+    "i", "badge",
 })
 MAX_TEXT = 4096
 MIN_PASSWORD = 6
@@ -572,6 +573,14 @@ class PresenceService:
         owner = session.user.name
         if await self.store.add_contact(owner, name):
             self.hub.membership_changed(book_key(owner), name, True)
+
+    async def befriend(self, a: str, b: str) -> None:
+        """Put users ``a`` and ``b`` in each other's address book (an
+        invitation was accepted: docs/invites.md); watchers of either book
+        get ``msg refresh``."""
+        for owner, contact in ((a, b), (b, a)):
+            if await self.store.add_contact(owner, contact):
+                self.hub.membership_changed(book_key(owner), contact, True)
 
     async def remove_contact(self, session: Session, contact: Any) -> None:
         self._change_allowance(session)

@@ -25,6 +25,7 @@ from twisted.python import usage
 from presence import gcpolicy
 from presence.core.hub import Hub, HubConfig
 from presence.endpoint_option import check_server_endpoint
+from presence.invite import frontend as invite_frontend
 from presence.listen import ListenService
 from presence.pages import Pages
 from presence.service import Limits, PresenceService
@@ -221,7 +222,7 @@ class Options(usage.Options):
         ["registrations-per-hour", None, 100,
          "Accounts one client address may register an hour (also the burst).",
          _positive(int)],
-    ] + wireless_frontend.OPTIONS + sip_frontend.OPTIONS
+    ] + wireless_frontend.OPTIONS + sip_frontend.OPTIONS + invite_frontend.OPTIONS
 
     def postOptions(self) -> None:
         if self["linger"] is None:
@@ -240,6 +241,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--redis needs --host-box HOST:PORT: the address"
                                        " where clients reach this node's --http")
         wireless_frontend.check_options(self)
+        invite_frontend.check_options(self)
         if self["access-log"] and self["no-access-log"]:
             raise usage.UsageError("--access-log and --no-access-log contradict each other")
         for name in ("access-log", "json-log"):
@@ -469,6 +471,10 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     # before the listeners: its start (the operator password file) is done
     # by the time they report ready and "presence ready" is logged
     wireless.setServiceParent(top)
+    invites = invite_frontend.InviteFrontEnd(options, service, pages, reactor)
+    invites.mount(site.resource)
+    gate.hooks.append(invites.ready)
+    invites.setServiceParent(top)  # its store is open before the listeners
     http = ListenService(gate.expect("http"),
                          endpoints.serverFromString(reactor, options["http"]),
                          site, gate.listener, turn_flush=not options.get("no-turn-flush"),

@@ -79,6 +79,13 @@ DONE = {
                 " device must log in with the new password.",
 }
 
+#: what the home page says after an invitation was sent
+INVITED = {
+    "sent": "Invitation sent.",
+    "queued": "The mail server did not take the invitation yet: it waits in the outbox"
+              " and is sent as soon as it can be.",
+}
+
 Handler = Callable[..., Awaitable[bytes]]
 
 
@@ -124,6 +131,9 @@ class Pages:
         #: issues a handset secret for a session's user (the wireless
         #: gateway's issue_secret; None: wireless is off)
         self.handset_secret: Optional[Callable[[Session], Awaitable[Dict[str, str]]]] = None
+        #: the invitations (presence.invite.service.Invitations; None: off):
+        #: the home page's "Invite by e-mail" card
+        self.invitations: Any = None
 
     # -- the resources to mount ------------------------------------------------
 
@@ -451,12 +461,42 @@ class Pages:
         session = self.user_session(request)
         if session is None:
             return self.redirect(request, "/login?" + urlencode({"next": "/home"}))
+        done = INVITED.get(params(request).get("invited") or "")
+        return await self.home_answer(request, session, 200, invite_done=done)
+
+    async def home_answer(self, request, session: Session, status: int,
+                          invite_done: Optional[str] = None,
+                          invite_error: Optional[str] = None,
+                          invite_values: Optional[Dict[str, str]] = None) -> bytes:
         welcome = await self.service.welcome(session)
         box = await self.service.messages(session)
         home = await self.service.home(session, self.home_group.get(session))
         groups = await self.service.group_names(session)
-        return await self.html(request, 200, "Home", views.home_page(
-            self.visitor(session), welcome, box, home, groups, self.domain), session)
+        content = views.home_page(self.visitor(session), welcome, box, home, groups,
+                                  self.domain)
+        if self.invitations is not None:
+            from presence.invite.views import invites_card
+            content(invites_card(await self.invitations.of(session), invite_done,
+                                 invite_error, invite_values))
+        return await self.html(request, status, "Home", content, session)
+
+    @app.route("/home/invite", methods=["POST"])
+    @page
+    async def invite(self, request) -> bytes:
+        p = self.check_post(request)
+        session = self.user_session(request)
+        if session is None:
+            return self.redirect(request, "/login?" + urlencode({"next": "/home"}))
+        if self.invitations is None:
+            return await self.no_such_page(request)
+        values = {k: p.get(k) if isinstance(p.get(k), str) else "" for k in ("email", "note")}
+        try:
+            status, _ = await self.invitations.invite(session, p.get("email"), p.get("note"))
+        except ClientError as e:
+            return await self.home_answer(request, session, e.status, invite_error=e.message,
+                                          invite_values=values)
+        return self.redirect(request, "/home?invited=" + ("queued" if status == 202
+                                                          else "sent") + "#invite")
 
     @app.route("/home/live", methods=["POST"])
     async def home_live(self, request) -> bytes:

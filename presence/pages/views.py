@@ -355,8 +355,7 @@ def register_page(values: Dict[str, str], error: Optional[str] = None) -> Tag:
         tags.form(
             field("Username", "username", v.get("username", ""), required="", maxlength="32",
                   autocomplete="username", autocapitalize="none",
-                  pattern="[a-z0-9][a-z0-9._\\-]{0,31}",
-                  title="1-32 of a-z, 0-9, '.', '_', '-'"),
+                  title="1-32 of a-z, 0-9, '.', '_', '-' (capitals are made small)"),
             field("Password (6 characters or more)", "password", kind="password", required="",
                   minlength="6", maxlength="1024", autocomplete="new-password"),
             field("Password again", "password2", kind="password", required="",
@@ -417,9 +416,12 @@ def message_item(m: Dict[str, Any]) -> Tag:
 def home_page(visitor: Visitor, welcome: Dict[str, Any], box: Dict[str, Any],
               home: Dict[str, Any], groups: List[str], domain: str) -> Tag:
     w = welcome
+    first = w.get("last_login") is None
     figures = tags.dl(
         tags.div(tags.dt("Last login"), tags.dd(when(w.get("last_login"), "first time"))),
-        tags.div(tags.dt("Time away"), tags.dd(duration(w.get("offline_seconds")))),
+        tags.div(tags.dt("Time away"),
+                 tags.dd("this is your first visit" if first
+                         else duration(w.get("offline_seconds")), id="away")),
         tags.div(tags.dt("Visits to your page while away"),
                  tags.dd(str(w.get("hits_while_offline") or 0), id="hits")),
         tags.div(tags.dt("Unread messages"), tags.dd(str(w.get("unread") or 0), id="unread")),
@@ -451,6 +453,8 @@ def home_page(visitor: Visitor, welcome: Dict[str, Any], box: Dict[str, Any],
     return live_main(
         "home", home["name"], visitor, domain,
         tags.h1("Welcome, ", visitor.name),
+        tags.p("Your first visit: add people to your address book in Settings, or invite"
+               " them by e-mail below.", class_="sub", id="first-visit") if first else "",
         figures,
         tags.section(heading, switch, live_status(),
                      tags.ul(*rows(home["rows"], domain, visitor.name, True, empty),

@@ -357,6 +357,11 @@
       if (d.type === 'live' && d.me === cfg.me && d.page !== pageId && es) {
         pause('Paused: another page of this browser holds your session now.');
       }
+      // a page without the live script asks before it holds the heartbeat
+      // (static/present.js): this one holds it
+      if (d.type === 'who' && d.me === cfg.me && es) {
+        tabs.postMessage({type: 'live', me: cfg.me, page: pageId});
+      }
     };
   }
 
