@@ -11,6 +11,8 @@ Options (docs/operations.md, docs/invites.md):
                              [default: ``presence@<--domain>``]
 ``--smtp-user NAME``         AUTH with the smarthost (then over TLS only)
 ``--smtp-password-file F``   its password, read from a file (never logged)
+``--smtp-retry SECONDS``     first wait before a mail is tried again (``30``;
+                             doubling, at most an hour apart)
 ``--invites-per-day N``      invitations one user may send a day (``50``)
 ``--invite-ttl DURATION``    how long an invitation's link and badge work
                              (``30d``; seconds, or a number with s/m/h/d)
@@ -32,7 +34,7 @@ from twisted.python import usage
 
 from presence.errors import BadRequest
 from presence.invite.mail import check_address
-from presence.invite.outbox import Outbox, smtp_sender
+from presence.invite.outbox import BACKOFF_FIRST, BACKOFF_MAX, Outbox, smtp_sender
 from presence.invite.service import DEFAULT_PER_DAY, DEFAULT_TTL, Invitations
 from presence.invite.store import InviteStore
 from presence.invite.web import InviteWeb
@@ -62,6 +64,13 @@ def _per_day(value: str) -> int:
     return number
 
 
+def _retry(value: str) -> float:
+    number = float(value)
+    if not 0.1 <= number <= BACKOFF_MAX:
+        raise ValueError(f"must be from 0.1 to {BACKOFF_MAX:.0f} seconds")
+    return number
+
+
 OPTIONS = [
     ["smtp", None, None,
      "Send invitation mails to this smarthost, a Twisted client endpoint string (e.g."
@@ -74,6 +83,9 @@ OPTIONS = [
      " TLS. Needs --smtp-password-file."],
     ["smtp-password-file", None, None,
      "File holding the smarthost password (first line); never logged."],
+    ["smtp-retry", None, BACKOFF_FIRST,
+     "Seconds before a mail the smarthost did not take is tried again; each further"
+     " wait doubles, up to an hour.", _retry],
     ["invites-per-day", None, DEFAULT_PER_DAY,
      "Invitations one user may send in a day (429 past it).", _per_day],
     ["invite-ttl", None, DEFAULT_TTL,
@@ -144,7 +156,8 @@ class InviteFrontEnd(Service):
         if self.smtp:
             send = smtp_sender(reactor, self.smtp, sender, options.get("smtp-user"),
                                _password(options.get("smtp-password-file")))
-        self.outbox = Outbox(os.path.join(data, "outbox"), self.store, reactor, send)
+        self.outbox = Outbox(os.path.join(data, "outbox"), self.store, reactor, send,
+                             first=options.get("smtp-retry", BACKOFF_FIRST))
         self.invitations = Invitations(
             service, self.store, self.outbox, sender,
             ttl=options.get("invite-ttl", DEFAULT_TTL),
