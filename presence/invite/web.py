@@ -164,7 +164,7 @@ class InviteWeb:
         inv = await self.invitations.find(token, ip)
         if inv is None:
             return await self._gone(request)
-        old = self.pages.visitor_session(request)
+        old = self.pages.visitor_session(request)  # a guest's, usually
         username = p.get("username")
         try:
             session = await self.invitations.register(inv, username, p.get("password"),
@@ -173,8 +173,10 @@ class InviteWeb:
             shown = username.strip().lower()[:32] if isinstance(username, str) else ""
             return await self._invite_answer(request, inv, token, old, e.status,
                                              error=e.message, values={"username": shown})
-        if old is not None:
-            await self.service.logout(old)
+        # the guest session is left to expire (--guest-ttl): ending it now
+        # would make the page's script, still running while the browser
+        # follows the redirect, start another guest session and set its
+        # cookie over the new user's
         self.pages.set_cookie(request, session)
         await self.pages.set_resume(request, session)
         return self.pages.redirect(request, "/home")
