@@ -124,6 +124,10 @@ def check_options(options: Any) -> None:
         raise usage.UsageError("--smtp-user and --smtp-password-file go together")
     if options["smtp-user"] is not None and smtp is None:
         raise usage.UsageError("--smtp-user needs --smtp")
+    if smtp is not None and smtp.split(":", 1)[0].lower() == "ssl":
+        raise usage.UsageError("--smtp: an ssl: endpoint does not check the smarthost's"
+                               " certificate; use tls:host=HOST:port=465 (or tcp: with"
+                               " STARTTLS)")
     path = options["smtp-password-file"]
     if path is not None and not os.access(path, os.R_OK):
         raise usage.UsageError(f"--smtp-password-file: cannot read {path}")

@@ -219,6 +219,9 @@ def smtp_sender(reactor: Any, endpoint: str, sender: str, username: Optional[str
     from twisted.mail.smtp import ESMTPSenderFactory
 
     host = endpoint_host(endpoint)
+    # a tls: endpoint is TLS from the first byte (and checks the certificate):
+    # no STARTTLS is needed, or offered, before AUTH
+    implicit_tls = endpoint.split(":", 1)[0].lower() == "tls"
 
     def send(recipient: str, data: bytes) -> defer.Deferred:
         result: defer.Deferred = defer.Deferred()
@@ -227,7 +230,7 @@ def smtp_sender(reactor: Any, endpoint: str, sender: str, username: Optional[str
             password.encode("utf-8") if password else None,
             sender, [recipient], BytesIO(data), result, retries=0, timeout=timeout,
             heloFallback=not username, requireAuthentication=bool(username),
-            requireTransportSecurity=bool(username), hostname=host)
+            requireTransportSecurity=bool(username) and not implicit_tls, hostname=host)
         connecting = endpoints.clientFromString(reactor, endpoint).connect(factory)
 
         def refused(failure: Any) -> None:
