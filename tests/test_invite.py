@@ -522,3 +522,65 @@ def test_the_host_of_an_endpoint_names_the_certificate_to_check():
     assert endpoint_host("tcp:host=smtp.example.org:port=587") == "smtp.example.org"
     assert endpoint_host("tcp:smtp.example.org:25") == "smtp.example.org"
     assert endpoint_host("tls:host=mx.example.org:port=465") == "mx.example.org"
+
+
+def test_with_a_user_the_client_refuses_a_smarthost_without_tls_and_sends_no_password():
+    reactor = MemoryReactorClock()
+    send = smtp_sender(reactor, "tcp:host=127.0.0.1:port=2525", "presence@p.test",
+                       "presence", "very-secret-password")
+    d = send("bob@example.org", b"Subject: hi\n\nhello\n")
+    _, sent = _smtp_conversation(reactor, {
+        b"EHLO": b"250-fake.test\r\n250 AUTH PLAIN LOGIN\r\n", b"QUIT": b"221 bye\r\n"})
+    failures: List[Failure] = []
+    d.addErrback(failures.append)
+    assert failures, "sent over a connection without TLS"
+    assert not any(line.startswith(b"AUTH") for line in sent)
+    assert not any(b"very-secret-password" in line for line in sent)
+    assert not any(line.startswith(b"MAIL") for line in sent)
+
+
+# -- options ----------------------------------------------------------------------------
+
+def _options(*args: str) -> Any:
+    from presence import tap
+    options = tap.Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_the_options_and_their_defaults(tmp_path):
+    o = _options()
+    assert o["smtp"] is None and o["invites-per-day"] == 50
+    assert o["invite-ttl"] == 30 * 86400 and o["smtp-retry"] == 30
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    o = _options("--smtp", "tls:host=smtp.example.org:port=465", "--smtp-user", "me",
+                 "--smtp-password-file", str(secret), "--invite-ttl", "12h",
+                 "--smtp-from", "Invites@Example.ORG", "--invite-base",
+                 "https://chat.example.org/")
+    assert o["invite-ttl"] == 12 * 3600 and o["smtp-from"] == "Invites@example.org"
+    assert o["invite-base"] == "https://chat.example.org"
+
+
+@pytest.mark.parametrize("args", [
+    ("--smtp", "nonsense:x"), ("--smtp", "ssl:host=smtp.example.org:port=465"),
+    ("--smtp-from", "not an address"), ("--smtp-from", "a@b.org\r\nBcc: x@y.org"),
+    ("--invite-ttl", "5s"), ("--invite-ttl", "forever"), ("--invites-per-day", "0"),
+    ("--smtp", "tcp:host=h.example:port=25", "--smtp-user", "me"),
+    ("--smtp-user", "me", "--smtp-password-file", "/nonexistent/pw"),
+    ("--invite-base", "ftp://x.example"), ("--smtp-retry", "0"),
+])
+def test_bad_options_are_usage_errors(args):
+    from twisted.python import usage
+    with pytest.raises(usage.UsageError):
+        _options(*args)
+
+
+def test_the_access_log_masks_the_tokens_of_invitations():
+    from presence.web.http import mask
+    import presence.invite.web  # noqa: F401  (adds its paths)
+    assert mask(b"/i/SECRETTOKEN1234567890") == b"/i/***"
+    assert mask(b"/i/SECRETTOKEN1234567890/register") == b"/i/***/register"
+    assert b"SECRET" not in mask(b"/i/u/SECRETTOKEN1234567890")
+    assert mask(b"/badge/SECRETTOKEN1234567890.png") == b"/badge/***"
+    assert b"SECRET" not in mask(b"http://p.test/i/SECRETTOKEN1234567890")
