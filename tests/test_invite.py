@@ -54,7 +54,7 @@ def test_the_mail_has_a_text_and_an_html_part_naming_the_inviter_and_the_note():
     assert "<b>this</b>" not in html
     # the text part carries the link (for readers that show neither HTML nor images)
     assert LINKS.page in text and LINKS.unsubscribe in text
-    assert "online now (at work)" in text
+    assert "When this mail was sent, alice was online (at work)." in text
     assert f'src="{LINKS.badge_png}"' in html and f'href="{LINKS.page}"' in html
     assert back["List-Unsubscribe"] == f"<{LINKS.unsubscribe}>"
     assert back["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -584,3 +584,49 @@ def test_the_access_log_masks_the_tokens_of_invitations():
     assert b"SECRET" not in mask(b"/i/u/SECRETTOKEN1234567890")
     assert mask(b"/badge/SECRETTOKEN1234567890.png") == b"/badge/***"
     assert b"SECRET" not in mask(b"http://p.test/i/SECRETTOKEN1234567890")
+
+
+class SlowRunner:
+    """A store runner whose calls wait until :meth:`pump` (a worker thread
+    that has not got to them yet)."""
+
+    def __init__(self) -> None:
+        self.calls: List[tuple] = []
+
+    def __call__(self, fn: Any, *args: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.calls.append((fn, args, d))
+        return d
+
+    def pump(self) -> None:
+        while self.calls:
+            fn, args, d = self.calls.pop(0)
+            try:
+                d.callback(fn(*args))
+            except Exception:
+                d.errback()
+
+
+def test_two_attempts_at_once_hand_the_mail_over_once(tmp_path):
+    # a timer and a first attempt meeting while the store is still busy
+    runner = SlowRunner()
+    store = InviteStore(":memory:", runner=runner)
+    clock = MemoryReactorClock()
+    host = FakeSmarthost()
+    outbox = Outbox(str(tmp_path / "outbox"), store, clock, host.send)
+    added = store.add("t" * 32, "u" * 32, "alice", "bob@example.org", "", 0.0, 3600.0,
+                      "queued")
+    runner.pump()
+    ident = result_of(added)
+    put = outbox.put(ident, b"Subject: hi\n\nhello\n")
+    runner.pump()
+    result_of(put)
+    first = defer.ensureDeferred(outbox.attempt(ident))
+    second = defer.ensureDeferred(outbox.attempt(ident))
+    for _ in range(10):
+        runner.pump()
+    assert result_of(first) is True and result_of(second) is False
+    assert host.attempts == 1 and len(host.received) == 1
+    third = defer.ensureDeferred(outbox.attempt(ident))
+    runner.pump()
+    assert result_of(third) is True and host.attempts == 1

@@ -98,7 +98,7 @@ class Links:
 
 def state_phrase(state: str, text: str = "") -> str:
     word = STATE_WORDS.get(state, state)
-    phrase = "online now" if state == "available" else word
+    phrase = "online" if state == "available" else word
     return f"{phrase} ({text})" if text else phrase
 
 

@@ -103,11 +103,13 @@ class Outbox:
         for where in ("", "sent", "failed"):
             os.makedirs(os.path.join(self.folder, where), mode=0o700, exist_ok=True)
 
-    def put(self, ident: int, data: bytes) -> None:
-        """Keep the mail of invitation ``ident`` in the outbox (blocking file
-        I/O of a few kilobytes, fsync included)."""
-        self.prepare()
-        write_whole(self.path(ident), data)
+    def put(self, ident: int, data: bytes) -> defer.Deferred:
+        """Keep the mail of invitation ``ident`` in the outbox; fires once
+        it is on disk (written on the store's worker thread)."""
+        def write() -> None:
+            self.prepare()
+            write_whole(self.path(ident), data)
+        return self.store.run(write)
 
     # -- delivery ------------------------------------------------------------
 
@@ -146,26 +148,31 @@ class Outbox:
         attempt."""
         if self.send is None or ident in self._inflight:
             return False
+        # in flight from here on, before the first wait: a second attempt
+        # (a timer, a restart) can never read the same "queued"
+        self._inflight.add(ident)
+        try:
+            return await self._attempt(ident)
+        finally:
+            self._inflight.discard(ident)
+
+    async def _attempt(self, ident: int) -> bool:
         inv = await self.store.get(ident)
         if inv is None or inv["status"] != "queued":
             return inv is not None and inv["status"] == "sent"
-        path = self.path(ident)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
+        data = await self.store.run(_read, self.path(ident))
+        if data is None:
             log.error("invitation mail {id} is missing from the outbox {folder}", id=ident,
                       folder=self.folder)
             await self.store.set_status(ident, "failed", error="missing from the outbox")
             return False
         now = self.clock.seconds()
         if now >= inv["expires"]:
-            self._move(ident, "failed")
+            await self._move(ident, "failed")
             await self.store.set_status(ident, "failed", error=inv["error"] or "expired")
             log.warn("invitation mail {id} given up: the invitation expired before a"
                      " smarthost took it", id=ident)
             return False
-        self._inflight.add(ident)
         try:
             await self.send(inv["email"], data)
         except Exception as e:
@@ -179,22 +186,30 @@ class Outbox:
             if self.running:
                 self._schedule(ident, wait)
             return False
-        finally:
-            self._inflight.discard(ident)
         # accepted: out of the outbox first, so that nothing tries it again
-        self._move(ident, "sent")
+        await self._move(ident, "sent")
         await self.store.set_status(ident, "sent", attempts=(inv["attempts"] or 0) + 1)
         self.sent += 1
         log.info("invitation mail {id} handed to the smarthost", id=ident)
         return True
 
-    def _move(self, ident: int, where: str) -> None:
-        self.prepare()
-        try:
-            os.replace(self.path(ident), self.path(ident, where))
-        except FileNotFoundError:
-            pass
-        _sync_dir(self.folder)
+    def _move(self, ident: int, where: str) -> defer.Deferred:
+        def move() -> None:
+            self.prepare()
+            try:
+                os.replace(self.path(ident), self.path(ident, where))
+            except FileNotFoundError:
+                pass
+            _sync_dir(self.folder)
+        return self.store.run(move)
+
+
+def _read(path: str) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 def _describe(e: BaseException) -> str:

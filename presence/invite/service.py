@@ -101,7 +101,7 @@ class Invitations:
         message = build_invitation(me, address, self.sender, note, self.links(token, unsub),
                                    state, text, self.site, now)
         try:
-            self.outbox.put(ident, message.as_bytes())
+            await self.outbox.put(ident, message.as_bytes())
         except OSError as e:
             await self.store.set_status(ident, "failed", error=f"outbox: {e.strerror}")
             log.error("the invitation mail {id} could not be kept in the outbox: {error}",

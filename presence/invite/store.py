@@ -97,6 +97,13 @@ class InviteStore:
             return defer.fail(RuntimeError("the invitation store is not started"))
         return self._run(fn, self._db, *args)
 
+    def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``fn(*args)`` on the store's worker, in order with its SQL
+        (the outbox's file writes: the reactor never waits for an fsync)."""
+        if self._run is None:
+            return defer.fail(RuntimeError("the invitation store is not started"))
+        return self._run(fn, *args)
+
     # -- SQL, on the worker ----------------------------------------------------
 
     @staticmethod

@@ -147,6 +147,14 @@ def test_an_invitation_through_the_api_arrives_with_both_parts_and_a_live_badge(
     listed = api.get("/api/invites", query=alice.auth).json()["invites"]
     assert listed[0]["email"] == "bob@example.org" and listed[0]["mail"] == "sent"
     assert listed[0]["opens"] >= 4
+    # the mail reader's one-click unsubscribe (RFC 8058): no more invitations
+    path = unsubscribe.split(str(smtp_server.port), 1)[1]
+    expect(api.post(path, body=b"List-Unsubscribe=One-Click",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"}),
+           200, "one-click unsubscribe")
+    again = api.post("/api/invite", form={**alice.auth, "email": "bob@example.org"})
+    expect(again, 403, "invite an address that unsubscribed")
+    assert len(sink.messages) == 1
     # the log shows no token
     assert token not in smtp_server.output()
     assert token_of(unsubscribe) not in smtp_server.output()
@@ -199,6 +207,18 @@ def test_without_smtp_the_mail_is_an_eml_file_in_the_outbox(server_factory):
     assert msg["To"] == "bob@example.org" and alice.name in parts(msg)[0]
 
 
+def card_shot(locator: Any, name: str, tmp_path: Path) -> None:
+    """A screenshot of one element, kept like browser_support.screenshot's."""
+    import os
+    path = tmp_path / name
+    locator.screenshot(path=str(path))
+    assert path.stat().st_size > 1000
+    keep = os.environ.get("PRESENCE_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        (Path(keep) / name).write_bytes(path.read_bytes())
+
+
 def _expect():
     from playwright.sync_api import expect as pw_expect
     return pw_expect
@@ -228,6 +248,8 @@ def _home_page_flow(pw, pages, server, sink, heartbeats, tmp_path) -> None:
     home.wait_for_url("**/home?invited=sent*")
     pw(home.locator("#invite .notice")).to_have_text("Invitation sent.")
     pw(home.locator("#invites li.invite .to")).to_have_text("bob@example.org")
+    pw(home.locator("#invites li.invite .inv")).to_have_text("sent")
+    card_shot(home.locator("#invite"), "home-invite.png", tmp_path)
     (msg,) = sink.wait(1)
     text, html = parts(msg)
     assert alice.name in text and "Come and chat with me <3" in text
