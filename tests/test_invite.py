@@ -280,6 +280,26 @@ def test_a_mail_no_smarthost_took_before_the_invitation_expired_is_given_up(tmp_
     assert host.attempts == attempts
 
 
+def test_a_mail_the_smarthost_refuses_for_good_is_given_up_after_five_tries(tmp_path):
+    from twisted.mail.smtp import SMTPDeliveryError
+
+    class Refusing(FakeSmarthost):
+        def send(self, to: str, data: bytes) -> defer.Deferred:
+            self.attempts += 1
+            return defer.fail(SMTPDeliveryError(550, b"no such mailbox"))
+    host = Refusing()
+    w = InviteWorld(tmp_path, host, ttl=30 * 86400)
+    alice = w.user("alice")
+    ident = alice.post("/api/invite", email="nobody@example.org").json["id"]
+    for _ in range(100):
+        w.advance(60)
+    assert host.attempts == 5
+    assert (tmp_path / "outbox" / "failed" / f"{ident}.eml").exists()
+    assert alice.get("/api/invites").json["invites"][0]["mail"] == "failed"
+    w.advance(86400)
+    assert host.attempts == 5
+
+
 def test_backoff_doubles_up_to_an_hour():
     assert [backoff(n) for n in (1, 2, 3, 4)] == [30, 60, 120, 240]
     assert backoff(50) == 3600

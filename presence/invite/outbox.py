@@ -12,7 +12,8 @@ Each file is written whole (a temporary name, fsync, rename) before the API
 answers, so a mail is never lost.  With ``--smtp`` a mail is tried at once;
 when the smarthost is down or refuses it (any 4xx or 5xx), it stays in the
 outbox and is tried again after 30 s, 60 s, 120 s ... (at most an hour
-apart) until the invitation expires.  The attempt count and the time of the
+apart) until the invitation expires, or until the smarthost refused it
+for good (a 5xx) five times.  The attempt count and the time of the
 next try are in the invitation store, so a restart goes on where it was.
 
 Never twice: one attempt per mail at a time, and the file leaves the outbox
@@ -38,6 +39,8 @@ Send = Callable[[str, bytes], defer.Deferred]
 #: seconds before the first retry, and the longest wait between two
 BACKOFF_FIRST = 30.0
 BACKOFF_MAX = 3600.0
+#: attempts after which a permanent refusal (an SMTP 5xx) gives the mail up
+MAX_REFUSALS = 5
 #: seconds one attempt (connect, TLS, AUTH, DATA) may take
 SEND_TIMEOUT = 60.0
 
@@ -179,6 +182,14 @@ class Outbox:
             attempts = (inv["attempts"] or 0) + 1
             wait = backoff(attempts, self.first, self.most)
             error = _describe(e)
+            code = getattr(e, "code", None)
+            if isinstance(code, int) and 500 <= code < 600 and attempts >= MAX_REFUSALS:
+                # refused for good (no such mailbox...), and not only once
+                await self._move(ident, "failed")
+                await self.store.set_status(ident, "failed", attempts=attempts, error=error)
+                log.warn("invitation mail {id} given up: the smarthost refused it"
+                         " {n} times ({error})", id=ident, n=attempts, error=error)
+                return False
             await self.store.set_status(ident, "queued", attempts=attempts,
                                         next_try=now + wait, error=error)
             log.warn("invitation mail {id} not sent ({error}); attempt {n}, next in"
