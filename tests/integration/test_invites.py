@@ -281,6 +281,7 @@ def _home_page_flow(pw, pages, server, sink, heartbeats, tmp_path) -> None:
     expect(api.post("/chat", form={**alice_api.auth, "to": guest_name,
                                    "msg": "Hello Bob!"}), 202, "answer")
     pw(box.locator("li.theirs .text")).to_have_text("Hello Bob!")
+    screenshot(guest, "invite-guest.png", tmp_path)
 
     # bob registers from the page: each is in the other's address book
     join = guest.locator("#invite-register")
