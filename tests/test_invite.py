@@ -542,6 +542,8 @@ def test_the_host_of_an_endpoint_names_the_certificate_to_check():
     assert endpoint_host("tcp:host=smtp.example.org:port=587") == "smtp.example.org"
     assert endpoint_host("tcp:smtp.example.org:25") == "smtp.example.org"
     assert endpoint_host("tls:host=mx.example.org:port=465") == "mx.example.org"
+    assert endpoint_host("unix:/run/smtp.sock") is None
+    assert endpoint_host("unix:path=/run/smtp.sock") is None
 
 
 def test_with_a_user_the_client_refuses_a_smarthost_without_tls_and_sends_no_password():

@@ -273,8 +273,8 @@ def endpoint_host(endpoint: str) -> Optional[str]:
     """The host a client endpoint string names (``tcp:HOST:PORT``,
     ``tcp:host=HOST:port=PORT``, ``tls:...``), or None."""
     parts = endpoint.split(":")
-    if len(parts) < 2:
-        return None
+    if len(parts) < 2 or parts[0].lower() not in ("tcp", "tcp6", "tls", "host"):
+        return None  # unix: and the like name no host to check a certificate of
     for part in parts[1:]:
         if part.startswith("host="):
             return part[5:] or None

@@ -298,6 +298,9 @@ def _home_page_flow(pw, pages, server, sink, heartbeats, tmp_path) -> None:
     assert [m["name"] for m in book["members"]] == [bob_name]
     listed = api.get("/api/invites", query=alice_api.auth).json()["invites"]
     assert listed[0]["accepted_by"] == bob_name and listed[0]["clicked"]
+    # no token of the mail is in the server's log (access log included)
+    assert token_of(link(msg)) not in server.output()
+    assert token_of(msg["List-Unsubscribe"].strip().strip("<>")) not in server.output()
 
 
 # -- the pages as a newcomer found them -------------------------------------------------
