@@ -507,14 +507,21 @@ def _smtp_conversation(reactor: MemoryReactorClock, replies: dict) -> tuple:
     return transport, sent
 
 
-def test_the_esmtp_client_hands_the_mail_over_and_reports_success():
+def _send_through(replies: dict, data: bytes = b"Subject: hi\n\nhello\n",
+                  endpoint: str = "tcp:host=127.0.0.1:port=2525", *auth: str) -> tuple:
+    """One mail through twisted.mail's client to a server answering by
+    ``replies``: (the result Deferred, the lines the client sent)."""
     reactor = MemoryReactorClock()
-    send = smtp_sender(reactor, "tcp:host=127.0.0.1:port=2525", "presence@p.test")
-    d = send("bob@example.org", b"Subject: hi\n\nhello\n.leading dot\n")
-    _, sent = _smtp_conversation(reactor, {
+    send = smtp_sender(reactor, endpoint, "presence@p.test", *auth)
+    d = send("bob@example.org", data)
+    return d, _smtp_conversation(reactor, replies)[1]
+
+
+def test_the_esmtp_client_hands_the_mail_over_and_reports_success():
+    d, sent = _send_through({
         b"EHLO": b"250-fake.test\r\n250 8BITMIME\r\n", b"MAIL": b"250 ok\r\n",
         b"RCPT": b"250 ok\r\n", b"DATA": b"354 go on\r\n", b".": b"250 queued\r\n",
-        b"QUIT": b"221 bye\r\n"})
+        b"QUIT": b"221 bye\r\n"}, b"Subject: hi\n\nhello\n.leading dot\n")
     assert result_of(d) is not None
     assert b"MAIL FROM:<presence@p.test>" in sent and b"RCPT TO:<bob@example.org>" in sent
     assert b"..leading dot" in sent           # dot-stuffed by twisted.mail
@@ -547,12 +554,10 @@ def test_the_host_of_an_endpoint_names_the_certificate_to_check():
 
 
 def test_with_a_user_the_client_refuses_a_smarthost_without_tls_and_sends_no_password():
-    reactor = MemoryReactorClock()
-    send = smtp_sender(reactor, "tcp:host=127.0.0.1:port=2525", "presence@p.test",
-                       "presence", "very-secret-password")
-    d = send("bob@example.org", b"Subject: hi\n\nhello\n")
-    _, sent = _smtp_conversation(reactor, {
-        b"EHLO": b"250-fake.test\r\n250 AUTH PLAIN LOGIN\r\n", b"QUIT": b"221 bye\r\n"})
+    d, sent = _send_through({
+        b"EHLO": b"250-fake.test\r\n250 AUTH PLAIN LOGIN\r\n", b"QUIT": b"221 bye\r\n"},
+        b"Subject: hi\n\nhello\n", "tcp:host=127.0.0.1:port=2525", "presence",
+        "very-secret-password")
     failures: List[Failure] = []
     d.addErrback(failures.append)
     assert failures, "sent over a connection without TLS"
@@ -652,3 +657,12 @@ def test_two_attempts_at_once_hand_the_mail_over_once(tmp_path):
     third = defer.ensureDeferred(outbox.attempt(ident))
     runner.pump()
     assert result_of(third) is True and host.attempts == 1
+
+
+def test_the_client_asks_for_starttls_when_the_smarthost_offers_it():
+    d, sent = _send_through({
+        b"EHLO": b"250-fake.test\r\n250 STARTTLS\r\n", b"STARTTLS": b"454 not now\r\n",
+        b"QUIT": b"221 bye\r\n"}, endpoint="tcp:host=smtp.example.org:port=25")
+    d.addErrback(lambda f: None)
+    assert b"STARTTLS" in sent
+    assert not any(line.startswith(b"MAIL") for line in sent[:sent.index(b"STARTTLS")])
