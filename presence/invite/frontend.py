@@ -54,7 +54,7 @@ def duration(value: str) -> float:
     return seconds
 
 
-duration.coerceDoc = "Seconds, or a number with s, m, h or d."  # type: ignore[attr-defined]
+duration.coerceDoc = ""  # type: ignore[attr-defined]  (the option's help says it)
 
 
 def _per_day(value: str) -> int:
@@ -88,7 +88,7 @@ OPTIONS = [
      " wait doubles, up to an hour.", _retry],
     ["invites-per-day", None, DEFAULT_PER_DAY,
      "Invitations one user may send in a day (429 past it).", _per_day],
-    ["invite-ttl", None, DEFAULT_TTL,
+    ["invite-ttl", None, "30d",
      "How long an invitation's link and badge work after it was sent: seconds, or a"
      " number with s, m, h or d (e.g. 30d).", duration],
     ["invite-base", None, None,
@@ -138,6 +138,12 @@ def check_options(options: Any) -> None:
         options["invite-base"] = base.rstrip("/")
 
 
+def _seconds(value: Any) -> float:
+    """``--invite-ttl`` as seconds (usage.Options passes a default through
+    as it is written)."""
+    return duration(value) if isinstance(value, str) else float(value)
+
+
 def _password(path: Optional[str]) -> Optional[str]:
     if path is None:
         return None
@@ -164,7 +170,7 @@ class InviteFrontEnd(Service):
                              first=options.get("smtp-retry", BACKOFF_FIRST))
         self.invitations = Invitations(
             service, self.store, self.outbox, sender,
-            ttl=options.get("invite-ttl", DEFAULT_TTL),
+            ttl=_seconds(options.get("invite-ttl", DEFAULT_TTL)),
             per_day=options.get("invites-per-day", DEFAULT_PER_DAY), site=domain,
             base=options.get("invite-base") or f"http://{domain}:8080")
         self.web = InviteWeb(self.invitations, pages)
