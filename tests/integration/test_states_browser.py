@@ -29,8 +29,9 @@ def server_options():
     return {"keepalive": 5, "poll": 1, "linger": 2, "away_after": AWAY_AFTER}
 
 
-def test_an_idle_page_turns_its_user_away_for_a_watcher_and_input_brings_her_back(
-        api, browser_pages):
+def watched_alice(api, browser_pages):
+    """alice, her row on a guest's page of her (offline at first), and her
+    live home page once she logged in."""
     from playwright.sync_api import expect
     alice = register(api, unique_name("alice"))
     watcher = browser_pages.new()
@@ -38,10 +39,16 @@ def test_an_idle_page_turns_its_user_away_for_a_watcher_and_input_brings_her_bac
     wait_live(watcher)
     alice_row = row(watcher, alice.name)
     expect(alice_row).to_have_attribute("data-presence", "offline")
-
     home = browser_pages.new()
     log_in(home, alice.name, alice.password)
     wait_live(home)
+    return alice, alice_row, home
+
+
+def test_an_idle_page_turns_its_user_away_for_a_watcher_and_input_brings_her_back(
+        api, browser_pages):
+    from playwright.sync_api import expect
+    alice, alice_row, home = watched_alice(api, browser_pages)
     # no input on alice's page: after --away-after seconds she is away
     expect(alice_row).to_have_attribute("data-presence", "away", timeout=AWAY_BOUND)
     expect(alice_row.locator(".state")).to_have_text("away")
@@ -61,22 +68,14 @@ def test_an_idle_page_turns_its_user_away_for_a_watcher_and_input_brings_her_bac
 
 def test_busy_with_a_status_text_from_the_home_page(api, browser_pages):
     from playwright.sync_api import expect
-    alice = register(api, unique_name("alice"))
-    watcher = browser_pages.new()
-    watcher.goto(f"/{alice.name}")
-    wait_live(watcher)
-    alice_row = row(watcher, alice.name)
-
-    home = browser_pages.new()
-    log_in(home, alice.name, alice.password)
-    wait_live(home)
+    alice, alice_row, home = watched_alice(api, browser_pages)
     hostile = '<img src=x onerror="document.title=1">in a <b>meeting</b>'
     home.select_option("#f-state", "busy")
     home.fill("#f-status", hostile)
     home.locator("#state-form button[type=submit]").click()
     expect(alice_row).to_have_attribute("data-presence", "busy", timeout=LIVE_TIMEOUT)
     expect(alice_row.locator(".status-text")).to_have_text(hostile)
-    assert watcher.locator("li.row img, li.row .status-text b").count() == 0
+    assert alice_row.locator("img, .status-text b").count() == 0
     expect(alice_row.locator("[data-action=chat]")).to_be_enabled()
 
     # busy is a choice: idle time and input leave it as it is
@@ -99,14 +98,7 @@ def test_busy_with_a_status_text_from_the_home_page(api, browser_pages):
 
 def test_a_hidden_page_reports_away(api, browser_pages):
     from playwright.sync_api import expect
-    alice = register(api, unique_name("alice"))
-    watcher = browser_pages.new()
-    watcher.goto(f"/{alice.name}")
-    wait_live(watcher)
-    alice_row = row(watcher, alice.name)
-    home = browser_pages.new()
-    log_in(home, alice.name, alice.password)
-    wait_live(home)
+    alice, alice_row, home = watched_alice(api, browser_pages)
     home.mouse.move(10, 10)
     expect(alice_row).to_have_attribute("data-presence", "online", timeout=LIVE_TIMEOUT)
     # the tab is hidden (headless Chromium never hides one: the page is told so)
