@@ -626,6 +626,8 @@ class PresenceService:
         clears the text; surrounding blanks are dropped).  400 for a state
         or a text that is not one, 429 past the session's allowance.
         Answers the user's combined state as watchers now see it."""
+        if isinstance(text, str):
+            text = text.strip()
         error = states.state_error(state)
         if error is None and text is not None:
             error = states.text_error(text)
@@ -635,9 +637,9 @@ class PresenceService:
         if wait is not None:
             raise TooMany("you are changing your state too fast; slow down",
                           retry_after=wait)
-        self.hub.set_state(session, state, (text or "").strip())
+        self.hub.set_state(session, state, text or "")
         row = self._presence_row(session.user.name)
-        row.update(session={"state": state, "text": (text or "").strip()})
+        row.update(session={"state": state, "text": text or ""})
         return row
 
     async def presence_of(self, name: Any, password: Any = None,

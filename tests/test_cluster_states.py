@@ -69,3 +69,17 @@ def test_a_dead_box_takes_its_state_with_it():
     a.forget_box(b.me)
     assert a.state_of("bob") == ("offline", "") and texts(ha)[-1] == "msg update offline bob"
     assert "bob" not in a.remote_states
+
+
+def test_a_state_changed_while_redis_was_away_is_shared_after_the_reload():
+    c, ha, bob = alice_watching_bob()
+    a, b = c.hubs
+    c.hold(bob)
+    c.redis.down = True
+    b.set_state(b.session(bob.id), "busy", "during the outage")
+    c.redis.down = False
+    assert a.state_of("bob") == ("available", "")
+    b.load()                               # b's subscription is back
+    c.redis.pump()
+    assert a.state_of("bob") == ("busy", "during the outage")
+    assert texts(ha)[-1] == "msg update busy bob\nduring the outage"

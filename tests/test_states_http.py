@@ -94,3 +94,10 @@ def test_offline_user_shows_offline_whatever_they_had_set(world):
     assert bob.post("/api/logout").status == 204
     presence = world.browser().get("/api/presence/bob").json
     assert (presence["online"], presence["state"], presence["text"]) == (False, "offline", "")
+
+
+def test_surrounding_blanks_do_not_count_against_the_bound(world):
+    _, _, bob, _ = pair(world)
+    reply = bob.post("/api/status", state="away", text="  " + "x" * 140 + "  ")
+    assert reply.status == 200 and reply.json["text"] == "x" * 140
+

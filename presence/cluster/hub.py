@@ -832,20 +832,34 @@ class ClusterHub(Hub):
                 for user in users:
                     self.remote_online.setdefault(user, set()).add(box)
                     self.remote_seen[user] = now
+            recorded_here: Dict[str, Tuple[str, str]] = {}
             for i in range(0, len(kept), 3):
                 box = _text(kept[i])
-                if box == self.me:
-                    continue
                 for user, value in zip(kept[i + 1], kept[i + 2]):
                     state, text, since = json.loads(_text(value))
-                    self._note_state(_text(user), box, (state, text, float(since)))
+                    if box == self.me:
+                        recorded_here[_text(user)] = state_value(state, text)
+                    else:
+                        self._note_state(_text(user), box, (state, text, float(since)))
             for user in set(before) | set(self.remote_online) | set(self.told):
                 if before.get(user, self.users.is_online(user)) != self.is_online(user):
                     self._remote_presence_changed(user, now)
                 else:
                     self._tell(self._audience_of(user))
             self._agree(mine, online_here)
+            self._agree_states(online_here, recorded_here)
         return d.addCallback(loaded)
+
+    def _agree_states(self, online: Set[str], recorded: Dict[str, Tuple[str, str]]) -> None:
+        """Share again the state of every user online here whose state in
+        Redis is not this box's (changed while Redis was away)."""
+        now = self.clock.seconds()
+        for name in online & set(self.users.online_names()):
+            user = self.users.user(name)
+            entry = self._local_entry(user) if user is not None else None
+            if entry is not None and state_value(entry[0], entry[1]) != recorded.get(
+                    name, state_value(AVAILABLE, "")):
+                self._share_presence(user, True, now)
 
     def _agree(self, recorded: Dict[str, dict], online: Set[str]) -> None:
         """Announce what Redis lacks of this box, withdraw what it has that

@@ -535,7 +535,7 @@ class Hub:
         state = self.state_of(name)
         if self.told.get(name, OFFLINE_STATE) == state:
             return
-        if state is OFFLINE_STATE or state == OFFLINE_STATE:
+        if state == OFFLINE_STATE:
             self.told.pop(name, None)
         else:
             self.told[name] = state
