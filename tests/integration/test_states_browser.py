@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from browser_support import (  # noqa: F401  (fixtures)
-    LIVE_TIMEOUT, _chromium_launcher, browser_pages, chromium, log_in, row, wait_live,
+    LIVE_TIMEOUT, _chromium_launcher, browser_pages, chromium, log_in, row, screenshot,
+    wait_live,
 )
 from presence_harness import register, unique_name
 
@@ -66,7 +67,7 @@ def test_an_idle_page_turns_its_user_away_for_a_watcher_and_input_brings_her_bac
     expect(alice_row).to_have_attribute("data-presence", "online", timeout=LIVE_TIMEOUT)
 
 
-def test_busy_with_a_status_text_from_the_home_page(api, browser_pages):
+def test_busy_with_a_status_text_from_the_home_page(api, browser_pages, tmp_path):
     from playwright.sync_api import expect
     alice, alice_row, home = watched_alice(api, browser_pages)
     hostile = '<img src=x onerror="document.title=1">in a <b>meeting</b>'
@@ -76,6 +77,7 @@ def test_busy_with_a_status_text_from_the_home_page(api, browser_pages):
     expect(alice_row).to_have_attribute("data-presence", "busy", timeout=LIVE_TIMEOUT)
     expect(alice_row.locator(".status-text")).to_have_text(hostile)
     assert alice_row.locator("img, .status-text b").count() == 0
+    screenshot(alice_row.page, "call-busy.png", tmp_path)
     expect(alice_row.locator("[data-action=chat]")).to_be_enabled()
 
     # busy is a choice: idle time and input leave it as it is
