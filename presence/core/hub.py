@@ -23,6 +23,15 @@ or ended its last one less than ``linger`` seconds ago.  Logout and expiry
 remove a session at once.  The :meth:`Hub.sweep` generator, driven a chunk at
 a time by the front-end every poll interval, writes due keep-alives, ends
 lingering presence and expires sessions without heartbeat for ``session_ttl``.
+
+Presence states (:mod:`presence.core.states`): each session sets its own
+state and status text (:meth:`Hub.set_state`); a user's state is that of
+their most available *live* session (one that holds a heartbeat or ended its
+last one less than ``linger`` ago), offline when the presence rule says so.
+Whatever may change it (a state set, a heartbeat that starts or whose linger
+ends, a session that ends) re-applies the rule, and watchers hear
+``msg update <state> <user>`` only when the result differs from what they
+were told last (:attr:`Hub.told`).
 """
 
 from __future__ import annotations
