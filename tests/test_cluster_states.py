@@ -5,6 +5,10 @@ carried out on its box; no frame when the combined state stays."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from presence.core import states
 from presence.core.tables import book_key
 from test_cluster_hub import Cluster
 
@@ -83,3 +87,48 @@ def test_a_state_changed_while_redis_was_away_is_shared_after_the_reload():
     c.redis.pump()
     assert a.state_of("bob") == ("busy", "during the outage")
     assert texts(ha)[-1] == "msg update busy bob\nduring the outage"
+
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("login"), st.integers(0, 1)),
+    st.tuples(st.just("attach"), st.integers(0, 3)),
+    st.tuples(st.just("drop"), st.integers(0, 3)),
+    st.tuples(st.just("end"), st.integers(0, 3)),
+    st.tuples(st.just("state"), st.integers(0, 3), st.integers(0, 1),
+              st.sampled_from(states.STATES), st.sampled_from(["", "a"])),
+), max_size=30)
+
+
+@settings(deadline=None)
+@given(OPS)
+def test_every_box_agrees_on_the_combined_state_and_tells_it_once(ops):
+    c = Cluster(2)
+    a, b = c.hubs
+    ha = c.hold(c.login(0, "alice"))
+    sessions = []
+    for op in ops:
+        live = [s for s in sessions if c.hub_of(s).users.session(s.id) is not None]
+        if op[0] == "login":
+            sessions.append(c.login(op[1], "bob", groups=[book_key("alice")]))
+        elif live:
+            session = live[op[1] % len(live)]
+            hub = c.hub_of(session)
+            local = hub.users.session(session.id)
+            if op[0] == "attach":
+                c.hold(session)
+            elif op[0] == "drop" and local.channel is not None:
+                local.channel.release("client gone")
+            elif op[0] == "end":
+                hub.end(local, "logout")
+            elif op[0] == "state":
+                # through either box: the session's, or a stand-in elsewhere
+                via = c.hubs[op[2]]
+                via.set_state(via.session(session.id), op[3], op[4])
+        c.redis.pump()
+        assert a.state_of("bob") == b.state_of("bob"), op
+        told = [f for _, f in ha.sent if f.kind == "update"]
+        for before, after in zip(told, told[1:]):
+            assert (before.args, before.payload) != (after.args, after.payload)
+        state, text = a.state_of("bob")
+        last = (told[-1].args[0], told[-1].payload) if told else ("offline", "")
+        assert last == (states.wire(state), text), (op, [f.text for f in told[-3:]])

@@ -197,3 +197,47 @@ def test_an_ended_session_is_ignored(w: World) -> None:
     w.hub.end(bob, "logout")
     w.hub.set_state(bob, "busy")
     assert alice.texts() == ["msg update online bob", "msg update offline bob"]
+
+
+# -- a property: what watchers were told is the combined state, never twice -------
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("login")),
+    st.tuples(st.just("attach"), st.integers(0, 3)),
+    st.tuples(st.just("drop"), st.integers(0, 3)),
+    st.tuples(st.just("end"), st.integers(0, 3), st.sampled_from(["logout", "expired"])),
+    st.tuples(st.just("state"), st.integers(0, 3), st.sampled_from(states.STATES),
+              st.sampled_from(["", "a", "b"])),
+    st.tuples(st.just("wait"), st.sampled_from([1.0, 4.0, 9.0])),
+), max_size=40)
+
+
+@given(OPS, st.sampled_from([0.0, 8.0]))
+def test_watchers_always_end_up_told_the_combined_state_and_never_twice(ops, linger) -> None:
+    w = World(poll=4.0, linger=linger)
+    alice = w.watcher("alice")
+    sessions, channels = [], {}
+    for op in ops:
+        kind = op[0]
+        live = [s for s in sessions if w.hub.session(s.id) is s]
+        if kind == "login":
+            sessions.append(w.login("bob", groups=["~alice"]))
+        elif kind == "wait":
+            w.advance(op[1])
+            w.sweep()
+        elif live:
+            session = live[op[1] % len(live)]
+            if kind == "attach":
+                channels[session] = w.attach(session)
+            elif kind == "drop" and session.channel is not None:
+                session.channel.release("client gone")
+            elif kind == "end":
+                w.hub.end(session, op[2])
+            elif kind == "state":
+                w.hub.set_state(session, op[2], op[3])
+        told = [f for _, f in alice.sent if f.kind == "update"]
+        for before, after in zip(told, told[1:]):
+            assert (before.args, before.payload) != (after.args, after.payload)
+        state, text = w.hub.state_of("bob")
+        last = (told[-1].args[0], told[-1].payload) if told else ("offline", "")
+        assert last == (states.wire(state), text), (op, told[-3:])

@@ -82,8 +82,7 @@ return 1
 """
 
 # Presence on this box changed (KEYS online:<box>, all, states:<box>; ARGV
-# user, 1|0, event, the user's state here as JSON [state, text, since], or ''
-# for available without text, which is not kept)
+# user, 1|0, event, the user's state here as JSON [state, text, since])
 PRESENCE = b"""
 if ARGV[2] == '1' then
   redis.call('SADD', KEYS[1], ARGV[1])
@@ -91,7 +90,7 @@ else
   redis.call('SREM', KEYS[1], ARGV[1])
 end
 if KEYS[3] then
-  if ARGV[2] == '1' and ARGV[4] ~= '' then
+  if ARGV[2] == '1' and ARGV[4] and ARGV[4] ~= '' then
     redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
   else
     redis.call('HDEL', KEYS[3], ARGV[1])
@@ -165,8 +164,7 @@ return {out, pending}
 
 # The view at start (KEYS sessions, nodes; ARGV online prefix, states
 # prefix): the session records, then per box its online users, then per box
-# its users' states (the users, then their JSON, in the same order;
-# available without text is not kept)
+# its users' states (the users, then their JSON, in the same order)
 SNAPSHOT = b"""
 local sessions = redis.call('HVALS', KEYS[1])
 local online = {}
@@ -225,8 +223,7 @@ class ClusterHub(Hub):
         self.remote: Dict[str, Dict[str, Set[str]]] = {}
         #: user -> the remote boxes where the user is online
         self.remote_online: Dict[str, Set[str]] = {}
-        #: user -> remote box -> the user's state there (state, text, since),
-        #: for the boxes that shared one other than available without text
+        #: user -> remote box -> the user's state there (state, text, since)
         self.remote_states: Dict[str, Dict[str, Tuple[str, str, float]]] = {}
         #: the state this box last shared of each user online here
         self.shared: Dict[str, Tuple[str, str]] = {}
@@ -509,8 +506,7 @@ class ClusterHub(Hub):
             entry = self._local_entry(user) or (AVAILABLE, "", 0.0)
             self.shared[user.name] = state_value(entry[0], entry[1])
             event.update(st=entry[0], tx=entry[1], w=entry[2])
-            if self.shared[user.name] != state_value(AVAILABLE, ""):
-                kept = json.dumps(list(entry))
+            kept = json.dumps(list(entry))
         else:
             self.shared.pop(user.name, None)
         self._do("sharing a change of presence", PRESENCE,
@@ -538,10 +534,9 @@ class ClusterHub(Hub):
         return OFFLINE_STATE if best is None else state_value(best[0], best[1])
 
     def _note_state(self, user: str, box: str, entry: Optional[Tuple[str, str, float]]) -> None:
-        """Keep ``user``'s state on remote ``box`` (None: available without
-        text, or offline there)."""
-        if entry is not None and entry[0] in STATES and state_value(
-                entry[0], entry[1]) != state_value(AVAILABLE, ""):
+        """Keep ``user``'s state on remote ``box`` (None: offline there, or
+        a box that shares no state: available)."""
+        if entry is not None and entry[0] in STATES:
             self.remote_states.setdefault(user, {})[box] = entry
             return
         known = self.remote_states.get(user)
@@ -857,8 +852,7 @@ class ClusterHub(Hub):
         for name in online & set(self.users.online_names()):
             user = self.users.user(name)
             entry = self._local_entry(user) if user is not None else None
-            if entry is not None and state_value(entry[0], entry[1]) != recorded.get(
-                    name, state_value(AVAILABLE, "")):
+            if entry is not None and state_value(entry[0], entry[1]) != recorded.get(name):
                 self._share_presence(user, True, now)
 
     def _agree(self, recorded: Dict[str, dict], online: Set[str]) -> None:

@@ -422,6 +422,8 @@ class Hub:
         if reason != "logout" and session.last_end is not None:
             # only an explicit logout ends presence at once; a replaced
             # session's heartbeat lingers like any other that ended
+            if session.last_end >= (user.ended_at or 0.0):
+                user.ended_entry = (session.state, session.status, session.state_at)
             user.ended_at = max(user.ended_at or 0.0, session.last_end)
         if not user.sessions:
             self._lingering.discard(user)
@@ -479,6 +481,9 @@ class Hub:
         session.last_end = now
         if self.users.session(session.id) is session:
             self._settle(session.user, now)
+            if not self.config.linger:
+                # no linger: the session stops counting for the state now
+                self._restate(session.user)
 
     def ack(self, session: Session, upto: int) -> None:
         if session.mailbox.ack(upto):
@@ -508,9 +513,7 @@ class Hub:
 
     def _local_state(self, user: UserState) -> State:
         """The combination of the states of ``user``'s live sessions on this
-        box (``user`` is online here).  Online with none live (a replaced
-        session lingers, or the sweep has not ended presence yet): the
-        sessions there are, else available."""
+        box (``user`` is online here)."""
         best = self._local_entry(user)
         return AVAILABLE_STATE if best is None else state_value(best[0], best[1])
 
@@ -519,7 +522,13 @@ class Hub:
         sessions = user.sessions
         best = combine((s.state, s.status, s.state_at) for s in sessions if self._live(s, now))
         if best is None:
-            best = combine((s.state, s.status, s.state_at) for s in sessions)
+            # online with none live (a replaced or expired session lingers,
+            # or the sweep has not ended presence yet): the state of the
+            # session that was live last
+            when, best = user.ended_at, user.ended_entry
+            for s in sessions:
+                if s.last_end is not None and (when is None or s.last_end > when):
+                    when, best = s.last_end, (s.state, s.status, s.state_at)
         return best
 
     def set_state(self, session: Session, state: str, text: str = "") -> None:

@@ -89,9 +89,15 @@ def state_value(state: str, text: str) -> State:
 
 def better(a: Entry, b: Entry) -> bool:
     """Whether entry ``a`` wins over ``b``: more available, or as available
-    and set later."""
+    and set later; at the same time, the greater text (an order that does
+    not depend on which entry comes first, so that every box of a cluster
+    picks the same one)."""
     ra, rb = RANK.get(a[0], 0), RANK.get(b[0], 0)
-    return ra < rb or (ra == rb and a[2] > b[2])
+    if ra != rb:
+        return ra < rb
+    if a[2] != b[2]:
+        return a[2] > b[2]
+    return a[1] > b[1]
 
 
 def combine(entries: Iterable[Entry]) -> Optional[Entry]:

@@ -115,7 +115,8 @@ class Session:
 class UserState:
     """A user known to this node: their live sessions and groups."""
 
-    __slots__ = ("name", "sessions", "groups", "online", "last_seen", "guest", "ended_at")
+    __slots__ = ("name", "sessions", "groups", "online", "last_seen", "guest", "ended_at",
+                 "ended_entry")
 
     def __init__(self, name: str, groups: Iterable[str] = (), guest: bool = False) -> None:
         self.name = name
@@ -127,6 +128,8 @@ class UserState:
         self.guest = guest
         #: when the heartbeat of a session that was replaced last ended
         self.ended_at: Optional[float] = None
+        #: that session's presence state (state, text, when it was set)
+        self.ended_entry: Optional[tuple] = None
 
     def holding(self) -> bool:
         """Whether any session holds a heartbeat right now."""
