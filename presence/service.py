@@ -30,6 +30,7 @@ from zope.interface import implementer
 from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.hub import IHub, IHubListener
+from presence.core import states
 from presence.core.ratelimit import RateLimiter, RecentSet, address_key, take_all
 from presence.core.tables import Session, book_key
 from presence.errors import (
@@ -175,6 +176,9 @@ class Limits:
     #: changes to one user's groups, contacts, aliases and profile (each a
     #: durable write that others may be sent a ``msg refresh`` for)
     changes: Tuple[float, float] = (60, 1)
+    #: presence state changes (``POST /api/status``) per session: the pages
+    #: send one when their user goes idle and one on the next input
+    status: Tuple[float, float] = (30, 0.5)
 
 
 def _bucket(limit: Tuple[float, float], max_keys: int = 10000) -> RateLimiter:
@@ -210,6 +214,7 @@ class PresenceService:
         self.chat_by_session = _bucket(limits.chat_session, max_keys=100000)
         self.chat_by_address = _bucket(limits.chat_address)
         self.changes_by_user = _bucket(limits.changes, max_keys=100000)
+        self.status_by_session = _bucket(limits.status, max_keys=100000)
         #: a well-formed hash of nothing: an unknown user costs one hash too
         self._dummy_hash = passwords.unmatchable(hash_cost)
         self._hashing = 0
@@ -614,7 +619,37 @@ class PresenceService:
         return name
 
     def _rows(self, names: List[str]) -> List[Dict[str, Any]]:
-        return [{"name": n, "online": self.hub.is_online(n)} for n in names]
+        return [self._presence_row(n) for n in names]
+
+    def _presence_row(self, name: str) -> Dict[str, Any]:
+        """``{"name", "online", "state", "text"}`` of user ``name``: the
+        combined state (``available``, ``away``, ``busy``, ``offline``) and
+        status text ("" when none), from :meth:`IHub.state_of`."""
+        state, text = self.hub.state_of(name)
+        return {"name": name, "online": state != states.OFFLINE, "state": state, "text": text}
+
+    # -- presence states (spec section 12) --------------------------------------
+
+    def set_status(self, session: Session, state: Any, text: Any = None) -> Dict[str, Any]:
+        """``session`` sets its presence state and status text (None or ""
+        clears the text; surrounding blanks are dropped).  400 for a state
+        or a text that is not one, 429 past the session's allowance.
+        Answers the user's combined state as watchers now see it."""
+        if isinstance(text, str):
+            text = text.strip()
+        error = states.state_error(state)
+        if error is None and text is not None:
+            error = states.text_error(text)
+        if error is not None:
+            raise BadRequest(error)
+        wait = take_all([(self.status_by_session, session.id)], self.clock.seconds())
+        if wait is not None:
+            raise TooMany("you are changing your state too fast; slow down",
+                          retry_after=wait)
+        self.hub.set_state(session, state, text or "")
+        row = self._presence_row(session.user.name)
+        row.update(session={"state": state, "text": text or ""})
+        return row
 
     async def presence_of(self, name: Any, password: Any = None,
                           session: Optional[Session] = None, ip: str = "") -> Dict[str, Any]:
@@ -629,14 +664,15 @@ class PresenceService:
             if not member and not await self._check_group_password(group, password, ip):
                 raise Unauthorized(f"{name} is a protected group: give its password")
             return {"name": name, "members": self._rows(members)}
-        online = self.hub.is_online(name)
+        row = self._presence_row(name)
         last_seen = self.hub.last_seen(name)
-        if online:
+        if row["online"]:
             last_seen = self.clock.seconds()
         elif last_seen is None:
             user = await self.store.get_user(name)
             last_seen = user["last_seen"] if user else None
-        return {"name": name, "online": online, "last_seen": last_seen}
+        row["last_seen"] = last_seen
+        return row
 
     # -- chat and messages ---------------------------------------------------
 
@@ -781,16 +817,19 @@ class PresenceService:
     # -- communications pages, home page and settings (spec section 6) ---------
 
     async def page_rows(self, names: List[str]) -> List[Dict[str, Any]]:
-        """The rows of a communications page: ``{"name", "online", "phone",
-        "handset"}`` per name.  ``phone`` is the stored phone number (pages
+        """The rows of a communications page: ``{"name", "online", "state",
+        "text", "phone", "handset"}`` per name.  ``phone`` is the stored phone number (pages
         offer it as a ``tel:`` link) or None; ``handset`` only says whether a
         handset number is stored (the number itself stays private)."""
         rows = []
         for name in names:
             user = None if name.startswith(GUEST_PREFIX) else await self.store.get_user(name)
+            row = self._presence_row(name)
             rows.append({
                 "name": name,
-                "online": self.hub.is_online(name),
+                "online": row["online"],
+                "state": row["state"],
+                "text": row["text"],
                 "phone": (user or {}).get("phone") or None,
                 "handset": bool((user or {}).get("wireless")),
             })

@@ -186,6 +186,10 @@ class Options(usage.Options):
         ["mailbox", None, 1000,
          "Unacknowledged frames kept per session; older ones overflow (chat text goes to"
          " the message box).", _positive(int)],
+        ["away-after", None, 300.0,
+         "Seconds without input (or hidden) after which the pages' script reports its"
+         " user away; available again on the next input. Shorten only for tests.",
+         _positive(float)],
         ["hash-cost", None, passwords.DEFAULT_COST,
          "Password hash work factor, log2 of scrypt's N (1-20). Lower only for tests and"
          " benchmarks.", _cost],
@@ -434,6 +438,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         return figures
 
     pages = Pages(service, domain=options["domain"])
+    pages.idle = options["away-after"]
     site = make_site(service, options["keepalive"], reactor, stats,
                      mounts=pages.mounts(), default=pages.resource(),
                      access_log=(False if options["no-access-log"]

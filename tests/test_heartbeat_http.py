@@ -514,7 +514,7 @@ def test_offline_is_recorded_for_the_presence_api(world):
     gone = world.clock.seconds()
     world.advance(50)
     body = world.browser().get("/api/presence/alice").json
-    assert body == {"name": "alice", "online": False, "last_seen": gone}
+    assert body == {"name": "alice", "online": False, "state": "offline", "text": "", "last_seen": gone}
 
 
 def test_welcome_after_a_dropped_heartbeat_counts_the_time_away(world):

@@ -408,7 +408,7 @@ def test_create_group(world):
     presence = world.browser().get("/api/presence/friends")
     assert presence.status == 200
     assert presence.json == {"name": "friends", "members": [{"name": "alice",
-                                                             "online": False}]}
+                                                             "online": False, "state": "offline", "text": ""}]}
 
 
 @pytest.mark.parametrize("name", ["alice", "friends", "ally"])
@@ -493,7 +493,7 @@ def test_contacts_add_list_remove(world):
     book = alice.get("/api/contacts")
     assert book.status == 200
     assert book.json == {"name": "alice", "members": [
-        {"name": "bob", "online": False}, {"name": "carol", "online": False}]}
+        {"name": "bob", "online": False, "state": "offline", "text": ""}, {"name": "carol", "online": False, "state": "offline", "text": ""}]}
     assert alice.post("/api/contacts/remove", contact="bob").status == 204
     assert [m["name"] for m in alice.get("/api/contacts").json["members"]] == ["carol"]
     assert alice.post("/api/contacts/remove", contact="bob").status == 404
@@ -524,7 +524,7 @@ def test_address_book_is_the_default_active_group(world):
     assert frames_of(hb) == ["msg refresh alice"]
     bob.heartbeat()
     assert frames_of(hb) == ["msg refresh alice", "msg update online bob"]
-    assert alice.get("/api/contacts").json["members"] == [{"name": "bob", "online": True}]
+    assert alice.get("/api/contacts").json["members"] == [{"name": "bob", "online": True, "state": "available", "text": ""}]
 
 
 def test_contact_added_while_offline_is_watched_after_login(world):
@@ -651,7 +651,7 @@ def test_presence_of_a_user(world):
     world.user("alice")
     reply = world.browser().get("/api/presence/alice")
     assert reply.status == 200
-    assert reply.json == {"name": "alice", "online": False, "last_seen": None}
+    assert reply.json == {"name": "alice", "online": False, "state": "offline", "text": "", "last_seen": None}
 
 
 def test_presence_online_and_last_seen(world):
@@ -666,7 +666,7 @@ def test_presence_online_and_last_seen(world):
     went = world.clock.seconds()
     world.advance(100)
     body = world.browser().get("/api/presence/alice").json
-    assert body == {"name": "alice", "online": False, "last_seen": went}
+    assert body == {"name": "alice", "online": False, "state": "offline", "text": "", "last_seen": went}
 
 
 def test_presence_unknown_is_404(world):
@@ -683,7 +683,7 @@ def test_presence_of_a_group(world):
     bob.heartbeat()
     reply = world.browser().get("/api/presence/friends")
     assert reply.json == {"name": "friends", "members": [
-        {"name": "alice", "online": False}, {"name": "bob", "online": True}]}
+        {"name": "alice", "online": False, "state": "offline", "text": ""}, {"name": "bob", "online": True, "state": "available", "text": ""}]}
 
 
 def test_presence_of_a_protected_group(world):

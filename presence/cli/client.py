@@ -5,7 +5,12 @@ It drives a L{presence.client.heartbeat.HeartbeatClient}. The console
 protocol (see ``docs/client.md``): every frame is printed to standard output
 as ``[<id>] <first line>`` followed by its payload lines indented by two
 spaces; standard input takes ``@user text`` (chat), ``/init user``,
-``/who name`` and ``/quit``.
+``/who name``, ``/state STATE [TEXT]`` and ``/quit``.
+
+Presence state (``--state``, ``--status``, ``/state``; see L{StateReporter}):
+set with ``POST /api/status`` once logged in and again for every new
+session; with ``--idle SECONDS`` the client reports C{away} after that long
+without a command typed, and the chosen state again on the next one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -25,8 +31,9 @@ from zope.interface import implementer
 from presence.client.heartbeat import (
     ClientStopped, HeartbeatClient, ServerError, _describe, format_frame,
 )
+from presence.core import states
 
-__all__ = ["CommandHandler", "ConsoleLines", "Output", "build_parser", "main"]
+__all__ = ["CommandHandler", "ConsoleLines", "Output", "StateReporter", "build_parser", "main"]
 
 
 # -- the console front-end ----------------------------------------------------
@@ -37,6 +44,8 @@ commands:
   @USER TEXT    send TEXT to USER
   /init USER    open a chat with USER (GET /initchat)
   /who NAME     show the presence of a user or group
+  /state STATE [TEXT]
+                set your state (available, away, busy) and status text
   /quit         log out and exit (also Ctrl-C or end of input)"""
 
 
@@ -77,15 +86,96 @@ class Output:
             pass
 
 
+class StateReporter:
+    """
+    The presence state of the console client's session (spec section 12).
+
+    The chosen state and text (C{--state}, C{--status}, C{/state}) are sent
+    with C{POST /api/status} once there is a session, and again whenever the
+    client has a new one (a new session starts C{available}).  With C{idle}
+    seconds, while the chosen state is C{available}, the client reports
+    C{away} once no command was typed for that long (L{input} is called for
+    every line), and C{available} again on the next line.  The check runs
+    every C{min(idle / 4, 5)} seconds (every 5 s without C{idle}).
+    """
+
+    def __init__(self, client: Any, reactor: IReactorTime, say: Callable[[str], object],
+                 state: str = states.AVAILABLE, text: str = "",
+                 idle: float | None = None) -> None:
+        self.client = client
+        self.reactor = reactor
+        self.say = say
+        self.state = state
+        self.text = text
+        self.idle = idle or None
+        self.last_input = reactor.seconds()
+        #: the session last reported for and what the server has for it
+        self._session: Any = None
+        self._reported: tuple[str, str] = (states.AVAILABLE, "")
+        self._loop: LoopingCall | None = None
+
+    def start(self) -> None:
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = self.reactor
+        self._loop.start(min(self.idle / 4, 5.0) if self.idle else 5.0, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def wanted(self) -> tuple[str, str]:
+        if (self.state == states.AVAILABLE and self.idle is not None
+                and self.reactor.seconds() - self.last_input >= self.idle):
+            return (states.AWAY, self.text)
+        return (self.state, self.text)
+
+    def input(self) -> None:
+        """A command was typed."""
+        self.last_input = self.reactor.seconds()
+        if self._reported[0] == states.AWAY and self.state == states.AVAILABLE:
+            self.check()
+
+    def choose(self, state: str, text: str = "") -> str | None:
+        """Set the chosen state and text; why not, or None."""
+        error = states.state_error(state) or states.text_error(text)
+        if error is not None:
+            return error
+        self.state, self.text = state, text.strip()
+        self.last_input = self.reactor.seconds()
+        self.check()
+        return None
+
+    def check(self) -> None:
+        """Send the state wanted now if the server's differs."""
+        session = getattr(self.client, "session", None)
+        if session is None:
+            return
+        if session is not self._session:
+            self._session, self._reported = session, (states.AVAILABLE, "")
+        want = self.wanted()
+        if want == self._reported:
+            return
+        self._reported = want
+        d = self.client.call("POST", "/api/status", {"state": want[0], "text": want[1]})
+
+        def failed(failure: Failure) -> None:
+            self._reported = ("", "")   # the next check tries again
+            self.say(f"state not set: {_describe(failure)}")
+
+        d.addErrback(failed)
+
+
 class CommandHandler:
     """
     Runs console commands one after another against a L{HeartbeatClient}.
     Kept apart from the line protocol so it can be tested with strings.
     """
 
-    def __init__(self, client: HeartbeatClient, say: Callable[[str], object]) -> None:
+    def __init__(self, client: HeartbeatClient, say: Callable[[str], object],
+                 reporter: StateReporter | None = None) -> None:
         self.client = client
         self.say = say
+        self.reporter = reporter
         self._queue: Deferred[None] = succeed(None)
         self.quitting = False
 
@@ -94,6 +184,8 @@ class CommandHandler:
         Queue one input line; the returned Deferred fires once it has run.
         """
         line = line.strip()
+        if self.reporter is not None and line:
+            self.reporter.input()
 
         async def run() -> None:
             try:
@@ -143,6 +235,10 @@ class CommandHandler:
                 self.say(f"chat with {rest} opened")
         elif word == "/who" and rest:
             self.say(_describe_presence(await self.client.presence(rest)))
+        elif word == "/state" and rest and self.reporter is not None:
+            state, _, text = rest.partition(" ")
+            error = self.reporter.choose(state, text)
+            self.say(f"error: {error}" if error else f"state: {state}")
         elif word == "/quit":
             self.quitting = True
             await self.client.logout()
@@ -151,17 +247,27 @@ class CommandHandler:
                 self.say(help_line)
 
 
+def _shown_state(answer: dict) -> str:
+    """``online``, ``away: text``, ... of a presence answer (or a row)."""
+    state = answer.get("state")
+    if state not in ("available", "away", "busy", "offline"):
+        state = "available" if answer.get("online") else "offline"
+    word = states.wire(state)
+    text = answer.get("text")
+    return f"{word}: {text}" if text and state != "offline" else word
+
+
 def _describe_presence(answer: Any) -> str:
     if not isinstance(answer, dict):
         return str(answer)
     if isinstance(answer.get("members"), list):
         members = ", ".join(
-            f"{m.get('name')} ({'online' if m.get('online') else 'offline'})"
+            f"{m.get('name')} ({_shown_state(m)})"
             for m in answer["members"]
             if isinstance(m, dict)
         )
         return f"{answer.get('name')}: {members or 'no members'}"
-    return f"{answer.get('name')}: {'online' if answer.get('online') else 'offline'}"
+    return f"{answer.get('name')}: {_shown_state(answer)}"
 
 
 @implementer(IHalfCloseableProtocol)
@@ -259,9 +365,31 @@ def build_parser() -> argparse.ArgumentParser:
         "server's --keepalive plus --poll (default %(default)g)",
     )
     p.add_argument(
+        "--state",
+        choices=states.STATES,
+        default=states.AVAILABLE,
+        help="presence state to set once logged in (default %(default)s)",
+    )
+    p.add_argument("--status", default="", metavar="TEXT", help="status text to set with it (at most 140 characters)")
+    p.add_argument(
+        "--away-after",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="report away after this long without a command typed on standard input (with "
+        "--no-stdin: this long after the start), available again on the next command",
+    )
+    p.add_argument(
         "-v", "--verbose", action="count", default=0, help="log diagnostics to standard error (-vv: debug)"
     )
     return p
+
+
+def _positive_seconds(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value}")
+    return number
 
 
 def _start_logging(verbosity: int) -> None:
@@ -297,6 +425,8 @@ async def _run(reactor: Any, args: argparse.Namespace, password: str | None) -> 
         resume_file=None if args.guest else args.resume_file,
     )
     stopped = client.when_stopped()
+    reporter = StateReporter(client, reactor, output.say, args.state, args.status.strip(),
+                             args.away_after)
 
     def before_shutdown() -> Deferred[None]:
         # Ctrl-C or a signal: log out, but do not hold the exit for long.
@@ -311,14 +441,17 @@ async def _run(reactor: Any, args: argparse.Namespace, password: str | None) -> 
     if not args.no_stdin:
         from twisted.internet.stdio import StandardIO
 
-        lines = ConsoleLines(CommandHandler(client, output.say), reactor)
+        lines = ConsoleLines(CommandHandler(client, output.say, reporter), reactor)
         stdio = StandardIO(lines, reactor=reactor)
         output.transport = stdio
     client.start()
+    reporter.start()
     code = 0
     try:
         reason = await stopped
+        reporter.stop()
     except Exception as e:
+        reporter.stop()
         output.say(f"error: {_describe(Failure(e))}")
         code = 1
     else:
@@ -347,6 +480,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.guest and not args.user:
         parser.error("--user is required (or use --guest)")
+    error = states.text_error(args.status.strip())
+    if error:
+        parser.error(f"--status: {error}")
     password = args.password
     if not args.guest and password is None:
         password = os.environ.get("PRESENCE_PASSWORD")

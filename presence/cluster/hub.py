@@ -45,6 +45,7 @@ from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.hub import SEQ_MEMORY, Hub, HubConfig, IHub
 from presence.core.mailbox import Mailbox
+from presence.core.states import AVAILABLE, OFFLINE_STATE, STATES, combine, state_value
 from presence.core.tables import Session, UserState, group_set
 from presence.store.interface import StoreUnavailable
 
@@ -80,12 +81,20 @@ redis.call('PUBLISH', KEYS[4], ARGV[2])
 return 1
 """
 
-# Presence on this box changed (KEYS online:<box>, all; ARGV user, 1|0, event)
+# Presence on this box changed (KEYS online:<box>, all, states:<box>; ARGV
+# user, 1|0, event, the user's state here as JSON [state, text, since])
 PRESENCE = b"""
 if ARGV[2] == '1' then
   redis.call('SADD', KEYS[1], ARGV[1])
 else
   redis.call('SREM', KEYS[1], ARGV[1])
+end
+if KEYS[3] then
+  if ARGV[2] == '1' and ARGV[4] and ARGV[4] ~= '' then
+    redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+  else
+    redis.call('HDEL', KEYS[3], ARGV[1])
+  end
 end
 redis.call('PUBLISH', KEYS[2], ARGV[3])
 return 1
@@ -126,7 +135,7 @@ return out
 """
 
 # Take a box out of the directory (KEYS nodes, onbox:<box>, online:<box>,
-# sessions, node:<box>, all, pending:<box>; ARGV box, where-prefix,
+# sessions, node:<box>, all, pending:<box>, states:<box>; ARGV box, where-prefix,
 # alive(1: a clean stop)).  Only the caller that removes the box from
 # ``nodes`` does the work, so two nodes noticing one death at once announce
 # it once.  Returns the session records taken out and the box's pending
@@ -148,20 +157,28 @@ for _, sid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 redis.call('DEL', KEYS[2], KEYS[3])
+if KEYS[8] then redis.call('DEL', KEYS[8]) end
 redis.call('PUBLISH', KEYS[6], cjson.encode({e='dead', b=ARGV[1]}))
 return {out, pending}
 """
 
-# The view at start (KEYS sessions, nodes; ARGV online prefix): the session
-# records, then per box its online users
+# The view at start (KEYS sessions, nodes; ARGV online prefix, states
+# prefix): the session records, then per box its online users, then per box
+# its users' states (the users, then their JSON, in the same order)
 SNAPSHOT = b"""
 local sessions = redis.call('HVALS', KEYS[1])
 local online = {}
+local states = {}
 for _, box in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   table.insert(online, box)
   table.insert(online, redis.call('SMEMBERS', ARGV[1] .. box))
+  if ARGV[2] then
+    table.insert(states, box)
+    table.insert(states, redis.call('HKEYS', ARGV[2] .. box))
+    table.insert(states, redis.call('HVALS', ARGV[2] .. box))
+  end
 end
-return {sessions, online}
+return {sessions, online, states}
 """
 
 
@@ -206,6 +223,10 @@ class ClusterHub(Hub):
         self.remote: Dict[str, Dict[str, Set[str]]] = {}
         #: user -> the remote boxes where the user is online
         self.remote_online: Dict[str, Set[str]] = {}
+        #: user -> remote box -> the user's state there (state, text, since)
+        self.remote_states: Dict[str, Dict[str, Tuple[str, str, float]]] = {}
+        #: the state this box last shared of each user online here
+        self.shared: Dict[str, Tuple[str, str]] = {}
         self.remote_groups: Dict[str, frozenset] = {}
         self.remote_seen: Dict[str, float] = {}
         #: stand-ins of remote sessions asked for here (see IHub.session)
@@ -444,6 +465,14 @@ class ClusterHub(Hub):
         if not self._remote(session):
             Hub.address_changed(self, session, ip, port)
 
+    def set_state(self, session: Session, state: str, text: str = "") -> None:
+        if self._remote(session):
+            session.state, session.status = state, text
+            self._send(session.host_box, {"e": "state", "s": session.id, "st": state,
+                                          "tx": text})
+        else:
+            Hub.set_state(self, session, state, text)
+
     # -- presence ------------------------------------------------------------------
 
     def is_online(self, name: str) -> bool:
@@ -463,18 +492,69 @@ class ClusterHub(Hub):
     def _changed(self, user: UserState, online: bool, now: float) -> None:
         self._share_presence(user, online, now)
         if not self.remote_online.get(user.name):
-            Hub._changed(self, user, online, now)
+            self.listener.presence_changed(user.name, online, now)
+        # (online elsewhere, the combined state may still change)
+        self._tell(user)
 
     def _share_presence(self, user: UserState, online: bool, now: float) -> None:
+        """Tell the other boxes (and Redis) whether ``user`` is online here,
+        and their state here (the combination of this box's sessions)."""
+        event = {"e": "pres", "u": user.name, "b": self.me, "on": online,
+                 "g": sorted(user.groups), "t": now}
+        kept = ""
+        if online:
+            entry = self._local_entry(user) or (AVAILABLE, "", 0.0)
+            self.shared[user.name] = state_value(entry[0], entry[1])
+            event.update(st=entry[0], tx=entry[1], w=entry[2])
+            kept = json.dumps(list(entry))
+        else:
+            self.shared.pop(user.name, None)
         self._do("sharing a change of presence", PRESENCE,
-                 [self.key("online", self.me), self.key("all")],
-                 [user.name, "1" if online else "0",
-                  json.dumps({"e": "pres", "u": user.name, "b": self.me, "on": online,
-                              "g": sorted(user.groups), "t": now})])
+                 [self.key("online", self.me), self.key("all"), self.key("states", self.me)],
+                 [user.name, "1" if online else "0", json.dumps(event), kept])
+
+    def _restate(self, user: UserState) -> None:
+        if user.online:
+            entry = self._local_entry(user)
+            if entry is not None and state_value(entry[0], entry[1]) != self.shared.get(
+                    user.name):
+                self._share_presence(user, True, self.clock.seconds())
+        self._tell(user)
+
+    def state_of(self, name: str) -> Tuple[str, str]:
+        entries = []
+        user = self.users.user(name)
+        if user is not None and user.online:
+            entries.append(self._local_entry(user) or (AVAILABLE, "", 0.0))
+        boxes = self.remote_online.get(name)
+        if boxes:
+            known = self.remote_states.get(name, {})
+            entries.extend(known.get(box, (AVAILABLE, "", 0.0)) for box in boxes)
+        best = combine(entries)
+        return OFFLINE_STATE if best is None else state_value(best[0], best[1])
+
+    def _note_state(self, user: str, box: str, entry: Optional[Tuple[str, str, float]]) -> None:
+        """Keep ``user``'s state on remote ``box`` (None: offline there, or
+        a box that shares no state: available)."""
+        if entry is not None and entry[0] in STATES:
+            self.remote_states.setdefault(user, {})[box] = entry
+            return
+        known = self.remote_states.get(user)
+        if known is not None:
+            known.pop(box, None)
+            if not known:
+                del self.remote_states[user]
+
+    def _audience_of(self, user: str) -> UserState:
+        """A user as the fan-out needs them (groups): this box's, or one made
+        from the view of the remote one."""
+        return self.users.user(user) or UserState(user, self.remote_groups.get(user, ()))
 
     def _remote_presence(self, user: str, box: str, online: bool,
-                         groups: Optional[Sequence[str]], when: float) -> None:
+                         groups: Optional[Sequence[str]], when: float,
+                         entry: Optional[Tuple[str, str, float]] = None) -> None:
         before = self.is_online(user)
+        self._note_state(user, box, entry if online else None)
         boxes = self.remote_online.setdefault(user, set())
         if online:
             boxes.add(box)
@@ -487,17 +567,18 @@ class ClusterHub(Hub):
         self.remote_seen[user] = when
         if before != self.is_online(user):
             self._remote_presence_changed(user, when)
+        else:
+            self._tell(self._audience_of(user))
         if not self.remote_online.get(user) and user not in self.remote:
             self.remote_groups.pop(user, None)
 
     def _remote_presence_changed(self, user: str, when: float) -> None:
         """``user``'s presence in the cluster changed through another box:
         tell the watchers here."""
-        online = self.is_online(user)
-        state = self.users.user(user) or UserState(user, self.remote_groups.get(user, ()))
+        state = self._audience_of(user)
         if state.last_seen is None or state.last_seen < when:
             state.last_seen = when
-        self._fan_out(state, frames.update("online" if online else "offline", user))
+        self._tell(state)
 
     # -- groups --------------------------------------------------------------------
 
@@ -647,8 +728,16 @@ class ClusterHub(Hub):
 
     def _on_pres(self, event: dict) -> None:
         if event["b"] != self.me:
+            entry = None
+            if event.get("st"):
+                entry = (str(event["st"]), str(event.get("tx") or ""), float(event.get("w") or 0))
             self._remote_presence(event["u"], event["b"], bool(event["on"]), event.get("g"),
-                                  float(event.get("t") or self.clock.seconds()))
+                                  float(event.get("t") or self.clock.seconds()), entry)
+
+    def _on_state(self, event: dict) -> None:
+        session = self.users.session(event["s"])
+        if session is not None and event.get("st") in STATES:
+            Hub.set_state(self, session, str(event["st"]), str(event.get("tx") or ""))
 
     def _on_member(self, event: dict) -> None:
         if event["b"] != self.me:
@@ -700,7 +789,7 @@ class ClusterHub(Hub):
     _handlers: Dict[str, Callable[["ClusterHub", dict], None]] = {
         "open": _on_open, "close": _on_close, "pres": _on_pres, "member": _on_member,
         "dead": _on_dead, "frame": _on_frame, "sframe": _on_sframe, "ack": _on_ack,
-        "watch": _on_watch, "end": _on_end,
+        "watch": _on_watch, "end": _on_end, "state": _on_state,
     }
 
     # -- the box ---------------------------------------------------------------------
@@ -712,13 +801,14 @@ class ClusterHub(Hub):
         changed here while Redis was away).  Watchers here hear of every
         user whose presence differs between the old view and the new."""
         d = self._eval(SNAPSHOT, [self.key("sessions"), self.key("nodes")],
-                       [self.prefix + "online:"])
+                       [self.prefix + "online:", self.prefix + "states:"])
 
         def loaded(result):
-            sessions, online = result
+            sessions, online = result[0], result[1]
+            kept = result[2] if len(result) > 2 else []
             before = {u: self.is_online(u) for u in self.remote_online}
             self.where, self.remote, self.proxies = {}, {}, {}
-            self.remote_online, self.remote_seen = {}, {}
+            self.remote_online, self.remote_seen, self.remote_states = {}, {}, {}
             mine = {}
             for raw in sessions:
                 record = json.loads(_text(raw))
@@ -737,11 +827,33 @@ class ClusterHub(Hub):
                 for user in users:
                     self.remote_online.setdefault(user, set()).add(box)
                     self.remote_seen[user] = now
-            for user in set(before) | set(self.remote_online):
+            recorded_here: Dict[str, Tuple[str, str]] = {}
+            for i in range(0, len(kept), 3):
+                box = _text(kept[i])
+                for user, value in zip(kept[i + 1], kept[i + 2]):
+                    state, text, since = json.loads(_text(value))
+                    if box == self.me:
+                        recorded_here[_text(user)] = state_value(state, text)
+                    else:
+                        self._note_state(_text(user), box, (state, text, float(since)))
+            for user in set(before) | set(self.remote_online) | set(self.told):
                 if before.get(user, self.users.is_online(user)) != self.is_online(user):
                     self._remote_presence_changed(user, now)
+                else:
+                    self._tell(self._audience_of(user))
             self._agree(mine, online_here)
+            self._agree_states(online_here, recorded_here)
         return d.addCallback(loaded)
+
+    def _agree_states(self, online: Set[str], recorded: Dict[str, Tuple[str, str]]) -> None:
+        """Share again the state of every user online here whose state in
+        Redis is not this box's (changed while Redis was away)."""
+        now = self.clock.seconds()
+        for name in online & set(self.users.online_names()):
+            user = self.users.user(name)
+            entry = self._local_entry(user) if user is not None else None
+            if entry is not None and state_value(entry[0], entry[1]) != recorded.get(name):
+                self._share_presence(user, True, now)
 
     def _agree(self, recorded: Dict[str, dict], online: Set[str]) -> None:
         """Announce what Redis lacks of this box, withdraw what it has that
@@ -794,7 +906,7 @@ class ClusterHub(Hub):
         d = self._eval(BURY, [self.key("nodes"), self.key("onbox", box),
                               self.key("online", box), self.key("sessions"),
                               self.key("node", box), self.key("all"),
-                              self.key("pending", box)],
+                              self.key("pending", box), self.key("states", box)],
                        [box, self.prefix + "where:", "1" if alive else "0"])
 
         def buried(reply):

@@ -101,9 +101,12 @@ class Frame:
         return f"Frame({self.text!r})"
 
 
-def update(state: str, user: str) -> Frame:
-    """``msg update online|offline|address <user>``."""
-    return Frame("update", (state, user))
+def update(state: str, user: str, text: str = "") -> Frame:
+    """``msg update <state> <user>``: ``state`` is the wire word
+    (``online``, ``away``, ``busy``, ``offline``, or ``address``; see
+    :func:`presence.core.states.wire`) and ``text``, the user's status text,
+    is the payload (the frame's second line) when set."""
+    return Frame("update", (state, user), text)
 
 
 def refresh(group: str) -> Frame:

@@ -23,6 +23,15 @@ or ended its last one less than ``linger`` seconds ago.  Logout and expiry
 remove a session at once.  The :meth:`Hub.sweep` generator, driven a chunk at
 a time by the front-end every poll interval, writes due keep-alives, ends
 lingering presence and expires sessions without heartbeat for ``session_ttl``.
+
+Presence states (:mod:`presence.core.states`): each session sets its own
+state and status text (:meth:`Hub.set_state`); a user's state is that of
+their most available *live* session (one that holds a heartbeat or ended its
+last one less than ``linger`` ago), offline when the presence rule says so.
+Whatever may change it (a state set, a heartbeat that starts or whose linger
+ends, a session that ends) re-applies the rule, and watchers hear
+``msg update <state> <user>`` only when the result differs from what they
+were told last (:attr:`Hub.told`).
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.mailbox import Entry, Mailbox
 from presence.core.ratelimit import address_key
+from presence.core.states import (
+    AVAILABLE_STATE, OFFLINE_STATE, State, combine, state_value, wire,
+)
 from presence.core.tables import (
     GroupTable, Session, UserState, UserTable, book_key, display_name, group_set,
 )
@@ -175,6 +187,15 @@ class IHub(Interface):
         their most available live session on any box (``offline`` with no
         text when none).  Synchronous like :meth:`is_online`, which is true
         exactly when the state is not ``offline``."""
+
+    def set_state(session: Session, state: str, text: str = "") -> None:
+        """``session`` sets its presence state (``available``, ``away``,
+        ``busy``, checked by the caller) and status text (``""``: none).
+        When the user's combined state (see :meth:`state_of`) changes, their
+        watchers hear ``msg update <state> <user>`` (text as the payload),
+        as they hear online and offline; no frame when it does not.  A
+        cluster hub carries a stand-in's change out on its box and shares
+        each box's combination of its sessions with the other boxes."""
 
     def knows(name: str) -> bool:
         """Whether ``name`` is a live user: one with a session or still
@@ -328,6 +349,10 @@ class Hub:
         #: were opened from, and how many each address key holds
         self.guest_sessions: Dict[Session, str] = {}
         self.guests_by_ip: Dict[str, int] = {}
+        #: the state this box's watchers were last told of each user who is
+        #: not offline for them (absent: offline), so that a change that
+        #: leaves the combined state as it was sends no frame
+        self.told: Dict[str, State] = {}
 
     # -- sessions ---------------------------------------------------------
 
@@ -397,6 +422,8 @@ class Hub:
         if reason != "logout" and session.last_end is not None:
             # only an explicit logout ends presence at once; a replaced
             # session's heartbeat lingers like any other that ended
+            if session.last_end >= (user.ended_at or 0.0):
+                user.ended_entry = (session.state, session.status, session.state_at)
             user.ended_at = max(user.ended_at or 0.0, session.last_end)
         if not user.sessions:
             self._lingering.discard(user)
@@ -404,6 +431,7 @@ class Hub:
             self.users.forget_if_idle(user)
         else:
             self._settle(user, now)
+            self._restate(user)
 
     def end_user(self, name: str, reason: str, keep: Optional[Session] = None) -> int:
         others = [s for s in self.sessions_of(name) if s is not keep]
@@ -425,8 +453,10 @@ class Hub:
         if ack:
             self.ack(session, ack)
         old = session.channel
+        now = session.last_write = self.clock.seconds()
+        # whether the session's state counted already (see _live)
+        counted = old is not None or self._live(session, now)
         session.channel = channel
-        session.last_write = self.clock.seconds()
         if old is not None:
             old.release("replaced")
         else:
@@ -435,6 +465,8 @@ class Hub:
         self._lingering.discard(user)
         if not user.online:
             self._set_online(user, True)
+        elif not counted:
+            self._restate(user)
         pending = session.mailbox.pending()
         if pending:
             channel.send(pending)
@@ -449,6 +481,9 @@ class Hub:
         session.last_end = now
         if self.users.session(session.id) is session:
             self._settle(session.user, now)
+            if not self.config.linger:
+                # no linger: the session stops counting for the state now
+                self._restate(session.user)
 
     def ack(self, session: Session, upto: int) -> None:
         if session.mailbox.ack(upto):
@@ -462,7 +497,67 @@ class Hub:
         return self.users.is_online(name)
 
     def state_of(self, name: str) -> Tuple[str, str]:
-        return ("available", "") if self.is_online(name) else ("offline", "")
+        user = self.users.user(name)
+        if user is None or not user.online:
+            return OFFLINE_STATE
+        return self._local_state(user)
+
+    def _live(self, session: Session, now: float) -> bool:
+        """Whether ``session``'s state counts: it holds a heartbeat or ended
+        its last one less than ``linger`` ago (the presence rule, per
+        session)."""
+        if session.channel is not None:
+            return True
+        end = session.last_end
+        return end is not None and now - end < self.config.linger
+
+    def _local_state(self, user: UserState) -> State:
+        """The combination of the states of ``user``'s live sessions on this
+        box (``user`` is online here)."""
+        best = self._local_entry(user)
+        return AVAILABLE_STATE if best is None else state_value(best[0], best[1])
+
+    def _local_entry(self, user: UserState) -> Optional[Tuple[str, str, float]]:
+        now = self.clock.seconds()
+        sessions = user.sessions
+        best = combine((s.state, s.status, s.state_at) for s in sessions if self._live(s, now))
+        if best is None:
+            # online with none live (a replaced or expired session lingers,
+            # or the sweep has not ended presence yet): the state of the
+            # session that was live last
+            when, best = user.ended_at, user.ended_entry
+            for s in sessions:
+                if s.last_end is not None and (when is None or s.last_end > when):
+                    when, best = s.last_end, (s.state, s.status, s.state_at)
+        return best
+
+    def set_state(self, session: Session, state: str, text: str = "") -> None:
+        if self.users.session(session.id) is not session:
+            return
+        session.state, session.status = state, text
+        session.state_at = self.clock.seconds()
+        self._restate(session.user)
+
+    def _restate(self, user: UserState) -> None:
+        """Something that goes into ``user``'s combined state changed on
+        this box (a session set its state, started or stopped counting):
+        tell the watchers if the combined state changed."""
+        if user.online:
+            self._tell(user)
+
+    def _tell(self, user: UserState) -> None:
+        """Tell this box's watchers of ``user``'s combined state, unless it
+        is what they were told last: ``msg update <state> <user>``, the
+        status text as the payload."""
+        name = user.name
+        state = self.state_of(name)
+        if self.told.get(name, OFFLINE_STATE) == state:
+            return
+        if state == OFFLINE_STATE:
+            self.told.pop(name, None)
+        else:
+            self.told[name] = state
+        self._fan_out(user, frames.update(wire(state[0]), name, state[1]))
 
     def knows(self, name: str) -> bool:
         return name in self.users.users
@@ -495,7 +590,7 @@ class Hub:
         tell the watchers (a cluster hub first asks whether another box
         still holds the user online)."""
         self.listener.presence_changed(user.name, online, now)
-        self._fan_out(user, frames.update("online" if online else "offline", user.name))
+        self._tell(user)
 
     def _fan_out(self, user: UserState, frame: Frame) -> None:
         for session in self.groups.audience(user):
@@ -675,6 +770,11 @@ class Hub:
                         session.last_write = now
                         channel.keepalive()
                 else:
+                    if (session.user.online and session.last_end is not None
+                            and len(session.user.sessions) > 1):
+                        # a session whose linger ends while another keeps
+                        # the user online stops counting for their state
+                        self._restate(session.user)
                     since = session.last_end if session.last_end is not None else session.login_time
                     ttl = cfg.guest_ttl if session.user.guest else cfg.session_ttl
                     if now - since >= ttl:

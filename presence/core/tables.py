@@ -56,7 +56,7 @@ class Session:
     __slots__ = (
         "id", "user", "ip", "port", "host_box", "login_time", "active",
         "mailbox", "channel", "last_end", "last_write", "seqs", "refresh_id",
-        "welcome", "scope", "__weakref__",
+        "welcome", "scope", "state", "status", "state_at", "__weakref__",
     )
 
     def __init__(self, ident: str, user: "UserState", ip: str, port: int,
@@ -83,6 +83,11 @@ class Session:
         #: None for a full session; a name (``"wml"``) for a session limited
         #: to some front-end (see PresenceService.session)
         self.scope: Optional[str] = None
+        #: the presence state this session set (presence.core.states), its
+        #: status text and when it set them
+        self.state = "available"
+        self.status = ""
+        self.state_at = login_time
 
     @property
     def name(self) -> str:
@@ -99,6 +104,8 @@ class Session:
             "groups": sorted(display_name(g) for g in self.user.groups),
             "active": display_name(self.active),
             "held": self.channel is not None,
+            "state": self.state,
+            "text": self.status,
         }
 
     def __repr__(self) -> str:
@@ -108,7 +115,8 @@ class Session:
 class UserState:
     """A user known to this node: their live sessions and groups."""
 
-    __slots__ = ("name", "sessions", "groups", "online", "last_seen", "guest", "ended_at")
+    __slots__ = ("name", "sessions", "groups", "online", "last_seen", "guest", "ended_at",
+                 "ended_entry")
 
     def __init__(self, name: str, groups: Iterable[str] = (), guest: bool = False) -> None:
         self.name = name
@@ -120,6 +128,8 @@ class UserState:
         self.guest = guest
         #: when the heartbeat of a session that was replaced last ended
         self.ended_at: Optional[float] = None
+        #: that session's presence state (state, text, when it was set)
+        self.ended_entry: Optional[tuple] = None
 
     def holding(self) -> bool:
         """Whether any session holds a heartbeat right now."""

@@ -37,6 +37,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from twisted.web import resource, server
+from twisted.web.template import Tag
 from werkzeug.exceptions import HTTPException
 
 from presence.core.tables import Session
@@ -51,6 +52,8 @@ from presence.pages.views import Visitor, call_url, shown
 log = Logger()
 
 STATIC = FilePath(__file__).sibling("static")
+#: seconds without input after which a live page reports its user away
+IDLE = 300.0
 
 #: security headers of every HTML answer
 HEADERS = {
@@ -124,6 +127,9 @@ class Pages:
     def __init__(self, service: PresenceService, domain: str = "localhost") -> None:
         self.service = service
         self.domain = domain
+        #: seconds without input after which a live page reports its user
+        #: away (``--idle``; spec section 12: five minutes)
+        self.idle = IDLE
         #: protected groups a visitor's session gave the password of
         self.admitted: "WeakKeyDictionary[Session, set]" = WeakKeyDictionary()
         #: the group each session's home page shows (absent: the address book)
@@ -160,7 +166,7 @@ class Pages:
     def visitor(session: Optional[Session]) -> Optional[Visitor]:
         if session is None:
             return None
-        return Visitor(session.user.name, session.user.guest)
+        return Visitor(session.user.name, session.user.guest, session.state, session.status)
 
     def user_session(self, request: server.Request) -> Optional[Session]:
         session = self.visitor_session(request)
@@ -171,6 +177,9 @@ class Pages:
         request.setResponseCode(status)
         for name, value in HEADERS.items():
             request.setHeader(name, value)
+        if isinstance(content, Tag) and content.attributes.get("id") == "live":
+            # the pages' idle detection: seconds without input until away
+            content.attributes["data-idle"] = "%g" % self.idle
         return await views.render_page(title, content, self.visitor(session))
 
     async def error(self, request: server.Request, status: int, title: str, text: str,

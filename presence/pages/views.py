@@ -21,6 +21,8 @@ from urllib.parse import urlencode
 from twisted.python.filepath import FilePath
 from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
 
+from presence.core import states
+
 TEMPLATES = FilePath(__file__).sibling("templates")
 DOCTYPE = b"<!DOCTYPE html>\n"
 
@@ -89,6 +91,9 @@ class Visitor:
 
     name: str
     guest: bool
+    #: the presence state and status text the visitor's session set
+    state: str = "available"
+    text: str = ""
 
 
 # -- the skeleton -------------------------------------------------------------------
@@ -168,7 +173,8 @@ def find_form(value: str = "") -> Tag:
 def row(r: Dict[str, Any], domain: str, me: Optional[str], link_names: bool) -> Tag:
     name = r["name"]
     online = bool(r["online"])
-    state = "online" if online else "offline"
+    # the wire word (msg update): online, away, busy or offline
+    state = states.wire(r.get("state") or ("available" if online else "offline"))
     sip = f"sip:{name}@{domain}"
     chat_attrs = {"type": "button", "class": "opt chat", "data-action": "chat", "data-peer": name}
     call_attrs = {"class": "opt call", "data-action": "call", "data-href": sip,
@@ -198,6 +204,7 @@ def row(r: Dict[str, Any], domain: str, me: Optional[str], link_names: bool) -> 
         tags.span("", class_="dot", **{"aria-hidden": "true"}),
         tags.span(label, you, class_="name"),
         tags.span(state, class_="state"),
+        tags.span(clean(r.get("text") or "", states.MAX_TEXT), class_="status-text"),
         tags.span(*options, class_="options"),
         class_="row", **{"data-user": name, "data-presence": state},
     )
@@ -216,9 +223,30 @@ def live_main(mode: str, name: str, visitor: Optional[Visitor], domain: str,
     attrs = {"id": "live", "data-live": mode, "data-name": name,
              "data-me": visitor.name if visitor else "",
              "data-guest": "1" if visitor is None or visitor.guest else "0",
-             "data-domain": domain}
+             "data-domain": domain,
+             "data-state": visitor.state if visitor else "available",
+             "data-text": visitor.text if visitor else ""}
     attrs.update({"data-" + k: v for k, v in data.items()})
     return _main(*children, **attrs)
+
+
+def state_form(state: str, text: str) -> Tag:
+    """The home page's choice of the user's own presence state and status
+    text (the script sends it with ``POST /api/status``; the pages also turn
+    the user away while idle, see docs/pages.md)."""
+    choices = [tags.option(word, value=value, **({"selected": ""} if value == state else {}))
+               for value, word in (("available", "available"), ("away", "away"),
+                                   ("busy", "busy: do not disturb"))]
+    return tags.form(
+        tags.label("Your state ", for_="f-state"),
+        tags.select(*choices, name="state", id="f-state"),
+        tags.label("Status text", for_="f-status", class_="sr"),
+        tags.input(type="text", name="text", id="f-status", maxlength=str(states.MAX_TEXT),
+                   placeholder="status text (optional)",
+                   **({"value": clean(text, states.MAX_TEXT)} if text else {})),
+        tags.button("Set", type="submit", class_="small"),
+        method="post", action="/api/status", id="state-form", class_="inline state-form",
+    )
 
 
 def live_status() -> Tag:
@@ -455,6 +483,7 @@ def home_page(visitor: Visitor, welcome: Dict[str, Any], box: Dict[str, Any],
         tags.h1("Welcome, ", visitor.name),
         tags.p("Your first visit: add people to your address book in Settings, or invite"
                " them by e-mail below.", class_="sub", id="first-visit") if first else "",
+        state_form(visitor.state, visitor.text),
         figures,
         tags.section(heading, switch, live_status(),
                      tags.ul(*rows(home["rows"], domain, visitor.name, True, empty),

@@ -19,7 +19,9 @@ What it does with a request (from the network or from a tunnel session):
 2. route processing (16.4): a first ``Route`` naming this proxy is removed;
 3. the target (16.5): ``sip:<user>@<domain or our address>`` is a user (or
    alias) looked up in the directory: unknown ``404``, no live session
-   ``480``, else every session of the user (parallel forking); a URI with our
+   ``480``, a new ``INVITE`` to a user who is busy (their presence state)
+   ``486 Busy Here`` without ringing, else every session of the user
+   (parallel forking); a URI with our
    ``tun`` parameter is the one session whose Contact it replaced; a URI for
    anyone else, or a further ``Route``, gets ``403`` from the network (not an
    open relay), and from a tunnel session only what its role allows (below);
@@ -1063,6 +1065,13 @@ class SipProxy:
         if not sessions:
             self._count("offline")
             self._reply(stx, 480, reason="Temporarily Unavailable")
+            return
+        if (request.method == "INVITE" and request.tag("to") is None
+                and self.hub.state_of(name)[0] == "busy"):
+            # busy (spec section 12): a new call is refused without ringing;
+            # away still rings (and 480 stays "no live session")
+            self._count("busy")
+            self._reply(stx, 486, reason="Busy Here")
             return
         stx.trying()
         self._forward(context, request, [Hop(TUNNEL, session=s) for s in sessions])

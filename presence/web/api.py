@@ -252,6 +252,12 @@ class PresenceAPI:
         alias = await self.service.add_alias(self._session(request, p), p.get("alias"))
         return 201, {"alias": alias}
 
+    @app.route("/api/status", methods=["POST"])
+    @api
+    async def status(self, request, p) -> Answer:
+        return 200, self.service.set_status(self._session(request, p), p.get("state"),
+                                            p.get("text"))
+
     @app.route("/api/presence/<string:name>", methods=["GET"])
     @api
     async def presence(self, request, p, name) -> Answer:

@@ -51,13 +51,32 @@ def error(title: str, message: str, href: str = ROOT, label: str = "Home") -> by
                      f"{text(clip(message, 200))}<br/>{link(href, label)}"))
 
 
-def buddies(rows: Sequence[Tuple[str, bool]], start: int = 0) -> Tuple[bytes, int]:
-    """The buddy list from row ``start``; returns the deck and how many rows
-    it shows."""
-    items = [
-        link(_url("/wml/chat", **{"with": name}), name) + (" on" if online else " off") + "<br/>"
-        for name, online in rows[start:]
-    ]
+#: what a buddy list row says of each presence state (spec section 12)
+SHORT = {"available": "on", "away": "away", "busy": "busy", "offline": "off"}
+
+
+def state_word(state: Any) -> str:
+    """``online``, ``away``, ``busy`` or ``offline`` for a state (or, as the
+    older callers give it, a bool: online or not)."""
+    if isinstance(state, bool):
+        return "online" if state else "offline"
+    return "online" if state == "available" else str(state)
+
+
+def _status(status: str, limit: int) -> str:
+    return f": {text(clip(status, limit))}" if status else ""
+
+
+def buddies(rows: Sequence[Tuple[Any, ...]], start: int = 0) -> Tuple[bytes, int]:
+    """The buddy list from row ``start``: rows of ``(name, state)`` or
+    ``(name, state, status text)``, state a presence state (or a bool: online
+    or not); returns the deck and how many rows it shows."""
+    items = []
+    for name, state, *status in rows[start:]:
+        word = SHORT.get(state, str(state)) if not isinstance(state, bool) else (
+            "on" if state else "off")
+        said = _status(status[0], 24) if status and word != "off" else ""
+        items.append(link(_url("/wml/chat", **{"with": name}), name) + f" {word}{said}<br/>")
 
     def build(shown: List[str], more: bool) -> bytes:
         body = "".join(shown) or ("No buddies yet.<br/>" if not rows else "")
@@ -70,13 +89,17 @@ def buddies(rows: Sequence[Tuple[str, bool]], start: int = 0) -> Tuple[bytes, in
     return fit(build, items)
 
 
-def chat(peer: str, online: bool, lines: Sequence[str] = (), note: str = "") -> bytes:
-    """The chat card with ``peer``: the newest ``lines`` that fit (each
+def chat(peer: str, online: Any, lines: Sequence[str] = (), note: str = "",
+         status: str = "") -> bytes:
+    """The chat card with ``peer``: their state (``online`` a presence state,
+    or a bool) and ``status`` text, the newest ``lines`` that fit (each
     ``"who: text"``), a reply form and links."""
     go = go_post("/wml/chat", [("to", attr(peer)), ("msg", "$(msg)")])
     clear = '<onevent type="onenterforward"><refresh><setvar name="msg" value=""/></refresh></onevent>'
     extra = clear + f'<do type="accept" label="Send">{go}</do>'
-    head = f"{text(peer)} is {'online' if online else 'offline'}<br/>" + _note(note)
+    word = state_word(online)
+    said = _status(status, 60) if word != "offline" else ""
+    head = f"{text(peer)} is {word}{said}<br/>" + _note(note)
     tail = (
         '<input name="msg" title="Reply" maxlength="4096"/><br/>'
         f"<anchor>Send{go}</anchor><br/>"

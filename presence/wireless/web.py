@@ -36,7 +36,7 @@ JSON::
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable, Optional, Tuple
+from typing import Any, Awaitable, Callable, Optional, Sequence, Tuple
 
 from klein import Klein
 from twisted.logger import Logger
@@ -190,7 +190,7 @@ class WirelessWeb:
             raise NotFound("That account is gone.")
         self._login(request, session)
         self.hub.deliver_session(session, frames.init_chat(peer))
-        return 200, decks.chat(peer, self.hub.is_online(peer), (), f"{peer} wants to chat.")
+        return 200, self._chat_card(peer, (), f"{peer} wants to chat.")
 
     @app.route("/wml/buddies", methods=["GET"])
     @wml_route
@@ -200,9 +200,15 @@ class WirelessWeb:
         if session.user.guest:
             return 200, decks.error("Buddies", "Guests have no buddy list.")
         book = await self.service.contacts(session)
-        rows = [(m["name"], m["online"]) for m in book["members"]]
+        rows = [(m["name"], m["state"], m["text"]) for m in book["members"]]
         data, _ = decks.buddies(rows, min(start, len(rows)))
         return 200, data
+
+    def _chat_card(self, peer: str, lines: Sequence[str] = (), note: str = "") -> bytes:
+        """The chat card with ``peer``, showing their presence state and
+        status text."""
+        state, status = self.hub.state_of(peer)
+        return decks.chat(peer, state, lines, note, status)
 
     def _lines(self, session: Session, peer: str) -> list:
         """Chat text from ``peer`` this session has not acknowledged yet."""
@@ -217,7 +223,7 @@ class WirelessWeb:
     async def chat_card(self, request: server.Request) -> Page:
         session = self._session(request)
         peer = await self.service.user_named(params(request).get("with"), param="with")
-        return 200, decks.chat(peer, self.hub.is_online(peer), self._lines(session, peer))
+        return 200, self._chat_card(peer, self._lines(session, peer))
 
     @app.route("/wml/chat", methods=["POST"])
     @wml_route
@@ -225,15 +231,14 @@ class WirelessWeb:
         session = self._session(request)
         p = params(request)
         peer = await self.service.user_named(p.get("to"))
-        online = self.hub.is_online(peer)
         try:
             delivered, _ = await self.service.chat(session, peer, p.get("msg"), p.get("seq"))
         except TooLarge as e:
-            return 413, decks.chat(peer, online, self._lines(session, peer), e.message)
+            return 413, self._chat_card(peer, self._lines(session, peer), e.message)
         except BadRequest as e:
-            return 400, decks.chat(peer, online, self._lines(session, peer), e.message)
+            return 400, self._chat_card(peer, self._lines(session, peer), e.message)
         note = "Sent." if delivered == "online" else f"{peer} is offline: kept in their box."
-        return 200, decks.chat(peer, self.hub.is_online(peer), self._lines(session, peer), note)
+        return 200, self._chat_card(peer, self._lines(session, peer), note)
 
     @app.route("/wml/messages", methods=["GET"])
     @wml_route

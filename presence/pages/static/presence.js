@@ -159,6 +159,7 @@
     cfg.me = name;
     cfg.guest = name.indexOf('guest.') === 0;
     lastId = 0; ackedId = 0;
+    reported = 'available'; reportedText = '';  // a new session starts available
     main.setAttribute('data-me', name);
     showName();
   }
@@ -259,13 +260,19 @@
     syncTimer = setTimeout(function () { syncTimer = null; sync(); }, 50);
   }
 
-  function setPresence(user, online) {
+  // state: the word of msg update (online, away, busy, offline); text: the
+  // status text (the frame's second line), shown as text
+  function setPresence(user, state, text) {
     var row = findRow(user);
     if (!row) return;
-    var state = online ? 'online' : 'offline';
+    var online = state !== 'offline';
+    var before = row.getAttribute('data-presence');
     row.setAttribute('data-presence', state);
     var word = row.querySelector('.state');
     if (word) word.textContent = state;
+    var said = row.querySelector('.status-text');
+    if (said) said.textContent = online ? text || '' : '';
+    if ((before !== 'offline') === online) return;  // away, busy: options stay
     var live = online && user !== cfg.me;
     var chat = row.querySelector('[data-action=chat]');
     if (chat) chat.disabled = !live;
@@ -315,6 +322,7 @@
       status('Live: this page updates by itself.', 'live');
       if (opened) sync();  // a reconnection: say again what this page watches
       opened = true;
+      reportState(true);
       if (tabs) tabs.postMessage({type: 'live', me: cfg.me, page: pageId});
     };
     source.onmessage = function (e) {
@@ -403,7 +411,7 @@
     if (w[0] !== 'msg') return;
     switch (w[1]) {
       case 'update':
-        if (w[2] === 'online' || w[2] === 'offline') setPresence(w[3], w[2] === 'online');
+        if (/^(online|offline|away|busy)$/.test(w[2])) setPresence(w[3], w[2], payload);
         break;
       case 'refresh':
         scheduleSync();
@@ -435,6 +443,64 @@
         gone(w[2] || 'ended');
         break;
     }
+  }
+
+  // -- the visitor's own state: idle detection -----------------------------------------
+  //
+  // The state the user chose (available, or busy / away with the home page's
+  // form) is reported with POST /api/status.  While it is "available", the
+  // page reports "away" after data-idle seconds (--away-after, 300 by
+  // default) without input or while the tab is hidden, and the chosen state
+  // again on the next input.  Only the page that holds the session's
+  // heartbeat reports; the server never changes the state behind its back.
+
+  var idleMs = Math.max(0.5, parseFloat(main.getAttribute('data-idle')) || 300) * 1000;
+  var chosen = main.getAttribute('data-state') === 'busy' ? 'busy' : 'available';
+  var chosenText = main.getAttribute('data-text') || '';
+  // what the server has for this session (the page was made with it)
+  var reported = main.getAttribute('data-state') || 'available', reportedText = chosenText;
+  var lastInput = Date.now(), sentOnce = false;
+
+  function wanted() {
+    if (chosen !== 'available') return chosen;
+    return document.hidden || Date.now() - lastInput >= idleMs ? 'away' : 'available';
+  }
+
+  function reportState(force) {
+    if (!cfg.me || !es || ended) return;
+    var state = wanted();
+    if (state === reported && chosenText === reportedText &&
+        !(force && (sentOnce || state !== 'available' || chosenText))) return;
+    reported = state; reportedText = chosenText; sentOnce = true;
+    main.setAttribute('data-my-state', state);
+    post('/api/status', {me: cfg.me, state: state, text: chosenText}).then(function (r) {
+      if (r.status !== 200) {
+        return errorText(r).then(function (t) { notify('Your state: ' + t, 'error'); });
+      }
+    }, function () { reported = ''; });  // not sent: the next check tries again
+  }
+
+  function onInput() {
+    lastInput = Date.now();
+    if (reported === 'away' && chosen === 'available') reportState(false);
+  }
+  ['mousemove', 'mousedown', 'keydown', 'wheel', 'touchstart', 'scroll'].forEach(function (n) {
+    window.addEventListener(n, onInput, {passive: true, capture: true});
+  });
+  document.addEventListener('visibilitychange', function () { reportState(false); });
+  setInterval(function () { reportState(false); }, Math.min(idleMs / 4, 15000));
+
+  var stateForm = document.getElementById('state-form');
+  if (stateForm) {
+    stateForm.addEventListener('submit', function (e) {
+      e.preventDefault();
+      chosen = stateForm.elements.state.value;
+      chosenText = stateForm.elements.text.value.trim();
+      lastInput = Date.now();
+      reported = '';  // send it even if it looks the same
+      if (es) reportState(false);
+      notify(es ? 'Your state is ' + chosen + '.' : 'Your state is sent once the page is live.');
+    });
   }
 
   // -- chat boxes --------------------------------------------------------------------
