@@ -39,6 +39,11 @@ def free_port(kinds=(socket.SOCK_STREAM, socket.SOCK_DGRAM)) -> int:
         try:
             for kind in kinds:
                 with socket.socket(socket.AF_INET, kind) as t:
+                    if kind == socket.SOCK_STREAM:
+                        # as Twisted's listeners do: connections of other
+                        # programs lingering in TIME_WAIT on the port do not
+                        # stop the server from listening there
+                        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     t.bind(("0.0.0.0", port))
         except OSError:
             continue
