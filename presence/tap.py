@@ -166,7 +166,8 @@ class Options(usage.Options):
         ["host-box", None, None,
          "This node's identity in dynamic session information [default: host:port of --http]."
          " In cluster mode (--redis) it is required: HOST:PORT where clients reach this"
-         " node's --http."],
+         " node's --http; https://HOST:PORT (the same scheme on every node) makes the"
+         " 307 to another box https [default: the scheme of the request]."],
         ["redis", None, None,
          "Cluster mode: the directory, the global directory of sessions and the routing"
          " between host boxes live in this Redis (redis://[:password@]host:port/db or"
@@ -227,6 +228,13 @@ class Options(usage.Options):
         if self["linger"] is None:
             self["linger"] = 2 * self["poll"]
         check_server_endpoint("http", self["http"])
+        # --host-box https://HOST:PORT: the scheme clients reach the boxes with
+        self["box-scheme"] = None
+        scheme, sep, rest = (self["host-box"] or "").partition("://")
+        if sep:
+            if scheme not in ("http", "https"):
+                raise usage.UsageError("--host-box: the scheme may be http:// or https://")
+            self["host-box"], self["box-scheme"] = rest, scheme
         if self["redis"] is not None:
             from presence.store.redis import parse_url
             try:
@@ -397,6 +405,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         keepalive=options["keepalive"], poll=options["poll"], linger=options["linger"],
         session_ttl=options["session-ttl"], mailbox=options["mailbox"],
         host_box=options["host-box"] or "", guest_ttl=options["guest-ttl"],
+        box_scheme=options.get("box-scheme"),
     )
     if options.get("redis"):
         from presence.cluster.service import ClusterService

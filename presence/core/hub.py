@@ -286,6 +286,9 @@ class HubConfig:
     overflow_release: Optional[int] = None
     sessions_per_user: int = 16
     host_box: str = "localhost:8080"
+    #: the scheme clients reach every box with (``--host-box https://...``);
+    #: None: the scheme of each request (docs/cluster.md, "Pages across boxes")
+    box_scheme: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.linger is None:

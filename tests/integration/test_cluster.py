@@ -15,10 +15,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from presence_harness import (  # noqa: E402
-    Api, HeartbeatReader, ServerProcess, User, chat_frames, chat_ok, expect, free_port,
+    HeartbeatReader, User, chat_frames, chat_ok, expect,
     login, register, start_client, stop_client, unique_name,
 )
 from redis_support import fresh_prefix, start_redis  # noqa: E402
+from cluster_support import boxes, node_of, start_cluster, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -28,50 +29,15 @@ def redis(request, tmp_path_factory):
     return start_redis(request, tmp_path_factory)
 
 
-def start_node(tmp: Path, url: str, name: str) -> ServerProcess:
-    port = free_port()
-    node = ServerProcess(tmp / name, tmp / f"{name}.log",
-                         extra_args=["--http", f"tcp:{port}:interface=127.0.0.1",
-                                     "--redis", url, "--host-box", f"127.0.0.1:{port}"])
-    return node.start()
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)   # polling a condition, with a deadline
-
-
-def boxes(api: Api) -> dict:
-    r = expect(api.get("/api/cluster"), 200, "GET /api/cluster")
-    return {b["box"]: b["sessions"] for b in r.json()["boxes"]}
-
-
 @pytest.fixture
 def cluster(redis, tmp_path):
     url = f"{redis.url}?prefix={fresh_prefix()}"
-    nodes = []
+    nodes = start_cluster(tmp_path, url, ("a", "b", "c"))
     try:
-        for name in ("a", "b", "c"):
-            nodes.append(start_node(tmp_path, url, name))
-        everyone = {f"127.0.0.1:{n.port}" for n in nodes}
-        for n in nodes:
-            wait_until(lambda: set(boxes(n.api())) == everyone, 15,
-                       f"{n.port} sees every box")
         yield nodes
     finally:
         for n in nodes:
             n.stop()
-
-
-def node_of(nodes, user: User) -> ServerProcess:
-    box = user.login_body["host_box"]
-    return next(n for n in nodes if f"127.0.0.1:{n.port}" == box)
 
 
 def hold(nodes, user: User) -> HeartbeatReader:
