@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterable, List
+from typing import Callable, Iterable, List
 
 from presence_harness import Api, ServerProcess, User, expect, free_port
 
@@ -42,13 +42,13 @@ def box_of(node: ServerProcess) -> str:
 
 
 def start_cluster(tmp: Path, url: str, names: Iterable[str],
-                  extra: Iterable[str] = ()) -> List[ServerProcess]:
-    """Nodes, once each of them sees all of them (the caller stops them,
-    also when this raises: it appends to the list it returns as it goes)."""
+                  extra: Callable[[], Iterable[str]] = tuple) -> List[ServerProcess]:
+    """Nodes (``extra()``: more options for each), once each of them sees
+    all of them; the caller stops them (this does if it raises)."""
     nodes: List[ServerProcess] = []
     try:
         for name in names:
-            nodes.append(start_node(tmp, url, name, extra))
+            nodes.append(start_node(tmp, url, name, extra()))
         everyone = {box_of(n) for n in nodes}
         for n in nodes:
             wait_until(lambda: set(boxes(n.api())) == everyone, 15,
