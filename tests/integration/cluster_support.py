@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, List
 
+import pytest
+
 from presence_harness import Api, ServerProcess, User, expect, free_port
+from redis_support import fresh_prefix, start_redis
 
 
 def start_node(tmp: Path, url: str, name: str, extra: Iterable[str] = ()) -> ServerProcess:
@@ -63,3 +66,20 @@ def start_cluster(tmp: Path, url: str, names: Iterable[str],
 def node_of(nodes, user: User) -> ServerProcess:
     box = user.login_body["host_box"]
     return next(n for n in nodes if box_of(n) == box)
+
+
+# -- fixtures (import them into a test module by name) ---------------------------------
+
+@pytest.fixture(scope="module")
+def redis(request, tmp_path_factory):
+    return start_redis(request, tmp_path_factory)
+
+
+@pytest.fixture
+def two_nodes(redis, tmp_path):
+    nodes = start_cluster(tmp_path, f"{redis.url}?prefix={fresh_prefix()}", ("a", "b"))
+    try:
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()

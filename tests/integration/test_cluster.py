@@ -18,15 +18,12 @@ from presence_harness import (  # noqa: E402
     HeartbeatReader, User, chat_frames, chat_ok, expect,
     login, register, start_client, stop_client, unique_name,
 )
-from redis_support import fresh_prefix, start_redis  # noqa: E402
-from cluster_support import boxes, node_of, start_cluster, wait_until  # noqa: E402
+from redis_support import fresh_prefix  # noqa: E402
+from cluster_support import (  # noqa: E402,F401  (the redis fixture)
+    boxes, node_of, redis, start_cluster, wait_until,
+)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def redis(request, tmp_path_factory):
-    return start_redis(request, tmp_path_factory)
 
 
 @pytest.fixture

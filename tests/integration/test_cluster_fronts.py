@@ -13,31 +13,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster_support import box_of, boxes, node_of, start_cluster, wait_until  # noqa: E402
+from cluster_support import (  # noqa: E402,F401  (fixtures)
+    box_of, boxes, node_of, start_cluster, wait_until, redis, two_nodes,
+)
 from presence_harness import (  # noqa: E402
     Api, HeartbeatReader, expect, login, register, unique_name,
 )
-from redis_support import fresh_prefix, start_redis  # noqa: E402
 from test_wireless import (  # noqa: E402
     handset_status, new_number, start_handset, text_handset, Handset,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def redis(request, tmp_path_factory):
-    return start_redis(request, tmp_path_factory)
-
-
-@pytest.fixture
-def two_nodes(redis, tmp_path):
-    nodes = start_cluster(tmp_path, f"{redis.url}?prefix={fresh_prefix()}", ("a", "b"))
-    try:
-        yield nodes
-    finally:
-        for n in nodes:
-            n.stop()
 
 
 HANDSET = """\
@@ -100,6 +86,7 @@ def test_a_handset_user_on_one_box_chats_with_a_user_on_the_other(two_nodes, tmp
 @pytest.fixture
 def sip_nodes(redis, tmp_path):
     from test_sipp import free_port as sip_free_port
+    from redis_support import fresh_prefix
     url = f"{redis.url}?prefix={fresh_prefix()}"
     nodes = start_cluster(tmp_path, url, ("a", "b"), lambda: ("--sip", str(sip_free_port())))
     try:

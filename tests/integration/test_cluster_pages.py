@@ -20,26 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from browser_support import (  # noqa: E402,F401  (fixtures)
     DEFAULT_TIMEOUT, LIVE_TIMEOUT, _chromium_launcher, chromium, row, wait_live,
 )
-from cluster_support import box_of, boxes, start_cluster, wait_until  # noqa: E402
+from cluster_support import (  # noqa: E402,F401  (fixtures)
+    box_of, boxes, start_cluster, wait_until, redis, two_nodes,
+)
 from presence_harness import expect as expect_status, login, register, unique_name  # noqa: E402
-from redis_support import fresh_prefix, start_redis  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_program("chromium")]
-
-
-@pytest.fixture(scope="module")
-def redis(request, tmp_path_factory):
-    return start_redis(request, tmp_path_factory)
-
-
-@pytest.fixture
-def two_nodes(redis, tmp_path):
-    nodes = start_cluster(tmp_path, f"{redis.url}?prefix={fresh_prefix()}", ("a", "b"))
-    try:
-        yield nodes
-    finally:
-        for n in nodes:
-            n.stop()
 
 
 class People:
