@@ -223,6 +223,9 @@ class PresenceService:
         #: the count is read by later look-ups: one SQL worker, in order)
         self._revocations = 0
         self._revoked_at: Dict[str, int] = {}
+        #: cluster mode: the chat buckets counted over every box too
+        #: (presence.cluster.limits.SharedLimits), after this node's own
+        self.shared_limits: Optional[Any] = None
 
     # -- accounts -------------------------------------------------------------
 
@@ -632,7 +635,7 @@ class PresenceService:
     # -- chat and messages ---------------------------------------------------
 
     async def init_chat(self, session: Session, to: Any) -> bool:
-        self._chat_allowance(session)       # each one opens windows for the peer
+        await self._chat_allowance(session)   # each one opens windows for the peer
         peer = await self.user_named(to)
         if not self.hub.is_online(peer):
             return False
@@ -642,12 +645,18 @@ class PresenceService:
             self.hub.deliver(peer, frames.init_chat(me))
         return True
 
-    def _chat_allowance(self, session: Session, ip: Optional[str] = None) -> None:
+    async def _chat_allowance(self, session: Session, ip: Optional[str] = None) -> None:
         """Spend one chat of ``session`` and of its address (the one given,
-        else the one it logged in from), or 429 with the seconds to wait."""
+        else the one it logged in from), or 429 with the seconds to wait;
+        in a cluster on this node and then over every box."""
         address = address_key(session.ip if ip is None else ip)
+        now = self.clock.seconds()
         wait = take_all([(self.chat_by_session, session.id),
-                         (self.chat_by_address, address)], self.clock.seconds())
+                         (self.chat_by_address, address)], now)
+        if wait is None and self.shared_limits is not None:
+            wait = await self.shared_limits.take(
+                [("chat:s:" + session.id, *self.limits.chat_session),
+                 ("chat:a:" + address, *self.limits.chat_address)], now)
         if wait is not None:
             raise TooMany("you are sending too fast; slow down", retry_after=wait)
 
@@ -693,7 +702,7 @@ class PresenceService:
         # a retry of a chat already taken is answered again at no cost
         repeat = seq is not None and session.seqs is not None and seq in session.seqs
         if not repeat:
-            self._chat_allowance(session)
+            await self._chat_allowance(session)
         if self.hub.knows(to):
             peer = to
         else:
@@ -721,7 +730,7 @@ class PresenceService:
                               retry_after=self.anonymous_limit.wait(who, now))
         text = check_text(text)
         if session is not None:
-            self._chat_allowance(session, ip or None)
+            await self._chat_allowance(session, ip or None)
         peer = await self.user_named(to)
         sender = session.user.name if session is not None else "anonymous"
         ident = await self.keep_message(peer, sender, text)

@@ -69,6 +69,15 @@ class FakeRedis:
             self.sessions[a[0]] = a[1]
             self.onbox.setdefault(a[2], set()).add(a[0])
             self.publish(keys[3], args[3])
+            user = json.loads(a[1])["u"]
+            mine = sorted((json.loads(r)["t"], sid) for sid, r in self.sessions.items()
+                          if json.loads(r)["u"] == user)
+            bound = int(a[4]) if len(a) > 4 else 0
+            if bound <= 0 or len(mine) <= bound:
+                return defer.succeed([])
+            return defer.succeed([x.encode() for _, sid in mine[:len(mine) - bound]
+                                  if sid != a[0]
+                                  for x in (sid, json.loads(self.sessions[sid])["b"])])
         elif script == cluster.CLOSE:
             self.sessions.pop(a[0], None)
             for sids in self.onbox.values():
@@ -484,3 +493,56 @@ def test_a_session_look_up_while_redis_is_down_is_a_503() -> None:
     assert again is not None
     again.addErrback(failures.append)
     assert len(failures) == 2
+
+
+# -- limits over every box ----------------------------------------------------------
+
+def test_the_per_user_bound_on_sessions_counts_every_box() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    for hub in c.hubs:
+        hub.config.sessions_per_user = 2
+    first = c.login(0, "alice")                       # on a
+    h1 = c.hold(first)
+    c.clock.advance(1)
+    second = c.login(0, "alice")                      # on b (a holds one)
+    assert second.host_box == b.me
+    c.clock.advance(1)
+    third = c.login(1, "alice")                       # on a or b: three in all
+    c.redis.pump()
+    c.redis.pump()
+    # the oldest, on a, was replaced; the two newest live on
+    assert h1.released == ["replaced"]
+    assert a.users.session(first.id) is None and a.session(first.id) is None
+    for s in (second, third):
+        assert c.hub_of(s).users.session(s.id) is not None
+    assert sum(len(h.sessions_of("alice")) for h in c.hubs) == 2
+
+
+def test_the_bound_on_guests_per_address_counts_every_box() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    sessions = [a.login(f"guest.{i}", f"sid-guest-{i:016d}", "10.9.9.9", 1, (), True)
+                for i in range(3)]
+    c.redis.pump()
+    assert {s.host_box for s in sessions} == {a.me, b.me}
+    key = "10.9.9.9"
+    assert a.guests_from(key) == b.guests_from(key) == 3
+    assert a.guests_from("10.9.9.8") == 0
+    for s in sessions:
+        c.hub_of(s).end(c.hub_of(s).session(s.id), "logout")
+    c.redis.pump()
+    assert a.guests_from(key) == b.guests_from(key) == 0
+
+
+def test_limits_over_the_cluster_fail_open_while_redis_is_down() -> None:
+    from presence.cluster.limits import SharedLimits
+    c = Cluster(1)
+    hub = c.hubs[0]
+    c.redis.down = True
+    limits = SharedLimits(hub)
+    results = []
+    for _ in range(3):
+        limits.take([("chat:s:x", 1, 1.0)], c.clock.seconds()).addCallback(results.append)
+    assert results == [None, None, None]   # allowed: the node's own buckets decide
+    assert hub._outage                      # (noticed: one line for the outage)

@@ -45,6 +45,7 @@ from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.hub import SEQ_MEMORY, Hub, HubConfig, IHub
 from presence.core.mailbox import Mailbox
+from presence.core.ratelimit import address_key
 from presence.core.tables import Session, UserState, group_set
 from presence.store.interface import StoreUnavailable
 
@@ -62,13 +63,33 @@ MAX_CLAIMS = 64
 SETTLED = 30.0
 
 # Announce a session (KEYS sessions, onbox:<box>, where:<user>, all;
-# ARGV sid, record, box, event)
+# ARGV sid, record, box, event, bound).  With a bound (> 0), past
+# ``bound`` sessions of the user over all boxes it answers the oldest ones
+# as ``sid, box`` pairs (the caller ends them: ``msg bye replaced``)
 OPEN = b"""
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('PUBLISH', KEYS[4], ARGV[4])
-return 1
+local bound = tonumber(ARGV[5] or '0')
+if bound <= 0 or redis.call('HLEN', KEYS[3]) <= bound then return {} end
+local sids = redis.call('HKEYS', KEYS[3])
+local records = redis.call('HMGET', KEYS[1], unpack(sids))
+local others = {}
+for i, sid in ipairs(sids) do
+  if sid ~= ARGV[1] then
+    local t = 0
+    if records[i] then t = tonumber(cjson.decode(records[i])['t']) or 0 end
+    table.insert(others, {t, sid})
+  end
+end
+table.sort(others, function(x, y) return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2]) end)
+local out = {}
+for i = 1, #sids - bound do
+  table.insert(out, others[i][2])
+  table.insert(out, redis.call('HGET', KEYS[3], others[i][2]))
+end
+return out
 """
 
 # A session ended (KEYS sessions, onbox:<box>, where:<user>, all; ARGV sid, event)
@@ -212,6 +233,9 @@ class ClusterHub(Hub):
         self.proxies: Dict[str, Session] = {}
         #: the live boxes at the last refresh -> their session counts
         self.live: Dict[str, int] = {}
+        #: live guest sessions of the other boxes per client address key
+        #: (so that ``guests_from`` counts over every box)
+        self.remote_guests: Dict[str, int] = {}
         self._outage = False
         self._claims = 0
 
@@ -293,34 +317,62 @@ class ClusterHub(Hub):
         else:
             self._note_open(record)
             session = self._proxy(ident)
-        self._announce_open(record)
+        self._announce_open(record, self.config.sessions_per_user)
         return session
 
     def _open_local(self, record: dict) -> Session:
         return Hub.login(self, record["u"], record["s"], record["ip"], record["port"],
                          record["g"], record["guest"])
 
-    def _announce_open(self, record: dict) -> None:
+    def _announce_open(self, record: dict, bound: int = 0) -> None:
+        """Record and announce a session; with ``bound``, end the user's
+        oldest sessions on every box past it (the per-user bound counted
+        over the cluster, in the same script)."""
         event = dict(record, e="open")
-        self._do("announcing a session", OPEN,
-                 [self.key("sessions"), self.key("onbox", record["b"]),
-                  self.key("where", record["u"]), self.key("all")],
-                 [record["s"], json.dumps(record), record["b"], json.dumps(event)])
+        d = self._do("announcing a session", OPEN,
+                     [self.key("sessions"), self.key("onbox", record["b"]),
+                      self.key("where", record["u"]), self.key("all")],
+                     [record["s"], json.dumps(record), record["b"], json.dumps(event), bound])
+        d.addCallback(self._replace)
+
+    def _replace(self, oldest: Any) -> None:
+        """End these sessions (``sid, box`` pairs): past the per-user bound."""
+        if not isinstance(oldest, list):
+            return   # (a failure, logged already)
+        for i in range(0, len(oldest) - 1, 2):
+            sid, box = _text(oldest[i]), _text(oldest[i + 1])
+            session = self.session(sid)
+            if session is not None:
+                self.end(session, "replaced")
+            elif box != self.me:
+                self._send(box, {"e": "end", "s": sid, "r": "replaced"})
 
     def _note_open(self, record: dict) -> None:
         sid, user, box = record["s"], record["u"], record["b"]
         if box == self.me:
             return
+        if sid in self.where:
+            return
         self.where[sid] = (user, box, record)
         self.remote.setdefault(user, {}).setdefault(box, set()).add(sid)
         self.remote_groups[user] = group_set(record.get("g") or ())
+        if record.get("guest"):
+            key = address_key(record.get("ip") or "")
+            self.remote_guests[key] = self.remote_guests.get(key, 0) + 1
 
     def _note_close(self, sid: str) -> None:
         found = self.where.pop(sid, None)
         self.proxies.pop(sid, None)
         if found is None:
             return
-        user, box, _ = found
+        user, box, record = found
+        if record.get("guest"):
+            key = address_key(record.get("ip") or "")
+            left = self.remote_guests.get(key, 0) - 1
+            if left > 0:
+                self.remote_guests[key] = left
+            else:
+                self.remote_guests.pop(key, None)
         boxes = self.remote.get(user)
         if boxes is not None:
             sids = boxes.get(box)
@@ -343,6 +395,9 @@ class ClusterHub(Hub):
                             record.get("t", 0.0), Mailbox(1))
             self.proxies[sid] = proxy
         return proxy
+
+    def guests_from(self, key: str) -> int:
+        return Hub.guests_from(self, key) + self.remote_guests.get(key, 0)
 
     def session(self, ident: str) -> Optional[Session]:
         local = self.users.session(ident)
@@ -718,6 +773,7 @@ class ClusterHub(Hub):
             sessions, online = result
             before = {u: self.is_online(u) for u in self.remote_online}
             self.where, self.remote, self.proxies = {}, {}, {}
+            self.remote_guests = {}
             self.remote_online, self.remote_seen = {}, {}
             mine = {}
             for raw in sessions:

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from presence_harness import (  # noqa: E402
-    HeartbeatReader, User, chat_frames, chat_ok, expect,
+    HeartbeatReader, User, chat, chat_frames, chat_ok, expect,
     login, register, start_client, stop_client, unique_name,
 )
 from redis_support import fresh_prefix  # noqa: E402
@@ -248,3 +248,19 @@ def test_a_password_change_on_one_node_ends_the_users_sessions_on_the_other_boxe
         h.wait_for("msg bye password", timeout=5)
     r = b.api().get("/api/session", query=there.auth)
     assert r.status == 403, r
+
+
+def test_the_chat_limit_of_a_session_counts_every_node_it_is_used_through(redis, tmp_path):
+    nodes = start_cluster(tmp_path, f"{redis.url}?prefix={fresh_prefix()}", ("a", "b"),
+                          lambda: ("--chat-limit", "4:0.01"))
+    try:
+        a, b = nodes
+        alice = login(a.api(), register(a.api(), unique_name("alice")))
+        bob = register(a.api(), unique_name("bob"))
+        answers = [chat(n.api(), alice, bob.name, f"chat {i}").status
+                   for i, n in enumerate([a, b] * 3)]
+        # a burst of 4 in all, not 4 per node
+        assert answers == [202, 202, 202, 202, 429, 429], answers
+    finally:
+        for n in nodes:
+            n.stop()
