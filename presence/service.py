@@ -55,6 +55,8 @@ RESERVED = frozenset({
 MAX_TEXT = 4096
 MIN_PASSWORD = 6
 MAX_PASSWORD = 1024
+#: seconds a resume token works after the login that issued it: 30 days
+RESUME_TTL = 30 * 24 * 3600.0
 #: random bytes of a resume token (256 bits; 43 characters of base64url)
 RESUME_BYTES = 32
 #: a longer "token" is not one of ours and is not even hashed
@@ -174,6 +176,8 @@ class Limits:
     #: changes to one user's groups, contacts, aliases and profile (each a
     #: durable write that others may be sent a ``msg refresh`` for)
     changes: Tuple[float, float] = (60, 1)
+    #: seconds a resume token works after it was issued (``--resume-ttl``)
+    resume_ttl: float = RESUME_TTL
 
 
 def _bucket(limit: Tuple[float, float], max_keys: int = 10000) -> RateLimiter:
@@ -390,7 +394,8 @@ class PresenceService:
     async def resume(self, token: Any, ip: str = "", port: int = 0) -> Session:
         """A new session for the user of the resume ``token``, without the
         password (the same rights as a password login).  401 for a token
-        that is unknown or revoked (one hash and one look-up either way);
+        that is unknown, revoked or older than ``limits.resume_ttl`` (one
+        hash and one look-up either way);
         wrong tokens count against ``ip``: 429 past the limit."""
         now = self.clock.seconds()
         who = address_key(ip)
@@ -402,7 +407,8 @@ class PresenceService:
         well_formed = isinstance(token, str) and len(token) <= MAX_TOKEN and token.isascii()
         digest = token_hash(token) if well_formed else None
         epoch = self._revocations
-        user = await self.store.resume_user(digest) if digest is not None else None
+        not_before = now - self.limits.resume_ttl       # older tokens have expired
+        user = await self.store.resume_user(digest, not_before) if digest is not None else None
         if user is not None:
             session = await self._open_user(user, ip, port)
             if self._revoked_at.get(user, 0) <= epoch:

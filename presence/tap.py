@@ -27,7 +27,7 @@ from presence.core.hub import Hub, HubConfig
 from presence.endpoint_option import check_server_endpoint
 from presence.listen import ListenService
 from presence.pages import Pages
-from presence.service import Limits, PresenceService
+from presence.service import RESUME_TTL, Limits, PresenceService
 from presence.sip import frontend as sip_frontend
 from presence.store import passwords
 from presence.store.open import open_store
@@ -125,7 +125,8 @@ def limits_of(options: Any) -> Limits:
                   chat_address=value("address-chat-limit", _bucket),
                   box_messages=box[0], box_bytes=box[1],
                   guests_per_address=options["guests-per-address"],
-                  registrations=options["registrations-per-hour"])
+                  registrations=options["registrations-per-hour"],
+                  resume_ttl=options["resume-ttl"])
 
 
 def _cost(value: str) -> int:
@@ -219,6 +220,10 @@ class Options(usage.Options):
          _positive(int)],
         ["guests-per-address", None, 100,
          "Live guest sessions one client address may hold.", _positive(int)],
+        ["resume-ttl", None, RESUME_TTL,
+         "Seconds a resume token (issued at each password login) re-creates sessions"
+         " without the password; older ones are refused (401) and forgotten.",
+         _positive(float)],
         ["registrations-per-hour", None, 100,
          "Accounts one client address may register an hour (also the burst).",
          _positive(int)],
