@@ -230,6 +230,10 @@ class PresenceService:
         #: cluster mode: the chat buckets counted over every box too
         #: (presence.cluster.limits.SharedLimits), after this node's own
         self.shared_limits: Optional[Any] = None
+        #: cluster mode: each session's device (resume token hash) in Redis,
+        #: so that a logout through any node revokes it (the ClusterHub:
+        #: remember_device, recall_device)
+        self.shared_devices: Optional[Any] = None
 
     # -- accounts -------------------------------------------------------------
 
@@ -365,16 +369,29 @@ class PresenceService:
         """End ``session`` and revoke its device's resume token; the
         Deferred fires (None) once the revocation is durable (a failure is
         logged, never raised: callers need not wait)."""
+        digest = self._devices.pop(session, None)
+        if digest is None and self.shared_devices is not None:
+            # read before the end is carried out (on the same connection)
+            found = self.shared_devices.recall_device(session.id)
+        else:
+            found = defer.succeed(digest)
         self.hub.end(session, "logout")
         self.log.info("{user} logged out", user=session.user.name)
-        digest = self._devices.pop(session, None)
-        if digest is None:
-            return defer.succeed(None)
-        d = self.store.revoke_resume(session.user.name, digest)
-        d.addCallback(lambda _: None)
-        d.addErrback(lambda f: self.log.failure("revoking {user}'s resume token failed", f,
-                                                user=session.user.name))
-        return d
+
+        def revoke(digest: Optional[str]) -> Any:
+            if digest is not None:
+                return self.store.revoke_resume(session.user.name, digest)
+        found.addCallback(revoke)
+        found.addCallback(lambda _: None)
+        found.addErrback(lambda f: self.log.failure("revoking {user}'s resume token failed",
+                                                    f, user=session.user.name))
+        return found
+
+    def _device(self, session: Session, digest: str) -> None:
+        """``session`` was opened or issued with the token of hash ``digest``."""
+        self._devices[session] = digest
+        if self.shared_devices is not None:
+            self.shared_devices.remember_device(session.id, digest)
 
     # -- resume tokens (spec section 9; docs/security.md, "Resume tokens") ----------
 
@@ -388,7 +405,7 @@ class PresenceService:
         digest = token_hash(token)
         await self.store.store_resume(digest, session.user.name, device[:32],
                                       self.clock.seconds())
-        self._devices[session] = digest
+        self._device(session, digest)
         return token
 
     async def resume(self, token: Any, ip: str = "", port: int = 0) -> Session:
@@ -412,7 +429,7 @@ class PresenceService:
         if user is not None:
             session = await self._open_user(user, ip, port)
             if self._revoked_at.get(user, 0) <= epoch:
-                self._devices[session] = digest
+                self._device(session, digest)
                 self.log.info("{user} resumed a session from {ip}", user=user, ip=ip)
                 return session
             # the user's tokens were revoked while this one was being looked up

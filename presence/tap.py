@@ -435,6 +435,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     if options.get("redis"):
         from presence.cluster.limits import SharedLimits
         service.shared_limits = SharedLimits(hub)   # chat limits over every box
+        service.shared_devices = hub                 # a logout on any node revokes
     sweep = SweepService(hub, reactor, options["poll"])
     started = time.time()
 

@@ -481,6 +481,31 @@ class ClusterHub(Hub):
         Hub.end(self, session, reason)
         if live:
             self._announce_close(session.id, session.user.name, self.me)
+            self.forget_devices([session.id])
+
+    # -- the resume token of each session's device (a logout through any node
+    # revokes it; docs/cluster.md, "Resume tokens in a cluster") --------------
+
+    def remember_device(self, sid: str, digest: str) -> None:
+        """Session ``sid`` was opened or issued with the resume token of hash
+        ``digest``: kept in ``devices`` while the session lives."""
+        self._do("recording a session's device", b"return redis.call('HSET', KEYS[1],"
+                 b" ARGV[1], ARGV[2])", [self.key("devices")], [sid, digest])
+
+    def recall_device(self, sid: str) -> defer.Deferred:
+        """The token hash of session ``sid``'s device, or None (also when
+        Redis cannot answer: logged)."""
+        d = self._eval(b"return redis.call('HGET', KEYS[1], ARGV[1])",
+                       [self.key("devices")], [sid])
+        d.addCallback(lambda raw: None if raw is None else _text(raw))
+        d.addErrback(self._failed, "reading a session's device")
+        return d
+
+    def forget_devices(self, sids: Sequence[str]) -> None:
+        if sids:
+            self._do("forgetting sessions' devices",
+                     b"return redis.call('HDEL', KEYS[1], unpack(ARGV))",
+                     [self.key("devices")], list(sids))
 
     def _announce_close(self, sid: str, user: str, box: str) -> None:
         self._do("announcing the end of a session", CLOSE,
@@ -861,6 +886,7 @@ class ClusterHub(Hub):
                               " the message boxes", box=box, n=len(records), k=len(pending))
             if box != self.me:
                 self.forget_box(box)
+            self.forget_devices([json.loads(_text(raw))["s"] for raw in records])
             for raw in pending if not alive else ():
                 # (a box that stops cleanly spilled its mailboxes itself)
                 value = json.loads(_text(raw))

@@ -264,3 +264,22 @@ def test_the_chat_limit_of_a_session_counts_every_node_it_is_used_through(redis,
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_a_logout_through_any_node_revokes_that_devices_resume_token(cluster):
+    a, b, c = cluster
+    alice = register(a.api(), unique_name("alice"))
+    laptop = login(a.api(), User(alice.name, alice.password))
+    phone = login(b.api(), User(alice.name, alice.password))
+    for via, device in ((c, laptop), (a, phone)):
+        # through a node that did not answer that login
+        expect(via.api().post("/api/logout", form=device.auth), 204, "logout")
+    for device in (laptop, phone):
+        token = device.login_body["resume"]
+        for n in cluster:
+            r = n.api().post("/api/resume", form={"token": token})
+            assert r.status == 401, (n.port, r)
+    # a device that did not log out keeps its token, whichever node is asked
+    tablet = login(c.api(), User(alice.name, alice.password))
+    r = expect(a.api().post("/api/resume", form={"token": tablet.login_body["resume"]}), 200)
+    assert r.json()["username"] == alice.name
