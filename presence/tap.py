@@ -361,8 +361,10 @@ class DirectoryService(Service):
     def stopService(self):
         super().stopService()
         # the worker finishes every queued write (those of the sessions that
-        # just ended included) before its thread is joined
-        self.store.stop()
+        # just ended included) before its thread is joined; the directory in
+        # Redis answers a Deferred (its batches sent, its connections
+        # closed), which twistd waits for before the reactor stops
+        return self.store.stop()
 
 
 class PoolService(Service):

@@ -475,3 +475,22 @@ def test_host_box_may_name_the_scheme_clients_reach_the_boxes_with():
     for bad in ("ftp://10.0.0.5:21", "https://10.0.0.5:8443/x"):
         with pytest.raises(usage.UsageError):
             parse("--redis", "redis://127.0.0.1/0", "--host-box", bad)
+
+
+def test_the_directory_service_waits_for_the_store_to_stop():
+    from twisted.internet import defer
+    stopped = defer.Deferred()
+
+    class Store:
+        def start(self, reactor):
+            pass
+
+        def stop(self):
+            return stopped      # the directory in Redis: batches sent, then closed
+
+    service = tap.DirectoryService(Store(), None)
+    service.startService()
+    d = service.stopService()
+    assert isinstance(d, defer.Deferred) and not d.called
+    stopped.callback(None)
+    assert d.called
