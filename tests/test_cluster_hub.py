@@ -546,3 +546,45 @@ def test_limits_over_the_cluster_fail_open_while_redis_is_down() -> None:
         limits.take([("chat:s:x", 1, 1.0)], c.clock.seconds()).addCallback(results.append)
     assert results == [None, None, None]   # allowed: the node's own buckets decide
     assert hub._outage                      # (noticed: one line for the outage)
+
+
+# -- a change of groups racing a login on another box ------------------------------
+
+def test_a_group_change_racing_a_login_on_another_box_reaches_every_watcher() -> None:
+    """bob joins ``club`` through a, while he logs in on b with the groups
+    b read before the join, and comes online there before b hears of the
+    join: alice, on a and watching ``club``, still hears him come online."""
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice", groups=["club"])
+    ha = c.hold(alice)
+    a.watch(alice, "club")
+    a.membership_changed("club", "bob", True)         # published, not yet delivered
+    bob = b.login("bob", "sid-bob-0000000000000001", "10.1.1.2", 5000, [])   # stale groups
+    b.attach(bob, FakeChannel(b, bob))
+    c.redis.pump()
+    assert "msg refresh club" in lines(ha)
+    assert lines(ha)[-1] == "msg update online bob"
+    assert a.remote_groups["bob"] == {"club"}
+    assert b.users.user("bob").groups == {"club"}
+    # and the watchers of his old groups only are not told of the club
+    b.end(bob, "logout")
+    c.redis.pump()
+    assert lines(ha)[-1] == "msg update offline bob"
+
+
+def test_a_login_on_a_box_that_heard_of_the_change_first_gets_the_new_groups() -> None:
+    """b hears of bob's leaving ``club`` before it opens the session whose
+    groups were read before: the session does not keep the old group."""
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice", groups=["club"])
+    ha = c.hold(alice)
+    a.watch(alice, "club")
+    a.membership_changed("club", "bob", False)
+    c.redis.pump()                                    # b heard of it ...
+    bob = b.login("bob", "sid-bob-0000000000000002", "10.1.1.2", 5000, ["club"])   # ... before
+    assert b.users.user("bob").groups == frozenset()
+    b.attach(bob, FakeChannel(b, bob))
+    c.redis.pump()
+    assert "msg update online bob" not in lines(ha)   # not in the club any more

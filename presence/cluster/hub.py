@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -58,6 +59,11 @@ BOX_TTL = 10
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
 #: look-ups of unknown session IDs in flight at most (see ClusterHub.claim)
 MAX_CLAIMS = 64
+#: seconds a change of groups is remembered, to correct the groups of a
+#: session or presence event read before it (see ClusterHub.fresh_groups)
+RECENT_CHANGES = 30.0
+#: changes of groups remembered at most
+MAX_CHANGES = 20000
 #: seconds after which a pending chat that no local mailbox holds any more
 #: (it was spilled to the message box) leaves the pending hash
 SETTLED = 30.0
@@ -236,6 +242,10 @@ class ClusterHub(Hub):
         #: live guest sessions of the other boxes per client address key
         #: (so that ``guests_from`` counts over every box)
         self.remote_guests: Dict[str, int] = {}
+        #: recent changes of groups: member -> [(when, key, joined)], and
+        #: (when, member) in the order they came, to forget them
+        self._changes: Dict[str, List[Tuple[float, str, bool]]] = {}
+        self._change_order: Deque[Tuple[float, str]] = deque()
         self._outage = False
         self._claims = 0
 
@@ -311,7 +321,8 @@ class ClusterHub(Hub):
               groups: Sequence[str] = (), guest: bool = False) -> Session:
         box = self.place()
         record = {"s": ident, "u": name, "b": box, "ip": ip, "port": port,
-                  "g": sorted(groups), "guest": guest, "t": self.clock.seconds()}
+                  "g": self.fresh_groups(name, groups), "guest": guest,
+                  "t": self.clock.seconds()}
         if box == self.me:
             session = self._open_local(record)
         else:
@@ -322,7 +333,7 @@ class ClusterHub(Hub):
 
     def _open_local(self, record: dict) -> Session:
         return Hub.login(self, record["u"], record["s"], record["ip"], record["port"],
-                         record["g"], record["guest"])
+                         self.fresh_groups(record["u"], record["g"]), record["guest"])
 
     def _announce_open(self, record: dict, bound: int = 0) -> None:
         """Record and announce a session; with ``bound``, end the user's
@@ -355,7 +366,7 @@ class ClusterHub(Hub):
             return
         self.where[sid] = (user, box, record)
         self.remote.setdefault(user, {}).setdefault(box, set()).add(sid)
-        self.remote_groups[user] = group_set(record.get("g") or ())
+        self.remote_groups[user] = group_set(self.fresh_groups(user, record.get("g") or ()))
         if record.get("guest"):
             key = address_key(record.get("ip") or "")
             self.remote_guests[key] = self.remote_guests.get(key, 0) + 1
@@ -563,7 +574,7 @@ class ClusterHub(Hub):
             if not boxes:
                 del self.remote_online[user]
         if groups is not None:
-            self.remote_groups[user] = group_set(groups)
+            self.remote_groups[user] = group_set(self.fresh_groups(user, groups))
         self.remote_seen[user] = when
         if before != self.is_online(user):
             self._remote_presence_changed(user, when)
@@ -581,7 +592,40 @@ class ClusterHub(Hub):
 
     # -- groups --------------------------------------------------------------------
 
+    def _note_change(self, key: str, member: str, joined: bool) -> None:
+        now = self.clock.seconds()
+        self._changes.setdefault(member, []).append((now, key, joined))
+        self._change_order.append((now, member))
+        self._forget_changes(now)
+
+    def _forget_changes(self, now: float) -> None:
+        order = self._change_order
+        while order and (now - order[0][0] > RECENT_CHANGES or len(order) > MAX_CHANGES):
+            _, member = order.popleft()
+            changes = self._changes.get(member)
+            if changes:
+                changes.pop(0)
+                if not changes:
+                    del self._changes[member]
+
+    def fresh_groups(self, member: str, groups: Sequence[str]) -> List[str]:
+        """``member``'s groups as read at some time (from the directory at
+        a login, from another box's event), with the changes of the last
+        ``RECENT_CHANGES`` seconds that this box heard of applied in order:
+        a change racing a login or a presence event on another box is not
+        lost to a copy of the groups taken before it (each change sets a
+        group absolutely, so applying it again is harmless)."""
+        changes = self._changes.get(member)
+        if not changes:
+            return sorted(groups)
+        self._forget_changes(self.clock.seconds())
+        result = set(groups)
+        for _, key, joined in self._changes.get(member, ()):
+            (result.add if joined else result.discard)(key)
+        return sorted(result)
+
     def membership_changed(self, key: str, member: str, joined: bool) -> None:
+        self._note_change(key, member, joined)
         self._regroup(key, member, joined)
         Hub.membership_changed(self, key, member, joined)
         self._do("sharing a change of membership",
@@ -597,6 +641,7 @@ class ClusterHub(Hub):
                                                    else groups - {key})
 
     def _remote_membership(self, key: str, member: str, joined: bool) -> None:
+        self._note_change(key, member, joined)
         self._regroup(key, member, joined)
         Hub.membership_changed(self, key, member, joined)
 
