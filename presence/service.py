@@ -231,8 +231,8 @@ class PresenceService:
         #: (presence.cluster.limits.SharedLimits), after this node's own
         self.shared_limits: Optional[Any] = None
         #: cluster mode: each session's device (resume token hash) in Redis,
-        #: so that a logout through any node revokes it (the ClusterHub:
-        #: remember_device, recall_device)
+        #: so that a logout through any node revokes it
+        #: (presence.cluster.devices.SharedDevices)
         self.shared_devices: Optional[Any] = None
 
     # -- accounts -------------------------------------------------------------
@@ -734,6 +734,10 @@ class PresenceService:
             await self.room_for_chat(peer)
         msgid = secrets.token_hex(6)
         delivered, msgid, fresh = self.hub.chat(session, peer, text, seq, msgid)
+        if fresh and seq is not None:
+            shared = self.hub.shared_seq(session, seq)   # a cluster: for any node's retry
+            if shared is not None:
+                await shared
         if delivered == "stored" and fresh:
             try:
                 await self.keep_message(peer, session.user.name, text, msgid)

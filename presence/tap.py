@@ -435,9 +435,10 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     service = PresenceService(hub, store, hasher, hash_cost=options["hash-cost"],
                               max_guests=options["max-guests"], limits=limits_of(options))
     if options.get("redis"):
+        from presence.cluster.devices import SharedDevices
         from presence.cluster.limits import SharedLimits
-        service.shared_limits = SharedLimits(hub)   # chat limits over every box
-        service.shared_devices = hub                 # a logout on any node revokes
+        service.shared_limits = SharedLimits(hub)    # chat limits over every box
+        service.shared_devices = SharedDevices(hub)  # a logout on any node revokes
     sweep = SweepService(hub, reactor, options["poll"])
     started = time.time()
 

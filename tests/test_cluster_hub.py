@@ -588,3 +588,32 @@ def test_a_login_on_a_box_that_heard_of_the_change_first_gets_the_new_groups() -
     b.attach(bob, FakeChannel(b, bob))
     c.redis.pump()
     assert "msg update online bob" not in lines(ha)   # not in the club any more
+
+
+def test_a_chat_with_a_seq_is_answered_once_its_answer_is_in_redis() -> None:
+    """The 202 waits for the write any node's retry reads (recall_seq): a
+    retry sent through another node the moment the 202 arrives finds it."""
+    c = Cluster(2)
+    a, _ = c.hubs
+    alice = c.login(0, "alice")
+    c.login(0, "bob")
+    held = []
+    real = a.redis.eval
+
+    def eval(script, keys, args):
+        if script == cluster.SEQ:
+            held.append((defer.Deferred(), (script, keys, args)))
+            return held[-1][0]
+        return real(script, keys, args)
+    a.redis.eval = eval
+    assert a.chat(alice, "bob", "hi", "7", "m1")[2] is True
+    written = a.shared_seq(alice, "7")
+    assert written is not None and not written.called
+    assert a.shared_seq(alice, "7") is None               # (asked once, by the caller)
+    d, call = held.pop()
+    real(*call)
+    d.callback(1)
+    assert written.called
+    # a repeat is answered from memory: nothing to wait for
+    assert a.chat(alice, "bob", "hi", "7", "m2")[2] is False
+    assert a.shared_seq(alice, "7") is None

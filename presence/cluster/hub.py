@@ -242,6 +242,8 @@ class ClusterHub(Hub):
         #: live guest sessions of the other boxes per client address key
         #: (so that ``guests_from`` counts over every box)
         self.remote_guests: Dict[str, int] = {}
+        #: the seq write of the last chat (session ID, seq, its Deferred)
+        self._seq_written: Optional[Tuple[str, str, defer.Deferred]] = None
         #: recent changes of groups: member -> [(when, key, joined)], and
         #: (when, member) in the order they came, to forget them
         self._changes: Dict[str, List[Tuple[float, str, bool]]] = {}
@@ -467,12 +469,23 @@ class ClusterHub(Hub):
              msgid: str) -> Tuple[str, str, bool]:
         delivered, msgid, fresh = Hub.chat(self, session, to, text, seq, msgid)
         if fresh and seq is not None:
-            # written before the answer goes out: a retry through another
-            # node reads it (recall_seq)
-            self._do("sharing a chat's seq", SEQ, [self.key("seqs", session.id)],
-                     [seq, json.dumps([msgid, delivered]), SEQ_MEMORY * 2,
-                      int(self.config.session_ttl)])
+            # written before the answer goes out (the caller waits for
+            # shared_seq): a retry through another node reads it (recall_seq)
+            d = self._do("sharing a chat's seq", SEQ, [self.key("seqs", session.id)],
+                         [seq, json.dumps([msgid, delivered]), SEQ_MEMORY * 2,
+                          int(self.config.session_ttl)])
+            self._seq_written = (session.id, seq, d)
         return delivered, msgid, fresh
+
+    def shared_seq(self, session: Session, seq: Optional[str]) -> Optional[defer.Deferred]:
+        written, self._seq_written = self._seq_written, None
+        if written is None or written[:2] != (session.id, seq):
+            return None
+        d: defer.Deferred = defer.Deferred()
+        # fires with the write (or once its failure is logged: a retry then
+        # gets 503 from recall_seq), without taking the write's result
+        written[2].addBoth(lambda result: (d.callback(None), result)[1])
+        return d
 
     def forget_seq(self, session: Session, seq: Optional[str]) -> None:
         Hub.forget_seq(self, session, seq)

@@ -250,6 +250,12 @@ class IHub(Interface):
         the session's memory, so that a retry through another node is
         answered as the first time and delivered once."""
 
+    def shared_seq(session: Session, seq: Optional[str]) -> Optional[Any]:
+        """Right after :meth:`chat` answered ``seq`` anew: None on one node,
+        else a Deferred that fires once that answer is where every node's
+        :meth:`recall_seq` reads it (the caller answers the client then, so
+        that a retry through another node cannot miss it)."""
+
     # -- the box ----------------------------------------------------------------
 
     def sweep(chunk: int = SWEEP_CHUNK) -> Iterator[int]:
@@ -650,6 +656,9 @@ class Hub:
             session.seqs.pop(seq, None)
 
     def recall_seq(self, session: Session, seq: Optional[str]) -> None:
+        return None
+
+    def shared_seq(self, session: Session, seq: Optional[str]) -> None:
         return None
 
     # -- the sweep ----------------------------------------------------------
