@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 from presence.cluster import hub as cluster
 from presence.cluster.hub import ClusterHub
 from presence.core import frames
-from presence.core.hub import HubConfig, IHub
+from presence.core.hub import Hub, HubConfig, IHub
 from presence.core.tables import book_key
 
 from test_core_hub import FakeChannel, RecordingListener
@@ -617,3 +617,10 @@ def test_a_chat_with_a_seq_is_answered_once_its_answer_is_in_redis() -> None:
     # a repeat is answered from memory: nothing to wait for
     assert a.chat(alice, "bob", "hi", "7", "m2")[2] is False
     assert a.shared_seq(alice, "7") is None
+
+
+def test_box_names_are_the_live_boxes_without_counting_sessions() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    assert a.box_names() == b.box_names() == sorted([a.me, b.me])
+    assert Hub(c.clock, HubConfig(host_box="one:1")).box_names() == ["one:1"]

@@ -959,6 +959,9 @@ class ClusterHub(Hub):
         d.addErrback(self._failed, "taking the box " + box + " out of the directory")
         return d
 
+    def box_names(self) -> List[str]:
+        return sorted(set(self.live) | {self.me})
+
     def boxes(self) -> List[dict]:
         counts = self._counts()
         return [{"box": box, "sessions": counts[box]} for box in sorted(counts)]

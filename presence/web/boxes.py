@@ -40,7 +40,7 @@ def box_scheme(request: server.Request, hub: IHub) -> str:
 def box_origins(hub: IHub, scheme: str) -> Set[Tuple[str, str, int]]:
     """The origins of the cluster's live boxes, this one's included."""
     origins = set()
-    for box in [b["box"] for b in hub.boxes()] + [hub.config.host_box]:
+    for box in hub.box_names():
         origin = _origin_tuple(scheme, box)
         if origin is not None:
             origins.add(origin)
@@ -56,7 +56,7 @@ def allow_box_origin(request: server.Request, hub: IHub) -> None:
         return
     request.setHeader(b"vary", b"Origin")
     origin = stated_origin(request)
-    if origin is None or len(hub.boxes()) < 2:
+    if origin is None or len(hub.box_names()) < 2:
         return
     if origin in box_origins(hub, box_scheme(request, hub)):
         request.setHeader(b"access-control-allow-origin", raw.strip())
@@ -77,7 +77,7 @@ def box_sources(request: server.Request, hub: IHub) -> bytes:
     """The other live boxes' origins, space-separated, for a page's
     ``connect-src`` (its ``EventSource`` may be redirected there); empty for
     one node alone."""
-    boxes = [b["box"] for b in hub.boxes() if b["box"] != hub.config.host_box]
+    boxes = [box for box in hub.box_names() if box != hub.config.host_box]
     scheme = box_scheme(request, hub)
     return b"".join(b" " + f"{scheme}://{box}".encode("ascii") for box in sorted(boxes)
                     if _origin_tuple(scheme, box) is not None)
