@@ -57,6 +57,8 @@ RESERVED = frozenset({
 MAX_TEXT = 4096
 MIN_PASSWORD = 6
 MAX_PASSWORD = 1024
+#: seconds a resume token works after the login that issued it: 30 days
+RESUME_TTL = 30 * 24 * 3600.0
 #: random bytes of a resume token (256 bits; 43 characters of base64url)
 RESUME_BYTES = 32
 #: a longer "token" is not one of ours and is not even hashed
@@ -179,6 +181,8 @@ class Limits:
     #: presence state changes (``POST /api/status``) per session: the pages
     #: send one when their user goes idle and one on the next input
     status: Tuple[float, float] = (30, 0.5)
+    #: seconds a resume token works after it was issued (``--resume-ttl``)
+    resume_ttl: float = RESUME_TTL
 
 
 def _bucket(limit: Tuple[float, float], max_keys: int = 10000) -> RateLimiter:
@@ -229,6 +233,13 @@ class PresenceService:
         #: the count is read by later look-ups: one SQL worker, in order)
         self._revocations = 0
         self._revoked_at: Dict[str, int] = {}
+        #: cluster mode: the chat buckets counted over every box too
+        #: (presence.cluster.limits.SharedLimits), after this node's own
+        self.shared_limits: Optional[Any] = None
+        #: cluster mode: each session's device (resume token hash) in Redis,
+        #: so that a logout through any node revokes it
+        #: (presence.cluster.devices.SharedDevices)
+        self.shared_devices: Optional[Any] = None
 
     # -- accounts -------------------------------------------------------------
 
@@ -364,16 +375,29 @@ class PresenceService:
         """End ``session`` and revoke its device's resume token; the
         Deferred fires (None) once the revocation is durable (a failure is
         logged, never raised: callers need not wait)."""
+        digest = self._devices.pop(session, None)
+        if digest is None and self.shared_devices is not None:
+            # read before the end is carried out (on the same connection)
+            found = self.shared_devices.recall_device(session.id)
+        else:
+            found = defer.succeed(digest)
         self.hub.end(session, "logout")
         self.log.info("{user} logged out", user=session.user.name)
-        digest = self._devices.pop(session, None)
-        if digest is None:
-            return defer.succeed(None)
-        d = self.store.revoke_resume(session.user.name, digest)
-        d.addCallback(lambda _: None)
-        d.addErrback(lambda f: self.log.failure("revoking {user}'s resume token failed", f,
-                                                user=session.user.name))
-        return d
+
+        def revoke(digest: Optional[str]) -> Any:
+            if digest is not None:
+                return self.store.revoke_resume(session.user.name, digest)
+        found.addCallback(revoke)
+        found.addCallback(lambda _: None)
+        found.addErrback(lambda f: self.log.failure("revoking {user}'s resume token failed",
+                                                    f, user=session.user.name))
+        return found
+
+    def _device(self, session: Session, digest: str) -> None:
+        """``session`` was opened or issued with the token of hash ``digest``."""
+        self._devices[session] = digest
+        if self.shared_devices is not None:
+            self.shared_devices.remember_device(session.id, digest)
 
     # -- resume tokens (spec section 9; docs/security.md, "Resume tokens") ----------
 
@@ -387,13 +411,14 @@ class PresenceService:
         digest = token_hash(token)
         await self.store.store_resume(digest, session.user.name, device[:32],
                                       self.clock.seconds())
-        self._devices[session] = digest
+        self._device(session, digest)
         return token
 
     async def resume(self, token: Any, ip: str = "", port: int = 0) -> Session:
         """A new session for the user of the resume ``token``, without the
         password (the same rights as a password login).  401 for a token
-        that is unknown or revoked (one hash and one look-up either way);
+        that is unknown, revoked or older than ``limits.resume_ttl`` (one
+        hash and one look-up either way);
         wrong tokens count against ``ip``: 429 past the limit."""
         now = self.clock.seconds()
         who = address_key(ip)
@@ -405,11 +430,12 @@ class PresenceService:
         well_formed = isinstance(token, str) and len(token) <= MAX_TOKEN and token.isascii()
         digest = token_hash(token) if well_formed else None
         epoch = self._revocations
-        user = await self.store.resume_user(digest) if digest is not None else None
+        not_before = now - self.limits.resume_ttl       # older tokens have expired
+        user = await self.store.resume_user(digest, not_before) if digest is not None else None
         if user is not None:
             session = await self._open_user(user, ip, port)
             if self._revoked_at.get(user, 0) <= epoch:
-                self._devices[session] = digest
+                self._device(session, digest)
                 self.log.info("{user} resumed a session from {ip}", user=user, ip=ip)
                 return session
             # the user's tokens were revoked while this one was being looked up
@@ -677,7 +703,7 @@ class PresenceService:
     # -- chat and messages ---------------------------------------------------
 
     async def init_chat(self, session: Session, to: Any) -> bool:
-        self._chat_allowance(session)       # each one opens windows for the peer
+        await self._chat_allowance(session)   # each one opens windows for the peer
         peer = await self.user_named(to)
         if not self.hub.is_online(peer):
             return False
@@ -687,12 +713,18 @@ class PresenceService:
             self.hub.deliver(peer, frames.init_chat(me))
         return True
 
-    def _chat_allowance(self, session: Session, ip: Optional[str] = None) -> None:
+    async def _chat_allowance(self, session: Session, ip: Optional[str] = None) -> None:
         """Spend one chat of ``session`` and of its address (the one given,
-        else the one it logged in from), or 429 with the seconds to wait."""
+        else the one it logged in from), or 429 with the seconds to wait;
+        in a cluster on this node and then over every box."""
         address = address_key(session.ip if ip is None else ip)
+        now = self.clock.seconds()
         wait = take_all([(self.chat_by_session, session.id),
-                         (self.chat_by_address, address)], self.clock.seconds())
+                         (self.chat_by_address, address)], now)
+        if wait is None and self.shared_limits is not None:
+            wait = await self.shared_limits.take(
+                [("chat:s:" + session.id, *self.limits.chat_session),
+                 ("chat:a:" + address, *self.limits.chat_address)], now)
         if wait is not None:
             raise TooMany("you are sending too fast; slow down", retry_after=wait)
 
@@ -738,7 +770,7 @@ class PresenceService:
         # a retry of a chat already taken is answered again at no cost
         repeat = seq is not None and session.seqs is not None and seq in session.seqs
         if not repeat:
-            self._chat_allowance(session)
+            await self._chat_allowance(session)
         if self.hub.knows(to):
             peer = to
         else:
@@ -747,6 +779,10 @@ class PresenceService:
             await self.room_for_chat(peer)
         msgid = secrets.token_hex(6)
         delivered, msgid, fresh = self.hub.chat(session, peer, text, seq, msgid)
+        if fresh and seq is not None:
+            shared = self.hub.shared_seq(session, seq)   # a cluster: for any node's retry
+            if shared is not None:
+                await shared
         if delivered == "stored" and fresh:
             try:
                 await self.keep_message(peer, session.user.name, text, msgid)
@@ -766,7 +802,7 @@ class PresenceService:
                               retry_after=self.anonymous_limit.wait(who, now))
         text = check_text(text)
         if session is not None:
-            self._chat_allowance(session, ip or None)
+            await self._chat_allowance(session, ip or None)
         peer = await self.user_named(to)
         sender = session.user.name if session is not None else "anonymous"
         ident = await self.keep_message(peer, sender, text)

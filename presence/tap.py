@@ -28,7 +28,7 @@ from presence.endpoint_option import check_server_endpoint
 from presence.invite import frontend as invite_frontend
 from presence.listen import ListenService
 from presence.pages import Pages
-from presence.service import Limits, PresenceService
+from presence.service import RESUME_TTL, Limits, PresenceService
 from presence.sip import frontend as sip_frontend
 from presence.store import passwords
 from presence.store.open import open_store
@@ -126,7 +126,8 @@ def limits_of(options: Any) -> Limits:
                   chat_address=value("address-chat-limit", _bucket),
                   box_messages=box[0], box_bytes=box[1],
                   guests_per_address=options["guests-per-address"],
-                  registrations=options["registrations-per-hour"])
+                  registrations=options["registrations-per-hour"],
+                  resume_ttl=options["resume-ttl"])
 
 
 def _cost(value: str) -> int:
@@ -167,7 +168,8 @@ class Options(usage.Options):
         ["host-box", None, None,
          "This node's identity in dynamic session information [default: host:port of --http]."
          " In cluster mode (--redis) it is required: HOST:PORT where clients reach this"
-         " node's --http."],
+         " node's --http; https://HOST:PORT (the same scheme on every node) makes the"
+         " 307 to another box https [default: the scheme of the request]."],
         ["redis", None, None,
          "Cluster mode: the directory, the global directory of sessions and the routing"
          " between host boxes live in this Redis (redis://[:password@]host:port/db or"
@@ -223,6 +225,10 @@ class Options(usage.Options):
          _positive(int)],
         ["guests-per-address", None, 100,
          "Live guest sessions one client address may hold.", _positive(int)],
+        ["resume-ttl", None, RESUME_TTL,
+         "Seconds a resume token (issued at each password login) re-creates sessions"
+         " without the password; older ones are refused (401) and forgotten.",
+         _positive(float)],
         ["registrations-per-hour", None, 100,
          "Accounts one client address may register an hour (also the burst).",
          _positive(int)],
@@ -232,6 +238,13 @@ class Options(usage.Options):
         if self["linger"] is None:
             self["linger"] = 2 * self["poll"]
         check_server_endpoint("http", self["http"])
+        # --host-box https://HOST:PORT: the scheme clients reach the boxes with
+        self["box-scheme"] = None
+        scheme, sep, rest = (self["host-box"] or "").partition("://")
+        if sep:
+            if scheme not in ("http", "https"):
+                raise usage.UsageError("--host-box: the scheme may be http:// or https://")
+            self["host-box"], self["box-scheme"] = rest, scheme
         if self["redis"] is not None:
             from presence.store.redis import parse_url
             try:
@@ -354,8 +367,10 @@ class DirectoryService(Service):
     def stopService(self):
         super().stopService()
         # the worker finishes every queued write (those of the sessions that
-        # just ended included) before its thread is joined
-        self.store.stop()
+        # just ended included) before its thread is joined; the directory in
+        # Redis answers a Deferred (its batches sent, its connections
+        # closed), which twistd waits for before the reactor stops
+        return self.store.stop()
 
 
 class PoolService(Service):
@@ -403,6 +418,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         keepalive=options["keepalive"], poll=options["poll"], linger=options["linger"],
         session_ttl=options["session-ttl"], mailbox=options["mailbox"],
         host_box=options["host-box"] or "", guest_ttl=options["guest-ttl"],
+        box_scheme=options.get("box-scheme"),
     )
     if options.get("redis"):
         from presence.cluster.service import ClusterService
@@ -424,6 +440,11 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
 
     service = PresenceService(hub, store, hasher, hash_cost=options["hash-cost"],
                               max_guests=options["max-guests"], limits=limits_of(options))
+    if options.get("redis"):
+        from presence.cluster.devices import SharedDevices
+        from presence.cluster.limits import SharedLimits
+        service.shared_limits = SharedLimits(hub)    # chat limits over every box
+        service.shared_devices = SharedDevices(hub)  # a logout on any node revokes
     sweep = SweepService(hub, reactor, options["poll"])
     started = time.time()
 

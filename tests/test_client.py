@@ -11,6 +11,7 @@ goes through the real treq plumbing with L{treq.testing.StubTreq}.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -284,8 +285,15 @@ def test_wrong_password_stops_without_retry() -> None:
     assert h.http.count("/api/login") == 1
 
 
+class NoJitter(random.Random):
+    """The backoff's random numbers, all 0: each wait is the whole delay."""
+
+    def random(self) -> float:
+        return 0.0
+
+
 def test_login_connection_error_retries_with_backoff() -> None:
-    h = Harness()
+    h = Harness(rng=NoJitter())
     h.client.start()
     h.http.last("/api/login").refuse()
     assert h.http.count("/api/login") == 1
@@ -355,7 +363,7 @@ def test_duplicate_ids_are_dropped() -> None:
 
 
 def test_backoff_doubles_to_30s_and_resets_after_success() -> None:
-    h = Harness()
+    h = Harness(rng=NoJitter())
     h.client.start()
     h.login()
     h.heartbeat().refuse()
@@ -377,6 +385,36 @@ def test_backoff_doubles_to_30s_and_resets_after_success() -> None:
     before = h.http.count("/jchat")
     h.clock.advance(0.5)
     assert h.http.count("/jchat") == before + 1
+
+
+def reconnect_waits(seed: int, drops: int = 8) -> list:
+    """The waits before each reconnection of a client whose heartbeat is
+    refused ``drops`` times, with the jitter's random numbers from ``seed``."""
+    h = Harness(rng=random.Random(seed))
+    h.client.start()
+    h.login()
+    h.heartbeat().refuse()
+    waits = []
+    for _ in range(drops):
+        before = h.http.count("/jchat")
+        waited = 0.0
+        while h.http.count("/jchat") == before:
+            h.clock.advance(0.01)
+            waited += 0.01
+        waits.append(round(waited, 2))
+        h.heartbeat().refuse()
+    return waits
+
+
+def test_backoff_waits_are_jittered_within_the_second_half_of_each_delay() -> None:
+    bounds = [0.5, 1, 2, 4, 8, 16, 30, 30]
+    waits = reconnect_waits(1)
+    for wait, delay in zip(waits, bounds):
+        assert delay / 2 - 0.011 <= wait <= delay + 0.011, (waits, bounds)
+    assert reconnect_waits(1) == waits              # the same seed, the same waits
+    # clients dropped together come back apart: other seeds, other waits
+    others = [reconnect_waits(seed)[0] for seed in range(2, 12)]
+    assert len(set(others + [waits[0]])) >= 5, others
 
 
 def test_server_error_on_heartbeat_backs_off() -> None:

@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 from presence.cluster import hub as cluster
 from presence.cluster.hub import ClusterHub
 from presence.core import frames
-from presence.core.hub import HubConfig, IHub
+from presence.core.hub import Hub, HubConfig, IHub
 from presence.core.tables import book_key
 
 from test_core_hub import FakeChannel, RecordingListener
@@ -69,6 +69,15 @@ class FakeRedis:
             self.sessions[a[0]] = a[1]
             self.onbox.setdefault(a[2], set()).add(a[0])
             self.publish(keys[3], args[3])
+            user = json.loads(a[1])["u"]
+            mine = sorted((json.loads(r)["t"], sid) for sid, r in self.sessions.items()
+                          if json.loads(r)["u"] == user)
+            bound = int(a[4]) if len(a) > 4 else 0
+            if bound <= 0 or len(mine) <= bound:
+                return defer.succeed([])
+            return defer.succeed([x.encode() for _, sid in mine[:len(mine) - bound]
+                                  if sid != a[0]
+                                  for x in (sid, json.loads(self.sessions[sid])["b"])])
         elif script == cluster.CLOSE:
             self.sessions.pop(a[0], None)
             for sids in self.onbox.values():
@@ -484,3 +493,134 @@ def test_a_session_look_up_while_redis_is_down_is_a_503() -> None:
     assert again is not None
     again.addErrback(failures.append)
     assert len(failures) == 2
+
+
+# -- limits over every box ----------------------------------------------------------
+
+def test_the_per_user_bound_on_sessions_counts_every_box() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    for hub in c.hubs:
+        hub.config.sessions_per_user = 2
+    first = c.login(0, "alice")                       # on a
+    h1 = c.hold(first)
+    c.clock.advance(1)
+    second = c.login(0, "alice")                      # on b (a holds one)
+    assert second.host_box == b.me
+    c.clock.advance(1)
+    third = c.login(1, "alice")                       # on a or b: three in all
+    c.redis.pump()
+    c.redis.pump()
+    # the oldest, on a, was replaced; the two newest live on
+    assert h1.released == ["replaced"]
+    assert a.users.session(first.id) is None and a.session(first.id) is None
+    for s in (second, third):
+        assert c.hub_of(s).users.session(s.id) is not None
+    assert sum(len(h.sessions_of("alice")) for h in c.hubs) == 2
+
+
+def test_the_bound_on_guests_per_address_counts_every_box() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    sessions = [a.login(f"guest.{i}", f"sid-guest-{i:016d}", "10.9.9.9", 1, (), True)
+                for i in range(3)]
+    c.redis.pump()
+    assert {s.host_box for s in sessions} == {a.me, b.me}
+    key = "10.9.9.9"
+    assert a.guests_from(key) == b.guests_from(key) == 3
+    assert a.guests_from("10.9.9.8") == 0
+    for s in sessions:
+        c.hub_of(s).end(c.hub_of(s).session(s.id), "logout")
+    c.redis.pump()
+    assert a.guests_from(key) == b.guests_from(key) == 0
+
+
+def test_limits_over_the_cluster_fail_open_while_redis_is_down() -> None:
+    from presence.cluster.limits import SharedLimits
+    c = Cluster(1)
+    hub = c.hubs[0]
+    c.redis.down = True
+    limits = SharedLimits(hub)
+    results = []
+    for _ in range(3):
+        limits.take([("chat:s:x", 1, 1.0)], c.clock.seconds()).addCallback(results.append)
+    assert results == [None, None, None]   # allowed: the node's own buckets decide
+    assert hub._outage                      # (noticed: one line for the outage)
+
+
+# -- a change of groups racing a login on another box ------------------------------
+
+def test_a_group_change_racing_a_login_on_another_box_reaches_every_watcher() -> None:
+    """bob joins ``club`` through a, while he logs in on b with the groups
+    b read before the join, and comes online there before b hears of the
+    join: alice, on a and watching ``club``, still hears him come online."""
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice", groups=["club"])
+    ha = c.hold(alice)
+    a.watch(alice, "club")
+    a.membership_changed("club", "bob", True)         # published, not yet delivered
+    bob = b.login("bob", "sid-bob-0000000000000001", "10.1.1.2", 5000, [])   # stale groups
+    b.attach(bob, FakeChannel(b, bob))
+    c.redis.pump()
+    assert "msg refresh club" in lines(ha)
+    assert lines(ha)[-1] == "msg update online bob"
+    assert a.remote_groups["bob"] == {"club"}
+    assert b.users.user("bob").groups == {"club"}
+    # and the watchers of his old groups only are not told of the club
+    b.end(bob, "logout")
+    c.redis.pump()
+    assert lines(ha)[-1] == "msg update offline bob"
+
+
+def test_a_login_on_a_box_that_heard_of_the_change_first_gets_the_new_groups() -> None:
+    """b hears of bob's leaving ``club`` before it opens the session whose
+    groups were read before: the session does not keep the old group."""
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice", groups=["club"])
+    ha = c.hold(alice)
+    a.watch(alice, "club")
+    a.membership_changed("club", "bob", False)
+    c.redis.pump()                                    # b heard of it ...
+    bob = b.login("bob", "sid-bob-0000000000000002", "10.1.1.2", 5000, ["club"])   # ... before
+    assert b.users.user("bob").groups == frozenset()
+    b.attach(bob, FakeChannel(b, bob))
+    c.redis.pump()
+    assert "msg update online bob" not in lines(ha)   # not in the club any more
+
+
+def test_a_chat_with_a_seq_is_answered_once_its_answer_is_in_redis() -> None:
+    """The 202 waits for the write any node's retry reads (recall_seq): a
+    retry sent through another node the moment the 202 arrives finds it."""
+    c = Cluster(2)
+    a, _ = c.hubs
+    alice = c.login(0, "alice")
+    c.login(0, "bob")
+    held = []
+    real = a.redis.eval
+
+    def eval(script, keys, args):
+        if script == cluster.SEQ:
+            held.append((defer.Deferred(), (script, keys, args)))
+            return held[-1][0]
+        return real(script, keys, args)
+    a.redis.eval = eval
+    assert a.chat(alice, "bob", "hi", "7", "m1")[2] is True
+    written = a.shared_seq(alice, "7")
+    assert written is not None and not written.called
+    assert a.shared_seq(alice, "7") is None               # (asked once, by the caller)
+    d, call = held.pop()
+    real(*call)
+    d.callback(1)
+    assert written.called
+    # a repeat is answered from memory: nothing to wait for
+    assert a.chat(alice, "bob", "hi", "7", "m2")[2] is False
+    assert a.shared_seq(alice, "7") is None
+
+
+def test_box_names_are_the_live_boxes_without_counting_sessions() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    assert a.box_names() == b.box_names() == sorted([a.me, b.me])
+    assert Hub(c.clock, HubConfig(host_box="one:1")).box_names() == ["one:1"]

@@ -95,6 +95,26 @@ def test_a_session_ending_otherwise_keeps_the_token(world):
     assert world.browser().post("/api/resume", token=alice.login["resume"]).status == 200
 
 
+def test_a_resume_token_expires_resume_ttl_after_its_login(logged_errors):
+    from presence.service import Limits
+    from helpers import TEST_LIMITS
+    import dataclasses
+    world = World(limits=dataclasses.replace(TEST_LIMITS, resume_ttl=600.0))
+    alice = world.user("alice")
+    token = alice.login["resume"]
+    world.advance(599)
+    resumed = world.browser().post("/api/resume", token=token)
+    assert resumed.status == 200                 # a resume does not renew the token
+    world.advance(2)
+    refused = world.browser().post("/api/resume", token=token)
+    assert refused.status == 401 and "log in" in refused.error
+    assert stored_hashes(world, "alice") == []   # forgotten
+    # a new password login gives a new token, which works
+    fresh = world.login("alice").login["resume"]
+    assert world.browser().post("/api/resume", token=fresh).status == 200
+    assert Limits().resume_ttl == 30 * 24 * 3600
+
+
 @pytest.mark.parametrize("token", ["x" * 43, "", "é" * 10, "x" * 5000, ["a", "b"]])
 def test_wrong_or_missing_token_is_a_clear_error(world, token):
     world.user("alice")
@@ -128,7 +148,7 @@ def test_unknown_and_revoked_tokens_cost_the_same(world):
     assert alice.post("/api/logout").status == 204
     looked_up = []
     real = world.store.resume_user
-    world.store.resume_user = lambda h: (looked_up.append(h), real(h))[1]
+    world.store.resume_user = lambda h, *rest: (looked_up.append(h), real(h, *rest))[1]
     for t in (token, "y" * len(token)):
         assert world.browser().post("/api/resume", token=t).status == 401
     assert looked_up == [token_hash(token), token_hash("y" * len(token))]
@@ -241,9 +261,9 @@ class SlowResume(SQLiteDirectory):
         super().__init__(":memory:", runner=run_now)
         self.waiting = []
 
-    def resume_user(self, token_hash):
+    def resume_user(self, token_hash, not_before=None):
         d = defer.Deferred()
-        self.waiting.append((d, super().resume_user(token_hash)))
+        self.waiting.append((d, super().resume_user(token_hash, not_before)))
         return d
 
     def answer(self):

@@ -782,6 +782,18 @@ def test_revoke_all_resume_tokens_of_a_user(store):
         settle(again.stop())
 
 
+def test_a_resume_token_older_than_not_before_has_expired_and_is_forgotten(store):
+    result_of(store.create_user("alice", HASH))
+    result_of(store.store_resume("h1", "alice", "laptop", 100.0))
+    result_of(store.store_resume("h2", "alice", "phone", 200.0))
+    assert result_of(store.resume_user("h1", not_before=100.0)) == "alice"   # not yet
+    assert result_of(store.resume_user("h1", not_before=150.0)) is None      # expired
+    # forgotten: even without a bound it no longer names alice
+    assert result_of(store.resume_user("h1")) is None
+    assert result_of(store.resume_user("h2", not_before=150.0)) == "alice"
+    assert result_of(store.revoke_resume("alice")) == 1        # only h2 was left
+
+
 def test_resume_tokens_per_user_are_bounded_oldest_dropped(store):
     from presence.store.sqlite import RESUME_PER_USER
     for i in range(RESUME_PER_USER + 2):

@@ -466,3 +466,31 @@ def test_cluster_options_accepted_and_without_them_nothing_changes():
     o = parse("--redis", "redis://:pw@127.0.0.1:6379/2", "--host-box", "10.0.0.5:8081")
     assert o["redis"] == "redis://:pw@127.0.0.1:6379/2" and o["host-box"] == "10.0.0.5:8081"
     assert parse()["redis"] is None
+
+
+def test_host_box_may_name_the_scheme_clients_reach_the_boxes_with():
+    o = parse("--redis", "redis://127.0.0.1/0", "--host-box", "https://10.0.0.5:8443")
+    assert o["host-box"] == "10.0.0.5:8443" and o["box-scheme"] == "https"
+    assert parse("--host-box", "10.0.0.5:80")["box-scheme"] is None
+    for bad in ("ftp://10.0.0.5:21", "https://10.0.0.5:8443/x"):
+        with pytest.raises(usage.UsageError):
+            parse("--redis", "redis://127.0.0.1/0", "--host-box", bad)
+
+
+def test_the_directory_service_waits_for_the_store_to_stop():
+    from twisted.internet import defer
+    stopped = defer.Deferred()
+
+    class Store:
+        def start(self, reactor):
+            pass
+
+        def stop(self):
+            return stopped      # the directory in Redis: batches sent, then closed
+
+    service = tap.DirectoryService(Store(), None)
+    service.startService()
+    d = service.stopService()
+    assert isinstance(d, defer.Deferred) and not d.called
+    stopped.callback(None)
+    assert d.called

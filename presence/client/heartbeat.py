@@ -8,7 +8,9 @@ holds the heartbeat ``GET /jchat`` in stream or poll mode, parses the
 each new frame to a callback, acknowledges frames (``POST /ack`` at least every
 100 frames or 10 seconds, and ``ack=<last id>`` on every new heartbeat
 request), reconnects after any drop with exponential backoff (0.5 s doubling
-to 30 s, reset by each successful heartbeat), logs in again when the server
+to 30 s, each wait shortened by up to half at random so that clients
+dropped together do not come back together; reset by each successful
+heartbeat), logs in again when the server
 says the session is gone (``403``), sends chat messages with a sender
 sequence number so that retries are never delivered twice, and logs out.
 After a password login it keeps the answer's resume token (in memory, and in
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 from urllib.parse import quote, urlencode
@@ -215,6 +218,8 @@ class HeartbeatClient:
 
     initial_delay = 0.5
     max_delay = 30.0
+    #: each backoff wait is the delay less up to this fraction of it, at random
+    jitter = 0.5
     ack_every_frames = 100
     ack_every_seconds = 10.0
     retry_attempts = 6
@@ -239,6 +244,7 @@ class HeartbeatClient:
         idle_timeout: float = 65.0,
         request_timeout: float = 30.0,
         resume_file: str | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{seconds}; all timers use it.
@@ -264,6 +270,8 @@ class HeartbeatClient:
             with mode 0600, read at start, removed at logout), so that the
             next run resumes without the password.  Without a password the
             client can only resume; a refused token then stops it.
+        @param rng: the random numbers of the backoff's jitter (a seeded
+            C{random.Random} in tests); default: a C{random.Random} of its own.
         """
         if mode not in ("stream", "poll"):
             raise ValueError(f"mode must be 'stream' or 'poll', not {mode!r}")
@@ -288,6 +296,7 @@ class HeartbeatClient:
         self.acked_id = 0
         self.connected = False
         self.delay = self.initial_delay
+        self._random = rng if rng is not None else random.Random()
 
         self._started = False
         self._stopped = False
@@ -489,7 +498,9 @@ class HeartbeatClient:
         if self._stopped or self._retry_call is not None:
             return
         if delay is None:
-            delay = self.delay
+            # jitter: clients dropped at once (a box died) come back spread
+            # over the second half of the delay, not all at the same instant
+            delay = self.delay * (1 - self.jitter * self._random.random())
             self.delay = min(self.delay * 2, self.max_delay)
         self._retry_call = self._reactor.callLater(delay, self._attempt)
 
@@ -536,7 +547,7 @@ class HeartbeatClient:
             self._halt(failure)
             self._fire_stopped()
             return
-        self._status(f"login failed ({_describe(failure)}); retrying in {self.delay:g}s")
+        self._status(f"login failed ({_describe(failure)}); retrying within {self.delay:g}s")
         self._schedule()
 
     def _invalidate(self, session: SessionInfo | None) -> None:
@@ -617,7 +628,7 @@ class HeartbeatClient:
         self._abandon()
         self._status(
             f"heartbeat {'dropped' if was_connected else 'failed'} ({why}); "
-            f"reconnecting in {self.delay:g}s"
+            f"reconnecting within {self.delay:g}s"
         )
         self._schedule()
 

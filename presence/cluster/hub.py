@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -45,6 +46,7 @@ from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.hub import SEQ_MEMORY, Hub, HubConfig, IHub
 from presence.core.mailbox import Mailbox
+from presence.core.ratelimit import address_key
 from presence.core.states import AVAILABLE, OFFLINE_STATE, STATES, combine, state_value
 from presence.core.tables import Session, UserState, group_set
 from presence.store.interface import StoreUnavailable
@@ -58,18 +60,43 @@ BOX_TTL = 10
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
 #: look-ups of unknown session IDs in flight at most (see ClusterHub.claim)
 MAX_CLAIMS = 64
+#: seconds a change of groups is remembered, to correct the groups of a
+#: session or presence event read before it (see ClusterHub.fresh_groups)
+RECENT_CHANGES = 30.0
+#: changes of groups remembered at most
+MAX_CHANGES = 20000
 #: seconds after which a pending chat that no local mailbox holds any more
 #: (it was spilled to the message box) leaves the pending hash
 SETTLED = 30.0
 
 # Announce a session (KEYS sessions, onbox:<box>, where:<user>, all;
-# ARGV sid, record, box, event)
+# ARGV sid, record, box, event, bound).  With a bound (> 0), past
+# ``bound`` sessions of the user over all boxes it answers the oldest ones
+# as ``sid, box`` pairs (the caller ends them: ``msg bye replaced``)
 OPEN = b"""
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('PUBLISH', KEYS[4], ARGV[4])
-return 1
+local bound = tonumber(ARGV[5] or '0')
+if bound <= 0 or redis.call('HLEN', KEYS[3]) <= bound then return {} end
+local sids = redis.call('HKEYS', KEYS[3])
+local records = redis.call('HMGET', KEYS[1], unpack(sids))
+local others = {}
+for i, sid in ipairs(sids) do
+  if sid ~= ARGV[1] then
+    local t = 0
+    if records[i] then t = tonumber(cjson.decode(records[i])['t']) or 0 end
+    table.insert(others, {t, sid})
+  end
+end
+table.sort(others, function(x, y) return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2]) end)
+local out = {}
+for i = 1, #sids - bound do
+  table.insert(out, others[i][2])
+  table.insert(out, redis.call('HGET', KEYS[3], others[i][2]))
+end
+return out
 """
 
 # A session ended (KEYS sessions, onbox:<box>, where:<user>, all; ARGV sid, event)
@@ -233,6 +260,15 @@ class ClusterHub(Hub):
         self.proxies: Dict[str, Session] = {}
         #: the live boxes at the last refresh -> their session counts
         self.live: Dict[str, int] = {}
+        #: live guest sessions of the other boxes per client address key
+        #: (so that ``guests_from`` counts over every box)
+        self.remote_guests: Dict[str, int] = {}
+        #: the seq write of the last chat (session ID, seq, its Deferred)
+        self._seq_written: Optional[Tuple[str, str, defer.Deferred]] = None
+        #: recent changes of groups: member -> [(when, key, joined)], and
+        #: (when, member) in the order they came, to forget them
+        self._changes: Dict[str, List[Tuple[float, str, bool]]] = {}
+        self._change_order: Deque[Tuple[float, str]] = deque()
         self._outage = False
         self._claims = 0
 
@@ -308,40 +344,69 @@ class ClusterHub(Hub):
               groups: Sequence[str] = (), guest: bool = False) -> Session:
         box = self.place()
         record = {"s": ident, "u": name, "b": box, "ip": ip, "port": port,
-                  "g": sorted(groups), "guest": guest, "t": self.clock.seconds()}
+                  "g": self.fresh_groups(name, groups), "guest": guest,
+                  "t": self.clock.seconds()}
         if box == self.me:
             session = self._open_local(record)
         else:
             self._note_open(record)
             session = self._proxy(ident)
-        self._announce_open(record)
+        self._announce_open(record, self.config.sessions_per_user)
         return session
 
     def _open_local(self, record: dict) -> Session:
         return Hub.login(self, record["u"], record["s"], record["ip"], record["port"],
-                         record["g"], record["guest"])
+                         self.fresh_groups(record["u"], record["g"]), record["guest"])
 
-    def _announce_open(self, record: dict) -> None:
+    def _announce_open(self, record: dict, bound: int = 0) -> None:
+        """Record and announce a session; with ``bound``, end the user's
+        oldest sessions on every box past it (the per-user bound counted
+        over the cluster, in the same script)."""
         event = dict(record, e="open")
-        self._do("announcing a session", OPEN,
-                 [self.key("sessions"), self.key("onbox", record["b"]),
-                  self.key("where", record["u"]), self.key("all")],
-                 [record["s"], json.dumps(record), record["b"], json.dumps(event)])
+        d = self._do("announcing a session", OPEN,
+                     [self.key("sessions"), self.key("onbox", record["b"]),
+                      self.key("where", record["u"]), self.key("all")],
+                     [record["s"], json.dumps(record), record["b"], json.dumps(event), bound])
+        d.addCallback(self._replace)
+
+    def _replace(self, oldest: Any) -> None:
+        """End these sessions (``sid, box`` pairs): past the per-user bound."""
+        if not isinstance(oldest, list):
+            return   # (a failure, logged already)
+        for i in range(0, len(oldest) - 1, 2):
+            sid, box = _text(oldest[i]), _text(oldest[i + 1])
+            session = self.session(sid)
+            if session is not None:
+                self.end(session, "replaced")
+            elif box != self.me:
+                self._send(box, {"e": "end", "s": sid, "r": "replaced"})
 
     def _note_open(self, record: dict) -> None:
         sid, user, box = record["s"], record["u"], record["b"]
         if box == self.me:
             return
+        if sid in self.where:
+            return
         self.where[sid] = (user, box, record)
         self.remote.setdefault(user, {}).setdefault(box, set()).add(sid)
-        self.remote_groups[user] = group_set(record.get("g") or ())
+        self.remote_groups[user] = group_set(self.fresh_groups(user, record.get("g") or ()))
+        if record.get("guest"):
+            key = address_key(record.get("ip") or "")
+            self.remote_guests[key] = self.remote_guests.get(key, 0) + 1
 
     def _note_close(self, sid: str) -> None:
         found = self.where.pop(sid, None)
         self.proxies.pop(sid, None)
         if found is None:
             return
-        user, box, _ = found
+        user, box, record = found
+        if record.get("guest"):
+            key = address_key(record.get("ip") or "")
+            left = self.remote_guests.get(key, 0) - 1
+            if left > 0:
+                self.remote_guests[key] = left
+            else:
+                self.remote_guests.pop(key, None)
         boxes = self.remote.get(user)
         if boxes is not None:
             sids = boxes.get(box)
@@ -364,6 +429,9 @@ class ClusterHub(Hub):
                             record.get("t", 0.0), Mailbox(1))
             self.proxies[sid] = proxy
         return proxy
+
+    def guests_from(self, key: str) -> int:
+        return Hub.guests_from(self, key) + self.remote_guests.get(key, 0)
 
     def session(self, ident: str) -> Optional[Session]:
         local = self.users.session(ident)
@@ -422,12 +490,23 @@ class ClusterHub(Hub):
              msgid: str) -> Tuple[str, str, bool]:
         delivered, msgid, fresh = Hub.chat(self, session, to, text, seq, msgid)
         if fresh and seq is not None:
-            # written before the answer goes out: a retry through another
-            # node reads it (recall_seq)
-            self._do("sharing a chat's seq", SEQ, [self.key("seqs", session.id)],
-                     [seq, json.dumps([msgid, delivered]), SEQ_MEMORY * 2,
-                      int(self.config.session_ttl)])
+            # written before the answer goes out (the caller waits for
+            # shared_seq): a retry through another node reads it (recall_seq)
+            d = self._do("sharing a chat's seq", SEQ, [self.key("seqs", session.id)],
+                         [seq, json.dumps([msgid, delivered]), SEQ_MEMORY * 2,
+                          int(self.config.session_ttl)])
+            self._seq_written = (session.id, seq, d)
         return delivered, msgid, fresh
+
+    def shared_seq(self, session: Session, seq: Optional[str]) -> Optional[defer.Deferred]:
+        written, self._seq_written = self._seq_written, None
+        if written is None or written[:2] != (session.id, seq):
+            return None
+        d: defer.Deferred = defer.Deferred()
+        # fires with the write (or once its failure is logged: a retry then
+        # gets 503 from recall_seq), without taking the write's result
+        written[2].addBoth(lambda result: (d.callback(None), result)[1])
+        return d
 
     def forget_seq(self, session: Session, seq: Optional[str]) -> None:
         Hub.forget_seq(self, session, seq)
@@ -447,6 +526,31 @@ class ClusterHub(Hub):
         Hub.end(self, session, reason)
         if live:
             self._announce_close(session.id, session.user.name, self.me)
+            self.forget_devices([session.id])
+
+    # -- the resume token of each session's device (a logout through any node
+    # revokes it; docs/cluster.md, "Resume tokens in a cluster") --------------
+
+    def remember_device(self, sid: str, digest: str) -> None:
+        """Session ``sid`` was opened or issued with the resume token of hash
+        ``digest``: kept in ``devices`` while the session lives."""
+        self._do("recording a session's device", b"return redis.call('HSET', KEYS[1],"
+                 b" ARGV[1], ARGV[2])", [self.key("devices")], [sid, digest])
+
+    def recall_device(self, sid: str) -> defer.Deferred:
+        """The token hash of session ``sid``'s device, or None (also when
+        Redis cannot answer: logged)."""
+        d = self._eval(b"return redis.call('HGET', KEYS[1], ARGV[1])",
+                       [self.key("devices")], [sid])
+        d.addCallback(lambda raw: None if raw is None else _text(raw))
+        d.addErrback(self._failed, "reading a session's device")
+        return d
+
+    def forget_devices(self, sids: Sequence[str]) -> None:
+        if sids:
+            self._do("forgetting sessions' devices",
+                     b"return redis.call('HDEL', KEYS[1], unpack(ARGV))",
+                     [self.key("devices")], list(sids))
 
     def _announce_close(self, sid: str, user: str, box: str) -> None:
         self._do("announcing the end of a session", CLOSE,
@@ -563,7 +667,7 @@ class ClusterHub(Hub):
             if not boxes:
                 del self.remote_online[user]
         if groups is not None:
-            self.remote_groups[user] = group_set(groups)
+            self.remote_groups[user] = group_set(self.fresh_groups(user, groups))
         self.remote_seen[user] = when
         if before != self.is_online(user):
             self._remote_presence_changed(user, when)
@@ -582,7 +686,40 @@ class ClusterHub(Hub):
 
     # -- groups --------------------------------------------------------------------
 
+    def _note_change(self, key: str, member: str, joined: bool) -> None:
+        now = self.clock.seconds()
+        self._changes.setdefault(member, []).append((now, key, joined))
+        self._change_order.append((now, member))
+        self._forget_changes(now)
+
+    def _forget_changes(self, now: float) -> None:
+        order = self._change_order
+        while order and (now - order[0][0] > RECENT_CHANGES or len(order) > MAX_CHANGES):
+            _, member = order.popleft()
+            changes = self._changes.get(member)
+            if changes:
+                changes.pop(0)
+                if not changes:
+                    del self._changes[member]
+
+    def fresh_groups(self, member: str, groups: Sequence[str]) -> List[str]:
+        """``member``'s groups as read at some time (from the directory at
+        a login, from another box's event), with the changes of the last
+        ``RECENT_CHANGES`` seconds that this box heard of applied in order:
+        a change racing a login or a presence event on another box is not
+        lost to a copy of the groups taken before it (each change sets a
+        group absolutely, so applying it again is harmless)."""
+        changes = self._changes.get(member)
+        if not changes:
+            return sorted(groups)
+        self._forget_changes(self.clock.seconds())
+        result = set(groups)
+        for _, key, joined in self._changes.get(member, ()):
+            (result.add if joined else result.discard)(key)
+        return sorted(result)
+
     def membership_changed(self, key: str, member: str, joined: bool) -> None:
+        self._note_change(key, member, joined)
         self._regroup(key, member, joined)
         Hub.membership_changed(self, key, member, joined)
         self._do("sharing a change of membership",
@@ -598,6 +735,7 @@ class ClusterHub(Hub):
                                                    else groups - {key})
 
     def _remote_membership(self, key: str, member: str, joined: bool) -> None:
+        self._note_change(key, member, joined)
         self._regroup(key, member, joined)
         Hub.membership_changed(self, key, member, joined)
 
@@ -809,6 +947,7 @@ class ClusterHub(Hub):
             before = {u: self.is_online(u) for u in self.remote_online}
             self.where, self.remote, self.proxies = {}, {}, {}
             self.remote_online, self.remote_seen, self.remote_states = {}, {}, {}
+            self.remote_guests = {}
             mine = {}
             for raw in sessions:
                 record = json.loads(_text(raw))
@@ -917,6 +1056,7 @@ class ClusterHub(Hub):
                               " the message boxes", box=box, n=len(records), k=len(pending))
             if box != self.me:
                 self.forget_box(box)
+            self.forget_devices([json.loads(_text(raw))["s"] for raw in records])
             for raw in pending if not alive else ():
                 # (a box that stops cleanly spilled its mailboxes itself)
                 value = json.loads(_text(raw))
@@ -930,6 +1070,9 @@ class ClusterHub(Hub):
         d.addCallback(buried)
         d.addErrback(self._failed, "taking the box " + box + " out of the directory")
         return d
+
+    def box_names(self) -> List[str]:
+        return sorted(set(self.live) | {self.me})
 
     def boxes(self) -> List[dict]:
         counts = self._counts()

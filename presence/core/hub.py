@@ -271,6 +271,12 @@ class IHub(Interface):
         the session's memory, so that a retry through another node is
         answered as the first time and delivered once."""
 
+    def shared_seq(session: Session, seq: Optional[str]) -> Optional[Any]:
+        """Right after :meth:`chat` answered ``seq`` anew: None on one node,
+        else a Deferred that fires once that answer is where every node's
+        :meth:`recall_seq` reads it (the caller answers the client then, so
+        that a retry through another node cannot miss it)."""
+
     # -- the box ----------------------------------------------------------------
 
     def sweep(chunk: int = SWEEP_CHUNK) -> Iterator[int]:
@@ -283,6 +289,10 @@ class IHub(Interface):
     def boxes() -> List[dict]:
         """The live host boxes of the cluster, ``{"box", "sessions"}`` each
         (``GET /api/cluster``); one node alone is a cluster of one box."""
+
+    def box_names() -> List[str]:
+        """The names (``host_box``) of the live boxes, this one's included,
+        without counting their sessions: cheap enough for every request."""
 
     def claim(ident: str) -> Optional[Any]:
         """For a heartbeat naming a session this box does not know: None if
@@ -307,6 +317,9 @@ class HubConfig:
     overflow_release: Optional[int] = None
     sessions_per_user: int = 16
     host_box: str = "localhost:8080"
+    #: the scheme clients reach every box with (``--host-box https://...``);
+    #: None: the scheme of each request (docs/cluster.md, "Pages across boxes")
+    box_scheme: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.linger is None:
@@ -744,6 +757,9 @@ class Hub:
     def recall_seq(self, session: Session, seq: Optional[str]) -> None:
         return None
 
+    def shared_seq(self, session: Session, seq: Optional[str]) -> None:
+        return None
+
     # -- the sweep ----------------------------------------------------------
 
     def sweep(self, chunk: int = SWEEP_CHUNK) -> Iterator[int]:
@@ -783,6 +799,9 @@ class Hub:
 
     def boxes(self) -> List[dict]:
         return [{"box": self.config.host_box, "sessions": len(self.users.sessions)}]
+
+    def box_names(self) -> List[str]:
+        return [self.config.host_box]
 
     def claim(self, ident: str) -> None:
         return None

@@ -45,6 +45,7 @@ from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooMan
 from presence.service import RESERVED, PresenceService
 from presence.web.api import set_resume_cookie
 from presence.web.auth import COOKIE, cookie_session_id, cross_origin
+from presence.web.boxes import box_sources
 from presence.web.http import client_address, mask, params
 from presence.pages import views
 from presence.pages.views import Visitor, call_url, shown
@@ -55,6 +56,8 @@ STATIC = FilePath(__file__).sibling("static")
 #: seconds without input after which a live page reports its user away
 IDLE = 300.0
 
+CSP = (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+       b" connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 #: security headers of every HTML answer
 HEADERS = {
     b"content-type": b"text/html; charset=utf-8",
@@ -62,9 +65,7 @@ HEADERS = {
     b"x-content-type-options": b"nosniff",
     b"x-frame-options": b"DENY",
     b"referrer-policy": b"same-origin",
-    b"content-security-policy": (
-        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
-        b" connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    b"content-security-policy": CSP,
 }
 
 #: what a successful settings form says (only these texts are ever shown)
@@ -180,6 +181,12 @@ class Pages:
         if isinstance(content, Tag) and content.attributes.get("id") == "live":
             # the pages' idle detection: seconds without input until away
             content.attributes["data-idle"] = "%g" % self.idle
+        others = box_sources(request, self.service.hub)
+        if others:
+            # a cluster: the heartbeat may be redirected to the box that
+            # holds the session (docs/cluster.md, "Pages across boxes")
+            request.setHeader(b"content-security-policy", CSP.replace(
+                b"connect-src 'self'", b"connect-src 'self'" + others))
         return await views.render_page(title, content, self.visitor(session))
 
     async def error(self, request: server.Request, status: int, title: str, text: str,

@@ -78,8 +78,10 @@ class IDirectory(Interface):
     def store_resume(token_hash, user, device, now):
         """Keep a resume token's hash for ``user`` (``device`` a short label); Deferred of None."""
 
-    def resume_user(token_hash):
-        """The user a resume token's hash belongs to, or None; Deferred."""
+    def resume_user(token_hash, not_before=None):
+        """The user a resume token's hash belongs to, or None; Deferred.  A
+        token created before ``not_before`` (a time) has expired: None, and
+        it is forgotten."""
 
     def revoke_resume(user, token_hash=None):
         """Forget ``user``'s resume token ``token_hash``, or all of theirs when None; Deferred of how many."""
@@ -147,8 +149,10 @@ class IDirectory(Interface):
     def store_resume(token_hash, user, device, now):
         """Keep a resume token's hash for ``user`` (``device`` a short label); Deferred of None."""
 
-    def resume_user(token_hash):
-        """The user a resume token's hash belongs to, or None; Deferred."""
+    def resume_user(token_hash, not_before=None):
+        """The user a resume token's hash belongs to, or None; Deferred.  A
+        token created before ``not_before`` (a time) has expired: None, and
+        it is forgotten."""
 
     def revoke_resume(user, token_hash=None):
         """Forget ``user``'s resume token ``token_hash``, or all of theirs when None; Deferred of how many."""

@@ -380,9 +380,17 @@ if over > 0 then
 end
 return 1
 """,
-    # KEYS resume:<hash>
+    # KEYS resume:<hash>; ARGV not_before ('' for none).  An expired token
+    # is forgotten (its entry in resumes:<user> too)
     "resume_user": b"""
-return redis.call('HGET', KEYS[1], 'user')
+local v = redis.call('HMGET', KEYS[1], 'user', 'created')
+if not v[1] then return false end
+if ARGV[1] ~= '' and (tonumber(v[2]) or 0) < tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', ARGV[2] .. 'resumes:' .. v[1], ARGV[3])
+  return false
+end
+return v[1]
 """,
     # KEYS resumes:<user>; ARGV prefix hash?
     "revoke_resume": b"""
@@ -826,8 +834,11 @@ class RedisDirectory:
                        [self.prefix, token_hash, user, device, float(now), RESUME_PER_USER])
         return d.addCallback(lambda _: None)
 
-    def resume_user(self, token_hash: str) -> defer.Deferred:
-        return self._eval("resume_user", [self.keys("resume", token_hash)]).addCallback(_s)
+    def resume_user(self, token_hash: str,
+                    not_before: Optional[float] = None) -> defer.Deferred:
+        return self._eval("resume_user", [self.keys("resume", token_hash)],
+                          ["" if not_before is None else repr(float(not_before)),
+                           self.prefix, token_hash]).addCallback(_s)
 
     def set_password(self, user: str, password_hash: str) -> defer.Deferred:
         d = self._eval("set_password", [self.keys("user", user)], [password_hash])

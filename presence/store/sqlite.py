@@ -369,9 +369,22 @@ class SQLiteDirectory:
                        " LIMIT ?)", (user, user, RESUME_PER_USER))
         return self._tx(work)
 
-    def resume_user(self, token_hash: str) -> defer.Deferred:
-        d = self._query("SELECT user FROM resume WHERE token_hash=?", token_hash)
-        return d.addCallback(lambda rows: rows[0]["user"] if rows else None)
+    def resume_user(self, token_hash: str,
+                    not_before: Optional[float] = None) -> defer.Deferred:
+        if not_before is None:
+            d = self._query("SELECT user FROM resume WHERE token_hash=?", token_hash)
+            return d.addCallback(lambda rows: rows[0]["user"] if rows else None)
+
+        def work(db: sqlite3.Connection) -> Optional[str]:
+            row = db.execute("SELECT user, created FROM resume WHERE token_hash=?",
+                             (token_hash,)).fetchone()
+            if row is None:
+                return None
+            if row[1] < not_before:     # expired: forgotten
+                db.execute("DELETE FROM resume WHERE token_hash=?", (token_hash,))
+                return None
+            return row[0]
+        return self._tx(work)
 
     def revoke_resume(self, user: str, token_hash: Optional[str] = None) -> defer.Deferred:
         if token_hash is None:

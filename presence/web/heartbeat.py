@@ -39,6 +39,7 @@ from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError
 from presence.service import whole_number
 from presence.web.auth import CROSS_ORIGIN, cookie_session_id, cross_origin
+from presence.web.boxes import allow_box_origin, box_location
 from presence.web.http import client_address, params
 
 POLL_BATCH = 100
@@ -238,6 +239,7 @@ class HeartbeatResource(resource.Resource):
         self.dead_after = max(10.0, 2 * hub.config.poll + 5)
 
     def render(self, request: server.Request) -> Any:
+        allow_box_origin(request, self.hub)
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             return _error(request, 405, "the heartbeat is a GET request")
@@ -249,8 +251,9 @@ class HeartbeatResource(resource.Resource):
         except ClientError as e:
             return _error(request, e.status, e.message)
         sid = p.get("id") or p.get("sessionId")
+        by_cookie = None
         if not sid:
-            sid = cookie_session_id(request)
+            sid = by_cookie = cookie_session_id(request)
             # holding a heartbeat (and its ack) changes the session's state:
             # with the cookie alone, never from another origin
             if sid is not None and cross_origin(request):
@@ -261,15 +264,16 @@ class HeartbeatResource(resource.Resource):
             if pending is not None:
                 # a cluster: the session may have been placed here by another
                 # node a moment ago, or be held by another box
-                pending.addCallback(self._claimed, request, p)
+                pending.addCallback(self._claimed, request, p, by_cookie)
                 pending.addErrback(self._unclaimed, request)
                 return server.NOT_DONE_YET
-        return self._hold(request, p, session)
+        return self._hold(request, p, session, by_cookie)
 
-    def _claimed(self, session, request: server.Request, p: Dict[str, Any]) -> None:
+    def _claimed(self, session, request: server.Request, p: Dict[str, Any],
+                 by_cookie: Optional[str] = None) -> None:
         if request.finished or getattr(request, "_disconnected", False):
             return
-        body = self._hold(request, p, session)
+        body = self._hold(request, p, session, by_cookie)
         if body is not server.NOT_DONE_YET:
             request.write(body)
             request.finish()
@@ -281,15 +285,15 @@ class HeartbeatResource(resource.Resource):
             request.finish()
 
     def _hold(self, request: server.Request, p: Dict[str, Any],
-              session: Optional[Session]) -> Any:
+              session: Optional[Session], by_cookie: Optional[str] = None) -> Any:
         me = p.get("me")
         if session is None or (me and me != session.user.name):
             return _error(request, 403, "no such session: log in again")
         if session.host_box != self.hub.config.host_box:
             # held by another box of the cluster: the heartbeat goes there
             request.setResponseCode(307)
-            request.setHeader(b"location", b"http://" + session.host_box.encode("ascii")
-                              + request.uri)
+            request.setHeader(b"location",
+                              box_location(request, self.hub, session.host_box, by_cookie))
             request.setHeader(b"content-type", b"application/json")
             return json.dumps({"error": "this session is held by another box",
                                "host_box": session.host_box}).encode("ascii")

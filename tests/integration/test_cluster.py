@@ -15,63 +15,26 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from presence_harness import (  # noqa: E402
-    Api, HeartbeatReader, ServerProcess, User, chat_frames, chat_ok, expect, free_port,
+    HeartbeatReader, User, chat, chat_frames, chat_ok, expect,
     login, register, start_client, stop_client, unique_name,
 )
-from redis_support import fresh_prefix, start_redis  # noqa: E402
+from redis_support import fresh_prefix  # noqa: E402
+from cluster_support import (  # noqa: E402,F401  (the redis fixture)
+    boxes, node_of, redis, start_cluster, wait_until,
+)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def redis(request, tmp_path_factory):
-    return start_redis(request, tmp_path_factory)
-
-
-def start_node(tmp: Path, url: str, name: str) -> ServerProcess:
-    port = free_port()
-    node = ServerProcess(tmp / name, tmp / f"{name}.log",
-                         extra_args=["--http", f"tcp:{port}:interface=127.0.0.1",
-                                     "--redis", url, "--host-box", f"127.0.0.1:{port}"])
-    return node.start()
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)   # polling a condition, with a deadline
-
-
-def boxes(api: Api) -> dict:
-    r = expect(api.get("/api/cluster"), 200, "GET /api/cluster")
-    return {b["box"]: b["sessions"] for b in r.json()["boxes"]}
 
 
 @pytest.fixture
 def cluster(redis, tmp_path):
     url = f"{redis.url}?prefix={fresh_prefix()}"
-    nodes = []
+    nodes = start_cluster(tmp_path, url, ("a", "b", "c"))
     try:
-        for name in ("a", "b", "c"):
-            nodes.append(start_node(tmp_path, url, name))
-        everyone = {f"127.0.0.1:{n.port}" for n in nodes}
-        for n in nodes:
-            wait_until(lambda: set(boxes(n.api())) == everyone, 15,
-                       f"{n.port} sees every box")
         yield nodes
     finally:
         for n in nodes:
             n.stop()
-
-
-def node_of(nodes, user: User) -> ServerProcess:
-    box = user.login_body["host_box"]
-    return next(n for n in nodes if f"127.0.0.1:{n.port}" == box)
 
 
 def hold(nodes, user: User) -> HeartbeatReader:
@@ -285,3 +248,38 @@ def test_a_password_change_on_one_node_ends_the_users_sessions_on_the_other_boxe
         h.wait_for("msg bye password", timeout=5)
     r = b.api().get("/api/session", query=there.auth)
     assert r.status == 403, r
+
+
+def test_the_chat_limit_of_a_session_counts_every_node_it_is_used_through(redis, tmp_path):
+    nodes = start_cluster(tmp_path, f"{redis.url}?prefix={fresh_prefix()}", ("a", "b"),
+                          lambda: ("--chat-limit", "4:0.01"))
+    try:
+        a, b = nodes
+        alice = login(a.api(), register(a.api(), unique_name("alice")))
+        bob = register(a.api(), unique_name("bob"))
+        answers = [chat(n.api(), alice, bob.name, f"chat {i}").status
+                   for i, n in enumerate([a, b] * 3)]
+        # a burst of 4 in all, not 4 per node
+        assert answers == [202, 202, 202, 202, 429, 429], answers
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_a_logout_through_any_node_revokes_that_devices_resume_token(cluster):
+    a, b, c = cluster
+    alice = register(a.api(), unique_name("alice"))
+    laptop = login(a.api(), User(alice.name, alice.password))
+    phone = login(b.api(), User(alice.name, alice.password))
+    for via, device in ((c, laptop), (a, phone)):
+        # through a node that did not answer that login
+        expect(via.api().post("/api/logout", form=device.auth), 204, "logout")
+    for device in (laptop, phone):
+        token = device.login_body["resume"]
+        for n in cluster:
+            r = n.api().post("/api/resume", form={"token": token})
+            assert r.status == 401, (n.port, r)
+    # a device that did not log out keeps its token, whichever node is asked
+    tablet = login(c.api(), User(alice.name, alice.password))
+    r = expect(a.api().post("/api/resume", form={"token": tablet.login_body["resume"]}), 200)
+    assert r.json()["username"] == alice.name

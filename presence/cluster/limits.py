@@ -1,0 +1,87 @@
+"""Limits counted over every box of a cluster: token buckets in Redis.
+
+A node checks its own buckets first (:class:`~presence.core.ratelimit.RateLimiter`,
+no I/O); in cluster mode the same buckets are then spent in Redis, so that a
+client who spreads its requests over the boxes (a session used through
+several nodes, one address talking to all of them) gets the allowance once,
+not once per box.  One script call takes one token from each bucket of a
+request, or none of them (like :func:`~presence.core.ratelimit.take_all`).
+A bucket is a hash ``rl:<name>`` (``l`` the level, ``t`` when it was last
+spent) that expires once it would be full again, so idle clients cost no
+memory.
+
+Time is the node's clock, passed in; nodes whose clocks differ by a few
+seconds only shift the refill a little (a bucket never goes back in time).
+
+Redis unreachable: the shared check **fails open** (the request goes on with
+the node's own buckets, which still bound each box), so that an outage does
+not stop chat that the boxes can still deliver; one log line per outage
+(the cluster hub's).  docs/cluster.md, "Limits over the cluster".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+# KEYS the buckets; ARGV now, then capacity and rate of each bucket.
+# Answers "0" when a token of each was spent, else the seconds to wait (as a
+# string: Lua numbers become integers on the way out)
+TAKE = b"""
+local now = tonumber(ARGV[1])
+local levels, wait = {}, 0
+for i, key in ipairs(KEYS) do
+  local cap, rate = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local v = redis.call('HMGET', key, 'l', 't')
+  local level, t = tonumber(v[1]) or cap, tonumber(v[2]) or now
+  if now > t then level = math.min(cap, level + (now - t) * rate) end
+  levels[i] = level
+  if level < 1 then
+    if rate > 0 then wait = math.max(wait, (1 - level) / rate) else wait = 1e9 end
+  end
+end
+if wait > 0 then return tostring(wait) end
+for i, key in ipairs(KEYS) do
+  local cap, rate = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local t = tonumber(redis.call('HGET', key, 't')) or now
+  redis.call('HSET', key, 'l', tostring(levels[i] - 1), 't', tostring(math.max(t, now)))
+  if rate > 0 then redis.call('EXPIRE', key, math.ceil(cap / rate) + 1) end
+end
+return '0'
+"""
+
+#: a bucket: (name, capacity, per second)
+Bucket = Tuple[str, float, float]
+
+
+class SharedLimits:
+    """Token buckets shared by the boxes.  ``hub`` is the
+    :class:`~presence.cluster.hub.ClusterHub` (its Redis seam, its key
+    prefix and its one log line per outage)."""
+
+    log = Logger()
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+
+    def take(self, buckets: Sequence[Bucket], now: float) -> defer.Deferred:
+        """Spend one token of each bucket in Redis: a Deferred of None, or
+        of the seconds to wait when one of them is empty (nothing spent).
+        None too when Redis cannot answer (fail open)."""
+        keys = [self.hub.key("rl", name) for name, _, _ in buckets]
+        args = [repr(float(now))]
+        for _, capacity, rate in buckets:
+            args += [repr(float(capacity)), repr(float(rate))]
+        d = self.hub._eval(TAKE, keys, args)
+
+        def answered(reply: Any) -> Optional[float]:
+            wait = float(reply.decode("ascii") if isinstance(reply, bytes) else reply)
+            return wait if wait > 0 else None
+
+        def failed(failure) -> None:
+            self.hub._failed(failure, "counting a limit over the cluster")
+            return None
+        d.addCallbacks(answered, failed)
+        return d

@@ -1,0 +1,95 @@
+"""The cluster's scripts against a real ``redis-server`` where Redis itself
+matters: the per-user bound on sessions counted over every box in the
+script that records a session, and the chat limits counted over every box
+(presence/cluster/limits.py).  The hubs' logic around them is tested
+against a fake of the seam in test_cluster_hub.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+import helpers
+from presence.cluster import hub as cluster
+from presence.cluster.hub import ClusterHub
+from presence.cluster.limits import SharedLimits
+from presence.core.hub import HubConfig
+from presence.store.redis import TxRedis, parse_url
+from redis_support import fresh_prefix, settle, start_redis
+
+pytestmark = pytest.mark.blocking
+
+
+@pytest.fixture(scope="module")
+def redis_server(request, tmp_path_factory):
+    return start_redis(request, tmp_path_factory)
+
+
+def result_of(d: Any) -> Any:
+    return helpers.result_of(settle(d))
+
+
+@pytest.fixture
+def hubs(redis_server):
+    """Two boxes' hubs on one real Redis (one key prefix), with a Clock."""
+    prefix = fresh_prefix()
+    address = parse_url(f"{redis_server.url}?prefix={prefix}")
+    clock = Clock()
+    made: List[ClusterHub] = []
+    conns = []
+    for box in ("10.0.0.1:80", "10.0.0.2:80"):
+        conn = TxRedis(address, poolsize=1)
+        conns.append(conn)
+        made.append(ClusterHub(clock, HubConfig(host_box=box), conn, prefix=prefix))
+    yield made
+    settle(defer.DeferredList([c.close() for c in conns]))
+
+
+def open_session(hub: ClusterHub, sid: str, user: str, box: str, t: float, bound: int):
+    record = {"s": sid, "u": user, "b": box, "t": t}
+    return result_of(hub._eval(cluster.OPEN, [hub.key("sessions"), hub.key("onbox", box),
+                                              hub.key("where", user), hub.key("all")],
+                               [sid, json.dumps(record), box, "{}", bound]))
+
+
+def test_the_session_script_answers_the_oldest_sessions_past_the_bound(hubs):
+    a, b = hubs
+    assert open_session(a, "s1", "alice", a.me, 10.0, 2) == []
+    assert open_session(b, "s2", "alice", b.me, 11.0, 2) == []
+    assert open_session(a, "s0", "bob", a.me, 1.0, 2) == []   # another user's
+    # the third of alice's, from either node: the oldest (on a) is answered
+    assert open_session(b, "s3", "alice", b.me, 12.0, 2) == [b"s1", a.me.encode()]
+    # no bound (a resynchronisation): nothing answered
+    assert open_session(a, "s4", "alice", a.me, 13.0, 0) == []
+    # the new one is never its own victim, even when its clock is behind
+    assert open_session(a, "s5", "alice", a.me, 0.5, 1) == [
+        x for sid, box in (("s1", a.me), ("s2", b.me), ("s3", b.me), ("s4", a.me))
+        for x in (sid.encode(), box.encode())]
+
+
+def test_chat_limits_are_spent_once_over_every_box(hubs):
+    a, b = hubs
+    la, lb = SharedLimits(a), SharedLimits(b)
+    buckets = [("chat:s:sid1", 3, 1.0), ("chat:a:10.1.1.1", 5, 1.0)]
+    # three chats of one session, through both nodes: the burst is 3 in all
+    assert result_of(la.take(buckets, 100.0)) is None
+    assert result_of(lb.take(buckets, 100.0)) is None
+    assert result_of(la.take(buckets, 100.0)) is None
+    wait = result_of(lb.take(buckets, 100.0))
+    assert wait == pytest.approx(1.0)
+    # another session of the same address has its own 3, the address 2 more
+    other = [("chat:s:sid2", 3, 1.0), ("chat:a:10.1.1.1", 5, 1.0)]
+    assert result_of(la.take(other, 100.0)) is None
+    assert result_of(lb.take(other, 100.0)) is None
+    assert result_of(la.take(other, 100.0)) == pytest.approx(1.0)   # the address's
+    # a refusal spent nothing: after 1 s, one more for sid1
+    assert result_of(lb.take(buckets, 101.0)) is None
+    assert result_of(la.take(buckets, 101.0)) == pytest.approx(1.0)
+    # idle buckets leave Redis once they would be full again
+    ttl = int(result_of(a._eval(b"return redis.call('TTL', KEYS[1])",
+                                [a.key("rl", "chat:s:sid1")], [])))
+    assert 0 < ttl <= 4
