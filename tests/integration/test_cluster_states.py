@@ -16,9 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from presence_harness import expect, login  # noqa: E402
-from test_cluster import (  # noqa: E402,F401  (fixtures)
-    alice_on_a_watching_bob_on_b, cluster, hold, node_of, redis, start_node, wait_until,
-)
+from cluster_support import node_of, redis, start_node, wait_until  # noqa: E402,F401
+from test_cluster import alice_on_a_watching_bob_on_b, cluster, hold  # noqa: E402,F401
 
 pytestmark = pytest.mark.integration
 
