@@ -484,3 +484,20 @@ def test_a_session_look_up_while_redis_is_down_is_a_503() -> None:
     assert again is not None
     again.addErrback(failures.append)
     assert len(failures) == 2
+
+
+def test_a_local_login_stays_here_and_every_box_answers_its_address() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    c.login(0, "carol")                        # a holds one: placement would pick b
+    source = a.login_local("bob", "sid-bob-source-000001", "198.51.100.9")
+    c.redis.pump()
+    assert source.host_box == a.me and a.users.session(source.id) is source
+    a.attach(source, FakeChannel(a, source))
+    c.redis.pump()
+    assert a.address_of("bob") == b.address_of("bob") == "198.51.100.9"
+    assert b.is_online("bob")
+    a.end(source, "alive")
+    c.redis.pump()
+    assert a.address_of("bob") is None and b.address_of("bob") is None
+    assert not b.is_online("bob")
