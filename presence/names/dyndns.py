@@ -245,4 +245,7 @@ def _text(request: server.Request, status: int, body: str) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
-    return body.encode("utf-8")
+    data = body.encode("utf-8")
+    # a length, not chunks: the simplest reply for the simplest clients
+    request.setHeader(b"content-length", b"%d" % len(data))
+    return data
