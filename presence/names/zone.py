@@ -29,6 +29,7 @@ the server is no amplifier) and bounded TCP connections.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections import OrderedDict
@@ -134,7 +135,10 @@ class NameCache:
         return mine
 
 
+@functools.lru_cache(maxsize=65536)
 def _parse(address: str) -> Tuple[int, str]:
+    """``(A or AAAA, address)``; ValueError if ``address`` is not an IP
+    address (answers parse the same few addresses again and again)."""
     ip = ipaddress.ip_address(address)
     return (dns.A if ip.version == 4 else dns.AAAA), str(ip)
 
