@@ -66,11 +66,14 @@ def serve(kind: str, port: int, names: int, flips: int, folder: str) -> None:
                 f.write(f"    A('{label}.{DOMAIN}', '10.{i // 65536}.{i // 256 % 256}.{i % 256}'),\n")
             f.write("]\n")
         factory = server.DNSServerFactory(authorities=[authority.PySourceAuthority(path)])
+        protocol = dns.DNSDatagramProtocol
     else:
         from zope.interface import implementer
 
         from presence.core.hub import Hub, HubConfig, IChannel
-        from presence.names.zone import NameCache, PresenceZone, ZoneServerFactory
+        from presence.names.zone import (
+            NameCache, PresenceZone, QueryDatagrams, ZoneServerFactory,
+        )
 
         @implementer(IChannel)
         class Held:
@@ -100,6 +103,7 @@ def serve(kind: str, port: int, names: int, flips: int, folder: str) -> None:
         cache = NameCache(reactor, lambda label: ("user", label) if label in known else None)
         zone = PresenceZone(DOMAIN, hub, cache, ["192.0.2.80"], ttl=60)
         factory = ZoneServerFactory(zone, reactor, source_rate=10 ** 9)
+        protocol = QueryDatagrams
         rng = random.Random(1)
         counts = {"flips": 0}
 
@@ -115,7 +119,7 @@ def serve(kind: str, port: int, names: int, flips: int, folder: str) -> None:
 
         if flips:
             task.LoopingCall(flip).start(0.1, now=False)
-    reactor.listenUDP(port, dns.DNSDatagramProtocol(controller=factory), interface="127.0.0.1")
+    reactor.listenUDP(port, protocol(controller=factory), interface="127.0.0.1")
     print("ready", flush=True)
     reactor.run()
 

@@ -228,6 +228,9 @@ class PresenceService:
         #: the count is read by later look-ups: one SQL worker, in order)
         self._revocations = 0
         self._revoked_at: Dict[str, int] = {}
+        #: told each new name (a user, an alias, a group) once it is stored: the
+        #: name service forgets what it cached about the name
+        self.name_observers: List[Callable[[str], None]] = []
 
     # -- accounts -------------------------------------------------------------
 
@@ -262,7 +265,12 @@ class PresenceService:
         except NameTaken:
             raise Conflict(f"the name {name!r} is taken")
         self.log.info("registered {user}", user=name)
+        self._new_name(name)
         return name
+
+    def _new_name(self, name: str) -> None:
+        for observer in self.name_observers:
+            observer(name)
 
     async def login(self, name: Any, password: Any, ip: str = "", port: int = 0) -> Session:
         await self.check_password(name, password, ip)
@@ -496,6 +504,7 @@ class PresenceService:
             await self.store.add_alias(session.user.name, alias)
         except NameTaken:
             raise Conflict(f"the name {alias!r} is taken")
+        self._new_name(alias)
         return alias
 
     # -- groups and the address book ---------------------------------------------
@@ -526,6 +535,7 @@ class PresenceService:
         except NameTaken:
             raise Conflict(f"the name {name!r} is taken")
         self.hub.membership_changed(name, owner, True)
+        self._new_name(name)
         return name
 
     async def _check_group_password(self, group: Dict[str, Any], password: Any,

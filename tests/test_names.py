@@ -165,13 +165,63 @@ def test_aliases_that_are_labels_and_groups_have_names(n):
     hb.drop()
 
 
-def test_a_registration_after_a_miss_answers_once_the_negative_entry_expires(n):
+def test_a_new_name_answers_at_once_after_a_miss(n):
+    n.w.service.name_observers.append(n.cache.forget)   # as NamesFrontEnd does
     assert n.ask("bob.example.org").rCode == dns.ENAME
-    n.w.user("bob")
-    assert n.ask("bob.example.org").rCode == dns.OK   # online users: no cache at all
-    n.w.hub.end_user("bob", "logout")
-    n.cache.forget("bob")
+    assert n.w.register("bob").status == 201
     assert n.ask("bob.example.org").rCode == dns.OK
+    alice = n.w.user("alice")
+    for name, call, field in (("ally", "/api/aliases", "alias"),
+                              ("climbers", "/api/groups", "name")):
+        assert n.ask(f"{name}.example.org").rCode == dns.ENAME
+        assert alice.post(call, **{field: name}).status == 201
+        assert n.ask(f"{name}.example.org").rCode == dns.OK
+
+
+def test_without_the_observer_a_miss_is_kept_for_the_negative_time(n):
+    assert n.ask("bob.example.org").rCode == dns.ENAME
+    n.w.register("bob")
+    assert n.ask("bob.example.org").rCode == dns.ENAME
+    n.w.advance(30)
+    assert n.ask("bob.example.org").rCode == dns.OK
+
+
+def test_garbage_and_responses_are_counted_and_dropped_without_a_log_line(n):
+    from twisted.logger import globalLogPublisher
+    from presence.names.zone import QueryDatagrams
+
+    class Transport:
+        def __init__(self):
+            self.sent = []
+
+        def write(self, data, addr=None):
+            self.sent.append(data)
+
+    proto = QueryDatagrams(controller=n.factory)
+    proto.transport = Transport()
+    proto.startProtocol()
+    events: List[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        response = dns.Message(id=9, answer=1)
+        response.queries = [dns.Query("x.example.org", dns.A)]
+        for data in (b"\x00" * 3, b"\xff" * 40, response.toStr()):
+            proto.datagramReceived(data, ("198.51.100.7", 53))
+        assert n.factory.malformed == 3 and proto.transport.sent == []
+        # no question (the count says five, none follows): REFUSED
+        proto.datagramReceived(b"\x12\x34\x01\x00\x00\x05" + b"\x00" * 6, ("198.51.100.7", 53))
+        refused = dns.Message()
+        refused.fromStr(proto.transport.sent.pop())
+        assert refused.rCode == dns.EREFUSED
+        query = dns.Message(id=10)
+        query.queries = [dns.Query("example.org", dns.SOA)]
+        proto.datagramReceived(query.toStr(), ("198.51.100.7", 53))
+    finally:
+        globalLogPublisher.removeObserver(events)
+    assert events == []
+    answer = dns.Message()
+    answer.fromStr(proto.transport.sent[0])
+    assert answer.id == 10 and answer.answers[0].type == dns.SOA
 
 
 def test_a_source_past_its_rate_is_not_answered(n):

@@ -21,12 +21,11 @@ from typing import Any, Callable, List, Optional, Tuple
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.names import dns
 from twisted.python import usage
 
 from presence.listen import Listener
 from presence.names.dyndns import DEFAULT_ALIVE, Sources, UpdateResource
-from presence.names.zone import NameCache, PresenceZone, ZoneServerFactory
+from presence.names.zone import NameCache, PresenceZone, QueryDatagrams, ZoneServerFactory
 
 log = Logger()
 
@@ -175,6 +174,7 @@ class NamesFrontEnd:
         self.page = page_addresses(options)
         self.names = NameCache(reactor, lambda label: defer.ensureDeferred(
             service.resolve(label)), unknown_ttl=min(30.0, options["dns-ttl"]))
+        service.name_observers.append(self.names.forget)
         self.zone = PresenceZone(self.domain, service.hub, self.names, self.page,
                                  options["dns-ttl"])
         self.factory = ZoneServerFactory(self.zone, reactor)
@@ -213,7 +213,7 @@ class DnsUDPService(_DnsListener):
     def bind(self) -> Any:
         interface, port = self.front.listen
         return self.front.reactor.listenUDP(
-            port, dns.DNSDatagramProtocol(controller=self.front.factory),
+            port, QueryDatagrams(controller=self.front.factory),
             interface=interface)
 
 

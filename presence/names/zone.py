@@ -275,11 +275,41 @@ class PresenceZone(common.ResolverBase):
         return self._negative(dns.OK)
 
 
+class _QuietDecoding:
+    """Messages are decoded without a log line each: a stranger's garbage
+    (or a response sent to the server) is counted and dropped, so it can
+    neither fill the log nor reach the answering code."""
+
+    controller: Any
+
+    def _handleResponse(self, data: bytes, messageSource: Any, notifyController: Any,
+                        validate: Any = None) -> None:
+        message = dns.Message()
+        try:
+            message.fromStr(data)
+        except Exception:
+            self.controller.malformed += 1
+            return
+        if message.answer:
+            self.controller.malformed += 1
+            return
+        notifyController(message)
+
+
+class QueryDatagrams(_QuietDecoding, dns.DNSDatagramProtocol):
+    """The UDP protocol of the zone's server."""
+
+
+class QueryStream(_QuietDecoding, dns.DNSProtocol):
+    """The TCP protocol of the zone's server."""
+
+
 class ZoneServerFactory(server.DNSServerFactory):
     """twisted.names' DNS server over one :class:`PresenceZone` (see the
     module docstring); ``clock`` times the per-source limit."""
 
     log = Logger()
+    protocol = QueryStream
 
     def __init__(self, zone: PresenceZone, clock: Any, source_rate: float = SOURCE_RATE,
                  max_tcp: int = MAX_TCP) -> None:
@@ -288,7 +318,9 @@ class ZoneServerFactory(server.DNSServerFactory):
         self.clock = clock
         self.sources = RateLimiter(capacity=2 * source_rate, rate=source_rate, max_keys=20000)
         self.max_tcp = max_tcp
+        #: datagrams dropped past their source's rate; messages not understood
         self.dropped = 0
+        self.malformed = 0
 
     def messageReceived(self, message: dns.Message, proto: Any, address: Any = None) -> None:
         if address is not None and not self.sources.take(

@@ -178,3 +178,17 @@ def test_chromium_opens_the_name_and_sees_the_greeting_while_she_is_offline(
             hb.close()
         finally:
             browser.close()
+
+
+@pytest.mark.requires_program("dig")
+def test_garbage_over_udp_and_tcp_is_dropped_without_a_log_line(server):
+    before = len(server.output())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        for data in (b"\x00" * 3, b"\xff" * 40, b"\x01" * 600):
+            u.sendto(data, ("127.0.0.1", DNS_PORT))
+    with socket.create_connection(("127.0.0.1", DNS_PORT), timeout=5) as t:
+        t.sendall(b"\x00\x05\xff\xff\xff\xff\xff" + b"\x00\x03abc")
+    assert dig(DOMAIN, "SOA")[0] == "NOERROR"
+    assert dig(DOMAIN, "SOA", tcp=True)[0] == "NOERROR"
+    new = server.output()[before:]
+    assert "Traceback" not in new and "Unhandled" not in new and "nvalid" not in new, new
