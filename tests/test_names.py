@@ -217,7 +217,7 @@ def test_garbage_and_responses_are_counted_and_dropped_without_a_log_line(n):
         query.queries = [dns.Query("example.org", dns.SOA)]
         proto.datagramReceived(query.toStr(), ("198.51.100.7", 53))
     finally:
-        globalLogPublisher.removeObserver(events)
+        globalLogPublisher.removeObserver(events.append)
     assert events == []
     answer = dns.Message()
     answer.fromStr(proto.transport.sent[0])
@@ -388,3 +388,23 @@ def test_a_password_change_ends_the_name_until_the_next_update(n):
     assert n.update("hostname=alice.example.org&myip=203.0.113.7").body == b"badauth"
     assert n.update("hostname=alice.example.org&myip=203.0.113.7",
                     password="battery staple").body.startswith(b"good")
+
+
+def test_a_directory_that_is_down_answers_911_and_logs_one_line(n, monkeypatch):
+    from twisted.logger import globalLogPublisher
+    from presence.store.interface import StoreUnavailable
+
+    n.w.user("alice")
+
+    def down(*args):
+        return defer.fail(StoreUnavailable())
+    monkeypatch.setattr(n.w.store, "memberships", down)
+    events: List[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reply = n.update("hostname=alice.example.org&myip=203.0.113.7")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert (reply.status, reply.body) == (200, b"911")
+    assert not any(e.get("log_failure") for e in events)
+    assert not n.w.hub.is_online("alice")

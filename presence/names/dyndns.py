@@ -45,7 +45,7 @@ from presence.core.hub import IChannel
 from presence.core.mailbox import Entry
 from presence.core.ratelimit import RateLimiter
 from presence.core.tables import Session
-from presence.errors import BadRequest, TooMany, Unauthorized
+from presence.errors import BadRequest, ServiceUnavailable, TooMany, Unauthorized
 from presence.names.zone import LABEL
 from presence.web.http import client_address
 
@@ -187,6 +187,13 @@ class UpdateResource(resource.Resource):
         return server.NOT_DONE_YET
 
     async def answer(self, request: server.Request) -> tuple:
+        try:
+            return await self._answer(request)
+        except ServiceUnavailable as e:
+            self.log.warn("dyndns2: an update could not be done now: {why}", why=e.message)
+            return (200, "911")
+
+    async def _answer(self, request: server.Request) -> tuple:
         ip, _ = client_address(request)
         user = request.getUser().decode("utf-8", "replace")
         secret = request.getPassword().decode("utf-8", "replace")
