@@ -63,6 +63,11 @@ Lookup = Callable[[str], Any]   # label -> Deferred of (kind, canonical) or None
 _MISS = object()
 
 
+#: the rate-limit key of a source address (the same sources ask again and
+#: again; parsing an address is a good part of answering one query)
+_source_key = functools.lru_cache(maxsize=65536)(address_key)
+
+
 class Answer(NamedTuple):
     rcode: int
     answers: List[dns.RRHeader]
@@ -324,7 +329,7 @@ class ZoneServerFactory(server.DNSServerFactory):
 
     def messageReceived(self, message: dns.Message, proto: Any, address: Any = None) -> None:
         if address is not None and not self.sources.take(
-                address_key(str(address[0])), self.clock.seconds()):
+                _source_key(str(address[0])), self.clock.seconds()):
             self.dropped += 1   # over its rate: no answer, so no amplification
             return
         super().messageReceived(message, proto, address)
