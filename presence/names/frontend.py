@@ -64,7 +64,10 @@ def parse_dns(value: str) -> Optional[Tuple[str, int]]:
 
 
 def _dns(value: str) -> str:
-    parse_dns(value)
+    try:
+        parse_dns(value)
+    except ValueError as e:
+        raise ValueError(f"--dns: {e}") from None
     return value
 
 
@@ -82,7 +85,10 @@ def parse_addresses(value: str) -> List[str]:
 
 
 def _addresses(value: str) -> List[str]:
-    return parse_addresses(value)
+    try:
+        return parse_addresses(value)
+    except ValueError as e:
+        raise ValueError(f"--page-address: {e}") from None
 
 
 _addresses.coerceDoc = "IP addresses, comma-separated (IPv4 and/or IPv6)."  # type: ignore[attr-defined]
@@ -91,14 +97,14 @@ _addresses.coerceDoc = "IP addresses, comma-separated (IPv4 and/or IPv6)."  # ty
 def _ttl(value: str) -> int:
     number = int(value)
     if not 1 <= number <= 86400:
-        raise ValueError("must be 1 to 86400 seconds")
+        raise ValueError(f"--dns-ttl: must be 1 to 86400 seconds, not {value}")
     return number
 
 
 def _alive(value: str) -> float:
     number = float(value)
     if not 0 < number <= 86400 * 30:
-        raise ValueError("must be above 0 and at most 30 days")
+        raise ValueError(f"--alive: must be above 0 and at most 30 days, not {value}")
     return number
 
 
