@@ -408,3 +408,22 @@ def test_a_directory_that_is_down_answers_911_and_logs_one_line(n, monkeypatch):
     assert (reply.status, reply.body) == (200, b"911")
     assert not any(e.get("log_failure") for e in events)
     assert not n.w.hub.is_online("alice")
+
+
+def test_a_password_typed_as_the_username_is_not_logged(n):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    n.w.user("alice")
+    events: List[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert n.update("hostname=alice.example.org", user="My Secret Pw!",
+                        password=PASSWORD).body == b"badauth"
+        assert n.update("hostname=alice.example.org", user="alice",
+                        password="also secret").body == b"badauth"
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    text = "\n".join(formatEvent(e) for e in events)
+    assert "bad credentials for (not a username)" in text
+    assert "bad credentials for alice" in text
+    assert "My Secret Pw!" not in text and "also secret" not in text

@@ -47,6 +47,7 @@ from presence.core.ratelimit import RateLimiter
 from presence.core.tables import Session
 from presence.errors import BadRequest, ServiceUnavailable, TooMany, Unauthorized
 from presence.names.zone import LABEL
+from presence.service import NAME_RE
 from presence.web.http import client_address
 
 #: hostnames one update may name
@@ -218,8 +219,10 @@ class UpdateResource(resource.Resource):
             self.log.info("dyndns2: too many failed updates from {ip}", ip=ip)
             return (200, "abuse")
         except (Unauthorized, BadRequest):
-            self.log.info("dyndns2: bad credentials for {user!r} from {ip}",
-                          user=user[:64], ip=ip)
+            # a name that is no username may be a password typed in the
+            # wrong field: it is not written
+            self.log.info("dyndns2: bad credentials for {user} from {ip}",
+                          user=user if NAME_RE.match(user) else "(not a username)", ip=ip)
             return (200, "badauth")
         if not self.updates.take(user, self.sources.clock.seconds()):
             self.log.info("dyndns2: {user} updates too often", user=user)
