@@ -24,6 +24,7 @@ def parse(*args: str) -> tap.Options:
     ("none", None), ("0", None), ("off", None), ("5353", ("", 5353)),
     ("127.0.0.1:53", ("127.0.0.1", 53)), ("[::1]:5353", ("::1", 5353)),
     ("udp:5353:interface=0.0.0.0", ("0.0.0.0", 5353)), ("tcp:5300", ("", 5300)),
+    ("127.0.0.1:0", ("127.0.0.1", 0)), ("udp:0:interface=::1", ("::1", 0)),
 ])
 def test_dns_endpoints(value, parsed):
     assert parse_dns(value) == parsed
@@ -31,7 +32,7 @@ def test_dns_endpoints(value, parsed):
 
 
 @pytest.mark.parametrize("bad", ["65536", "x", "localhost:53", "udp:53:backlog=5",
-                                 "127.0.0.1:0", "tcp:abc", "[::1]:"])
+                                 "127.0.0.1:65536", "tcp:abc", "[::1]:"])
 def test_bad_dns_endpoints_are_usage_errors(bad):
     with pytest.raises(usage.UsageError, match="dns"):
         parse("--dns", bad)

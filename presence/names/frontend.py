@@ -19,6 +19,7 @@ import socket
 from typing import Any, Callable, List, Optional, Tuple
 
 from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
@@ -30,6 +31,8 @@ from presence.names.zone import NameCache, PresenceZone, QueryDatagrams, ZoneSer
 log = Logger()
 
 Ready = Callable[[str, str], None]
+#: tries to find a port free for both UDP and TCP (``--dns HOST:0``)
+PICK_TRIES = 20
 _HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]+)\Z")
 
 
@@ -41,13 +44,12 @@ def parse_dns(value: str) -> Optional[Tuple[str, int]]:
         return None
     interface = ""
     if value[:4].lower() in ("udp:", "tcp:"):
-        parts = value[4:].split(":")
-        port_text = parts[0]
-        for part in parts[1:]:
-            key, sep, rest = part.partition("=")
+        port_text, _, options = value[4:].partition(":")
+        if options:
+            key, sep, rest = options.partition("=")
             if key != "interface" or not sep:
-                raise ValueError(f"only interface= may follow the port, not {part!r}")
-            interface = rest
+                raise ValueError(f"only interface= may follow the port, not {options!r}")
+            interface = rest.replace("\\", "")   # Twisted's escaped colons: \:
     elif value.isdigit():
         port_text = value
     else:
@@ -56,8 +58,10 @@ def parse_dns(value: str) -> Optional[Tuple[str, int]]:
             raise ValueError(f"not [HOST:]PORT: {value!r}")
         interface = match.group("v6") or match.group("host")
         port_text = match.group("port")
-    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-        raise ValueError(f"the port must be 1-65535, not {port_text!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"the port must be 0-65535, not {port_text!r}")
+    if int(port_text) == 0 and not interface and value[:4].lower() not in ("udp:", "tcp:"):
+        raise ValueError("0 alone turns DNS off; HOST:0 picks a free port")
     if interface:
         ipaddress.ip_address(interface)  # an address to bind, not a name
     return interface, int(port_text)
@@ -186,6 +190,8 @@ class NamesFrontEnd:
         self.factory = ZoneServerFactory(self.zone, reactor)
         self.sources = Sources(service, reactor, options["alive"])
         self.resource = UpdateResource(service, self.sources, self.domain)
+        #: the TCP port bound together with the UDP one (``--dns HOST:0``)
+        self.tcp_port: Any = None
 
     def mount(self, root: Any) -> None:
         """``/nic/update`` on the site's root resource."""
@@ -214,22 +220,40 @@ class _DnsListener(Listener):
 
 
 class DnsUDPService(_DnsListener):
+    """The UDP port.  Port 0 picks a free port that is free for TCP too:
+    the TCP port is then bound here, on the same number."""
+
     what = "UDP"
 
     def bind(self) -> Any:
-        interface, port = self.front.listen
-        return self.front.reactor.listenUDP(
-            port, QueryDatagrams(controller=self.front.factory),
-            interface=interface)
+        front = self.front
+        interface, port = front.listen
+        if port:
+            return front.reactor.listenUDP(port, QueryDatagrams(controller=front.factory),
+                                           interface=interface)
+        for _ in range(PICK_TRIES):
+            udp = front.reactor.listenUDP(0, QueryDatagrams(controller=front.factory),
+                                          interface=interface)
+            try:
+                front.tcp_port = front.reactor.listenTCP(
+                    udp.getHost().port, front.factory.tcp(), interface=interface)
+            except CannotListenError:
+                udp.stopListening()
+                continue
+            return udp
+        raise CannotListenError(interface, 0, "no port free for both UDP and TCP")
 
 
 class DnsTCPService(_DnsListener):
     what = "TCP"
 
     def bind(self) -> Any:
-        interface, port = self.front.listen
-        return self.front.reactor.listenTCP(port, self.front.factory.tcp(),
-                                            interface=interface)
+        front = self.front
+        interface, port = front.listen
+        if front.tcp_port is not None:   # bound with the UDP port (port 0)
+            bound, front.tcp_port = front.tcp_port, None
+            return bound
+        return front.reactor.listenTCP(port, front.factory.tcp(), interface=interface)
 
     def stopService(self) -> Any:
         for conn in list(self.front.factory.connections):

@@ -18,7 +18,7 @@ from presence_harness import (  # noqa: E402
     HeartbeatReader, ServerProcess, free_port, login, register, unique_name,
 )
 from redis_support import fresh_prefix, start_redis  # noqa: E402
-from test_names_live import _free_udp_tcp_port, until  # noqa: E402
+from test_names_live import until  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_program("dig", "redis-server")]
 DOMAIN = "names.test"
@@ -36,13 +36,17 @@ def nodes(redis, tmp_path):
     started = []
     try:
         for name in ("a", "b"):
-            port, dns_port = free_port(), _free_udp_tcp_port()
+            port = free_port()
+            # port 0: the server picks one free for UDP and TCP, the ready line says it
             node = ServerProcess(tmp_path / name, tmp_path / f"{name}.log", extra_args=[
                 "--http", f"tcp:{port}:interface=127.0.0.1", "--redis", url,
-                "--host-box", f"127.0.0.1:{port}", "--dns", f"127.0.0.1:{dns_port}",
+                "--host-box", f"127.0.0.1:{port}", "--dns", "127.0.0.1:0",
                 "--domain", DOMAIN, "--page-address", PAGE, "--alive", "3"])
-            node.dns_port = dns_port
             started.append(node.start())
+            ready = re.search(r"dns-udp=127\.0\.0\.1:(\d+) dns-tcp=127\.0\.0\.1:(\d+)",
+                              node.output())
+            assert ready and ready.group(1) == ready.group(2), node.output()[-2000:]
+            node.dns_port = int(ready.group(1))
         yield started
     finally:
         for node in started:
