@@ -278,6 +278,7 @@ def test_an_update_makes_the_user_online_at_its_address_and_watchers_hear_it(n):
     assert addresses(n.ask("alice.example.org", dns.AAAA)) == ["2001:db8::7"]
     assert n.ask("alice.example.org").answers == []       # NODATA for A now
     assert hb.heads().count("msg update offline alice") == 0
+    assert hb.heads().count("msg update address alice") == 1
 
 
 def test_the_alive_loop_turns_the_name_offline_and_tells_watchers(n):

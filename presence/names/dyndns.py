@@ -22,7 +22,8 @@ ends (``msg bye alive``), and the user goes offline unless another session
 holds them online, so their watchers get ``msg update offline``.  A new
 address opens a new source session before the old one ends (the user stays
 online; the name answers the new address at once, on every box of a
-cluster, which sees the new session's address).  Chat sent to a user whom
+cluster, which sees the new session's address; watchers on this box get
+``msg update address <user>``).  Chat sent to a user whom
 only a source holds online goes to their message box.
 
 Updates and offline transitions are logged with the user and address,
@@ -113,6 +114,9 @@ class Sources:
                                     self.clock.callLater(self.alive, self.expire, user, session))
         if old is not None:
             old.timer.cancel()
+            # the watchers hear of the move (msg update address) through the
+            # old session, before it ends; the new one carries the address
+            self.hub.address_changed(old.session, ip, old.session.port)
             self.hub.end(old.session, "replaced")
         self.log.info("dyndns2: {user} is at {ip}", user=user, ip=ip)
         return "good"
