@@ -17,6 +17,7 @@ reactor thread.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ RESERVED = frozenset({
     "i", "badge",
 })
 MAX_TEXT = 4096
+#: characters of a user's greeting (spec section 10, the "interactive file")
+MAX_GREETING = 1000
+#: random bytes of a dyndns2 update token (192 bits; 32 characters)
+UPDATE_TOKEN_BYTES = 24
 MIN_PASSWORD = 6
 MAX_PASSWORD = 1024
 #: seconds a resume token works after the login that issued it: 30 days
@@ -240,6 +245,9 @@ class PresenceService:
         #: so that a logout through any node revokes it
         #: (presence.cluster.devices.SharedDevices)
         self.shared_devices: Optional[Any] = None
+        #: told each new name (a user, an alias, a group) once it is stored: the
+        #: name service forgets what it cached about the name
+        self.name_observers: List[Callable[[str], None]] = []
 
     # -- accounts -------------------------------------------------------------
 
@@ -274,9 +282,23 @@ class PresenceService:
         except NameTaken:
             raise Conflict(f"the name {name!r} is taken")
         self.log.info("registered {user}", user=name)
+        self._new_name(name)
         return name
 
+    def _new_name(self, name: str) -> None:
+        for observer in self.name_observers:
+            observer(name)
+
     async def login(self, name: Any, password: Any, ip: str = "", port: int = 0) -> Session:
+        await self.check_password(name, password, ip)
+        session = await self._open_user(name, ip, port)
+        self.log.info("{user} logged in from {ip}", user=name, ip=ip)
+        return session
+
+    async def check_password(self, name: Any, password: Any, ip: str = "") -> None:
+        """Nothing if ``password`` is user ``name``'s; else Unauthorized (401),
+        or TooMany (429) once the address or the account had too many
+        failures (a login, a dyndns2 update)."""
         now = self.clock.seconds()
         who = address_key(ip)
         if not self.login_failures.allowed(who, now):
@@ -304,9 +326,6 @@ class PresenceService:
                 self.account_failures.take(account, now)
             raise Unauthorized("wrong username or password")
         self.known_addresses.add((name, who))
-        session = await self._open_user(name, ip, port)
-        self.log.info("{user} logged in from {ip}", user=name, ip=ip)
-        return session
 
     async def login_verified(self, name: str, ip: str = "", port: int = 0,
                              scope: Optional[str] = None) -> Session:
@@ -517,6 +536,7 @@ class PresenceService:
             await self.store.add_alias(session.user.name, alias)
         except NameTaken:
             raise Conflict(f"the name {alias!r} is taken")
+        self._new_name(alias)
         return alias
 
     # -- groups and the address book ---------------------------------------------
@@ -547,6 +567,7 @@ class PresenceService:
         except NameTaken:
             raise Conflict(f"the name {name!r} is taken")
         self.hub.membership_changed(name, owner, True)
+        self._new_name(name)
         return name
 
     async def _check_group_password(self, group: Dict[str, Any], password: Any,
@@ -850,6 +871,71 @@ class PresenceService:
         if not self.hub.is_online(name):
             await self.store.add_hit(name)
 
+    # -- names (spec section 10): greeting, update token, presence sources ------
+
+    async def greeting(self, name: str) -> str:
+        """User ``name``'s greeting (the text of their page while they are
+        offline), "" when none."""
+        if name.startswith(GUEST_PREFIX):
+            return ""
+        return (await self.store.extras(name)).get("greeting") or ""
+
+    async def set_greeting(self, session: Session, text: Any) -> str:
+        """Set the greeting of the session's user (empty: none); 400 past
+        ``MAX_GREETING`` characters or for text that is not text."""
+        self._member_only(session)
+        self._change_allowance(session)
+        if text is None:
+            text = ""
+        if not isinstance(text, str) or not valid_text(text):
+            raise BadRequest("the greeting must be text")
+        text = text.replace("\r\n", "\n").strip()
+        if len(text) > MAX_GREETING:
+            raise TooLarge(f"the greeting is longer than {MAX_GREETING} characters")
+        if any(ord(c) < 32 and c not in "\n\t" for c in text):
+            raise BadRequest("the greeting may not hold control characters")
+        await self.store.set_extra(session.user.name, "greeting", text or None)
+        return text
+
+    async def new_update_token(self, session: Session) -> str:
+        """A new dyndns2 update token for the session's user (the old one
+        stops working); kept only as its hash, shown once."""
+        self._member_only(session)
+        self._change_allowance(session)
+        token = secrets.token_urlsafe(UPDATE_TOKEN_BYTES)
+        await self.store.set_extra(session.user.name, "update_token", token_hash(token))
+        self.log.info("{user} made a new update token", user=session.user.name)
+        return token
+
+    async def drop_update_token(self, session: Session) -> None:
+        self._member_only(session)
+        self._change_allowance(session)
+        await self.store.set_extra(session.user.name, "update_token", None)
+
+    async def has_update_token(self, name: str) -> bool:
+        return bool((await self.store.extras(name)).get("update_token"))
+
+    async def check_update_secret(self, name: Any, secret: Any, ip: str = "") -> None:
+        """Nothing if ``secret`` is user ``name``'s update token or password
+        (a dyndns2 update's Basic auth); else as :meth:`check_password`."""
+        if (isinstance(name, str) and NAME_RE.match(name) and isinstance(secret, str)
+                and 0 < len(secret) <= MAX_TOKEN and secret.isascii()):
+            stored = (await self.store.extras(name)).get("update_token")
+            if stored and hmac.compare_digest(stored, token_hash(secret)):
+                return
+        await self.check_password(name, secret, ip)
+
+    async def open_source(self, name: str, ip: str) -> Session:
+        """A session of user ``name`` held by this box for a presence source
+        that is not a heartbeat (a dyndns2 name, see presence/names/): its
+        groups as a login's, limited to no front-end (scope ``dyndns``: its
+        ID opens nothing)."""
+        groups, owners = await self.store.memberships(name)
+        session = self.hub.login_local(name, secrets.token_urlsafe(24), ip,
+                                       groups + [book_key(o) for o in owners])
+        session.scope = "dyndns"
+        return session
+
     # -- communications pages, home page and settings (spec section 6) ---------
 
     async def page_rows(self, names: List[str]) -> List[Dict[str, Any]]:
@@ -885,7 +971,8 @@ class PresenceService:
         kind, canonical = found
         if kind == "user":
             return {"kind": "user", "name": canonical, "protected": False,
-                    "rows": await self.page_rows([canonical])}
+                    "rows": await self.page_rows([canonical]),
+                    "greeting": await self.greeting(canonical)}
         group = await self.store.get_group(canonical)
         members = await self.store.members(canonical)
         protected = bool(group["password_hash"])
@@ -935,6 +1022,7 @@ class PresenceService:
         self._member_only(session)
         me = session.user.name
         user = await self.store.get_user(me) or {}
+        extras = await self.store.extras(me)
         groups, _ = await self.store.memberships(me)
         shown = []
         for name in sorted(groups):
@@ -950,6 +1038,8 @@ class PresenceService:
             "aliases": await self.store.aliases(me),
             "groups": shown,
             "contacts": await self.store.contacts(me),
+            "greeting": extras.get("greeting") or "",
+            "update_token": bool(extras.get("update_token")),
         }
 
     async def update_profile(self, session: Session, email: Any = None, phone: Any = None,

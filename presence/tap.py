@@ -27,6 +27,7 @@ from presence.core.hub import Hub, HubConfig
 from presence.endpoint_option import check_server_endpoint
 from presence.invite import frontend as invite_frontend
 from presence.listen import ListenService
+from presence.names import frontend as names_frontend
 from presence.pages import Pages
 from presence.service import RESUME_TTL, Limits, PresenceService
 from presence.sip import frontend as sip_frontend
@@ -232,7 +233,8 @@ class Options(usage.Options):
         ["registrations-per-hour", None, 100,
          "Accounts one client address may register an hour (also the burst).",
          _positive(int)],
-    ] + wireless_frontend.OPTIONS + sip_frontend.OPTIONS + invite_frontend.OPTIONS
+    ] + (wireless_frontend.OPTIONS + sip_frontend.OPTIONS + invite_frontend.OPTIONS
+         + names_frontend.OPTIONS)
 
     def postOptions(self) -> None:
         if self["linger"] is None:
@@ -259,6 +261,7 @@ class Options(usage.Options):
                                        " where clients reach this node's --http")
         wireless_frontend.check_options(self)
         invite_frontend.check_options(self)
+        names_frontend.check_options(self)
         if self["access-log"] and self["no-access-log"]:
             raise usage.UsageError("--access-log and --no-access-log contradict each other")
         for name in ("access-log", "json-log"):
@@ -494,6 +497,8 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         sip.mount(site.resource)
         gate.hooks.append(sip.ready)
     gate.hooks.append(wireless.ready)
+    names = names_frontend.NamesFrontEnd(options, service, reactor)
+    names.mount(site.resource)
     # before the listeners: its start (the operator password file) is done
     # by the time they report ready and "presence ready" is logged
     wireless.setServiceParent(top)
@@ -508,6 +513,10 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     http.setServiceParent(top)
     if sip is not None:
         for listener in sip.services(gate.expect("sip-udp"), gate.expect("sip-tcp"), gate.up):
+            listener.setServiceParent(top)
+    if names.enabled:
+        for listener in names.services(gate.expect("dns-udp"), gate.expect("dns-tcp"),
+                                       gate.up):
             listener.setServiceParent(top)
     if wireless.enabled:
         ListenService(gate.expect("smsc"), wireless.endpoint(), wireless.site,

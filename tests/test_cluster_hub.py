@@ -624,3 +624,19 @@ def test_box_names_are_the_live_boxes_without_counting_sessions() -> None:
     a, b = c.hubs
     assert a.box_names() == b.box_names() == sorted([a.me, b.me])
     assert Hub(c.clock, HubConfig(host_box="one:1")).box_names() == ["one:1"]
+
+def test_a_local_login_stays_here_and_every_box_answers_its_address() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    c.login(0, "carol")                        # a holds one: placement would pick b
+    source = a.login_local("bob", "sid-bob-source-000001", "198.51.100.9")
+    c.redis.pump()
+    assert source.host_box == a.me and a.users.session(source.id) is source
+    a.attach(source, FakeChannel(a, source))
+    c.redis.pump()
+    assert a.address_of("bob") == b.address_of("bob") == "198.51.100.9"
+    assert b.is_online("bob")
+    a.end(source, "alive")
+    c.redis.pump()
+    assert a.address_of("bob") is None and b.address_of("bob") is None
+    assert not b.is_online("bob")

@@ -1091,3 +1091,30 @@ def test_guest_counts_per_box_and_per_address() -> None:
     assert w.hub.guests_from("10.0.0.1") == 2 and w.hub.guests_from("10.0.0.2") == 1
     w.hub.end(one, "logout")
     assert w.hub.guest_count() == 2 and w.hub.guests_from("10.0.0.1") == 1
+
+
+# -- the name service's seams (issue 13) -----------------------------------------
+
+def test_address_of_is_the_newest_session_holding_a_heartbeat(w: World) -> None:
+    assert w.hub.address_of("bob") is None
+    pc = w.login("bob", ip="192.0.2.1")
+    assert w.hub.address_of("bob") == "192.0.2.1"     # none holds: the newest
+    w.attach(pc)
+    w.advance(1)
+    phone = w.login("bob", ip="2001:db8::7")
+    assert w.hub.address_of("bob") == "192.0.2.1"     # the phone holds nothing yet
+    w.attach(phone)
+    assert w.hub.address_of("bob") == "2001:db8::7"
+    w.hub.end(phone, "logout")
+    assert w.hub.address_of("bob") == "192.0.2.1"
+    w.hub.end(pc, "logout")
+    assert w.hub.address_of("bob") is None
+
+
+def test_login_local_is_a_session_like_any_other(w: World) -> None:
+    alice = w.watcher("alice", watch="~alice", groups=["~alice"])
+    source = w.hub.login_local("bob", "bob-source", "198.51.100.4", groups=["~alice"])
+    assert w.hub.session("bob-source") is source
+    w.attach(source)
+    assert alice.texts()[-1] == ONLINE_BOB
+    assert w.hub.address_of("bob") == "198.51.100.4"

@@ -835,3 +835,21 @@ def test_resume_tokens_survive_a_restart_and_old_files_get_the_table(path):
         assert result_of(again.get_user("alice"))["password_hash"] == "h"
     finally:
         again.stop()
+
+
+# -- per-user settings (issue 13: the greeting, the update token's hash) ------------
+
+def test_extras_are_kept_per_user_and_removed_with_none(store):
+    result_of(store.create_user("alice", "h", now=1.0))
+    result_of(store.create_user("bob", "h", now=1.0))
+    assert result_of(store.extras("alice")) == {}
+    assert result_of(store.set_extra("alice", "greeting", "Back at *six*. ünï")) is None
+    result_of(store.set_extra("alice", "update_token", "ab" * 32))
+    result_of(store.set_extra("alice", "greeting", "Back at seven."))
+    assert result_of(store.extras("alice")) == {"greeting": "Back at seven.",
+                                                "update_token": "ab" * 32}
+    assert result_of(store.extras("bob")) == {}
+    result_of(store.set_extra("alice", "update_token", None))
+    assert result_of(store.extras("alice")) == {"greeting": "Back at seven."}
+    result_of(store.set_extra("alice", "greeting", ""))
+    assert result_of(store.extras("alice")) == {"greeting": ""}

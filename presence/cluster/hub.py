@@ -340,9 +340,13 @@ class ClusterHub(Hub):
         counts = self._counts()
         return min(counts, key=lambda box: (counts[box], box != self.me, box))
 
+    def login_local(self, name: str, ident: str, ip: str = "",
+                    groups: Sequence[str] = ()) -> Session:
+        return self.login(name, ident, ip, 0, groups, here=True)
+
     def login(self, name: str, ident: str, ip: str = "", port: int = 0,
-              groups: Sequence[str] = (), guest: bool = False) -> Session:
-        box = self.place()
+              groups: Sequence[str] = (), guest: bool = False, here: bool = False) -> Session:
+        box = self.me if here else self.place()
         record = {"s": ident, "u": name, "b": box, "ip": ip, "port": port,
                   "g": self.fresh_groups(name, groups), "guest": guest,
                   "t": self.clock.seconds()}
@@ -581,6 +585,20 @@ class ClusterHub(Hub):
 
     def is_online(self, name: str) -> bool:
         return self.users.is_online(name) or bool(self.remote_online.get(name))
+
+    def address_of(self, name: str) -> Optional[str]:
+        found = []
+        user = self.users.user(name)
+        for s in user.sessions if user is not None else ():
+            if s.ip:
+                found.append(((s.channel is not None, s.login_time), s.ip))
+        holding = self.remote_online.get(name, ())
+        for box, sids in self.remote.get(name, {}).items():
+            for sid in sids:
+                record = self.where[sid][2] if sid in self.where else {}
+                if record.get("ip"):
+                    found.append(((box in holding, record.get("t", 0.0)), record["ip"]))
+        return max(found)[1] if found else None
 
     def knows(self, name: str) -> bool:
         return (name in self.users.users or name in self.remote

@@ -135,6 +135,12 @@ class IHub(Interface):
         the session in the global directory (which box holds it) and counts
         the bound over all boxes."""
 
+    def login_local(name: str, ident: str, ip: str = "",
+                    groups: Sequence[str] = ()) -> Session:
+        """As :meth:`login`, for a session held by this box whatever the
+        placement would choose: one whose "heartbeat" is in this process (a
+        dyndns2 name kept alive by its updates, see presence/names/)."""
+
     def session(ident: str) -> Optional[Session]:
         """The live session ``ident``, else None.  A cluster hub answers a
         session held by another box too, as a stand-in whose ``host_box`` is
@@ -196,6 +202,13 @@ class IHub(Interface):
         as they hear online and offline; no frame when it does not.  A
         cluster hub carries a stand-in's change out on its box and shares
         each box's combination of its sessions with the other boxes."""
+
+    def address_of(name: str) -> Optional[str]:
+        """The IP address of user ``name``'s most recent live session on any
+        box: the newest one holding a heartbeat, else the newest of all;
+        None when the user has none.  What the name service answers for an
+        online user.  Synchronous: a cluster hub answers from its view of
+        the global directory (the address each session was opened from)."""
 
     def knows(name: str) -> bool:
         """Whether ``name`` is a live user: one with a session or still
@@ -389,6 +402,10 @@ class Hub:
             self.end(user.sessions[0], "replaced")
         return session
 
+    def login_local(self, name: str, ident: str, ip: str = "",
+                    groups: Sequence[str] = ()) -> Session:
+        return self.login(name, ident, ip, 0, groups)
+
     def session(self, ident: str) -> Optional[Session]:
         return self.users.session(ident)
 
@@ -574,6 +591,13 @@ class Hub:
 
     def knows(self, name: str) -> bool:
         return name in self.users.users
+
+    def address_of(self, name: str) -> Optional[str]:
+        user = self.users.user(name)
+        if user is None:
+            return None
+        found = [((s.channel is not None, s.login_time), s.ip) for s in user.sessions if s.ip]
+        return max(found)[1] if found else None
 
     def last_seen(self, name: str) -> Optional[float]:
         user = self.users.user(name)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 from urllib.parse import urlencode
 from weakref import WeakKeyDictionary
@@ -81,6 +82,9 @@ DONE = {
     "handset-secret": "A new handset secret: the old one no longer works.",
     "password": "Password changed: your other sessions have ended, and every other"
                 " device must log in with the new password.",
+    "greeting": "Greeting saved: your page shows it while you are offline.",
+    "update-token": "A new update token: the old one no longer works.",
+    "update-token-remove": "Update token removed: updates need your password now.",
 }
 
 #: what the home page says after an invitation was sent
@@ -91,6 +95,8 @@ INVITED = {
 }
 
 Handler = Callable[..., Awaitable[bytes]]
+#: a label of a host name that can be a person's name (as the zone's)
+HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?\Z")
 
 
 def page(handler: Handler) -> Callable[..., Awaitable[bytes]]:
@@ -249,9 +255,25 @@ class Pages:
 
     # -- start page and the redirector --------------------------------------------
 
+    def host_name(self, request: server.Request) -> Optional[str]:
+        """The name a request was sent to by its ``Host``: ``alice`` for
+        ``alice.<domain>`` (any port), None for the domain itself, ``www``,
+        ``ns`` and anything else (docs/names.md, "Pages by name")."""
+        host = request.getRequestHostname().decode("ascii", "replace").lower().rstrip(".")
+        suffix = "." + self.domain
+        if not host.endswith(suffix):
+            return None
+        label = host[:-len(suffix)]
+        if label in ("www", "ns") or not HOST_LABEL.match(label):
+            return None
+        return label
+
     @app.route("/", methods=["GET"])
     @page
     async def index(self, request) -> bytes:
+        name = self.host_name(request)
+        if name is not None:
+            return await self.call_page(request, name, by_host=True)
         session = self.visitor_session(request)
         return await self.html(request, 200, "Find someone",
                                views.landing(self.visitor(session)), session)
@@ -288,15 +310,23 @@ class Pages:
     async def call(self, request) -> bytes:
         p = params(request)
         name = p.get("name")
-        session = self.visitor_session(request)
         if not isinstance(name, str) or not name.strip():
             return await self.html(request, 400, "Whose page?", views.error_page(
-                400, "Whose page?", "Give a name: /call?name=<someone>.", "/"), session)
+                400, "Whose page?", "Give a name: /call?name=<someone>.", "/"),
+                self.visitor_session(request))
+        return await self.call_page(request, name)
+
+    async def call_page(self, request: server.Request, name: str,
+                        by_host: bool = False) -> bytes:
+        """The communications page of ``name``; ``by_host``: asked for as
+        ``http://<name>.<domain>/``, where an alias is served as it is (a
+        ``/call`` of an alias redirects to the canonical name)."""
+        session = self.visitor_session(request)
         found = await self.service.resolve(name.strip())
         if found is None:
             return await self.html(request, 404, "Not found", views.not_found(name), session)
         kind, canonical = found
-        if canonical != name:
+        if canonical != name and not by_host:
             return self.redirect(request, call_url(canonical), 301)
         admitted = session is not None and canonical in self.admitted.get(session, ())
         try:
@@ -561,7 +591,7 @@ class Pages:
         account = await self.service.account(session)
         home = self.home_group.get(session) or session.user.name
         page = views.settings_page(account, home, done, error, secret,
-                                   self.handset_secret is not None)
+                                   self.handset_secret is not None, self.domain)
         return await self.html(request, status, "Settings", page, session)
 
     @app.route("/settings/<action>", methods=["POST"])
@@ -645,12 +675,22 @@ class Pages:
     async def _contact_remove(self, session, p) -> None:
         await self.service.remove_contact(session, p.get("contact"))
 
+    async def _greeting(self, session, p) -> None:
+        await self.service.set_greeting(session, p.get("greeting"))
+
+    async def _update_token(self, session, p) -> Dict[str, str]:
+        return {"update_token": await self.service.new_update_token(session)}
+
+    async def _update_token_remove(self, session, p) -> None:
+        await self.service.drop_update_token(session)
+
     ACTIONS = {
         "profile": _profile, "alias": _alias, "active": _active,
         "group-create": _group_create, "group-join": _group_join,
         "group-leave": _group_leave, "contact-add": _contact_add,
         "contact-remove": _contact_remove, "handset-secret": _handset_secret,
-        "password": _password,
+        "password": _password, "greeting": _greeting, "update-token": _update_token,
+        "update-token-remove": _update_token_remove,
     }
 
     # -- errors of routing itself --------------------------------------------------

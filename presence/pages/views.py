@@ -22,6 +22,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.template import Element, Tag, XMLFile, flattenString, renderer, tags
 
 from presence.core import states
+from presence.pages import greeting
 
 TEMPLATES = FilePath(__file__).sibling("templates")
 DOCTYPE = b"<!DOCTYPE html>\n"
@@ -349,9 +350,20 @@ def call_page(page: Dict[str, Any], visitor: Optional[Visitor], domain: str,
         tags.h1(name), sub, notice(notice_text), live_status(),
         tags.ul(*rows(page["rows"], domain, me, page["kind"] == "group", empty),
                 id="rows", class_="rows"),
+        greeting_section(name, page.get("greeting") or ""),
         chats(), message,
         **{"kind": page["kind"]},
     )
+
+
+def greeting_section(name: str, text: str) -> Any:
+    """The user's greeting, shown while they are offline (the stylesheet
+    hides it while their row says anything else, so it follows presence in
+    place like the row)."""
+    if not text:
+        return ""
+    return tags.section(*greeting.render(text), id="greeting", class_="card greeting",
+                        **{"data-greeting-of": name, "aria-label": f"{name}'s greeting"})
 
 
 def login_page(next_url: str, username: str = "", error: Optional[str] = None,
@@ -499,6 +511,8 @@ def home_page(visitor: Visitor, welcome: Dict[str, Any], box: Dict[str, Any],
 def handset_section(a: Dict[str, Any], secret: Optional[Dict[str, str]],
                     form: Callable[..., Tag]) -> Any:
     """The handset secret: shown once right after it was issued."""
+    if secret is not None and "number" not in secret:
+        secret = None   # another secret (the update token) was just shown
     if not a.get("wireless") and not secret:
         return ""
     shown: Any = ""
@@ -518,9 +532,52 @@ def handset_section(a: Dict[str, Any], secret: Optional[Dict[str, str]],
         class_="card", id="handset")
 
 
+def greeting_form(a: Dict[str, Any], form: Callable[..., Tag]) -> Tag:
+    return tags.section(
+        tags.h2("Your page while you are offline"),
+        tags.p("A greeting your page shows while you are offline, above the form for"
+               " leaving you a message: plain text, with **bold**, *emphasis*, `code` and"
+               " [links](https://example.org) if you like (at most 1,000 characters).",
+               class_="muted"),
+        form("greeting",
+             tags.p(tags.label("Greeting", for_="f-greeting"),
+                    tags.textarea(a.get("greeting") or "", name="greeting", id="f-greeting",
+                                  rows="5", maxlength="1000"), class_="field"),
+             tags.p(tags.button("Save the greeting", type="submit"))),
+        class_="card", id="greeting-card")
+
+
+def update_token_section(a: Dict[str, Any], secret: Optional[Dict[str, str]],
+                         form: Callable[..., Tag], domain: str) -> Tag:
+    """The dyndns2 update token: shown once right after it was made."""
+    me = a["name"]
+    shown: Any = ""
+    if secret and secret.get("update_token"):
+        shown = tags.div(
+            tags.p("Your update token (shown this once: put it in ddclient's or your"
+                   " router's password field):"),
+            tags.p(tags.code(clean(secret["update_token"], 64), id="update-token")),
+            class_="secret-shown", role="status")
+    state = ("You have an update token." if a.get("update_token")
+             else "You have no update token: updates use your password.")
+    return tags.section(
+        tags.h2("Your name on the network (dyndns2)"),
+        tags.p(tags.code(f"{me}.{domain}"), " leads to you while you are online and to this"
+               " page while you are not. A router or ddclient can keep you online with"
+               " dyndns2 updates to ", tags.code("/nic/update"), ", user ", tags.code(me),
+               " and your password or an update token, which opens nothing else.",
+               class_="muted"),
+        tags.p(state, class_="muted"),
+        shown,
+        form("update-token", tags.p(tags.button("New update token", type="submit"))),
+        form("update-token-remove", tags.p(tags.button("Remove the update token",
+                                                       type="submit", class_="small"))),
+        class_="card", id="dyndns")
+
+
 def settings_page(account: Dict[str, Any], home: str, done: Optional[str] = None,
                   error: Optional[str] = None, secret: Optional[Dict[str, str]] = None,
-                  wireless: bool = False) -> Tag:
+                  wireless: bool = False, domain: str = "localhost") -> Tag:
     a = account
     me = a["name"]
 
@@ -569,6 +626,8 @@ def settings_page(account: Dict[str, Any], home: str, done: Optional[str] = None
                       tags.p(tags.button("Save", type="submit"))),
             class_="card", id="profile"),
         handset_section(a, secret, post_form) if wireless else "",
+        greeting_form(a, post_form),
+        update_token_section(a, secret, post_form, domain),
         tags.section(
             tags.h2("Password"),
             tags.p("A new password ends your other sessions and logs out every other"

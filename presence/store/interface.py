@@ -145,6 +145,15 @@ class IDirectory(Interface):
     def unread(recipient):
         """How many unread messages ``recipient`` has."""
 
+    # -- per-user settings of the front-ends (names: greeting, update token) --
+    def set_extra(user, key, value):
+        """Keep ``value`` (text; None removes it) under ``key`` for ``user``
+        (the greeting of their page, the hash of their dyndns2 update token);
+        Deferred of None.  Keys are short fixed words chosen by the service."""
+
+    def extras(user):
+        """Every ``key -> value`` kept for ``user`` by :meth:`set_extra`; Deferred of a dict."""
+
     # -- resume tokens -------------------------------------------------------
     def store_resume(token_hash, user, device, now):
         """Keep a resume token's hash for ``user`` (``device`` a short label); Deferred of None."""

@@ -322,6 +322,12 @@ return redis.call('GET', KEYS[1])
     "hash": b"""
 return redis.call('HGETALL', KEYS[1])
 """,
+    # KEYS extra:<user>; ARGV key, value (absent: remove the key)
+    "extra": b"""
+if ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+else redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+""",
     # KEYS wireless:<number>
     "first": b"""
 return redis.call('ZRANGE', KEYS[1], 0, 0)
@@ -825,6 +831,17 @@ class RedisDirectory:
 
     def unread(self, recipient: str) -> defer.Deferred:
         return self.box_usage(recipient).addCallback(lambda usage: usage[0])
+
+    # -- per-user settings ------------------------------------------------------
+
+    def set_extra(self, user: str, key: str, value: Optional[str]) -> defer.Deferred:
+        args = [key] if value is None else [key, value]
+        d = self._eval("extra", [self.keys("extra", user)], args)
+        return d.addCallback(lambda _: None)
+
+    def extras(self, user: str) -> defer.Deferred:
+        d = self._eval("hash", [self.keys("extra", user)])
+        return d.addCallback(lambda pairs: {k: _s(v) for k, v in _flat(pairs).items()})
 
     # -- resume tokens -------------------------------------------------------
 

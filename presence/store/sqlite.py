@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS resume (
     token_hash TEXT PRIMARY KEY, user TEXT NOT NULL, device TEXT NOT NULL,
     created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS resume_by_user ON resume (user, created);
+CREATE TABLE IF NOT EXISTS extras (
+    user TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (user, key));
 """
 
 #: per recipient, the unread messages and their size in UTF-8 bytes, kept up
@@ -355,6 +357,20 @@ class SQLiteDirectory:
         return self._tx(lambda db: db.execute(
             "UPDATE users SET password_hash=? WHERE name=?",
             (password_hash, user)).rowcount == 1)
+
+    # -- per-user settings ------------------------------------------------------
+
+    def set_extra(self, user: str, key: str, value: Optional[str]) -> defer.Deferred:
+        if value is None:
+            return self._tx(lambda db: db.execute(
+                "DELETE FROM extras WHERE user=? AND key=?", (user, key)) and None)
+        return self._tx(lambda db: db.execute(
+            "INSERT OR REPLACE INTO extras (user, key, value) VALUES (?, ?, ?)",
+            (user, key, value)) and None)
+
+    def extras(self, user: str) -> defer.Deferred:
+        d = self._query("SELECT key, value FROM extras WHERE user=?", user)
+        return d.addCallback(lambda rows: {r["key"]: r["value"] for r in rows})
 
     # -- resume tokens ----------------------------------------------------------
 

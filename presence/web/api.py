@@ -258,6 +258,33 @@ class PresenceAPI:
         return 200, self.service.set_status(self._session(request, p), p.get("state"),
                                             p.get("text"))
 
+    # -- names (spec section 10): the greeting and the dyndns2 update token ----------
+
+    @app.route("/api/greeting", methods=["POST"])
+    @api
+    async def greeting(self, request, p) -> Answer:
+        text = await self.service.set_greeting(self._session(request, p), p.get("greeting"))
+        return 200, {"greeting": text}
+
+    @app.route("/api/greeting/<string:name>", methods=["GET"])
+    @api
+    async def greeting_of(self, request, p, name) -> Answer:
+        user = await self.service.user_named(name, param="name")
+        return 200, {"name": user, "greeting": await self.service.greeting(user)}
+
+    @app.route("/api/update-token", methods=["POST"])
+    @api
+    async def update_token(self, request, p) -> Answer:
+        session = self._session(request, p)
+        token = await self.service.new_update_token(session)
+        return 201, {"username": session.user.name, "token": token}
+
+    @app.route("/api/update-token/remove", methods=["POST"])
+    @api
+    async def remove_update_token(self, request, p) -> Answer:
+        await self.service.drop_update_token(self._session(request, p))
+        return 204, None
+
     @app.route("/api/presence/<string:name>", methods=["GET"])
     @api
     async def presence(self, request, p, name) -> Answer:
