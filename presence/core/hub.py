@@ -250,7 +250,16 @@ class IHub(Interface):
         the session's memory, so that a retry through another node is
         answered as the first time and delivered once."""
 
+    def broadcast(frame: Frame) -> int:
+        """Put ``frame`` into every live session (an operator's ``msg
+        notice``); return how many on this box.  A cluster hub also has
+        every other box do it for its own sessions."""
+
     # -- the box ----------------------------------------------------------------
+
+    overflows = Attribute(
+        "frames pushed out of a full mailbox on this box so far (a counter the "
+        "operator endpoint reads)")
 
     def sweep(chunk: int = SWEEP_CHUNK) -> Iterator[int]:
         """One pass over this box's sessions (keep-alives, linger, expiry),
@@ -317,6 +326,8 @@ class Hub:
         #: sessions that hold no heartbeat but whose user may still linger
         self._lingering: set[UserState] = set()
         self.held = 0
+        #: frames pushed out of full mailboxes (IHub.overflows)
+        self.overflows = 0
         #: chat frames each session lost to its mailbox bound (spilled) since
         #: its last ack; presence frames that leave cost nothing and count not
         self._evicted: Dict[Session, int] = {}
@@ -545,6 +556,13 @@ class Hub:
         self._push(session, frame)
         self._release_overflowed()
 
+    def broadcast(self, frame: Frame) -> int:
+        sessions = list(self.users.sessions.values())
+        for session in sessions:
+            self._push(session, frame)
+        self._release_overflowed()
+        return len(sessions)
+
     def spills_on_delivery(self, name: str) -> List[Frame]:
         """The chat frames one more frame for ``name`` would push out of a
         full mailbox into the message box (the oldest of each session at its
@@ -572,6 +590,7 @@ class Hub:
         ident, evicted = session.mailbox.push(frame)
         entries: List[Entry] = [(ident, frame)]
         if evicted:
+            self.overflows += len(evicted)
             spilled = self._spill(session, evicted)
             if self._refresh_due(session):
                 refresh = frames.refresh(display_name(session.active))

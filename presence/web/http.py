@@ -344,8 +344,16 @@ class PresenceSite(server.Site):
     def _openLogFile(self, path):
         return AccessLogFile(path, self.reactor)
 
+    #: where 4xx and 5xx answers are counted (presence.core.counters), if anywhere
+    counters: Any = None
+
     def log(self, request) -> None:
-        """The access log line of ``request``, unless turned off."""
+        """The access log line of ``request``, unless turned off; a 4xx or
+        5xx answer is counted by route family."""
+        if request.code >= 400 and self.counters is not None:
+            path = request.path
+            self.counters.http_error(path[1:].split(b"/", 1)[0].decode("ascii", "replace")
+                                     if path[:1] == b"/" else "", request.code)
         if self.access_log:
             super().log(request)
 
