@@ -319,6 +319,11 @@ class PresenceService:
         self.log.info("{user} logged in from {ip} with a handset link", user=name, ip=ip)
         return session
 
+    def probe_directory(self) -> defer.Deferred:
+        """One cheap read of the directory (the operator endpoint's
+        readiness check): fails if the directory cannot be reached."""
+        return self.store.is_locked("-")
+
     async def _not_locked(self, name: str) -> None:
         """403 if an operator locked account ``name``."""
         if await self.store.is_locked(name):
@@ -735,10 +740,11 @@ class PresenceService:
             await self.room_for_chat(peer)
         msgid = secrets.token_hex(6)
         counters = self.counters
-        accepted = counters.clock() if counters.timing else None
+        if counters.timing:
+            counters.chat_accepting(msgid)   # its write may come during hub.chat
+        first = msgid
         delivered, msgid, fresh = self.hub.chat(session, peer, text, seq, msgid)
-        if fresh:
-            counters.chat_accepted(msgid, delivered, accepted)
+        counters.chat_accepted(first, delivered if fresh else "repeat")
         if delivered == "stored" and fresh:
             try:
                 await self.keep_message(peer, session.user.name, text, msgid)

@@ -22,6 +22,7 @@ from twisted.internet import endpoints, threads
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.python import usage
 
+from presence import admin as admin_frontend
 from presence import gcpolicy
 from presence.core.hub import Hub, HubConfig
 from presence.endpoint_option import check_server_endpoint
@@ -221,7 +222,7 @@ class Options(usage.Options):
         ["registrations-per-hour", None, 100,
          "Accounts one client address may register an hour (also the burst).",
          _positive(int)],
-    ] + wireless_frontend.OPTIONS + sip_frontend.OPTIONS
+    ] + wireless_frontend.OPTIONS + sip_frontend.OPTIONS + admin_frontend.OPTIONS
 
     def postOptions(self) -> None:
         if self["linger"] is None:
@@ -240,6 +241,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--redis needs --host-box HOST:PORT: the address"
                                        " where clients reach this node's --http")
         wireless_frontend.check_options(self)
+        admin_frontend.check_options(self)
         if self["access-log"] and self["no-access-log"]:
             raise usage.UsageError("--access-log and --no-access-log contradict each other")
         for name in ("access-log", "json-log"):
@@ -480,6 +482,15 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     if wireless.enabled:
         ListenService(gate.expect("smsc"), wireless.endpoint(), wireless.site,
                       gate.listener, value=options["smsc"]).setServiceParent(top)
+    operators = admin_frontend.AdminFrontEnd(
+        options, service, reactor, gate, sweep=sweep, sip=sip,
+        wireless=wireless.gateway if wireless.enabled else None,
+        cluster=cluster if options.get("redis") else None)
+    if operators.enabled:
+        # before its listener: the token is made (or read) by the time it binds
+        listener = operators.listener()
+        operators.setServiceParent(top)
+        listener.setServiceParent(top)
     sweep.setServiceParent(top)
     # last: its first check, at start, freezes everything built above
     gc_policy.setServiceParent(top)

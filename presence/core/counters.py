@@ -39,6 +39,9 @@ REFUSAL_KINDS = frozenset({
     "password", "guest_address", "guest_rate", "guest_total", "changes",
     "group_password", "hashing", "box_full", "admin_token", "sip", "wireless",
 })
+#: what became of a text to a handset (sent: the operator took it; then its
+#: delivery report: delivered or failed)
+WIRELESS_OUTCOMES = frozenset({"sent", "refused", "unreachable", "delivered", "failed"})
 #: first path segment -> route family of the public HTTP port
 ROUTE_FAMILIES = {
     "jchat": "heartbeat", "api": "api", "chat": "chat", "ack": "ack",
@@ -144,19 +147,25 @@ class Counters:
 
     # -- chat accept-to-write latency -------------------------------------------
 
-    def chat_accepted(self, msgid: str, delivered: str, at: Optional[float]) -> None:
-        """A chat was accepted (``at``: a perf-counter time, None to leave
-        its latency unmeasured)."""
-        self.chats += 1
+    def chat_accepting(self, msgid: str) -> None:
+        """Chat ``msgid`` is about to be handed to the hub: its latency is
+        measured from now to its first write to a heartbeat."""
+        if len(self._pending) >= PENDING_CHATS:
+            # chats never written here (held by no heartbeat of this box):
+            # start again rather than grow
+            self._pending.clear()
+        self._pending[msgid] = self.clock()
+
+    def chat_accepted(self, msgid: str, delivered: str) -> None:
+        """The hub took chat ``msgid``: ``online``, ``stored`` or ``repeat``
+        (a repeated seq, not counted again)."""
         if delivered == "online":
+            self.chats += 1
             self.chats_online += 1
-            if at is not None:
-                if len(self._pending) >= PENDING_CHATS:
-                    # chats never written here (held by no heartbeat of this
-                    # box): start again rather than grow
-                    self._pending.clear()
-                self._pending[msgid] = at
-        else:
+            return
+        self._pending.pop(msgid, None)
+        if delivered == "stored":
+            self.chats += 1
             self.chats_stored += 1
 
     @property

@@ -260,6 +260,9 @@ class IHub(Interface):
     overflows = Attribute(
         "frames pushed out of a full mailbox on this box so far (a counter the "
         "operator endpoint reads)")
+    pubsub_lag = Attribute(
+        "a cluster hub: the Histogram (presence.core.counters) of seconds from an "
+        "event's publication on another box to its arrival here; None on one node")
 
     def sweep(chunk: int = SWEEP_CHUNK) -> Iterator[int]:
         """One pass over this box's sessions (keep-alives, linger, expiry),
@@ -315,6 +318,8 @@ class NullListener:
 @implementer(IHub)
 class Hub:
     """The core of one host box."""
+
+    pubsub_lag: Optional[Any] = None  # IHub.pubsub_lag: no other box to hear from
 
     def __init__(self, clock, config: HubConfig | None = None,
                  listener: IHubListener | None = None) -> None:
