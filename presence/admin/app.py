@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import hmac
 import json
-import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -43,7 +42,7 @@ from presence.admin import metrics
 from presence.core.ratelimit import RateLimiter, address_key
 from presence.errors import BadRequest, ClientError, Forbidden, TooMany, Unauthorized
 from presence.service import Operator
-from presence.web.http import client_address, params, write_json
+from presence.web.http import client_address, error_answer, params, write_json
 
 log = Logger()
 
@@ -121,10 +120,7 @@ def guarded(change: bool = False) -> Callable:
                 p = params(request)
                 status, body = await handler(self, request, who, p, **kw)
             except ClientError as e:
-                status, body = e.status, {"error": e.message}
-                retry_after = getattr(e, "retry_after", None)
-                if retry_after is not None:
-                    request.setHeader(b"retry-after", b"%d" % max(1, math.ceil(retry_after)))
+                status, body = error_answer(request, e)
             except Exception:
                 log.failure("admin: {path} failed", path=request.path.decode("ascii", "replace"))
                 status, body = 500, {"error": "internal error; it has been logged"}

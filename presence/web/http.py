@@ -7,6 +7,7 @@ shows a session ID, a password or a token (:func:`mask`).
 from __future__ import annotations
 
 import json
+import math
 import re
 from io import BytesIO
 from urllib.parse import unquote_to_bytes
@@ -15,7 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 from twisted.logger import Logger
 from twisted.web import http, server
 
-from presence.errors import BadRequest
+from presence.errors import BadRequest, ClientError
 from presence.service import valid_text
 from presence.web.auth import COOKIE  # noqa: F401  (re-exported)
 
@@ -366,6 +367,15 @@ class PresenceSite(server.Site):
             call_later = self._call_later = self.reactor.callLater
         channel.callLater = call_later
         return channel
+
+
+def error_answer(request: server.Request, error: ClientError) -> tuple:
+    """``(status, {"error": message})`` of a client error, with its
+    ``Retry-After`` header set when it has one."""
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        request.setHeader(b"retry-after", b"%d" % max(1, math.ceil(retry_after)))
+    return error.status, {"error": error.message}
 
 
 def write_json(request: server.Request, status: int, body: Any) -> bytes:
