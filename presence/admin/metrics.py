@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -24,7 +24,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from presence.core.counters import Counters, Histogram
+from presence.core.counters import (
+    RELEASE_REASONS, REFUSAL_KINDS, ROUTE_FAMILIES, WIRELESS_OUTCOMES, Counters, Histogram,
+)
 
 __all__ = ["PresenceCollector", "Sources", "GCTimer", "CONTENT_TYPE_LATEST", "registry_for"]
 
@@ -57,10 +59,13 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def _labelled(name: str, doc: str, label: str, table: dict) -> CounterMetricFamily:
+def _labelled(name: str, doc: str, label: str, table: dict,
+              known: Iterable[str] = ()) -> CounterMetricFamily:
+    """A counter by one label: every known value (at 0 until counted, so
+    that rates exist from the start) and whatever else was counted."""
     family = CounterMetricFamily(name, doc, labels=[label])
-    for key in sorted(table):
-        family.add_metric([key], table[key])
+    for key in sorted(set(known) | set(table)):
+        family.add_metric([key], table.get(key, 0))
     return family
 
 
@@ -103,16 +108,17 @@ class PresenceCollector:
         yield _counter("presence_acks", "Requests that acknowledged frames", c.acks)
         yield _counter("presence_keepalives", "Keep-alive bytes written", c.keepalives)
         yield _labelled("presence_heartbeat_releases", "Held heartbeats ended, by reason"
-                        " (lost: the client went)", "reason", c.releases)
+                        " (lost: the client went)", "reason", c.releases, RELEASE_REASONS)
         yield _counter("presence_mailbox_overflows",
                        "Frames pushed out of a full session mailbox", hub.overflows)
         yield _labelled("presence_refusals", "Requests refused by an abuse limit (429),"
-                        " by kind", "kind", c.refusals)
+                        " by kind", "kind", c.refusals, REFUSAL_KINDS)
         errors = CounterMetricFamily("presence_http_errors", "4xx and 5xx answers of the"
                                      " public HTTP port, by route family",
                                      labels=["family", "status"])
-        for (family, status) in sorted(c.http_errors):
-            errors.add_metric([family, status], c.http_errors[(family, status)])
+        known = {(f, s) for f in ROUTE_FAMILIES.values() for s in ("4xx", "5xx")}
+        for key in sorted(known | set(c.http_errors)):
+            errors.add_metric(list(key), c.http_errors.get(key, 0))
         yield errors
         yield _labelled("presence_admin_actions", "Actions taken on the operator console",
                         "action", c.admin_actions)
@@ -133,7 +139,7 @@ class PresenceCollector:
                                     "Texts to handsets waiting for a delivery report",
                                     value=len(src.wireless.pending))
             yield _labelled("presence_wireless_texts", "Texts to handsets, by outcome",
-                            "outcome", c.wireless)
+                            "outcome", c.wireless, WIRELESS_OUTCOMES)
         if src.cluster is not None:
             yield GaugeMetricFamily("presence_cluster_boxes", "Live boxes of the cluster",
                                     value=figures.get("boxes", 0))

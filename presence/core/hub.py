@@ -600,6 +600,7 @@ class Hub:
             if self._refresh_due(session):
                 refresh = frames.refresh(display_name(session.active))
                 rid, more = session.mailbox.push(refresh)
+                self.overflows += len(more)
                 spilled += self._spill(session, more)
                 session.refresh_id = rid
                 entries.append((rid, refresh))
