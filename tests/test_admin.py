@@ -249,3 +249,23 @@ def test_readyz_says_what_is_not_ready_and_healthz_only_that_it_answers(tmp_path
         assert "presence_ready 0.0" in text
     finally:
         f.stopService()
+
+
+# -- cluster mode ------------------------------------------------------------------------
+
+def test_a_notice_reaches_every_box_and_arrivals_time_the_pubsub_lag():
+    from test_cluster_hub import Cluster, lines
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice")                 # on a
+    bob = c.login(0, "bob")                     # placed on b
+    ha, hb = c.hold(alice), c.hold(bob)
+    c.clock.advance(0.25)
+    from presence.core import frames
+    assert a.broadcast(frames.notice("maintenance")) == 1   # a's own session
+    c.redis.pump()
+    assert "msg notice" in lines(ha) and "msg notice" in lines(hb)
+    assert [f.payload for _, f in hb.sent if f.kind == "notice"] == ["maintenance"]
+    assert lines(ha).count("msg notice") == 1   # not a second time from the channel
+    # events that carry their publication time ("t") were timed on arrival
+    assert b.pubsub_lag.count >= 1 and b.pubsub_lag.sum >= 0

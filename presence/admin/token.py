@@ -45,7 +45,10 @@ def generate_token(data_dir: str) -> tuple:
     except FileNotFoundError:
         pass
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(token + "\n")
+    try:
+        # bytes: after ``twistd -u`` the codec modules may not be importable
+        os.write(fd, token.encode() + b"\n")
+    finally:
+        os.close(fd)
     os.replace(part, path)
     return token, path

@@ -37,7 +37,7 @@ RELEASE_REASONS = frozenset({
 REFUSAL_KINDS = frozenset({
     "chat", "message", "registration", "login_address", "login_account", "resume",
     "password", "guest_address", "guest_rate", "guest_total", "changes",
-    "group_password", "hashing", "box_full", "admin_token", "sip", "wireless",
+    "group_password", "hashing", "box_full", "admin_token", "wireless",
 })
 #: what became of a text to a handset (sent: the operator took it; then its
 #: delivery report: delivered or failed)

@@ -209,8 +209,10 @@ class WirelessGateway:
         sender = session.user.name
         now = self.clock.seconds()
         if not self.address_limit.allowed(ip, now):
+            self.service.counters.refused("wireless", ip, now)
             raise TooMany("too many texts to handsets from this address; try again later")
         if not self.recipient_limit.allowed(target, now):
+            self.service.counters.refused("wireless", ip, now)
             raise TooMany(f"{target}'s handset was texted too often; try again later")
         self.address_limit.take(ip, now)
         self.recipient_limit.take(target, now)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from browser_support import (  # noqa: F401  (fixtures)
-    LIVE_TIMEOUT, BrowserPages, _chromium_launcher, chromium,
+    LIVE_TIMEOUT, BrowserPages, _chromium_launcher, chromium, log_in, wait_live,
 )
-from presence_harness import HeartbeatReader, expect as expect_status, new_user
+from presence_harness import HeartbeatReader, expect as expect_status, new_user, register
 
 pytestmark = pytest.mark.requires_program("chromium")
 
@@ -48,8 +48,18 @@ def test_a_wrong_token_keeps_the_console_closed(console_pages, server):
     assert page.locator("#stream").count() == 0
 
 
+@pytest.fixture
+def site_pages(chromium, server):
+    pages = BrowserPages(chromium, server.base)
+    try:
+        yield pages
+    finally:
+        pages.close()
+    assert not pages.errors, f"script errors on the pages: {pages.errors}"
+
+
 def test_the_console_shows_held_heartbeats_live_ends_a_session_and_sends_a_notice(
-        console_pages, server, api):
+        console_pages, site_pages, server, api):
     from playwright.sync_api import expect
     page = open_console(console_pages, server)
     held = page.locator("#g-held")
@@ -76,12 +86,19 @@ def test_the_console_shows_held_heartbeats_live_ends_a_session_and_sends_a_notic
     expect(held).to_have_text(str(before + 1), timeout=GAUGE_TIMEOUT)
     expect(page.locator("#user-facts")).to_contain_text(f"{bob.name}: offline")
 
-    # a notice to everyone online reaches the watcher's held heartbeat
+    # a notice to everyone online reaches the watcher's held heartbeat, and
+    # a user's page shows it
+    carol = register(api)
+    carol_page = site_pages.new()
+    log_in(carol_page, carol.name, carol.password)
+    wait_live(carol_page)
     page.fill("#notice-text", "the server restarts at 03:00")
     page.click("#send-notice")
     expect(page.locator("#notice-status")).to_contain_text("sent to")
     frame = watching.wait_for("msg notice")
     assert frame.payload == "the server restarts at 03:00"
+    expect(carol_page.locator("#notice")).to_have_text(
+        "Notice from the operator: the server restarts at 03:00", timeout=LIVE_TIMEOUT)
     assert f"admin ops-browser@127.0.0.1 ended a session of {bob.name}" in server.output()
     watching.close()
     bob_hb.close()

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""A/B of the operator endpoint's cost: server CPU per chat with metrics
+off (A: ``--admin none``) and on (B: ``--admin`` on a free loopback port,
+``/metrics`` scraped with the token every ``--scrape`` seconds during the
+bursts, as Prometheus would, its work counted in the server's CPU).
+
+The clients, logins, held heartbeats and unpaced chat bursts are those of
+``bench/rate_ab.py`` (``bench/run.py``'s rate phase); rounds alternate
+A B A B so that a machine that slows down weighs on both.
+
+    python bench/metrics_ab.py                        # 19,000 held, one round, ~10 min
+    python bench/metrics_ab.py --users 2000 --rounds 1 --reps 2   # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (bench/run.py: servers, clients, the rate phase)
+
+ON = ["--admin", "tcp:0:interface=127.0.0.1"]
+
+
+class Scraper(threading.Thread):
+    """GET /metrics with the bearer token every ``every`` seconds."""
+
+    def __init__(self, port: int, token: str, every: float) -> None:
+        super().__init__(daemon=True, name="scraper")
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.every = every
+        self.done = threading.Event()
+        self.scrapes = 0
+        self.bytes = 0
+        self.failures = 0
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            try:
+                request = urllib.request.Request(self.url, headers=self.headers)
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    self.bytes = len(r.read())
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+
+
+def admin_of(logpath: str):
+    text = open(logpath, encoding="utf-8", errors="replace").read()
+    port = re.search(r"\badmin=[\d.]+:(\d+)", text)
+    token = re.search(r"\badmin_token=(\S+)", text)
+    return int(port.group(1)), open(token.group(1)).read().strip()
+
+
+async def one_server(args, label: str, metrics_on: bool) -> list:
+    workdir = tempfile.mkdtemp(prefix=f"metrics-ab-{label}-")
+    a = argparse.Namespace(phase_seconds=args.phase_seconds, chats=args.chats, conc=args.conc,
+                           gc_watch=False, profile="", login_conc=32, rate_reps=args.reps)
+    bench = run.Bench(a, "presence", args.users, workdir)
+    bench.srv = run.presence_server(workdir, os.path.join(workdir, "data"), f"presence-{label}",
+                                    25, 4)
+    if metrics_on:
+        bench.srv.argv += ON   # after presence_off_flags' --admin none: this one wins
+    await bench.srv.start()
+    scraper = None
+    out = []
+    try:
+        if metrics_on:
+            scraper = Scraper(*admin_of(bench.srv.logpath), args.scrape)
+            scraper.start()
+        await bench.start_clients()
+        res: dict = {}
+        await bench.login_and_hold(res, "", a.phase_seconds)
+        procs, per, _ = await bench.log_in_senders()
+        for _ in range(args.reps):
+            before = scraper.scrapes if scraper else 0
+            r = await bench.rate_phase(procs, per)
+            await bench.ack_all(procs)
+            out.append({"chats_per_s": r["chats_per_s"],
+                        "cpu_ms_per_chat": r["server_cpu_ms_per_chat"],
+                        "delivered": r["delivered"], "sent": r["sent"],
+                        "held": res.get("hold", {}).get("held"),
+                        "scrapes": (scraper.scrapes - before) if scraper else 0,
+                        "metrics_bytes": scraper.bytes if scraper else 0})
+    finally:
+        if scraper is not None:
+            scraper.done.set()
+        await bench.stop_clients()
+        bench.srv.release()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+async def amain(args) -> dict:
+    got: dict = {"A": [], "B": []}
+    began = time.time()
+    for i in range(args.rounds):
+        for label, on in (("A", False), ("B", True)):
+            run.log(f"round {i + 1}: {label} metrics {'on' if on else 'off'}")
+            got[label] += await one_server(args, label, on)
+    out = {"machine": run.machine(), "users": args.users, "chats": args.chats,
+           "scrape_every_s": args.scrape, "bursts": got, "seconds": round(time.time() - began)}
+    for label in got:
+        out[label] = {k: statistics.median(r[k] for r in got[label])
+                      for k in ("cpu_ms_per_chat", "chats_per_s")}
+    out["cpu_ratio_b_over_a"] = round(out["B"]["cpu_ms_per_chat"] / out["A"]["cpu_ms_per_chat"], 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=19000, help="held heartbeats (%(default)s)")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=3, help="bursts per server start")
+    ap.add_argument("--chats", type=int, default=20000, help="chats per burst")
+    ap.add_argument("--conc", type=int, default=64, help="sender connections")
+    ap.add_argument("--scrape", type=float, default=1.0,
+                    help="seconds between scrapes of B (%(default)s; Prometheus's default is 15)")
+    ap.add_argument("--phase-seconds", type=float, default=420.0,
+                    help="bound of the login and hold phases (19,000 logins take minutes on a"
+                         " busy machine)")
+    ap.add_argument("--out", default=os.path.join(run.HERE, "results", "metrics_ab.json"))
+    args = ap.parse_args()
+    res = asyncio.run(amain(args))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    for label in ("A", "B"):
+        rows = res["bursts"][label]
+        print(f"{label}: chats/s {[r['chats_per_s'] for r in rows]}  "
+              f"cpu ms/chat {[r['cpu_ms_per_chat'] for r in rows]}  "
+              f"scrapes {[r['scrapes'] for r in rows]}")
+    print(f"median cpu ms/chat A (off) {res['A']['cpu_ms_per_chat']} B (on) "
+          f"{res['B']['cpu_ms_per_chat']} (B/A {res['cpu_ratio_b_over_a']});"
+          f" median chats/s A {res['A']['chats_per_s']} B {res['B']['chats_per_s']};"
+          f" {res['seconds']} s")
+    print(f"results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
