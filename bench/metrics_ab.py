@@ -18,15 +18,14 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rate_ab  # noqa: E402  (bench/rate_ab.py: one server's bursts)
 import run  # noqa: E402  (bench/run.py: servers, clients, the rate phase)
 
 ON = ["--admin", "tcp:0:interface=127.0.0.1"]
@@ -63,43 +62,32 @@ def admin_of(logpath: str):
     return int(port.group(1)), open(token.group(1)).read().strip()
 
 
+class Watch:
+    """B's scraper around one server start (``rate_ab.one_server``'s hook)."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.scraper = None
+        self.seen = 0
+
+    def __call__(self, srv) -> "Watch":
+        self.scraper = Scraper(*admin_of(srv.logpath), self.every)
+        self.scraper.start()
+        return self
+
+    def row(self) -> dict:
+        done, self.seen = self.scraper.scrapes - self.seen, self.scraper.scrapes
+        return {"scrapes": done, "metrics_bytes": self.scraper.bytes,
+                "scrape_failures": self.scraper.failures}
+
+    def stop(self) -> None:
+        self.scraper.done.set()
+
+
 async def one_server(args, label: str, metrics_on: bool) -> list:
-    workdir = tempfile.mkdtemp(prefix=f"metrics-ab-{label}-")
-    a = argparse.Namespace(phase_seconds=args.phase_seconds, chats=args.chats, conc=args.conc,
-                           gc_watch=False, profile="", login_conc=32, rate_reps=args.reps)
-    bench = run.Bench(a, "presence", args.users, workdir)
-    bench.srv = run.presence_server(workdir, os.path.join(workdir, "data"), f"presence-{label}",
-                                    25, 4)
-    if metrics_on:
-        bench.srv.argv += ON   # after presence_off_flags' --admin none: this one wins
-    await bench.srv.start()
-    scraper = None
-    out = []
-    try:
-        if metrics_on:
-            scraper = Scraper(*admin_of(bench.srv.logpath), args.scrape)
-            scraper.start()
-        await bench.start_clients()
-        res: dict = {}
-        await bench.login_and_hold(res, "", a.phase_seconds)
-        procs, per, _ = await bench.log_in_senders()
-        for _ in range(args.reps):
-            before = scraper.scrapes if scraper else 0
-            r = await bench.rate_phase(procs, per)
-            await bench.ack_all(procs)
-            out.append({"chats_per_s": r["chats_per_s"],
-                        "cpu_ms_per_chat": r["server_cpu_ms_per_chat"],
-                        "delivered": r["delivered"], "sent": r["sent"],
-                        "held": res.get("hold", {}).get("held"),
-                        "scrapes": (scraper.scrapes - before) if scraper else 0,
-                        "metrics_bytes": scraper.bytes if scraper else 0})
-    finally:
-        if scraper is not None:
-            scraper.done.set()
-        await bench.stop_clients()
-        bench.srv.release()
-        shutil.rmtree(workdir, ignore_errors=True)
-    return out
+    # B: --admin after presence_off_flags' --admin none (the last one wins)
+    return await rate_ab.one_server(args, label, ON if metrics_on else [],
+                                    watch=Watch(args.scrape) if metrics_on else None)
 
 
 async def amain(args) -> dict:
@@ -140,7 +128,7 @@ def main() -> None:
         rows = res["bursts"][label]
         print(f"{label}: chats/s {[r['chats_per_s'] for r in rows]}  "
               f"cpu ms/chat {[r['cpu_ms_per_chat'] for r in rows]}  "
-              f"scrapes {[r['scrapes'] for r in rows]}")
+              f"scrapes {[r.get('scrapes', 0) for r in rows]}")
     print(f"median cpu ms/chat A (off) {res['A']['cpu_ms_per_chat']} B (on) "
           f"{res['B']['cpu_ms_per_chat']} (B/A {res['cpu_ratio_b_over_a']});"
           f" median chats/s A {res['A']['chats_per_s']} B {res['B']['chats_per_s']};"

@@ -203,8 +203,13 @@ class Probed:
         self.hub = world.hub
         self.counters = world.service.counters
         self.fail = False
+        self.hang = False
+        self.probes = 0
 
     def probe_directory(self):
+        self.probes += 1
+        if self.hang:
+            return defer.Deferred()
         if self.fail:
             return defer.fail(OSError("disk gone"))
         return defer.succeed(False)
@@ -240,6 +245,16 @@ def test_readyz_says_what_is_not_ready_and_healthz_only_that_it_answers(tmp_path
         w.clock.advance(7)                                          # three probes fail
         assert get("/readyz") == (503, b"not ready: directory\n")
         assert get("/healthz") == (200, b"ok\n")
+        # a probe that never answers times out; they never pile up
+        service.fail = False
+        w.clock.advance(2)
+        assert get("/readyz") == (200, b"ready\n")   # the directory is back
+        service.hang = True
+        calls = service.probes
+        for _ in range(8):
+            w.clock.advance(1)
+        assert service.probes - calls <= 4           # one in flight at a time
+        assert get("/readyz") == (503, b"not ready: directory\n")
         token = (tmp_path / "admin-token").read_text().strip()
         code, body = get("/metrics")
         assert code == 401

@@ -78,6 +78,8 @@ class AdminFrontEnd(Service):
                            if options.get("admin-token-file")
                            else os.path.abspath(os.path.join(options["data"], "admin-token")))
         self.directory_ok: Optional[float] = None
+        self._probing_directory = False
+        self._probing_redis = False
         self._probe: Optional[task.LoopingCall] = None
         self._gc: Any = None
         self.app: Any = None
@@ -104,28 +106,41 @@ class AdminFrontEnd(Service):
         return not missing, missing
 
     def probe(self) -> defer.Deferred:
-        def fine(_: Any) -> None:
-            self.directory_ok = self.reactor.seconds()
-
-        d = defer.maybeDeferred(self.service.probe_directory)
-        d.addCallbacks(fine, lambda f: None)
-        if self.cluster is not None:
-            began = time.perf_counter()
-
-            def answered(_: Any) -> None:
-                self.redis_up = True
-                self.service.counters.redis_rtt.observe(time.perf_counter() - began)
-
-            def failed(_: Any) -> None:
-                self.redis_up = False
-
+        """Read the directory and, in cluster mode, make one Redis round
+        trip; each is bounded by the probe interval, and one of each is in
+        flight at most."""
+        d = defer.succeed(None)
+        if not self._probing_directory:
+            self._probing_directory = True
+            d = defer.maybeDeferred(self.service.probe_directory)
+            d.addTimeout(PROBE, self.reactor)
+            d.addCallbacks(self._directory_answered, lambda f: None)
+            d.addBoth(self._probed, "_probing_directory")
+        if self.cluster is not None and not self._probing_redis:
             redis = getattr(self.cluster, "redis", None)
             if redis is None:
                 self.redis_up = False
-            else:
-                r = defer.maybeDeferred(redis.eval, b"return 1", [], [])
-                r.addCallbacks(answered, failed)
+                return d
+            self._probing_redis = True
+            began = time.perf_counter()
+            r = defer.maybeDeferred(redis.eval, b"return 1", [], [])
+            r.addTimeout(PROBE, self.reactor)
+            r.addCallbacks(self._redis_answered, self._redis_failed, callbackArgs=(began,))
+            r.addBoth(self._probed, "_probing_redis")
         return d
+
+    def _directory_answered(self, _: Any) -> None:
+        self.directory_ok = self.reactor.seconds()
+
+    def _redis_answered(self, _: Any, began: float) -> None:
+        self.redis_up = True
+        self.service.counters.redis_rtt.observe(time.perf_counter() - began)
+
+    def _redis_failed(self, _: Any) -> None:
+        self.redis_up = False
+
+    def _probed(self, _: Any, flag: str) -> None:
+        setattr(self, flag, False)
 
     # -- life ---------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from browser_support import (  # noqa: F401  (fixtures)
-    LIVE_TIMEOUT, BrowserPages, _chromium_launcher, chromium, log_in, wait_live,
+    LIVE_TIMEOUT, BrowserPages, _chromium_launcher, browser_pages, chromium, log_in,
+    pages_at, wait_live,
 )
 from presence_harness import HeartbeatReader, expect as expect_status, new_user, register
 
@@ -19,12 +20,7 @@ GAUGE_TIMEOUT = 5_000
 
 @pytest.fixture
 def console_pages(chromium, server):
-    pages = BrowserPages(chromium, server.admin_base)
-    try:
-        yield pages
-    finally:
-        pages.close()
-    assert not pages.errors, f"script errors on the console: {pages.errors}"
+    yield from pages_at(chromium, server.admin_base)
 
 
 def open_console(pages: BrowserPages, server, name: str = "ops-browser"):
@@ -48,18 +44,8 @@ def test_a_wrong_token_keeps_the_console_closed(console_pages, server):
     assert page.locator("#stream").count() == 0
 
 
-@pytest.fixture
-def site_pages(chromium, server):
-    pages = BrowserPages(chromium, server.base)
-    try:
-        yield pages
-    finally:
-        pages.close()
-    assert not pages.errors, f"script errors on the pages: {pages.errors}"
-
-
 def test_the_console_shows_held_heartbeats_live_ends_a_session_and_sends_a_notice(
-        console_pages, site_pages, server, api):
+        console_pages, browser_pages, server, api):
     from playwright.sync_api import expect
     page = open_console(console_pages, server)
     held = page.locator("#g-held")
@@ -89,7 +75,7 @@ def test_the_console_shows_held_heartbeats_live_ends_a_session_and_sends_a_notic
     # a notice to everyone online reaches the watcher's held heartbeat, and
     # a user's page shows it
     carol = register(api)
-    carol_page = site_pages.new()
+    carol_page = browser_pages.new()
     log_in(carol_page, carol.name, carol.password)
     wait_live(carol_page)
     page.fill("#notice-text", "the server restarts at 03:00")
