@@ -29,6 +29,43 @@ import rate_ab  # noqa: E402  (bench/rate_ab.py: one server's bursts)
 import run  # noqa: E402  (bench/run.py: servers, clients, the rate phase)
 
 ON = ["--admin", "tcp:0:interface=127.0.0.1"]
+#: scrapes in a row at the end of a B server's run, for the CPU of one
+SCRAPES = 50
+WATCHES: list = []
+
+
+def micro(n: int = 200_000) -> dict:
+    """In this process: what one chat adds to the server's work when
+    metrics are on (timing it from acceptance to write) and when off (the
+    counter additions alone), in microseconds."""
+    from presence.core.counters import Counters
+    from presence.core.frames import chat
+
+    frame = chat("alice", "m1", "hello")
+    entries = [(1, frame)]
+
+    def one(c: Counters) -> None:
+        if c.timing:
+            c.chat_accepting("m1")
+        c.chat_accepted("m1", "online")
+        c.frames_written += len(entries)
+        c.frames_per_write.observe(len(entries))
+        if c.measuring:
+            now = c.clock()
+            for _, f in entries:
+                if f.kind == "chat":
+                    c.chat_written(f.args[1], now)
+
+    out = {}
+    for label, timing in (("off", False), ("on", True)):
+        c = Counters()
+        c.timing = timing
+        c.clock = time.perf_counter  # type: ignore[method-assign]
+        began = time.perf_counter()
+        for _ in range(n):
+            one(c)
+        out[label] = round((time.perf_counter() - began) * 1e6 / n, 3)
+    return out
 
 
 class Scraper(threading.Thread):
@@ -69,8 +106,13 @@ class Watch:
         self.every = every
         self.scraper = None
         self.seen = 0
+        self.srv = None
+        #: server CPU of one scrape, measured at the end (50 in a row, held
+        #: heartbeats still held, no chats)
+        self.cpu_ms_per_scrape = None
 
     def __call__(self, srv) -> "Watch":
+        self.srv = srv
         self.scraper = Scraper(*admin_of(srv.logpath), self.every)
         self.scraper.start()
         return self
@@ -82,12 +124,23 @@ class Watch:
 
     def stop(self) -> None:
         self.scraper.done.set()
+        self.scraper.join(15)
+        before = self.srv.status().get("cpu_s")
+        for _ in range(SCRAPES):
+            request = urllib.request.Request(self.scraper.url, headers=self.scraper.headers)
+            with urllib.request.urlopen(request, timeout=10) as r:
+                r.read()
+        after = self.srv.status().get("cpu_s")
+        if before is not None and after is not None:
+            self.cpu_ms_per_scrape = round((after - before) * 1000 / SCRAPES, 3)
 
 
 async def one_server(args, label: str, metrics_on: bool) -> list:
     # B: --admin after presence_off_flags' --admin none (the last one wins)
-    return await rate_ab.one_server(args, label, ON if metrics_on else [],
-                                    watch=Watch(args.scrape) if metrics_on else None)
+    watch = Watch(args.scrape) if metrics_on else None
+    if watch is not None:
+        WATCHES.append(watch)
+    return await rate_ab.one_server(args, label, ON if metrics_on else [], watch=watch)
 
 
 async def amain(args) -> dict:
@@ -103,6 +156,11 @@ async def amain(args) -> dict:
         out[label] = {k: statistics.median(r[k] for r in got[label])
                       for k in ("cpu_ms_per_chat", "chats_per_s")}
     out["cpu_ratio_b_over_a"] = round(out["B"]["cpu_ms_per_chat"] / out["A"]["cpu_ms_per_chat"], 3)
+    out["cpu_ms_per_scrape"] = [w.cpu_ms_per_scrape for w in WATCHES]
+    out["us_per_chat_in_process"] = micro()
+    cpu_us = out["A"]["cpu_ms_per_chat"] * 1000
+    added = out["us_per_chat_in_process"]["on"]
+    out["timing_share_of_a_chat"] = round(added / cpu_us, 4)
     return out
 
 
@@ -133,6 +191,9 @@ def main() -> None:
           f"{res['B']['cpu_ms_per_chat']} (B/A {res['cpu_ratio_b_over_a']});"
           f" median chats/s A {res['A']['chats_per_s']} B {res['B']['chats_per_s']};"
           f" {res['seconds']} s")
+    print(f"server CPU per scrape {res['cpu_ms_per_scrape']} ms; in process, a chat's"
+          f" counting costs {res['us_per_chat_in_process']} us (off/on),"
+          f" {res['timing_share_of_a_chat']:.2%} of A's CPU per chat")
     print(f"results: {args.out}")
 
 

@@ -23,7 +23,7 @@ from twisted.python import usage
 
 from presence.admin import metrics
 from presence.admin.metrics import GCTimer
-from presence.admin.token import TokenError, generate_token, read_token
+from presence.admin.token import GENERATED, TokenError, generate_token, read_token
 from presence.endpoint_option import check_server_endpoint
 
 DEFAULT_ADMIN = "tcp:8081:interface=127.0.0.1"
@@ -76,7 +76,7 @@ class AdminFrontEnd(Service):
         self.token: Optional[str] = options.get("admin-token")
         self.token_path = (os.path.abspath(options["admin-token-file"])
                            if options.get("admin-token-file")
-                           else os.path.abspath(os.path.join(options["data"], "admin-token")))
+                           else os.path.abspath(os.path.join(options["data"], GENERATED)))
         self.directory_ok: Optional[float] = None
         self._probing_directory = False
         self._probing_redis = False

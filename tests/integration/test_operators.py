@@ -77,6 +77,8 @@ def test_counters_move_by_what_a_scripted_scenario_did(server, api):
     before = scrape(server)
     assert value(before, "presence_held_heartbeats") == 1
     dave = new_user(api, "dave")                       # one more login
+    expect(api.post("/api/guest"), 200)                # a guest
+    expect(api.post("/api/resume", form={"token": dave.login_body["resume"]}), 200)
     for i in range(4):
         chat_ok(api, alice, bob, f"hello {i}")         # 4 delivered online
     chat_ok(api, alice, carol.name, "for later")       # 1 stored
@@ -93,6 +95,9 @@ def test_counters_move_by_what_a_scripted_scenario_did(server, api):
         return value(after, name, **labels) - value(before, name, **labels)
 
     assert moved("presence_logins_total") == 1
+    assert moved("presence_guest_logins_total") == 1
+    assert moved("presence_resumes_total") == 1
+    assert moved("presence_guests") == 1
     assert moved("presence_chats_total", delivered="online") == 4
     assert moved("presence_chats_total", delivered="stored") == 1
     assert moved("presence_refusals_total", kind="chat") == 1
@@ -105,7 +110,8 @@ def test_counters_move_by_what_a_scripted_scenario_did(server, api):
     assert moved("presence_frames_per_write_count") >= 1
     # each chat delivered online was timed from acceptance to its write
     assert moved("presence_chat_latency_seconds_count") == 4
-    assert value(after, "presence_sessions") >= 3   # alice, bob (no heartbeat), dave
+    # alice, bob (no heartbeat), dave twice (a login and a resume), the guest
+    assert moved("presence_sessions") == 3 and value(after, "presence_sessions") == 5
     assert value(after, "presence_ready") == 1
     assert dave.session
 
