@@ -146,11 +146,13 @@ async def one_server(args, label: str, metrics_on: bool) -> list:
 async def amain(args) -> dict:
     got: dict = {"A": [], "B": []}
     began = time.time()
+    order = (("A", False), ("B", True))
     for i in range(args.rounds):
-        for label, on in (("A", False), ("B", True)):
+        for label, on in (order if args.first == "A" else order[::-1]):
             run.log(f"round {i + 1}: {label} metrics {'on' if on else 'off'}")
             got[label] += await one_server(args, label, on)
     out = {"machine": run.machine(), "users": args.users, "chats": args.chats,
+           "first": args.first,
            "scrape_every_s": args.scrape, "bursts": got, "seconds": round(time.time() - began)}
     for label in got:
         out[label] = {k: statistics.median(r[k] for r in got[label])
@@ -171,6 +173,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="bursts per server start")
     ap.add_argument("--chats", type=int, default=20000, help="chats per burst")
     ap.add_argument("--conc", type=int, default=64, help="sender connections")
+    ap.add_argument("--first", choices=("A", "B"), default="A",
+                    help="which server each round starts first (the order weighs on a"
+                         " busy machine: run both)")
     ap.add_argument("--scrape", type=float, default=1.0,
                     help="seconds between scrapes of B (%(default)s; Prometheus's default is 15)")
     ap.add_argument("--phase-seconds", type=float, default=420.0,
