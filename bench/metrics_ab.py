@@ -58,13 +58,17 @@ def micro(n: int = 200_000) -> dict:
 
     out = {}
     for label, timing in (("off", False), ("on", True)):
-        c = Counters()
-        c.timing = timing
-        c.clock = time.perf_counter  # type: ignore[method-assign]
-        began = time.perf_counter()
-        for _ in range(n):
-            one(c)
-        out[label] = round((time.perf_counter() - began) * 1e6 / n, 3)
+        best = None
+        for _ in range(5):   # CPU time (as the server's is), the least of five
+            c = Counters()
+            c.timing = timing
+            c.clock = time.perf_counter  # type: ignore[method-assign]
+            began = time.process_time()
+            for _ in range(n // 5):
+                one(c)
+            took = (time.process_time() - began) * 1e6 / (n // 5)
+            best = took if best is None else min(best, took)
+        out[label] = round(best, 3)
     return out
 
 
