@@ -8,7 +8,7 @@ import pytest
 
 from browser_support import (  # noqa: F401  (fixtures)
     LIVE_TIMEOUT, BrowserPages, _chromium_launcher, browser_pages, chromium, log_in,
-    pages_at, wait_live,
+    pages_at, screenshot, wait_live,
 )
 from presence_harness import HeartbeatReader, expect as expect_status, new_user, register
 
@@ -45,7 +45,7 @@ def test_a_wrong_token_keeps_the_console_closed(console_pages, server):
 
 
 def test_the_console_shows_held_heartbeats_live_ends_a_session_and_sends_a_notice(
-        console_pages, browser_pages, server, api):
+        console_pages, browser_pages, server, api, tmp_path):
     from playwright.sync_api import expect
     page = open_console(console_pages, server)
     held = page.locator("#g-held")
@@ -85,6 +85,10 @@ def test_the_console_shows_held_heartbeats_live_ends_a_session_and_sends_a_notic
     assert frame.payload == "the server restarts at 03:00"
     expect(carol_page.locator("#notice")).to_have_text(
         "Notice from the operator: the server restarts at 03:00", timeout=LIVE_TIMEOUT)
+    page.fill("#q", carol.name)
+    page.click("#find")
+    expect(page.locator("#user-facts")).to_contain_text(f"{carol.name}: available")
+    screenshot(page, "console.png", tmp_path)   # docs/screenshots/console.png
     assert f"admin ops-browser@127.0.0.1 ended a session of {bob.name}" in server.output()
     watching.close()
     bob_hb.close()
