@@ -4,6 +4,7 @@ scripted scenario, the token, the probes and the console's actions
 (docs/operations.md, "Operators")."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
@@ -263,3 +264,31 @@ def test_the_console_needs_its_header_for_actions_and_lists_refusals(server, api
     assert b"operator console" in page.body and b"console.js" in page.body
     wrong = a.post("/login", form={"token": "nope", "name": "x"})
     assert wrong.status == 401 and b"not the operator token" in wrong.body
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/api/session/end", {}),
+    ("POST", "/api/session/end", {"id": "x" * 5000}),
+    ("POST", "/api/user/lock", {"name": "Not A Name"}),
+    ("POST", "/api/user/lock", {"name": ""}),
+    ("POST", "/api/user/unlock", {"name": "a" * 100}),
+    ("POST", "/api/user/purge", {"name": "bob", "from": "y" * 65}),
+    ("POST", "/api/notice", {"text": "\ud800"}),
+    ("POST", "/api/notice", {}),
+    ("GET", "/api/user?name=" + "z" * 65, None),
+    ("GET", "/api/user?name=%ff", None),
+    ("GET", "/api/user?name=nobody-at-all", None),
+    ("POST", "/api/gauges", None),
+    ("GET", "/api/nothing-here", None),
+])
+def test_bad_input_to_the_operator_api_is_a_clear_4xx(server, method, path, body):
+    headers = {**bearer(server)}
+    if body is not None:
+        data = json.dumps(body).encode("utf-8", "surrogatepass")
+        headers["Content-Type"] = "application/json"
+    else:
+        data = None
+    r = admin(server).request(method, path, body=data, headers=headers)
+    assert 400 <= r.status < 500, (r.status, r.body)
+    assert r.json()["error"]
+    assert "Traceback" not in server.output()
