@@ -936,6 +936,12 @@ class PresenceService:
         await self.store.update_profile(session.user.name, email, phone, wireless)
 
 
+def session_handle(ident: str) -> str:
+    """How the operator console names a session: not its ID, which would let
+    whoever reads the console act as the user, but 64 bits of its hash."""
+    return hashlib.sha256(b"operator handle " + ident.encode("ascii", "replace")).hexdigest()[:16]
+
+
 class Operator:
     """What the operator console (``presence.admin``) may do to users: the
     actions go through here like every other use of the directory."""
@@ -961,14 +967,19 @@ class Operator:
             "locked": bool(account) and await store.is_locked(name),
             "online": self.hub.is_online(name), "state": self.hub.state_of(name)[0],
             "unread": unread, "unread_bytes": used,
-            "sessions": [{"id": s.id, "host_box": s.host_box, "since": s.login_time,
+            "sessions": [{"handle": session_handle(s.id), "host_box": s.host_box,
+                          "since": s.login_time,
                           "mailbox": len(s.mailbox), "address": f"{s.ip}:{s.port}",
                           "heartbeat": s.channel is not None}
                          for s in self.hub.sessions_of(name)],
         }
 
-    def end_session(self, ident: Any, who: str) -> str:
-        session = self.hub.session(ident) if isinstance(ident, str) and ident else None
+    def end_session(self, name: Any, handle: Any, who: str) -> str:
+        """End the session of user ``name`` whose handle (as :meth:`user`
+        lists it) is ``handle``."""
+        name = required(name, "name")
+        session = next((s for s in self.hub.sessions_of(name)
+                        if isinstance(handle, str) and session_handle(s.id) == handle), None)
         if session is None:
             raise NotFound("no such session")
         self.hub.end(session, "admin")

@@ -374,7 +374,7 @@ class AdminApp:
     @app.route("/api/session/end", methods=["POST"])
     @guarded(change=True)
     async def api_end(self, request, who, p) -> Tuple[int, Any]:
-        user = self.operator.end_session(p.get("id"), who)
+        user = self.operator.end_session(p.get("name"), p.get("handle"), who)
         self._acted("end_session")
         return 200, {"ended": user}
 

@@ -188,12 +188,20 @@ def post(server, path, **form):
 def test_ending_a_session_from_the_endpoint_drops_its_heartbeat_and_is_logged(server, api):
     user = new_user(api, "ended")
     hb = HeartbeatReader.open(server.host, server.port, user.name, user.session)
-    answer = expect(post(server, "/api/session/end", id=user.session), 200).json()
+    listed = expect(admin(server).get("/api/user", query={"name": user.name},
+                                      headers=bearer(server)), 200).json()
+    [session] = listed["sessions"]
+    # the console names a session by a handle, never by its ID (a credential)
+    assert user.session not in json.dumps(listed) and len(session["handle"]) == 16
+    assert session["heartbeat"] is True and session["mailbox"] == 0
+    expect(post(server, "/api/session/end", name=user.name, handle=user.session), 404)
+    answer = expect(post(server, "/api/session/end", name=user.name,
+                         handle=session["handle"]), 200).json()
     assert answer == {"ended": user.name}
     hb.wait_for("msg bye admin")
     expect(api.get("/api/session", query=user.auth), 403)
     assert f"admin token@127.0.0.1 ended a session of {user.name}" in server.output()
-    expect(post(server, "/api/session/end", id=user.session), 404)
+    expect(post(server, "/api/session/end", name=user.name, handle=session["handle"]), 404)
 
 
 def test_a_notice_reaches_every_held_heartbeat(server, api):
@@ -268,7 +276,7 @@ def test_the_console_needs_its_header_for_actions_and_lists_refusals(server, api
 
 @pytest.mark.parametrize("method, path, body", [
     ("POST", "/api/session/end", {}),
-    ("POST", "/api/session/end", {"id": "x" * 5000}),
+    ("POST", "/api/session/end", {"name": "bob", "handle": "x" * 5000}),
     ("POST", "/api/user/lock", {"name": "Not A Name"}),
     ("POST", "/api/user/lock", {"name": ""}),
     ("POST", "/api/user/unlock", {"name": "a" * 100}),

@@ -145,7 +145,8 @@ async function showUser(name) {
       el("td", s.mailbox), el("td", s.address), el("td", s.heartbeat ? "held" : "–"));
     const cell = el("td");
     cell.appendChild(button("End session", "end-" + i, () =>
-      act("/api/session/end", { id: s.id }, (a) => `ended a session of ${a.ended}`)));
+      act("/api/session/end", { name: user.name, handle: s.handle },
+        (a) => `ended a session of ${a.ended}`)));
     row.appendChild(cell);
     table.appendChild(row);
   });
