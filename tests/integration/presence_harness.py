@@ -5,6 +5,10 @@ user's client does:
 
 * :class:`ServerProcess` starts ``twistd -n presence`` as a subprocess, waits
   (bounded) for its ``presence ready http=HOST:PORT`` log line, and kills it.
+  Every listener with a fixed default port gets a free one or is off: the
+  SMS simulator and the operator endpoint (``--admin``; ``admin_port``,
+  ``admin_token()``) take a free loopback port, SIP is off, unless the test
+  gives the option itself.
 * :class:`Api` is a small synchronous JSON/form HTTP client (``http.client``).
 * :class:`HeartbeatReader` holds ``GET /jchat`` over a raw socket speaking
   HTTP/1.1, decodes the chunked body incrementally and parses the event
