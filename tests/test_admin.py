@@ -284,3 +284,16 @@ def test_a_notice_reaches_every_box_and_arrivals_time_the_pubsub_lag():
     assert lines(ha).count("msg notice") == 1   # not a second time from the channel
     # events that carry their publication time ("t") were timed on arrival
     assert b.pubsub_lag.count >= 1 and b.pubsub_lag.sum >= 0
+
+
+def test_presence_cluster_gives_each_node_its_own_operator_port():
+    from presence.cli.cluster import Cluster, build_parser
+    nodes = Cluster(build_parser().parse_args(["--nodes", "3", "--port", "8080"]))
+    assert [nodes.admin_port(i) for i in range(3)] == [9080, 9081, 9082]
+    chosen = Cluster(build_parser().parse_args(["--port", "8080", "--admin-port", "7000"]))
+    assert chosen.admin_port(1) == 7001
+    off = Cluster(build_parser().parse_args(["--admin-port", "0"]))
+    assert off.admin_port(0) == 0
+    bad = Cluster(build_parser().parse_args(["--nodes", "2", "--admin-port", "65535"]))
+    with pytest.raises(SystemExit, match="--admin-port leaves no room"):
+        bad.run()
