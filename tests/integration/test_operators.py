@@ -300,3 +300,16 @@ def test_bad_input_to_the_operator_api_is_a_clear_4xx(server, method, path, body
     assert 400 <= r.status < 500, (r.status, r.body)
     assert r.json()["error"]
     assert "Traceback" not in server.output()
+
+
+def test_sip_and_wireless_figures_are_exposed_when_those_front_ends_are_on(server_factory):
+    from test_sipp import free_port   # free for TCP and UDP on every interface
+    server = server_factory.start(sip=free_port())
+    samples = scrape(server)
+    assert value(samples, "presence_sip_transactions", side="server") == 0
+    assert value(samples, "presence_sip_calls") == 0
+    assert ("presence_wireless_pending", ()) in samples      # the simulator is on
+    assert ("presence_wireless_texts_total", (("outcome", "delivered"),)) in samples
+    off = server_factory.start(sip=0, smsc="none")
+    names = {name for name, _ in scrape(off)}
+    assert "presence_sip_calls" not in names and "presence_wireless_pending" not in names
