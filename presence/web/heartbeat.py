@@ -101,6 +101,10 @@ class WritePacer:
             self.call = self.clock.callLater(0, self._turn)
 
 
+#: where a channel made without the resource's counters counts (tests)
+_UNCOUNTED = Counters()
+
+
 @implementer(IChannel)
 class HeartbeatChannel:
     """One held heartbeat request, as the channel of its session."""
@@ -110,7 +114,7 @@ class HeartbeatChannel:
 
     def __init__(self, request: server.Request, hub: IHub, session: Session,
                  poll: bool, pacer: WritePacer, counters: Optional[Counters] = None) -> None:
-        self.counters = counters if counters is not None else Counters()
+        self.counters = counters if counters is not None else _UNCOUNTED
         self.request = request
         self.hub = hub
         self.session = session
