@@ -877,7 +877,7 @@ class Target:
                 "presence", "--http", "tcp:0:interface=127.0.0.1", "--data", self.data,
                 "--hash-cost", str(args.hash_cost), "--sip", str(self.sip_port),
                 "--smsc", "tcp:0:interface=127.0.0.1", "--smsc-password", self.smsc_password,
-                "--domain", DOMAIN] + shlex.split(args.server_args)
+                "--domain", DOMAIN, "--admin", "none"] + shlex.split(args.server_args)
         env = {"PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.srv = benchrun.ServerProc("presence", argv, r"presence ready\b.*?\bhttp=[\d.]+:(\d+)",
                                        workdir, f"server{n}", env)

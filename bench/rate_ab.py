@@ -30,7 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (bench/run.py: servers, clients, the rate phase)
 
 
-async def one_server(args, label: str, extra: list) -> list:
+async def one_server(args, label: str, extra: list, watch=None) -> list:
+    """Bursts on one server started with ``extra`` options.  ``watch``, if
+    given, is called with the started ServerProc and returns an object whose
+    ``row()`` adds fields to each burst's row and ``stop()`` ends it."""
     workdir = tempfile.mkdtemp(prefix=f"rate-ab-{label}-")
     a = argparse.Namespace(phase_seconds=args.phase_seconds, chats=args.chats, conc=args.conc,
                            gc_watch=False, profile="", login_conc=32, rate_reps=args.reps)
@@ -40,7 +43,10 @@ async def one_server(args, label: str, extra: list) -> list:
     bench.srv.argv += extra
     await bench.srv.start()
     out = []
+    watcher = None
     try:
+        if watch is not None:
+            watcher = watch(bench.srv)
         await bench.start_clients()
         res: dict = {}
         await bench.login_and_hold(res, "", a.phase_seconds)
@@ -51,8 +57,12 @@ async def one_server(args, label: str, extra: list) -> list:
             out.append({"chats_per_s": r["chats_per_s"],
                         "cpu_ms_per_chat": r["server_cpu_ms_per_chat"],
                         "delivered": r["delivered"], "sent": r["sent"],
-                        "p50_ms_under_burst": r["delivery_ms_under_burst"].get("p50")})
+                        "p50_ms_under_burst": r["delivery_ms_under_burst"].get("p50"),
+                        "held": res.get("hold", {}).get("held"),
+                        **(watcher.row() if watcher is not None else {})})
     finally:
+        if watcher is not None:
+            watcher.stop()
         await bench.stop_clients()
         bench.srv.release()
         shutil.rmtree(workdir, ignore_errors=True)

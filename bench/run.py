@@ -244,7 +244,7 @@ _HELP: list = []
 
 def presence_off_flags(twistd: str) -> list:
     """Turn off the listeners on fixed ports (SIP 5060, the SMS simulator
-    13013) where this server version has them: a benchmark run must not
+    13013, the operator endpoint 8081) where this server version has them: a benchmark run must not
     collide with another server on the machine, and measures HTTP only.
     The access log is off too (``--no-access-log``), as the baseline has
     none, unless ``PRESENCE_BENCH_ACCESS_LOG=1`` (in the server's log) or
@@ -263,6 +263,9 @@ def presence_off_flags(twistd: str) -> list:
         flags += ["--smsc", "none"]
     if "--dns=" in _HELP[0]:
         flags += ["--dns", "none"]
+    if "--admin=" in _HELP[0]:
+        # the operator endpoint's fixed 8081 (a B server may turn it on again)
+        flags += ["--admin", "none"]
     if "--no-access-log" in _HELP[0] and os.environ.get("PRESENCE_BENCH_ACCESS_LOG",
                                                          "") not in ("1", "file"):
         flags += ["--no-access-log"]

@@ -294,6 +294,7 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
                               "-n", "--pidfile=", "--logfile=-", "presence", "--http",
                               "tcp:0:interface=127.0.0.1", "--data", str(work / "data"),
                               "--sip", str(sip_port), "--smsc", "none", "--hash-cost", "1",
+                              "--admin", "none",
                               # one caller address and one bridge session carry
                               # every call: lift the per-source and per-session
                               # limits, which are sized for one person's phone

@@ -29,9 +29,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from presence.core import frames
+from presence.core.counters import Counters
 from presence.core.frames import Frame
-from presence.core.hub import IHub, IHubListener
 from presence.core import states
+from presence.core.hub import IHub, IHubListener
 from presence.core.ratelimit import RateLimiter, RecentSet, address_key, take_all
 from presence.core.tables import Session, book_key
 from presence.errors import (
@@ -208,6 +209,8 @@ class PresenceService:
         self.max_guests = max_guests
         self.limits = limits = limits or Limits()
         hub.listener = _Listener(self)
+        #: what the operator endpoint exposes (presence.admin reads it)
+        self.counters = Counters()
         self.login_failures = RateLimiter(capacity=10, rate=1 / 6)
         #: wrong passwords per account, for addresses without a past success
         self.account_failures = _bucket(limits.account_failures)
@@ -249,6 +252,11 @@ class PresenceService:
         #: name service forgets what it cached about the name
         self.name_observers: List[Callable[[str], None]] = []
 
+    def _refused(self, kind: str, address: str = "") -> None:
+        """An abuse limit refuses a request (429 follows): counted by kind
+        and listed on the operator console."""
+        self.counters.refused(kind, address, self.clock.seconds())
+
     # -- accounts -------------------------------------------------------------
 
     @staticmethod
@@ -273,6 +281,7 @@ class PresenceService:
             raise BadRequest("wireless must be a handset number: '+' and 3-15 digits")
         wait = take_all([(self.register_limit, address_key(ip))], self.clock.seconds())
         if wait is not None:
+            self._refused("registration", ip)
             raise TooMany("too many registrations from this address; try again later",
                           retry_after=wait)
         hashed = await self._hash(passwords.hash_password, password, self.hash_cost)
@@ -292,6 +301,7 @@ class PresenceService:
     async def login(self, name: Any, password: Any, ip: str = "", port: int = 0) -> Session:
         await self.check_password(name, password, ip)
         session = await self._open_user(name, ip, port)
+        self.counters.logins += 1
         self.log.info("{user} logged in from {ip}", user=name, ip=ip)
         return session
 
@@ -302,6 +312,7 @@ class PresenceService:
         now = self.clock.seconds()
         who = address_key(ip)
         if not self.login_failures.allowed(who, now):
+            self._refused("login_address", ip)
             raise TooMany("too many failed logins from this address; try again later",
                           retry_after=self.login_failures.wait(who, now))
         if not isinstance(name, str) or not isinstance(password, str) or not name:
@@ -313,6 +324,7 @@ class PresenceService:
         account = name if NAME_RE.match(name) else None
         known = (name, who) in self.known_addresses
         if account and not known and not self.account_failures.allowed(account, now):
+            self._refused("login_account", ip)
             raise TooMany("too many failed logins to this account; try again later",
                           retry_after=self.account_failures.wait(account, now))
         user = await self.store.get_user(name) if account else None
@@ -326,6 +338,7 @@ class PresenceService:
                 self.account_failures.take(account, now)
             raise Unauthorized("wrong username or password")
         self.known_addresses.add((name, who))
+        await self._not_locked(name)   # a locked account: 403, for dyndns2 too
 
     async def login_verified(self, name: str, ip: str = "", port: int = 0,
                              scope: Optional[str] = None) -> Session:
@@ -336,10 +349,21 @@ class PresenceService:
         user = await self.store.get_user(name) if NAME_RE.match(name or "") else None
         if user is None:
             raise NotFound("no such user")
+        await self._not_locked(name)
         session = await self._open_user(name, ip, port)
         session.scope = scope
         self.log.info("{user} logged in from {ip} with a handset link", user=name, ip=ip)
         return session
+
+    def probe_directory(self) -> defer.Deferred:
+        """One cheap read of the directory (the operator endpoint's
+        readiness check): fails if the directory cannot be reached."""
+        return self.store.is_locked("-")
+
+    async def _not_locked(self, name: str) -> None:
+        """403 if an operator locked account ``name``."""
+        if await self.store.is_locked(name):
+            raise Forbidden("this account is locked by the server's operator")
 
     async def _open_user(self, name: str, ip: str, port: int) -> Session:
         """A new session for the registered user ``name``, with its groups
@@ -360,17 +384,21 @@ class PresenceService:
         now = self.clock.seconds()
         who = address_key(ip)
         if self.hub.guests_from(who) >= self.limits.guests_per_address:
+            self._refused("guest_address", ip)
             raise TooMany("this address holds as many guest sessions as it may;"
                           " end one or try again later")
         if not self.guest_limit.take(who, now):
+            self._refused("guest_rate", ip)
             raise TooMany("too many guest sessions from this address; try again later",
                           retry_after=self.guest_limit.wait(who, now))
         if self.hub.guest_count() >= self.max_guests:
+            self._refused("guest_total", ip)
             raise TooMany("the server holds as many guests as it can; try again later")
         name = GUEST_PREFIX + secrets.token_hex(4)
         while self.hub.knows(name):
             name = GUEST_PREFIX + secrets.token_hex(4)
         session = self._open(name, ip, port, [], guest=True)
+        self.counters.guests += 1
         session.welcome = {"last_login": None, "offline_seconds": 0, "hits_while_offline": 0}
         return session
 
@@ -442,6 +470,7 @@ class PresenceService:
         now = self.clock.seconds()
         who = address_key(ip)
         if not self.resume_failures.allowed(who, now):
+            self._refused("resume", ip)
             raise TooMany("too many wrong resume tokens from this address; try again later",
                           retry_after=self.resume_failures.wait(who, now))
         if token is None or token == "":
@@ -452,9 +481,11 @@ class PresenceService:
         not_before = now - self.limits.resume_ttl       # older tokens have expired
         user = await self.store.resume_user(digest, not_before) if digest is not None else None
         if user is not None:
+            await self._not_locked(user)
             session = await self._open_user(user, ip, port)
             if self._revoked_at.get(user, 0) <= epoch:
                 self._device(session, digest)
+                self.counters.resumes += 1
                 self.log.info("{user} resumed a session from {ip}", user=user, ip=ip)
                 return session
             # the user's tokens were revoked while this one was being looked up
@@ -473,6 +504,7 @@ class PresenceService:
         now = self.clock.seconds()
         who = address_key(ip or session.ip)
         if not self.login_failures.allowed(who, now):
+            self._refused("password", ip or session.ip)
             raise TooMany("too many wrong passwords from this address; try again later",
                           retry_after=self.login_failures.wait(who, now))
         if not isinstance(password, str) or not password:
@@ -549,6 +581,7 @@ class PresenceService:
         """Spend one change of the session's user, or 429."""
         wait = take_all([(self.changes_by_user, session.user.name)], self.clock.seconds())
         if wait is not None:
+            self._refused("changes", session.ip)
             raise TooMany("you are changing your groups and contacts too fast; slow down",
                           retry_after=wait)
 
@@ -581,6 +614,7 @@ class PresenceService:
         key = f"{address_key(ip)} {group['name']}"
         now = self.clock.seconds()
         if not self.group_failures.allowed(key, now):
+            self._refused("group_password", ip)
             raise TooMany("too many wrong passwords for this group from this address;"
                           " try again later", retry_after=self.group_failures.wait(key, now))
         ok = await self._hash(passwords.check_password, password, group["password_hash"])
@@ -593,6 +627,7 @@ class PresenceService:
         ``MAX_HASHING`` at once: a flood of registrations or logins gets 429
         instead of an ever longer queue."""
         if self._hashing >= MAX_HASHING:
+            self._refused("hashing")
             raise TooMany("the server is busy; try again in a moment")
         self._hashing += 1
         try:
@@ -747,6 +782,7 @@ class PresenceService:
                 [("chat:s:" + session.id, *self.limits.chat_session),
                  ("chat:a:" + address, *self.limits.chat_address)], now)
         if wait is not None:
+            self._refused("chat", address)
             raise TooMany("you are sending too fast; slow down", retry_after=wait)
 
     def _quota(self) -> Tuple[int, int]:
@@ -761,6 +797,7 @@ class PresenceService:
             return await self.store.store_message(peer, sender, text, self.clock.seconds(),
                                                   msgid, quota=self._quota())
         except BoxFull:
+            self._refused("box_full")
             raise _box_full(peer)
 
     async def room_for_chat(self, peer: str) -> None:
@@ -774,6 +811,7 @@ class PresenceService:
         size = sum(len(f.payload.encode("utf-8", "surrogatepass")) for f in leaving)
         if unread + len(leaving) > self.limits.box_messages or \
                 used + size > self.limits.box_bytes:
+            self._refused("box_full")
             raise _box_full(peer)
 
     async def chat(self, session: Session, to: Any, text: Any,
@@ -799,7 +837,12 @@ class PresenceService:
         if not repeat and self.hub.is_online(peer):
             await self.room_for_chat(peer)
         msgid = secrets.token_hex(6)
+        counters = self.counters
+        if counters.timing:
+            counters.chat_accepting(msgid)   # its write may come during hub.chat
+        first = msgid
         delivered, msgid, fresh = self.hub.chat(session, peer, text, seq, msgid)
+        counters.chat_accepted(first, delivered if fresh else "repeat")
         if fresh and seq is not None:
             shared = self.hub.shared_seq(session, seq)   # a cluster: for any node's retry
             if shared is not None:
@@ -819,6 +862,7 @@ class PresenceService:
             now = self.clock.seconds()
             who = address_key(ip)
             if not self.anonymous_limit.take(who, now):
+                self._refused("message", ip)
                 raise TooMany("too many messages from this address; try again later",
                               retry_after=self.anonymous_limit.wait(who, now))
         text = check_text(text)
@@ -922,6 +966,7 @@ class PresenceService:
                 and 0 < len(secret) <= MAX_TOKEN and secret.isascii()):
             stored = (await self.store.extras(name)).get("update_token")
             if stored and hmac.compare_digest(stored, token_hash(secret)):
+                await self._not_locked(name)
                 return
         await self.check_password(name, secret, ip)
 
@@ -1064,6 +1109,86 @@ class PresenceService:
         if wireless and not MSISDN_RE.match(wireless):
             raise BadRequest("the handset number must be '+' and 3-15 digits")
         await self.store.update_profile(session.user.name, email, phone, wireless)
+
+
+def session_handle(ident: str) -> str:
+    """How the operator console names a session: not its ID, which would let
+    whoever reads the console act as the user, but 64 bits of its hash."""
+    return hashlib.sha256(b"operator handle " + ident.encode("ascii", "replace")).hexdigest()[:16]
+
+
+class Operator:
+    """What the operator console (``presence.admin``) may do to users: the
+    actions go through here like every other use of the directory."""
+
+    log = Logger()
+
+    def __init__(self, service: PresenceService) -> None:
+        self.service = service
+        self.hub = service.hub
+
+    async def user(self, name: Any) -> Dict[str, Any]:
+        """A user's account and the sessions this box knows of them."""
+        name = required(name, "name").strip()
+        if len(name) > 64:
+            raise BadRequest("name is longer than 64 characters")
+        store = self.service.store
+        account = await store.get_user(name) if NAME_RE.match(name) else None
+        if account is None and not self.hub.knows(name):
+            raise NotFound(f"no user {name!r}")
+        unread, used = await store.box_usage(name)
+        return {
+            "name": name, "registered": account is not None,
+            "locked": bool(account) and await store.is_locked(name),
+            "online": self.hub.is_online(name), "state": self.hub.state_of(name)[0],
+            "unread": unread, "unread_bytes": used,
+            "sessions": [{"handle": session_handle(s.id), "host_box": s.host_box,
+                          "since": s.login_time,
+                          "mailbox": len(s.mailbox), "address": f"{s.ip}:{s.port}",
+                          "heartbeat": s.channel is not None}
+                         for s in self.hub.sessions_of(name)],
+        }
+
+    def end_session(self, name: Any, handle: Any, who: str) -> str:
+        """End the session of user ``name`` whose handle (as :meth:`user`
+        lists it) is ``handle``."""
+        name = required(name, "name")
+        session = next((s for s in self.hub.sessions_of(name)
+                        if isinstance(handle, str) and session_handle(s.id) == handle), None)
+        if session is None:
+            raise NotFound("no such session")
+        self.hub.end(session, "admin")
+        self.log.info("admin {who} ended a session of {user}", who=who, user=session.user.name)
+        return session.user.name
+
+    async def lock(self, name: Any, locked: bool, who: str) -> int:
+        """Lock (and end every session of) or unlock an account; how many
+        sessions ended."""
+        name = check_name(name, "name")
+        if not await self.service.store.set_locked(name, locked):
+            raise NotFound(f"no account {name!r}")
+        ended = self.hub.end_user(name, "locked") if locked else 0
+        self.log.info("admin {who} {did} the account {user}", who=who, user=name,
+                      did="locked" if locked else "unlocked")
+        return ended
+
+    async def purge(self, name: Any, sender: Any, who: str) -> int:
+        name = check_name(name, "name")
+        if sender in (None, ""):
+            sender = None
+        elif not isinstance(sender, str) or len(sender) > 64:
+            raise BadRequest("from must be a user name")
+        removed = await self.service.store.purge_messages(name, sender)
+        self.log.info("admin {who} removed {n} unread messages from {user}'s message box"
+                      " (from {sender})", who=who, n=removed, user=name,
+                      sender=sender or "anyone")
+        return removed
+
+    def notice(self, text: Any, who: str) -> int:
+        text = check_text(text)
+        count = self.hub.broadcast(frames.notice(text))
+        self.log.info("admin {who} sent a notice to {n} sessions", who=who, n=count)
+        return count
 
 
 def _box_full(peer: str) -> TooMany:

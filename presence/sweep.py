@@ -5,7 +5,7 @@ single turn stalls for long.  Records how long the longest chunk took."""
 from __future__ import annotations
 
 import time
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
@@ -22,6 +22,10 @@ class SweepService(Service):
         self.clock = clock
         self.interval = interval
         self.sweeps = 0
+        #: presence.core.counters.Counters for the chunk durations, if any
+        self.counters: Optional[Any] = None
+        #: when (the clock's seconds) the last chunk ran: a stalled sweep shows
+        self.last_chunk: Optional[float] = None
         self.max_chunk = 0.0  # seconds, wall clock
         self._pass: Optional[Iterator[int]] = None
         self._loop: Optional[LoopingCall] = None
@@ -62,7 +66,11 @@ class SweepService(Service):
         except Exception:
             self._pass = None
             self.log.failure("sweep failed")
-        self.max_chunk = max(self.max_chunk, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.max_chunk = max(self.max_chunk, took)
+        if self.counters is not None:
+            self.counters.sweep_chunk.observe(took)
+            self.last_chunk = self.clock.seconds()
         if self._pass is not None:
             self._next = self.clock.callLater(0, self.step)
 

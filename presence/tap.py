@@ -22,6 +22,7 @@ from twisted.internet import endpoints, threads
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.python import usage
 
+from presence import admin as admin_frontend
 from presence import gcpolicy
 from presence.core.hub import Hub, HubConfig
 from presence.endpoint_option import check_server_endpoint
@@ -234,7 +235,7 @@ class Options(usage.Options):
          "Accounts one client address may register an hour (also the burst).",
          _positive(int)],
     ] + (wireless_frontend.OPTIONS + sip_frontend.OPTIONS + invite_frontend.OPTIONS
-         + names_frontend.OPTIONS)
+         + names_frontend.OPTIONS + admin_frontend.OPTIONS)
 
     def postOptions(self) -> None:
         if self["linger"] is None:
@@ -262,6 +263,7 @@ class Options(usage.Options):
         wireless_frontend.check_options(self)
         invite_frontend.check_options(self)
         names_frontend.check_options(self)
+        admin_frontend.check_options(self)
         if self["access-log"] and self["no-access-log"]:
             raise usage.UsageError("--access-log and --no-access-log contradict each other")
         for name in ("access-log", "json-log"):
@@ -521,6 +523,15 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     if wireless.enabled:
         ListenService(gate.expect("smsc"), wireless.endpoint(), wireless.site,
                       gate.listener, value=options["smsc"]).setServiceParent(top)
+    operators = admin_frontend.AdminFrontEnd(
+        options, service, reactor, gate, sweep=sweep, sip=sip,
+        wireless=wireless.gateway if wireless.enabled else None,
+        cluster=cluster if options.get("redis") else None)
+    if operators.enabled:
+        # before its listener: the token is made (or read) by the time it binds
+        listener = operators.listener()
+        operators.setServiceParent(top)
+        listener.setServiceParent(top)
     sweep.setServiceParent(top)
     # last: its first check, at start, freezes everything built above
     gc_policy.setServiceParent(top)

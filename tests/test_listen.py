@@ -54,7 +54,8 @@ def tree(tmp_path, reactor, *args):
     options = tap.Options()
     options.parseOptions(["--http", "tcp:18081:interface=127.0.0.1", "--data",
                           str(tmp_path / "data"), "--hash-cost", "1",
-                          "--smsc", "tcp:18082:interface=127.0.0.1", "--sip", "15060", *args])
+                          "--smsc", "tcp:18082:interface=127.0.0.1", "--sip", "15060",
+                          "--admin", "tcp:18083:interface=127.0.0.1", *args])
     return tap.makeService(options, reactor=reactor)
 
 
@@ -67,7 +68,7 @@ def test_every_port_is_bound_before_privileges_are_dropped_and_ready_comes_after
     top = tree(tmp_path, reactor)
     with capturedLogs() as events:
         top.privilegedStartService()
-    assert sorted(s[0] for s in reactor.tcpServers) == [15060, 18081, 18082]
+    assert sorted(s[0] for s in reactor.tcpServers) == [15060, 18081, 18082, 18083]
     assert [s[0] for s in reactor.udpServers] == [15060]
     assert ready_lines(events) == []  # not started yet: twistd drops privileges now
     # nothing opened on disk as the privileged user: the store opens at start
@@ -82,7 +83,7 @@ def test_every_port_is_bound_before_privileges_are_dropped_and_ready_comes_after
     assert "http=0.0.0.0:18081" in line and "smsc=0.0.0.0:18082" in line  # memory ports
     assert "sip-udp=0.0.0.0:15060" in line and "sip-tcp=0.0.0.0:15060" in line
     # bound once, not again at start
-    assert len(reactor.tcpServers) == 3 and len(reactor.udpServers) == 1
+    assert len(reactor.tcpServers) == 4 and len(reactor.udpServers) == 1
     for service in reversed(list(top)):
         if service.running:
             service.stopService()

@@ -343,6 +343,18 @@ def test_credentials_tokens_and_the_return_codes(n):
     assert n.update("hostname=alice.example.org", password=newer).body == b"badauth"
 
 
+def test_an_account_the_operator_locked_updates_no_name(n):
+    alice = n.w.user("alice")
+    token = alice.post("/api/update-token").json["token"]
+    n.w.service.store.set_locked("alice", True)
+    n.w.clock.advance(0)
+    for secret in (PASSWORD, token):
+        assert n.update("hostname=alice.example.org", password=secret).body == b"abuse"
+    assert not n.w.hub.is_online("alice")
+    n.w.service.store.set_locked("alice", False)
+    assert n.update("hostname=alice.example.org", password=token).body.startswith(b"good")
+
+
 def test_wrong_passwords_and_too_many_updates_are_abuse(n):
     n.w.user("alice")
     words = [n.update("hostname=alice.example.org", password="nope nope").body

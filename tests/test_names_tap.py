@@ -83,7 +83,7 @@ class Reactor(MemoryReactorClock):
 
 def build(tmp_path, *args: str):
     options = parse("--http", "tcp:18081:interface=127.0.0.1", "--data", str(tmp_path / "d"),
-                    "--hash-cost", "1", "--smsc", "none", "--sip", "0", *args)
+                    "--hash-cost", "1", "--smsc", "none", "--sip", "0", "--admin", "none", *args)
     reactor = Reactor()
     return tap.makeService(options, reactor=reactor), reactor
 

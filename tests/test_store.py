@@ -853,3 +853,37 @@ def test_extras_are_kept_per_user_and_removed_with_none(store):
     assert result_of(store.extras("alice")) == {"greeting": "Back at seven."}
     result_of(store.set_extra("alice", "greeting", ""))
     assert result_of(store.extras("alice")) == {"greeting": ""}
+
+# -- operator locks and purges (the operator console) ----------------------------------
+
+def test_a_lock_is_kept_per_account_and_survives_a_restart(store):
+    result_of(store.create_user("alice", HASH, now=1.0))
+    assert result_of(store.is_locked("alice")) is False
+    assert result_of(store.set_locked("alice", True)) is True
+    assert result_of(store.set_locked("alice", True)) is True   # twice: still locked
+    assert result_of(store.set_locked("nobody", True)) is False
+    assert result_of(store.is_locked("nobody")) is False
+    again = reopen(store)
+    try:
+        assert result_of(again.is_locked("alice")) is True
+        assert result_of(again.set_locked("alice", False)) is True
+        assert result_of(again.is_locked("alice")) is False
+    finally:
+        settle(again.stop())
+
+
+def test_purging_removes_unread_messages_of_one_sender_or_all(store):
+    for i in range(3):
+        result_of(store.store_message("bob", "flood", f"spam {i}", float(i)))
+    kept = result_of(store.store_message("bob", "alice", "hello", 5.0))
+    read = result_of(store.store_message("bob", "flood", "read one", 6.0))
+    assert result_of(store.mark_read("bob", read)) is True
+    assert result_of(store.box_usage("bob")) == (4, 3 * 6 + 5)
+    assert result_of(store.purge_messages("bob", "flood")) == 3
+    assert [m["text"] for m in result_of(store.messages("bob"))] == ["read one", "hello"]
+    assert result_of(store.box_usage("bob")) == (1, 5)
+    assert result_of(store.purge_messages("bob", "nobody")) == 0
+    assert result_of(store.purge_messages("bob")) == 1
+    assert result_of(store.box_usage("bob")) == (0, 0)
+    assert result_of(store.unread("bob")) == 0
+    assert result_of(store.messages("bob"))[0]["text"] == "read one"

@@ -154,10 +154,11 @@ def built(tmp_path):
 
     def build(*args: str):
         # the wireless simulator's listener is tested in test_wireless_tap.py,
-        # the SIP listeners in test_sip_tap.py
+        # the SIP listeners in test_sip_tap.py, the operator endpoint's in
+        # test_admin.py
         options = parse("--http", "tcp:18081:interface=127.0.0.1",
                         "--data", str(tmp_path / "data"), "--hash-cost", "1",
-                        "--smsc", "none", "--sip", "0", *args)
+                        "--smsc", "none", "--sip", "0", "--admin", "none", *args)
         reactor = MemoryReactorClock()
         top = tap.makeService(options, reactor=reactor)
         made.append(top)

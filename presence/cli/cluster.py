@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                              " (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080,
                         help="the first node's HTTP port; the others follow (default 8080)")
+    parser.add_argument("--admin-port", type=int, default=None,
+                        help="the first node's operator endpoint (--admin, on 127.0.0.1);"
+                             " the others follow (default: --port + 1000; 0 turns it off)")
     parser.add_argument("--redis", default=None,
                         help="use this Redis (redis://... or unix:...) instead of starting one")
     parser.add_argument("--data", default="./presence-cluster",
@@ -112,9 +115,12 @@ class Cluster:
         with open(log, "ab"):
             pass
         start = os.path.getsize(log)
+        admin = self.admin_port(index)
         args = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", f"--logfile={log}",
                 "presence", "--http", f"tcp:{port}:interface={o.host}", "--data", directory,
-                "--redis", url, "--host-box", box, *o.node_args]
+                "--redis", url, "--host-box", box,
+                "--admin", f"tcp:{admin}:interface=127.0.0.1" if admin else "none",
+                *o.node_args]
         node = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(node)
@@ -125,7 +131,15 @@ class Cluster:
                 raise SystemExit(f"presence-cluster: node {index + 1} ({box}) did not start;"
                                  f" see {log}")
             time.sleep(0.05)   # polling a condition, with a deadline
-        self.say(f"node {index + 1}   http://{box}/  (log {log})")
+        where = f"  admin http://127.0.0.1:{admin}/" if admin else ""
+        self.say(f"node {index + 1}   http://{box}/{where}  (log {log})")
+
+    def admin_port(self, index: int) -> int:
+        """Node ``index``'s operator port, 0 for none (one port per node: K
+        nodes on one machine never share the default 8081)."""
+        o = self.options
+        first = o.port + 1000 if o.admin_port is None else o.admin_port
+        return first + index if first else 0
 
     @staticmethod
     def _ready(log: str, start: int) -> bool:
@@ -149,6 +163,10 @@ class Cluster:
             raise SystemExit("presence-cluster: --nodes must be 1-64")
         if not 1 <= o.port <= 65535 - o.nodes:
             raise SystemExit("presence-cluster: --port leaves no room for the nodes")
+        if o.admin_port is not None and not 0 <= o.admin_port <= 65535 - o.nodes or \
+                o.admin_port is None and o.port + 1000 > 65535 - o.nodes:
+            raise SystemExit("presence-cluster: --admin-port leaves no room for the nodes"
+                             " (0 turns the operator endpoint off)")
         stopping = []
 
         def stop(signum, frame):

@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from presence.core import frames
+from presence.core.counters import PAUSE_BUCKETS, Histogram
 from presence.core.frames import Frame
 from presence.core.hub import SEQ_MEMORY, Hub, HubConfig, IHub
 from presence.core.mailbox import Mailbox
@@ -271,6 +272,8 @@ class ClusterHub(Hub):
         self._change_order: Deque[Tuple[float, str]] = deque()
         self._outage = False
         self._claims = 0
+        #: seconds from an event's publication (its "t") to its arrival here
+        self.pubsub_lag = Histogram(PAUSE_BUCKETS)
 
     # -- keys and channels ------------------------------------------------------
 
@@ -863,6 +866,9 @@ class ClusterHub(Hub):
             self.log.warn("cluster: an unreadable message on {channel}",
                           channel=_text(channel))
             return
+        sent = event.get("t")
+        if type(sent) is float:
+            self.pubsub_lag.observe(max(0.0, self.clock.seconds() - sent))
         handler = self._handlers.get(kind)
         if handler is None:
             return
@@ -942,10 +948,23 @@ class ClusterHub(Hub):
         if session is not None:
             self.end(session, str(event.get("r") or "logout"))
 
+    def broadcast(self, frame: Frame) -> int:
+        """This box's sessions, then every other box's (event ``notice`` on
+        the channel ``all``)."""
+        count = Hub.broadcast(self, frame)
+        self._do("a notice to every box", b"return redis.call('PUBLISH', KEYS[1], ARGV[1])",
+                 [self.key("all")], [json.dumps({"e": "notice", "b": self.me,
+                                                 "f": encode_frame(frame)})])
+        return count
+
+    def _on_notice(self, event: dict) -> None:
+        if event.get("b") != self.me:
+            Hub.broadcast(self, decode_frame(event["f"]))
+
     _handlers: Dict[str, Callable[["ClusterHub", dict], None]] = {
         "open": _on_open, "close": _on_close, "pres": _on_pres, "member": _on_member,
         "dead": _on_dead, "frame": _on_frame, "sframe": _on_sframe, "ack": _on_ack,
-        "watch": _on_watch, "end": _on_end, "state": _on_state,
+        "watch": _on_watch, "end": _on_end, "state": _on_state, "notice": _on_notice,
     }
 
     # -- the box ---------------------------------------------------------------------

@@ -125,6 +125,11 @@ def message(sender: str) -> Frame:
     return Frame("message", (sender,))
 
 
+def notice(text: str) -> Frame:
+    """``msg notice`` + the text: a notice from the server's operator."""
+    return Frame("notice", (), text)
+
+
 def bye(reason: str) -> Frame:
     return Frame("bye", (reason,))
 

@@ -290,7 +290,19 @@ class IHub(Interface):
         :meth:`recall_seq` reads it (the caller answers the client then, so
         that a retry through another node cannot miss it)."""
 
+    def broadcast(frame: Frame) -> int:
+        """Put ``frame`` into every live session (an operator's ``msg
+        notice``); return how many on this box.  A cluster hub also has
+        every other box do it for its own sessions."""
+
     # -- the box ----------------------------------------------------------------
+
+    overflows = Attribute(
+        "frames pushed out of a full mailbox on this box so far (a counter the "
+        "operator endpoint reads)")
+    pubsub_lag = Attribute(
+        "a cluster hub: the Histogram (presence.core.counters) of seconds from an "
+        "event's publication on another box to its arrival here; None on one node")
 
     def sweep(chunk: int = SWEEP_CHUNK) -> Iterator[int]:
         """One pass over this box's sessions (keep-alives, linger, expiry),
@@ -354,6 +366,8 @@ class NullListener:
 class Hub:
     """The core of one host box."""
 
+    pubsub_lag: Optional[Any] = None  # IHub.pubsub_lag: no other box to hear from
+
     def __init__(self, clock, config: HubConfig | None = None,
                  listener: IHubListener | None = None) -> None:
         self.clock = clock
@@ -364,6 +378,8 @@ class Hub:
         #: sessions that hold no heartbeat but whose user may still linger
         self._lingering: set[UserState] = set()
         self.held = 0
+        #: frames pushed out of full mailboxes (IHub.overflows)
+        self.overflows = 0
         #: chat frames each session lost to its mailbox bound (spilled) since
         #: its last ack; presence frames that leave cost nothing and count not
         self._evicted: Dict[Session, int] = {}
@@ -677,6 +693,13 @@ class Hub:
         self._push(session, frame)
         self._release_overflowed()
 
+    def broadcast(self, frame: Frame) -> int:
+        sessions = list(self.users.sessions.values())
+        for session in sessions:
+            self._push(session, frame)
+        self._release_overflowed()
+        return len(sessions)
+
     def spills_on_delivery(self, name: str) -> List[Frame]:
         """The chat frames one more frame for ``name`` would push out of a
         full mailbox into the message box (the oldest of each session at its
@@ -704,10 +727,12 @@ class Hub:
         ident, evicted = session.mailbox.push(frame)
         entries: List[Entry] = [(ident, frame)]
         if evicted:
+            self.overflows += len(evicted)
             spilled = self._spill(session, evicted)
             if self._refresh_due(session):
                 refresh = frames.refresh(display_name(session.active))
                 rid, more = session.mailbox.push(refresh)
+                self.overflows += len(more)
                 spilled += self._spill(session, more)
                 session.refresh_id = rid
                 entries.append((rid, refresh))

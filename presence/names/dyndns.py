@@ -46,7 +46,7 @@ from presence.core.hub import IChannel
 from presence.core.mailbox import Entry
 from presence.core.ratelimit import RateLimiter
 from presence.core.tables import Session
-from presence.errors import BadRequest, ServiceUnavailable, TooMany, Unauthorized
+from presence.errors import BadRequest, Forbidden, ServiceUnavailable, TooMany, Unauthorized
 from presence.names.zone import LABEL
 from presence.service import NAME_RE
 from presence.web.http import client_address
@@ -221,6 +221,10 @@ class UpdateResource(resource.Resource):
             await self.service.check_update_secret(user, secret, ip)
         except TooMany:
             self.log.info("dyndns2: too many failed updates from {ip}", ip=ip)
+            return (200, "abuse")
+        except Forbidden:
+            # the operator locked the account: its names are blocked
+            self.log.info("dyndns2: {user} is locked", user=user)
             return (200, "abuse")
         except (Unauthorized, BadRequest):
             # a name that is no username may be a password typed in the

@@ -154,6 +154,19 @@ class IDirectory(Interface):
     def extras(user):
         """Every ``key -> value`` kept for ``user`` by :meth:`set_extra`; Deferred of a dict."""
 
+    def purge_messages(recipient, sender=None):
+        """Delete ``recipient``'s unread messages from ``sender`` (every
+        unread one when None): an operator removing a flood.  Deferred of
+        how many went."""
+
+    # -- operator locks ------------------------------------------------------
+    def set_locked(user, locked):
+        """Lock (no login, no resume) or unlock account ``user``; Deferred
+        of True if the user exists."""
+
+    def is_locked(user):
+        """Whether account ``user`` is locked; Deferred."""
+
     # -- resume tokens -------------------------------------------------------
     def store_resume(token_hash, user, device, now):
         """Keep a resume token's hash for ``user`` (``device`` a short label); Deferred of None."""

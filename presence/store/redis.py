@@ -413,6 +413,33 @@ redis.call('DEL', KEYS[1])
 return #all
 """,
     # KEYS user:<u>; ARGV hash
+    # KEYS box:<r> usage:<r>; ARGV prefix sender? ('' for every sender)
+    "purge": b"""
+local n = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local key = ARGV[1] .. 'msg:' .. id
+  local m = redis.call('HMGET', key, 'from', 'read', 'text')
+  if m[2] == '0' and (ARGV[2] == '' or m[1] == string.sub(ARGV[2], 2)) then
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HINCRBY', KEYS[2], 'unread', -1)
+    redis.call('HINCRBY', KEYS[2], 'bytes', -string.len(m[3]))
+    n = n + 1
+  end
+end
+return n
+""",
+    # KEYS user:<u>; ARGV '1' to lock, '0' to unlock
+    "set_locked": b"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'locked', '1')
+else redis.call('HDEL', KEYS[1], 'locked') end
+return 1
+""",
+    # KEYS user:<u>
+    "is_locked": b"""
+return redis.call('HEXISTS', KEYS[1], 'locked')
+""",
     "set_password": b"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'password_hash', ARGV[1])
@@ -828,6 +855,20 @@ class RedisDirectory:
         d = self._eval("mark_read", [self.keys("msg", int(ident)),
                                      self.keys("usage", recipient)], [recipient])
         return d.addCallback(lambda n: n == 1)
+
+    def purge_messages(self, recipient: str, sender: Optional[str] = None) -> defer.Deferred:
+        d = self._spills.settled()
+        d.addCallback(lambda _: self._eval(
+            "purge", [self.keys("box", recipient), self.keys("usage", recipient)],
+            [self.prefix, _opt(sender)]))
+        return d.addCallback(int)
+
+    def set_locked(self, user: str, locked: bool) -> defer.Deferred:
+        d = self._eval("set_locked", [self.keys("user", user)], ["1" if locked else "0"])
+        return d.addCallback(lambda n: n == 1)
+
+    def is_locked(self, user: str) -> defer.Deferred:
+        return self._eval("is_locked", [self.keys("user", user)]).addCallback(lambda n: n == 1)
 
     def unread(self, recipient: str) -> defer.Deferred:
         return self.box_usage(recipient).addCallback(lambda usage: usage[0])

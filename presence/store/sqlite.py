@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS resume (
 CREATE INDEX IF NOT EXISTS resume_by_user ON resume (user, created);
 CREATE TABLE IF NOT EXISTS extras (
     user TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (user, key));
+CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY);
 """
 
 #: per recipient, the unread messages and their size in UTF-8 bytes, kept up
@@ -528,6 +529,35 @@ class SQLiteDirectory:
                            (row[1], recipient))
             return True
         return self._tx(work)
+
+    def purge_messages(self, recipient: str, sender: Optional[str] = None) -> defer.Deferred:
+        def work(db: sqlite3.Connection) -> int:
+            where = "recipient=? AND read=0" + ("" if sender is None else " AND sender=?")
+            args = (recipient,) if sender is None else (recipient, sender)
+            n, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(text AS BLOB))), 0)"
+                                 " FROM messages WHERE " + where, args).fetchone()
+            if n:
+                db.execute("DELETE FROM messages WHERE " + where, args)
+                db.execute("UPDATE boxes SET unread=unread-?, bytes=bytes-? WHERE recipient=?",
+                           (n, size, recipient))
+            return n
+        d = self._spills.settled()
+        return d.addCallback(lambda _: self._tx(work))
+
+    def set_locked(self, user: str, locked: bool) -> defer.Deferred:
+        def work(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM users WHERE name=?", (user,)).fetchone() is None:
+                return False
+            if locked:
+                db.execute("INSERT OR IGNORE INTO locks (name) VALUES (?)", (user,))
+            else:
+                db.execute("DELETE FROM locks WHERE name=?", (user,))
+            return True
+        return self._tx(work)
+
+    def is_locked(self, user: str) -> defer.Deferred:
+        d = self._query("SELECT 1 FROM locks WHERE name=?", user)
+        return d.addCallback(bool)
 
     def unread(self, recipient: str) -> defer.Deferred:
         d = self._spills.settled()

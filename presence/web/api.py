@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import math
 from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
 from klein import Klein
@@ -24,7 +23,7 @@ from presence.service import PresenceService
 from presence.web.auth import (  # noqa: F401  (COOKIE, request_session: re-exported)
     COOKIE, cookie_session_id, cross_origin, request_session,
 )
-from presence.web.http import client_address, mask, params, write_json
+from presence.web.http import client_address, error_answer, mask, params, write_json
 
 Answer = Tuple[int, Any]
 Handler = Callable[..., Awaitable[Answer]]
@@ -71,10 +70,7 @@ def api(handler: Handler) -> Callable[..., Awaitable[bytes]]:
                 await known_session(hub, request, p)
             status, body = await handler(self, request, p, **kw)
         except ClientError as e:
-            status, body = e.status, {"error": e.message}
-            retry_after = getattr(e, "retry_after", None)
-            if retry_after is not None:
-                request.setHeader(b"retry-after", b"%d" % max(1, math.ceil(retry_after)))
+            status, body = error_answer(request, e)
         except Exception:
             log.failure("{method} {path} failed", method=request.method,
                         path=mask(request.path).decode("ascii", "replace"))

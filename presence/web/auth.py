@@ -151,5 +151,6 @@ def request_session(service: PresenceService, request: server.Request,
     ack = p.get("ack")
     if ack not in (None, ""):
         service.hub.ack(session, whole_number(ack, "ack"))
+        service.counters.acks += 1
     return session
 

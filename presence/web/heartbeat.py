@@ -32,6 +32,7 @@ from twisted.web import resource, server
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from presence.core.counters import Counters
 from presence.core.frames import KEEPALIVE
 from presence.core.hub import IChannel, IHub
 from presence.core.mailbox import Entry
@@ -101,14 +102,20 @@ class WritePacer:
             self.call = self.clock.callLater(0, self._turn)
 
 
+#: where a channel made without the resource's counters counts (tests)
+_UNCOUNTED = Counters()
+
+
 @implementer(IChannel)
 class HeartbeatChannel:
     """One held heartbeat request, as the channel of its session."""
 
-    __slots__ = ("request", "hub", "session", "poll", "timer", "done", "pacer", "queued")
+    __slots__ = ("request", "hub", "session", "poll", "timer", "done", "pacer", "queued",
+                 "counters")
 
     def __init__(self, request: server.Request, hub: IHub, session: Session,
-                 poll: bool, pacer: WritePacer) -> None:
+                 poll: bool, pacer: WritePacer, counters: Optional[Counters] = None) -> None:
+        self.counters = counters if counters is not None else _UNCOUNTED
         self.request = request
         self.hub = hub
         self.session = session
@@ -141,10 +148,23 @@ class HeartbeatChannel:
         if self.poll:
             if len(entries) < POLL_BATCH and len(self.session.mailbox) > len(entries):
                 entries = self.session.mailbox.pending(POLL_BATCH)
-            self._write(self._events(entries[:POLL_BATCH]))
+            entries = entries[:POLL_BATCH]
+            self._write(self._events(entries))
+            self._count(entries)
             self.release("answered")
         else:
             self._write(self._events(entries))
+            self._count(entries)
+
+    def _count(self, entries: Sequence[Entry]) -> None:
+        counters = self.counters
+        counters.frames_written += len(entries)
+        counters.frames_per_write.observe(len(entries))
+        if counters.measuring:
+            now = counters.clock()
+            for _, frame in entries:
+                if frame.kind == "chat":
+                    counters.chat_written(frame.args[1], now)
 
     def _events(self, entries: Sequence[Entry]) -> bytes:
         """The events of ``entries``.  A frame that could only be written
@@ -190,11 +210,13 @@ class HeartbeatChannel:
     def keepalive(self) -> None:
         if not self.done:
             self._write(KEEPALIVE)
+            self.counters.keepalives += 1
 
     def release(self, reason: str) -> None:
         if self.done:
             return
         self.done = True
+        self.counters.release(reason)
         # frames still waiting for the pacer stay in the mailbox, unacknowledged:
         # the next request of the session gets them
         self.queued = None
@@ -216,6 +238,8 @@ class HeartbeatChannel:
 
     def ended(self, _reason: Any) -> None:
         """The request finished or its connection was lost."""
+        if not self.done:
+            self.counters.release("lost")  # the client went, not released by us
         self.done = True
         self.queued = None
         if self.timer is not None and self.timer.active():
@@ -228,8 +252,10 @@ class HeartbeatResource(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, hub: IHub, clock, keepalive: float) -> None:
+    def __init__(self, hub: IHub, clock, keepalive: float,
+                 counters: Optional[Counters] = None) -> None:
         super().__init__()
+        self.counters = counters if counters is not None else Counters()
         self.hub = hub
         self.clock = clock
         self.keepalive = keepalive
@@ -313,7 +339,10 @@ class HeartbeatResource(resource.Resource):
         request.setHeader(b"x-accel-buffering", b"no")
         _tune(getattr(request.channel, "transport", None), self.dead_after)
         request.write(b"")  # the headers, at once
-        channel = HeartbeatChannel(request, self.hub, session, mode == "poll", self.pacer)
+        channel = HeartbeatChannel(request, self.hub, session, mode == "poll", self.pacer,
+                                   self.counters)
+        if ack:
+            self.counters.acks += 1
         watch = getattr(request, "watch", None)
         if watch is not None:
             watch(channel)  # BoundedRequest: no Deferred kept per held request

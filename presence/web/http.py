@@ -7,6 +7,7 @@ shows a session ID, a password or a token (:func:`mask`).
 from __future__ import annotations
 
 import json
+import math
 import re
 from io import BytesIO
 from urllib.parse import unquote_to_bytes
@@ -15,7 +16,7 @@ from typing import Any, Dict, List, Optional, Union
 from twisted.logger import Logger
 from twisted.web import http, server
 
-from presence.errors import BadRequest
+from presence.errors import BadRequest, ClientError
 from presence.service import valid_text
 from presence.web.auth import COOKIE  # noqa: F401  (re-exported)
 
@@ -344,8 +345,16 @@ class PresenceSite(server.Site):
     def _openLogFile(self, path):
         return AccessLogFile(path, self.reactor)
 
+    #: where 4xx and 5xx answers are counted (presence.core.counters), if anywhere
+    counters: Any = None
+
     def log(self, request) -> None:
-        """The access log line of ``request``, unless turned off."""
+        """The access log line of ``request``, unless turned off; a 4xx or
+        5xx answer is counted by route family."""
+        if request.code >= 400 and self.counters is not None:
+            path = request.path
+            self.counters.http_error(path[1:].split(b"/", 1)[0].decode("ascii", "replace")
+                                     if path[:1] == b"/" else "", request.code)
         if self.access_log:
             super().log(request)
 
@@ -358,6 +367,15 @@ class PresenceSite(server.Site):
             call_later = self._call_later = self.reactor.callLater
         channel.callLater = call_later
         return channel
+
+
+def error_answer(request: server.Request, error: ClientError) -> tuple:
+    """``(status, {"error": message})`` of a client error, with its
+    ``Retry-After`` header set when it has one."""
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        request.setHeader(b"retry-after", b"%d" % max(1, math.ceil(retry_after)))
+    return error.status, {"error": error.message}
 
 
 def write_json(request: server.Request, status: int, body: Any) -> bytes:

@@ -167,7 +167,8 @@ def make_site(service: PresenceService, keepalive: float, reactor=None,
     handlers = PresenceAPI(service, stats)
     api = handlers.app.resource()
     root = Root(default=default if default is not None else api)
-    root.mount(b"jchat", HeartbeatResource(service.hub, service.clock, keepalive))
+    root.mount(b"jchat", HeartbeatResource(service.hub, service.clock, keepalive,
+                                           service.counters))
     for segment in API_SEGMENTS:
         root.mount(segment, api, whole_path=True)
     root.mount(b"chat", Direct(handlers.chat))
@@ -176,4 +177,6 @@ def make_site(service: PresenceService, keepalive: float, reactor=None,
         root.mount_exact((b"api", name.encode("ascii")), Direct(getattr(handlers, name)))
     for segment, (child, whole_path) in (mounts or {}).items():
         root.mount(segment, child, whole_path)
-    return PresenceSite(root, reactor=reactor, access_log=access_log)
+    site = PresenceSite(root, reactor=reactor, access_log=access_log)
+    site.counters = service.counters
+    return site

@@ -46,6 +46,7 @@ from typing import Any, Dict, Optional, Tuple
 from twisted.logger import Logger
 
 from presence.core import frames
+from presence.core.counters import WIRELESS_OUTCOMES
 from presence.core.ratelimit import RateLimiter
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, Forbidden, NotFound, TooLarge, TooMany
@@ -208,8 +209,10 @@ class WirelessGateway:
         sender = session.user.name
         now = self.clock.seconds()
         if not self.address_limit.allowed(ip, now):
+            self.service.counters.refused("wireless", ip, now)
             raise TooMany("too many texts to handsets from this address; try again later")
         if not self.recipient_limit.allowed(target, now):
+            self.service.counters.refused("wireless", ip, now)
             raise TooMany(f"{target}'s handset was texted too often; try again later")
         self.address_limit.take(ip, now)
         self.recipient_limit.take(target, now)
@@ -236,19 +239,26 @@ class WirelessGateway:
             body = await self.http.content(response)
         except Exception as e:
             self._forget(ref)
+            self._outcome("unreachable")
             self.log.warn("the operator is unreachable: {why}", why=str(e) or repr(e))
             raise Unavailable("the operator network is unreachable; try again later")
         if response.code != 202:
             self._forget(ref)
+            self._outcome("refused")
             answer = body.decode("utf-8", "replace")
             match = re.search(r'desc="([^"]*)"', answer)
             answer = " ".join((match.group(1) if match else answer).split())[:160]
             self.log.warn("the operator refused a text to {user}: {code} {answer}",
                           user=target, code=response.code, answer=answer)
             raise BadGateway(f"the operator refused the text: {answer}")
+        self._outcome("sent")
         self.log.info("{sender} texted {user}'s handset ({via})", sender=sender, user=target,
                       via=self.via)
         return {"status": "sent"}
+
+    def _outcome(self, what: str) -> None:
+        """Count a text's outcome for the operator endpoint."""
+        self.service.counters.count("wireless", what, WIRELESS_OUTCOMES)
 
     def _forget(self, ref: str) -> None:
         pending = self.pending.pop(ref, None)
@@ -266,9 +276,11 @@ class WirelessGateway:
             return True
         if event == 1:
             del self.pending[ref]
+            self._outcome("delivered")
             self.hub.deliver(pending.sender, frames.init_chat(pending.target))
         elif event in (2, 16):
             del self.pending[ref]
+            self._outcome("failed")
             token = self.tokens.get(pending.token)
             if token is not None:
                 token.used = True

@@ -122,14 +122,20 @@ class BrowserPages:
                 pass
 
 
-@pytest.fixture
-def browser_pages(chromium: Any, server: Any) -> Iterator[BrowserPages]:
-    pages = BrowserPages(chromium, server.base)
+def pages_at(chromium: Any, base_url: str) -> Iterator[BrowserPages]:
+    """Pages on ``base_url`` (a fixture's body): closed at teardown, where
+    any uncaught script error fails the test."""
+    pages = BrowserPages(chromium, base_url)
     try:
         yield pages
     finally:
         pages.close()
     assert not pages.errors, f"script errors on the pages: {pages.errors}"
+
+
+@pytest.fixture
+def browser_pages(chromium: Any, server: Any) -> Iterator[BrowserPages]:
+    yield from pages_at(chromium, server.base)
 
 
 def screenshot(page: Any, name: str, tmp_path: Path, full_page: bool = True) -> Path:

@@ -5,6 +5,10 @@ user's client does:
 
 * :class:`ServerProcess` starts ``twistd -n presence`` as a subprocess, waits
   (bounded) for its ``presence ready http=HOST:PORT`` log line, and kills it.
+  Every listener with a fixed default port gets a free one or is off: the
+  SMS simulator and the operator endpoint (``--admin``; ``admin_port``,
+  ``admin_token()``) take a free loopback port, SIP is off, unless the test
+  gives the option itself.
 * :class:`Api` is a small synchronous JSON/form HTTP client (``http.client``).
 * :class:`HeartbeatReader` holds ``GET /jchat`` over a raw socket speaking
   HTTP/1.1, decodes the chunked body incrementally and parses the event
@@ -42,6 +46,8 @@ READY_RE = re.compile(
 )
 
 SMSC_RE = re.compile(r"\bsmsc=\S*?:(\d+)")
+ADMIN_RE = re.compile(r"\badmin=\S*?:(\d+)")
+ADMIN_TOKEN_RE = re.compile(r"\badmin_token=(\S+)")
 
 # A bound for every polling loop in this module, on top of its deadline.
 MAX_LOOP = 100_000
@@ -121,6 +127,8 @@ class ServerProcess:
         self.host = "127.0.0.1"
         self.port: int | None = None
         self.smsc_port: int | None = None  # the wireless simulator's port, if on
+        self.admin_port: int | None = None  # the operator endpoint's, if on
+        self.admin_token_path: Path | None = None
         self._log_file = None
 
     # -- life cycle ---------------------------------------------------------
@@ -147,6 +155,9 @@ class ServerProcess:
         if "--smsc" not in self.extra_args:
             # the SMS / WAP push simulator on a free port, never the fixed default
             a += ["--smsc", "tcp:0:interface=127.0.0.1"]
+        if "--admin" not in self.extra_args:
+            # the operator endpoint on a free port, never the fixed 8081
+            a += ["--admin", "tcp:0:interface=127.0.0.1"]
         if "--sip" not in self.extra_args:
             # SIP off unless a test asks for it (sip=<free port>): never the fixed 5060
             a += ["--sip", "0"]
@@ -181,8 +192,13 @@ class ServerProcess:
             if m:
                 self.host = m.group("host6") or m.group("host")
                 self.port = int(m.group("port"))
-                smsc = SMSC_RE.search(m.group(0) + text[m.end():].split("\n", 1)[0])
+                line = m.group(0) + text[m.end():].split("\n", 1)[0]
+                smsc = SMSC_RE.search(line)
                 self.smsc_port = int(smsc.group(1)) if smsc else None
+                admin = ADMIN_RE.search(line)
+                self.admin_port = int(admin.group(1)) if admin else None
+                token = ADMIN_TOKEN_RE.search(line)
+                self.admin_token_path = Path(token.group(1)) if token and admin else None
                 return
             if self.proc.poll() is not None:
                 raise ServerStartError(
@@ -265,6 +281,16 @@ class ServerProcess:
     @property
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_base(self) -> str:
+        """The operator endpoint (``--admin``), on the loopback port it took."""
+        assert self.admin_port is not None, "the operator endpoint is off"
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def admin_token(self) -> str:
+        assert self.admin_token_path is not None, "the operator endpoint is off"
+        return self.admin_token_path.read_text().strip()
 
     def api(self) -> "Api":
         assert self.port, "server not started"

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -40,10 +41,14 @@ def answers(port: int) -> bool:
 
 def test_one_command_starts_two_nodes_and_ctrl_c_stops_everything(tmp_path):
     port = two_free_ports()
+    admin = two_free_ports()
+    while admin in (port - 1, port, port + 1):
+        admin = two_free_ports()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "presence.cli.cluster", "--nodes", "2", "--port", str(port),
-         "--data", str(tmp_path / "c"), "--", "--hash-cost", "1", "--sip", "0",
+         "--data", str(tmp_path / "c"), "--admin-port", str(admin),
+         "--", "--hash-cost", "1", "--sip", "0",
          "--smsc", "tcp:0:interface=127.0.0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     lines = []
@@ -56,6 +61,11 @@ def test_one_command_starts_two_nodes_and_ctrl_c_stops_everything(tmp_path):
         text = "".join(lines)
         assert "redis    redis://127.0.0.1:" in text
         assert f"http://127.0.0.1:{port}/" in text and f"http://127.0.0.1:{port + 1}/" in text
+        # each node its own operator endpoint, never the default 8081 twice
+        for n in (admin, admin + 1):
+            assert f"admin http://127.0.0.1:{n}/" in text
+            assert urllib.request.urlopen(f"http://127.0.0.1:{n}/healthz", timeout=5).read() \
+                == b"ok\n"
         api = Api("127.0.0.1", port)
         expected = {f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"}
         while {b["box"] for b in expect(api.get("/api/cluster"), 200).json()["boxes"]} != expected:

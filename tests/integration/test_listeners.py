@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -57,7 +58,7 @@ def assert_clear_failure(rc, output: str, took: float, *words: str) -> None:
     assert "Traceback" not in output
 
 
-@pytest.mark.parametrize("option", ["http", "smsc"])
+@pytest.mark.parametrize("option", ["http", "smsc", "admin"])
 def test_a_taken_tcp_port_ends_the_start_naming_the_option(tmp_path, option):
     with taken_tcp() as taken:
         port = taken.getsockname()[1]
@@ -144,6 +145,9 @@ def _run_as_nobody(tmp_path: Path, data: Path, nobody) -> None:
         assert server.api().request("POST", "/api/register", form={
             "username": name, "password": password}).status == 201
         assert (data / "presence.sqlite3").stat().st_uid == nobody.pw_uid
+        # the operator token is written after the drop: the server's user owns it
+        token = (data / "admin-token").stat()
+        assert (token.st_uid, stat.S_IMODE(token.st_mode)) == (nobody.pw_uid, 0o600)
         assert "presence ready" in json_log.read_text()  # written after the drop
     finally:
         server.stop()

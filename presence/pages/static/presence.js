@@ -431,6 +431,9 @@
           notify('The text to ' + w[3] + "'s handset could not be delivered.", 'error');
         }
         break;
+      case 'notice':  // from the server's operator (docs/operations.md, "Operators")
+        notify('Notice from the operator: ' + payload);
+        break;
       case 'bye':
         if (w[2] === 'shutdown' && !cfg.guest) {
           // the server is restarting: come back once it is up (spread over a
