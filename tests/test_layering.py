@@ -76,3 +76,29 @@ def test_the_console_scripts_are_built_on_presence_client():
     for name in ("client.py", "handset.py", "sip_bridge.py"):
         names = imported_modules(ROOT / "cli" / name)
         assert any(n.startswith("presence.client.") for n in names), name
+
+
+def test_every_package_and_its_files_are_installed():
+    """``pip install .`` (not editable) installs what setup.cfg lists: every
+    package of the server must be there, and every file that is not Python
+    must be package data, else an installed server fails to start (the
+    suite itself imports the source tree and would not notice)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT.parent / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    data = config["options.package_data"]
+    packages = {".".join(("presence",) + p.parent.relative_to(ROOT).parts)
+                for p in ROOT.rglob("__init__.py")}
+    assert packages - listed == set()
+    for path in ROOT.rglob("*"):
+        if path.is_file() and path.suffix not in (".py", ".pyc"):
+            package = ".".join(("presence",) + path.parent.relative_to(ROOT).parts)
+            owner, rest = package, ""
+            while owner not in packages:
+                owner, _, last = owner.rpartition(".")
+                rest = last + "/" + rest
+            patterns = data.get(owner, "").split()
+            relative = rest + path.name
+            assert any(Path(relative).match(p) for p in patterns), relative
