@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from presence_harness import Api, HeartbeatReader, expect, login, register  # noqa: E402
 from redis_support import fresh_prefix, start_redis  # noqa: E402
-from test_cluster import start_node, wait_until  # noqa: E402
+from cluster_support import start_node, wait_until  # noqa: E402
 from test_operators import bearer, scrape, value  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_program("redis-server")]
