@@ -552,7 +552,7 @@ class PresenceService:
         self._change_allowance(session)
         group = await self.group_named(name)
         user = session.user.name
-        if user not in await self.store.members(group["name"]):
+        if not await self.store.is_member(group["name"], user):
             if not await self._check_group_password(group, password, session.ip):
                 raise Forbidden("wrong group password")
             if await self.store.join(group["name"], user):
@@ -599,7 +599,7 @@ class PresenceService:
         kind, name = found
         if kind == "group":
             group = await self.store.get_group(name)
-            if group["password_hash"] and me not in await self.store.members(name):
+            if group["password_hash"] and not await self.store.is_member(name, me):
                 raise Forbidden(f"{name} is a protected group: join it first")
         self.hub.watch(session, name)
         return name

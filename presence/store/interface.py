@@ -101,6 +101,10 @@ class IDirectory(Interface):
     def members(group):
         """The members of ``group``, sorted."""
 
+    def is_member(group, user):
+        """Whether ``user`` is a member of ``group``: one index look-up,
+        whatever the group's size."""
+
     def memberships(user):
         """``(groups, book_owners)``: the groups ``user`` is in and the owners
         of the address books that list ``user``."""
@@ -113,6 +117,10 @@ class IDirectory(Interface):
 
     def contacts(owner):
         """The names in ``owner``'s address book, sorted."""
+
+    def has_contact(owner, contact):
+        """Whether ``contact`` is in ``owner``'s address book: one index
+        look-up, whatever the book's size."""
 
     # -- message boxes -------------------------------------------------------
     def store_message(recipient, sender, text, now, msgid=None, quota=None):

@@ -326,6 +326,10 @@ return redis.call('HGETALL', KEYS[1])
     "first": b"""
 return redis.call('ZRANGE', KEYS[1], 0, 0)
 """,
+    # KEYS set; ARGV member: 1 if it is in the set (O(1))
+    "is_member": b"""
+return redis.call('SISMEMBER', KEYS[1], ARGV[1])
+""",
     # KEYS set
     "members": b"""
 return redis.call('SMEMBERS', KEYS[1])
@@ -753,6 +757,9 @@ class RedisDirectory:
     def members(self, group: str) -> defer.Deferred:
         return self._sorted("members", group)
 
+    def is_member(self, group: str, user: str) -> defer.Deferred:
+        return self._eval("is_member", [self.keys("members", group)], [user]).addCallback(bool)
+
     def memberships(self, user: str) -> defer.Deferred:
         d = self._eval("two_sets", [self.keys("groups", user), self.keys("listed", user)])
         return d.addCallback(lambda sets: (sorted(_s(g) for g in sets[0]),
@@ -763,6 +770,9 @@ class RedisDirectory:
 
     def remove_contact(self, owner: str, contact: str) -> defer.Deferred:
         return self._pair("pair_remove", "contacts", owner, "listed", contact)
+
+    def has_contact(self, owner: str, contact: str) -> defer.Deferred:
+        return self._eval("is_member", [self.keys("contacts", owner)], [contact]).addCallback(bool)
 
     def contacts(self, owner: str) -> defer.Deferred:
         return self._sorted("contacts", owner)

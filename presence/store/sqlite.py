@@ -409,6 +409,11 @@ class SQLiteDirectory:
         d = self._query("SELECT user FROM members WHERE grp=? ORDER BY user", group)
         return d.addCallback(lambda rows: [r["user"] for r in rows])
 
+    def is_member(self, group: str, user: str) -> defer.Deferred:
+        # the primary key (grp, user): one index look-up
+        d = self._query("SELECT 1 FROM members WHERE grp=? AND user=?", group, user)
+        return d.addCallback(bool)
+
     def memberships(self, user: str) -> defer.Deferred:
         def work() -> tuple:
             db = self._db
@@ -426,6 +431,10 @@ class SQLiteDirectory:
     def remove_contact(self, owner: str, contact: str) -> defer.Deferred:
         return self._tx(lambda db: db.execute(
             "DELETE FROM contacts WHERE owner=? AND contact=?", (owner, contact)).rowcount == 1)
+
+    def has_contact(self, owner: str, contact: str) -> defer.Deferred:
+        d = self._query("SELECT 1 FROM contacts WHERE owner=? AND contact=?", owner, contact)
+        return d.addCallback(bool)
 
     def contacts(self, owner: str) -> defer.Deferred:
         d = self._query("SELECT contact FROM contacts WHERE owner=? ORDER BY contact", owner)
