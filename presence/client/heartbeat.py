@@ -239,6 +239,7 @@ class HeartbeatClient:
         idle_timeout: float = 65.0,
         request_timeout: float = 30.0,
         resume_file: str | None = None,
+        bundle: bool = False,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{seconds}; all timers use it.
@@ -264,6 +265,11 @@ class HeartbeatClient:
             with mode 0600, read at start, removed at logout), so that the
             next run resumes without the password.  Without a password the
             client can only resume; a refused token then stops it.
+        @param bundle: ask for bundled presence (C{bundle=1}): the changes
+            of the watched group arrive as one C{msg updates} frame per
+            window of the server's C{--presence-batch}, one
+            C{<state> <user>} per payload line, instead of one C{msg update}
+            each.
         """
         if mode not in ("stream", "poll"):
             raise ValueError(f"mode must be 'stream' or 'poll', not {mode!r}")
@@ -278,6 +284,7 @@ class HeartbeatClient:
         self._on_status = on_status
         self._on_connected = on_connected
         self.mode = mode
+        self.bundle = bundle
         self.register = register
         self.guest = guest
         self.idle_timeout = idle_timeout
@@ -563,6 +570,8 @@ class HeartbeatClient:
         gen = self._gen
         ack = self.last_id
         query = [("me", session.username), ("id", session.session), ("mode", self.mode)]
+        if self.bundle:
+            query.append(("bundle", "1"))
         if ack:
             query.append(("ack", str(ack)))
         url = f"{self.base_url}/jchat?{urlencode(query)}"

@@ -6,8 +6,9 @@
  *      cookie, never in the page;
  *   2. POST /call/live (or /home/live): the session now watches this user or
  *      group, and the answer is the current rows (HTML made by the server);
- *   3. holds the heartbeat with EventSource on /jchat: "msg update" changes a
- *      row in place, "msg refresh" repeats step 2, chat frames open chat boxes;
+ *   3. holds the heartbeat with EventSource on /jchat?bundle=1: "msg update"
+ *      and each line of a bundled "msg updates" change a row in place, "msg
+ *      refresh" repeats step 2, chat frames open chat boxes;
  *   4. acknowledges frames with POST /ack every 100 frames and within 5 s, and
  *      with a beacon when the page goes away.  EventSource resumes by itself
  *      with Last-Event-ID after a dropped connection;
@@ -309,7 +310,10 @@
     if (es) es.close();
     paused = false;
     var opened = false;
-    var url = '/jchat?me=' + encodeURIComponent(cfg.me) + (lastId ? '&ack=' + lastId : '');
+    // bundle=1: the group's presence changes come as one "msg updates" frame
+    // per window of the server's --presence-batch (a storm stays one frame)
+    var url = '/jchat?me=' + encodeURIComponent(cfg.me) + '&bundle=1' +
+        (lastId ? '&ack=' + lastId : '');
     var source = es = new EventSource(url);
     source.onopen = function () {
       status('Live: this page updates by itself.', 'live');
@@ -399,6 +403,12 @@
     switch (w[1]) {
       case 'update':
         if (w[2] === 'online' || w[2] === 'offline') setPresence(w[3], w[2] === 'online');
+        break;
+      case 'updates':
+        // one "<state> <user>" per line: each is what "msg update" would say
+        payload.split('\n').forEach(function (line) {
+          if (line) handle('msg update ' + line);
+        });
         break;
       case 'refresh':
         scheduleSync();
