@@ -246,6 +246,19 @@ def test_is_member_and_has_contact(store):
     assert result_of(store.has_contact("alice", "bob")) is False
 
 
+def test_a_group_remembers_presence_on_demand(store):
+    result_of(store.create_user("bob", HASH))
+    result_of(store.create_group("big", "bob"))
+    assert result_of(store.get_group("big"))["on_demand"] is False
+    result_of(store.set_on_demand("big", True))
+    result_of(store.set_on_demand("big", True))
+    assert result_of(store.get_group("big"))["on_demand"] is True
+    result_of(store.set_on_demand("big", False))
+    assert result_of(store.get_group("big"))["on_demand"] is False
+    result_of(store.set_on_demand("nothing", True))  # no such group: no record made
+    assert result_of(store.get_group("nothing")) is None
+
+
 def test_memberships_include_address_book_owners(store):
     for name in ("alice", "bob", "carol", "dave"):
         result_of(store.create_user(name, HASH))

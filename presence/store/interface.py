@@ -90,7 +90,11 @@ class IDirectory(Interface):
         :class:`NameTaken`."""
 
     def get_group(name):
-        """A dict (name, owner, password_hash, created) or None."""
+        """A dict (name, owner, password_hash, created, on_demand) or None."""
+
+    def set_on_demand(group, on_demand):
+        """Record whether ``group``'s owner chose presence on demand
+        (nothing pushed to its watchers)."""
 
     def join(group, user):
         """Add ``user`` to ``group``; True if they were not a member yet."""

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS resume (
     token_hash TEXT PRIMARY KEY, user TEXT NOT NULL, device TEXT NOT NULL,
     created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS resume_by_user ON resume (user, created);
+CREATE TABLE IF NOT EXISTS on_demand (name TEXT PRIMARY KEY);
 """
 
 #: per recipient, the unread messages and their size in UTF-8 bytes, kept up
@@ -393,8 +394,20 @@ class SQLiteDirectory:
         return self._tx(work)
 
     def get_group(self, name: str) -> defer.Deferred:
-        d = self._query("SELECT * FROM groups WHERE name=?", name)
-        return d.addCallback(lambda rows: rows[0] if rows else None)
+        d = self._query("SELECT *, name IN (SELECT name FROM on_demand) AS on_demand"
+                        " FROM groups WHERE name=?", name)
+
+        def group(rows: List[dict]) -> Optional[dict]:
+            if not rows:
+                return None
+            rows[0]["on_demand"] = bool(rows[0]["on_demand"])
+            return rows[0]
+        return d.addCallback(group)
+
+    def set_on_demand(self, group: str, on_demand: bool) -> defer.Deferred:
+        sql = ("INSERT OR IGNORE INTO on_demand (name) VALUES (?)" if on_demand
+               else "DELETE FROM on_demand WHERE name=?")
+        return self._tx(lambda db: db.execute(sql, (group,)) and None)
 
     def join(self, group: str, user: str) -> defer.Deferred:
         return self._tx(lambda db: db.execute(
