@@ -3,7 +3,7 @@
 
 The hub measures its slices with the ``timer`` it is given; here that is a
 L{WorkClock} that every write to a channel moves on by ``COST`` seconds, so a
-slice of the default budget (3 ms) reaches ``3 ms / COST`` watchers, and the
+slice of the default budget (2 ms) reaches ``3 ms / COST`` watchers, and the
 tests see exactly what a watcher would have been written after each reactor
 turn (``clock.advance(0)`` runs the next slice).
 """

@@ -52,7 +52,7 @@ from presence.core.frames import Frame
 #: a state, and is rare)
 STATES = frozenset(("online", "offline", "away", "busy"))
 #: seconds of fan-out work per reactor turn at most
-SLICE = 0.003
+SLICE = 0.002
 #: watchers served between two looks at the timer
 CHECK_EVERY = 32
 
