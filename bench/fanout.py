@@ -263,7 +263,8 @@ class Run:
 
         async def run() -> dict:
             results = await asyncio.gather(*(
-                p.cmd("storm", 300, names=names, seconds=a.storm_seconds, group=group(size))
+                p.cmd("storm", 300, names=names, seconds=a.storm_seconds, group=group(size),
+                      cap=max(30.0, 3 * a.storm_seconds))
                 for p, names in by_proc if names))
             storm_end = mono()
             end = storm_end + a.settle
@@ -275,7 +276,12 @@ class Run:
                 if wrong == 0 or mono() > end:
                     break
                 await asyncio.sleep(0.5)
-            return {"logged_in": ok_count(results), "storm_seconds": round(storm_end - t0, 2),
+            errors: dict = {}
+            for r in results:
+                for k, v in r.get("errors", {}).items():
+                    errors[k] = errors.get(k, 0) + v
+            return {"logged_in": ok_count(results), "errors": errors,
+                    "storm_seconds": round(storm_end - t0, 2),
                     "settled_after_s": round(mono() - storm_end, 2),
                     "views_right": right, "views_wrong": wrong}
         cpu0 = self.cpu()
@@ -308,6 +314,8 @@ async def measure(args, label: str, tree: str, data: str, work: str, extra: list
         await run.clients()
         await run.setup(register)
         await run.sizes()
+        if args.late_joins:
+            await run.late_joins(args.late_joins)
         if bundled_storm:
             t0 = mono()
             await gather(run.watchers, "rehold", 300, bundle=True, seconds=250)
@@ -316,8 +324,6 @@ async def measure(args, label: str, tree: str, data: str, work: str, extra: list
                 await p.cmd("target", 10, user="-", state="-")
         run.out["storm"] = await run.storm(max(args.sizes))
         log(f"{label} storm: {json.dumps(run.out['storm'])}")
-        if args.late_joins:
-            await run.late_joins(args.late_joins)
         run.out["server"] = srv.status()
     finally:
         await run.stop()
