@@ -79,7 +79,13 @@ class FanProc(ClientProc):
 
 def server(kind: str, workdir: str, data: str, name: str, tree: str, extra: list) -> ServerProc:
     twistd = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
-    argv = [twistd, "-n", "--pidfile", os.path.join(workdir, f"{name}.pid"), "presence",
+    profile = []
+    if os.environ.get("PRESENCE_BENCH_PROFILE"):  # cProfile stats of each server, kept
+        profile = ["--profile", os.path.join(os.environ["PRESENCE_BENCH_PROFILE"],
+                                             f"{name}.prof"), "--profiler", "cprofile",
+                   "--savestats"]
+    argv = [twistd, "-n", "--pidfile", os.path.join(workdir, f"{name}.pid")] + profile + [
+            "presence",
             "--http", "tcp:0:interface=127.0.0.1", "--data", data, "--hash-cost", "1",
             "--mailbox", "5000"] + presence_off_flags(twistd) + extra
     return ServerProc(kind, argv, r"presence ready http=[\d.]+:(\d+)", workdir, name,
@@ -100,6 +106,8 @@ class Run:
     def __init__(self, args, srv: ServerProc, label: str) -> None:
         self.args, self.srv, self.label = args, srv, label
         self.out: dict = {"label": label}
+        #: the bystanders' failures (a chat refused, or its frame not there in 10 s)
+        self.chat_errors: dict = {}
 
     async def clients(self) -> None:
         a = self.args
@@ -181,7 +189,10 @@ class Run:
             names = [n for n in p.names if int(n[1:]) < upto]
             new = [n for n in names if n not in p.held_names]
             if new:
-                await p.cmd("hold", 300, names=new, conc=64, seconds=250)
+                r = await p.cmd("hold", 300, names=new, conc=64, seconds=250)
+                if r.get("errors"):
+                    log(f"{self.label}: hold errors {r['errors']} {r.get('sample')}")
+                    self.out.setdefault("hold_errors", {}).update(r["errors"])
                 p.held_names.update(new)
         await asyncio.gather(*(
             p.cmd("each", 300, path="/api/active", form={"group": group(upto)},
@@ -196,7 +207,10 @@ class Run:
         try:
             result = await fn()
         finally:
-            samples = (await self.side.cmd("chat_stop", 60)).get("samples", [])
+            stopped = await self.side.cmd("chat_stop", 60)
+            samples = stopped.get("samples", [])
+            for k, v in stopped.get("errors", {}).items():
+                self.chat_errors[k] = self.chat_errors.get(k, 0) + v
         return result, samples
 
     async def quiet(self, seconds: float) -> list:
@@ -219,11 +233,11 @@ class Run:
             end = mono() + a.wait
             while True:
                 got = await gather(self.watchers, "arrivals", 30)
-                count = sum(g["count"] for g in got)
+                count = sum(g.get("count", 0) for g in got)
                 if count >= size or mono() > end:
                     break
                 await asyncio.sleep(0.02)
-            last = max((g["last"] for g in got if g["last"]), default=None)
+            last = max((g["last"] for g in got if g.get("last")), default=None)
             counts.append(count)
             lasts.append(None if last is None else last - t)
             spans.append((t, last if last is not None else mono()))
@@ -271,8 +285,8 @@ class Run:
             while True:
                 views = await gather(self.watchers, "views", 60, users=stormers, state="online",
                                      names=None)
-                right = sum(v["right"] for v in views)
-                wrong = sum(v["wrong"] for v in views)
+                right = sum(v.get("right", 0) for v in views)
+                wrong = sum(v.get("wrong", 1) for v in views)
                 if wrong == 0 or mono() > end:
                     break
                 await asyncio.sleep(0.5)
@@ -325,6 +339,7 @@ async def measure(args, label: str, tree: str, data: str, work: str, extra: list
         run.out["storm"] = await run.storm(max(args.sizes))
         log(f"{label} storm: {json.dumps(run.out['storm'])}")
         run.out["server"] = srv.status()
+        run.out["chat_errors"] = run.chat_errors
     finally:
         await run.stop()
         srv.stop()
@@ -394,7 +409,7 @@ def main() -> None:
     ap.add_argument("--per-proc", type=int, default=3000, help="sessions per client process")
     ap.add_argument("--toggles", type=int, default=4)
     ap.add_argument("--gap", type=float, default=0.3, help="seconds between toggles")
-    ap.add_argument("--wait", type=float, default=15.0, help="seconds a toggle may take at most")
+    ap.add_argument("--wait", type=float, default=5.0, help="seconds a toggle may take at most")
     ap.add_argument("--chat-seconds", type=float, default=2.0, help="quiet chat per size")
     ap.add_argument("--storm", type=int, default=1000)
     ap.add_argument("--storm-seconds", type=float, default=10.0)
