@@ -64,14 +64,16 @@ class FanProc(ClientProc):
     """A ``fanout_client.py`` process for users ``<prefix><first>...``."""
 
     def __init__(self, idx: int, port: int, prefix: str, first: int, count: int):
-        super().__init__(idx, port, first, count, "")
+        # a source address of its own (127.0.0.<20+idx>): one process's
+        # connections and TIME_WAITs never use up another's ephemeral ports
+        super().__init__(idx, port, first, count, f"127.0.0.{20 + idx % 200}")
         self.prefix = prefix
         self.names = [f"{prefix}{i}" for i in range(first, first + count)]
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, os.path.join(HERE, "fanout_client.py"),
-            "--port", str(self.port), "--prefix", self.prefix,
+            "--port", str(self.port), "--prefix", self.prefix, "--src", self.src,
             "--first", str(self.first), "--count", str(self.count), "--max-seconds", "1800",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26)
         self.reader = asyncio.ensure_future(self._read())

@@ -329,3 +329,18 @@ def test_a_frame_is_shared_not_copied_per_watcher():
     w.hold(w.session("bob", ["big"]))
     assert len({id(c.sent[0][1]) for c in watchers}) == 1
     assert frames.parse(watchers[0].sent[0][1].text).args == ("online", "bob")
+
+
+def test_a_keys_next_bundle_waits_as_long_as_the_last_took_to_deliver():
+    w = World(presence_batch=0.001)
+    bundled = w.watchers(2000, bundle=True)  # a bundle: 20 ms of work at 10 us a write
+    w.hold(w.session("bob", ["big"]))
+    w.clock.advance(0.001)
+    took = w.work.now  # the work of the first bundle, which ended at 0.001
+    assert took > 0.019
+    w.hold(w.session("carol", ["big"]))
+    w.clock.advance(0.001)  # the window ends: too soon after the last bundle
+    assert all(c.texts() == ["msg updates\nonline bob"] for c in bundled)
+    w.clock.advance(took)  # as long after its end as it took (and a little)
+    assert all(c.texts() == ["msg updates\nonline bob", "msg updates\nonline carol"]
+               for c in bundled)

@@ -32,7 +32,9 @@ for half a second and every other user of the box waited (docs/benchmarks.md,
   them (a job like any other).  A session never hears of its own user in a
   bundle (it never did in ``msg update``).  While a key's bundle is still
   being delivered the next one keeps collecting: under a storm bundles grow
-  instead of multiplying.
+  instead of multiplying, and the next one of a key is sent no sooner than
+  the last one took to deliver (after it ended): a key's bundles take at
+  most half of the box's time, whatever the storm.
 * **Presence on demand.**  Keys in ``hub.on_demand`` push nothing: their
   watchers read presence when they open the page or the list.
 
@@ -60,10 +62,11 @@ CHECK_EVERY = 32
 class _Job:
     """One frame on its way to a list of sessions."""
 
-    __slots__ = ("frame", "sessions", "pos", "pending", "own")
+    __slots__ = ("frame", "sessions", "pos", "pending", "own", "started")
 
     def __init__(self, frame: Frame, sessions: List[Any],
-                 pending: Optional[Dict[str, str]] = None) -> None:
+                 pending: Optional[Dict[str, str]] = None, started: float = 0.0) -> None:
+        self.started = started
         self.frame = frame
         self.sessions = sessions
         self.pos = 0
@@ -106,6 +109,8 @@ class FanOut:
         self.call: Any = None
         #: key -> member -> final state, for the bundled watchers of key
         self.bundles: Dict[str, Dict[str, str]] = {}
+        #: key -> when its last bundle was delivered, and how long that took
+        self.bundled_at: Dict[str, Tuple[float, float]] = {}
         #: (due time, n, job key) heap: bundles and held changes to send
         self.due: List[Tuple[float, int, Hashable]] = []
         self._n = 0
@@ -180,7 +185,7 @@ class FanOut:
         if self.jobs.pop(key, None) is not None:
             self.coalesced += 1
         if sessions:
-            self.jobs[key] = _Job(frame, sessions, pending)
+            self.jobs[key] = _Job(frame, sessions, pending, self.timer())
             self.run()
 
     def busy(self) -> bool:
@@ -226,16 +231,22 @@ class FanOut:
                         break  # replaced by a newer change meanwhile
                     if timer() - start >= limit:
                         if i >= n:
-                            del jobs[key]
+                            self._done(key, job)
                         return
                 if jobs.get(key) is job:
-                    del jobs[key]
+                    self._done(key, job)
         finally:
             self.running = False
             self.used += timer() - start
             if jobs or self.used > 0:
                 self._next_turn()
             hub._release_overflowed()
+
+    def _done(self, key: Hashable, job: _Job) -> None:
+        del self.jobs[key]
+        if key[0] == "b":
+            # when (the clock) and how long it took (the timer: the work)
+            self.bundled_at[key[1]] = (self.clock.seconds(), self.timer() - job.started)
 
     def _next_turn(self) -> None:
         if self.call is None:
@@ -292,6 +303,14 @@ class FanOut:
             # the last bundle of this key is still on its way: keep collecting
             self._at(now + max(self.batch, self.budget), ("b", key))
             return
+        last = self.bundled_at.pop(key, None)
+        if last is not None:
+            # no sooner than the last one took, after it ended
+            wait = last[0] + last[1] - now
+            if wait > 0:
+                self.bundled_at[key] = last
+                self._at(now + wait, ("b", key))
+                return
         pending = self.bundles.pop(key, None)
         if not pending:
             return
