@@ -179,6 +179,7 @@ class Run:
         took = mono() - t0
         self.out["late_joins"] = {"n": r.get("n_ok", 0), "seconds": round(took, 2),
                                   "ms_per_join": round(1000 * took / max(1, r.get("n_ok", 1)), 3)}
+        log(f"{self.label}: late joins {json.dumps(self.out['late_joins'])}")
         await extra.stop()
 
     async def hold(self, upto: int) -> None:
