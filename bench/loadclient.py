@@ -342,6 +342,8 @@ class Client:
         self.watch_first = None
         self.watch_last = None
         self.out_lock = asyncio.Lock()
+        #: more of the heartbeat's query (bench/fanout_client.py: "&bundle=1")
+        self.hold_extra = ""
 
     # ------------------------------------------------ frames
     def on_frame(self, s: Session, data: list) -> None:
@@ -488,7 +490,7 @@ class Client:
         if s.held:
             return
         st, _, body = await self.call(s, build(
-            "GET", f"/jchat?me={s.name}&id={s.qsid}&mode=stream",
+            "GET", f"/jchat?me={s.name}&id={s.qsid}&mode=stream{self.hold_extra}",
             extra="Accept: text/event-stream\r\n"), stream=s)
         if st != 200:
             raise HTTPError(f"jchat {st} {body[:80]!r}")

@@ -640,11 +640,31 @@ class PresenceService:
         self._change_allowance(session)
         group = await self.group_named(name)
         user = session.user.name
-        if user not in await self.store.members(group["name"]):
+        if not await self.store.is_member(group["name"], user):
             if not await self._check_group_password(group, password, session.ip):
                 raise Forbidden("wrong group password")
             if await self.store.join(group["name"], user):
                 self.hub.membership_changed(group["name"], user, True)
+
+    def _learn_mode(self, group: Dict[str, Any]) -> None:
+        """Tell the hub (this box) whether ``group`` pushes presence."""
+        self.hub.set_on_demand(group["name"], bool(group.get("on_demand")))
+
+    async def set_group_presence(self, session: Session, name: Any, mode: Any) -> Dict[str, Any]:
+        """The owner of group ``name`` chooses how its watchers learn its
+        members' presence: ``push`` (``msg update`` / ``msg updates``, the
+        default) or ``on_demand`` (nothing pushed: read when the page or list
+        is opened)."""
+        self._member_only(session)
+        self._change_allowance(session)
+        group = await self.group_named(name)
+        if group["owner"] != session.user.name:
+            raise Forbidden(f"only the owner of {group['name']} chooses how it shows presence")
+        if mode not in ("push", "on_demand"):
+            raise BadRequest("presence must be push or on_demand")
+        await self.store.set_on_demand(group["name"], mode == "on_demand")
+        self.hub.set_on_demand(group["name"], mode == "on_demand")
+        return {"name": group["name"], "presence": mode}
 
     async def leave(self, session: Session, name: Any) -> None:
         self._change_allowance(session)
@@ -695,8 +715,9 @@ class PresenceService:
         kind, name = found
         if kind == "group":
             group = await self.store.get_group(name)
-            if group["password_hash"] and me not in await self.store.members(name):
+            if group["password_hash"] and not await self.store.is_member(name, me):
                 raise Forbidden(f"{name} is a protected group: join it first")
+            self._learn_mode(group)
         self.hub.watch(session, name)
         return name
 
@@ -1019,6 +1040,7 @@ class PresenceService:
                     "rows": await self.page_rows([canonical]),
                     "greeting": await self.greeting(canonical)}
         group = await self.store.get_group(canonical)
+        self._learn_mode(group)
         members = await self.store.members(canonical)
         protected = bool(group["password_hash"])
         member = session is not None and session.user.name in members
@@ -1054,6 +1076,8 @@ class PresenceService:
         me = session.user.name
         if group and group != me:
             found = await self.store.get_group(group)
+            if found:
+                self._learn_mode(found)
             members = await self.store.members(group) if found else []
             if me in members:
                 self.hub.watch(session, group)

@@ -59,6 +59,13 @@ def _non_negative(value: str) -> float:
     return number
 
 
+def _batch_ms(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 5000:  # NaN too
+        raise ValueError(f"must be 0-5000 milliseconds, not {value}")
+    return number
+
+
 def _non_negative_int(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -185,6 +192,11 @@ class Options(usage.Options):
         ["linger", None, None,
          "Seconds a user stays online after their last heartbeat ended [default: 2 x poll].",
          _non_negative],
+        ["presence-batch", None, 100.0,
+         "Milliseconds of the presence window: heartbeats with bundle=1 get the presence"
+         " changes of their group in one msg updates frame per window, and a user's"
+         " further changes within the window go out as the final state only. 0: every"
+         " change at once.", _batch_ms],
         ["session-ttl", None, 3600.0,
          "Seconds without a heartbeat after which a session expires.", _positive(float)],
         ["mailbox", None, 1000,
@@ -424,6 +436,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         session_ttl=options["session-ttl"], mailbox=options["mailbox"],
         host_box=options["host-box"] or "", guest_ttl=options["guest-ttl"],
         box_scheme=options.get("box-scheme"),
+        presence_batch=options["presence-batch"] / 1000.0,
     )
     if options.get("redis"):
         from presence.cluster.service import ClusterService

@@ -1149,3 +1149,17 @@ def test_bye_shutdown_without_a_token_stops_as_before() -> None:
     h.http.last("/api/login").respond(200, _login_answer("S1", None))
     h.heartbeat().respond(200).frames((1, "msg bye shutdown"))
     assert h.client.stopped
+
+
+def test_bundle_asks_for_bundled_presence_and_passes_msg_updates_on() -> None:
+    h = Harness(bundle=True)
+    hb, resp = h.connect()
+    assert hb.query == {"me": "alice", "id": "S1", "mode": "stream", "bundle": "1"}
+    resp.frames((1, "msg updates\nonline bob\noffline carol"))
+    assert h.frames == [(1, "msg updates\nonline bob\noffline carol")]
+
+
+def test_presence_client_bundles_unless_told_not_to() -> None:
+    from presence.cli.client import build_parser
+    assert build_parser().parse_args([]).unbundled is False
+    assert build_parser().parse_args(["--unbundled"]).unbundled is True

@@ -230,6 +230,35 @@ def test_join_leave_members(store):
     assert result_of(store.members("friends")) == ["bob", "carol"]
 
 
+def test_is_member_and_has_contact(store):
+    for name in ("alice", "bob"):
+        result_of(store.create_user(name, HASH))
+    result_of(store.create_group("friends", "bob"))
+    assert result_of(store.is_member("friends", "bob")) is True
+    assert result_of(store.is_member("friends", "alice")) is False
+    assert result_of(store.is_member("nothing", "alice")) is False
+    result_of(store.join("friends", "alice"))
+    assert result_of(store.is_member("friends", "alice")) is True
+    result_of(store.add_contact("alice", "bob"))
+    assert result_of(store.has_contact("alice", "bob")) is True
+    assert result_of(store.has_contact("bob", "alice")) is False
+    result_of(store.remove_contact("alice", "bob"))
+    assert result_of(store.has_contact("alice", "bob")) is False
+
+
+def test_a_group_remembers_presence_on_demand(store):
+    result_of(store.create_user("bob", HASH))
+    result_of(store.create_group("big", "bob"))
+    assert result_of(store.get_group("big"))["on_demand"] is False
+    result_of(store.set_on_demand("big", True))
+    result_of(store.set_on_demand("big", True))
+    assert result_of(store.get_group("big"))["on_demand"] is True
+    result_of(store.set_on_demand("big", False))
+    assert result_of(store.get_group("big"))["on_demand"] is False
+    result_of(store.set_on_demand("nothing", True))  # no such group: no record made
+    assert result_of(store.get_group("nothing")) is None
+
+
 def test_memberships_include_address_book_owners(store):
     for name in ("alice", "bob", "carol", "dave"):
         result_of(store.create_user(name, HASH))

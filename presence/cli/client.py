@@ -350,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("stream", "poll"), default="stream", help="heartbeat mode (default %(default)s)")
     p.add_argument("--no-stdin", action="store_true", help="read no commands; run until interrupted")
     p.add_argument(
+        "--unbundled",
+        action="store_true",
+        help="one 'msg update' frame per presence change instead of the bundled 'msg updates'"
+        " frame per window (bundle=1, the default)",
+    )
+    p.add_argument(
         "--resume-file",
         metavar="PATH",
         help="keep the resume token in this file (mode 0600) so that the next run, after "
@@ -417,6 +423,7 @@ async def _run(reactor: Any, args: argparse.Namespace, password: str | None) -> 
         None if args.guest else password,
         on_frame=output.frame,
         mode=args.mode,
+        bundle=not args.unbundled,
         register=args.register,
         guest=args.guest,
         # With -v the same lines go to the log instead.

@@ -390,7 +390,7 @@ class HandsetEmulator:
         info = SessionInfo(username=body["user"], session=sid, host_box=body.get("host_box"))
         self.say(f"* holding the heartbeat of {info.username} on {base}")
         self.heartbeat = SessionHeartbeat(
-            self.reactor, base, info, http=self.heartbeat_http,
+            self.reactor, base, info, http=self.heartbeat_http, bundle=True,
             on_frame=lambda i, text: self.say(format_frame(i, text)),
             on_status=lambda text: self.say(f"* heartbeat: {text}"))
         self.heartbeat.start()

@@ -245,6 +245,7 @@ class HeartbeatClient:
         request_timeout: float = 30.0,
         resume_file: str | None = None,
         rng: random.Random | None = None,
+        bundle: bool = False,
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{seconds}; all timers use it.
@@ -272,6 +273,11 @@ class HeartbeatClient:
             client can only resume; a refused token then stops it.
         @param rng: the random numbers of the backoff's jitter (a seeded
             C{random.Random} in tests); default: a C{random.Random} of its own.
+        @param bundle: ask for bundled presence (C{bundle=1}): the changes
+            of the watched group arrive as one C{msg updates} frame per
+            window of the server's C{--presence-batch}, one
+            C{<state> <user>} per payload line, instead of one C{msg update}
+            each.
         """
         if mode not in ("stream", "poll"):
             raise ValueError(f"mode must be 'stream' or 'poll', not {mode!r}")
@@ -286,6 +292,7 @@ class HeartbeatClient:
         self._on_status = on_status
         self._on_connected = on_connected
         self.mode = mode
+        self.bundle = bundle
         self.register = register
         self.guest = guest
         self.idle_timeout = idle_timeout
@@ -574,6 +581,8 @@ class HeartbeatClient:
         gen = self._gen
         ack = self.last_id
         query = [("me", session.username), ("id", session.session), ("mode", self.mode)]
+        if self.bundle:
+            query.append(("bundle", "1"))
         if ack:
             query.append(("ack", str(ack)))
         url = f"{self.base_url}/jchat?{urlencode(query)}"

@@ -109,6 +109,13 @@ def update(state: str, user: str, text: str = "") -> Frame:
     return Frame("update", (state, user), text)
 
 
+def updates(changes: Iterable[tuple]) -> Frame:
+    """``msg updates`` + one ``<state> <user>`` line per ``(user, state)``
+    of ``changes``: the bundled presence changes of one window (a heartbeat
+    with ``bundle=1``; status text is not carried, see docs/protocol.md)."""
+    return Frame("updates", (), "\n".join(f"{state} {user}" for user, state in changes))
+
+
 def refresh(group: str) -> Frame:
     return Frame("refresh", (group,))
 

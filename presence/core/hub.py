@@ -43,6 +43,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from zope.interface import Attribute, Interface, implementer
 
 from presence.core import frames
+from presence.core.fanout import FanOut
 from presence.core.frames import Frame
 from presence.core.mailbox import Entry, Mailbox
 from presence.core.ratelimit import address_key
@@ -248,6 +249,13 @@ class IHub(Interface):
         member's groups change and every session showing ``key`` gets
         ``msg refresh``.  A cluster hub does both on every box."""
 
+    def set_on_demand(key: str, on_demand: bool) -> None:
+        """The owner of group ``key`` chose presence on demand (or push):
+        this box pushes its watchers no presence changes and no ``msg
+        refresh`` of it.  Told by the service whenever it reads the group's
+        record, so each box learns it when one of its sessions opens the
+        group."""
+
     # -- delivery -------------------------------------------------------------
 
     def deliver(name: str, frame: Frame) -> int:
@@ -345,6 +353,11 @@ class HubConfig:
     #: the scheme clients reach every box with (``--host-box https://...``);
     #: None: the scheme of each request (docs/cluster.md, "Pages across boxes")
     box_scheme: Optional[str] = None
+    #: seconds: the window of bundled presence (``bundle=1`` heartbeats get
+    #: one ``msg updates`` per window) and of coalescing a user's further
+    #: changes into the final state; 0 (the core's default) sends each
+    #: change at once, the server's ``--presence-batch`` default is 0.1
+    presence_batch: float = 0.0
 
     def __post_init__(self) -> None:
         if self.linger is None:
@@ -369,7 +382,7 @@ class Hub:
     pubsub_lag: Optional[Any] = None  # IHub.pubsub_lag: no other box to hear from
 
     def __init__(self, clock, config: HubConfig | None = None,
-                 listener: IHubListener | None = None) -> None:
+                 listener: IHubListener | None = None, timer=None) -> None:
         self.clock = clock
         self.config = config or HubConfig()
         self.listener = listener or NullListener()
@@ -395,6 +408,12 @@ class Hub:
         #: not offline for them (absent: offline), so that a change that
         #: leaves the combined state as it was sends no frame
         self.told: Dict[str, State] = {}
+        #: watch keys of the groups whose owner chose presence on demand:
+        #: nothing is pushed to their watchers (see set_on_demand)
+        self.on_demand: set[str] = set()
+        #: presence changes on their way to many watchers, sliced by time
+        #: (``timer``: what measures a slice; default the clock)
+        self.fanout = FanOut(self, timer)
 
     # -- sessions ---------------------------------------------------------
 
@@ -507,6 +526,7 @@ class Hub:
             old.release("replaced")
         else:
             self.held += 1
+        self.groups.set_bundle(session, bool(getattr(channel, "bundle", False)))
         user = session.user
         self._lingering.discard(user)
         if not user.online:
@@ -646,9 +666,10 @@ class Hub:
         self._tell(user)
 
     def _fan_out(self, user: UserState, frame: Frame) -> None:
-        for session in self.groups.audience(user):
-            self._push(session, frame)
-        self._release_overflowed()
+        """Tell ``user``'s watchers of ``frame`` (a ``msg update``): sliced
+        by time, coalesced, bundled for ``bundle=1`` heartbeats (see
+        presence.core.fanout)."""
+        self.fanout.change(user, frame)
 
     def address_changed(self, session: Session, ip: str, port: int) -> None:
         """The client of ``session`` came back from another address."""
@@ -672,10 +693,16 @@ class Hub:
         user = self.users.user(member)
         if user is not None:
             user.groups = group_set(user.groups | {key} if joined else user.groups - {key})
-        frame = frames.refresh(display_name(key))
-        for session in list(self.groups.watching(key)):
-            self._push(session, frame)
-        self._release_overflowed()
+        self.fanout.refresh(key, frames.refresh(display_name(key)))
+
+    def set_on_demand(self, key: str, on_demand: bool) -> None:
+        """Group ``key``'s owner chose presence on demand (or not): its
+        watchers are pushed neither its members' changes nor ``msg
+        refresh``; they read presence when they open the page or list."""
+        if on_demand:
+            self.on_demand.add(key)
+        else:
+            self.on_demand.discard(key)
 
     # -- delivery ---------------------------------------------------------
 
@@ -723,7 +750,10 @@ class Hub:
         """Whether an overflow of ``session`` now adds a ``msg refresh``."""
         return not session.refresh_id or not session.mailbox.has(session.refresh_id)
 
-    def _push(self, session: Session, frame: Frame) -> None:
+    def _push(self, session: Session, frame: Frame, bulk: bool = False) -> None:
+        """Put ``frame`` into the session's mailbox and write it.  ``bulk``:
+        a frame of a fan-out, which a channel may let wait behind the direct
+        frames (chat, SIP, bye) of other sessions (``send_bulk``)."""
         ident, evicted = session.mailbox.push(frame)
         entries: List[Entry] = [(ident, frame)]
         if evicted:
@@ -745,7 +775,10 @@ class Hub:
         channel = session.channel
         if channel is not None:
             session.last_write = self.clock.seconds()
-            channel.send(entries)
+            if bulk:
+                getattr(channel, "send_bulk", channel.send)(entries)
+            else:
+                channel.send(entries)
 
     def _spill(self, session: Session, evicted: List[Frame]) -> int:
         """Hand the chat among ``evicted`` to the listener; how many."""

@@ -56,7 +56,7 @@ class Session:
     __slots__ = (
         "id", "user", "ip", "port", "host_box", "login_time", "active",
         "mailbox", "channel", "last_end", "last_write", "seqs", "refresh_id",
-        "welcome", "scope", "state", "status", "state_at", "__weakref__",
+        "welcome", "scope", "state", "status", "state_at", "bundle", "__weakref__",
     )
 
     def __init__(self, ident: str, user: "UserState", ip: str, port: int,
@@ -88,6 +88,10 @@ class Session:
         self.state = "available"
         self.status = ""
         self.state_at = login_time
+        #: whether the session's heartbeat asked for bundled presence
+        #: (``bundle=1``): it then hears of its watched group's changes in
+        #: one ``msg updates`` frame per window (see presence.core.fanout)
+        self.bundle = False
 
     @property
     def name(self) -> str:
@@ -193,14 +197,27 @@ class GroupTable:
     A key watched by one session (most keys: each session starts on its own
     address book) maps to that session itself, not to a set of one: one
     object less per session for the garbage collector to scan.
+
+    Sessions whose heartbeat asked for bundled presence (``Session.bundle``)
+    are kept apart, in ``bundled``: a presence change reaches them through
+    their key's bundle, once per window, not one by one.
     """
 
     def __init__(self) -> None:
         self.watchers: Dict[str, Union[Session, Set[Session]]] = {}
+        #: watch key -> the bundled sessions watching it (never empty)
+        self.bundled: Dict[str, Set[Session]] = {}
 
     def watch(self, session: Session, key: str) -> None:
         self.unwatch(session)
         session.active = key
+        if session.bundle:
+            bundled = self.bundled.get(key)
+            if bundled is None:
+                self.bundled[key] = {session}
+            else:
+                bundled.add(session)
+            return
         current = self.watchers.get(key)
         if current is None:
             self.watchers[key] = session
@@ -211,6 +228,12 @@ class GroupTable:
 
     def unwatch(self, session: Session) -> None:
         key = session.active
+        bundled = self.bundled.get(key)
+        if bundled is not None and session in bundled:
+            bundled.discard(session)
+            if not bundled:
+                del self.bundled[key]
+            return
         current = self.watchers.get(key)
         if current is None:
             return
@@ -223,19 +246,44 @@ class GroupTable:
         elif current is session:
             del self.watchers[key]
 
-    def watching(self, key: str) -> Collection[Session]:
+    def set_bundle(self, session: Session, bundle: bool) -> None:
+        """The session's heartbeat asks for bundled presence or not (a
+        session that is not watching anything yet just keeps the flag)."""
+        if session.bundle == bundle:
+            return
+        key = session.active
+        self.unwatch(session)
+        session.bundle = bundle
+        self.watch(session, key)
+
+    def _unbundled(self, key: str) -> Collection[Session]:
         current = self.watchers.get(key)
         if current is None:
             return _EMPTY
         return current if type(current) is set else (current,)
 
-    def audience(self, user: UserState) -> List[Session]:
+    def watching(self, key: str) -> Collection[Session]:
+        """Every session watching ``key``, bundled or not."""
+        bundled = self.bundled.get(key)
+        if bundled is None:
+            return self._unbundled(key)
+        return [*self._unbundled(key), *bundled]
+
+    def audience(self, user: UserState, keys: Optional[Iterable[str]] = None,
+                 bundled: bool = True) -> List[Session]:
         """The update list for a change of ``user``: every session watching a
-        group ``user`` is in, or ``user`` alone; ``user``'s own excepted."""
+        group ``user`` is in, or ``user`` alone; ``user``'s own excepted.
+        ``keys``: those keys only (default: all of them); ``bundled=False``
+        leaves out the sessions that hear of it through a bundle."""
+        look = self.watching if bundled else self._unbundled
+        found = [w for w in map(look, (user.name, *user.groups) if keys is None else keys) if w]
+        if len(found) == 1:
+            # the usual case (a change is seen through one group): no set
+            return [s for s in found[0] if s.user is not user]
         seen: Set[Session] = set()
         out: List[Session] = []
-        for key in (user.name, *user.groups):
-            for s in self.watching(key):
+        for watchers in found:
+            for s in watchers:
                 if s.user is not user and s not in seen:
                     seen.add(s)
                     out.append(s)

@@ -92,7 +92,11 @@ class IDirectory(Interface):
         :class:`NameTaken`."""
 
     def get_group(name):
-        """A dict (name, owner, password_hash, created) or None."""
+        """A dict (name, owner, password_hash, created, on_demand) or None."""
+
+    def set_on_demand(group, on_demand):
+        """Record whether ``group``'s owner chose presence on demand
+        (nothing pushed to its watchers)."""
 
     def join(group, user):
         """Add ``user`` to ``group``; True if they were not a member yet."""
@@ -102,6 +106,10 @@ class IDirectory(Interface):
 
     def members(group):
         """The members of ``group``, sorted."""
+
+    def is_member(group, user):
+        """Whether ``user`` is a member of ``group``: one index look-up,
+        whatever the group's size."""
 
     def memberships(user):
         """``(groups, book_owners)``: the groups ``user`` is in and the owners
@@ -115,6 +123,10 @@ class IDirectory(Interface):
 
     def contacts(owner):
         """The names in ``owner``'s address book, sorted."""
+
+    def has_contact(owner, contact):
+        """Whether ``contact`` is in ``owner``'s address book: one index
+        look-up, whatever the book's size."""
 
     # -- message boxes -------------------------------------------------------
     def store_message(recipient, sender, text, now, msgid=None, quota=None):

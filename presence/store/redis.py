@@ -332,6 +332,17 @@ return 1
     "first": b"""
 return redis.call('ZRANGE', KEYS[1], 0, 0)
 """,
+    # KEYS group:<n>; ARGV 1|0: the group's presence on demand, if it exists
+    "set_on_demand": b"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'on_demand', '1')
+else redis.call('HDEL', KEYS[1], 'on_demand') end
+return 1
+""",
+    # KEYS set; ARGV member: 1 if it is in the set (O(1))
+    "is_member": b"""
+return redis.call('SISMEMBER', KEYS[1], ARGV[1])
+""",
     # KEYS set
     "members": b"""
 return redis.call('SMEMBERS', KEYS[1])
@@ -776,8 +787,13 @@ class RedisDirectory:
                 return None
             h = _flat(pairs)
             return {"name": name, "owner": _s(h["owner"]),
-                    "password_hash": _s(h.get("password_hash")), "created": float(h["created"])}
+                    "password_hash": _s(h.get("password_hash")), "created": float(h["created"]),
+                    "on_demand": h.get("on_demand") == b"1"}
         return self._eval("hash", [self.keys("group", name)]).addCallback(group)
+
+    def set_on_demand(self, group: str, on_demand: bool) -> defer.Deferred:
+        d = self._eval("set_on_demand", [self.keys("group", group)], ["1" if on_demand else "0"])
+        return d.addCallback(lambda _: None)
 
     def _pair(self, script: str, kind1: str, name1: str, kind2: str, name2: str) -> defer.Deferred:
         """``name2`` in set ``kind1:name1`` and ``name1`` in ``kind2:name2``
@@ -794,6 +810,9 @@ class RedisDirectory:
     def members(self, group: str) -> defer.Deferred:
         return self._sorted("members", group)
 
+    def is_member(self, group: str, user: str) -> defer.Deferred:
+        return self._eval("is_member", [self.keys("members", group)], [user]).addCallback(bool)
+
     def memberships(self, user: str) -> defer.Deferred:
         d = self._eval("two_sets", [self.keys("groups", user), self.keys("listed", user)])
         return d.addCallback(lambda sets: (sorted(_s(g) for g in sets[0]),
@@ -804,6 +823,9 @@ class RedisDirectory:
 
     def remove_contact(self, owner: str, contact: str) -> defer.Deferred:
         return self._pair("pair_remove", "contacts", owner, "listed", contact)
+
+    def has_contact(self, owner: str, contact: str) -> defer.Deferred:
+        return self._eval("is_member", [self.keys("contacts", owner)], [contact]).addCallback(bool)
 
     def contacts(self, owner: str) -> defer.Deferred:
         return self._sorted("contacts", owner)

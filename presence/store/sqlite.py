@@ -59,6 +59,7 @@ CREATE INDEX IF NOT EXISTS resume_by_user ON resume (user, created);
 CREATE TABLE IF NOT EXISTS extras (
     user TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (user, key));
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS on_demand (name TEXT PRIMARY KEY);
 """
 
 #: per recipient, the unread messages and their size in UTF-8 bytes, kept up
@@ -423,8 +424,20 @@ class SQLiteDirectory:
         return self._tx(work)
 
     def get_group(self, name: str) -> defer.Deferred:
-        d = self._query("SELECT * FROM groups WHERE name=?", name)
-        return d.addCallback(lambda rows: rows[0] if rows else None)
+        d = self._query("SELECT *, name IN (SELECT name FROM on_demand) AS on_demand"
+                        " FROM groups WHERE name=?", name)
+
+        def group(rows: List[dict]) -> Optional[dict]:
+            if not rows:
+                return None
+            rows[0]["on_demand"] = bool(rows[0]["on_demand"])
+            return rows[0]
+        return d.addCallback(group)
+
+    def set_on_demand(self, group: str, on_demand: bool) -> defer.Deferred:
+        sql = ("INSERT OR IGNORE INTO on_demand (name) VALUES (?)" if on_demand
+               else "DELETE FROM on_demand WHERE name=?")
+        return self._tx(lambda db: db.execute(sql, (group,)) and None)
 
     def join(self, group: str, user: str) -> defer.Deferred:
         return self._tx(lambda db: db.execute(
@@ -438,6 +451,11 @@ class SQLiteDirectory:
     def members(self, group: str) -> defer.Deferred:
         d = self._query("SELECT user FROM members WHERE grp=? ORDER BY user", group)
         return d.addCallback(lambda rows: [r["user"] for r in rows])
+
+    def is_member(self, group: str, user: str) -> defer.Deferred:
+        # the primary key (grp, user): one index look-up
+        d = self._query("SELECT 1 FROM members WHERE grp=? AND user=?", group, user)
+        return d.addCallback(bool)
 
     def memberships(self, user: str) -> defer.Deferred:
         def work() -> tuple:
@@ -456,6 +474,10 @@ class SQLiteDirectory:
     def remove_contact(self, owner: str, contact: str) -> defer.Deferred:
         return self._tx(lambda db: db.execute(
             "DELETE FROM contacts WHERE owner=? AND contact=?", (owner, contact)).rowcount == 1)
+
+    def has_contact(self, owner: str, contact: str) -> defer.Deferred:
+        d = self._query("SELECT 1 FROM contacts WHERE owner=? AND contact=?", owner, contact)
+        return d.addCallback(bool)
 
     def contacts(self, owner: str) -> defer.Deferred:
         d = self._query("SELECT contact FROM contacts WHERE owner=? ORDER BY contact", owner)

@@ -213,6 +213,12 @@ class PresenceAPI:
         await self.service.join(self._session(request, p), name, p.get("password"))
         return 204, None
 
+    @app.route("/api/groups/<string:name>/presence", methods=["POST"])
+    @api
+    async def group_presence(self, request, p, name) -> Answer:
+        return 200, await self.service.set_group_presence(self._session(request, p), name,
+                                                          p.get("presence"))
+
     @app.route("/api/groups/<string:name>/leave", methods=["POST"])
     @api
     async def leave(self, request, p, name) -> Answer:

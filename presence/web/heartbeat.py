@@ -1,4 +1,4 @@
-"""The heartbeat: ``GET /jchat?me=<user>&id=<session>[&mode=stream|poll][&ack=n]``.
+"""The heartbeat: ``GET /jchat?me=<user>&id=<session>[&mode=stream|poll][&ack=n][&bundle=1]``.
 
 Wire format (see docs/protocol.md)::
 
@@ -16,7 +16,9 @@ The request is held in the reactor thread (``NOT_DONE_YET``) as the session's
 request of the same session releases it.  In poll mode the response ends as
 soon as it carries frames (at most 100) or after ``wait`` seconds.  Clients
 acknowledge with ``ack=n`` or ``Last-Event-ID: n``; unacknowledged frames are
-sent again, with their ids, on the next request.
+sent again, with their ids, on the next request.  ``bundle=1`` asks for
+the presence changes of the watched group bundled, one ``msg updates`` frame
+per ``--presence-batch`` window (presence.core.fanout).
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ from presence.web.http import client_address, params
 POLL_BATCH = 100
 MAX_WAIT = 300.0
 #: heartbeat writes per reactor turn at most; the rest wait for the next
-#: turns, in order (a presence change seen by 5,000 sessions is written in
-#: 50 slices, and other connections are served between them)
-WRITES_PER_TURN = 100
+#: turns, in order.  The hub already slices a fan-out by time (a few ms of
+#: work per turn, presence.core.fanout), so this is only the backstop
+WRITES_PER_TURN = 1000
 
 _log = Logger()
 
@@ -62,15 +64,23 @@ class WritePacer:
     with what it was to write, and the channels in line write first in the
     turns that follow.  When nothing waits and nothing was written, no call
     is scheduled.
+
+    Two lines: a channel refused a *direct* frame (chat, ack, SIP, bye) waits
+    in ``urgent``, which is served whole at the start of the next turn, before
+    any channel that waits with fan-out frames only (``waiting``): no one's
+    chat waits behind another user's presence updates.  A channel already
+    waiting with fan-out frames moves to ``urgent`` when a direct frame joins
+    them (its frames keep their order).
     """
 
-    __slots__ = ("clock", "per_turn", "spent", "waiting", "call")
+    __slots__ = ("clock", "per_turn", "spent", "waiting", "urgent", "call")
 
     def __init__(self, clock: Any, per_turn: int = WRITES_PER_TURN) -> None:
         self.clock = clock
         self.per_turn = per_turn
         self.spent = 0
         self.waiting: Deque["HeartbeatChannel"] = deque()
+        self.urgent: Deque["HeartbeatChannel"] = deque()
         self.call: Optional[IDelayedCall] = None
 
     def admit(self) -> bool:
@@ -85,6 +95,11 @@ class WritePacer:
         self.waiting.append(channel)
         self._schedule()
 
+    def hurry(self, channel: "HeartbeatChannel") -> None:
+        """``channel`` waits with a direct frame: first in the next turn."""
+        self.urgent.append(channel)
+        self._schedule()
+
     def _schedule(self) -> None:
         if self.call is None:
             self.call = self.clock.callLater(0, self._turn)
@@ -92,6 +107,12 @@ class WritePacer:
     def _turn(self) -> None:
         self.call = None
         self.spent = 0
+        urgent = self.urgent
+        while urgent:
+            channel = urgent.popleft()
+            if channel.queued is not None and not channel.done:
+                self.spent += 1
+                channel.flush()
         waiting = self.waiting
         while waiting and self.spent < self.per_turn:
             channel = waiting.popleft()
@@ -111,10 +132,11 @@ class HeartbeatChannel:
     """One held heartbeat request, as the channel of its session."""
 
     __slots__ = ("request", "hub", "session", "poll", "timer", "done", "pacer", "queued",
-                 "counters")
+                 "counters", "urgent", "bundle")
 
     def __init__(self, request: server.Request, hub: IHub, session: Session,
-                 poll: bool, pacer: WritePacer, counters: Optional[Counters] = None) -> None:
+                 poll: bool, pacer: WritePacer, counters: Optional[Counters] = None,
+                 bundle: bool = False) -> None:
         self.counters = counters if counters is not None else _UNCOUNTED
         self.request = request
         self.hub = hub
@@ -125,8 +147,31 @@ class HeartbeatChannel:
         self.pacer = pacer
         #: what waits for a turn of the pacer to be written, in order
         self.queued: Optional[List[Entry]] = None
+        #: whether what waits holds a direct frame (it is in the pacer's
+        #: urgent line)
+        self.urgent = False
+        #: the request asked for bundled presence (``bundle=1``)
+        self.bundle = bundle
 
     def send(self, entries: Sequence[Entry]) -> None:
+        """Direct frames: written now, or first in the next turn."""
+        if self.done:
+            return
+        if self.queued is not None:
+            self.queued.extend(entries)
+            if not self.urgent:
+                self.urgent = True
+                self.pacer.hurry(self)
+            return
+        if not self.pacer.admit():
+            self.queued = list(entries)
+            self.urgent = True
+            self.pacer.hurry(self)
+            return
+        self._send_now(entries)
+
+    def send_bulk(self, entries: Sequence[Entry]) -> None:
+        """Frames of a fan-out: written now, or in line after the direct ones."""
         if self.done:
             return
         if self.queued is not None:
@@ -141,6 +186,7 @@ class HeartbeatChannel:
     def flush(self) -> None:
         """Write what waited for the pacer."""
         queued, self.queued = self.queued, None
+        self.urgent = False
         if queued and not self.done:
             self._send_now(queued)
 
@@ -326,6 +372,9 @@ class HeartbeatResource(resource.Resource):
         mode = p.get("mode") or "stream"
         if mode not in ("stream", "poll"):
             return _error(request, 400, "mode must be stream or poll")
+        bundle = p.get("bundle") or "0"
+        if bundle not in ("0", "1"):
+            return _error(request, 400, "bundle must be 0 or 1")
         try:
             ack = max(_number(p.get("ack"), "ack"),
                       _number(_header(request, b"last-event-id"), "Last-Event-ID"))
@@ -340,7 +389,7 @@ class HeartbeatResource(resource.Resource):
         _tune(getattr(request.channel, "transport", None), self.dead_after)
         request.write(b"")  # the headers, at once
         channel = HeartbeatChannel(request, self.hub, session, mode == "poll", self.pacer,
-                                   self.counters)
+                                   self.counters, bundle == "1")
         if ack:
             self.counters.acks += 1
         watch = getattr(request, "watch", None)

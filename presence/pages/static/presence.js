@@ -6,8 +6,9 @@
  *      cookie, never in the page;
  *   2. POST /call/live (or /home/live): the session now watches this user or
  *      group, and the answer is the current rows (HTML made by the server);
- *   3. holds the heartbeat with EventSource on /jchat: "msg update" changes a
- *      row in place, "msg refresh" repeats step 2, chat frames open chat boxes;
+ *   3. holds the heartbeat with EventSource on /jchat?bundle=1: "msg update"
+ *      and each line of a bundled "msg updates" change a row in place, "msg
+ *      refresh" repeats step 2, chat frames open chat boxes;
  *   4. acknowledges frames with POST /ack every 100 frames and within 5 s, and
  *      with a beacon when the page goes away.  EventSource resumes by itself
  *      with Last-Event-ID after a dropped connection;
@@ -255,6 +256,10 @@
     }, function () { return false; });
   }
 
+  // a "msg updates" of at most this many members reads the rows again (for
+  // the status texts, which bundles do not carry)
+  var BUNDLE_RESYNC = 20;
+
   function scheduleSync() {
     if (syncTimer) return;
     syncTimer = setTimeout(function () { syncTimer = null; sync(); }, 50);
@@ -271,7 +276,8 @@
     var word = row.querySelector('.state');
     if (word) word.textContent = state;
     var said = row.querySelector('.status-text');
-    if (said) said.textContent = online ? text || '' : '';
+    // text undefined (a line of "msg updates", which carries none): kept
+    if (said && (text !== undefined || !online)) said.textContent = online ? text || '' : '';
     if ((before !== 'offline') === online) return;  // away, busy: options stay
     var live = online && user !== cfg.me;
     var chat = row.querySelector('[data-action=chat]');
@@ -316,7 +322,10 @@
     if (es) es.close();
     paused = false;
     var opened = false;
-    var url = '/jchat?me=' + encodeURIComponent(cfg.me) + (lastId ? '&ack=' + lastId : '');
+    // bundle=1: the group's presence changes come as one "msg updates" frame
+    // per window of the server's --presence-batch (a storm stays one frame)
+    var url = '/jchat?me=' + encodeURIComponent(cfg.me) + '&bundle=1' +
+        (lastId ? '&ack=' + lastId : '');
     var source = es = new EventSource(url);
     source.onopen = function () {
       status('Live: this page updates by itself.', 'live');
@@ -412,6 +421,18 @@
     switch (w[1]) {
       case 'update':
         if (/^(online|offline|away|busy)$/.test(w[2])) setPresence(w[3], w[2], payload);
+        break;
+      case 'updates':
+        // one "<state> <user>" per line: each is what "msg update" would say,
+        // without the status text; a small bundle reads the rows again for
+        // it, a big one (a storm in a large group) keeps the texts shown
+        var lines = payload.split('\n').filter(function (line) { return line; });
+        lines.forEach(function (line) {
+          var v = line.split(' ');
+          if (/^(online|offline|away|busy)$/.test(v[0])) setPresence(v[1], v[0], undefined);
+        });
+        var texts = lines.some(function (line) { return !/^offline /.test(line); });
+        if (texts && lines.length <= BUNDLE_RESYNC) scheduleSync();
         break;
       case 'refresh':
         scheduleSync();

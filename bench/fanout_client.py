@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Client process of ``bench/fanout.py`` (stdlib asyncio, on top of
+``bench/loadclient.py``): a slice of the members of one large group, each
+holding a heartbeat with that group active, keeping a view of the group's
+presence from ``msg update`` and ``msg updates`` frames; or the bystanders
+(a pair chatting closed-loop) and the member that toggles.
+
+Driven through JSON lines on stdin/stdout like loadclient.py (one command per
+line, answered by ``rid``); every command is bounded in time.  Times are
+CLOCK_MONOTONIC, one clock for every process of the machine.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import loadclient  # noqa: E402
+from loadclient import PASSWORD, HTTPError, Session, build, mono, pct_ms  # noqa: E402
+
+
+class FanClient(loadclient.Client):
+    def __init__(self, args) -> None:
+        super().__init__(args)
+        #: per session name: member -> last state heard
+        self.views: dict[str, dict[bytes, bytes]] = {}
+        self.target: tuple | None = None
+        self.got: set[str] = set()
+        self.arrivals: list[float] = []
+        self.updates = 0
+        self.bundles = 0
+        #: the bystander pair's loop
+        self.chat_waiter: asyncio.Future | None = None
+        self.chat_samples: list[tuple[float, float]] = []
+        self.chat_stop = False
+        self.chat_task: asyncio.Task | None = None
+
+    # -- frames ---------------------------------------------------------------
+    def on_frame(self, s: Session, data: list) -> None:
+        if not data:
+            return
+        first = data[0]
+        if first.startswith(b"msg update "):
+            parts = first.split(b" ")
+            if len(parts) >= 4:
+                self.updates += 1
+                self._saw(s, parts[3], parts[2])
+            return
+        if first == b"msg updates":
+            self.bundles += 1
+            for line in data[1:]:
+                state, _, user = line.partition(b" ")
+                self.updates += 1
+                self._saw(s, user, state)
+            return
+        if first.startswith(b"msg chat ") and self.chat_waiter is not None:
+            if not self.chat_waiter.done():
+                self.chat_waiter.set_result(mono())
+            return
+        super().on_frame(s, data)
+
+    def _saw(self, s: Session, user: bytes, state: bytes) -> None:
+        view = self.views.get(s.name)
+        if view is None:
+            view = self.views[s.name] = {}
+        view[user] = state
+        if self.target == (user, state) and s.name not in self.got:
+            self.got.add(s.name)
+            self.arrivals.append(mono())
+
+    # -- heartbeats -------------------------------------------------------------
+    async def cmd_rehold(self, bundle: bool, conc=64, seconds=120, names=None):
+        """Hold a new heartbeat for every held session (``bundle=1`` or
+        not); the server releases the one held before."""
+        t0 = mono()
+        self.hold_extra = "&bundle=1" if bundle else ""
+        names = names if names is not None else self.users
+        fresh = []
+        for n in names:
+            old = self.sessions.get(n)
+            if old is None or not old.sid or not old.held:
+                continue
+            s = Session(self, n)
+            s.sid, s.qsid = old.sid, old.qsid
+            self.sessions[n] = s
+            fresh.append((s, old))
+
+        async def one(pair) -> None:
+            s, old = pair
+            await self.hold_one(s)
+            if old.conn is not None:  # released by the server: close it, do not wait
+                old.conn.close()      # for its idle timeout (20,000 fds in all)
+        ok, errors, sample = await self.bounded(fresh, one, conc, t0 + seconds)
+        return {"n_ok": ok, "errors": errors, "sample": sample, "elapsed": mono() - t0}
+
+    async def _post(self, s: Session, path: str, form: dict, holder=None) -> tuple:
+        form = {"me": s.name, "id": s.sid, **form}
+        st, _, body = await self.call(holder or s, build("POST", path, form))
+        if st >= 300:
+            raise HTTPError(f"{path} {st} {body[:80]!r}")
+        return st, body
+
+    async def cmd_each(self, path: str, form: dict, conc=32, seconds=120, names=None):
+        """``POST path`` (with me, id and ``form``) for each session, on
+        ``conc`` side connections (a held heartbeat keeps its own busy)."""
+        t0 = mono()
+        names = names if names is not None else self.users
+        todo = [self.sessions[n] for n in names if n in self.sessions and self.sessions[n].sid]
+        free: asyncio.Queue = asyncio.Queue()
+        holders = [type("H", (), {"conn": None})() for _ in range(max(1, conc))]
+        for h in holders:
+            free.put_nowait(h)
+
+        async def one(s: Session) -> None:
+            h = await free.get()
+            try:
+                await self._post(s, path, form, h)
+            finally:
+                free.put_nowait(h)
+        ok, errors, sample = await self.bounded(todo, one, conc, t0 + seconds)
+        for h in holders:
+            if h.conn is not None:
+                h.conn.close()
+        return {"n_ok": ok, "errors": errors, "sample": sample, "elapsed": mono() - t0}
+
+    async def cmd_logout(self, names, seconds=60):
+        """Log these sessions out (on a side connection: the heartbeat holds
+        their own); their heartbeats end."""
+        t0 = mono()
+        holder = type("H", (), {"conn": None})()
+        ok = 0
+        for n in names:
+            s = self.sessions.get(n)
+            if s is None or not s.sid:
+                continue
+            await self._post(s, "/api/logout", {}, holder)
+            if s.conn is not None:
+                s.conn.close()
+            s.sid = None
+            ok += 1
+            if mono() - t0 > seconds:
+                break
+        if holder.conn is not None:
+            holder.conn.close()
+        return {"n_ok": ok, "elapsed": mono() - t0}
+
+    # -- what the orchestrator measures -------------------------------------------
+    async def cmd_target(self, user: str, state: str):
+        self.target = (user.encode(), state.encode())
+        self.got = set()
+        self.arrivals = []
+        return {}
+
+    async def cmd_arrivals(self):
+        held = sum(1 for s in self.sessions.values() if s.held)
+        a = self.arrivals
+        return {"count": len(self.got), "held": held,
+                "first": min(a) if a else None, "last": max(a) if a else None,
+                "updates": self.updates, "bundles": self.bundles}
+
+    async def cmd_views(self, users: list, state: str, names=None):
+        """How many of the held sessions (of ``names``) see every one of
+        ``users`` in ``state``."""
+        want = [u.encode() for u in users]
+        own = set(users)  # a session is never told of its own user
+        st = state.encode()
+        names = names if names is not None else self.users
+        right = wrong = 0
+        for n in names:
+            if n in own:
+                continue
+            s = self.sessions.get(n)
+            if s is None or not s.held:
+                continue
+            view = self.views.get(n, {})
+            if all(view.get(u) == st for u in want):
+                right += 1
+            else:
+                wrong += 1
+        return {"right": right, "wrong": wrong}
+
+    async def cmd_storm(self, names: list, seconds: float, group: str, conc=128,
+                        cap: float = 30.0):
+        """Log ``names`` in afresh, spread evenly over ``seconds``: login,
+        make ``group`` active, hold the heartbeat.  None starts after
+        ``cap`` seconds (a server that cannot keep up is not waited for)."""
+        t0 = mono()
+        step = seconds / max(1, len(names))
+        errors: dict[str, int] = {}
+        done = 0
+        gate = asyncio.Semaphore(conc)
+
+        async def one(i: int, n: str) -> None:
+            nonlocal done
+            await asyncio.sleep(max(0.0, t0 + i * step - mono()))
+            async with gate:
+                if mono() - t0 > cap:
+                    errors["not started: past the cap"] = errors.get(
+                        "not started: past the cap", 0) + 1
+                    return
+                s = self.sessions[n] = Session(self, n)
+                try:
+                    await asyncio.wait_for(self._storm_one(s, group), max(1.0, t0 + cap - mono()))
+                    done += 1
+                except Exception as e:
+                    k = type(e).__name__
+                    errors[k] = errors.get(k, 0) + 1
+        await asyncio.gather(*(one(i, n) for i, n in enumerate(names)))
+        return {"n_ok": done, "errors": errors, "elapsed": mono() - t0}
+
+    async def _storm_one(self, s: Session, group: str) -> None:
+        await self.login_one(s, False)
+        await self._post(s, "/api/active", {"group": group})
+        await self.hold_one(s)
+
+    # -- the bystanders and the toggler ---------------------------------------------
+    async def cmd_chat_start(self, sender: str, to: str):
+        """A closed loop: ``sender`` chats ``to`` (held here), waits for the
+        frame, again, until :meth:`cmd_chat_stop`."""
+        s = self.sessions[sender]
+        self.chat_stop = False
+        self.chat_samples = []
+        self.chat_errors: dict[str, int] = {}
+        holder = type("H", (), {"conn": None})()
+
+        async def loop() -> None:
+            n = 0
+            while not self.chat_stop:
+                n += 1
+                waiter = self.chat_waiter = asyncio.get_running_loop().create_future()
+                sent = mono()
+                try:
+                    await self._post(s, "/chat", {"to": to, "msg": f"L{n}"}, holder)
+                except Exception as e:
+                    k = f"post: {type(e).__name__}: {e}"[:100]
+                    self.chat_errors[k] = self.chat_errors.get(k, 0) + 1
+                    await asyncio.sleep(0.05)
+                    continue
+                try:
+                    got = await asyncio.wait_for(waiter, 10)
+                except asyncio.TimeoutError:
+                    self.chat_errors["no frame within 10 s"] = self.chat_errors.get(
+                        "no frame within 10 s", 0) + 1
+                    got = mono()  # counted with its 10 s
+                self.chat_samples.append((sent, got - sent))
+                await asyncio.sleep(0.002)
+        self.chat_task = asyncio.ensure_future(loop())
+        return {}
+
+    async def cmd_chat_stop(self):
+        self.chat_stop = True
+        if self.chat_task is not None:
+            await asyncio.wait_for(self.chat_task, 15)
+        return {"samples": self.chat_samples, "errors": self.chat_errors}
+
+    async def cmd_toggle(self, name: str, online: bool):
+        """``name`` comes online (login + heartbeat) or goes offline
+        (logout); the time the request left."""
+        if online:
+            s = self.sessions[name] = Session(self, name)
+            await self.login_one(s, False)
+            t_sent = mono()
+            await self.hold_one(s)
+        else:
+            t_sent = mono()
+            await self.cmd_logout([name])
+        return {"t_sent": t_sent}
+
+
+async def main() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
+    loadclient.Client = FanClient  # what loadclient.main builds
+    await loadclient.main()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+
+
+__all__ = ["FanClient", "PASSWORD", "pct_ms"]
