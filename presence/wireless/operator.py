@@ -38,6 +38,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
 from xml.sax.saxutils import quoteattr
 
@@ -48,9 +49,10 @@ from werkzeug.exceptions import HTTPException
 
 from presence.core.ratelimit import RateLimiter
 from presence.web.http import client_address
-from presence.wireless import numbers, si
+from presence.wireless import kannel_xml, numbers, si, sms
 from presence.wireless.dlr import DlrPolicy, DlrRefused
-from presence.wireless.simulator import DEFAULT_WAIT, MAX_WAIT, Simulator, SimulatorError
+from presence.wireless.simulator import (DEFAULT_WAIT, MAX_WAIT, Simulator, SimulatorError,
+                                         SmsOptions)
 
 MAX_RECEIVERS = 100
 #: wrong passwords or secrets one address may send in a row, and the refill
@@ -63,6 +65,22 @@ CHARSETS = frozenset({"utf-8", "utf8", "iso-8859-1", "latin-1", "latin1", "iso-8
 HANDSET_DENIED = "handset authentication failed: give this number's secret"
 #: (number, secret) -> whether the secret is that handset's; None: deny all
 HandsetAuth = Callable[[str, Optional[str]], Awaitable[bool]]
+_LEADING_INT = re.compile(r"\s*([+-]?[0-9]{1,9})")
+FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data", b"")
+#: the sendsms fields the POST interface takes from X-Kannel-<field> headers
+KANNEL_FIELDS = ("username", "password", "from", "to", "udh", "smsc", "mclass", "mwi",
+                 "coding", "compress", "validity", "deferred", "dlr-mask", "dlr-url",
+                 "account", "pid", "alt-dcs", "rpi", "binfo", "priority", "meta-data",
+                 "charset")
+#: (field, low, high, Kannel's name): Kannel's ranges, -1 meaning not given;
+#: validity and deferred (minutes) bounded to a week here
+INT_FIELDS = (("mclass", -1, 3, "MClass"), ("pid", -1, 255, "PID"), ("rpi", -1, 2, "RPI"),
+              ("alt-dcs", -1, 1, "Alt-DCS"), ("mwi", -1, 7, "MWI"),
+              ("coding", -1, 2, "Coding"), ("compress", -1, 1, "Compress"),
+              ("validity", -1, 10080, "Validity"), ("deferred", -1, 10080, "Deferred"),
+              ("priority", -1, 3, "Priority"))
+ACCOUNT_MAX = 64
+TEXT_FIELD_MAX = 1024
 _SENDER = re.compile(r"[A-Za-z0-9 +._-]{1,20}\Z")
 PAP_DESC = {
     1001: "Accepted for processing",
@@ -149,6 +167,21 @@ def _int(value: Optional[str], what: str, low: int, high: int) -> Optional[int]:
     return number
 
 
+def _scan(value: Optional[str]) -> int:
+    """``value`` as Kannel's ``sscanf(value, "%d")`` reads it: the leading
+    integer, or -1 (not given) when there is none; bounded to 9 digits."""
+    match = _LEADING_INT.match(value or "")
+    return int(match.group(1)) if match else -1
+
+
+def _charset_param(header: bytes) -> Optional[bytes]:
+    for param in header.split(b";")[1:]:
+        key, _, value = param.partition(b"=")
+        if key.strip().lower() == b"charset":
+            return value.strip().strip(b'"')
+    return None
+
+
 def _dlr_url(value: Optional[str], policy: DlrPolicy) -> str:
     if not value:
         return ""
@@ -229,8 +262,12 @@ class OperatorAPI:
 
     # -- sendsms --------------------------------------------------------------
 
-    @app.route("/cgi-bin/sendsms", methods=["GET", "POST"])
+    @app.route("/cgi-bin/sendsms", methods=["GET", "POST", "HEAD"])
     def sendsms(self, request: server.Request) -> bytes:
+        if request.method == b"HEAD":
+            # a HEAD (curl -I, a link checker) never sends a message
+            request.setHeader(b"allow", b"GET, POST")
+            return _plain(request, 405, "Only GET and POST send messages")
         try:
             status, text = self._sendsms(request)
         except Rejected as e:
@@ -242,56 +279,62 @@ class OperatorAPI:
             status, text = 500, "Sending failed."
         return _plain(request, status, text)
 
-    def _sendsms_fields(self, request: server.Request) -> Dict[str, Optional[str]]:
-        raw = _raw_args(request)
-        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if request.method == b"POST" and ctype in (b"text/plain", b"application/octet-stream"):
-            # Kannel's POST mode: the body is the text, the rest in headers
-            request.content.seek(0)
-            raw["text"] = request.content.read()
-            for name in ("username", "password", "to", "from", "dlr-mask", "dlr-url",
-                         "validity", "charset"):
-                header = request.getHeader(b"x-kannel-" + name.encode())
-                if header is not None:
-                    raw[name] = header
-        charset = _text(raw.get("charset"), "Charset")
-        fields: Dict[str, Optional[str]] = {}
-        for key in ("username", "user", "password", "pass", "to", "from", "dlr-mask",
-                    "dlrmask", "dlr-url", "dlrurl", "validity"):
-            fields[key] = _text(raw.get(key), key.capitalize())
-        text = raw.get("text")
-        if text is not None and charset:
-            name = charset.strip().lower()
+    def _sendsms_fields(self, request: server.Request) -> Dict[str, Optional[bytes]]:
+        """The request's sendsms fields as Kannel reads them: the query (or
+        form) variables; in the POST interface (a ``text/plain`` or
+        ``application/octet-stream`` body) the body is the text and the
+        rest comes from ``X-Kannel-*`` headers, the charset from the
+        content type; a ``text/xml`` body is Kannel's XML submit."""
+        raw: Dict[str, Optional[bytes]] = dict(_raw_args(request))
+        header = request.getHeader(b"content-type") or b""
+        ctype = header.split(b";")[0].strip().lower()
+        if request.method != b"POST" or ctype in FORM_TYPES:
+            return raw
+        request.content.seek(0)
+        body = request.content.read()
+        if ctype in (b"text/plain", b"application/octet-stream"):
+            raw["text"] = body
+            for name in KANNEL_FIELDS:
+                value = request.getHeader(b"x-kannel-" + name.encode())
+                if value is not None:
+                    raw[name] = value.strip()
+            if ctype == b"application/octet-stream" and raw.get("coding") is None:
+                raw["coding"] = b"1"
+        elif ctype == b"text/xml":
             try:
-                if name not in CHARSETS:
-                    raise LookupError(name)
-                decoded = text.decode("utf-16-be" if name in ("ucs-2", "ucs2") else name)
-            except (LookupError, UnicodeDecodeError):
-                raise Rejected(400, "Charset or body misformed, rejected")
-            if not numbers.scalar(decoded):
-                raise Rejected(400, "Charset or body misformed, rejected")
-            fields["text"] = decoded
+                raw.update(kannel_xml.parse(body))
+            except kannel_xml.KannelXmlError as e:
+                raise Rejected(400, str(e))
         else:
-            fields["text"] = _text(text, "Text") if text is not None else None
-        return fields
+            raise Rejected(400, "Invalid content-type")
+        charset = _charset_param(header)
+        if charset is not None and raw.get("charset") is None:
+            raw["charset"] = charset
+        return raw
 
     def _sendsms(self, request: server.Request) -> Tuple[int, str]:
-        f = self._sendsms_fields(request)
-        user = f["username"] if f["username"] is not None else f["user"]
-        password = f["password"] if f["password"] is not None else f["pass"]
+        raw = self._sendsms_fields(request)
+
+        def field(*names: str) -> Optional[str]:
+            for name in names:
+                if raw.get(name) is not None:
+                    return _text(raw[name], name.capitalize())
+            return None
+
+        user, password = field("username", "user"), field("password", "pass")
         if not self._authorised(request, user, password):
             return 403, "Authorization failed for sendsms"
-        to = f["to"]
+        to = field("to")
         if to is None:
             return 400, "Missing receiver number, rejected"
         if not to.strip():
             return 400, "Empty receiver number not allowed, rejected"
-        mask = _int(f["dlr-mask"] if f["dlr-mask"] is not None else f["dlrmask"],
-                    "DLR-Mask", -1, 63)
-        url = _dlr_url(f["dlr-url"] if f["dlr-url"] is not None else f["dlrurl"],
-                       self.dlr_policy)
-        validity = _int(f["validity"], "Validity", -1, 10080)
-        sender = f["from"] if f["from"] else self.sim.shortcode
+        options, validity, deferred = self._sms_options(raw, field)
+        mask = _scan(field("dlr-mask", "dlrmask"))
+        url = _dlr_url(field("dlr-url", "dlrurl"), self.dlr_policy)
+        if not -1 <= mask <= 63:
+            return 400, "DLR-Mask field misformed, rejected"
+        sender = field("from") or self.sim.shortcode
         if not _SENDER.match(sender):
             return 400, "Sender field misformed, rejected"
         allowed, denied = receivers(to)
@@ -299,16 +342,79 @@ class OperatorAPI:
             return 400, f"Too many receivers (at most {MAX_RECEIVERS}), rejected"
         if not allowed:
             return 400, "Number(s) has/have been denied by white- and/or black-lists."
-        text = f["text"] or ""
-        self.sim.check_text(text)
-        life = validity * 60.0 if validity is not None and validity > 0 else None
+        text = "" if options.coding == "8bit" else self._sms_text(raw, options)
+        if options.coding == "8bit":
+            options = replace(options, data=raw.get("text") or b"")
+        self.sim.encode(text, options)  # too many parts: refused before any is sent
         for number in allowed:
-            self.sim.submit("sms", sender, number, text, dlr_mask=mask or 0, dlr_url=url,
-                            user=user or "", validity=life)
+            self.sim.submit("sms", sender, number, text, dlr_mask=max(mask, 0), dlr_url=url,
+                            user=user or "", validity=validity, options=options,
+                            deferred=deferred)
         answer = "0: Accepted for delivery"
         if denied:
             answer += " Denied receivers are: " + " ".join(w[:32] for w in denied[:20])
         return 202, answer
+
+    @staticmethod
+    def _sms_text(raw: Mapping[str, Optional[bytes]], options: SmsOptions) -> str:
+        """The text, decoded by ``charset`` (UTF-8 without one; UTF-16BE for
+        ``coding=2`` with a UCS-2 charset)."""
+        text = raw.get("text")
+        if text is None:
+            return ""
+        charset = _text(raw.get("charset"), "Charset")
+        if not charset:
+            return _text(text, "Text") or ""
+        name = charset.strip().lower()
+        try:
+            if name not in CHARSETS:
+                raise LookupError(name)
+            decoded = text.decode("utf-16-be" if name in ("ucs-2", "ucs2") else name)
+        except (LookupError, UnicodeDecodeError):
+            raise Rejected(400, "Charset or body misformed, rejected")
+        if not numbers.scalar(decoded):
+            raise Rejected(400, "Charset or body misformed, rejected")
+        return decoded
+
+    @staticmethod
+    def _sms_options(raw: Mapping[str, Optional[bytes]],
+                     field: Callable[..., Optional[str]]
+                     ) -> Tuple[SmsOptions, Optional[float], float]:
+        """Kannel's other sendsms fields, checked with Kannel's ranges and
+        words (a number is read as Kannel's ``sscanf("%d")`` reads it: a
+        value with no leading number is "not given"), and the validity
+        and deferral in seconds."""
+        udh = b""
+        if raw.get("udh") is not None:
+            try:
+                udh = sms.udh_bytes(raw["udh"] or b"")
+            except sms.UdhError as e:
+                raise Rejected(400, str(e))
+        values = {}
+        for name, low, high, what in INT_FIELDS:
+            value = _scan(field(name))
+            if value != -1 and not low <= value <= high:
+                raise Rejected(400, f"{what} field misformed, rejected")
+            values[name] = value
+        account = field("account") or ""
+        if len(account) > ACCOUNT_MAX or re.search(r"[\[\]\n\r]", account):
+            raise Rejected(400, "Account field misformed or too long, rejected")
+        texts = {}
+        for name, what in (("binfo", "BInfo"), ("meta-data", "Meta-Data"), ("smsc", "SMSC")):
+            value = field(name) or ""
+            if len(value) > TEXT_FIELD_MAX or not value.isprintable():
+                raise Rejected(400, f"{what} field misformed or too long, rejected")
+            texts[name] = value
+        coding = values["coding"]
+        options = SmsOptions(
+            coding=sms.KANNEL_CODING.get(coding) or ("8bit" if udh else None), udh=udh, mclass=values["mclass"],
+            mwi=values["mwi"], pid=values["pid"], alt_dcs=values["alt-dcs"],
+            rpi=values["rpi"], compress=values["compress"], priority=values["priority"],
+            validity=values["validity"], deferred=values["deferred"], account=account,
+            binfo=texts["binfo"], meta_data=texts["meta-data"], smsc=texts["smsc"])
+        validity = values["validity"] * 60.0 if values["validity"] > 0 else None
+        deferred = values["deferred"] * 60.0 if values["deferred"] > 0 else 0.0
+        return options, validity, deferred
 
     # -- WAP push -------------------------------------------------------------
 
