@@ -6,7 +6,7 @@
       <submit>
         <da><number>+15550001</number></da>      (one or more)
         <oa><number>12345</number></oa>
-        <ud>the text</ud>
+        <ud>the text</ud>                        (URL-encoded or not)
         <udh>0605041582000</udh>                 (hex, as X-Kannel-UDH)
         <meta-data>?smpp?key=value</meta-data>
         <dcs><mclass/><coding/><mwi/><compress/><alt-dcs/></dcs>
@@ -28,6 +28,7 @@ nothing is fetched.
 from __future__ import annotations
 
 from typing import Dict, List, Optional
+from urllib.parse import unquote_to_bytes
 from xml.etree.ElementTree import Element, ParseError
 
 from defusedxml import DefusedXmlException
@@ -71,8 +72,12 @@ def parse(body: bytes) -> Dict[str, bytes]:
         if node is not None and name not in out:
             if path == "to" and len(node):  # <to> with children is the Kannel->app form
                 continue
-            out[name] = (node.text or "").strip().encode("utf-8") if name != "text" else \
-                (node.text or "").encode("utf-8")
+            value = node.text or ""
+            if name in ("text", "udh"):
+                # URL-encoded, as Kannel's own XML POST writes them
+                out[name] = unquote_to_bytes(value if name == "text" else value.strip())
+            else:
+                out[name] = value.strip().encode("utf-8")
     numbers: List[str] = []
     for da in submit.findall("da"):
         for number in da.findall("number"):

@@ -136,6 +136,7 @@ class Message:
     options: SmsOptions = NO_OPTIONS
     segments: List[sms.Segment] = field(default_factory=list)
     defer_timer: Any = field(default=None, repr=False)
+    due: Optional[float] = None    # when a deferred message is queued
 
     def wire(self) -> Dict[str, Any]:
         """What the handset receives."""
@@ -376,14 +377,6 @@ class Simulator:
                     text=text, coding=coding, parts=max(1, len(segments)), submitted=now,
                     si=si, dlr_mask=dlr_mask if dlr_mask > 0 else 0, dlr_url=dlr_url or "",
                     user=user, options=options, segments=segments)
-        self._report(m, dlr.SMSC_ACK)
-        h = self.handsets.get(number)
-        if h is None:
-            self._fail(m, "failed", error=1)
-            return m
-        if len(h.queue) >= self.max_queue:
-            self._fail(m, "failed", error=8)
-            return m
         # the network holds a message its validity from when it is due; a
         # sendsms validity counts from the submission, as in Kannel
         expires = now + max(deferred, 0.0) + self.validity
@@ -392,6 +385,16 @@ class Simulator:
         if si is not None and si.expires is not None:
             expires = min(expires, si.expires)
         m.expires_at = expires
+        if deferred > 0:
+            m.due = now + deferred
+        self._report(m, dlr.SMSC_ACK)
+        h = self.handsets.get(number)
+        if h is None:
+            self._fail(m, "failed", error=1)
+            return m
+        if len(h.queue) >= self.max_queue:
+            self._fail(m, "failed", error=8)
+            return m
         m.timer = self.clock.callLater(max(0.0, expires - now), self._expire, h, m)
         if deferred > 0:
             m.state = "deferred"
@@ -445,8 +448,11 @@ class Simulator:
         now = self.clock.seconds()
         text = m.si.text if m.si is not None else m.text
         report = dlr.receipt(m.msg_id, event, m.submitted, now, text, error)
-        url = dlr.expand(m.dlr_url, dlr.values_for(event, m.receiver, m.sender, now, report,
-                                                   m.msg_id, m.user, m.coding))
+        url = dlr.expand(m.dlr_url, dlr.values_for(
+            event, m.receiver, m.sender, now, report, m.msg_id, m.user, m.coding,
+            options=m.options, dlr_url=m.dlr_url, due=m.due,
+            expires=(m.submitted + m.options.validity * 60 if m.options.validity >= 0
+                     else None)))
         try:
             self.dlr_policy.check(url)
         except dlr.DlrRefused as e:
