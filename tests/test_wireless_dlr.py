@@ -10,28 +10,13 @@ import time
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import pytest
-from twisted.web import resource
 
 from helpers import logged_errors  # noqa: F401
 from presence.wireless import dlr
-from test_wireless_support import PASSWORD, SIM, USER, Net
+from test_wireless_support import PASSWORD, SIM, USER, Net, Receiver
 
 BOB = "+15550001"
 ESCAPES = "dpPqQTtAabkIFincCmMOuBoDRfvVsSr"
-
-
-class Receiver(resource.Resource):
-    """The application's delivery-report URL: records every request."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list = []
-
-    def render_GET(self, request) -> bytes:
-        self.seen.append(request.uri.decode("ascii"))
-        return b"ok"
 
 
 @pytest.fixture
@@ -47,7 +32,7 @@ def net(logged_errors):
 def reports(net) -> list:
     net.router.flush()
     return [parse_qs(urlsplit(uri).query, keep_blank_values=True)
-            for uri in net.receiver.seen]
+            for _, uri, _, _ in net.receiver.seen]
 
 
 def template(*letters: str) -> str:
@@ -87,7 +72,7 @@ def test_every_escape_has_its_value_in_kannels_event_order(net):
     }
     for key, value in expect.items():
         assert first[key] == [value], key
-    raw = net.receiver.seen[0]
+    raw = net.receiver.seen[0][1]
     assert "u=%06%05%04%0B%84%23%F0&" in raw          # the UDH's bytes, URL-encoded
     assert first["T"] == [str(start)] and last["T"] == [str(start + 30)]
     assert first["t"] == [time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start))]

@@ -50,7 +50,8 @@ Output lines: ``<< SMS from X: text`` (``<< FLASH SMS from X: ...`` for a
 class 0 message; notes such as ``[coding: ucs2, 2 parts, port 2948]`` after
 the text of anything but a one-part GSM 7-bit text; an 8-bit payload in hex;
 the parts put together by their concatenation headers),
-``<< PUSH from X: text <href>``,
+``<< PUSH from X: text <href>`` (a Service Indication),
+``<< PUSH SL from X: <href> (execute-high)`` (a Service Loading, not opened),
 the card between ``--- <url> (<status>)`` and ``---``, heartbeat frames as
 ``[id] msg ...`` with payload lines indented, notices as ``* ...``.
 """
@@ -258,6 +259,12 @@ class HandsetEmulator:
     async def _arrived(self, message: dict) -> None:
         self.inbox.append(message)
         sender = message.get("from", "?")
+        if message.get("type") == "push" and message.get("content") == "sl":
+            # Service Loading: shown, not loaded (the emulator opens only the
+            # links a Service Indication or the user asks for)
+            self.say(f"<< PUSH SL from {sender}: <{message.get('href', '')}>"
+                     f" ({message.get('action', '')})")
+            return
         if message.get("type") == "push":
             action = message.get("action", "")
             if action == "delete":

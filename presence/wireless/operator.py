@@ -12,9 +12,11 @@ Operator API (shaped like Kannel's smsbox and push proxy gateway)::
     POST /cgi-bin/sendsms  Content-Type: text/plain, body = the text,
         X-Kannel-Username/-Password/-To/-From/-DLR-Mask/-DLR-URL headers
     POST /wappush?username=&password=&to=[&push-id=&dlr-mask=&dlr-url=]
-        body: a Service Indication (text/vnd.wap.si or XML), or the form
-        field ``si``; answered with a PAP push-response (202, code 1001)
-        or its error codes (2000, 2001, 2002, 2007, 3005).
+        body: a Service Indication or Service Loading (text or WBXML), or
+        the form field ``si``; or a PAP 2.0 multipart/related push (the
+        control document names push-id, addresses and timing); answered
+        with a PAP push-response (202, code 1001) or its error codes
+        (2000, 2001, 2002, 2007, 3006).
 
 Handset API (JSON), every call with ``Authorization: Bearer <the handset's
 secret>`` (403, the same answer for a number with no secret)::
@@ -35,12 +37,10 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import time
 import uuid
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
-from xml.sax.saxutils import quoteattr
 
 from klein import Klein
 from twisted.logger import Logger
@@ -49,8 +49,9 @@ from werkzeug.exceptions import HTTPException
 
 from presence.core.ratelimit import RateLimiter
 from presence.web.http import client_address
-from presence.wireless import kannel_xml, numbers, si, sms
+from presence.wireless import kannel_xml, numbers, pap, si, sl, sms, wbxml
 from presence.wireless.dlr import DlrPolicy, DlrRefused
+from presence.wireless.pap import PapError
 from presence.wireless.simulator import (DEFAULT_WAIT, MAX_WAIT, Simulator, SimulatorError,
                                          SmsOptions)
 
@@ -82,16 +83,11 @@ INT_FIELDS = (("mclass", -1, 3, "MClass"), ("pid", -1, 255, "PID"), ("rpi", -1, 
 ACCOUNT_MAX = 64
 TEXT_FIELD_MAX = 1024
 _SENDER = re.compile(r"[A-Za-z0-9 +._-]{1,20}\Z")
-PAP_DESC = {
-    1001: "Accepted for processing",
-    2000: "Bad request",
-    2001: "Forbidden",
-    2002: "Address error",
-    2007: "Duplicate push ID",
-    3000: "Internal server error",
-    3005: "Multiple addresses not supported",
-}
-PAP_STATUS = {1001: 202, 2000: 400, 2001: 403, 2002: 400, 2007: 400, 3000: 500, 3005: 400}
+PAP_STATUS = {1001: 202, 2000: 400, 2001: 403, 2002: 400, 2007: 400, 3000: 500, 3006: 400}
+#: the push contents the PPG takes: (kind, binary)
+PUSH_TYPES = {b"text/vnd.wap.si": ("si", False), b"application/vnd.wap.sic": ("si", True),
+              b"text/vnd.wap.sl": ("sl", False), b"application/vnd.wap.slc": ("sl", True),
+              b"text/xml": ("si", False), b"application/xml": ("si", False), b"": ("si", False)}
 
 log = Logger()
 
@@ -101,13 +97,6 @@ class Rejected(Exception):
         super().__init__(text)
         self.status = status
         self.text = text
-
-
-class PapError(Exception):
-    def __init__(self, code: int, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 def _plain(request: server.Request, status: int, text: str) -> bytes:
@@ -422,8 +411,8 @@ class OperatorAPI:
     def wappush(self, request: server.Request) -> bytes:
         push_id = None
         try:
-            push_id, number = self._wappush(request)
-            code, detail = 1001, f"queued for {number}"
+            push_id, numbers_ = self._wappush(request)
+            code, detail = 1001, "queued for " + " ".join(numbers_[:20])
         except PapError as e:
             code, detail = e.code, e.detail
         except Rejected as e:
@@ -439,18 +428,12 @@ class OperatorAPI:
             request.setResponseCode(PAP_STATUS[code])
         request.setHeader(b"content-type", b"application/xml; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.sim.clock.seconds()))
-        pid = f" push-id={quoteattr(push_id)}" if push_id else ""
-        return (
-            '<?xml version="1.0"?>\n'
-            '<!DOCTYPE pap PUBLIC "-//WAPFORUM//DTD PAP 2.0//EN"'
-            ' "http://www.wapforum.org/DTD/pap_2.0.dtd">\n'
-            f'<pap><push-response{pid} sender-name="presence simulator"'
-            f' reply-time="{stamp}"><response-result code="{code}"'
-            f' desc={quoteattr(PAP_DESC[code] + ": " + detail)}/></push-response></pap>\n'
-        ).encode("utf-8")
+        return pap.response(code, detail, push_id, self.sim.clock.seconds())
 
-    def _wappush(self, request: server.Request) -> Tuple[str, str]:
+    def _wappush(self, request: server.Request) -> Tuple[str, List[str]]:
+        """A push: PAP 2.0 (``multipart/related``: the control document
+        names the push-id, the addresses and the timing) or the simple form
+        (``to``, ``push-id`` in the query, the document as the body)."""
         raw = _raw_args(request)
         user = _text(raw.get("username", raw.get("user")), "Username")
         password = _text(raw.get("password", raw.get("pass")), "Password")
@@ -459,47 +442,108 @@ class OperatorAPI:
             password = request.getPassword().decode("utf-8", "replace")
         if not self._authorised(request, user, password):
             raise PapError(2001, "wrong username or password")
+        header = request.getHeader(b"content-type") or b""
+        ctype = header.split(b";")[0].strip().lower()
+        request.content.seek(0)
+        body = request.content.read()
+        mask = _int(_text(raw.get("dlr-mask"), "DLR-Mask"), "DLR-Mask", -1, 63)
+        url = _dlr_url(_text(raw.get("dlr-url"), "DLR-URL"), self.dlr_policy)
+        if ctype == b"multipart/related":
+            control, content_type, document = pap.split(body, header)
+            push = pap.parse_control(control)
+            content = content_type.encode("ascii", "replace")
+        else:
+            push = self._simple_push(raw)
+            form = ctype in FORM_TYPES[:2]
+            content = si.CONTENT_TYPE.encode() if form else ctype
+            document = raw.get("si") if form else body
+        if push.notify_to is not None:
+            try:
+                self.dlr_policy.check(push.notify_to)
+            except DlrRefused as e:
+                raise PapError(2000, f"ppg-notify-requested-to is not allowed: {e}")
+        kind, loaded = self._push_content(content, document)
+        now = self.sim.clock.seconds()
+        expires = push.deliver_before
+        if kind == "si" and loaded.expires is not None:
+            expires = loaded.expires if expires is None else min(expires, loaded.expires)
+        if expires is not None and expires <= now:
+            raise PapError(2000, "the push has expired already (deliver-before-timestamp"
+                                 " or si-expires)")
+        if push.push_id in self._push_ids:
+            raise PapError(2007, "that push-id was used already")
+        self._push_ids[push.push_id] = now
+        while len(self._push_ids) > 10000:
+            self._push_ids.popitem(last=False)
+        deferred = max(0.0, (push.deliver_after or now) - now)
+        for address, number in push.addresses:
+            self.sim.submit(
+                "push", self.sim.shortcode, number, loaded.text if kind == "si" else "",
+                si=loaded if kind == "si" else None, sl=loaded if kind == "sl" else None,
+                dlr_mask=mask or 0, dlr_url=url, user=user or "", deferred=deferred,
+                validity=None if push.deliver_before is None else push.deliver_before - now,
+                on_final=self._notifier(push, address, now))
+        return push.push_id, [number for _, number in push.addresses]
+
+    @staticmethod
+    def _simple_push(raw: Mapping[str, bytes]) -> pap.PushMessage:
         to = _text(raw.get("to"), "To")
         if to is None or not to.strip():
             raise PapError(2002, "the receiver (to) is missing")
         words = to.split()
-        if len(words) > 1:
-            raise PapError(3005, "one receiver per push")
-        number = numbers.normalize(words[0])
-        if number is None:
-            raise PapError(2002, "the receiver is not a handset number")
-        mask = _int(_text(raw.get("dlr-mask"), "DLR-Mask"), "DLR-Mask", -1, 63)
-        url = _dlr_url(_text(raw.get("dlr-url"), "DLR-URL"), self.dlr_policy)
+        if len(words) > pap.MAX_ADDRESSES:
+            raise PapError(2002, f"at most {pap.MAX_ADDRESSES} receivers per push")
         push_id = _text(raw.get("push-id"), "Push-ID")
-        if push_id is not None and not (0 < len(push_id) <= 128):
-            raise PapError(2000, "push-id must be 1-128 characters")
-        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if ctype in (b"application/x-www-form-urlencoded", b"multipart/form-data"):
-            document = raw.get("si")
-        else:
-            request.content.seek(0)
-            document = request.content.read()
-            if ctype not in (b"text/vnd.wap.si", b"text/xml", b"application/xml", b""):
-                raise PapError(2000, "the body must be a Service Indication (text/vnd.wap.si)")
+        if push_id is not None and not (0 < len(push_id) <= pap.MAX_PUSH_ID):
+            raise PapError(2000, f"push-id must be 1-{pap.MAX_PUSH_ID} characters")
+        push = pap.PushMessage(push_id=push_id or "sim-" + uuid.uuid4().hex)
+        for word in words:
+            number = numbers.normalize(word)
+            if number is None:
+                raise PapError(2002, f"the receiver {word[:32]!r} is not a handset number")
+            if all(number != n for _, n in push.addresses):
+                push.addresses.append((f"WAPPUSH={number}/TYPE=PLMN@sim", number))
+        return push
+
+    @staticmethod
+    def _push_content(ctype: bytes, document: Optional[bytes]) -> Tuple[str, Any]:
+        """``("si", ServiceIndication)`` or ``("sl", ServiceLoading)``."""
+        if ctype not in PUSH_TYPES:
+            raise PapError(2000, "the content must be a Service Indication or Service"
+                                 " Loading (text/vnd.wap.si, application/vnd.wap.sic,"
+                                 " text/vnd.wap.sl, application/vnd.wap.slc)")
+        kind, binary = PUSH_TYPES[ctype]
         if not document:
-            raise PapError(2000, "the Service Indication document is missing")
+            raise PapError(2000, "the Service Indication document is missing" if kind == "si"
+                           else "the Service Loading document is missing")
+        if len(document) > si.MAX_DOCUMENT:
+            raise PapError(2000, f"the document is over {si.MAX_DOCUMENT} bytes")
         try:
-            indication = si.parse(document)
+            if binary:
+                document = wbxml.decode(document, wbxml.SI if kind == "si" else wbxml.SL)
+            return kind, (si.parse(document) if kind == "si" else sl.parse(document))
+        except wbxml.WbxmlError as e:
+            raise PapError(3006, str(e))
         except si.SIError as e:
             raise PapError(2000, str(e))
-        now = self.sim.clock.seconds()
-        if indication.expires is not None and indication.expires <= now:
-            raise PapError(2000, "the indication has expired already")
-        if push_id is None:
-            push_id = "sim-" + uuid.uuid4().hex
-        elif push_id in self._push_ids:
-            raise PapError(2007, "that push-id was used already")
-        self._push_ids[push_id] = now
-        while len(self._push_ids) > 10000:
-            self._push_ids.popitem(last=False)
-        self.sim.submit("push", self.sim.shortcode, number, indication.text, si=indication,
-                        dlr_mask=mask or 0, dlr_url=url, user=user or "")
-        return push_id, number
+
+    def _notifier(self, push: pap.PushMessage, address: str,
+                  received: float) -> Optional[Callable[[Any], Any]]:
+        """The result notification for one address, when the push asked."""
+        url = push.notify_to
+        if url is None:
+            return None
+
+        def notify(message: Any) -> Any:
+            state, code = {"delivered": ("delivered", 1000), "expired": ("expired", 4000),
+                           }.get(message.state, ("undeliverable", 2002))
+            body = pap.notification(push.push_id, address, state, code, received,
+                                    self.sim.clock.seconds())
+            if self.sim.post is None:
+                return None
+            return self.sim.post(url, body, "application/xml")
+
+        return notify
 
     # -- the handset API ---------------------------------------------------------
 

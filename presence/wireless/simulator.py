@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from presence.wireless import dlr, numbers, sms
 from presence.wireless.si import ServiceIndication
+from presence.wireless.sl import ServiceLoading
 
 DEFAULT_VALIDITY = 60.0
 DEFAULT_WAIT = 25.0
@@ -137,14 +138,19 @@ class Message:
     segments: List[sms.Segment] = field(default_factory=list)
     defer_timer: Any = field(default=None, repr=False)
     due: Optional[float] = None    # when a deferred message is queued
+    sl: Optional[ServiceLoading] = None
+    #: called once with the message when it is delivered, expired or failed
+    on_final: Optional[Callable[["Message"], Any]] = field(default=None, repr=False)
 
     def wire(self) -> Dict[str, Any]:
         """What the handset receives."""
         out: Dict[str, Any] = {"seq": self.seq, "type": self.kind, "id": self.msg_id,
                                "from": self.sender, "time": self.submitted}
-        if self.kind == "push" and self.si is not None:
-            out.update({"href": self.si.href, "text": self.si.text, "si_id": self.si.si_id,
-                        "action": self.si.action})
+        if self.kind == "push" and self.sl is not None:
+            out.update({"content": "sl", "href": self.sl.href, "action": self.sl.action})
+        elif self.kind == "push" and self.si is not None:
+            out.update({"content": "si", "href": self.si.href, "text": self.si.text,
+                        "si_id": self.si.si_id, "action": self.si.action})
         else:
             out.update({"text": self.text, "coding": self.coding, "parts": self.parts})
             out.update(self.options.wire())
@@ -187,6 +193,8 @@ class Simulator:
         self.max_queue = max_queue
         self.max_handsets = max_handsets
         self.handsets: Dict[str, Handset] = {}
+        #: POSTs (url, body, content type) -> Deferred(HTTP status): PAP notifications
+        self.post: Optional[Callable[[str, bytes, str], defer.Deferred]] = None
         #: called with (number, to, text) for texts to the shortcode
         self.on_mo: Optional[Callable[[str, str, str], Any]] = None
         #: the last reports sent, newest last: (url, event) - for operators and tests
@@ -289,6 +297,7 @@ class Simulator:
             self._cancel(m)
             m.state = "delivered"
             self._report(m, dlr.DELIVERED)
+            self._final(m)
 
     def send_mo(self, number: str, to: str, text: str) -> Dict[str, Any]:
         """A mobile-originated text from ``number``.  To the shortcode it goes
@@ -362,7 +371,8 @@ class Simulator:
                si: Optional[ServiceIndication] = None, dlr_mask: int = 0,
                dlr_url: str = "", user: str = "", validity: Optional[float] = None,
                options: SmsOptions = NO_OPTIONS, deferred: float = 0.0,
-               ) -> Message:
+               sl: Optional[ServiceLoading] = None,
+               on_final: Optional[Callable[[Message], Any]] = None) -> Message:
         """Queue a message for the handset ``number`` (already normalised),
         ``deferred`` seconds from now (Kannel's ``deferred``).  Returns the
         message; its ``state`` is ``failed`` at once for an unknown
@@ -376,7 +386,8 @@ class Simulator:
         m = Message(kind=kind, msg_id=str(uuid.uuid4()), sender=sender, receiver=number,
                     text=text, coding=coding, parts=max(1, len(segments)), submitted=now,
                     si=si, dlr_mask=dlr_mask if dlr_mask > 0 else 0, dlr_url=dlr_url or "",
-                    user=user, options=options, segments=segments)
+                    user=user, options=options, segments=segments, sl=sl,
+                    on_final=on_final)
         # the network holds a message its validity from when it is due; a
         # sendsms validity counts from the submission, as in Kannel
         expires = now + max(deferred, 0.0) + self.validity
@@ -434,6 +445,14 @@ class Simulator:
     def _fail(self, m: Message, state: str, error: int) -> None:
         m.state = state
         self._report(m, dlr.UNDELIVERED, error)
+        self._final(m)
+
+    def _final(self, m: Message) -> None:
+        callback, m.on_final = m.on_final, None
+        if callback is not None and not self.stopped:
+            d = defer.maybeDeferred(callback, m)
+            d.addErrback(lambda f: self.log.warn("a push result notification failed: {why}",
+                                                 why=f.getErrorMessage()))
 
     def _cancel(self, m: Message) -> None:
         if m.timer is not None and m.timer.active():
