@@ -10,6 +10,8 @@ import os
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helpers import logged_errors  # noqa: F401
 from presence.cli.handset import sms_line
@@ -248,3 +250,70 @@ def test_xml_post_interface(net):
     r = net.call("POST", f"{SIM}/cgi-bin/sendsms", data=wrong,
                  headers={"Content-Type": ["text/xml"]})
     assert (r.status, r.text) == (403, "Authorization failed for sendsms")
+
+
+def test_x_kannel_udh_may_be_url_encoded(net):
+    attach(net)
+    r = kannel_post(net, b"\x01", "application/octet-stream", UDH="%06%05%04%0B%84%23%F0")
+    assert r.status == 202
+    assert poll(net)[0]["ports"] == {"dst": 2948, "src": 9200}
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from("ab€{ж😀 "), max_size=700),
+       coding=st.sampled_from(["gsm7", "ucs2"]),
+       udh=st.sampled_from([b"", bytes.fromhex("0605040b8423f0")]))
+def test_split_then_reassemble_is_the_text_and_parts_fit(text, coding, udh):
+    if coding == "gsm7":
+        text = sms.to_gsm7(text)
+    segments = sms.split(text, coding, udh, ref=3)
+    wire = [s.wire(coding) for s in segments]
+    assert sms.reassemble(wire) == (text, True)
+    for seg in segments:
+        assert seg.udh == b"" or seg.udh[0] == len(seg.udh) - 1
+        if coding == "gsm7":
+            septets = sum(2 if c in "€{" else 1 for c in seg.payload)
+            assert septets * 7 <= (140 - len(seg.udh)) * 8 - (-len(seg.udh) * 8) % 7
+        else:
+            assert len(seg.payload.encode("utf-16-be")) + len(seg.udh) <= 140
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_wbxml_decoder_refuses_garbage_cleanly(data):
+    from presence.wireless import wbxml
+
+    for kind in (wbxml.SI, wbxml.SL):
+        try:
+            wbxml.decode(data, kind)
+        except wbxml.WbxmlError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(cut=st.integers(0, 80), at=st.integers(0, 80), value=st.integers(0, 255))
+def test_wbxml_decoder_survives_a_damaged_si(cut, at, value):
+    from presence.wireless import si, wbxml
+
+    with open(os.path.join(os.path.dirname(DATA), "pap", "si.wbxml"), "rb") as f:
+        good = f.read()
+    damaged = bytearray(good[:max(cut, 1)] if cut < len(good) else good)
+    if at < len(damaged):
+        damaged[at] = value
+    try:
+        si.parse(wbxml.decode(bytes(damaged), wbxml.SI))
+    except (wbxml.WbxmlError, si.SIError):
+        pass
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fields=st.dictionaries(
+    st.sampled_from(["coding", "udh", "mclass", "mwi", "pid", "alt-dcs", "validity",
+                     "deferred", "priority", "account", "binfo", "meta-data", "smsc",
+                     "text", "charset", "dlr-mask", "rpi", "compress"]),
+    st.binary(max_size=40), max_size=6))
+def test_no_sendsms_is_a_server_error(net, fields):
+    qs = "&".join(f"{k}={quote(v)}" for k, v in fields.items())
+    r = query(net, qs)
+    assert r.status in (202, 400), r.text

@@ -13,6 +13,8 @@ import re
 import subprocess
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helpers import logged_errors  # noqa: F401
 from presence.cli.handset import sms_line
@@ -227,3 +229,19 @@ def test_handset_emulator_shows_each_kind(net):
     assert sms_line({"type": "sms", "from": "1", "data": "00ff", "coding": "8bit",
                      "ports": {"dst": 2948, "src": 0}}) == \
         "<< SMS from 1: 00ff  [coding: 8bit, port 2948]"
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.binary(max_size=120), where=st.sampled_from(["control", "content", "body"]),
+       ctype=st.sampled_from(["text/vnd.wap.si", "application/vnd.wap.sic",
+                              "text/vnd.wap.sl", "application/vnd.wap.slc"]))
+def test_no_push_body_is_a_server_error(net, junk, where, ctype):
+    if where == "control":
+        body = multipart(junk, ctype, read("si.xml"))
+    elif where == "content":
+        body = multipart(control(push_id="f" + junk.hex()[:60]), ctype, junk)
+    else:
+        body = junk
+    r = push(net, body)
+    assert r.status in (202, 400), r.text

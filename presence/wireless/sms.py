@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import binascii
 import re
+from urllib.parse import unquote_to_bytes
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -48,11 +49,14 @@ class UdhError(ValueError):
 def udh_bytes(raw: bytes) -> bytes:
     """The header from a sendsms ``udh`` value: URL-decoded bytes as Kannel
     takes them, or the same written in hex (as ``X-Kannel-UDH`` and the XML
-    ``<udh>`` carry it).  Kannel's checks: the first octet is the length of
+    ``<udh>`` carry it) or still URL-encoded (as Kannel's own POST writes
+    ``X-Kannel-UDH``).  Kannel's checks: the first octet is the length of
     the rest, and the whole fits an SMS."""
     data = raw
     if _HEX.match(raw) and (len(raw) < 2 or raw[0] != len(raw) - 1):
         data = binascii.unhexlify(raw)
+    elif b"%" in raw and (not raw or raw[0] != len(raw) - 1):
+        data = unquote_to_bytes(raw)  # URL-encoded, as Kannel's own POST writes it
     if not data or len(data) != data[0] + 1:
         raise UdhError("UDH field misformed, rejected")
     if len(data) > OCTETS:
