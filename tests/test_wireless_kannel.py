@@ -209,6 +209,13 @@ def test_post_interface_takes_every_x_kannel_header(net):
     assert sms_line(m) == "<< SMS from 7777: ωμέγα  [coding: ucs2, class 1]"
 
 
+def test_post_interface_words_for_a_missing_receiver(net):
+    r = net.call("POST", f"{SIM}/cgi-bin/sendsms", data=b"x", headers={
+        "Content-Type": ["text/plain"], "X-Kannel-Username": [USER],
+        "X-Kannel-Password": [PASSWORD]})
+    assert (r.status, r.text) == (400, "Missing receiver(s) number(s), rejected")
+
+
 def test_post_octet_stream_is_8bit_with_a_hex_udh_header(net):
     attach(net)
     r = kannel_post(net, b"\x00\xff\x10", "application/octet-stream", UDH="06050415820000")

@@ -268,17 +268,19 @@ class OperatorAPI:
             status, text = 500, "Sending failed."
         return _plain(request, status, text)
 
-    def _sendsms_fields(self, request: server.Request) -> Dict[str, Optional[bytes]]:
+    def _sendsms_fields(self, request: server.Request
+                        ) -> Tuple[Dict[str, Optional[bytes]], bool]:
         """The request's sendsms fields as Kannel reads them: the query (or
         form) variables; in the POST interface (a ``text/plain`` or
         ``application/octet-stream`` body) the body is the text and the
         rest comes from ``X-Kannel-*`` headers, the charset from the
-        content type; a ``text/xml`` body is Kannel's XML submit."""
+        content type; a ``text/xml`` body is Kannel's XML submit.  True:
+        the fields came by the POST (or XML) interface."""
         raw: Dict[str, Optional[bytes]] = dict(_raw_args(request))
         header = request.getHeader(b"content-type") or b""
         ctype = header.split(b";")[0].strip().lower()
         if request.method != b"POST" or ctype in FORM_TYPES:
-            return raw
+            return raw, False
         request.content.seek(0)
         body = request.content.read()
         if ctype in (b"text/plain", b"application/octet-stream"):
@@ -299,10 +301,10 @@ class OperatorAPI:
         charset = _charset_param(header)
         if charset is not None and raw.get("charset") is None:
             raw["charset"] = charset
-        return raw
+        return raw, True
 
     def _sendsms(self, request: server.Request) -> Tuple[int, str]:
-        raw = self._sendsms_fields(request)
+        raw, posted = self._sendsms_fields(request)
 
         def field(*names: str) -> Optional[str]:
             for name in names:
@@ -315,7 +317,9 @@ class OperatorAPI:
             return 403, "Authorization failed for sendsms"
         to = field("to")
         if to is None:
-            return 400, "Missing receiver number, rejected"
+            # Kannel's two wordings: the GET/form interface and the POST one
+            return 400, ("Missing receiver(s) number(s), rejected" if posted
+                         else "Missing receiver number, rejected")
         if not to.strip():
             return 400, "Empty receiver number not allowed, rejected"
         options, validity, deferred = self._sms_options(raw, field)
