@@ -324,3 +324,22 @@ def test_no_sendsms_is_a_server_error(net, fields):
     qs = "&".join(f"{k}={quote(v)}" for k, v in fields.items())
     r = query(net, qs)
     assert r.status in (202, 400), r.text
+
+
+def _examples() -> list:
+    with open(os.path.join(DATA, "sendsms-examples.txt"), encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
+    out = []
+    for line in lines:
+        qs, _, answer = line.partition(" => ")
+        status, _, text = answer.partition(" ")
+        out.append((qs.replace("USER", USER).replace("PASSWORD", PASSWORD), int(status), text))
+    return out
+
+
+@pytest.mark.parametrize("qs, status, text", _examples())
+def test_user_guide_style_requests(net, qs, status, text):
+    attach(net)
+    r = net.call("GET", f"{SIM}/cgi-bin/sendsms?{qs}")
+    assert (r.status, r.text) == (status, text)
+    assert len(poll(net)) == (1 if status == 202 and "deferred" not in qs else 0)
