@@ -29,10 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from presence.wireless.numbers import GSM7_BASIC, GSM7_EXTENSION, is_gsm7
 
 OCTETS = 140
-CODINGS = ("gsm7", "8bit", "ucs2")
 #: Kannel's coding numbers (sendsms ``coding``) and ours
 KANNEL_CODING = {0: "gsm7", 1: "8bit", 2: "ucs2"}
-CODING_NUMBER = {v: k for k, v in KANNEL_CODING.items()}
 CONCAT_IE = 0x00
 CONCAT16_IE = 0x08
 PORT8_IE = 0x04
