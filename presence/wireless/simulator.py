@@ -18,9 +18,13 @@ Rules (see docs/wireless.md):
   acknowledged stays queued and is handed out again on the next poll, so a
   reconnecting handset loses nothing.
 * A message not acknowledged within its validity period (``--smsc-validity``,
-  default 60 s; a sendsms ``validity`` in minutes or an SI ``si-expires``
-  may shorten it) leaves the queue and its report says ``2`` (non-delivered,
-  ``stat:EXPIRED``).  A message to a number the network has never seen fails
+  default 60 s, counted from when it is due; a sendsms ``validity`` in
+  minutes counted from the submission, an SI ``si-expires`` or a PAP
+  ``deliver-before-timestamp`` may shorten it) leaves the queue and its
+  report says ``2`` (non-delivered, ``stat:EXPIRED``).  A ``deferred``
+  message (or a PAP ``deliver-after-timestamp``) joins the queue when due.
+* A message's ``on_final`` (PAP result notifications) is called once when
+  it is delivered, expires or fails.  A message to a number the network has never seen fails
   at once: report ``2`` with ``stat:UNDELIV err:001`` (unknown subscriber).
 * A newer poll of a handset answers the one held before it (with nothing);
   detaching answers the held poll and marks the handset detached.
