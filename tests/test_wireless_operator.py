@@ -78,7 +78,6 @@ def test_sendsms_several_receivers_and_plus_as_space(net):
     ({**AUTH, "to": "alice bob", "text": "x"}, 400,
      "Number(s) has/have been denied by white- and/or black-lists."),
     ({**AUTH, "to": BOB, "dlr-mask": "64"}, 400, "DLR-Mask field misformed, rejected"),
-    ({**AUTH, "to": BOB, "dlr-mask": "x"}, 400, "DLR-Mask field misformed, rejected"),
     ({**AUTH, "to": BOB, "dlr-mask": "3", "dlr-url": "ftp://h/"}, 400,
      "DLR-URL field misformed, rejected"),
     ({**AUTH, "to": BOB, "validity": "-5"}, 400, "Validity field misformed, rejected"),
@@ -200,7 +199,6 @@ BOMB = (b'<?xml version="1.0"?><!DOCTYPE si [<!ENTITY a "aaaaaaaaaa">'
     (si.document("http://h/", "t"), {**AUTH, "password": "no", "to": BOB}, 403, 2001),
     (si.document("http://h/", "t"), AUTH, 400, 2002),
     (si.document("http://h/", "t"), {**AUTH, "to": "bob"}, 400, 2002),
-    (si.document("http://h/", "t"), {**AUTH, "to": f"{BOB} {CAROL}"}, 400, 3005),
     (b"", {**AUTH, "to": BOB}, 400, 2000),
     (b"<si><indication", {**AUTH, "to": BOB}, 400, 2000),
     (BOMB, {**AUTH, "to": BOB}, 400, 2000),
@@ -223,9 +221,10 @@ def test_entity_attack_reason_is_given(net):
     assert "entity" in r.text
 
 
-def test_push_with_a_binary_content_type_is_refused(net):
+def test_push_with_a_broken_binary_document_is_refused(net):
     r = wappush(net, b"\x02\x05\x6a", ctype="application/vnd.wap.sic", **AUTH, to=BOB)
-    assert (r.status, pap_code(r)) == (400, 2000)
+    assert (r.status, pap_code(r)) == (400, 3006)
+    assert "Transformation failure: the binary document is truncated" in r.text
 
 
 def test_duplicate_push_id(net):

@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import treq
 from treq.testing import StubTreq
+from twisted.web import resource
 
 from helpers import BASE, World, result_of
 from presence.wireless.frontend import WirelessFrontEnd
@@ -61,6 +62,23 @@ class Router:
         for _ in range(5):
             for stub in list(self.stubs.values()):
                 stub.flush()
+
+
+class Receiver(resource.Resource):
+    """An application's HTTP endpoint (delivery reports, PAP result
+    notifications): a twisted.web resource that records every request as
+    ``(method, uri, content type, body)``."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list = []
+
+    def render(self, request: Any) -> bytes:
+        self.seen.append((request.method.decode(), request.uri.decode("ascii"),
+                          request.getHeader(b"content-type"), request.content.read()))
+        return b"ok"
 
 
 class Reply:

@@ -46,7 +46,12 @@ the script ends with ``quit`` or its last line::
 matched, so a line that arrived early still counts.  A ``wait-for`` that
 times out ends a script with exit status 1.
 
-Output lines: ``<< SMS from X: text``, ``<< PUSH from X: text <href>``,
+Output lines: ``<< SMS from X: text`` (``<< FLASH SMS from X: ...`` for a
+class 0 message; notes such as ``[coding: ucs2, 2 parts, port 2948]`` after
+the text of anything but a one-part GSM 7-bit text; an 8-bit payload in hex;
+the parts put together by their concatenation headers),
+``<< PUSH from X: text <href>`` (a Service Indication),
+``<< PUSH SL from X: <href> (execute-high)`` (a Service Loading, not opened),
 the card between ``--- <url> (<status>)`` and ``---``, heartbeat frames as
 ``[id] msg ...`` with payload lines indented, notices as ``* ...``.
 """
@@ -72,6 +77,7 @@ from presence.client.heartbeat import (
     HeartbeatClient, LoginRefused, SessionInfo, TreqHTTP, _describe, format_frame,
 )
 from presence.wireless.browser import BrowserError, Page, WMLBrowser
+from presence.wireless import sms
 from presence.wireless.keys import proof_for
 
 log = Logger(namespace="presence.handset")
@@ -253,6 +259,12 @@ class HandsetEmulator:
     async def _arrived(self, message: dict) -> None:
         self.inbox.append(message)
         sender = message.get("from", "?")
+        if message.get("type") == "push" and message.get("content") == "sl":
+            # Service Loading: shown, not loaded (the emulator opens only the
+            # links a Service Indication or the user asks for)
+            self.say(f"<< PUSH SL from {sender}: <{message.get('href', '')}>"
+                     f" ({message.get('action', '')})")
+            return
         if message.get("type") == "push":
             action = message.get("action", "")
             if action == "delete":
@@ -263,7 +275,7 @@ class HandsetEmulator:
             if self.follow_push and href:
                 self._background(self.open_link(href))
         else:
-            self.say(f"<< SMS from {sender}: {message.get('text', '')}")
+            self.say(sms_line(message))
             links = _URL.findall(message.get("text", ""))
             if links and self.follow_sms_links:
                 self._background(self.open_link(links[0]))
@@ -482,6 +494,35 @@ class _Lines(LineReceiver):
     def connectionLost(self, reason: Any = None) -> None:
         if not self.closed.called:
             self.closed.callback(None)
+
+
+def sms_line(message: dict) -> str:
+    """How the handset shows an SMS (see the module's output lines)."""
+    coding = message.get("coding", "gsm7")
+    segments = message.get("segments")
+    complete = True
+    payload: Any
+    if segments:
+        payload, complete = sms.reassemble(segments)
+    elif coding == "8bit":
+        payload = bytes.fromhex(message.get("data", ""))
+    else:
+        payload = message.get("text", "")
+    body = payload.hex() if isinstance(payload, bytes) else payload
+    notes = []
+    if coding != "gsm7":
+        notes.append(f"coding: {coding}")
+    if len(segments or ()) > 1:
+        notes.append(f"{len(segments)} parts" + ("" if complete else ", incomplete"))
+    ports = message.get("ports")
+    if ports:
+        notes.append(f"port {ports.get('dst')}")
+    mclass = message.get("mclass")
+    if mclass not in (None, 0):
+        notes.append(f"class {mclass}")
+    kind = "FLASH SMS" if message.get("flash") else "SMS"
+    line = f"<< {kind} from {message.get('from', '?')}: {body}"
+    return line + (f"  [{', '.join(notes)}]" if notes else "")
 
 
 def build_parser() -> argparse.ArgumentParser:

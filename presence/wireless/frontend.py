@@ -174,6 +174,7 @@ class WirelessFrontEnd(Service):
         if self.enabled:
             self.simulator = Simulator(reactor, validity, fetch=self._fetch,
                                        dlr_policy=self.dlr_policy)
+            self.simulator.post = self._post
             self.simulator.on_mo = self.gateway.mobile_text
             # the operator's password is read or made at start, as the user
             # the server runs as (twistd -u), not as whoever built the tree
@@ -193,6 +194,16 @@ class WirelessFrontEnd(Service):
         body = self.http.content(response)
         body.addTimeout(DLR_TIMEOUT, self.reactor)
         await body
+        return response.code
+
+    async def _post(self, url: str, body: bytes, content_type: str) -> int:
+        """One PAP result notification, under the rules of :meth:`_fetch`."""
+        response = await self.http.request("POST", url, data=body, timeout=DLR_TIMEOUT,
+                                           allow_redirects=False,
+                                           headers={"Content-Type": [content_type]})
+        answer = self.http.content(response)
+        answer.addTimeout(DLR_TIMEOUT, self.reactor)
+        await answer
         return response.code
 
     def mount(self, root: Any) -> None:

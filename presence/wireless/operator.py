@@ -12,9 +12,11 @@ Operator API (shaped like Kannel's smsbox and push proxy gateway)::
     POST /cgi-bin/sendsms  Content-Type: text/plain, body = the text,
         X-Kannel-Username/-Password/-To/-From/-DLR-Mask/-DLR-URL headers
     POST /wappush?username=&password=&to=[&push-id=&dlr-mask=&dlr-url=]
-        body: a Service Indication (text/vnd.wap.si or XML), or the form
-        field ``si``; answered with a PAP push-response (202, code 1001)
-        or its error codes (2000, 2001, 2002, 2007, 3005).
+        body: a Service Indication or Service Loading (text or WBXML), or
+        the form field ``si``; or a PAP 2.0 multipart/related push (the
+        control document names push-id, addresses and timing); answered
+        with a PAP push-response (202, code 1001) or its error codes
+        (2000, 2001, 2002, 2007, 3006).
 
 Handset API (JSON), every call with ``Authorization: Bearer <the handset's
 secret>`` (403, the same answer for a number with no secret)::
@@ -35,11 +37,10 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import time
 import uuid
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
-from xml.sax.saxutils import quoteattr
 
 from klein import Klein
 from twisted.logger import Logger
@@ -48,9 +49,11 @@ from werkzeug.exceptions import HTTPException
 
 from presence.core.ratelimit import RateLimiter
 from presence.web.http import client_address
-from presence.wireless import numbers, si
+from presence.wireless import kannel_xml, numbers, pap, si, sl, sms, wbxml
 from presence.wireless.dlr import DlrPolicy, DlrRefused
-from presence.wireless.simulator import DEFAULT_WAIT, MAX_WAIT, Simulator, SimulatorError
+from presence.wireless.pap import PapError
+from presence.wireless.simulator import (DEFAULT_WAIT, MAX_WAIT, Simulator, SimulatorError,
+                                         SmsOptions)
 
 MAX_RECEIVERS = 100
 #: wrong passwords or secrets one address may send in a row, and the refill
@@ -63,17 +66,28 @@ CHARSETS = frozenset({"utf-8", "utf8", "iso-8859-1", "latin-1", "latin1", "iso-8
 HANDSET_DENIED = "handset authentication failed: give this number's secret"
 #: (number, secret) -> whether the secret is that handset's; None: deny all
 HandsetAuth = Callable[[str, Optional[str]], Awaitable[bool]]
+_LEADING_INT = re.compile(r"\s*([+-]?[0-9]{1,9})")
+FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data", b"")
+#: the sendsms fields the POST interface takes from X-Kannel-<field> headers
+KANNEL_FIELDS = ("username", "password", "from", "to", "udh", "smsc", "mclass", "mwi",
+                 "coding", "compress", "validity", "deferred", "dlr-mask", "dlr-url",
+                 "account", "pid", "alt-dcs", "rpi", "binfo", "priority", "meta-data",
+                 "charset")
+#: (field, low, high, Kannel's name): Kannel's ranges, -1 meaning not given;
+#: validity and deferred (minutes) bounded to a week here
+INT_FIELDS = (("mclass", -1, 3, "MClass"), ("pid", -1, 255, "PID"), ("rpi", -1, 2, "RPI"),
+              ("alt-dcs", -1, 1, "Alt-DCS"), ("mwi", -1, 7, "MWI"),
+              ("coding", -1, 2, "Coding"), ("compress", -1, 1, "Compress"),
+              ("validity", -1, 10080, "Validity"), ("deferred", -1, 10080, "Deferred"),
+              ("priority", -1, 3, "Priority"))
+ACCOUNT_MAX = 64
+TEXT_FIELD_MAX = 1024
 _SENDER = re.compile(r"[A-Za-z0-9 +._-]{1,20}\Z")
-PAP_DESC = {
-    1001: "Accepted for processing",
-    2000: "Bad request",
-    2001: "Forbidden",
-    2002: "Address error",
-    2007: "Duplicate push ID",
-    3000: "Internal server error",
-    3005: "Multiple addresses not supported",
-}
-PAP_STATUS = {1001: 202, 2000: 400, 2001: 403, 2002: 400, 2007: 400, 3000: 500, 3005: 400}
+PAP_STATUS = {1001: 202, 2000: 400, 2001: 403, 2002: 400, 2007: 400, 3000: 500, 3006: 400}
+#: the push contents the PPG takes: (kind, binary)
+PUSH_TYPES = {b"text/vnd.wap.si": ("si", False), b"application/vnd.wap.sic": ("si", True),
+              b"text/vnd.wap.sl": ("sl", False), b"application/vnd.wap.slc": ("sl", True),
+              b"text/xml": ("si", False), b"application/xml": ("si", False), b"": ("si", False)}
 
 log = Logger()
 
@@ -83,13 +97,6 @@ class Rejected(Exception):
         super().__init__(text)
         self.status = status
         self.text = text
-
-
-class PapError(Exception):
-    def __init__(self, code: int, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 def _plain(request: server.Request, status: int, text: str) -> bytes:
@@ -147,6 +154,21 @@ def _int(value: Optional[str], what: str, low: int, high: int) -> Optional[int]:
     if not low <= number <= high:
         raise Rejected(400, f"{what} field misformed, rejected")
     return number
+
+
+def _scan(value: Optional[str]) -> int:
+    """``value`` as Kannel's ``sscanf(value, "%d")`` reads it: the leading
+    integer, or -1 (not given) when there is none; bounded to 9 digits."""
+    match = _LEADING_INT.match(value or "")
+    return int(match.group(1)) if match else -1
+
+
+def _charset_param(header: bytes) -> Optional[bytes]:
+    for param in header.split(b";")[1:]:
+        key, _, value = param.partition(b"=")
+        if key.strip().lower() == b"charset":
+            return value.strip().strip(b'"')
+    return None
 
 
 def _dlr_url(value: Optional[str], policy: DlrPolicy) -> str:
@@ -229,8 +251,12 @@ class OperatorAPI:
 
     # -- sendsms --------------------------------------------------------------
 
-    @app.route("/cgi-bin/sendsms", methods=["GET", "POST"])
+    @app.route("/cgi-bin/sendsms", methods=["GET", "POST", "HEAD"])
     def sendsms(self, request: server.Request) -> bytes:
+        if request.method == b"HEAD":
+            # a HEAD (curl -I, a link checker) never sends a message
+            request.setHeader(b"allow", b"GET, POST")
+            return _plain(request, 405, "Only GET and POST send messages")
         try:
             status, text = self._sendsms(request)
         except Rejected as e:
@@ -242,56 +268,66 @@ class OperatorAPI:
             status, text = 500, "Sending failed."
         return _plain(request, status, text)
 
-    def _sendsms_fields(self, request: server.Request) -> Dict[str, Optional[str]]:
-        raw = _raw_args(request)
-        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if request.method == b"POST" and ctype in (b"text/plain", b"application/octet-stream"):
-            # Kannel's POST mode: the body is the text, the rest in headers
-            request.content.seek(0)
-            raw["text"] = request.content.read()
-            for name in ("username", "password", "to", "from", "dlr-mask", "dlr-url",
-                         "validity", "charset"):
-                header = request.getHeader(b"x-kannel-" + name.encode())
-                if header is not None:
-                    raw[name] = header
-        charset = _text(raw.get("charset"), "Charset")
-        fields: Dict[str, Optional[str]] = {}
-        for key in ("username", "user", "password", "pass", "to", "from", "dlr-mask",
-                    "dlrmask", "dlr-url", "dlrurl", "validity"):
-            fields[key] = _text(raw.get(key), key.capitalize())
-        text = raw.get("text")
-        if text is not None and charset:
-            name = charset.strip().lower()
+    def _sendsms_fields(self, request: server.Request
+                        ) -> Tuple[Dict[str, Optional[bytes]], bool]:
+        """The request's sendsms fields as Kannel reads them: the query (or
+        form) variables; in the POST interface (a ``text/plain`` or
+        ``application/octet-stream`` body) the body is the text and the
+        rest comes from ``X-Kannel-*`` headers, the charset from the
+        content type; a ``text/xml`` body is Kannel's XML submit.  True:
+        the fields came by the POST (or XML) interface."""
+        raw: Dict[str, Optional[bytes]] = dict(_raw_args(request))
+        header = request.getHeader(b"content-type") or b""
+        ctype = header.split(b";")[0].strip().lower()
+        if request.method != b"POST" or ctype in FORM_TYPES:
+            return raw, False
+        request.content.seek(0)
+        body = request.content.read()
+        if ctype in (b"text/plain", b"application/octet-stream"):
+            raw["text"] = body
+            for name in KANNEL_FIELDS:
+                value = request.getHeader(b"x-kannel-" + name.encode())
+                if value is not None:
+                    raw[name] = value.strip()
+            if ctype == b"application/octet-stream" and raw.get("coding") is None:
+                raw["coding"] = b"1"
+        elif ctype == b"text/xml":
             try:
-                if name not in CHARSETS:
-                    raise LookupError(name)
-                decoded = text.decode("utf-16-be" if name in ("ucs-2", "ucs2") else name)
-            except (LookupError, UnicodeDecodeError):
-                raise Rejected(400, "Charset or body misformed, rejected")
-            if not numbers.scalar(decoded):
-                raise Rejected(400, "Charset or body misformed, rejected")
-            fields["text"] = decoded
+                raw.update(kannel_xml.parse(body))
+            except kannel_xml.KannelXmlError as e:
+                raise Rejected(400, str(e))
         else:
-            fields["text"] = _text(text, "Text") if text is not None else None
-        return fields
+            raise Rejected(400, "Invalid content-type")
+        charset = _charset_param(header)
+        if charset is not None and raw.get("charset") is None:
+            raw["charset"] = charset
+        return raw, True
 
     def _sendsms(self, request: server.Request) -> Tuple[int, str]:
-        f = self._sendsms_fields(request)
-        user = f["username"] if f["username"] is not None else f["user"]
-        password = f["password"] if f["password"] is not None else f["pass"]
+        raw, posted = self._sendsms_fields(request)
+
+        def field(*names: str) -> Optional[str]:
+            for name in names:
+                if raw.get(name) is not None:
+                    return _text(raw[name], name.capitalize())
+            return None
+
+        user, password = field("username", "user"), field("password", "pass")
         if not self._authorised(request, user, password):
             return 403, "Authorization failed for sendsms"
-        to = f["to"]
+        to = field("to")
         if to is None:
-            return 400, "Missing receiver number, rejected"
+            # Kannel's two wordings: the GET/form interface and the POST one
+            return 400, ("Missing receiver(s) number(s), rejected" if posted
+                         else "Missing receiver number, rejected")
         if not to.strip():
             return 400, "Empty receiver number not allowed, rejected"
-        mask = _int(f["dlr-mask"] if f["dlr-mask"] is not None else f["dlrmask"],
-                    "DLR-Mask", -1, 63)
-        url = _dlr_url(f["dlr-url"] if f["dlr-url"] is not None else f["dlrurl"],
-                       self.dlr_policy)
-        validity = _int(f["validity"], "Validity", -1, 10080)
-        sender = f["from"] if f["from"] else self.sim.shortcode
+        options, validity, deferred = self._sms_options(raw, field)
+        mask = _scan(field("dlr-mask", "dlrmask"))
+        url = _dlr_url(field("dlr-url", "dlrurl"), self.dlr_policy)
+        if not -1 <= mask <= 63:
+            return 400, "DLR-Mask field misformed, rejected"
+        sender = field("from") or self.sim.shortcode
         if not _SENDER.match(sender):
             return 400, "Sender field misformed, rejected"
         allowed, denied = receivers(to)
@@ -299,16 +335,79 @@ class OperatorAPI:
             return 400, f"Too many receivers (at most {MAX_RECEIVERS}), rejected"
         if not allowed:
             return 400, "Number(s) has/have been denied by white- and/or black-lists."
-        text = f["text"] or ""
-        self.sim.check_text(text)
-        life = validity * 60.0 if validity is not None and validity > 0 else None
+        text = "" if options.coding == "8bit" else self._sms_text(raw, options)
+        if options.coding == "8bit":
+            options = replace(options, data=raw.get("text") or b"")
+        self.sim.encode(text, options)  # too many parts: refused before any is sent
         for number in allowed:
-            self.sim.submit("sms", sender, number, text, dlr_mask=mask or 0, dlr_url=url,
-                            user=user or "", validity=life)
+            self.sim.submit("sms", sender, number, text, dlr_mask=max(mask, 0), dlr_url=url,
+                            user=user or "", validity=validity, options=options,
+                            deferred=deferred)
         answer = "0: Accepted for delivery"
         if denied:
             answer += " Denied receivers are: " + " ".join(w[:32] for w in denied[:20])
         return 202, answer
+
+    @staticmethod
+    def _sms_text(raw: Mapping[str, Optional[bytes]], options: SmsOptions) -> str:
+        """The text, decoded by ``charset`` (UTF-8 without one; UTF-16BE for
+        ``coding=2`` with a UCS-2 charset)."""
+        text = raw.get("text")
+        if text is None:
+            return ""
+        charset = _text(raw.get("charset"), "Charset")
+        if not charset:
+            return _text(text, "Text") or ""
+        name = charset.strip().lower()
+        try:
+            if name not in CHARSETS:
+                raise LookupError(name)
+            decoded = text.decode("utf-16-be" if name in ("ucs-2", "ucs2") else name)
+        except (LookupError, UnicodeDecodeError):
+            raise Rejected(400, "Charset or body misformed, rejected")
+        if not numbers.scalar(decoded):
+            raise Rejected(400, "Charset or body misformed, rejected")
+        return decoded
+
+    @staticmethod
+    def _sms_options(raw: Mapping[str, Optional[bytes]],
+                     field: Callable[..., Optional[str]]
+                     ) -> Tuple[SmsOptions, Optional[float], float]:
+        """Kannel's other sendsms fields, checked with Kannel's ranges and
+        words (a number is read as Kannel's ``sscanf("%d")`` reads it: a
+        value with no leading number is "not given"), and the validity
+        and deferral in seconds."""
+        udh = b""
+        if raw.get("udh") is not None:
+            try:
+                udh = sms.udh_bytes(raw["udh"] or b"")
+            except sms.UdhError as e:
+                raise Rejected(400, str(e))
+        values = {}
+        for name, low, high, what in INT_FIELDS:
+            value = _scan(field(name))
+            if value != -1 and not low <= value <= high:
+                raise Rejected(400, f"{what} field misformed, rejected")
+            values[name] = value
+        account = field("account") or ""
+        if len(account) > ACCOUNT_MAX or re.search(r"[\[\]\n\r]", account):
+            raise Rejected(400, "Account field misformed or too long, rejected")
+        texts = {}
+        for name, what in (("binfo", "BInfo"), ("meta-data", "Meta-Data"), ("smsc", "SMSC")):
+            value = field(name) or ""
+            if len(value) > TEXT_FIELD_MAX or not value.isprintable():
+                raise Rejected(400, f"{what} field misformed or too long, rejected")
+            texts[name] = value
+        coding = values["coding"]
+        options = SmsOptions(
+            coding=sms.KANNEL_CODING.get(coding) or ("8bit" if udh else None), udh=udh, mclass=values["mclass"],
+            mwi=values["mwi"], pid=values["pid"], alt_dcs=values["alt-dcs"],
+            rpi=values["rpi"], compress=values["compress"], priority=values["priority"],
+            validity=values["validity"], deferred=values["deferred"], account=account,
+            binfo=texts["binfo"], meta_data=texts["meta-data"], smsc=texts["smsc"])
+        validity = values["validity"] * 60.0 if values["validity"] > 0 else None
+        deferred = values["deferred"] * 60.0 if values["deferred"] > 0 else 0.0
+        return options, validity, deferred
 
     # -- WAP push -------------------------------------------------------------
 
@@ -316,8 +415,8 @@ class OperatorAPI:
     def wappush(self, request: server.Request) -> bytes:
         push_id = None
         try:
-            push_id, number = self._wappush(request)
-            code, detail = 1001, f"queued for {number}"
+            push_id, numbers_ = self._wappush(request)
+            code, detail = 1001, "queued for " + " ".join(numbers_[:20])
         except PapError as e:
             code, detail = e.code, e.detail
         except Rejected as e:
@@ -333,18 +432,12 @@ class OperatorAPI:
             request.setResponseCode(PAP_STATUS[code])
         request.setHeader(b"content-type", b"application/xml; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.sim.clock.seconds()))
-        pid = f" push-id={quoteattr(push_id)}" if push_id else ""
-        return (
-            '<?xml version="1.0"?>\n'
-            '<!DOCTYPE pap PUBLIC "-//WAPFORUM//DTD PAP 2.0//EN"'
-            ' "http://www.wapforum.org/DTD/pap_2.0.dtd">\n'
-            f'<pap><push-response{pid} sender-name="presence simulator"'
-            f' reply-time="{stamp}"><response-result code="{code}"'
-            f' desc={quoteattr(PAP_DESC[code] + ": " + detail)}/></push-response></pap>\n'
-        ).encode("utf-8")
+        return pap.response(code, detail, push_id, self.sim.clock.seconds())
 
-    def _wappush(self, request: server.Request) -> Tuple[str, str]:
+    def _wappush(self, request: server.Request) -> Tuple[str, List[str]]:
+        """A push: PAP 2.0 (``multipart/related``: the control document
+        names the push-id, the addresses and the timing) or the simple form
+        (``to``, ``push-id`` in the query, the document as the body)."""
         raw = _raw_args(request)
         user = _text(raw.get("username", raw.get("user")), "Username")
         password = _text(raw.get("password", raw.get("pass")), "Password")
@@ -353,47 +446,108 @@ class OperatorAPI:
             password = request.getPassword().decode("utf-8", "replace")
         if not self._authorised(request, user, password):
             raise PapError(2001, "wrong username or password")
+        header = request.getHeader(b"content-type") or b""
+        ctype = header.split(b";")[0].strip().lower()
+        request.content.seek(0)
+        body = request.content.read()
+        mask = _int(_text(raw.get("dlr-mask"), "DLR-Mask"), "DLR-Mask", -1, 63)
+        url = _dlr_url(_text(raw.get("dlr-url"), "DLR-URL"), self.dlr_policy)
+        if ctype == b"multipart/related":
+            control, content_type, document = pap.split(body, header)
+            push = pap.parse_control(control)
+            content = content_type.encode("ascii", "replace")
+        else:
+            push = self._simple_push(raw)
+            form = ctype in FORM_TYPES[:2]
+            content = si.CONTENT_TYPE.encode() if form else ctype
+            document = raw.get("si") if form else body
+        if push.notify_to is not None:
+            try:
+                self.dlr_policy.check(push.notify_to)
+            except DlrRefused as e:
+                raise PapError(2000, f"ppg-notify-requested-to is not allowed: {e}")
+        kind, loaded = self._push_content(content, document)
+        now = self.sim.clock.seconds()
+        expires = push.deliver_before
+        if kind == "si" and loaded.expires is not None:
+            expires = loaded.expires if expires is None else min(expires, loaded.expires)
+        if expires is not None and expires <= now:
+            raise PapError(2000, "the push has expired already (deliver-before-timestamp"
+                                 " or si-expires)")
+        if push.push_id in self._push_ids:
+            raise PapError(2007, "that push-id was used already")
+        self._push_ids[push.push_id] = now
+        while len(self._push_ids) > 10000:
+            self._push_ids.popitem(last=False)
+        deferred = max(0.0, (push.deliver_after or now) - now)
+        for address, number in push.addresses:
+            self.sim.submit(
+                "push", self.sim.shortcode, number, loaded.text if kind == "si" else "",
+                si=loaded if kind == "si" else None, sl=loaded if kind == "sl" else None,
+                dlr_mask=mask or 0, dlr_url=url, user=user or "", deferred=deferred,
+                validity=None if push.deliver_before is None else push.deliver_before - now,
+                on_final=self._notifier(push, address, now))
+        return push.push_id, [number for _, number in push.addresses]
+
+    @staticmethod
+    def _simple_push(raw: Mapping[str, bytes]) -> pap.PushMessage:
         to = _text(raw.get("to"), "To")
         if to is None or not to.strip():
             raise PapError(2002, "the receiver (to) is missing")
         words = to.split()
-        if len(words) > 1:
-            raise PapError(3005, "one receiver per push")
-        number = numbers.normalize(words[0])
-        if number is None:
-            raise PapError(2002, "the receiver is not a handset number")
-        mask = _int(_text(raw.get("dlr-mask"), "DLR-Mask"), "DLR-Mask", -1, 63)
-        url = _dlr_url(_text(raw.get("dlr-url"), "DLR-URL"), self.dlr_policy)
+        if len(words) > pap.MAX_ADDRESSES:
+            raise PapError(2002, f"at most {pap.MAX_ADDRESSES} receivers per push")
         push_id = _text(raw.get("push-id"), "Push-ID")
-        if push_id is not None and not (0 < len(push_id) <= 128):
-            raise PapError(2000, "push-id must be 1-128 characters")
-        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if ctype in (b"application/x-www-form-urlencoded", b"multipart/form-data"):
-            document = raw.get("si")
-        else:
-            request.content.seek(0)
-            document = request.content.read()
-            if ctype not in (b"text/vnd.wap.si", b"text/xml", b"application/xml", b""):
-                raise PapError(2000, "the body must be a Service Indication (text/vnd.wap.si)")
+        if push_id is not None and not (0 < len(push_id) <= pap.MAX_PUSH_ID):
+            raise PapError(2000, f"push-id must be 1-{pap.MAX_PUSH_ID} characters")
+        push = pap.PushMessage(push_id=push_id or "sim-" + uuid.uuid4().hex)
+        for word in words:
+            number = numbers.normalize(word)
+            if number is None:
+                raise PapError(2002, f"the receiver {word[:32]!r} is not a handset number")
+            if all(number != n for _, n in push.addresses):
+                push.addresses.append((f"WAPPUSH={number}/TYPE=PLMN@sim", number))
+        return push
+
+    @staticmethod
+    def _push_content(ctype: bytes, document: Optional[bytes]) -> Tuple[str, Any]:
+        """``("si", ServiceIndication)`` or ``("sl", ServiceLoading)``."""
+        if ctype not in PUSH_TYPES:
+            raise PapError(2000, "the content must be a Service Indication or Service"
+                                 " Loading (text/vnd.wap.si, application/vnd.wap.sic,"
+                                 " text/vnd.wap.sl, application/vnd.wap.slc)")
+        kind, binary = PUSH_TYPES[ctype]
         if not document:
-            raise PapError(2000, "the Service Indication document is missing")
+            raise PapError(2000, "the Service Indication document is missing" if kind == "si"
+                           else "the Service Loading document is missing")
+        if len(document) > si.MAX_DOCUMENT:
+            raise PapError(2000, f"the document is over {si.MAX_DOCUMENT} bytes")
         try:
-            indication = si.parse(document)
+            if binary:
+                document = wbxml.decode(document, wbxml.SI if kind == "si" else wbxml.SL)
+            return kind, (si.parse(document) if kind == "si" else sl.parse(document))
+        except wbxml.WbxmlError as e:
+            raise PapError(3006, str(e))
         except si.SIError as e:
             raise PapError(2000, str(e))
-        now = self.sim.clock.seconds()
-        if indication.expires is not None and indication.expires <= now:
-            raise PapError(2000, "the indication has expired already")
-        if push_id is None:
-            push_id = "sim-" + uuid.uuid4().hex
-        elif push_id in self._push_ids:
-            raise PapError(2007, "that push-id was used already")
-        self._push_ids[push_id] = now
-        while len(self._push_ids) > 10000:
-            self._push_ids.popitem(last=False)
-        self.sim.submit("push", self.sim.shortcode, number, indication.text, si=indication,
-                        dlr_mask=mask or 0, dlr_url=url, user=user or "")
-        return push_id, number
+
+    def _notifier(self, push: pap.PushMessage, address: str,
+                  received: float) -> Optional[Callable[[Any], Any]]:
+        """The result notification for one address, when the push asked."""
+        url = push.notify_to
+        if url is None:
+            return None
+
+        def notify(message: Any) -> Any:
+            state, code = {"delivered": ("delivered", 1000), "expired": ("expired", 4000),
+                           }.get(message.state, ("undeliverable", 2002))
+            body = pap.notification(push.push_id, address, state, code, received,
+                                    self.sim.clock.seconds())
+            if self.sim.post is None:
+                return None
+            return self.sim.post(url, body, "application/xml")
+
+        return notify
 
     # -- the handset API ---------------------------------------------------------
 

@@ -75,14 +75,15 @@ def _datetime(value: Optional[str], what: str) -> Optional[float]:
         raise SIError(f"{what} is not a valid time") from None
 
 
-def parse(data: bytes) -> ServiceIndication:
-    """The Service Indication in ``data``; :class:`SIError` says what is wrong."""
+def load_xml(data: bytes, what: str):
+    """The root element of a push document, read by ``defusedxml`` (no
+    entity declarations, nothing fetched) within :data:`MAX_DOCUMENT`."""
     if not isinstance(data, (bytes, bytearray)) or not data.strip():
-        raise SIError("the Service Indication document is missing")
+        raise SIError(f"the {what} document is missing")
     if len(data) > MAX_DOCUMENT:
-        raise SIError(f"the Service Indication document is over {MAX_DOCUMENT} bytes")
+        raise SIError(f"the {what} document is over {MAX_DOCUMENT} bytes")
     try:
-        root = fromstring(bytes(data), forbid_dtd=False, forbid_entities=True,
+        return fromstring(bytes(data), forbid_dtd=False, forbid_entities=True,
                           forbid_external=True)
     except DefusedXmlException:
         raise SIError("entity declarations and external references are not allowed") from None
@@ -90,6 +91,11 @@ def parse(data: bytes) -> ServiceIndication:
         raise SIError(f"the document is not well-formed XML ({e})") from None
     except (ValueError, UnicodeError):
         raise SIError("the document is not well-formed XML") from None
+
+
+def parse(data: bytes) -> ServiceIndication:
+    """The Service Indication in ``data``; :class:`SIError` says what is wrong."""
+    root = load_xml(data, "Service Indication")
     if root.tag != "si":
         raise SIError("the root element must be <si>")
     if root.attrib:

@@ -18,9 +18,13 @@ Rules (see docs/wireless.md):
   acknowledged stays queued and is handed out again on the next poll, so a
   reconnecting handset loses nothing.
 * A message not acknowledged within its validity period (``--smsc-validity``,
-  default 60 s; a sendsms ``validity`` in minutes or an SI ``si-expires``
-  may shorten it) leaves the queue and its report says ``2`` (non-delivered,
-  ``stat:EXPIRED``).  A message to a number the network has never seen fails
+  default 60 s, counted from when it is due; a sendsms ``validity`` in
+  minutes counted from the submission, an SI ``si-expires`` or a PAP
+  ``deliver-before-timestamp`` may shorten it) leaves the queue and its
+  report says ``2`` (non-delivered, ``stat:EXPIRED``).  A ``deferred``
+  message (or a PAP ``deliver-after-timestamp``) joins the queue when due.
+* A message's ``on_final`` (PAP result notifications) is called once when
+  it is delivered, expires or fails.  A message to a number the network has never seen fails
   at once: report ``2`` with ``stat:UNDELIV err:001`` (unknown subscriber).
 * A newer poll of a handset answers the one held before it (with nothing);
   detaching answers the held poll and marks the handset detached.
@@ -36,8 +40,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from presence.wireless import dlr, numbers
+from presence.wireless import dlr, numbers, sms
 from presence.wireless.si import ServiceIndication
+from presence.wireless.sl import ServiceLoading
 
 DEFAULT_VALIDITY = 60.0
 DEFAULT_WAIT = 25.0
@@ -52,6 +57,54 @@ REPORT_RETRIES = (1.0, 5.0)
 MAX_REPORT_FETCHES = 6
 
 Fetch = Callable[[str], defer.Deferred]
+
+
+@dataclass(frozen=True)
+class SmsOptions:
+    """What a sendsms request may say about an SMS beside its text (Kannel's
+    fields; -1 is Kannel's "not given").  ``coding`` None: GSM 7-bit when the
+    text fits the alphabet, else UCS-2 (8-bit when a ``udh`` is given);
+    ``data`` is the payload of an 8-bit message."""
+
+    coding: Optional[str] = None
+    udh: bytes = b""
+    data: bytes = b""
+    mclass: int = -1
+    mwi: int = -1
+    pid: int = -1
+    alt_dcs: int = -1
+    rpi: int = -1
+    compress: int = -1
+    priority: int = -1
+    validity: int = -1         # minutes, as given
+    deferred: int = -1         # minutes, as given
+    account: str = ""
+    binfo: str = ""
+    meta_data: str = ""
+    smsc: str = ""
+
+    def wire(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for name in ("mclass", "mwi", "pid", "alt_dcs", "rpi", "compress", "priority",
+                     "validity", "deferred"):
+            value = getattr(self, name)
+            if value != -1:
+                out[name.replace("_", "-")] = value
+        for name in ("account", "binfo", "meta_data", "smsc"):
+            value = getattr(self, name)
+            if value:
+                out[name.replace("_", "-")] = value
+        if self.udh:
+            out["udh"] = self.udh.hex()
+            found = sms.ports(self.udh)
+            if found is not None:
+                out["ports"] = found
+        if self.mclass == 0:
+            out["flash"] = True
+        return out
+
+
+NO_OPTIONS = SmsOptions()
 
 
 class SimulatorError(Exception):
@@ -85,16 +138,30 @@ class Message:
     state: str = "queued"          # queued, delivered, expired, failed
     timer: Any = field(default=None, repr=False)
     fetches: int = 0               # dlr-url fetches so far (MAX_REPORT_FETCHES)
+    options: SmsOptions = NO_OPTIONS
+    segments: List[sms.Segment] = field(default_factory=list)
+    defer_timer: Any = field(default=None, repr=False)
+    due: Optional[float] = None    # when a deferred message is queued
+    sl: Optional[ServiceLoading] = None
+    #: called once with the message when it is delivered, expired or failed
+    on_final: Optional[Callable[["Message"], Any]] = field(default=None, repr=False)
 
     def wire(self) -> Dict[str, Any]:
         """What the handset receives."""
         out: Dict[str, Any] = {"seq": self.seq, "type": self.kind, "id": self.msg_id,
                                "from": self.sender, "time": self.submitted}
-        if self.kind == "push" and self.si is not None:
-            out.update({"href": self.si.href, "text": self.si.text, "si_id": self.si.si_id,
-                        "action": self.si.action})
+        if self.kind == "push" and self.sl is not None:
+            out.update({"content": "sl", "href": self.sl.href, "action": self.sl.action})
+        elif self.kind == "push" and self.si is not None:
+            out.update({"content": "si", "href": self.si.href, "text": self.si.text,
+                        "si_id": self.si.si_id, "action": self.si.action})
         else:
             out.update({"text": self.text, "coding": self.coding, "parts": self.parts})
+            out.update(self.options.wire())
+            if self.coding == "8bit":
+                out["data"] = self.options.data.hex()
+            if self.segments and (len(self.segments) > 1 or self.options.udh):
+                out["segments"] = [seg.wire(self.coding) for seg in self.segments]
         return out
 
 
@@ -130,11 +197,15 @@ class Simulator:
         self.max_queue = max_queue
         self.max_handsets = max_handsets
         self.handsets: Dict[str, Handset] = {}
+        #: POSTs (url, body, content type) -> Deferred(HTTP status): PAP notifications
+        self.post: Optional[Callable[[str, bytes, str], defer.Deferred]] = None
         #: called with (number, to, text) for texts to the shortcode
         self.on_mo: Optional[Callable[[str, str, str], Any]] = None
         #: the last reports sent, newest last: (url, event) - for operators and tests
         self.reports: Deque[tuple] = deque(maxlen=200)
         self._retries: set = set()
+        self._deferred: set = set()
+        self._ref = 0
         self.stopped = False
 
     # -- handsets ---------------------------------------------------------
@@ -230,6 +301,7 @@ class Simulator:
             self._cancel(m)
             m.state = "delivered"
             self._report(m, dlr.DELIVERED)
+            self._final(m)
 
     def send_mo(self, number: str, to: str, text: str) -> Dict[str, Any]:
         """A mobile-originated text from ``number``.  To the shortcode it goes
@@ -262,27 +334,74 @@ class Simulator:
         if not numbers.scalar(text):
             raise SimulatorError(400, "the text is not valid Unicode")
         coding, parts = numbers.split(text)
-        if len(parts) > self.max_parts:
-            raise SimulatorError(400, f"Text too long ({len(parts)} parts, at most "
-                                      f"{self.max_parts}), rejected")
+        self._check_parts(len(parts))
         return coding, parts
+
+    def _check_parts(self, count: int) -> None:
+        if count > self.max_parts:
+            raise SimulatorError(400, f"Text too long ({count} parts, at most "
+                                      f"{self.max_parts}), rejected")
+
+    def encode(self, text: str, options: SmsOptions = NO_OPTIONS
+               ) -> "tuple[str, str, List[sms.Segment]]":
+        """``(coding, text, segments)`` of an SMS: the coding the options
+        ask for (or the one the text needs), the text as the handset shows
+        it (a GSM 7-bit text loses what the alphabet lacks, as ``?``; an
+        8-bit message has none) and the SMS that carry it; SimulatorError
+        (400) past ``max_parts``."""
+        coding = options.coding
+        if coding is None:
+            coding = "8bit" if options.udh else None
+        if coding == "8bit":
+            segments = sms.split(options.data or b"", "8bit", options.udh,
+                                 ref=self._next_ref())
+            self._check_parts(len(segments))
+            return coding, "", segments
+        if not isinstance(text, str) or not numbers.scalar(text):
+            raise SimulatorError(400, "the text is not valid Unicode")
+        if coding is None:
+            coding = sms.auto_coding(text)
+        elif coding == "gsm7":
+            text = sms.to_gsm7(text)
+        segments = sms.split(text, coding, options.udh, ref=self._next_ref())
+        self._check_parts(len(segments))
+        return coding, text, segments
+
+    def _next_ref(self) -> int:
+        self._ref = (self._ref + 1) % 256
+        return self._ref
 
     def submit(self, kind: str, sender: str, number: str, text: str = "",
                si: Optional[ServiceIndication] = None, dlr_mask: int = 0,
                dlr_url: str = "", user: str = "", validity: Optional[float] = None,
-               ) -> Message:
-        """Queue a message for the handset ``number`` (already normalised).
-        Returns the message; its ``state`` is ``failed`` at once for an
-        unknown subscriber or a full queue."""
+               options: SmsOptions = NO_OPTIONS, deferred: float = 0.0,
+               sl: Optional[ServiceLoading] = None,
+               on_final: Optional[Callable[[Message], Any]] = None) -> Message:
+        """Queue a message for the handset ``number`` (already normalised),
+        ``deferred`` seconds from now (Kannel's ``deferred``).  Returns the
+        message; its ``state`` is ``failed`` at once for an unknown
+        subscriber or a full queue."""
         now = self.clock.seconds()
+        segments: List[sms.Segment] = []
         if kind == "sms":
-            coding, parts = self.check_text(text)
+            coding, text, segments = self.encode(text, options)
         else:
-            coding, parts = "gsm7", [text]
+            coding = "gsm7"
         m = Message(kind=kind, msg_id=str(uuid.uuid4()), sender=sender, receiver=number,
-                    text=text, coding=coding, parts=len(parts), submitted=now, si=si,
-                    dlr_mask=dlr_mask if dlr_mask > 0 else 0, dlr_url=dlr_url or "",
-                    user=user)
+                    text=text, coding=coding, parts=max(1, len(segments)), submitted=now,
+                    si=si, dlr_mask=dlr_mask if dlr_mask > 0 else 0, dlr_url=dlr_url or "",
+                    user=user, options=options, segments=segments, sl=sl,
+                    on_final=on_final)
+        # the network holds a message its validity from when it is due; a
+        # sendsms validity counts from the submission, as in Kannel
+        expires = now + max(deferred, 0.0) + self.validity
+        if validity is not None:
+            expires = min(expires, now + validity)
+        if si is not None and si.expires is not None:
+            expires = min(expires, si.expires)
+        m.expires_at = expires
+        if deferred > 0:
+            m.due = now + deferred
         self._report(m, dlr.SMSC_ACK)
         h = self.handsets.get(number)
         if h is None:
@@ -291,32 +410,53 @@ class Simulator:
         if len(h.queue) >= self.max_queue:
             self._fail(m, "failed", error=8)
             return m
-        life = self.validity if validity is None else min(validity, self.validity)
-        expires = now + life
-        if si is not None and si.expires is not None:
-            expires = min(expires, si.expires)
-        m.expires_at = expires
+        m.timer = self.clock.callLater(max(0.0, expires - now), self._expire, h, m)
+        if deferred > 0:
+            m.state = "deferred"
+            self._report(m, dlr.QUEUED)
+            m.defer_timer = self.clock.callLater(deferred, self._enqueue, h, m, True)
+            self._deferred.add(m)
+            return m
+        self._enqueue(h, m)
+        return m
+
+    def _enqueue(self, h: Handset, m: Message, deferred: bool = False) -> None:
+        m.defer_timer = None
+        self._deferred.discard(m)
+        m.state = "queued"
         m.seq = h.next_seq
         h.next_seq += 1
         h.queue.append(m)
-        m.timer = self.clock.callLater(max(0.0, expires - now), self._expire, h, m)
-        if not self.is_attached(h):
+        if not deferred and not self.is_attached(h):
             self._report(m, dlr.QUEUED)
         if h.waiter is not None:
             self._answer(h)
-        return m
 
     def _expire(self, h: Handset, m: Message) -> None:
         m.timer = None
-        try:
-            h.queue.remove(m)
-        except ValueError:
-            return
+        if m.state == "deferred":
+            if m.defer_timer is not None and m.defer_timer.active():
+                m.defer_timer.cancel()
+            m.defer_timer = None
+            self._deferred.discard(m)
+        else:
+            try:
+                h.queue.remove(m)
+            except ValueError:
+                return
         self._fail(m, "expired", error=0)
 
     def _fail(self, m: Message, state: str, error: int) -> None:
         m.state = state
         self._report(m, dlr.UNDELIVERED, error)
+        self._final(m)
+
+    def _final(self, m: Message) -> None:
+        callback, m.on_final = m.on_final, None
+        if callback is not None and not self.stopped:
+            d = defer.maybeDeferred(callback, m)
+            d.addErrback(lambda f: self.log.warn("a push result notification failed: {why}",
+                                                 why=f.getErrorMessage()))
 
     def _cancel(self, m: Message) -> None:
         if m.timer is not None and m.timer.active():
@@ -331,8 +471,11 @@ class Simulator:
         now = self.clock.seconds()
         text = m.si.text if m.si is not None else m.text
         report = dlr.receipt(m.msg_id, event, m.submitted, now, text, error)
-        url = dlr.expand(m.dlr_url, dlr.values_for(event, m.receiver, m.sender, now, report,
-                                                   m.msg_id, m.user, m.coding))
+        url = dlr.expand(m.dlr_url, dlr.values_for(
+            event, m.receiver, m.sender, now, report, m.msg_id, m.user, m.coding,
+            options=m.options, dlr_url=m.dlr_url, due=m.due,
+            expires=(m.submitted + m.options.validity * 60 if m.options.validity >= 0
+                     else None)))
         try:
             self.dlr_policy.check(url)
         except dlr.DlrRefused as e:
@@ -378,6 +521,11 @@ class Simulator:
             self._answer(h)
             for m in h.queue:
                 self._cancel(m)
+        for m in self._deferred:
+            self._cancel(m)
+            if m.defer_timer is not None and m.defer_timer.active():
+                m.defer_timer.cancel()
+        self._deferred.clear()
         for call in self._retries:
             if call.active():
                 call.cancel()
