@@ -137,6 +137,15 @@ def test_an_invitation_through_the_api_arrives_with_both_parts_and_a_live_badge(
     assert "offline" in svg.text
     hb = heartbeats.open(alice, server=smtp_server)
     assert "online" in api.get(f"/badge/{token}.svg").text
+    # away, then busy, with a status text: each opening shows the state now
+    expect(api.post("/api/status", form={**alice.auth, "state": "away",
+                                         "text": "at lunch <b>"}), 200, "away")
+    away = api.get(f"/badge/{token}.svg").text
+    assert "away" in away and "at lunch &lt;b&gt;" in away and "<b>" not in away
+    expect(api.post("/api/status", form={**alice.auth, "state": "busy"}), 200, "busy")
+    assert "busy" in api.get(f"/badge/{token}.svg").text
+    expect(api.post("/api/status", form={**alice.auth, "state": "available"}), 200, "back")
+    assert "online" in api.get(f"/badge/{token}.svg").text
     png = api.get(f"/badge/{token}.png")
     assert png.headers["Content-Type"] == "image/png" and png.body[:4] == b"\x89PNG"
     hb.close()
