@@ -1152,7 +1152,7 @@ class Operator:
         self.hub = service.hub
 
     async def user(self, name: Any) -> Dict[str, Any]:
-        """A user's account and the sessions this box knows of them."""
+        """A user's account and their sessions on every box."""
         name = required(name, "name").strip()
         if len(name) > 64:
             raise BadRequest("name is longer than 64 characters")
@@ -1166,18 +1166,28 @@ class Operator:
             "locked": bool(account) and await store.is_locked(name),
             "online": self.hub.is_online(name), "state": self.hub.state_of(name)[0],
             "unread": unread, "unread_bytes": used,
-            "sessions": [{"handle": session_handle(s.id), "host_box": s.host_box,
-                          "since": s.login_time,
-                          "mailbox": len(s.mailbox), "address": f"{s.ip}:{s.port}",
-                          "heartbeat": s.channel is not None}
-                         for s in self.hub.sessions_of(name)],
+            "sessions": [self._session_row(s) for s in self._sessions(name)],
         }
+
+    def _sessions(self, name: str) -> List[Session]:
+        """Every session of ``name`` on any box: this box's, then stand-ins
+        of the others' (a cluster)."""
+        found = (self.hub.session(sid) for sid in self.hub.session_ids(name))
+        return [s for s in found if s is not None]
+
+    def _session_row(self, s: Session) -> Dict[str, Any]:
+        here = s.host_box == self.hub.config.host_box
+        return {"handle": session_handle(s.id), "host_box": s.host_box,
+                "since": s.login_time, "address": f"{s.ip}:{s.port}",
+                # another box's session: its mailbox and heartbeat are there
+                "mailbox": len(s.mailbox) if here else None,
+                "heartbeat": s.channel is not None if here else None}
 
     def end_session(self, name: Any, handle: Any, who: str) -> str:
         """End the session of user ``name`` whose handle (as :meth:`user`
         lists it) is ``handle``."""
         name = required(name, "name")
-        session = next((s for s in self.hub.sessions_of(name)
+        session = next((s for s in self._sessions(name)
                         if isinstance(handle, str) and session_handle(s.id) == handle), None)
         if session is None:
             raise NotFound("no such session")

@@ -440,6 +440,12 @@ class ClusterHub(Hub):
     def guests_from(self, key: str) -> int:
         return Hub.guests_from(self, key) + self.remote_guests.get(key, 0)
 
+    def session_ids(self, name: str) -> List[str]:
+        ids = Hub.session_ids(self, name)
+        for sids in self.remote.get(name, {}).values():
+            ids.extend(sids)
+        return ids
+
     def session(self, ident: str) -> Optional[Session]:
         local = self.users.session(ident)
         return local if local is not None else self._proxy(ident)

@@ -227,6 +227,12 @@ class IHub(Interface):
         new list).  A front-end that must reach every session of a user on
         every box uses :meth:`deliver`."""
 
+    def session_ids(name: str) -> List[str]:
+        """The IDs of every session of user ``name`` on any box, this box's
+        first (a cluster hub answers the others from its view of the global
+        directory); :meth:`session` gives each one, a stand-in for a session
+        of another box (the operator console lists and ends them)."""
+
     def guest_count() -> int:
         """How many guest sessions this box holds (the bound on guests is
         one of the box's memory)."""
@@ -447,6 +453,9 @@ class Hub:
     def sessions_of(self, name: str) -> List[Session]:
         user = self.users.user(name)
         return [] if user is None else list(user.sessions)
+
+    def session_ids(self, name: str) -> List[str]:
+        return [s.id for s in self.sessions_of(name)]
 
     def guest_count(self) -> int:
         return len(self.guest_sessions)

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from presence_harness import Api, HeartbeatReader, expect, login, register  # noqa: E402
 from redis_support import fresh_prefix, start_redis  # noqa: E402
 from cluster_support import start_node, wait_until  # noqa: E402
-from test_operators import bearer, scrape, value  # noqa: E402
+from test_operators import admin, bearer, post, scrape, value  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_program("redis-server")]
 
@@ -48,6 +48,19 @@ def test_two_nodes_report_redis_and_share_a_notice(redis, tmp_path):
             "/api/notice", json_body={"text": "cluster-wide"}, headers=bearer(a)), 200).json()
         assert sent["sessions"] >= 1
         assert hb.wait_for("msg notice").payload == "cluster-wide"
+        # the console of the box that does not hold the session lists it
+        # (on its box) and ends it there
+        console = a if other is b else b
+        listed = wait_until(lambda: (lambda u: u if u["sessions"] else None)(expect(
+            admin(console).get("/api/user", query={"name": second.name},
+                               headers=bearer(console)), 200).json()), 10, "listed")
+        (row,) = listed["sessions"]
+        assert row["host_box"] == placed and row["mailbox"] is None
+        assert second.session not in str(listed)
+        ended = expect(post(console, "/api/session/end", name=second.name,
+                            handle=row["handle"]), 200).json()
+        assert ended == {"ended": second.name}
+        hb.wait_for("msg bye admin")
         hb.close()
         wait_until(lambda: value(scrape(b), "presence_pubsub_lag_seconds_count",
                                  box=f"127.0.0.1:{b.port}") >= 1, 10, "pub/sub lag timed")

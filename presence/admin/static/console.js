@@ -142,7 +142,8 @@ async function showUser(name) {
   user.sessions.forEach((s, i) => {
     const row = el("tr");
     row.append(el("td", s.host_box), el("td", new Date(s.since * 1000).toLocaleString()),
-      el("td", s.mailbox), el("td", s.address), el("td", s.heartbeat ? "held" : "–"));
+      el("td", s.mailbox === null ? "on its box" : s.mailbox), el("td", s.address),
+      el("td", s.heartbeat === null ? "on its box" : s.heartbeat ? "held" : "–"));
     const cell = el("td");
     cell.appendChild(button("End session", "end-" + i, () =>
       act("/api/session/end", { name: user.name, handle: s.handle },
