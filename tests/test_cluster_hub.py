@@ -100,7 +100,10 @@ class FakeRedis:
             self.nodes.add(a[0])
             out = []
             for box in sorted(self.nodes):
-                out += [box.encode(), self.expires[box][0].encode() if self.alive(box) else b""]
+                alive = self.alive(box)
+                left = (self.expires[box][1] - self.clock.seconds()) * 1000 if alive else -2
+                out += [box.encode(), self.expires[box][0].encode() if alive else b"",
+                        int(left)]
             return defer.succeed(out)
         elif script == cluster.BURY:
             box = a[0]
@@ -207,6 +210,46 @@ def test_a_login_is_placed_on_the_emptiest_live_box_and_opened_there() -> None:
     assert a.users.session(second.id) is None
     assert a.session(second.id).host_box == b.me
     assert a.boxes() == [{"box": a.me, "sessions": 1}, {"box": b.me, "sessions": 1}]
+
+
+def test_a_box_silent_for_a_few_seconds_gets_no_new_sessions_before_it_is_buried() -> None:
+    # a reconnect storm: the dead box looks emptiest (its sessions are still
+    # in the view until it is buried), and every resume would be placed there
+    c = Cluster(3)
+    a, b, d = c.hubs
+    for name in ("u1", "u2", "u3"):
+        c.login(0, name)
+    c.redis.hubs.remove(d)          # d dies: no refresh any more
+    c.hold(c.login(0, "u4"))
+    for _ in range(int(cluster.STALE / cluster.REFRESH) + 1):
+        c.clock.advance(cluster.REFRESH)
+        a.refresh()
+        b.refresh()
+        c.redis.pump()
+    assert d.me in a.live and d.me in a.stale       # not buried yet
+    placed = {c.login(0, f"r{i}").host_box for i in range(4)}
+    assert placed == {a.me, b.me}
+    c.clock.advance(cluster.BOX_TTL)
+    a.refresh()
+    c.redis.pump()
+    assert d.me not in a.live and not a.stale
+
+
+def test_the_view_of_remote_sessions_is_compact_and_follows_opens_and_closes() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    c.login(0, "alice")
+    bob = [c.login(0, "bob") for _ in range(3)]       # b, a, b
+    assert a.box_sessions == {b.me: 2}
+    assert sorted(a.remote["bob"][b.me]) == sorted(s.id for s in bob if s.host_box == b.me)
+    user, box, record = a.where[bob[0].id]
+    assert (user, box, record.get("ip"), record.get("port")) == ("bob", b.me, "10.1.1.1", 5000)
+    a.end(a.session(bob[0].id), "logout")
+    c.redis.pump()
+    assert a.box_sessions == {b.me: 1} and a.place() == b.me
+    b.end(b.session(bob[2].id), "logout")
+    c.redis.pump()
+    assert a.box_sessions == {} and "bob" in a.users.users and "bob" not in a.remote
 
 
 def test_presence_and_chat_cross_boxes_in_order_filtered_by_watching() -> None:

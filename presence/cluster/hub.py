@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from sys import intern
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -45,13 +46,18 @@ from presence.core import frames
 from presence.core.frames import Frame
 from presence.core.hub import SEQ_MEMORY, Hub, HubConfig, IHub
 from presence.core.mailbox import Mailbox
-from presence.core.tables import Session, UserState, group_set
+from presence.core.tables import NO_GROUPS, Session, UserState, group_set
 from presence.store.interface import StoreUnavailable
 
 #: seconds between refreshes of this box's key (and looks for dead boxes)
-REFRESH = 3.0
+REFRESH = 1.0
+#: refreshes between two trims of the pending chats (``settle``)
+SETTLE_EVERY = 3
 #: seconds a box's key lives without a refresh: a box silent this long is dead
 BOX_TTL = 10
+#: seconds without a refresh after which a box gets no new sessions (it may
+#: be dead: a reconnect storm must not be placed on it until it is buried)
+STALE = 3.0
 #: session IDs as the service makes them (``secrets.token_urlsafe``); a
 #: heartbeat naming anything else is not looked up
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
@@ -112,7 +118,9 @@ return 1
 """
 
 # Refresh this box (KEYS node:<me>, nodes; ARGV me, sessions, ttl, node
-# prefix): the live boxes and their counts, and the boxes whose key is gone
+# prefix): the live boxes, their counts and the milliseconds left of their
+# keys (how long ago each refreshed, on Redis's clock), and the boxes whose
+# key is gone
 REGISTER = b"""
 redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 redis.call('SADD', KEYS[2], ARGV[1])
@@ -121,6 +129,7 @@ for _, box in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local count = redis.call('GET', ARGV[4] .. box)
   table.insert(out, box)
   table.insert(out, count or '')
+  table.insert(out, count and redis.call('PTTL', ARGV[4] .. box) or -2)
 end
 return out
 """
@@ -183,6 +192,35 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else str(value)
 
 
+class RemoteSession:
+    """A session held by another box, as this box's view keeps it.  The view
+    holds every session of the cluster, so it is compact: slots, and the
+    names, boxes and addresses interned (shared by all the sessions that
+    have them).  It unpacks as ``(user, box, record)`` and answers
+    ``record.get(key)`` for the keys of the announcement (``u``, ``b``,
+    ``ip``, ``port``, ``g``, ``guest``, ``t``)."""
+
+    __slots__ = ("user", "box", "ip", "port", "guest", "t", "groups")
+    _KEYS = {"u": "user", "b": "box", "ip": "ip", "port": "port", "g": "groups",
+             "guest": "guest", "t": "t"}
+
+    def __init__(self, record: dict) -> None:
+        self.user = intern(str(record["u"]))
+        self.box = intern(str(record["b"]))
+        self.ip = intern(str(record.get("ip") or ""))
+        self.port = int(record.get("port") or 0)
+        self.guest = bool(record.get("guest"))
+        self.t = float(record.get("t") or 0.0)
+        self.groups = group_set(record.get("g") or ())
+
+    def __iter__(self):
+        return iter((self.user, self.box, self))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        name = self._KEYS.get(key)
+        return getattr(self, name) if name is not None else default
+
+
 @implementer(IHub)
 class ClusterHub(Hub):
     """One host box of a cluster (see the module docstring).
@@ -200,18 +238,26 @@ class ClusterHub(Hub):
         super().__init__(clock, config, listener)
         self.redis = redis
         self.prefix = prefix
-        #: remote sessions: sid -> (user, box, record)
-        self.where: Dict[str, Tuple[str, str, dict]] = {}
-        #: user -> box -> the user's session IDs there (remote boxes only)
-        self.remote: Dict[str, Dict[str, Set[str]]] = {}
-        #: user -> the remote boxes where the user is online
-        self.remote_online: Dict[str, Set[str]] = {}
+        #: remote sessions: sid -> RemoteSession (unpacks as user, box, record)
+        self.where: Dict[str, RemoteSession] = {}
+        #: user -> box -> the user's session IDs there (remote boxes only; a
+        #: tuple, as most users have one)
+        self.remote: Dict[str, Dict[str, Tuple[str, ...]]] = {}
+        #: remote box -> its sessions in ``where`` (placement counts them)
+        self.box_sessions: Dict[str, int] = {}
+        #: user -> the remote boxes where the user is online (a frozenset
+        #: shared by every user online on the same boxes)
+        self.remote_online: Dict[str, FrozenSet[str]] = {}
+        self._box_sets: Dict[FrozenSet[str], FrozenSet[str]] = {}
         self.remote_groups: Dict[str, frozenset] = {}
         self.remote_seen: Dict[str, float] = {}
         #: stand-ins of remote sessions asked for here (see IHub.session)
         self.proxies: Dict[str, Session] = {}
         #: the live boxes at the last refresh -> their session counts
         self.live: Dict[str, int] = {}
+        #: live boxes that have not refreshed for ``STALE`` seconds
+        self.stale: Set[str] = set()
+        self._refreshes = 0
         self._outage = False
         self._claims = 0
 
@@ -271,17 +317,16 @@ class ClusterHub(Hub):
     def _counts(self) -> Dict[str, int]:
         """The live boxes (at the last refresh) and their sessions in the
         view (which knows of every session announced since)."""
-        counts = {box: 0 for box in self.live}
+        counts = {box: self.box_sessions.get(box, 0) for box in self.live}
         counts[self.me] = len(self.users.sessions)
-        for _, box, _ in self.where.values():
-            if box in counts:
-                counts[box] += 1
         return counts
 
     def place(self) -> str:
-        """The live box with the fewest sessions (this one on a tie)."""
+        """The live box with the fewest sessions (this one on a tie), among
+        those that refreshed within ``STALE`` seconds."""
         counts = self._counts()
-        return min(counts, key=lambda box: (counts[box], box != self.me, box))
+        fresh = [box for box in counts if box not in self.stale] or [self.me]
+        return min(fresh, key=lambda box: (counts[box], box != self.me, box))
 
     def login(self, name: str, ident: str, ip: str = "", port: int = 0,
               groups: Sequence[str] = (), guest: bool = False) -> Session:
@@ -308,28 +353,44 @@ class ClusterHub(Hub):
                  [record["s"], json.dumps(record), record["b"], json.dumps(event)])
 
     def _note_open(self, record: dict) -> None:
-        sid, user, box = record["s"], record["u"], record["b"]
-        if box == self.me:
+        if record["b"] == self.me:
             return
-        self.where[sid] = (user, box, record)
-        self.remote.setdefault(user, {}).setdefault(box, set()).add(sid)
-        self.remote_groups[user] = group_set(record.get("g") or ())
+        sid = record["s"]
+        if sid in self.where:
+            self._note_close(sid)
+        remote = self.where[sid] = RemoteSession(record)
+        user, box = remote.user, remote.box
+        self.box_sessions[box] = self.box_sessions.get(box, 0) + 1
+        boxes = self.remote.setdefault(user, {})
+        boxes[box] = boxes.get(box, ()) + (sid,)
+        remote.groups = self.remote_groups[user] = self._shared(remote.groups)
 
     def _note_close(self, sid: str) -> None:
         found = self.where.pop(sid, None)
         self.proxies.pop(sid, None)
         if found is None:
             return
-        user, box, _ = found
+        user, box = found.user, found.box
+        left = self.box_sessions.get(box, 1) - 1
+        if left > 0:
+            self.box_sessions[box] = left
+        else:
+            self.box_sessions.pop(box, None)
         boxes = self.remote.get(user)
         if boxes is not None:
-            sids = boxes.get(box)
-            if sids is not None:
-                sids.discard(sid)
-                if not sids:
-                    del boxes[box]
+            sids = tuple(s for s in boxes.get(box, ()) if s != sid)
+            if sids:
+                boxes[box] = sids
+            else:
+                boxes.pop(box, None)
             if not boxes:
                 del self.remote[user]
+
+    def _shared(self, boxes: FrozenSet[str]) -> FrozenSet[str]:
+        """The one frozenset of these boxes (a few exist: users share them)."""
+        if len(self._box_sets) > 4096:
+            self._box_sets = {}
+        return self._box_sets.setdefault(boxes, boxes)
 
     def _proxy(self, sid: str) -> Optional[Session]:
         proxy = self.proxies.get(sid)
@@ -337,10 +398,8 @@ class ClusterHub(Hub):
             found = self.where.get(sid)
             if found is None:
                 return None
-            user, box, record = found
-            proxy = Session(sid, UserState(user, record.get("g") or (), record.get("guest")),
-                            record.get("ip", ""), record.get("port", 0), box,
-                            record.get("t", 0.0), Mailbox(1))
+            proxy = Session(sid, UserState(found.user, found.groups, found.guest), found.ip,
+                            found.port, found.box, found.t, Mailbox(1))
             self.proxies[sid] = proxy
         return proxy
 
@@ -475,15 +534,15 @@ class ClusterHub(Hub):
     def _remote_presence(self, user: str, box: str, online: bool,
                          groups: Optional[Sequence[str]], when: float) -> None:
         before = self.is_online(user)
-        boxes = self.remote_online.setdefault(user, set())
-        if online:
-            boxes.add(box)
+        user = intern(user)
+        boxes = self.remote_online.get(user, NO_GROUPS)
+        boxes = boxes | {box} if online else boxes - {box}
+        if boxes:
+            self.remote_online[user] = self._shared(frozenset(boxes))
         else:
-            boxes.discard(box)
-            if not boxes:
-                del self.remote_online[user]
+            self.remote_online.pop(user, None)
         if groups is not None:
-            self.remote_groups[user] = group_set(groups)
+            self.remote_groups[user] = self._shared(group_set(groups))
         self.remote_seen[user] = when
         if before != self.is_online(user):
             self._remote_presence_changed(user, when)
@@ -513,8 +572,8 @@ class ClusterHub(Hub):
         """The view of a remote member's groups follows the change."""
         groups = self.remote_groups.get(member)
         if groups is not None:
-            self.remote_groups[member] = group_set(groups | {key} if joined
-                                                   else groups - {key})
+            changed = groups | {key} if joined else groups - {key}
+            self.remote_groups[member] = self._shared(group_set(changed))
 
     def _remote_membership(self, key: str, member: str, joined: bool) -> None:
         self._regroup(key, member, joined)
@@ -718,7 +777,7 @@ class ClusterHub(Hub):
             sessions, online = result
             before = {u: self.is_online(u) for u in self.remote_online}
             self.where, self.remote, self.proxies = {}, {}, {}
-            self.remote_online, self.remote_seen = {}, {}
+            self.remote_online, self.remote_seen, self.box_sessions = {}, {}, {}
             mine = {}
             for raw in sessions:
                 record = json.loads(_text(raw))
@@ -730,12 +789,13 @@ class ClusterHub(Hub):
             online_here = set()
             for i in range(0, len(online), 2):
                 box = _text(online[i])
-                users = {_text(u) for u in online[i + 1]}
+                users = {intern(_text(u)) for u in online[i + 1]}
                 if box == self.me:
                     online_here = users
                     continue
                 for user in users:
-                    self.remote_online.setdefault(user, set()).add(box)
+                    boxes = self.remote_online.get(user, NO_GROUPS) | {box}
+                    self.remote_online[user] = self._shared(frozenset(boxes))
                     self.remote_seen[user] = now
             for user in set(before) | set(self.remote_online):
                 if before.get(user, self.users.is_online(user)) != self.is_online(user):
@@ -767,24 +827,28 @@ class ClusterHub(Hub):
                        [self.me, len(self.users.sessions), BOX_TTL, self.prefix + "node:"])
 
         def registered(reply):
-            live, dead = {}, []
-            for i in range(0, len(reply), 2):
-                box, count = _text(reply[i]), _text(reply[i + 1])
+            live, dead, stale = {}, [], set()
+            for i in range(0, len(reply), 3):
+                box, count = intern(_text(reply[i])), _text(reply[i + 1])
                 if count:
                     live[box] = int(count)
+                    if box != self.me and int(reply[i + 2]) < (BOX_TTL - STALE) * 1000:
+                        stale.add(box)
                 else:
                     dead.append(box)
-            self.live = live
+            self.live, self.stale = live, stale
             for box in set(self.remote_online_boxes()) - set(live):
                 self.forget_box(box)
-            return defer.DeferredList([self.bury(box) for box in dead] + [self.settle()])
+            self._refreshes += 1
+            settle = [self.settle()] if self._refreshes % SETTLE_EVERY == 1 else []
+            return defer.DeferredList([self.bury(box) for box in dead] + settle)
         d.addCallback(registered)
         d.addErrback(self._failed, "refreshing this box")
         return d
 
     def remote_online_boxes(self) -> Set[str]:
-        boxes = {b for _, b, _ in self.where.values()}
-        for online in self.remote_online.values():
+        boxes = set(self.box_sessions)
+        for online in set(self.remote_online.values()):   # a few shared sets
             boxes |= online
         return boxes
 
