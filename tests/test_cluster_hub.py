@@ -42,6 +42,7 @@ class FakeRedis:
         self.down = False
         self.pending: Dict[str, Dict[str, str]] = {}
         self.seqs: Dict[str, Dict[str, str]] = {}
+        self.batches: List[list] = []
 
     def seam(self) -> "Seam":
         return Seam(self)
@@ -50,6 +51,7 @@ class FakeRedis:
         self.queue.append((channel, message))
 
     def pump(self) -> None:
+        self.clock.advance(0)           # the end of the turn: the boxes' batches go
         while self.queue:
             channel, message = self.queue.pop(0)
             for hub in self.hubs:
@@ -60,34 +62,47 @@ class FakeRedis:
         found = self.expires.get(box)
         return found is not None and found[1] > self.clock.seconds()
 
+    def command(self, words) -> None:
+        """One command of a batch, on the structures of this fake."""
+        name, key, rest = words[0], words[1].decode(), [w.decode() for w in words[2:]]
+        kind, _, box = key[len(P):].partition(":")
+        if name == b"PUBLISH":
+            self.publish(words[1], words[2])
+        elif kind == "sessions":
+            if name == b"HSET":
+                self.sessions[rest[0]] = rest[1]
+            else:
+                self.sessions.pop(rest[0], None)
+        elif kind == "onbox":
+            (self.onbox.setdefault(box, set()).add if name == b"SADD"
+             else self.onbox.setdefault(box, set()).discard)(rest[0])
+        elif kind == "online":
+            (self.online.setdefault(box, set()).add if name == b"SADD"
+             else self.online.setdefault(box, set()).discard)(rest[0])
+        elif kind == "pending":
+            if name == b"HSET":
+                self.pending.setdefault(key, {})[rest[0]] = rest[1]
+            else:
+                for field in rest:
+                    self.pending.get(key, {}).pop(field, None)
+        elif kind == "seqs":
+            for field in rest:
+                self.seqs.get(key, {}).pop(field, None)
+        elif kind != "where":
+            raise AssertionError(f"unexpected command {words!r}")
+
     def eval(self, script, keys, args):
         if self.down:
             return defer.fail(Unavailable("down"))
         k = [x.decode() for x in keys]
         a = [x.decode() for x in args]
-        if script == cluster.OPEN:
-            self.sessions[a[0]] = a[1]
-            self.onbox.setdefault(a[2], set()).add(a[0])
-            self.publish(keys[3], args[3])
-        elif script == cluster.CLOSE:
-            self.sessions.pop(a[0], None)
-            for sids in self.onbox.values():
-                sids.discard(a[0])
-            self.publish(keys[3], args[1])
-        elif script == cluster.PRESENCE:
-            box = k[0][len(P + "online:"):]
-            (self.online.setdefault(box, set()).add if a[1] == "1"
-             else self.online.setdefault(box, set()).discard)(a[0])
-            self.publish(keys[1], args[2])
-        elif script == cluster.ROUTE:
-            n = int(a[3])
-            for key in k[:n]:
-                self.pending.setdefault(key, {})[a[0]] = a[1]
-            for key in keys[n:]:
-                self.publish(key, args[2])
-        elif b"HDEL" in script and b"unpack" in script:
-            for field in a:
-                self.pending.get(k[0], {}).pop(field, None)
+        if script == cluster.BATCH:
+            self.batches.append(args)
+            i = 0
+            while i < len(args):
+                words = int(args[i])
+                self.command(args[i + 1:i + 1 + words])
+                i += words + 1
         elif b"HGETALL" in script:
             out = []
             for field, value in self.pending.get(k[0], {}).items():
@@ -129,8 +144,6 @@ class FakeRedis:
         elif b"HGET" in script and k[0].startswith(P + "seqs:"):
             found = self.seqs.get(k[0], {}).get(a[0])
             return defer.succeed(None if found is None else found.encode())
-        elif b"HDEL" in script and k[0].startswith(P + "seqs:"):
-            self.seqs.get(k[0], {}).pop(a[0], None)
         elif b"HGET" in script:
             found = self.sessions.get(a[0])
             return defer.succeed(None if found is None else found.encode())
@@ -368,6 +381,22 @@ def alice_on_a_bob_held_on_b():
     return (c, *c.hubs, alice, bob, c.hold(bob))
 
 
+def test_a_turns_chats_to_a_box_go_out_as_one_call_and_one_message_in_order() -> None:
+    c, a, b, alice, bob, hb = alice_on_a_bob_held_on_b()
+    c.redis.batches.clear()
+    received = []
+    original = b.received
+    b.received = lambda channel, message: (received.append(message),
+                                           original(channel, message))
+    for i in range(50):                     # one reactor turn
+        a.chat(alice, "bob", f"chat {i}", None, f"m{i}")
+    assert c.redis.batches == []            # nothing sent before the end of the turn
+    c.redis.pump()
+    assert len(c.redis.batches) == 1 and len(received) == 1
+    assert [f.payload for _, f in hb.sent if f.is_chat] == [f"chat {i}" for i in range(50)]
+    assert len(c.redis.pending[P + "pending:" + b.me]) == 50
+
+
 def chat_to_bob_on_b(text: str):
     """Alice on box a sends ``text`` to bob, who holds a heartbeat on b."""
     c, a, b, alice, bob, _ = alice_on_a_bob_held_on_b()
@@ -383,6 +412,7 @@ def test_a_chat_routed_to_a_box_that_dies_unacknowledged_reaches_the_message_box
     c.redis.pump()
     first_id = next(i for i, f in hb.sent if f.is_chat and f.payload == "read it")
     b.ack(b.session(bob.id), first_id)        # the client has the first one
+    c.redis.pump()
     assert list(c.redis.pending[P + "pending:" + b.me]) == ["bob m2"]
     c.redis.hubs.remove(b)
     c.clock.advance(cluster.BOX_TTL + 1)
@@ -456,6 +486,7 @@ def test_a_chat_that_cannot_be_routed_while_redis_is_down_goes_to_the_message_bo
     c, a, _, alice, _, _ = alice_on_a_bob_held_on_b()
     c.redis.down = True
     assert a.chat(alice, "bob", "during the outage", None, "m1")[0] == "online"
+    c.redis.pump()                  # the turn's batch fails: the chat goes to the box
     assert [(u, f.payload) for u, f in c.listeners[0].spilled] == [("bob", "during the outage")]
 
 

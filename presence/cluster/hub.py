@@ -67,45 +67,23 @@ MAX_CLAIMS = 64
 #: (it was spilled to the message box) leaves the pending hash
 SETTLED = 30.0
 
-# Announce a session (KEYS sessions, onbox:<box>, where:<user>, all;
-# ARGV sid, record, box, event)
-OPEN = b"""
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-redis.call('PUBLISH', KEYS[4], ARGV[4])
-return 1
-"""
-
-# A session ended (KEYS sessions, onbox:<box>, where:<user>, all; ARGV sid, event)
-CLOSE = b"""
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('PUBLISH', KEYS[4], ARGV[2])
-return 1
-"""
-
-# Presence on this box changed (KEYS online:<box>, all; ARGV user, 1|0, event)
-PRESENCE = b"""
-if ARGV[2] == '1' then
-  redis.call('SADD', KEYS[1], ARGV[1])
-else
-  redis.call('SREM', KEYS[1], ARGV[1])
+# What this box shares in one reactor turn, in order, as one script: the
+# writes to the directory (announcing and ending sessions, presence, pending
+# chats and their acknowledgements), then one PUBLISH per channel carrying
+# the turn's events for it as a JSON list.  ARGV: per command its number of
+# words, then the words.  One call, one reply and one message per channel
+# per turn, however many chats and logins the turn had.
+BATCH = b"""
+local i, n = 1, #ARGV
+while i <= n do
+  local words = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + words))
+  i = i + words + 1
 end
-redis.call('PUBLISH', KEYS[2], ARGV[3])
 return 1
 """
-
-# A chat for a user on these boxes (KEYS pending:<box>... (n of them), then
-# to:<box> of each remote one; ARGV field, value, message, n): kept in each
-# box's pending hash until acknowledged, in the script that routes it
-ROUTE = b"""
-local n = tonumber(ARGV[4])
-for i = 1, n do redis.call('HSET', KEYS[i], ARGV[1], ARGV[2]) end
-for i = n + 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[3]) end
-return 1
-"""
+#: commands in one batch at most; past it the batch goes out at once
+BATCH_MAX = 1000
 
 # Remember a chat's seq for its session (KEYS seqs:<sid>; ARGV seq, answer,
 # bound, ttl): past the bound the oldest half of the memory is not kept
@@ -260,6 +238,12 @@ class ClusterHub(Hub):
         self._refreshes = 0
         self._outage = False
         self._claims = 0
+        #: this turn's batch (see BATCH): commands, events by channel, and
+        #: what to do for each if it cannot be sent
+        self._writes: List[List[Any]] = []
+        self._events: Dict[bytes, List[dict]] = {}
+        self._unsent: List[Callable[[], None]] = []
+        self._flush_call = None
 
     # -- keys and channels ------------------------------------------------------
 
@@ -275,6 +259,8 @@ class ClusterHub(Hub):
         return [self.key("all"), self.key("to", self.me)]
 
     def _eval(self, script: bytes, keys: Sequence[bytes], args: Sequence[Any]) -> defer.Deferred:
+        if script is not BATCH:
+            self.flush()     # what this turn shared so far goes first: one order
         args = [a if isinstance(a, bytes) else str(a).encode("utf-8", "surrogatepass")
                 for a in args]
         d = defer.maybeDeferred(self.redis.eval, script, list(keys), args)
@@ -307,10 +293,51 @@ class ClusterHub(Hub):
         d.addErrback(self._failed, what)
         return d
 
+    def _queue(self, commands: Sequence[List[Any]] = (), channel: Optional[bytes] = None,
+               event: Optional[dict] = None, unsent: Optional[Callable[[], None]] = None) -> None:
+        """Add to this turn's batch (sent by :meth:`flush` at the end of the
+        reactor turn, or before any other call to Redis)."""
+        self._writes.extend(commands)
+        if channel is not None:
+            self._events.setdefault(channel, []).append(event)
+        if unsent is not None:
+            self._unsent.append(unsent)
+        if len(self._writes) >= BATCH_MAX:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> Optional[defer.Deferred]:
+        """Send this turn's batch (see BATCH) as one script."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._writes and not self._events:
+            return None
+        everyone = self.key("all")
+        channels = sorted(self._events, key=lambda c: c != everyone)   # opens first
+        commands = self._writes + [
+            [b"PUBLISH", c, json.dumps(self._events[c])] for c in channels]
+        unsent = self._unsent
+        self._writes, self._events, self._unsent = [], {}, []
+        args: List[Any] = []
+        for command in commands:
+            args.append(len(command))
+            args.extend(command)
+        d = self._eval(BATCH, [], args)
+
+        def failed(failure):
+            self._failed(failure, "sharing this box's changes")
+            if self.redis.unavailable(failure.value):
+                for call in unsent:
+                    call()
+        d.addErrback(failed)
+        return d
+
     def _send(self, box: str, event: dict) -> None:
-        """Publish ``event`` on ``box``'s channel."""
-        self._do("routing to " + box, b"return redis.call('PUBLISH', KEYS[1], ARGV[1])",
-                 [self.key("to", box)], [json.dumps(event)])
+        """Publish ``event`` on ``box``'s channel (with this turn's batch)."""
+        self._queue(channel=self.key("to", box), event=event)
 
     # -- placement and sessions ---------------------------------------------------
 
@@ -346,11 +373,11 @@ class ClusterHub(Hub):
                          record["g"], record["guest"])
 
     def _announce_open(self, record: dict) -> None:
-        event = dict(record, e="open")
-        self._do("announcing a session", OPEN,
-                 [self.key("sessions"), self.key("onbox", record["b"]),
-                  self.key("where", record["u"]), self.key("all")],
-                 [record["s"], json.dumps(record), record["b"], json.dumps(event)])
+        sid, box = record["s"], record["b"]
+        self._queue([[b"HSET", self.key("sessions"), sid, json.dumps(record)],
+                     [b"SADD", self.key("onbox", box), sid],
+                     [b"HSET", self.key("where", record["u"]), sid, box]],
+                    self.key("all"), dict(record, e="open"))
 
     def _note_open(self, record: dict) -> None:
         if record["b"] == self.me:
@@ -470,8 +497,7 @@ class ClusterHub(Hub):
     def forget_seq(self, session: Session, seq: Optional[str]) -> None:
         Hub.forget_seq(self, session, seq)
         if seq is not None:
-            self._do("forgetting a chat's seq", b"return redis.call('HDEL', KEYS[1], ARGV[1])",
-                     [self.key("seqs", session.id)], [seq])
+            self._queue([[b"HDEL", self.key("seqs", session.id), seq]])
 
     def _remote(self, session: Session) -> bool:
         return session.host_box != self.me
@@ -487,10 +513,10 @@ class ClusterHub(Hub):
             self._announce_close(session.id, session.user.name, self.me)
 
     def _announce_close(self, sid: str, user: str, box: str) -> None:
-        self._do("announcing the end of a session", CLOSE,
-                 [self.key("sessions"), self.key("onbox", box), self.key("where", user),
-                  self.key("all")],
-                 [sid, json.dumps({"e": "close", "s": sid, "u": user, "b": box})])
+        self._queue([[b"HDEL", self.key("sessions"), sid],
+                     [b"SREM", self.key("onbox", box), sid],
+                     [b"HDEL", self.key("where", user), sid]],
+                    self.key("all"), {"e": "close", "s": sid, "u": user, "b": box})
 
     def watch(self, session: Session, key: str) -> None:
         if self._remote(session):
@@ -525,11 +551,9 @@ class ClusterHub(Hub):
             Hub._changed(self, user, online, now)
 
     def _share_presence(self, user: UserState, online: bool, now: float) -> None:
-        self._do("sharing a change of presence", PRESENCE,
-                 [self.key("online", self.me), self.key("all")],
-                 [user.name, "1" if online else "0",
-                  json.dumps({"e": "pres", "u": user.name, "b": self.me, "on": online,
-                              "g": sorted(user.groups), "t": now})])
+        self._queue([[b"SADD" if online else b"SREM", self.key("online", self.me), user.name]],
+                    self.key("all"), {"e": "pres", "u": user.name, "b": self.me, "on": online,
+                                      "g": sorted(user.groups), "t": now})
 
     def _remote_presence(self, user: str, box: str, online: bool,
                          groups: Optional[Sequence[str]], when: float) -> None:
@@ -563,10 +587,8 @@ class ClusterHub(Hub):
     def membership_changed(self, key: str, member: str, joined: bool) -> None:
         self._regroup(key, member, joined)
         Hub.membership_changed(self, key, member, joined)
-        self._do("sharing a change of membership",
-                 b"return redis.call('PUBLISH', KEYS[1], ARGV[1])", [self.key("all")],
-                 [json.dumps({"e": "member", "b": self.me, "k": key, "m": member,
-                              "j": joined})])
+        self._queue(channel=self.key("all"),
+                    event={"e": "member", "b": self.me, "k": key, "m": member, "j": joined})
 
     def _regroup(self, key: str, member: str, joined: bool) -> None:
         """The view of a remote member's groups follows the change."""
@@ -599,20 +621,18 @@ class ClusterHub(Hub):
 
     def _route_chat(self, name: str, frame: Frame, boxes: List[str]) -> None:
         """Route a chat to the remote ones of ``boxes`` and keep it in each
-        one's pending hash until acknowledged, in one script."""
-        event = json.dumps({"e": "frame", "u": name, "f": encode_frame(frame)})
-        keys = [self.key("pending", box) for box in boxes]
-        keys += [self.key("to", box) for box in boxes if box != self.me]
-        value = json.dumps({"u": name, "f": encode_frame(frame), "t": self.clock.seconds()})
-        d = self._eval(ROUTE, keys, [_pending_field(name, frame), value, event, len(boxes)])
-
-        def unrouted(failure):
-            self._failed(failure, "routing a chat")
-            if self.redis.unavailable(failure.value) and len(boxes) > (self.me in boxes):
-                # it reached no other box: the message box keeps it (the
-                # directory sends its spills when Redis is back)
-                self.listener.spill(name, frame)
-        d.addErrback(unrouted)
+        one's pending hash until acknowledged, in this turn's batch."""
+        encoded = encode_frame(frame)
+        field = _pending_field(name, frame)
+        value = json.dumps({"u": name, "f": encoded, "t": self.clock.seconds()})
+        self._queue([[b"HSET", self.key("pending", box), field, value] for box in boxes])
+        remote = [box for box in boxes if box != self.me]
+        for box in remote:
+            self._queue(channel=self.key("to", box), event={"e": "frame", "u": name, "f": encoded})
+        if remote:
+            # if it reaches no other box, the message box keeps it (the
+            # directory sends its spills when Redis is back)
+            self._queue(unsent=lambda: self.listener.spill(name, frame))
 
     def end_user(self, name: str, reason: str, keep: Optional[Session] = None) -> int:
         count = Hub.end_user(self, name, reason, keep)
@@ -632,9 +652,7 @@ class ClusterHub(Hub):
                  if i <= upto and f.is_chat]
         Hub.ack(self, session, upto)
         if acked:
-            self._do("recording acknowledged chat",
-                     b"return redis.call('HDEL', KEYS[1], unpack(ARGV))",
-                     [self.key("pending", self.me)], acked)
+            self._queue([[b"HDEL", self.key("pending", self.me)] + acked])
 
     def settle(self) -> defer.Deferred:
         """Drop from this box's pending hash the chats older than
@@ -656,8 +674,8 @@ class ClusterHub(Hub):
                            for _, f in s.mailbox.pending()):
                     done.append(field)
             if done:
-                return self._eval(b"return redis.call('HDEL', KEYS[1], unpack(ARGV))",
-                                  [self.key("pending", self.me)], done)
+                self._queue([[b"HDEL", self.key("pending", self.me)] + done])
+                return self.flush()
         d.addCallback(trim)
         d.addErrback(self._failed, "trimming the pending chats")
         return d
@@ -677,21 +695,26 @@ class ClusterHub(Hub):
     # -- events ----------------------------------------------------------------------
 
     def received(self, channel: bytes, message: bytes) -> None:
-        """A message on one of :meth:`channels`."""
+        """A message on one of :meth:`channels`: an event, or a list of them
+        (a box's batch), handled in order."""
         try:
-            event = json.loads(_text(message))
-            kind = event["e"]
-        except (ValueError, KeyError, TypeError):
-            self.log.warn("cluster: an unreadable message on {channel}",
-                          channel=_text(channel))
-            return
-        handler = self._handlers.get(kind)
-        if handler is None:
-            return
-        try:
-            handler(self, event)
-        except Exception:
-            self.log.failure("cluster: handling a {kind} event failed", kind=kind)
+            events = json.loads(_text(message))
+        except ValueError:
+            events = [None]
+        for event in events if isinstance(events, list) else [events]:
+            try:
+                kind = event["e"]
+            except (KeyError, TypeError, IndexError):
+                self.log.warn("cluster: an unreadable message on {channel}",
+                              channel=_text(channel))
+                continue
+            handler = self._handlers.get(kind)
+            if handler is None:
+                continue
+            try:
+                handler(self, event)
+            except Exception:
+                self.log.failure("cluster: handling a {kind} event failed", kind=kind)
 
     def _on_open(self, event: dict) -> None:
         if event["b"] == self.me:
