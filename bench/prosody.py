@@ -140,6 +140,25 @@ def scram_parse(message: str) -> dict:
     return dict(part.split("=", 1) for part in message.split(",") if "=" in part)
 
 
+def scram_final(password: str, bare: str, first: str, cache: dict, user: str = "") -> str:
+    """The client-final-message of SCRAM-SHA-1 (RFC 5802) for the
+    client-first-message-bare ``bare`` and the server-first-message
+    ``first``; the salted password is kept in ``cache`` (per user, salt
+    and count), as a client keeps it."""
+    fields = scram_parse(first)
+    salt, count = base64.b64decode(fields["s"]), int(fields["i"])
+    key = (user, salt, count)
+    salted = cache.get(key)
+    if salted is None:
+        salted = cache[key] = hashlib.pbkdf2_hmac("sha1", password.encode(), salt, count)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha1).digest()
+    stored = hashlib.sha1(client_key).digest()
+    final = f"c=biws,r={fields['r']}"
+    proof = _xor(client_key, hmac.new(stored, f"{bare},{first},{final}".encode(),
+                                      hashlib.sha1).digest())
+    return f"{final},p={base64.b64encode(proof).decode()}"
+
+
 class XMPPLogin:
     """One client session set up on a fresh connection, then ended."""
 
@@ -203,20 +222,9 @@ class XMPPLogin:
         fields = scram_parse(first)
         if not fields["r"].startswith(nonce):
             raise RuntimeError("xmpp: the server's nonce does not extend ours")
-        salt, count = base64.b64decode(fields["s"]), int(fields["i"])
-        key = (self.user, salt, count)
-        salted = self.salted.get(key)
-        if salted is None:     # a client caches it (one PBKDF2 per account)
-            salted = self.salted[key] = hashlib.pbkdf2_hmac("sha1", PASSWORD.encode(), salt,
-                                                            count)
-        client_key = hmac.new(salted, b"Client Key", hashlib.sha1).digest()
-        stored = hashlib.sha1(client_key).digest()
-        final = f"c=biws,r={fields['r']}"
-        auth = f"{bare},{first},{final}".encode()
-        proof = _xor(client_key, hmac.new(stored, auth, hashlib.sha1).digest())
+        final = scram_final(PASSWORD, bare, first, self.salted, self.user)
         self.send("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
-                  + base64.b64encode(f"{final},p={base64.b64encode(proof).decode()}"
-                                     .encode()).decode() + "</response>")
+                  + base64.b64encode(final.encode()).decode() + "</response>")
 
 
 async def setup_rate(server: Prosody, users: list, n: int, conc: int,
