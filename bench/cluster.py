@@ -220,8 +220,8 @@ class Bench:
         log(f"{self.label}: registered {res['register']}")
         res["rss_registered_kb"] = {n.name: rss_kb(n.proc.pid) for n in self.nodes}
         cpu0 = self.cpu()
-        r = await self.all("setup", a.phase_seconds + 30, conc=a.conc_setup,
-                           seconds=a.phase_seconds)
+        r = await self.all("setup", a.setup_seconds + 30, conc=a.conc_setup,
+                           seconds=a.setup_seconds)
         t_first = min(x.get("t0", mono()) for x in r)
         t_last = max(x.get("t_last", t_first) for x in r)
         boxes: dict = {}
@@ -230,6 +230,7 @@ class Bench:
                 boxes[port] = boxes.get(port, 0) + k
         held = sum(x.get("held", 0) for x in r)
         res["setup"] = {"held": held, "errors": merge_errors(r), "s": round(t_last - t_first, 1),
+                        "logged_in_again": sum(x.get("logged_in_again", 0) for x in r),
                         "per_s": round(held / max(1e-9, t_last - t_first), 1),
                         "server_cpu_ms_each": round(1000 * (self.cpu() - cpu0) / max(1, held), 3),
                         "per_box": boxes}
@@ -662,8 +663,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--setup-logins", type=int, default=200)
     p.add_argument("--resumes", type=int, default=3000)
     p.add_argument("--refresh-wait", type=float, default=4.0)
-    p.add_argument("--phase-seconds", type=float, default=240.0)
-    p.add_argument("--run-seconds", type=float, default=900.0)
+    p.add_argument("--phase-seconds", type=float, default=240.0,
+                   help="the bound on one phase (%(default)s s)")
+    p.add_argument("--setup-seconds", type=float, default=900.0,
+                   help="the bound on the set-up of the held heartbeats (%(default)s s)")
+    p.add_argument("--run-seconds", type=float, default=1500.0,
+                   help="the bound on each part, one node and the cluster (%(default)s s)")
     p.add_argument("--skip-one-node", action="store_true")
     p.add_argument("--skip-dead", action="store_true")
     p.add_argument("--skip-setup-rates", action="store_true")

@@ -134,11 +134,17 @@ class FakeRedis:
             self.online.pop(box, None)
             self.publish(keys[5], json.dumps({"e": "dead", "b": box}).encode())
             return defer.succeed([out, pending])
-        elif script == cluster.SNAPSHOT:
-            online = []
-            for box in sorted(self.nodes):
-                online += [box.encode(), [u.encode() for u in self.online.get(box, ())]]
-            return defer.succeed([[v.encode() for v in self.sessions.values()], online])
+        elif script == cluster.SESSIONS_PAGE:   # pages of two records
+            flat = [x.encode() for sid in sorted(self.sessions)
+                    for x in (sid, self.sessions[sid])]
+            start = int(a[0])
+            end = start + 4
+            return defer.succeed([str(end if end < len(flat) else 0).encode(), flat[start:end]])
+        elif script == cluster.BOXES:
+            return defer.succeed([box.encode() for box in sorted(self.nodes)])
+        elif script == cluster.ONLINE_ON:
+            return defer.succeed([u.encode() for u in self.online.get(k[0][len(P + "online:"):],
+                                                                      ())])
         elif script == cluster.SEQ:
             self.seqs.setdefault(k[0], {})[a[0]] = a[1]
         elif b"HGET" in script and k[0].startswith(P + "seqs:"):
@@ -457,6 +463,39 @@ def test_an_unreadable_event_is_dropped_and_the_next_one_is_handled(message) -> 
     a.deliver("bob", frames.init_chat("alice"))
     c.redis.pump()
     assert "msg initChat alice" in lines(hb)
+
+
+def test_the_view_is_read_in_pages_and_what_is_announced_meanwhile_applies_after() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    sessions = [c.login(0, f"u{i}") for i in range(9)]
+    on_b = [x for x in sessions if x.host_box == b.me]
+    assert len(on_b) >= 4
+    c.hold(on_b[1])
+    pages = []
+    real = c.redis.eval
+
+    def slow_pages(script, keys, args):          # the second page waits
+        result = real(script, keys, args)
+        if script == cluster.SESSIONS_PAGE and args[0] != b"0":
+            later = defer.Deferred()
+            pages.append((later, result))
+            return later
+        return result
+    c.redis.eval = slow_pages
+    loading = a.load()
+    assert pages and not loading.called
+    b.end(b.session(on_b[0].id), "logout")        # announced once its page was read
+    c.redis.pump()
+    assert a.session(on_b[0].id) is not None      # held until the view is read
+    c.redis.eval = real
+    while pages:
+        later, result = pages.pop()
+        result.addCallback(later.callback)
+    assert loading.called
+    assert a.session(on_b[0].id) is None
+    assert all(a.session(x.id) is not None for x in on_b[1:])
+    assert a.box_sessions == {b.me: len(on_b) - 1}
 
 
 def test_after_an_outage_a_box_makes_redis_and_the_other_boxes_agree_with_it() -> None:

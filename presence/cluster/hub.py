@@ -139,17 +139,15 @@ redis.call('PUBLISH', KEYS[6], cjson.encode({e='dead', b=ARGV[1]}))
 return {out, pending}
 """
 
-# The view at start (KEYS sessions, nodes; ARGV online prefix): the session
-# records, then per box its online users
-SNAPSHOT = b"""
-local sessions = redis.call('HVALS', KEYS[1])
-local online = {}
-for _, box in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  table.insert(online, box)
-  table.insert(online, redis.call('SMEMBERS', ARGV[1] .. box))
-end
-return {sessions, online}
-"""
+# The view at start, read in pages so that no reply is large (a cluster of
+# 100,000 sessions is 20 MB of records; one reply of it took longer than the
+# timeout of a call): a page of session records (KEYS sessions; ARGV cursor,
+# count), the boxes (KEYS nodes), the users online on a box (KEYS online:<box>)
+SESSIONS_PAGE = b"return redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])"
+BOXES = b"return redis.call('SMEMBERS', KEYS[1])"
+ONLINE_ON = b"return redis.call('SMEMBERS', KEYS[1]) -- online"
+#: session records asked for in one page of the view
+LOAD_PAGE = 2000
 
 
 def _pending_field(user: str, frame: Frame) -> str:
@@ -244,6 +242,9 @@ class ClusterHub(Hub):
         self._events: Dict[bytes, List[dict]] = {}
         self._unsent: List[Callable[[], None]] = []
         self._flush_call = None
+        #: while the view is loaded: the events of the channel ``all`` that
+        #: came meanwhile, applied once it is read (None: not loading)
+        self._held: Optional[List[dict]] = None
 
     # -- keys and channels ------------------------------------------------------
 
@@ -708,13 +709,19 @@ class ClusterHub(Hub):
                 self.log.warn("cluster: an unreadable message on {channel}",
                               channel=_text(channel))
                 continue
-            handler = self._handlers.get(kind)
-            if handler is None:
-                continue
-            try:
-                handler(self, event)
-            except Exception:
-                self.log.failure("cluster: handling a {kind} event failed", kind=kind)
+            if self._held is not None and channel == self.key("all"):
+                self._held.append(event)        # after the view is read
+            else:
+                self._handle(kind, event)
+
+    def _handle(self, kind: Any, event: dict) -> None:
+        handler = self._handlers.get(kind)
+        if handler is None:
+            return
+        try:
+            handler(self, event)
+        except Exception:
+            self.log.failure("cluster: handling a {kind} event failed", kind=kind)
 
     def _on_open(self, event: dict) -> None:
         if event["b"] == self.me:
@@ -787,44 +794,63 @@ class ClusterHub(Hub):
 
     # -- the box ---------------------------------------------------------------------
 
-    def load(self) -> defer.Deferred:
+    @defer.inlineCallbacks
+    def load(self):
         """Read the global directory into the local view, replacing it (at
         start and after every reconnect, once subscribed, so that no change
-        falls between the two); then make Redis agree with this box (what
-        changed here while Redis was away).  Watchers here hear of every
-        user whose presence differs between the old view and the new."""
-        d = self._eval(SNAPSHOT, [self.key("sessions"), self.key("nodes")],
-                       [self.prefix + "online:"])
+        falls between the two: what is announced while it is read, in
+        pages, is applied after it); then make Redis agree with this box
+        (what changed here while Redis was away).  Watchers here hear of
+        every user whose presence differs between the old view and the
+        new."""
+        self._held = []
+        try:
+            sessions: List[Any] = []
+            cursor: Any = b"0"
+            while True:
+                cursor, flat = yield self._eval(SESSIONS_PAGE, [self.key("sessions")],
+                                                [cursor, LOAD_PAGE])
+                sessions.extend(flat[1::2])
+                if _text(cursor) == "0":
+                    break
+            online: List[Any] = []
+            for box in (yield self._eval(BOXES, [self.key("nodes")], [])):
+                users = yield self._eval(ONLINE_ON, [self.key("online", _text(box))], [])
+                online += [box, users]
+            self._loaded(sessions, online)
+        finally:
+            held, self._held = self._held, None
+            for event in held:
+                self._handle(event["e"], event)
 
-        def loaded(result):
-            sessions, online = result
-            before = {u: self.is_online(u) for u in self.remote_online}
-            self.where, self.remote, self.proxies = {}, {}, {}
-            self.remote_online, self.remote_seen, self.box_sessions = {}, {}, {}
-            mine = {}
-            for raw in sessions:
-                record = json.loads(_text(raw))
-                if record.get("b") == self.me:
-                    mine[record["s"]] = record
-                else:
-                    self._note_open(record)
-            now = self.clock.seconds()
-            online_here = set()
-            for i in range(0, len(online), 2):
-                box = _text(online[i])
-                users = {intern(_text(u)) for u in online[i + 1]}
-                if box == self.me:
-                    online_here = users
-                    continue
-                for user in users:
-                    boxes = self.remote_online.get(user, NO_GROUPS) | {box}
-                    self.remote_online[user] = self._shared(frozenset(boxes))
-                    self.remote_seen[user] = now
-            for user in set(before) | set(self.remote_online):
-                if before.get(user, self.users.is_online(user)) != self.is_online(user):
-                    self._remote_presence_changed(user, now)
-            self._agree(mine, online_here)
-        return d.addCallback(loaded)
+    def _loaded(self, sessions: List[Any], online: List[Any]) -> None:
+        """Replace the view with the session records and online sets read."""
+        before = {u: self.is_online(u) for u in self.remote_online}
+        self.where, self.remote, self.proxies = {}, {}, {}
+        self.remote_online, self.remote_seen, self.box_sessions = {}, {}, {}
+        mine = {}
+        for raw in sessions:
+            record = json.loads(_text(raw))
+            if record.get("b") == self.me:
+                mine[record["s"]] = record
+            else:
+                self._note_open(record)
+        now = self.clock.seconds()
+        online_here = set()
+        for i in range(0, len(online), 2):
+            box = _text(online[i])
+            users = {intern(_text(u)) for u in online[i + 1]}
+            if box == self.me:
+                online_here = users
+                continue
+            for user in users:
+                boxes = self.remote_online.get(user, NO_GROUPS) | {box}
+                self.remote_online[user] = self._shared(frozenset(boxes))
+                self.remote_seen[user] = now
+        for user in set(before) | set(self.remote_online):
+            if before.get(user, self.users.is_online(user)) != self.is_online(user):
+                self._remote_presence_changed(user, now)
+        self._agree(mine, online_here)
 
     def _agree(self, recorded: Dict[str, dict], online: Set[str]) -> None:
         """Announce what Redis lacks of this box, withdraw what it has that
