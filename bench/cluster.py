@@ -482,8 +482,12 @@ async def setup_rates(args, cluster: Cluster, url: str, index: int, out: dict) -
     names = [f"rs{i:03d}" for i in range(args.setup_users)]
     conn = resume.Connection(node.port)
     for name in names:
-        status, body = await conn.post("/api/register",
-                                       {"username": name, "password": resume.PASSWORD})
+        for _ in range(10):     # a 503 (Redis slow to answer) is retried, as a client does
+            status, body = await conn.post("/api/register",
+                                           {"username": name, "password": resume.PASSWORD})
+            if status != 503:
+                break
+            await asyncio.sleep(1.0)
         if status != 201:
             raise RuntimeError(f"register {name}: HTTP {status}: {body[:200]!r}")
     conn.close()
