@@ -1,12 +1,11 @@
 """The cluster's scripts against a real ``redis-server`` where Redis itself
 matters: the per-user bound on sessions counted over every box in the
-script that records a session, and the chat limits counted over every box
+batch that records a session (its BOUND), and the chat limits counted over every box
 (presence/cluster/limits.py).  The hubs' logic around them is tested
 against a fake of the seam in test_cluster_hub.py."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, List
 
 import pytest
@@ -50,10 +49,14 @@ def hubs(redis_server):
 
 
 def open_session(hub: ClusterHub, sid: str, user: str, box: str, t: float, bound: int):
+    """Record a session in a batch of its own (see BATCH), as a login does:
+    the answer of its BOUND, when there is one."""
     record = {"s": sid, "u": user, "b": box, "t": t}
-    return result_of(hub._eval(cluster.OPEN, [hub.key("sessions"), hub.key("onbox", box),
-                                              hub.key("where", user), hub.key("all")],
-                               [sid, json.dumps(record), box, "{}", bound]))
+    args: List[Any] = []
+    for command in hub.open_commands(record, bound):
+        args += [len(command)] + command
+    answers = result_of(hub._eval(cluster.BATCH, [], args))
+    return answers[0] if bound > 0 else answers
 
 
 def test_the_session_script_answers_the_oldest_sessions_past_the_bound(hubs):
