@@ -418,6 +418,9 @@ class Client:
             return await asyncio.wait_for(fut, timeout)
 
     # ------------------------------------------------ helpers
+    def closing(self) -> None:
+        """Called once before the process exits."""
+
     async def bounded(self, items, fn, conc: int, deadline: float):
         """Run fn(item) for each item with at most ``conc`` at once; stop
         starting new ones at ``deadline``.  Returns (ok, errors, sample)."""
@@ -784,7 +787,13 @@ async def main() -> None:
     args = ap.parse_args()
     if args.count > 9500:
         ap.error("keep a client process under 9,500 sockets")
-    client = Client(args)
+    await serve(Client(args), args.max_seconds)
+
+
+async def serve(client: Client, max_seconds: float) -> None:
+    """Run ``client``'s commands from stdin (JSON lines, each a task),
+    answering on stdout, until ``exit``, end of stdin or ``max_seconds``;
+    then close its connections and exit."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
@@ -803,7 +812,7 @@ async def main() -> None:
         out.write(json.dumps(res) + "\n")
         out.flush()
 
-    end = mono() + args.max_seconds
+    end = mono() + max_seconds
     while mono() < end:
         try:
             line = await asyncio.wait_for(reader.readline(), end - mono())
@@ -817,11 +826,11 @@ async def main() -> None:
         t = asyncio.ensure_future(run(msg))
         tasks.add(t)
         t.add_done_callback(tasks.discard)
+    client.closing()
     for s in client.sessions.values():
         if s.conn is not None:
             s.conn.close()
     os._exit(0)
-
 
 if __name__ == "__main__":
     asyncio.run(main())

@@ -42,6 +42,9 @@ class FakeRedis:
         self.down = False
         self.pending: Dict[str, Dict[str, str]] = {}
         self.seqs: Dict[str, Dict[str, str]] = {}
+        self.states: Dict[str, Dict[str, str]] = {}
+        self.devices: Dict[str, str] = {}
+        self.batches: List[list] = []
 
     def seam(self) -> "Seam":
         return Seam(self)
@@ -50,53 +53,90 @@ class FakeRedis:
         self.queue.append((channel, message))
 
     def pump(self) -> None:
+        self.clock.advance(0)           # the end of the turn: the boxes' batches go
         while self.queue:
-            channel, message = self.queue.pop(0)
-            for hub in self.hubs:
-                if channel in hub.channels():
-                    hub.received(channel, message)
+            while self.queue:
+                channel, message = self.queue.pop(0)
+                for hub in self.hubs:
+                    if channel in hub.channels():
+                        hub.received(channel, message)
+            self.clock.advance(0)       # what handling them shared goes too
 
     def alive(self, box: str) -> bool:
         found = self.expires.get(box)
         return found is not None and found[1] > self.clock.seconds()
+
+    def bound(self, sid: str, bound: int) -> list:
+        """BOUND: the user's oldest sessions past ``bound`` (never ``sid``)."""
+        user = json.loads(self.sessions[sid])["u"]
+        mine = sorted((json.loads(r)["t"], s) for s, r in self.sessions.items()
+                      if json.loads(r)["u"] == user)
+        if bound <= 0 or len(mine) <= bound:
+            return []
+        others = [s for _, s in mine if s != sid]
+        return [x.encode() for s in others[:len(mine) - bound]
+                for x in (s, json.loads(self.sessions[s])["b"])]
+
+    def command(self, words, answers: list) -> None:
+        """One command of a batch, on the structures of this fake."""
+        name, key, rest = words[0], words[1].decode(), [w.decode() for w in words[2:]]
+        kind, _, box = key[len(P):].partition(":")
+        if name == b"PUBLISH":
+            self.publish(words[1], words[2])
+        elif name == b"BOUND":
+            answers.append(self.bound(rest[1], int(rest[2])))
+        elif kind == "states":
+            if name == b"HSET":
+                self.states.setdefault(box, {})[rest[0]] = rest[1]
+            else:
+                self.states.get(box, {}).pop(rest[0], None)
+        elif kind == "devices":
+            if name == b"HSET":
+                self.devices[rest[0]] = rest[1]
+            else:
+                for field in rest:
+                    self.devices.pop(field, None)
+        elif kind == "sessions":
+            if name == b"HSET":
+                self.sessions[rest[0]] = rest[1]
+            else:
+                self.sessions.pop(rest[0], None)
+        elif kind == "onbox":
+            (self.onbox.setdefault(box, set()).add if name == b"SADD"
+             else self.onbox.setdefault(box, set()).discard)(rest[0])
+        elif kind == "online":
+            (self.online.setdefault(box, set()).add if name == b"SADD"
+             else self.online.setdefault(box, set()).discard)(rest[0])
+        elif kind == "pending":
+            if name == b"HSET":
+                self.pending.setdefault(key, {})[rest[0]] = rest[1]
+            else:
+                for field in rest:
+                    self.pending.get(key, {}).pop(field, None)
+        elif kind == "seqs":
+            for field in rest:
+                self.seqs.get(key, {}).pop(field, None)
+        elif kind != "where":
+            raise AssertionError(f"unexpected command {words!r}")
 
     def eval(self, script, keys, args):
         if self.down:
             return defer.fail(Unavailable("down"))
         k = [x.decode() for x in keys]
         a = [x.decode() for x in args]
-        if script == cluster.OPEN:
-            self.sessions[a[0]] = a[1]
-            self.onbox.setdefault(a[2], set()).add(a[0])
-            self.publish(keys[3], args[3])
-            user = json.loads(a[1])["u"]
-            mine = sorted((json.loads(r)["t"], sid) for sid, r in self.sessions.items()
-                          if json.loads(r)["u"] == user)
-            bound = int(a[4]) if len(a) > 4 else 0
-            if bound <= 0 or len(mine) <= bound:
-                return defer.succeed([])
-            return defer.succeed([x.encode() for _, sid in mine[:len(mine) - bound]
-                                  if sid != a[0]
-                                  for x in (sid, json.loads(self.sessions[sid])["b"])])
-        elif script == cluster.CLOSE:
-            self.sessions.pop(a[0], None)
-            for sids in self.onbox.values():
-                sids.discard(a[0])
-            self.publish(keys[3], args[1])
-        elif script == cluster.PRESENCE:
-            box = k[0][len(P + "online:"):]
-            (self.online.setdefault(box, set()).add if a[1] == "1"
-             else self.online.setdefault(box, set()).discard)(a[0])
-            self.publish(keys[1], args[2])
-        elif script == cluster.ROUTE:
-            n = int(a[3])
-            for key in k[:n]:
-                self.pending.setdefault(key, {})[a[0]] = a[1]
-            for key in keys[n:]:
-                self.publish(key, args[2])
-        elif b"HDEL" in script and b"unpack" in script:
-            for field in a:
-                self.pending.get(k[0], {}).pop(field, None)
+        if script == cluster.BATCH:
+            self.batches.append(args)
+            answers: list = []
+            i = 0
+            while i < len(args):
+                words = int(args[i])
+                self.command(args[i + 1:i + 1 + words], answers)
+                i += words + 1
+            return defer.succeed(answers)
+        elif script == cluster.STATES_ON:
+            box = k[0][len(P + "states:"):]
+            return defer.succeed([x.encode() for user, value in self.states.get(box, {}).items()
+                                  for x in (user, value)])
         elif b"HGETALL" in script:
             out = []
             for field, value in self.pending.get(k[0], {}).items():
@@ -109,7 +149,10 @@ class FakeRedis:
             self.nodes.add(a[0])
             out = []
             for box in sorted(self.nodes):
-                out += [box.encode(), self.expires[box][0].encode() if self.alive(box) else b""]
+                alive = self.alive(box)
+                left = (self.expires[box][1] - self.clock.seconds()) * 1000 if alive else -2
+                out += [box.encode(), self.expires[box][0].encode() if alive else b"",
+                        int(left)]
             return defer.succeed(out)
         elif script == cluster.BURY:
             box = a[0]
@@ -123,20 +166,28 @@ class FakeRedis:
             out = [self.sessions.pop(s).encode() for s in self.onbox.pop(box, set())
                    if s in self.sessions]
             self.online.pop(box, None)
+            self.states.pop(box, None)
             self.publish(keys[5], json.dumps({"e": "dead", "b": box}).encode())
             return defer.succeed([out, pending])
-        elif script == cluster.SNAPSHOT:
-            online = []
-            for box in sorted(self.nodes):
-                online += [box.encode(), [u.encode() for u in self.online.get(box, ())]]
-            return defer.succeed([[v.encode() for v in self.sessions.values()], online])
+        elif script == cluster.SESSIONS_PAGE:   # pages of two records
+            flat = [x.encode() for sid in sorted(self.sessions)
+                    for x in (sid, self.sessions[sid])]
+            start = int(a[0])
+            end = start + 4
+            return defer.succeed([str(end if end < len(flat) else 0).encode(), flat[start:end]])
+        elif script == cluster.BOXES:
+            return defer.succeed([box.encode() for box in sorted(self.nodes)])
+        elif script == cluster.ONLINE_ON:
+            return defer.succeed([u.encode() for u in self.online.get(k[0][len(P + "online:"):],
+                                                                      ())])
         elif script == cluster.SEQ:
             self.seqs.setdefault(k[0], {})[a[0]] = a[1]
+        elif b"HGET" in script and k[0] == P + "devices":
+            found = self.devices.get(a[0])
+            return defer.succeed(None if found is None else found.encode())
         elif b"HGET" in script and k[0].startswith(P + "seqs:"):
             found = self.seqs.get(k[0], {}).get(a[0])
             return defer.succeed(None if found is None else found.encode())
-        elif b"HDEL" in script and k[0].startswith(P + "seqs:"):
-            self.seqs.get(k[0], {}).pop(a[0], None)
         elif b"HGET" in script:
             found = self.sessions.get(a[0])
             return defer.succeed(None if found is None else found.encode())
@@ -216,6 +267,46 @@ def test_a_login_is_placed_on_the_emptiest_live_box_and_opened_there() -> None:
     assert a.users.session(second.id) is None
     assert a.session(second.id).host_box == b.me
     assert a.boxes() == [{"box": a.me, "sessions": 1}, {"box": b.me, "sessions": 1}]
+
+
+def test_a_box_silent_for_a_few_seconds_gets_no_new_sessions_before_it_is_buried() -> None:
+    # a reconnect storm: the dead box looks emptiest (its sessions are still
+    # in the view until it is buried), and every resume would be placed there
+    c = Cluster(3)
+    a, b, d = c.hubs
+    for name in ("u1", "u2", "u3"):
+        c.login(0, name)
+    c.redis.hubs.remove(d)          # d dies: no refresh any more
+    c.hold(c.login(0, "u4"))
+    for _ in range(int(cluster.STALE / cluster.REFRESH) + 1):
+        c.clock.advance(cluster.REFRESH)
+        a.refresh()
+        b.refresh()
+        c.redis.pump()
+    assert d.me in a.live and d.me in a.stale       # not buried yet
+    placed = {c.login(0, f"r{i}").host_box for i in range(4)}
+    assert placed == {a.me, b.me}
+    c.clock.advance(cluster.BOX_TTL)
+    a.refresh()
+    c.redis.pump()
+    assert d.me not in a.live and not a.stale
+
+
+def test_the_view_of_remote_sessions_is_compact_and_follows_opens_and_closes() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    c.login(0, "alice")
+    bob = [c.login(0, "bob") for _ in range(3)]       # b, a, b
+    assert a.box_sessions == {b.me: 2}
+    assert sorted(a.remote["bob"][b.me]) == sorted(s.id for s in bob if s.host_box == b.me)
+    user, box, record = a.where[bob[0].id]
+    assert (user, box, record.get("ip"), record.get("port")) == ("bob", b.me, "10.1.1.1", 5000)
+    a.end(a.session(bob[0].id), "logout")
+    c.redis.pump()
+    assert a.box_sessions == {b.me: 1} and a.place() == b.me
+    b.end(b.session(bob[2].id), "logout")
+    c.redis.pump()
+    assert a.box_sessions == {} and "bob" in a.users.users and "bob" not in a.remote
 
 
 def test_presence_and_chat_cross_boxes_in_order_filtered_by_watching() -> None:
@@ -334,6 +425,22 @@ def alice_on_a_bob_held_on_b():
     return (c, *c.hubs, alice, bob, c.hold(bob))
 
 
+def test_a_turns_chats_to_a_box_go_out_as_one_call_and_one_message_in_order() -> None:
+    c, a, b, alice, bob, hb = alice_on_a_bob_held_on_b()
+    c.redis.batches.clear()
+    received = []
+    original = b.received
+    b.received = lambda channel, message: (received.append(message),
+                                           original(channel, message))
+    for i in range(50):                     # one reactor turn
+        a.chat(alice, "bob", f"chat {i}", None, f"m{i}")
+    assert c.redis.batches == []            # nothing sent before the end of the turn
+    c.redis.pump()
+    assert len(c.redis.batches) == 1 and len(received) == 1
+    assert [f.payload for _, f in hb.sent if f.is_chat] == [f"chat {i}" for i in range(50)]
+    assert len(c.redis.pending[P + "pending:" + b.me]) == 50
+
+
 def chat_to_bob_on_b(text: str):
     """Alice on box a sends ``text`` to bob, who holds a heartbeat on b."""
     c, a, b, alice, bob, _ = alice_on_a_bob_held_on_b()
@@ -349,6 +456,7 @@ def test_a_chat_routed_to_a_box_that_dies_unacknowledged_reaches_the_message_box
     c.redis.pump()
     first_id = next(i for i, f in hb.sent if f.is_chat and f.payload == "read it")
     b.ack(b.session(bob.id), first_id)        # the client has the first one
+    c.redis.pump()
     assert list(c.redis.pending[P + "pending:" + b.me]) == ["bob m2"]
     c.redis.hubs.remove(b)
     c.clock.advance(cluster.BOX_TTL + 1)
@@ -395,6 +503,39 @@ def test_an_unreadable_event_is_dropped_and_the_next_one_is_handled(message) -> 
     assert "msg initChat alice" in lines(hb)
 
 
+def test_the_view_is_read_in_pages_and_what_is_announced_meanwhile_applies_after() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    sessions = [c.login(0, f"u{i}") for i in range(9)]
+    on_b = [x for x in sessions if x.host_box == b.me]
+    assert len(on_b) >= 4
+    c.hold(on_b[1])
+    pages = []
+    real = c.redis.eval
+
+    def slow_pages(script, keys, args):          # the second page waits
+        result = real(script, keys, args)
+        if script == cluster.SESSIONS_PAGE and args[0] != b"0":
+            later = defer.Deferred()
+            pages.append((later, result))
+            return later
+        return result
+    c.redis.eval = slow_pages
+    loading = a.load()
+    assert pages and not loading.called
+    b.end(b.session(on_b[0].id), "logout")        # announced once its page was read
+    c.redis.pump()
+    assert a.session(on_b[0].id) is not None      # held until the view is read
+    c.redis.eval = real
+    while pages:
+        later, result = pages.pop()
+        result.addCallback(later.callback)
+    assert loading.called
+    assert a.session(on_b[0].id) is None
+    assert all(a.session(x.id) is not None for x in on_b[1:])
+    assert a.box_sessions == {b.me: len(on_b) - 1}
+
+
 def test_after_an_outage_a_box_makes_redis_and_the_other_boxes_agree_with_it() -> None:
     c = Cluster(2)
     a, b = c.hubs
@@ -422,6 +563,7 @@ def test_a_chat_that_cannot_be_routed_while_redis_is_down_goes_to_the_message_bo
     c, a, _, alice, _, _ = alice_on_a_bob_held_on_b()
     c.redis.down = True
     assert a.chat(alice, "bob", "during the outage", None, "m1")[0] == "online"
+    c.redis.pump()                  # the turn's batch fails: the chat goes to the box
     assert [(u, f.payload) for u, f in c.listeners[0].spilled] == [("bob", "during the outage")]
 
 
@@ -640,3 +782,58 @@ def test_a_local_login_stays_here_and_every_box_answers_its_address() -> None:
     c.redis.pump()
     assert a.address_of("bob") is None and b.address_of("bob") is None
     assert not b.is_online("bob")
+
+
+# -- what main's cluster shares, in cbench's batch of a turn ----------------------
+
+def test_the_per_user_bound_is_counted_in_the_batch_of_the_logins_turn() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    a.config.sessions_per_user = 2
+    c.redis.batches.clear()
+    made = []
+    for i in range(4):                      # one reactor turn, one user
+        made.append(a.login("alice", f"sid-alice-turn-{i:08d}", "10.1.1.1", 5000, []))
+    assert c.redis.batches == []
+    c.clock.advance(0)
+    first = c.redis.batches[0]              # the four bounds went with the writes
+    assert first.count(b"BOUND") == 4 and first.count(b"presence:sessions") == 8
+    c.redis.pump()
+    c.redis.pump()
+    live = [s for s in made if c.hub_of(s).users.session(s.id) is not None]
+    assert [s.id for s in live] == [s.id for s in made[2:]]   # the two newest
+    assert sorted(json.loads(r)["s"] for r in c.redis.sessions.values()) == [
+        s.id for s in made[2:]]
+
+
+def test_a_box_reading_the_view_takes_the_states_from_each_boxs_hash() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    alice = c.login(0, "alice")                                  # on a
+    ha = c.hold(alice)
+    bob = c.login(0, "bob", groups=[book_key("alice")])          # on b
+    c.hold(bob)
+    b.set_state(b.session(bob.id), "busy", "in a meeting")
+    c.redis.pump()
+    assert json.loads(c.redis.states[b.me]["bob"])[:2] == ["busy", "in a meeting"]
+    a.remote_states = {}                  # as a box that never heard the event
+    a.load()
+    c.redis.pump()
+    assert a.state_of("bob") == ("busy", "in a meeting")
+    assert [f.text for _, f in ha.sent if f.kind == "update"][-1] == (
+        "msg update busy bob\nin a meeting")
+    b.end(b.session(bob.id), "logout")
+    c.redis.pump()
+    assert "bob" not in c.redis.states.get(b.me, {})
+
+
+def test_every_event_of_a_batch_times_the_pubsub_lag() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    before = b.pubsub_lag.count
+    for i in range(3):                      # three opens in one batch
+        a.login("carol", f"sid-carol-lag-{i:08d}", "10.1.1.1", 5000, [])
+    c.clock.advance(0.25)                   # the message takes its time
+    c.redis.pump()
+    assert b.pubsub_lag.count - before >= 3
+    assert b.pubsub_lag.sum >= 3 * 0.25

@@ -1,6 +1,7 @@
 """The cluster's scripts against a real ``redis-server`` where Redis itself
 matters: the per-user bound on sessions counted over every box in the
-script that records a session, and the chat limits counted over every box
+batch that records a session (its BOUND), a box's states in its batch
+and the view, and the chat limits counted over every box
 (presence/cluster/limits.py).  The hubs' logic around them is tested
 against a fake of the seam in test_cluster_hub.py."""
 
@@ -18,6 +19,7 @@ from presence.cluster import hub as cluster
 from presence.cluster.hub import ClusterHub
 from presence.cluster.limits import SharedLimits
 from presence.core.hub import HubConfig
+from presence.core.tables import UserState
 from presence.store.redis import TxRedis, parse_url
 from redis_support import fresh_prefix, settle, start_redis
 
@@ -50,10 +52,14 @@ def hubs(redis_server):
 
 
 def open_session(hub: ClusterHub, sid: str, user: str, box: str, t: float, bound: int):
+    """Record a session in a batch of its own (see BATCH), as a login does:
+    the answer of its BOUND, when there is one."""
     record = {"s": sid, "u": user, "b": box, "t": t}
-    return result_of(hub._eval(cluster.OPEN, [hub.key("sessions"), hub.key("onbox", box),
-                                              hub.key("where", user), hub.key("all")],
-                               [sid, json.dumps(record), box, "{}", bound]))
+    args: List[Any] = []
+    for command in hub.open_commands(record, bound):
+        args += [len(command)] + command
+    answers = result_of(hub._eval(cluster.BATCH, [], args))
+    return answers[0] if bound > 0 else answers
 
 
 def test_the_session_script_answers_the_oldest_sessions_past_the_bound(hubs):
@@ -93,3 +99,18 @@ def test_chat_limits_are_spent_once_over_every_box(hubs):
     ttl = int(result_of(a._eval(b"return redis.call('TTL', KEYS[1])",
                                 [a.key("rl", "chat:s:sid1")], [])))
     assert 0 < ttl <= 4
+
+
+def test_a_boxs_states_are_written_by_its_batch_read_with_the_view_and_buried(hubs):
+    a, b = hubs
+    result_of(a.refresh())
+    states = [a.key("states", a.me)]
+    a._share_presence(UserState("alice"), True, 5.0)
+    a._share_presence(UserState("bob"), True, 5.0)
+    a._share_presence(UserState("bob"), False, 6.0)         # offline: not kept
+    result_of(a.flush())
+    flat = result_of(b._eval(cluster.STATES_ON, states, []))
+    assert [(flat[i], json.loads(flat[i + 1])) for i in range(0, len(flat), 2)] == [
+        (b"alice", ["available", "", 0.0])]
+    result_of(a.bury(a.me, alive=True))
+    assert result_of(b._eval(cluster.STATES_ON, states, [])) == []

@@ -36,26 +36,32 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from sys import intern
+from typing import (Any, Callable, Deque, Dict, FrozenSet, List, Optional, Sequence, Set,
+                    Tuple)
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from presence.core import frames
 from presence.core.counters import PAUSE_BUCKETS, Histogram
 from presence.core.frames import Frame
 from presence.core.hub import SEQ_MEMORY, Hub, HubConfig, IHub
 from presence.core.mailbox import Mailbox
 from presence.core.ratelimit import address_key
 from presence.core.states import AVAILABLE, OFFLINE_STATE, STATES, combine, state_value
-from presence.core.tables import Session, UserState, group_set
+from presence.core.tables import NO_GROUPS, Session, UserState, group_set
 from presence.store.interface import StoreUnavailable
 
 #: seconds between refreshes of this box's key (and looks for dead boxes)
-REFRESH = 3.0
+REFRESH = 1.0
+#: refreshes between two trims of the pending chats (``settle``)
+SETTLE_EVERY = 3
 #: seconds a box's key lives without a refresh: a box silent this long is dead
 BOX_TTL = 10
+#: seconds without a refresh after which a box gets no new sessions (it may
+#: be dead: a reconnect storm must not be placed on it until it is buried)
+STALE = 3.0
 #: session IDs as the service makes them (``secrets.token_urlsafe``); a
 #: heartbeat naming anything else is not looked up
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}\Z")
@@ -70,73 +76,57 @@ MAX_CHANGES = 20000
 #: (it was spilled to the message box) leaves the pending hash
 SETTLED = 30.0
 
-# Announce a session (KEYS sessions, onbox:<box>, where:<user>, all;
-# ARGV sid, record, box, event, bound).  With a bound (> 0), past
-# ``bound`` sessions of the user over all boxes it answers the oldest ones
-# as ``sid, box`` pairs (the caller ends them: ``msg bye replaced``)
-OPEN = b"""
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-redis.call('PUBLISH', KEYS[4], ARGV[4])
-local bound = tonumber(ARGV[5] or '0')
-if bound <= 0 or redis.call('HLEN', KEYS[3]) <= bound then return {} end
-local sids = redis.call('HKEYS', KEYS[3])
-local records = redis.call('HMGET', KEYS[1], unpack(sids))
-local others = {}
-for i, sid in ipairs(sids) do
-  if sid ~= ARGV[1] then
-    local t = 0
-    if records[i] then t = tonumber(cjson.decode(records[i])['t']) or 0 end
-    table.insert(others, {t, sid})
+# What this box shares in one reactor turn, in order, as one script: the
+# writes to the directory (announcing and ending sessions, presence and
+# states, pending chats and their acknowledgements, devices), then one
+# PUBLISH per channel carrying the turn's events for it as a JSON list.
+# ARGV: per command its number of words, then the words.  One call, one
+# reply and one message per channel per turn, however many chats and logins
+# the turn had.
+#
+# One word is not a Redis command: ``BOUND sessions where:<user> sid bound``
+# (after the writes that record session ``sid``) counts the user's sessions
+# over every box and answers the oldest past ``bound`` (never ``sid``) as
+# ``sid, box`` pairs; the caller ends them (``msg bye replaced``).  The
+# script answers one such list per BOUND, in order.
+BATCH = b"""
+local function oldest(sessions, where, sid, bound)
+  if bound <= 0 or redis.call('HLEN', where) <= bound then return {} end
+  local sids = redis.call('HKEYS', where)
+  local records = redis.call('HMGET', sessions, unpack(sids))
+  local others = {}
+  for i, other in ipairs(sids) do
+    if other ~= sid then
+      local t = 0
+      if records[i] then t = tonumber(cjson.decode(records[i])['t']) or 0 end
+      table.insert(others, {t, other})
+    end
   end
+  table.sort(others, function(x, y) return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2]) end)
+  local out = {}
+  for i = 1, math.min(#sids - bound, #others) do
+    table.insert(out, others[i][2])
+    table.insert(out, redis.call('HGET', where, others[i][2]))
+  end
+  return out
 end
-table.sort(others, function(x, y) return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2]) end)
-local out = {}
-for i = 1, #sids - bound do
-  table.insert(out, others[i][2])
-  table.insert(out, redis.call('HGET', KEYS[3], others[i][2]))
-end
-return out
-"""
-
-# A session ended (KEYS sessions, onbox:<box>, where:<user>, all; ARGV sid, event)
-CLOSE = b"""
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('PUBLISH', KEYS[4], ARGV[2])
-return 1
-"""
-
-# Presence on this box changed (KEYS online:<box>, all, states:<box>; ARGV
-# user, 1|0, event, the user's state here as JSON [state, text, since])
-PRESENCE = b"""
-if ARGV[2] == '1' then
-  redis.call('SADD', KEYS[1], ARGV[1])
-else
-  redis.call('SREM', KEYS[1], ARGV[1])
-end
-if KEYS[3] then
-  if ARGV[2] == '1' and ARGV[4] and ARGV[4] ~= '' then
-    redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+local i, n = 1, #ARGV
+local answers = {}
+while i <= n do
+  local words = tonumber(ARGV[i])
+  if ARGV[i + 1] == 'BOUND' then
+    table.insert(answers, oldest(ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])))
   else
-    redis.call('HDEL', KEYS[3], ARGV[1])
+    redis.call(unpack(ARGV, i + 1, i + words))
   end
+  i = i + words + 1
 end
-redis.call('PUBLISH', KEYS[2], ARGV[3])
-return 1
+return answers
 """
-
-# A chat for a user on these boxes (KEYS pending:<box>... (n of them), then
-# to:<box> of each remote one; ARGV field, value, message, n): kept in each
-# box's pending hash until acknowledged, in the script that routes it
-ROUTE = b"""
-local n = tonumber(ARGV[4])
-for i = 1, n do redis.call('HSET', KEYS[i], ARGV[1], ARGV[2]) end
-for i = n + 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[3]) end
-return 1
-"""
+#: commands in one batch at most; past it the batch goes out at once
+BATCH_MAX = 1000
+#: session IDs in one command forgetting devices at most
+DEVICES_AT_ONCE = 1000
 
 # Remember a chat's seq for its session (KEYS seqs:<sid>; ARGV seq, answer,
 # bound, ttl): past the bound the oldest half of the memory is not kept
@@ -149,7 +139,9 @@ return 1
 """
 
 # Refresh this box (KEYS node:<me>, nodes; ARGV me, sessions, ttl, node
-# prefix): the live boxes and their counts, and the boxes whose key is gone
+# prefix): the live boxes, their counts and the milliseconds left of their
+# keys (how long ago each refreshed, on Redis's clock), and the boxes whose
+# key is gone
 REGISTER = b"""
 redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 redis.call('SADD', KEYS[2], ARGV[1])
@@ -158,6 +150,7 @@ for _, box in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local count = redis.call('GET', ARGV[4] .. box)
   table.insert(out, box)
   table.insert(out, count or '')
+  table.insert(out, count and redis.call('PTTL', ARGV[4] .. box) or -2)
 end
 return out
 """
@@ -190,24 +183,18 @@ redis.call('PUBLISH', KEYS[6], cjson.encode({e='dead', b=ARGV[1]}))
 return {out, pending}
 """
 
-# The view at start (KEYS sessions, nodes; ARGV online prefix, states
-# prefix): the session records, then per box its online users, then per box
-# its users' states (the users, then their JSON, in the same order)
-SNAPSHOT = b"""
-local sessions = redis.call('HVALS', KEYS[1])
-local online = {}
-local states = {}
-for _, box in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  table.insert(online, box)
-  table.insert(online, redis.call('SMEMBERS', ARGV[1] .. box))
-  if ARGV[2] then
-    table.insert(states, box)
-    table.insert(states, redis.call('HKEYS', ARGV[2] .. box))
-    table.insert(states, redis.call('HVALS', ARGV[2] .. box))
-  end
-end
-return {sessions, online, states}
-"""
+# The view at start, read in pages so that no reply is large (a cluster of
+# 100,000 sessions is 20 MB of records; one reply of it took longer than the
+# timeout of a call): a page of session records (KEYS sessions; ARGV cursor,
+# count), the boxes (KEYS nodes), the users online on a box (KEYS online:<box>),
+# the states of the users online on a box (KEYS states:<box>: user -> JSON of
+# [state, text, since])
+SESSIONS_PAGE = b"return redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])"
+BOXES = b"return redis.call('SMEMBERS', KEYS[1])"
+ONLINE_ON = b"return redis.call('SMEMBERS', KEYS[1]) -- online"
+STATES_ON = b"return redis.call('HGETALL', KEYS[1]) -- states"
+#: session records asked for in one page of the view
+LOAD_PAGE = 2000
 
 
 def _pending_field(user: str, frame: Frame) -> str:
@@ -228,6 +215,35 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else str(value)
 
 
+class RemoteSession:
+    """A session held by another box, as this box's view keeps it.  The view
+    holds every session of the cluster, so it is compact: slots, and the
+    names, boxes and addresses interned (shared by all the sessions that
+    have them).  It unpacks as ``(user, box, record)`` and answers
+    ``record.get(key)`` for the keys of the announcement (``u``, ``b``,
+    ``ip``, ``port``, ``g``, ``guest``, ``t``)."""
+
+    __slots__ = ("user", "box", "ip", "port", "guest", "t", "groups")
+    _KEYS = {"u": "user", "b": "box", "ip": "ip", "port": "port", "g": "groups",
+             "guest": "guest", "t": "t"}
+
+    def __init__(self, record: dict) -> None:
+        self.user = intern(str(record["u"]))
+        self.box = intern(str(record["b"]))
+        self.ip = intern(str(record.get("ip") or ""))
+        self.port = int(record.get("port") or 0)
+        self.guest = bool(record.get("guest"))
+        self.t = float(record.get("t") or 0.0)
+        self.groups = group_set(record.get("g") or ())
+
+    def __iter__(self):
+        return iter((self.user, self.box, self))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        name = self._KEYS.get(key)
+        return getattr(self, name) if name is not None else default
+
+
 @implementer(IHub)
 class ClusterHub(Hub):
     """One host box of a cluster (see the module docstring).
@@ -245,12 +261,17 @@ class ClusterHub(Hub):
         super().__init__(clock, config, listener)
         self.redis = redis
         self.prefix = prefix
-        #: remote sessions: sid -> (user, box, record)
-        self.where: Dict[str, Tuple[str, str, dict]] = {}
-        #: user -> box -> the user's session IDs there (remote boxes only)
-        self.remote: Dict[str, Dict[str, Set[str]]] = {}
-        #: user -> the remote boxes where the user is online
-        self.remote_online: Dict[str, Set[str]] = {}
+        #: remote sessions: sid -> RemoteSession (unpacks as user, box, record)
+        self.where: Dict[str, RemoteSession] = {}
+        #: user -> box -> the user's session IDs there (remote boxes only; a
+        #: tuple, as most users have one)
+        self.remote: Dict[str, Dict[str, Tuple[str, ...]]] = {}
+        #: remote box -> its sessions in ``where`` (placement counts them)
+        self.box_sessions: Dict[str, int] = {}
+        #: user -> the remote boxes where the user is online (a frozenset
+        #: shared by every user online on the same boxes)
+        self.remote_online: Dict[str, FrozenSet[str]] = {}
+        self._box_sets: Dict[FrozenSet[str], FrozenSet[str]] = {}
         #: user -> remote box -> the user's state there (state, text, since)
         self.remote_states: Dict[str, Dict[str, Tuple[str, str, float]]] = {}
         #: the state this box last shared of each user online here
@@ -261,6 +282,8 @@ class ClusterHub(Hub):
         self.proxies: Dict[str, Session] = {}
         #: the live boxes at the last refresh -> their session counts
         self.live: Dict[str, int] = {}
+        #: live boxes that have not refreshed for ``STALE`` seconds
+        self.stale: Set[str] = set()
         #: live guest sessions of the other boxes per client address key
         #: (so that ``guests_from`` counts over every box)
         self.remote_guests: Dict[str, int] = {}
@@ -270,10 +293,22 @@ class ClusterHub(Hub):
         #: (when, member) in the order they came, to forget them
         self._changes: Dict[str, List[Tuple[float, str, bool]]] = {}
         self._change_order: Deque[Tuple[float, str]] = deque()
-        self._outage = False
-        self._claims = 0
         #: seconds from an event's publication (its "t") to its arrival here
         self.pubsub_lag = Histogram(PAUSE_BUCKETS)
+        self._refreshes = 0
+        self._outage = False
+        self._claims = 0
+        #: this turn's batch (see BATCH): commands, events by channel, and
+        #: what to do for each if it cannot be sent
+        self._writes: List[List[Any]] = []
+        self._events: Dict[bytes, List[dict]] = {}
+        self._unsent: List[Callable[[], None]] = []
+        #: what to do with the answer of each BOUND in this turn's batch
+        self._bounds: List[Callable[[Any], None]] = []
+        self._flush_call = None
+        #: while the view is loaded: the events of the channel ``all`` that
+        #: came meanwhile, applied once it is read (None: not loading)
+        self._held: Optional[List[dict]] = None
 
     # -- keys and channels ------------------------------------------------------
 
@@ -289,6 +324,8 @@ class ClusterHub(Hub):
         return [self.key("all"), self.key("to", self.me)]
 
     def _eval(self, script: bytes, keys: Sequence[bytes], args: Sequence[Any]) -> defer.Deferred:
+        if script is not BATCH:
+            self.flush()     # what this turn shared so far goes first: one order
         args = [a if isinstance(a, bytes) else str(a).encode("utf-8", "surrogatepass")
                 for a in args]
         d = defer.maybeDeferred(self.redis.eval, script, list(keys), args)
@@ -321,27 +358,75 @@ class ClusterHub(Hub):
         d.addErrback(self._failed, what)
         return d
 
+    def _queue(self, commands: Sequence[List[Any]] = (), channel: Optional[bytes] = None,
+               event: Optional[dict] = None, unsent: Optional[Callable[[], None]] = None,
+               answer: Optional[Callable[[Any], None]] = None) -> None:
+        """Add to this turn's batch (sent by :meth:`flush` at the end of the
+        reactor turn, or before any other call to Redis); ``answer`` takes
+        the answer of the one BOUND among ``commands``."""
+        self._writes.extend(commands)
+        if answer is not None:
+            self._bounds.append(answer)
+        if channel is not None:
+            self._events.setdefault(channel, []).append(event)
+        if unsent is not None:
+            self._unsent.append(unsent)
+        if len(self._writes) >= BATCH_MAX:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> Optional[defer.Deferred]:
+        """Send this turn's batch (see BATCH) as one script."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._writes and not self._events:
+            return None
+        everyone = self.key("all")
+        channels = sorted(self._events, key=lambda c: c != everyone)   # opens first
+        commands = self._writes + [
+            [b"PUBLISH", c, json.dumps(self._events[c])] for c in channels]
+        unsent, bounds = self._unsent, self._bounds
+        self._writes, self._events, self._unsent, self._bounds = [], {}, [], []
+        args: List[Any] = []
+        for command in commands:
+            args.append(len(command))
+            args.extend(command)
+        d = self._eval(BATCH, [], args)
+
+        def answered(answers):
+            for call, answer in zip(bounds, answers if isinstance(answers, list) else ()):
+                call(answer)
+
+        def failed(failure):
+            self._failed(failure, "sharing this box's changes")
+            if self.redis.unavailable(failure.value):
+                for call in unsent:
+                    call()
+        d.addCallbacks(answered, failed)
+        return d
+
     def _send(self, box: str, event: dict) -> None:
-        """Publish ``event`` on ``box``'s channel."""
-        self._do("routing to " + box, b"return redis.call('PUBLISH', KEYS[1], ARGV[1])",
-                 [self.key("to", box)], [json.dumps(event)])
+        """Publish ``event`` on ``box``'s channel (with this turn's batch)."""
+        self._queue(channel=self.key("to", box), event=event)
 
     # -- placement and sessions ---------------------------------------------------
 
     def _counts(self) -> Dict[str, int]:
         """The live boxes (at the last refresh) and their sessions in the
         view (which knows of every session announced since)."""
-        counts = {box: 0 for box in self.live}
+        counts = {box: self.box_sessions.get(box, 0) for box in self.live}
         counts[self.me] = len(self.users.sessions)
-        for _, box, _ in self.where.values():
-            if box in counts:
-                counts[box] += 1
         return counts
 
     def place(self) -> str:
-        """The live box with the fewest sessions (this one on a tie)."""
+        """The live box with the fewest sessions (this one on a tie), among
+        those that refreshed within ``STALE`` seconds."""
         counts = self._counts()
-        return min(counts, key=lambda box: (counts[box], box != self.me, box))
+        fresh = [box for box in counts if box not in self.stale] or [self.me]
+        return min(fresh, key=lambda box: (counts[box], box != self.me, box))
 
     def login_local(self, name: str, ident: str, ip: str = "",
                     groups: Sequence[str] = ()) -> Session:
@@ -365,21 +450,33 @@ class ClusterHub(Hub):
         return Hub.login(self, record["u"], record["s"], record["ip"], record["port"],
                          self.fresh_groups(record["u"], record["g"]), record["guest"])
 
+    def open_commands(self, record: dict, bound: int = 0) -> List[List[Any]]:
+        """The batch's commands that record a session; with ``bound`` (> 0)
+        a BOUND after them (see BATCH): the per-user bound counted over the
+        cluster."""
+        sid, box = record["s"], record["b"]
+        commands = [[b"HSET", self.key("sessions"), sid, json.dumps(record)],
+                    [b"SADD", self.key("onbox", box), sid],
+                    [b"HSET", self.key("where", record["u"]), sid, box]]
+        if bound > 0:
+            commands.append([b"BOUND", self.key("sessions"), self.key("where", record["u"]),
+                             sid, str(bound)])
+        return commands
+
     def _announce_open(self, record: dict, bound: int = 0) -> None:
         """Record and announce a session; with ``bound``, end the user's
-        oldest sessions on every box past it (the per-user bound counted
-        over the cluster, in the same script)."""
-        event = dict(record, e="open")
-        d = self._do("announcing a session", OPEN,
-                     [self.key("sessions"), self.key("onbox", record["b"]),
-                      self.key("where", record["u"]), self.key("all")],
-                     [record["s"], json.dumps(record), record["b"], json.dumps(event), bound])
-        d.addCallback(self._replace)
+        oldest sessions on every box past it (in the same batch)."""
+        # ("by": the node that opened it; its own box's session is open
+        # already, or was ended since, as past the bound before its event
+        # came back: not opened again)
+        self._queue(self.open_commands(record, bound), self.key("all"),
+                    dict(record, e="open", by=self.me),
+                    answer=self._replace if bound > 0 else None)
 
     def _replace(self, oldest: Any) -> None:
         """End these sessions (``sid, box`` pairs): past the per-user bound."""
         if not isinstance(oldest, list):
-            return   # (a failure, logged already)
+            return
         for i in range(0, len(oldest) - 1, 2):
             sid, box = _text(oldest[i]), _text(oldest[i + 1])
             session = self.session(sid)
@@ -389,16 +486,22 @@ class ClusterHub(Hub):
                 self._send(box, {"e": "end", "s": sid, "r": "replaced"})
 
     def _note_open(self, record: dict) -> None:
-        sid, user, box = record["s"], record["u"], record["b"]
-        if box == self.me:
+        if record["b"] == self.me:
             return
+        sid = record["s"]
         if sid in self.where:
-            return
-        self.where[sid] = (user, box, record)
-        self.remote.setdefault(user, {}).setdefault(box, set()).add(sid)
-        self.remote_groups[user] = group_set(self.fresh_groups(user, record.get("g") or ()))
-        if record.get("guest"):
-            key = address_key(record.get("ip") or "")
+            self._note_close(sid)
+        remote = self.where[sid] = RemoteSession(record)
+        user, box = remote.user, remote.box
+        self.box_sessions[box] = self.box_sessions.get(box, 0) + 1
+        boxes = self.remote.setdefault(user, {})
+        boxes[box] = boxes.get(box, ()) + (sid,)
+        groups = remote.groups
+        if user in self._changes:
+            groups = group_set(self.fresh_groups(user, groups))
+        remote.groups = self.remote_groups[user] = self._shared(groups)
+        if remote.guest:
+            key = address_key(remote.ip)
             self.remote_guests[key] = self.remote_guests.get(key, 0) + 1
 
     def _note_close(self, sid: str) -> None:
@@ -406,23 +509,34 @@ class ClusterHub(Hub):
         self.proxies.pop(sid, None)
         if found is None:
             return
-        user, box, record = found
-        if record.get("guest"):
-            key = address_key(record.get("ip") or "")
-            left = self.remote_guests.get(key, 0) - 1
-            if left > 0:
-                self.remote_guests[key] = left
+        user, box = found.user, found.box
+        if found.guest:
+            key = address_key(found.ip)
+            guests = self.remote_guests.get(key, 0) - 1
+            if guests > 0:
+                self.remote_guests[key] = guests
             else:
                 self.remote_guests.pop(key, None)
+        left = self.box_sessions.get(box, 1) - 1
+        if left > 0:
+            self.box_sessions[box] = left
+        else:
+            self.box_sessions.pop(box, None)
         boxes = self.remote.get(user)
         if boxes is not None:
-            sids = boxes.get(box)
-            if sids is not None:
-                sids.discard(sid)
-                if not sids:
-                    del boxes[box]
+            sids = tuple(s for s in boxes.get(box, ()) if s != sid)
+            if sids:
+                boxes[box] = sids
+            else:
+                boxes.pop(box, None)
             if not boxes:
                 del self.remote[user]
+
+    def _shared(self, boxes: FrozenSet[str]) -> FrozenSet[str]:
+        """The one frozenset of these boxes (a few exist: users share them)."""
+        if len(self._box_sets) > 4096:
+            self._box_sets = {}
+        return self._box_sets.setdefault(boxes, boxes)
 
     def _proxy(self, sid: str) -> Optional[Session]:
         proxy = self.proxies.get(sid)
@@ -430,10 +544,8 @@ class ClusterHub(Hub):
             found = self.where.get(sid)
             if found is None:
                 return None
-            user, box, record = found
-            proxy = Session(sid, UserState(user, record.get("g") or (), record.get("guest")),
-                            record.get("ip", ""), record.get("port", 0), box,
-                            record.get("t", 0.0), Mailbox(1))
+            proxy = Session(sid, UserState(found.user, found.groups, found.guest), found.ip,
+                            found.port, found.box, found.t, Mailbox(1))
             self.proxies[sid] = proxy
         return proxy
 
@@ -504,7 +616,9 @@ class ClusterHub(Hub):
         delivered, msgid, fresh = Hub.chat(self, session, to, text, seq, msgid)
         if fresh and seq is not None:
             # written before the answer goes out (the caller waits for
-            # shared_seq): a retry through another node reads it (recall_seq)
+            # shared_seq): a retry through another node reads it
+            # (recall_seq).  Its own call, after this turn's batch so far
+            # (_eval sends that first): the chat's routing goes out first.
             d = self._do("sharing a chat's seq", SEQ, [self.key("seqs", session.id)],
                          [seq, json.dumps([msgid, delivered]), SEQ_MEMORY * 2,
                           int(self.config.session_ttl)])
@@ -524,8 +638,7 @@ class ClusterHub(Hub):
     def forget_seq(self, session: Session, seq: Optional[str]) -> None:
         Hub.forget_seq(self, session, seq)
         if seq is not None:
-            self._do("forgetting a chat's seq", b"return redis.call('HDEL', KEYS[1], ARGV[1])",
-                     [self.key("seqs", session.id)], [seq])
+            self._queue([[b"HDEL", self.key("seqs", session.id), seq]])
 
     def _remote(self, session: Session) -> bool:
         return session.host_box != self.me
@@ -546,9 +659,9 @@ class ClusterHub(Hub):
 
     def remember_device(self, sid: str, digest: str) -> None:
         """Session ``sid`` was opened or issued with the resume token of hash
-        ``digest``: kept in ``devices`` while the session lives."""
-        self._do("recording a session's device", b"return redis.call('HSET', KEYS[1],"
-                 b" ARGV[1], ARGV[2])", [self.key("devices")], [sid, digest])
+        ``digest``: kept in ``devices`` while the session lives (with this
+        turn's batch)."""
+        self._queue([[b"HSET", self.key("devices"), sid, digest]])
 
     def recall_device(self, sid: str) -> defer.Deferred:
         """The token hash of session ``sid``'s device, or None (also when
@@ -560,16 +673,15 @@ class ClusterHub(Hub):
         return d
 
     def forget_devices(self, sids: Sequence[str]) -> None:
-        if sids:
-            self._do("forgetting sessions' devices",
-                     b"return redis.call('HDEL', KEYS[1], unpack(ARGV))",
-                     [self.key("devices")], list(sids))
+        sids = list(sids)
+        for i in range(0, len(sids), DEVICES_AT_ONCE):   # (Lua's unpack is bounded)
+            self._queue([[b"HDEL", self.key("devices")] + sids[i:i + DEVICES_AT_ONCE]])
 
     def _announce_close(self, sid: str, user: str, box: str) -> None:
-        self._do("announcing the end of a session", CLOSE,
-                 [self.key("sessions"), self.key("onbox", box), self.key("where", user),
-                  self.key("all")],
-                 [sid, json.dumps({"e": "close", "s": sid, "u": user, "b": box})])
+        self._queue([[b"HDEL", self.key("sessions"), sid],
+                     [b"SREM", self.key("onbox", box), sid],
+                     [b"HDEL", self.key("where", user), sid]],
+                    self.key("all"), {"e": "close", "s": sid, "u": user, "b": box})
 
     def watch(self, session: Session, key: str) -> None:
         if self._remote(session):
@@ -604,9 +716,9 @@ class ClusterHub(Hub):
         holding = self.remote_online.get(name, ())
         for box, sids in self.remote.get(name, {}).items():
             for sid in sids:
-                record = self.where[sid][2] if sid in self.where else {}
-                if record.get("ip"):
-                    found.append(((box in holding, record.get("t", 0.0)), record["ip"]))
+                remote = self.where.get(sid)
+                if remote is not None and remote.ip:
+                    found.append(((box in holding, remote.t), remote.ip))
         return max(found)[1] if found else None
 
     def knows(self, name: str) -> bool:
@@ -629,20 +741,22 @@ class ClusterHub(Hub):
 
     def _share_presence(self, user: UserState, online: bool, now: float) -> None:
         """Tell the other boxes (and Redis) whether ``user`` is online here,
-        and their state here (the combination of this box's sessions)."""
+        and their state here (the combination of this box's sessions), with
+        this turn's batch: ``online:<me>`` and ``states:<me>``."""
         event = {"e": "pres", "u": user.name, "b": self.me, "on": online,
                  "g": sorted(user.groups), "t": now}
-        kept = ""
         if online:
             entry = self._local_entry(user) or (AVAILABLE, "", 0.0)
             self.shared[user.name] = state_value(entry[0], entry[1])
             event.update(st=entry[0], tx=entry[1], w=entry[2])
-            kept = json.dumps(list(entry))
+            commands = [[b"SADD", self.key("online", self.me), user.name],
+                        [b"HSET", self.key("states", self.me), user.name,
+                         json.dumps(list(entry))]]
         else:
             self.shared.pop(user.name, None)
-        self._do("sharing a change of presence", PRESENCE,
-                 [self.key("online", self.me), self.key("all"), self.key("states", self.me)],
-                 [user.name, "1" if online else "0", json.dumps(event), kept])
+            commands = [[b"SREM", self.key("online", self.me), user.name],
+                        [b"HDEL", self.key("states", self.me), user.name]]
+        self._queue(commands, self.key("all"), event)
 
     def _restate(self, user: UserState) -> None:
         if user.online:
@@ -685,16 +799,16 @@ class ClusterHub(Hub):
                          groups: Optional[Sequence[str]], when: float,
                          entry: Optional[Tuple[str, str, float]] = None) -> None:
         before = self.is_online(user)
+        user = intern(user)
         self._note_state(user, box, entry if online else None)
-        boxes = self.remote_online.setdefault(user, set())
-        if online:
-            boxes.add(box)
+        boxes = self.remote_online.get(user, NO_GROUPS)
+        boxes = boxes | {box} if online else boxes - {box}
+        if boxes:
+            self.remote_online[user] = self._shared(frozenset(boxes))
         else:
-            boxes.discard(box)
-            if not boxes:
-                del self.remote_online[user]
+            self.remote_online.pop(user, None)
         if groups is not None:
-            self.remote_groups[user] = group_set(self.fresh_groups(user, groups))
+            self.remote_groups[user] = self._shared(group_set(self.fresh_groups(user, groups)))
         self.remote_seen[user] = when
         if before != self.is_online(user):
             self._remote_presence_changed(user, when)
@@ -749,17 +863,15 @@ class ClusterHub(Hub):
         self._note_change(key, member, joined)
         self._regroup(key, member, joined)
         Hub.membership_changed(self, key, member, joined)
-        self._do("sharing a change of membership",
-                 b"return redis.call('PUBLISH', KEYS[1], ARGV[1])", [self.key("all")],
-                 [json.dumps({"e": "member", "b": self.me, "k": key, "m": member,
-                              "j": joined})])
+        self._queue(channel=self.key("all"),
+                    event={"e": "member", "b": self.me, "k": key, "m": member, "j": joined})
 
     def _regroup(self, key: str, member: str, joined: bool) -> None:
         """The view of a remote member's groups follows the change."""
         groups = self.remote_groups.get(member)
         if groups is not None:
-            self.remote_groups[member] = group_set(groups | {key} if joined
-                                                   else groups - {key})
+            changed = groups | {key} if joined else groups - {key}
+            self.remote_groups[member] = self._shared(group_set(changed))
 
     def _remote_membership(self, key: str, member: str, joined: bool) -> None:
         self._note_change(key, member, joined)
@@ -786,20 +898,18 @@ class ClusterHub(Hub):
 
     def _route_chat(self, name: str, frame: Frame, boxes: List[str]) -> None:
         """Route a chat to the remote ones of ``boxes`` and keep it in each
-        one's pending hash until acknowledged, in one script."""
-        event = json.dumps({"e": "frame", "u": name, "f": encode_frame(frame)})
-        keys = [self.key("pending", box) for box in boxes]
-        keys += [self.key("to", box) for box in boxes if box != self.me]
-        value = json.dumps({"u": name, "f": encode_frame(frame), "t": self.clock.seconds()})
-        d = self._eval(ROUTE, keys, [_pending_field(name, frame), value, event, len(boxes)])
-
-        def unrouted(failure):
-            self._failed(failure, "routing a chat")
-            if self.redis.unavailable(failure.value) and len(boxes) > (self.me in boxes):
-                # it reached no other box: the message box keeps it (the
-                # directory sends its spills when Redis is back)
-                self.listener.spill(name, frame)
-        d.addErrback(unrouted)
+        one's pending hash until acknowledged, in this turn's batch."""
+        encoded = encode_frame(frame)
+        field = _pending_field(name, frame)
+        value = json.dumps({"u": name, "f": encoded, "t": self.clock.seconds()})
+        self._queue([[b"HSET", self.key("pending", box), field, value] for box in boxes])
+        remote = [box for box in boxes if box != self.me]
+        for box in remote:
+            self._queue(channel=self.key("to", box), event={"e": "frame", "u": name, "f": encoded})
+        if remote:
+            # if it reaches no other box, the message box keeps it (the
+            # directory sends its spills when Redis is back)
+            self._queue(unsent=lambda: self.listener.spill(name, frame))
 
     def end_user(self, name: str, reason: str, keep: Optional[Session] = None) -> int:
         count = Hub.end_user(self, name, reason, keep)
@@ -819,9 +929,7 @@ class ClusterHub(Hub):
                  if i <= upto and f.is_chat]
         Hub.ack(self, session, upto)
         if acked:
-            self._do("recording acknowledged chat",
-                     b"return redis.call('HDEL', KEYS[1], unpack(ARGV))",
-                     [self.key("pending", self.me)], acked)
+            self._queue([[b"HDEL", self.key("pending", self.me)] + acked])
 
     def settle(self) -> defer.Deferred:
         """Drop from this box's pending hash the chats older than
@@ -843,8 +951,8 @@ class ClusterHub(Hub):
                            for _, f in s.mailbox.pending()):
                     done.append(field)
             if done:
-                return self._eval(b"return redis.call('HDEL', KEYS[1], unpack(ARGV))",
-                                  [self.key("pending", self.me)], done)
+                self._queue([[b"HDEL", self.key("pending", self.me)] + done])
+                return self.flush()
         d.addCallback(trim)
         d.addErrback(self._failed, "trimming the pending chats")
         return d
@@ -864,17 +972,28 @@ class ClusterHub(Hub):
     # -- events ----------------------------------------------------------------------
 
     def received(self, channel: bytes, message: bytes) -> None:
-        """A message on one of :meth:`channels`."""
+        """A message on one of :meth:`channels`: an event, or a list of them
+        (a box's batch), handled in order."""
         try:
-            event = json.loads(_text(message))
-            kind = event["e"]
-        except (ValueError, KeyError, TypeError):
-            self.log.warn("cluster: an unreadable message on {channel}",
-                          channel=_text(channel))
-            return
-        sent = event.get("t")
-        if type(sent) is float:
-            self.pubsub_lag.observe(max(0.0, self.clock.seconds() - sent))
+            events = json.loads(_text(message))
+        except ValueError:
+            events = [None]
+        for event in events if isinstance(events, list) else [events]:
+            try:
+                kind = event["e"]
+            except (KeyError, TypeError, IndexError):
+                self.log.warn("cluster: an unreadable message on {channel}",
+                              channel=_text(channel))
+                continue
+            sent = event.get("t")
+            if type(sent) is float:
+                self.pubsub_lag.observe(max(0.0, self.clock.seconds() - sent))
+            if self._held is not None and channel == self.key("all"):
+                self._held.append(event)        # after the view is read
+            else:
+                self._handle(kind, event)
+
+    def _handle(self, kind: Any, event: dict) -> None:
         handler = self._handlers.get(kind)
         if handler is None:
             return
@@ -885,7 +1004,7 @@ class ClusterHub(Hub):
 
     def _on_open(self, event: dict) -> None:
         if event["b"] == self.me:
-            if self.users.session(event["s"]) is None:
+            if event.get("by") != self.me and self.users.session(event["s"]) is None:
                 self._open_local(event)
         else:
             self._note_open(event)
@@ -958,9 +1077,8 @@ class ClusterHub(Hub):
         """This box's sessions, then every other box's (event ``notice`` on
         the channel ``all``)."""
         count = Hub.broadcast(self, frame)
-        self._do("a notice to every box", b"return redis.call('PUBLISH', KEYS[1], ARGV[1])",
-                 [self.key("all")], [json.dumps({"e": "notice", "b": self.me,
-                                                 "f": encode_frame(frame)})])
+        self._queue(channel=self.key("all"),
+                    event={"e": "notice", "b": self.me, "f": encode_frame(frame)})
         return count
 
     def _on_notice(self, event: dict) -> None:
@@ -975,57 +1093,86 @@ class ClusterHub(Hub):
 
     # -- the box ---------------------------------------------------------------------
 
-    def load(self) -> defer.Deferred:
+    @defer.inlineCallbacks
+    def load(self):
         """Read the global directory into the local view, replacing it (at
         start and after every reconnect, once subscribed, so that no change
-        falls between the two); then make Redis agree with this box (what
-        changed here while Redis was away).  Watchers here hear of every
-        user whose presence differs between the old view and the new."""
-        d = self._eval(SNAPSHOT, [self.key("sessions"), self.key("nodes")],
-                       [self.prefix + "online:", self.prefix + "states:"])
+        falls between the two: what is announced while it is read, in
+        pages, is applied after it); then make Redis agree with this box
+        (what changed here while Redis was away).  Watchers here hear of
+        every user whose presence differs between the old view and the
+        new."""
+        self._held = []
+        try:
+            sessions: List[Any] = []
+            cursor: Any = b"0"
+            while True:
+                cursor, flat = yield self._eval(SESSIONS_PAGE, [self.key("sessions")],
+                                                [cursor, LOAD_PAGE])
+                sessions.extend(flat[1::2])
+                if _text(cursor) == "0":
+                    break
+            online: List[Any] = []
+            kept: List[Any] = []
+            for box in (yield self._eval(BOXES, [self.key("nodes")], [])):
+                users = yield self._eval(ONLINE_ON, [self.key("online", _text(box))], [])
+                online += [box, users]
+                flat = yield self._eval(STATES_ON, [self.key("states", _text(box))], [])
+                kept += [box, flat]
+            self._loaded(sessions, online, kept)
+        finally:
+            held, self._held = self._held, None
+            for event in held:
+                self._handle(event["e"], event)
 
-        def loaded(result):
-            sessions, online = result[0], result[1]
-            kept = result[2] if len(result) > 2 else []
-            before = {u: self.is_online(u) for u in self.remote_online}
-            self.where, self.remote, self.proxies = {}, {}, {}
-            self.remote_online, self.remote_seen, self.remote_states = {}, {}, {}
-            self.remote_guests = {}
-            mine = {}
-            for raw in sessions:
-                record = json.loads(_text(raw))
-                if record.get("b") == self.me:
-                    mine[record["s"]] = record
-                else:
-                    self._note_open(record)
-            now = self.clock.seconds()
-            online_here = set()
-            for i in range(0, len(online), 2):
-                box = _text(online[i])
-                users = {_text(u) for u in online[i + 1]}
-                if box == self.me:
-                    online_here = users
+    def _loaded(self, sessions: List[Any], online: List[Any], kept: List[Any] = ()) -> None:
+        """Replace the view with the session records, online sets and
+        states read (``kept``: per box, its ``states:<box>`` as HGETALL
+        answers it)."""
+        before = {u: self.is_online(u) for u in self.remote_online}
+        self.where, self.remote, self.proxies = {}, {}, {}
+        self.remote_online, self.remote_seen, self.box_sessions = {}, {}, {}
+        self.remote_states, self.remote_guests = {}, {}
+        mine = {}
+        for raw in sessions:
+            record = json.loads(_text(raw))
+            if record.get("b") == self.me:
+                mine[record["s"]] = record
+            else:
+                self._note_open(record)
+        now = self.clock.seconds()
+        online_here = set()
+        for i in range(0, len(online), 2):
+            box = _text(online[i])
+            users = {intern(_text(u)) for u in online[i + 1]}
+            if box == self.me:
+                online_here = users
+                continue
+            for user in users:
+                boxes = self.remote_online.get(user, NO_GROUPS) | {box}
+                self.remote_online[user] = self._shared(frozenset(boxes))
+                self.remote_seen[user] = now
+        recorded_here: Dict[str, Tuple[str, str]] = {}
+        for i in range(0, len(kept), 2):
+            box, flat = _text(kept[i]), kept[i + 1]
+            for j in range(0, len(flat) - 1, 2):
+                user = intern(_text(flat[j]))
+                try:
+                    state, text, since = json.loads(_text(flat[j + 1]))
+                    entry = (str(state), str(text), float(since))
+                except (ValueError, TypeError):
                     continue
-                for user in users:
-                    self.remote_online.setdefault(user, set()).add(box)
-                    self.remote_seen[user] = now
-            recorded_here: Dict[str, Tuple[str, str]] = {}
-            for i in range(0, len(kept), 3):
-                box = _text(kept[i])
-                for user, value in zip(kept[i + 1], kept[i + 2]):
-                    state, text, since = json.loads(_text(value))
-                    if box == self.me:
-                        recorded_here[_text(user)] = state_value(state, text)
-                    else:
-                        self._note_state(_text(user), box, (state, text, float(since)))
-            for user in set(before) | set(self.remote_online) | set(self.told):
-                if before.get(user, self.users.is_online(user)) != self.is_online(user):
-                    self._remote_presence_changed(user, now)
-                else:
-                    self._tell(self._audience_of(user))
-            self._agree(mine, online_here)
-            self._agree_states(online_here, recorded_here)
-        return d.addCallback(loaded)
+                if box == self.me:
+                    recorded_here[user] = state_value(entry[0], entry[1])
+                elif user in self.remote_online and box in self.remote_online[user]:
+                    self._note_state(user, box, entry)
+        for user in set(before) | set(self.remote_online) | set(self.told):
+            if before.get(user, self.users.is_online(user)) != self.is_online(user):
+                self._remote_presence_changed(user, now)
+            else:
+                self._tell(self._audience_of(user))
+        self._agree(mine, online_here)
+        self._agree_states(online_here, recorded_here)
 
     def _agree_states(self, online: Set[str], recorded: Dict[str, Tuple[str, str]]) -> None:
         """Share again the state of every user online here whose state in
@@ -1061,24 +1208,28 @@ class ClusterHub(Hub):
                        [self.me, len(self.users.sessions), BOX_TTL, self.prefix + "node:"])
 
         def registered(reply):
-            live, dead = {}, []
-            for i in range(0, len(reply), 2):
-                box, count = _text(reply[i]), _text(reply[i + 1])
+            live, dead, stale = {}, [], set()
+            for i in range(0, len(reply), 3):
+                box, count = intern(_text(reply[i])), _text(reply[i + 1])
                 if count:
                     live[box] = int(count)
+                    if box != self.me and int(reply[i + 2]) < (BOX_TTL - STALE) * 1000:
+                        stale.add(box)
                 else:
                     dead.append(box)
-            self.live = live
+            self.live, self.stale = live, stale
             for box in set(self.remote_online_boxes()) - set(live):
                 self.forget_box(box)
-            return defer.DeferredList([self.bury(box) for box in dead] + [self.settle()])
+            self._refreshes += 1
+            settle = [self.settle()] if self._refreshes % SETTLE_EVERY == 1 else []
+            return defer.DeferredList([self.bury(box) for box in dead] + settle)
         d.addCallback(registered)
         d.addErrback(self._failed, "refreshing this box")
         return d
 
     def remote_online_boxes(self) -> Set[str]:
-        boxes = {b for _, b, _ in self.where.values()}
-        for online in self.remote_online.values():
+        boxes = set(self.box_sessions)
+        for online in set(self.remote_online.values()):   # a few shared sets
             boxes |= online
         return boxes
 
