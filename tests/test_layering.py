@@ -102,3 +102,14 @@ def test_every_package_and_its_files_are_installed():
             patterns = data.get(owner, "").split()
             relative = rest + path.name
             assert any(Path(relative).match(p) for p in patterns), relative
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test modules by their base name (no packages here):
+    two ``test_x.py`` in different folders stop the whole suite at
+    collection, which a run of one folder at a time never shows."""
+    tests = Path(__file__).parent
+    seen: dict = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
