@@ -555,7 +555,7 @@ async def cluster_run(args, workdir: str, res: dict) -> None:
             "profile.enable()\nrun()\n")
     node_args = ["--hash-cost", "1", "--keepalive", "25", "--poll", "4"]
     node_args += presence_off_flags(twistd)
-    options = SimpleNamespace(nodes=args.nodes, host="127.0.0.1", port=base, redis=None,
+    options = SimpleNamespace(nodes=args.nodes, host="127.0.0.1", port=base, redis=None, admin_port=0,
                               data=os.path.join(workdir, "cluster"), node_args=node_args)
     cluster = Cluster(options, out=sys.stderr)
     bench = None
