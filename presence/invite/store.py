@@ -20,13 +20,12 @@ An invitation's ``status`` is where its mail is:
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 
+from presence.sqlitefile import open_database, start_worker
 from presence.threads import Pool
 
 SCHEMA = """
@@ -67,21 +66,12 @@ class InviteStore:
     def connect(self) -> None:
         if self._db is not None:
             return
-        if self.path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(self.path, SCHEMA)
 
     def start(self, reactor: Any) -> None:
         self.connect()
         if self._run is None:
-            pool = self._pool = Pool(1, 1, name="presence-invites")
-            pool.start()
-            self._run = lambda fn, *a: deferToThreadPool(reactor, pool, fn, *a)
+            self._pool, self._run = start_worker(reactor, "presence-invites")
 
     def stop(self) -> None:
         if self._pool is not None:

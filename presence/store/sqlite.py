@@ -25,11 +25,11 @@ import sqlite3
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from presence.store.interface import RESUME_PER_USER, BoxFull, IDirectory, NameTaken
+from presence.sqlitefile import open_database, start_worker
 from presence.threads import Pool
 
 SCHEMA = """
@@ -193,14 +193,7 @@ class SQLiteDirectory:
         ``twistd -u`` the files are then the user's the server runs as)."""
         if self._db is not None:
             return
-        path = self.path
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(self.path, SCHEMA)
         if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='boxes'").fetchone():
             # a directory from before the quota: count its boxes once
             self._db.executescript("BEGIN;" + BOXES + "COMMIT;")
@@ -222,9 +215,7 @@ class SQLiteDirectory:
         self.connect()
         if self._run is not None:
             return
-        pool = self._pool = Pool(1, 1, name="presence-sqlite")
-        pool.start()
-        self._run = lambda fn, *a: deferToThreadPool(reactor, pool, fn, *a)
+        self._pool, self._run = start_worker(reactor, "presence-sqlite")
 
     def stop(self) -> None:
         if self._pool is not None:
