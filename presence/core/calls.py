@@ -118,7 +118,7 @@ class Call:
     accepts); ``callee_session``: the one that accepted (``active``)."""
 
     __slots__ = ("id", "caller", "callee", "state", "ringing", "callee_session",
-                 "early", "timer", "started")
+                 "early", "timer", "started", "reason")
 
     def __init__(self, ident: str, caller: Party, callee: str, started: float) -> None:
         self.id = ident
@@ -131,6 +131,8 @@ class Call:
         self.early: List[str] = []
         self.timer: Any = None
         self.started = started
+        #: why it ended (one of REASONS), once it did
+        self.reason: Optional[str] = None
 
     def sessions(self) -> List[str]:
         """Every session the call involves now."""
@@ -138,8 +140,11 @@ class Call:
         return [self.caller.session] + others
 
     def info(self) -> Dict[str, Any]:
-        return {"call": self.id, "caller": self.caller.user, "callee": self.callee,
+        info = {"call": self.id, "caller": self.caller.user, "callee": self.callee,
                 "state": self.state}
+        if self.reason is not None:
+            info["reason"] = self.reason
+        return info
 
 
 class Calls:
@@ -305,6 +310,7 @@ class Calls:
             if session != gone:
                 self.send(session, to_caller if session == call.caller.session else to_callee)
         call.state = "ended"
+        call.reason = reason
         call.ringing = []
         if not self.calls and self._checker is not None and self._checker.active():
             self._checker.cancel()
