@@ -206,6 +206,7 @@ def test_turn_credentials_in_the_coturn_rest_scheme(net):
     body = r.json
     server = body["iceServers"][0]
     expires = int(net.clock.seconds() + 600)
+    assert body["iceTransportPolicy"] == "all"
     assert body["turn"] is True and body["ttl"] == 600 and body["expires"] == expires
     assert server["urls"] == ["turn:127.0.0.1:3478?transport=udp"]
     assert server["username"] == f"{expires}:alice"
@@ -252,6 +253,8 @@ def test_the_options(tmp_path):
          "give one of them"),
         (["--turn-url", "turn:x", "--turn-secret-file", str(tmp_path / "none")],
          "--turn-secret-file: cannot read"),
+        (["--turn-policy", "relay"], "--turn-policy relay needs --turn-url"),
+        (["--turn-policy", "some"], "--turn-policy must be all or relay"),
         (["--ring-timeout", "0"], "--ring-timeout: must be positive"),
         (["--turn-ttl", "soon"], "--turn-ttl: must be a number"),
     ]

@@ -5,7 +5,8 @@
         answer:  call, sdp         200 {... "state": "active"}
         ice:     call, candidate   204
         hangup:  call              204   (decline: the same, for a ringing call)
-    GET  /api/turn        me, id   200 {"turn": true, "iceServers": [...], "ttl", "expires"}
+    GET  /api/turn        me, id   200 {"turn": true, "iceServers": [...], "iceTransportPolicy",
+                                        "ttl", "expires"}
                                    200 {"turn": false, "iceServers": [], "message"}
     POST /api/call-guests me, id, allow=1|0   204 (members: guests may call me)
 
@@ -57,6 +58,10 @@ OPTIONS = [
     ["turn-secret", None, None,
      "The TURN REST-API shared secret itself (visible in the process list: prefer"
      " --turn-secret-file); never logged."],
+    ["turn-policy", None, "all",
+     "ICE transport policy the pages use with --turn-url: all (direct routes first, the"
+     " relay where they fail) or relay (media always through the TURN server: the two"
+     " browsers never learn each other's addresses)."],
     ["turn-ttl", None, TURN_TTL,
      "Seconds the TURN credentials handed to a page are valid (a call must end"
      " before they expire)."],
@@ -79,6 +84,8 @@ def check_options(options: Any) -> None:
     """The browser calls' part of ``Options.postOptions``."""
     options["turn-ttl"] = _positive_seconds(options, "turn-ttl")
     options["ring-timeout"] = _positive_seconds(options, "ring-timeout")
+    if options["turn-policy"] not in ("all", "relay"):
+        raise usage.UsageError("--turn-policy must be all or relay")
     urls = options["turn-url"]
     secret_file, secret = options["turn-secret-file"], options["turn-secret"]
     if secret_file is not None and secret is not None:
@@ -86,6 +93,8 @@ def check_options(options: Any) -> None:
     if urls is None:
         if secret_file is not None or secret is not None:
             raise usage.UsageError("--turn-secret-file/--turn-secret need --turn-url")
+        if options["turn-policy"] == "relay":
+            raise usage.UsageError("--turn-policy relay needs --turn-url")
         return
     listed = [u.strip() for u in urls.split(",") if u.strip()]
     if not listed:
@@ -135,13 +144,14 @@ class CallsWeb:
 
     def __init__(self, service: Any, clock: Any, turn_urls: Optional[List[str]] = None,
                  turn_secret: Optional[bytes] = None, turn_ttl: float = TURN_TTL,
-                 ring_timeout: float = RING_TIMEOUT) -> None:
+                 ring_timeout: float = RING_TIMEOUT, turn_policy: str = "all") -> None:
         self.service = service
         self.hub = service.hub
         self.clock = clock
         self.turn_urls = list(turn_urls or [])
         self._turn_secret = turn_secret
         self.turn_ttl = turn_ttl
+        self.turn_policy = turn_policy
         self.calls = Calls(clock, self._send, self._alive, ring_timeout=ring_timeout)
         self.signals = RateLimiter(capacity=SIGNAL_LIMIT[0], rate=SIGNAL_LIMIT[1],
                                    max_keys=100000)
@@ -152,7 +162,8 @@ class CallsWeb:
     def from_options(cls, options: Any, service: Any, clock: Any) -> "CallsWeb":
         return cls(service, clock, options.get("turn-urls"), options.get("turn-key"),
                    float(options.get("turn-ttl", TURN_TTL)),
-                   float(options.get("ring-timeout", RING_TIMEOUT)))
+                   float(options.get("ring-timeout", RING_TIMEOUT)),
+                   options.get("turn-policy") or "all")
 
     def __repr__(self) -> str:  # never the secret
         return f"<CallsWeb turn={self.turn_urls!r}>"
@@ -253,6 +264,7 @@ class CallsWeb:
         creds = turn_credentials(self._turn_secret, session.user.name,
                                  self.clock.seconds(), self.turn_ttl)
         return 200, {"turn": True, "ttl": creds["ttl"], "expires": creds["expires"],
+                     "iceTransportPolicy": self.turn_policy,
                      "iceServers": [{"urls": self.turn_urls, "username": creds["username"],
                                      "credential": creds["credential"]}]}
 

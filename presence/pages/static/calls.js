@@ -119,12 +119,14 @@
     }
 
     // signalling POSTs of one call go out one after the other (a candidate
-    // never overtakes its offer)
+    // never overtakes its offer); a hang-up or decline goes out even though
+    // this page has ended the call already
     function signal(call, data) {
+      var last = data.action === 'hangup' || data.action === 'decline';
       data.me = ctx.me();
       data.call = call.id;
       call.chain = call.chain.then(function () {
-        if (call.over) return null;
+        if (call.over && !last) return null;
         return ctx.post('/api/call', data).then(function (r) {
           if (r.status === 200 || r.status === 204) return r;
           return ctx.errorText(r).then(function (t) {
