@@ -278,3 +278,36 @@ def test_caller_hangs_up_and_callee_goes_offline(api, browser_pages):
     expect(panel(bob_page2)).to_have_attribute("data-state", "incoming")
     bob_page2.close()
     ended(alice_page, "offline", f"{bob.name} went offline: the call ended.")
+
+
+def test_a_guest_calls_only_once_the_user_allows_it(api, browser_pages):
+    expect = _expect()
+    alice, alice_page = person(api, browser_pages, "alice")
+    guest = browser_pages.new()
+    guest.goto(f"/call?name={alice.name}")
+    wait_live(guest)
+    expect(row(guest, alice.name)).to_have_attribute("data-presence", "online")
+    call(guest, alice)
+    ended(guest, "error", f"{alice.name} takes calls from members only: log in to call them")
+    expect(panel(alice_page)).to_have_attribute("data-state", "idle")
+
+    # alice lets guests call her (Settings, in another tab)
+    settings = browser_pages.tab(alice_page.context)
+    settings.goto("/settings")
+    settings.check("#f-guest-calls")
+    settings.locator("#guest-calls button[type=submit]").click()
+    expect(settings.locator(".notice").first).to_have_text(
+        "Saved: who may call you in the browser.")
+    settings.close()
+
+    call(guest, alice)
+    guest_name = guest.locator("#live").get_attribute("data-me")
+    expect(panel(alice_page)).to_have_attribute("data-state", "incoming")
+    expect(panel(alice_page).locator(".call-status")).to_have_text(
+        f"{guest_name} is calling you.")
+    alice_page.locator("#call .call-accept").click()
+    for page in (guest, alice_page):
+        expect(panel(page)).to_have_attribute("data-state", "active", timeout=CONNECT_TIMEOUT)
+    guest.locator("#call .call-hangup").click()
+    ended(guest, "hangup", "You hung up.")
+    ended(alice_page, "hangup", f"{guest_name} hung up.")
