@@ -311,3 +311,32 @@ def test_a_guest_calls_only_once_the_user_allows_it(api, browser_pages):
     guest.locator("#call .call-hangup").click()
     ended(guest, "hangup", "You hung up.")
     ended(alice_page, "hangup", f"{guest_name} hung up.")
+
+
+VIDEO_FRAMES = """async () => {
+  const stats = await window.presenceCall.pc.getStats();
+  let frames = 0;
+  stats.forEach(s => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') frames += s.framesDecoded || 0;
+  });
+  return frames > 0;
+}"""
+
+
+def test_a_video_call(api, browser_pages):
+    expect = _expect()
+    alice, alice_page = person(api, browser_pages, "alice")
+    bob, bob_page = person(api, browser_pages, "bob")
+    open_page_of(alice_page, bob)
+    alice_page.check("#call .call-video")
+    call(alice_page, bob)
+    expect(panel(bob_page).locator(".call-status")).to_have_text(
+        f"{alice.name} is calling you (video).")
+    expect(bob_page.locator("#call .call-video")).to_be_checked()
+    bob_page.locator("#call .call-accept").click()
+    for page in (alice_page, bob_page):
+        expect(panel(page)).to_have_attribute("data-state", "active", timeout=CONNECT_TIMEOUT)
+        page.wait_for_function(VIDEO_FRAMES, timeout=10_000)
+        expect(page.locator("#call .call-remote")).to_be_visible()
+    alice_page.locator("#call .call-hangup").click()
+    ended(bob_page, "hangup", f"{alice.name} hung up.")
