@@ -187,7 +187,7 @@ def audio_flows(page: Any) -> dict:
 
 
 def test_alice_calls_bob_through_coturn_and_audio_flows_both_ways(api, browser_pages,
-                                                                  coturn):
+                                                                  coturn, server):
     expect = _expect()
     alice, alice_page = person(api, browser_pages, "alice")
     bob, bob_page = person(api, browser_pages, "bob")
@@ -212,6 +212,8 @@ def test_alice_calls_bob_through_coturn_and_audio_flows_both_ways(api, browser_p
     ended(bob_page, "hangup", "You hung up.")
     ended(alice_page, "hangup", f"{bob.name} hung up.")
     assert alice_page.evaluate("window.presenceCall.pc.connectionState") == "closed"
+    # the TURN secret is in no line the server logged
+    assert coturn.secret not in server.output()
 
 
 def test_decline_busy_and_no_answer(api, browser_pages):
