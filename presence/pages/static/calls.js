@@ -173,6 +173,9 @@
         if (pc.connectionState === 'connected') {
           call.state = 'active';
           show('active', 'In a call with ' + call.peer + '.');
+        } else if (pc.connectionState === 'disconnected' && call.state === 'active') {
+          show('active', 'The connection with ' + call.peer +
+               ' is interrupted: waiting for it to come back…');
         } else if (pc.connectionState === 'failed') {
           signal(call, {action: 'hangup'});
           finish(call, null, 'The media connection failed: no route between you and ' +

@@ -794,7 +794,10 @@
     post: post,
     errorText: errorText,
     ensureSession: ensureSession,
-    place: function (panel) { chatsEl.parentNode.insertBefore(panel, chatsEl); }
+    place: function (panel) {
+      if (chatsEl) chatsEl.parentNode.insertBefore(panel, chatsEl);
+      else main.appendChild(panel);
+    }
   }) : null;
 
   // -- start ---------------------------------------------------------------------------
