@@ -29,9 +29,9 @@ from typing import Any, Iterator
 import pytest
 
 from browser_support import (  # noqa: F401  (fixtures)
-    CHROMIUM_ARGS, Launcher, browser_pages, chromium, log_in, row, wait_live,
+    CHROMIUM_ARGS, Launcher, browser_pages, chromium, log_in, pages_at, row, wait_live,
 )
-from presence_harness import free_port, register, unique_name
+from presence_harness import Api, free_port, register, unique_name
 
 pytestmark = pytest.mark.requires_program("chromium", "turnserver")
 
@@ -342,3 +342,45 @@ def test_a_video_call(api, browser_pages):
         expect(page.locator("#call .call-remote")).to_be_visible()
     alice_page.locator("#call .call-hangup").click()
     ended(bob_page, "hangup", f"{alice.name} hung up.")
+
+
+RELAY_PROTOCOL = """async () => {
+  const stats = await window.presenceCall.pc.getStats();
+  let pair = null;
+  stats.forEach(s => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = s.selectedCandidatePairId;
+  });
+  if (!pair) return null;
+  const local = stats.get(stats.get(pair).localCandidateId);
+  return [local.candidateType, local.relayProtocol];
+}"""
+
+
+def test_turn_over_tcp_for_a_browser_whose_udp_is_blocked(server_factory, server_options,
+                                                         chromium, tmp_path):
+    """The relay reached over TCP (``?transport=tcp``: what a UDP-blocking
+    firewall leaves, and port 443 in the documented config)."""
+    expect = _expect()
+    options = dict(server_options, turn_url=server_options["turn_url"].replace(
+        "transport=udp", "transport=tcp"))
+    server = server_factory.start(**options)
+    api = Api(server.host, server.port)
+    pages = pages_at(chromium, server.base)
+    browser = next(pages)
+    try:
+        alice, alice_page = person(api, browser, "alice")
+        bob, bob_page = person(api, browser, "bob")
+        open_page_of(alice_page, bob)
+        call(alice_page, bob)
+        expect(panel(bob_page)).to_have_attribute("data-state", "incoming")
+        bob_page.locator("#call .call-accept").click()
+        for page in (alice_page, bob_page):
+            expect(panel(page)).to_have_attribute("data-state", "active",
+                                                  timeout=CONNECT_TIMEOUT)
+            assert page.evaluate(RELAY_PROTOCOL) == ["relay", "tcp"]
+            flow = audio_flows(page)
+            assert flow["now"]["packets"] > flow["first"]["packets"] > 0, flow
+        bob_page.locator("#call .call-hangup").click()
+        ended(alice_page, "hangup", f"{bob.name} hung up.")
+    finally:
+        next(pages, None)
