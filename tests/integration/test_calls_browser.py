@@ -144,6 +144,24 @@ def call(page: Any, other: Any) -> None:
     row(page, other.name).locator("[data-action=call]").click()
 
 
+def alice_and_bob(api: Any, pages: Any) -> tuple:
+    """alice on bob's page, bob on his home page: (alice, her page, bob, his)."""
+    alice, alice_page = person(api, pages, "alice")
+    bob, bob_page = person(api, pages, "bob")
+    open_page_of(alice_page, bob)
+    return alice, alice_page, bob, bob_page
+
+
+def answered(caller_page: Any, callee: Any, callee_page: Any) -> None:
+    """The caller calls, the callee accepts: both pages in the call."""
+    expect = _expect()
+    call(caller_page, callee)
+    expect(panel(callee_page)).to_have_attribute("data-state", "incoming")
+    callee_page.locator("#call .call-accept").click()
+    for page in (caller_page, callee_page):
+        expect(panel(page)).to_have_attribute("data-state", "active", timeout=CONNECT_TIMEOUT)
+
+
 def panel(page: Any) -> Any:
     return page.locator("#call")
 
@@ -189,9 +207,7 @@ def audio_flows(page: Any) -> dict:
 def test_alice_calls_bob_through_coturn_and_audio_flows_both_ways(api, browser_pages,
                                                                   coturn, server):
     expect = _expect()
-    alice, alice_page = person(api, browser_pages, "alice")
-    bob, bob_page = person(api, browser_pages, "bob")
-    open_page_of(alice_page, bob)
+    alice, alice_page, bob, bob_page = alice_and_bob(api, browser_pages)
     call(alice_page, bob)
     expect(panel(bob_page)).to_have_attribute("data-state", "incoming")
     expect(panel(bob_page).locator(".call-status")).to_have_text(
@@ -218,10 +234,8 @@ def test_alice_calls_bob_through_coturn_and_audio_flows_both_ways(api, browser_p
 
 def test_decline_busy_and_no_answer(api, browser_pages):
     expect = _expect()
-    alice, alice_page = person(api, browser_pages, "alice")
-    bob, bob_page = person(api, browser_pages, "bob")
+    alice, alice_page, bob, bob_page = alice_and_bob(api, browser_pages)
     carol, carol_page = person(api, browser_pages, "carol")
-    open_page_of(alice_page, bob)
     open_page_of(carol_page, bob)
 
     # bob declines
@@ -248,9 +262,7 @@ def test_decline_busy_and_no_answer(api, browser_pages):
 
 def test_caller_hangs_up_and_callee_goes_offline(api, browser_pages):
     expect = _expect()
-    alice, alice_page = person(api, browser_pages, "alice")
-    bob, bob_page = person(api, browser_pages, "bob")
-    open_page_of(alice_page, bob)
+    alice, alice_page, bob, bob_page = alice_and_bob(api, browser_pages)
 
     # alice cancels while it rings
     call(alice_page, bob)
@@ -260,11 +272,7 @@ def test_caller_hangs_up_and_callee_goes_offline(api, browser_pages):
     ended(bob_page, "cancelled", f"{alice.name} hung up before you answered.")
 
     # a call in progress, then bob's session ends (he logs out elsewhere)
-    call(alice_page, bob)
-    expect(panel(bob_page)).to_have_attribute("data-state", "incoming")
-    bob_page.locator("#call .call-accept").click()
-    expect(panel(alice_page)).to_have_attribute("data-state", "active",
-                                                timeout=CONNECT_TIMEOUT)
+    answered(alice_page, bob, bob_page)
     assert bob_page.evaluate("""() => fetch('/api/logout', {method: 'POST',
         credentials: 'same-origin', body: new URLSearchParams({me: document.getElementById(
         'live').getAttribute('data-me')})}).then(r => r.status)""") == 204
@@ -308,8 +316,7 @@ def test_a_guest_calls_only_once_the_user_allows_it(api, browser_pages):
     expect(panel(alice_page).locator(".call-status")).to_have_text(
         f"{guest_name} is calling you.")
     alice_page.locator("#call .call-accept").click()
-    for page in (guest, alice_page):
-        expect(panel(page)).to_have_attribute("data-state", "active", timeout=CONNECT_TIMEOUT)
+    expect(panel(guest)).to_have_attribute("data-state", "active", timeout=CONNECT_TIMEOUT)
     guest.locator("#call .call-hangup").click()
     ended(guest, "hangup", "You hung up.")
     ended(alice_page, "hangup", f"{guest_name} hung up.")
@@ -327,9 +334,7 @@ VIDEO_FRAMES = """async () => {
 
 def test_a_video_call(api, browser_pages):
     expect = _expect()
-    alice, alice_page = person(api, browser_pages, "alice")
-    bob, bob_page = person(api, browser_pages, "bob")
-    open_page_of(alice_page, bob)
+    alice, alice_page, bob, bob_page = alice_and_bob(api, browser_pages)
     alice_page.check("#call .call-video")
     call(alice_page, bob)
     expect(panel(bob_page).locator(".call-status")).to_have_text(
@@ -368,15 +373,9 @@ def test_turn_over_tcp_for_a_browser_whose_udp_is_blocked(server_factory, server
     pages = pages_at(chromium, server.base)
     browser = next(pages)
     try:
-        alice, alice_page = person(api, browser, "alice")
-        bob, bob_page = person(api, browser, "bob")
-        open_page_of(alice_page, bob)
-        call(alice_page, bob)
-        expect(panel(bob_page)).to_have_attribute("data-state", "incoming")
-        bob_page.locator("#call .call-accept").click()
+        alice, alice_page, bob, bob_page = alice_and_bob(api, browser)
+        answered(alice_page, bob, bob_page)
         for page in (alice_page, bob_page):
-            expect(panel(page)).to_have_attribute("data-state", "active",
-                                                  timeout=CONNECT_TIMEOUT)
             assert page.evaluate(RELAY_PROTOCOL) == ["relay", "tcp"]
             flow = audio_flows(page)
             assert flow["now"]["packets"] > flow["first"]["packets"] > 0, flow
