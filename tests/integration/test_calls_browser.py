@@ -235,7 +235,7 @@ def test_alice_calls_bob_through_coturn_and_audio_flows_both_ways(api, browser_p
 def test_decline_busy_and_no_answer(api, browser_pages):
     expect = _expect()
     alice, alice_page, bob, bob_page = alice_and_bob(api, browser_pages)
-    carol, carol_page = person(api, browser_pages, "carol")
+    _, carol_page = person(api, browser_pages, "carol")
     open_page_of(carol_page, bob)
 
     # bob declines
@@ -362,10 +362,9 @@ RELAY_PROTOCOL = """async () => {
 
 
 def test_turn_over_tcp_for_a_browser_whose_udp_is_blocked(server_factory, server_options,
-                                                         chromium, tmp_path):
+                                                         chromium):
     """The relay reached over TCP (``?transport=tcp``: what a UDP-blocking
     firewall leaves, and port 443 in the documented config)."""
-    expect = _expect()
     options = dict(server_options, turn_url=server_options["turn_url"].replace(
         "transport=udp", "transport=tcp"))
     server = server_factory.start(**options)
@@ -373,7 +372,7 @@ def test_turn_over_tcp_for_a_browser_whose_udp_is_blocked(server_factory, server
     pages = pages_at(chromium, server.base)
     browser = next(pages)
     try:
-        alice, alice_page, bob, bob_page = alice_and_bob(api, browser)
+        _, alice_page, bob, bob_page = alice_and_bob(api, browser)
         answered(alice_page, bob, bob_page)
         for page in (alice_page, bob_page):
             assert page.evaluate(RELAY_PROTOCOL) == ["relay", "tcp"]
