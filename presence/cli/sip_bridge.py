@@ -40,11 +40,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -52,7 +54,7 @@ from presence.client.eventstream import FrameError, parse_frame
 from presence.client.heartbeat import HeartbeatClient, ServerError, _describe
 from presence.sip.message import (
     MAGIC_COOKIE, NameAddr, ParseError, Request, Response, SipURI, Via, ack_for, bare_host,
-    format_hostport, make_response, parse, split_hostport,
+    format_hostport, make_response, parse, reason_phrase, split_hostport,
 )
 
 log = Logger(namespace="presence.sip_bridge")
@@ -66,6 +68,12 @@ NO_RECORD_ROUTE = frozenset({"ACK", "CANCEL", "BYE", "REGISTER", "PRACK"})
 MAX_PENDING = 2000
 
 Address = Tuple[str, int]
+
+
+def _to_tag() -> str:
+    """A To-tag for a response the bridge makes itself: random, so that two
+    such responses never look like one dialog (RFC 3261 19.3)."""
+    return secrets.token_hex(5)
 
 
 def parse_address(text: str) -> Address:
@@ -178,7 +186,7 @@ class SipBridge:
         self._count("requests_down")
         mf = request.get("max-forwards")
         if mf is not None and mf.isdigit() and int(mf) <= 0:
-            self._post_text(make_response(request, 483, "Too Many Hops", "pb"), request)
+            self._post_text(make_response(request, 483, "Too Many Hops", _to_tag()), request)
             return
         copy = request.copy()
         copy.set("max-forwards", str(int(mf) - 1) if mf is not None and mf.isdigit() else "70")
@@ -258,7 +266,7 @@ class SipBridge:
             return  # ringing: the server's timer C decides
         self._count("phone_timeouts")
         log.info("the phone did not answer a {method} in {s:g} s", method=method, s=GIVE_UP)
-        self._post_text(make_response(pending.request, 408, "Request Timeout", "pb"),
+        self._post_text(make_response(pending.request, 408, "Request Timeout", _to_tag()),
                         pending.request)
 
     def _drop_pending(self, key: str) -> None:
@@ -292,7 +300,9 @@ class SipBridge:
             partial = e.partial
             if isinstance(partial, Request) and partial.method != "ACK" \
                     and partial.get_all("via"):
-                reply = make_response(partial, e.status, f"Bad Request ({e.reason})", "pb")
+                # the reason phrase of the status (505 and 513 are no Bad Request)
+                reply = make_response(partial, e.status,
+                                      f"{reason_phrase(e.status)} ({e.reason})", _to_tag())
                 if self.transport is not None:
                     self.transport.write(reply.to_bytes(), addr)
             return
@@ -330,6 +340,12 @@ class SipBridge:
                     pending.call.cancel()
             else:
                 self._drop_pending(f"{branch}:{method}")
+        if len(vias) < 2:
+            # RFC 3261 16.7 step 3: no Via left once ours is taken out: the
+            # response was for the bridge itself and goes nowhere
+            self._count("no_via_left")
+            log.debug("a response from the phone with no Via below the bridge's was dropped")
+            return
         copy = response.copy()
         copy.set_values("via", vias[1:])
         if copy.get_all("record-route"):
@@ -396,7 +412,7 @@ class SipBridge:
             return
         code = 400 if failure.check(ServerError) and failure.value.code == 400 else 503
         reply = make_response(message, code, f"{'Bad Request' if code == 400 else 'Service Unavailable'}"
-                              f" (tunnel: {why[:80]})", "pb")
+                              f" (tunnel: {why[:80]})", _to_tag())
         self.transport.write(reply.to_bytes(), addr or self.phone)
 
     def stop(self) -> None:
@@ -459,7 +475,13 @@ async def _run(reactor: Any, args: argparse.Namespace, password: Optional[str]) 
                        resume_file=args.resume_file,
                        on_status=say if not args.verbose else None)
     client = bridge.client
-    bridge.listen()
+    try:
+        bridge.listen()
+    except CannotListenError as e:
+        # a port already in use (or not permitted): one clear line, no traceback
+        say(f"error: cannot listen on --listen {format_hostport(*args.listen)}: "
+            f"{e.socketError}")
+        raise SystemExit(1)
     stopped = client.when_stopped()
 
     def connected(_: object) -> None:

@@ -1240,6 +1240,10 @@ class SipProxy:
         if ctx is None or not ctx.hop.tunnel or ctx.hop.session is not session:
             raise NotFound("no SIP transaction of this session matches the response"
                            " (its top Via must be the proxy's, as in the msg sipreq)")
+        if ctx.context is not None and len(response.values("via")) < 2:
+            self._count("responses_no_via")
+            raise BadRequest("the response has no Via below the proxy's: it would go"
+                             " nowhere (RFC 3261 16.7); copy every Via of the request")
         self._client_response(ctx, response)
         return {"txid": ctx.branch}
 
@@ -1251,6 +1255,13 @@ class SipProxy:
 
     def _client_response(self, ctx: ClientTxn, response: Response) -> None:
         code = response.code
+        if ctx.context is not None and len(response.values("via")) < 2:
+            # RFC 3261 16.7 step 3: no Via left once ours is removed: the
+            # response would be for the proxy itself, yet it answers a
+            # request it forwarded for someone: it goes nowhere
+            self._count("responses_no_via")
+            log.debug("a SIP response {code} with no Via below ours was dropped", code=code)
+            return
         if ctx.state == "completed":
             # a retransmitted final: ACK it again (non-2xx INVITE)
             if ctx.is_invite and not ctx.hop.tunnel and code >= 300:

@@ -85,6 +85,20 @@ def test_a_taken_sip_tcp_port_ends_the_start_naming_sip(tmp_path):
     assert_clear_failure(rc, output, took, f"--sip {port} (TCP)")
 
 
+def test_a_sip_port_another_server_holds_on_loopback_ends_the_start(tmp_path):
+    # another SIP server on the machine, bound to 127.0.0.1 only, UDP and TCP
+    # (as SIPp or a softphone is): the proxy's wildcard bind fails, clearly
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        tcp.bind(("127.0.0.1", port))
+        tcp.listen()
+        rc, output, took = fails_to_start(tmp_path, "--sip", str(port))
+    assert rc == 1, output
+    assert_clear_failure(rc, output, took, f"--sip {port} (UDP)")
+
+
 def _free_privileged_port(used: set) -> int:
     for port in range(700, 1000):
         if port in used:
