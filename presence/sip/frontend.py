@@ -26,6 +26,7 @@ from presence.listen import Listener
 from presence.sip.proxy import (
     OUTBOUND_NONE, OUTBOUND_PUBLIC, SESSION_RATE, SOURCE_RATE, SipProxy,
 )
+from presence.sip.presence_server import SipPresence
 from presence.sip.transport import SipDatagramProtocol, SipNetwork, SipStreamFactory
 from presence.sip.web import SipTunnelResource
 
@@ -97,6 +98,10 @@ class SipFrontEnd:
         self.network = SipNetwork(reactor, port, interface)
         self.proxy = SipProxy(service, self.network, reactor, domain, outbound=outbound,
                               session_rate=session_rate, source_rate=source_rate)
+        #: SUBSCRIBE/NOTIFY for the users' presence (docs/calls.md); the
+        #: network's subscribers need digest authentication (``auth``)
+        self.presence = SipPresence(service, self.proxy, reactor)
+        self.proxy.presence = self.presence
         self.network.receiver = self.proxy.received
         self.network.rejecter = self.proxy.reject_malformed
         self.resource = SipTunnelResource(service, self.proxy)

@@ -617,6 +617,9 @@ class SipProxy:
             weakref.WeakValueDictionary()
         self._tokens: "weakref.WeakKeyDictionary[Session, str]" = weakref.WeakKeyDictionary()
         self.counters: Dict[str, int] = {}
+        #: the SIP presence notifier (presence.sip.presence_server.SipPresence)
+        #: that answers SUBSCRIBEs to our users; None: they are relayed
+        self.presence: Any = None
 
     @property
     def port(self) -> int:
@@ -630,6 +633,8 @@ class SipProxy:
         figures["server_transactions"] = len(self.server_txns)
         figures["client_transactions"] = len(self.client_txns)
         figures["dialogs"] = len(self.dialogs)
+        if self.presence is not None:
+            figures.update(self.presence.stats())
         return figures
 
     def listening(self, addresses: Dict[str, str]) -> None:
@@ -868,6 +873,12 @@ class SipProxy:
             return
         forwarded = request.copy()
         target = self._target(forwarded, stx.hop)
+        if request.method == "SUBSCRIBE" and target.kind == "user" \
+                and self.presence is not None:
+            # answered by the server from its presence tables, never relayed
+            # to the user's sessions (nor back to the subscriber's own)
+            self._subscribe(stx, target.name)
+            return
         # 100 Trying as the request is forwarded, or when its user is found
         # (or the lookup is slow); a final known before goes alone, and the
         # caller's retransmissions get it again
@@ -880,7 +891,10 @@ class SipProxy:
             self._reply(stx, target.code, reason=target.reason or None)
         elif target.kind == "self":
             if request.method == "OPTIONS":
-                self._reply(stx, 200, [("Allow", ALLOW), ("Accept", "application/sdp")])
+                extra = [("Allow", ALLOW), ("Accept", "application/sdp")]
+                if self.presence is not None:
+                    extra.append(("Allow-Events", "presence"))
+                self._reply(stx, 200, extra)
             else:
                 self._reply(stx, 405, [("Allow", "OPTIONS")])
         elif target.kind == "session":
@@ -895,6 +909,32 @@ class SipProxy:
             d = self._outside_hop(target.uri, stx.hop, forwarded)
             d.addCallback(lambda hop: self._forward(context, forwarded, [hop]))
             d.addErrback(self._target_failed, context)
+
+    def _subscribe(self, stx: ServerTxn, name: str) -> None:
+        def reply(code: int, extra: List[Tuple[str, str]], reason: Optional[str]) -> None:
+            if stx.state != "terminated" and stx.request is not None:
+                self._count(f"presence_{code}")
+                self._reply(stx, code, extra, reason)
+
+        self.presence.subscribe(stx.request, stx.hop, name, stx.to_tag, reply)
+
+    def send_request(self, request: Request, hop: Hop, on_error: Callable[[], None]) -> None:
+        """Send a request the server makes itself (a NOTIFY) to ``hop``: as
+        a ``msg sipreq`` frame to a live session, else over UDP or on the
+        TCP connection it names while that is open (no new connection to a
+        peer's source port); ``on_error`` when it cannot go."""
+        if hop.tunnel:
+            if not self._alive(hop.session) or not text_body(request):
+                on_error()
+                return
+            branch = request.top_via().branch or "-"
+            self.hub.deliver_session(hop.session, frames.sipreq(
+                request.method, branch, request.to_text()))
+            return
+        if hop.transport == TCP and not getattr(hop.conn, "connected_", hop.conn is not None):
+            on_error()
+            return
+        self.network.send(request.to_bytes(), hop, on_error)
 
     def _target(self, request: Request, source: Hop) -> _Target:
         """RFC 3261 16.4 and 16.5: route processing and the target.
@@ -1227,6 +1267,8 @@ class SipProxy:
     # -- responses --------------------------------------------------------------
 
     def _network_response(self, response: Response, hop: Hop) -> None:
+        if self.presence is not None and self.presence.response(response, hop):
+            return
         via = response.top_via()
         ctx = self._match_client(response)
         if ctx is None or ctx.hop.tunnel or not self.is_me(via.host, via.port):
@@ -1236,6 +1278,9 @@ class SipProxy:
         self._client_response(ctx, response)
 
     def _session_response(self, response: Response, session: Session) -> Dict[str, Any]:
+        if self.presence is not None and self.presence.response(
+                response, Hop(TUNNEL, session=session)):
+            return {"txid": response.top_via().branch}
         ctx = self._match_client(response)
         if ctx is None or not ctx.hop.tunnel or ctx.hop.session is not session:
             raise NotFound("no SIP transaction of this session matches the response"
@@ -1463,7 +1508,10 @@ class SipProxy:
             del self.client_txns[ctx.key]
 
     def stop(self) -> None:
-        """Cancel every timer (the service stops)."""
+        """Cancel every timer (the service stops); presence subscriptions
+        end with a final NOTIFY."""
+        if self.presence is not None:
+            self.presence.stop()
         for stx in list(self.server_txns.values()):
             stx.terminate()
         for ctx in list(self.client_txns.values()):
