@@ -99,8 +99,10 @@ class SipFrontEnd:
         self.proxy = SipProxy(service, self.network, reactor, domain, outbound=outbound,
                               session_rate=session_rate, source_rate=source_rate)
         #: SUBSCRIBE/NOTIFY for the users' presence (docs/calls.md); the
-        #: network's subscribers need digest authentication (``auth``)
-        self.presence = SipPresence(service, self.proxy, reactor)
+        #: network's subscribers need digest authentication: the proxy's
+        #: DigestAuth for the domain (the registrar's), if it has one
+        self.presence = SipPresence(service, self.proxy, reactor,
+                                    auth=getattr(self.proxy, "digest", None))
         self.proxy.presence = self.presence
         self.network.receiver = self.proxy.received
         self.network.rejecter = self.proxy.reject_malformed
