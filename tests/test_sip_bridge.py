@@ -218,6 +218,73 @@ def test_only_the_phones_host_may_send_through_the_bridge(rig):
     assert [m.code for m in rig.phone_gets()] == [404]  # the server answered it
 
 
+def _phone_register(rig, password=PASSWORD, contact="<sip:bob@127.0.0.1:5090>",
+                    expires="120", cseq=1, source=("127.0.0.1", 5090)):
+    """A softphone registers at the bridge with the user's credentials:
+    the 401 and the final as the phone sees them."""
+    from test_sip_registrar import signed
+    req = request("REGISTER", "sip:127.0.0.1:5070", from_uri="sip:bob@127.0.0.1:5070",
+                  to_uri="sip:bob@127.0.0.1:5070", contact=contact, call_id="reg@phone",
+                  via_host=source[0], via_port=source[1], cseq=cseq,
+                  extra=(("Expires", expires),))
+    rig.phone_sends(req, source=source)
+    [challenge] = _answers(rig)
+    assert challenge.code == 401 and "Digest" in challenge.get("www-authenticate")
+    rig.phone_sends(signed(req, challenge, password=password, which=1), source=source)
+    [final] = _answers(rig)
+    return challenge, final
+
+
+def _answers(rig, tries: int = 50):
+    """What reaches the phone once the heartbeat has carried it (its client
+    reads on the clock)."""
+    for _ in range(tries):
+        got = rig.phone_gets()
+        if got:
+            return got
+        rig.clock.advance(0.1)
+    return []
+
+
+def test_a_phone_registers_at_the_bridge_and_calls_reach_its_contact(rig):
+    _, wrong = _phone_register(rig, password="not bob's")
+    assert wrong.code == 401 and rig.bridge.registration is None
+    _, ok = _phone_register(rig, cseq=3)
+    assert ok.code == 200
+    assert ok.values("contact") == ["<sip:bob@127.0.0.1:5090>;expires=120"]
+    assert rig.bridge.registration.address == ("127.0.0.1", 5090)
+    rig.proxy.received(invite("sip:bob@example.org").to_bytes(), CALLER)
+    rig.network_gets()
+    rig.stub.flush()
+    [(at_phone, addr)] = rig.bridge.transport.written
+    rig.bridge.transport.written.clear()
+    assert at_phone.method == "INVITE" and at_phone.uri == "sip:bob@127.0.0.1:5090"
+    assert addr == ("127.0.0.1", 5090)
+    rig.phone_sends(answer(at_phone, 486), source=("127.0.0.1", 5090))
+    assert [m.code for m in rig.network_gets()] == [486]
+    rig.phone_gets()
+    # re-registration refreshes; past its expiry calls go to --phone again
+    rig.clock.advance(100)
+    _, ok = _phone_register(rig, cseq=5)
+    assert ok.code == 200 and rig.bridge.registration is not None
+    rig.clock.advance(121)
+    assert rig.bridge.registration is None
+    rig.proxy.received(invite("sip:bob@example.org").to_bytes(), CALLER)
+    for _ in range(50):
+        rig.stub.flush()
+        if rig.bridge.transport.written:
+            break
+        rig.clock.advance(0.1)
+    assert [addr for m, addr in rig.bridge.transport.written] == [PHONE]
+
+
+def test_a_phone_unregisters_at_the_bridge(rig):
+    _phone_register(rig)
+    _, ok = _phone_register(rig, cseq=3, expires="0")
+    assert ok.code == 200 and ok.values("contact") == []
+    assert rig.bridge.registration is None
+
+
 def test_a_request_the_server_refuses_is_answered_to_the_phone(rig, monkeypatch):
     monkeypatch.setattr(proxy_mod, "MAX_MESSAGE", 100)
     rig.phone_sends(invite("sip:alice@example.org", via_host="127.0.0.1", via_port=5080))

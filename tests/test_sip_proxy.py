@@ -260,7 +260,11 @@ def test_options_and_register_for_the_proxy_itself(sip):
     sip.send(request("OPTIONS", "sip:example.org"))
     out = sip.sent(1)[0][0]
     assert out.code == 200 and "INVITE" in out.get("allow")
+    assert "REGISTER" in out.get("allow")
     sip.send(request("REGISTER", "sip:example.org", to_uri="sip:bob@example.org"))
+    out = sip.sent(1)[0][0]
+    assert out.code == 401 and "Digest" in out.get("www-authenticate")  # the registrar's
+    sip.send(request("SUBSCRIBE", "sip:example.org", to_uri="sip:bob@example.org"))
     out = sip.sent(1)[0][0]
     assert out.code == 405 and out.get("allow") == "OPTIONS"
 

@@ -85,6 +85,9 @@ from presence.core import frames
 from presence.core.ratelimit import RateLimiter
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, NotFound, TooLarge, TooMany
+from presence.service import SOURCE_SCOPES
+from presence.sip.digest import DigestAuth
+from presence.sip.registrar import Registrar
 from presence.sip.message import (
     MAGIC_COOKIE, MAX_MESSAGE, NameAddr, ParseError, Request, Response, SipURI, Via,
     ack_for, bare_host, make_response, parse, reason_phrase, text_body,
@@ -106,7 +109,8 @@ TRYING_DELAY = 0.2
 #: transactions (server and client) kept at once, those that wait out their
 #: final timers included (about three per call for 32 s); past it, 503
 MAX_TRANSACTIONS = 100_000
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
+ALLOW = ("INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER,"
+         " MESSAGE, REGISTER")
 #: requests that do not get our Record-Route
 NO_RECORD_ROUTE = frozenset({"ACK", "CANCEL", "BYE", "REGISTER", "PRACK"})
 SERVER_NAME = "presence-sip"
@@ -138,15 +142,18 @@ class Hop:
     """Where a message came from or goes to: a network peer (``UDP`` or
     ``TCP``, with the connection it came on) or a tunnel ``session``."""
 
-    __slots__ = ("transport", "host", "port", "conn", "session")
+    __slots__ = ("transport", "host", "port", "conn", "session", "uri")
 
     def __init__(self, transport: str, host: str = "", port: int = 0, conn: Any = None,
-                 session: Optional[Session] = None) -> None:
+                 session: Optional[Session] = None, uri: Optional[str] = None) -> None:
         self.transport = transport
         self.host = host
         self.port = port
         self.conn = conn
         self.session = session
+        #: the Request-URI a request forwarded to this hop gets (a registered
+        #: Contact), or None: unchanged
+        self.uri = uri
 
     @property
     def tunnel(self) -> bool:
@@ -593,7 +600,8 @@ class SipProxy:
 
     def __init__(self, service, network, clock, domain: str, *,
                  outbound: str = OUTBOUND_NONE, session_rate: float = SESSION_RATE,
-                 source_rate: float = SOURCE_RATE) -> None:
+                 source_rate: float = SOURCE_RATE,
+                 registrar: Optional[Dict[str, int]] = None) -> None:
         if outbound not in (OUTBOUND_NONE, OUTBOUND_PUBLIC):
             raise ValueError(f"outbound must be {OUTBOUND_NONE!r} or {OUTBOUND_PUBLIC!r}")
         self.service = service
@@ -620,6 +628,15 @@ class SipProxy:
         #: the SIP presence notifier (presence.sip.presence_server.SipPresence)
         #: that answers SUBSCRIBEs to our users; None: they are relayed
         self.presence: Any = None
+        # digest authentication for the domain (REGISTER here; SUBSCRIBE from
+        # the network), its nonces keyed by a secret of this process only;
+        # passwords set or proven from now on also keep their HA1s
+        service.sip_realm = self.domain
+        self.digest = DigestAuth(
+            self.domain, lambda user, realm, algorithm: defer.ensureDeferred(
+                service.sip_ha1(user, realm, algorithm)),
+            clock, secrets.token_bytes(32))
+        self.registrar = Registrar(self, self.digest, **(registrar or {}))
 
     @property
     def port(self) -> int:
@@ -635,6 +652,7 @@ class SipProxy:
         figures["dialogs"] = len(self.dialogs)
         if self.presence is not None:
             figures.update(self.presence.stats())
+        figures.update(self.registrar.stats())
         return figures
 
     def listening(self, addresses: Dict[str, str]) -> None:
@@ -879,6 +897,16 @@ class SipProxy:
             # to the user's sessions (nor back to the subscriber's own)
             self._subscribe(stx, target.name)
             return
+        if request.method == "REGISTER":
+            # registrar for the domain (and, from the tunnel, for the
+            # bridge's phone); for any other domain a 403 (RFC 3261 10.3
+            # step 1: a proxy that is no open relay does not forward it)
+            if stx.hop.tunnel or target.kind in ("self", "user"):
+                self.registrar.register(stx)
+                return
+            if target.kind != "error":
+                target = _Target("error", 403, f"Forbidden (the registrar of {self.domain}"
+                                               " only)")
         # 100 Trying as the request is forwarded, or when its user is found
         # (or the lookup is slow); a final known before goes alone, and the
         # caller's retransmissions get it again
@@ -1102,7 +1130,11 @@ class SipProxy:
             return
         name = found[1]
         sessions = self.hub.sessions_of(name) if self.hub.is_online(name) else []
-        if not sessions:
+        # presence sources (a dyndns2 name, a registration) have nobody
+        # behind them to answer; a registered phone is reached at its binding
+        dests = [Hop(TUNNEL, session=s) for s in sessions if s.scope not in SOURCE_SCOPES]
+        dests += self._binding_hops(name)
+        if not dests:
             self._count("offline")
             self._reply(stx, 480, reason="Temporarily Unavailable")
             return
@@ -1114,7 +1146,21 @@ class SipProxy:
             self._reply(stx, 486, reason="Busy Here")
             return
         stx.trying()
-        self._forward(context, request, [Hop(TUNNEL, session=s) for s in sessions])
+        self._forward(context, request, dests)
+
+    def _binding_hops(self, name: str) -> List[Hop]:
+        """Where the user's registered phones are reached: the address each
+        REGISTER came from, with the registered Contact as Request-URI."""
+        hops = []
+        for binding in self.registrar.network_bindings(name):
+            conn = binding.conn
+            if binding.transport == TCP and conn is None:
+                continue  # its connection closed: unreachable until it registers again
+            if self._is_own_listener(bare_host(binding.host).lower(), binding.port):
+                continue
+            hops.append(Hop(binding.transport, binding.host, binding.port, conn=conn,
+                            uri=binding.contact))
+        return hops
 
     def _target_failed(self, failure, context: Context, code: int = 500) -> None:
         context.target_pending = False
@@ -1148,7 +1194,10 @@ class SipProxy:
         copy.set("max-forwards", str(int(mf) - 1) if mf is not None else "70")
         if source.tunnel:
             self._rewrite_contacts(copy, source.session, self.local_host(dest))
-        if copy.method not in NO_RECORD_ROUTE:
+        if copy.method not in NO_RECORD_ROUTE and (source.tunnel or dest.tunnel):
+            # between two network peers (a phone calling a registered
+            # phone) the proxy stays out of the dialog: it relays no
+            # in-dialog requests from the network to the network
             copy.prepend("record-route", self._record_route(source, dest))
         via_transport = TCP if dest.transport == TCP else UDP
         copy.prepend("via", str(Via(via_transport, self.local_host(dest), self.port,
@@ -1169,6 +1218,8 @@ class SipProxy:
         for dest in dests:
             branch = self._branch(context, request)
             copy = self._prepare(request, stx.hop, dest, branch)
+            if dest.uri is not None:
+                copy.uri = dest.uri
             ctx = ClientTxn(self, context, copy, dest, branch)
             context.clients.append(ctx)
             self.client_txns[ctx.key] = ctx
@@ -1512,6 +1563,7 @@ class SipProxy:
         end with a final NOTIFY."""
         if self.presence is not None:
             self.presence.stop()
+        self.registrar.stop()
         for stx in list(self.server_txns.values()):
             stx.terminate()
         for ctx in list(self.client_txns.values()):
