@@ -433,3 +433,19 @@ def test_pidf_documents(state, text, want_basic, want_note):
     assert basic(body) == want_basic and note(body) == want_note
     activity = root.find(".//rpid:activities", NS)
     assert (activity is not None) == (state in ("away", "busy"))
+
+
+def test_a_watched_guest_logging_out_ends_the_subscription_with_noresource(sp):
+    guest = sp.world.guest()
+    Tunnel(sp.world, guest.name, user=guest)  # the guest holds a heartbeat: online
+    alice = Watcher(sp)
+    ok, notify = alice.subscribe(subscribe(f"sip:{guest.name}@example.org"))
+    assert basic(notify.message.body) == "open"
+    alice.answer(notify)
+    guest.post("/api/logout")
+    sp.clock.advance(0)
+    [final] = alice.frames()
+    assert final.message.get("subscription-state") == "terminated;reason=noresource"
+    assert basic(final.message.body) == "closed"
+    alice.answer(final)
+    assert sp.presence.subs == {}

@@ -19,7 +19,8 @@ presence tables (``IHub.state_of``) and sends ``NOTIFY`` requests itself:
   ``NOTIFY``); ``Expires: 0`` or expiry ends it with a final ``NOTIFY``
   ``terminated;reason=timeout`` (a first ``SUBSCRIBE`` with ``Expires: 0``
   is a fetch: one such ``NOTIFY``); the server stopping sends
-  ``terminated;reason=deactivated``;
+  ``terminated;reason=deactivated``, a watched guest logging out (a guest
+  exists only while logged in) ``terminated;reason=noresource``;
 * ``NOTIFY`` is a non-INVITE client transaction (RFC 3261 17.1.2):
   retransmitted over UDP (timer E, ``T1`` doubling to ``T2``), given up after
   ``64*T1`` (timer F); a ``481``, any other final failure or the timeout
@@ -52,6 +53,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from presence.core.states import AVAILABLE, AWAY, BUSY, OFFLINE
+from presence.service import GUEST_PREFIX
 from presence.sip.message import MAGIC_COOKIE, NameAddr, Request, Response, SipURI, Via
 from presence.sip.proxy import T1, T2, T4, TCP, TIMER_B, TUNNEL, UDP, Hop
 
@@ -450,9 +452,16 @@ class SipPresence:
         self._flush_call = None
         changed, self._changed = self._changed, set()
         for name in changed:
+            # a guest exists only while logged in: once gone, so is the
+            # resource (RFC 6665 4.2.2 noresource)
+            gone = name.startswith(GUEST_PREFIX) and not self.hub.knows(name)
             for sub in list(self.by_watched.get(name, ())):
                 try:
-                    self._notify(sub)
+                    if gone:
+                        self._forget(sub)
+                        self._terminate(sub, "noresource")
+                    else:
+                        self._notify(sub)
                 except Exception:
                     log.failure("a SIP presence NOTIFY could not be sent")
 
