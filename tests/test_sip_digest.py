@@ -78,12 +78,12 @@ def result(d):
     return out[0]
 
 
-def test_challenge_offers_sha256_then_md5_with_qop_auth_and_realm():
+def test_challenge_offers_md5_then_sha256_with_qop_auth_and_realm():
     auth, _, _ = make()
     fields = auth.challenge(register())
     assert [n for n, _ in fields] == ["WWW-Authenticate", "WWW-Authenticate"]
     algs = [params_of(v)["algorithm"] for _, v in fields]
-    assert algs == ["SHA-256", "MD5"]
+    assert algs == ["MD5", "SHA-256"]
     for _, v in fields:
         p = params_of(v)
         assert p["realm"] == REALM and p["qop"] == "auth" and "stale" not in p
@@ -99,7 +99,7 @@ def test_right_password_authenticates_for_each_algorithm(which):
     req = register()
     ch = auth.challenge(req)[which][1]
     assert result(auth.check(answer_challenge(req, ch))) == "alice"
-    assert asked[-1] == ("alice", REALM, ["SHA-256", "MD5"][which])
+    assert asked[-1] == ("alice", REALM, ["MD5", "SHA-256"][which])
 
 
 def test_proxy_authorization_is_checked_for_proxy():
@@ -248,6 +248,17 @@ def test_parse_credentials_handles_quotes_escapes_and_spacing():
     scheme, p = parse_credentials('Digest  username = "a\\"b" ,realm="r, s",nc=00000001')
     assert scheme == "Digest"
     assert p == {"username": 'a"b', "realm": "r, s", "nc": "00000001"}
+
+
+def test_a_uri_check_may_take_more_than_the_request_uri():
+    auth, clock, _ = make()
+    lenient = DigestAuth(REALM, auth.ha1_of, clock, SECRET,
+                         uri_ok=lambda given, req: given == "sip:192.0.2.1:5060")
+    req = register()
+    ch = lenient.challenge(req)[0][1]
+    assert result(lenient.check(answer_challenge(req, ch, uri="sip:192.0.2.1:5060"))) == "alice"
+    v = result(lenient.verify(answer_challenge(req, ch, uri="sip:other:5060", nc=2)))
+    assert v.error and v.user is None
 
 
 def test_secret_is_required_and_ha1_helpers_agree():

@@ -6,8 +6,8 @@ agent sends back in ``Authorization`` / ``Proxy-Authorization``.  It is pure:
 the clock, the server secret and the HA1 look-up are given to it.
 
 * The realm is the server's SIP domain.  Every challenge offers ``qop=auth``
-  with ``SHA-256`` first and ``MD5`` second (RFC 8760 section 2.4: in order of
-  preference); a user agent answers with one of them.  ``qop`` is required in
+  with ``MD5`` first and ``SHA-256`` second (:data:`ALGORITHMS` says why
+  that order); a user agent answers with one of them.  ``qop`` is required in
   the answer: without a nonce count a replay cannot be bounded.
 * Nonces are stateless: ``base64url(issued-at | random | HMAC-SHA256(secret,
   issued-at | random | realm))``.  Any nonce the server issued verifies
@@ -46,8 +46,11 @@ from twisted.internet import defer
 
 from presence.sip.message import Request
 
-#: algorithms offered, in order of preference (RFC 8760 section 2.4)
-ALGORITHMS: Tuple[str, ...] = ("SHA-256", "MD5")
+#: algorithms offered, in the order of the challenges: MD5 first, because a
+#: user agent from before RFC 8760 reads only the topmost challenge and may
+#: give up on one it does not know (SIPp 3.6 aborts on SHA-256); SHA-256 for
+#: those whose policy prefers it (RFC 8760 section 2.4 lets it choose)
+ALGORITHMS: Tuple[str, ...] = ("MD5", "SHA-256")
 _HASHES: Dict[str, Callable] = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
 
 #: at most this many parameters in one credentials field, each at most this long
@@ -176,7 +179,8 @@ class DigestAuth:
 
     def __init__(self, realm: str, ha1_of: Callable[[str, str, str], "defer.Deferred"],
                  clock, secret: bytes, nonce_ttl: float = 300,
-                 max_nonces: int = MAX_NONCES) -> None:
+                 max_nonces: int = MAX_NONCES,
+                 uri_ok: Optional[Callable[[str, Request], bool]] = None) -> None:
         if not secret or len(secret) < 16:
             raise ValueError("the digest secret must be at least 16 random bytes")
         if nonce_ttl <= 0:
@@ -187,6 +191,10 @@ class DigestAuth:
         self._secret = secret
         self.nonce_ttl = nonce_ttl
         self.max_nonces = max_nonces
+        #: whether the ``uri`` of credentials fits the request: by default
+        #: only its Request-URI (case aside); the proxy also takes a URI
+        #: naming itself (SIPp, and some phones, put the registrar's address)
+        self.uri_ok = uri_ok or _same_uri
         # nonce -> (issued at, highest nonce count seen), oldest first
         self._counts: "OrderedDict[str, Tuple[float, int]]" = OrderedDict()
         self._low_water = -1.0
@@ -221,8 +229,8 @@ class DigestAuth:
     def challenge(self, request: Optional[Request] = None, proxy: bool = False,
                   stale: bool = False) -> List[Tuple[str, str]]:
         """Header fields for a ``401`` (``WWW-Authenticate``) or, with
-        ``proxy``, a ``407`` (``Proxy-Authenticate``): one per algorithm,
-        SHA-256 first, all with the same fresh nonce."""
+        ``proxy``, a ``407`` (``Proxy-Authenticate``): one per algorithm
+        (:data:`ALGORITHMS`), all with the same fresh nonce."""
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         nonce = self.make_nonce()
         out = []
@@ -286,7 +294,7 @@ class DigestAuth:
         if algorithm not in _HASHES or p.get("qop") != "auth":
             # an algorithm or qop we did not offer: challenge again
             return defer.succeed(Verdict(present=True))
-        if not _same_uri(p["uri"], request.uri):
+        if not (_same_uri(p["uri"], request.uri) or self.uri_ok(p["uri"], request)):
             return defer.succeed(Verdict(error="Bad credentials: uri does not match the "
                                                "Request-URI", present=True))
         issued = self.nonce_issued(p["nonce"])
@@ -342,8 +350,9 @@ def _canonical_algorithm(value: str) -> str:
     return value
 
 
-def _same_uri(given: str, request_uri: str) -> bool:
-    return given.strip().lower() == request_uri.strip().lower()
+def _same_uri(given: str, request: "Request | str") -> bool:
+    uri = request if isinstance(request, str) else request.uri
+    return given.strip().lower() == uri.strip().lower()
 
 
 def _quote(text: str) -> str:

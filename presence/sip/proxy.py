@@ -635,7 +635,7 @@ class SipProxy:
         self.digest = DigestAuth(
             self.domain, lambda user, realm, algorithm: defer.ensureDeferred(
                 service.sip_ha1(user, realm, algorithm)),
-            clock, secrets.token_bytes(32))
+            clock, secrets.token_bytes(32), uri_ok=self._digest_uri_ok)
         self.registrar = Registrar(self, self.digest, **(registrar or {}))
 
     @property
@@ -673,6 +673,15 @@ class SipProxy:
         if port is None:
             port = 5060
         return port == self.port and self.network.is_local(host)
+
+    def _digest_uri_ok(self, given: str, request: Request) -> bool:
+        """Digest credentials may name this proxy or the domain as their
+        ``uri`` instead of the Request-URI (SIPp puts the address it sends to)."""
+        try:
+            uri = SipURI.parse(given)
+        except ValueError:
+            return False
+        return uri.user is None and (self._uri_is_me(uri) or bare_host(uri.host) == self.domain)
 
     def _uri_is_me(self, uri: Optional[SipURI]) -> bool:
         return uri is not None and self.is_me(uri.host, uri.port)
