@@ -275,6 +275,7 @@ class Options(usage.Options):
         wireless_frontend.check_options(self)
         invite_frontend.check_options(self)
         names_frontend.check_options(self)
+        sip_frontend.check_options(self)
         admin_frontend.check_options(self)
         if self["access-log"] and self["no-access-log"]:
             raise usage.UsageError("--access-log and --no-access-log contradict each other")
