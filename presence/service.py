@@ -38,9 +38,13 @@ from presence.core.tables import Session, book_key
 from presence.errors import (
     BadRequest, Conflict, Forbidden, NotFound, TooLarge, TooMany, Unauthorized,
 )
+from presence.sip.digest import ha1_set
 from presence.store import passwords
 from presence.store.interface import BoxFull, IDirectory, NameTaken
 
+#: the scopes of presence source sessions (no heartbeat reader behind them:
+#: SIP requests are never forked to them)
+SOURCE_SCOPES = frozenset({"dyndns", "sip"})
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}\Z")
 ALIAS_RE = re.compile(r"[a-z0-9+][a-z0-9._@+-]{0,63}\Z")
 MSISDN_RE = re.compile(r"\+[0-9]{3,15}\Z")
@@ -197,6 +201,10 @@ def _bucket(limit: Tuple[float, float], max_keys: int = 10000) -> RateLimiter:
 
 class PresenceService:
     log = Logger()
+    #: the SIP digest realm (``--domain``) while SIP is on (the SIP
+    #: front-end sets it): a password set, changed or proven at a login then
+    #: also keeps its HA1s for SIP digest (docs/security.md)
+    sip_realm: Optional[str] = None
 
     def __init__(self, hub: IHub, store: IDirectory, hasher: Hasher,
                  hash_cost: int = passwords.DEFAULT_COST, max_guests: int = 10000,
@@ -291,8 +299,37 @@ class PresenceService:
         except NameTaken:
             raise Conflict(f"the name {name!r} is taken")
         self.log.info("registered {user}", user=name)
+        await self._keep_sip_ha1(name, password)
         self._new_name(name)
         return name
+
+    async def _keep_sip_ha1(self, name: str, password: str, backfill: bool = False) -> None:
+        """Keep the SIP digest HA1s of ``password`` (just set, or just
+        proven) for :attr:`sip_realm`; with ``backfill`` only when what is
+        kept differs (a user from before SIP, or before a new domain).  A
+        failure is logged (never the secret) and does not fail the caller:
+        the next login tries again."""
+        realm = self.sip_realm
+        if not realm:
+            return
+        ha1s = ha1_set(name, realm, password)
+        try:
+            if backfill:
+                kept = await self.store.sip_ha1(name, realm, "SHA-256")
+                if kept and hmac.compare_digest(kept, ha1s["SHA-256"]):
+                    return
+            await self.store.set_sip_ha1(name, realm, ha1s)
+        except Exception as e:
+            self.log.warn("keeping {user}'s SIP digest secret failed: {why}", user=name,
+                          why=type(e).__name__)
+
+    async def sip_ha1(self, name: str, realm: str, algorithm: str) -> Optional[str]:
+        """The kept HA1 of user ``name`` for SIP digest (``DigestAuth``'s
+        ``ha1_of``), or None: unknown, another realm, or none kept yet (a
+        user from before SIP logs in once to have it)."""
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            return None
+        return await self.store.sip_ha1(name, realm, algorithm)
 
     def _new_name(self, name: str) -> None:
         for observer in self.name_observers:
@@ -339,6 +376,7 @@ class PresenceService:
             raise Unauthorized("wrong username or password")
         self.known_addresses.add((name, who))
         await self._not_locked(name)   # a locked account: 403, for dyndns2 too
+        await self._keep_sip_ha1(name, password, backfill=True)
 
     async def login_verified(self, name: str, ip: str = "", port: int = 0,
                              scope: Optional[str] = None) -> Session:
@@ -359,6 +397,10 @@ class PresenceService:
         """One cheap read of the directory (the operator endpoint's
         readiness check): fails if the directory cannot be reached."""
         return self.store.is_locked("-")
+
+    def is_locked(self, name: str) -> defer.Deferred:
+        """Whether an operator locked account ``name`` (a SIP registration asks)."""
+        return self.store.is_locked(name)
 
     async def _not_locked(self, name: str) -> None:
         """403 if an operator locked account ``name``."""
@@ -522,7 +564,8 @@ class PresenceService:
         self._revoked_at[name] = self._revocations
         # tokens first: a look-up queued after this finds none of them
         revoked = await self.store.revoke_resume(name)
-        await self.store.set_password(name, hashed)
+        await self.store.set_password(name, hashed)   # the old HA1s go with it
+        await self._keep_sip_ha1(name, new_password)
         self._devices.pop(session, None)
         others = self.hub.end_user(name, "password", keep=session)
         self.log.info("{user} changed their password: {tokens} resume tokens revoked,"
@@ -991,15 +1034,16 @@ class PresenceService:
                 return
         await self.check_password(name, secret, ip)
 
-    async def open_source(self, name: str, ip: str) -> Session:
+    async def open_source(self, name: str, ip: str, scope: str = "dyndns") -> Session:
         """A session of user ``name`` held by this box for a presence source
-        that is not a heartbeat (a dyndns2 name, see presence/names/): its
-        groups as a login's, limited to no front-end (scope ``dyndns``: its
-        ID opens nothing)."""
+        that is not a heartbeat (a dyndns2 name, see presence/names/; a SIP
+        registration, scope ``sip``, see presence/sip/registrar.py): its
+        groups as a login's, limited to no front-end (its scope is in
+        :data:`SOURCE_SCOPES`: its ID opens nothing)."""
         groups, owners = await self.store.memberships(name)
         session = self.hub.login_local(name, secrets.token_urlsafe(24), ip,
                                        groups + [book_key(o) for o in owners])
-        session.scope = "dyndns"
+        session.scope = scope
         return session
 
     # -- communications pages, home page and settings (spec section 6) ---------

@@ -837,3 +837,22 @@ def test_every_event_of_a_batch_times_the_pubsub_lag() -> None:
     c.redis.pump()
     assert b.pubsub_lag.count - before >= 3
     assert b.pubsub_lag.sum >= 3 * 0.25
+
+
+def test_state_observers_hear_the_changes_made_on_another_box() -> None:
+    c = Cluster(2)
+    a, b = c.hubs
+    heard = []
+    a.observe_states(lambda name, state: heard.append((name, state)))
+    bob = c.login(0, "bob")
+    assert bob.host_box == a.me
+    carol = c.login(0, "carol")                   # on b
+    assert carol.host_box == b.me
+    c.hold(carol)
+    b.set_state(b.session(carol.id), "busy", "in a meeting")
+    c.redis.pump()
+    b.end(b.session(carol.id), "logout")
+    c.redis.pump()
+    assert [h for h in heard if h[0] == "carol"] == [
+        ("carol", ("available", "")), ("carol", ("busy", "in a meeting")),
+        ("carol", ("offline", ""))]

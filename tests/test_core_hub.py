@@ -1118,3 +1118,19 @@ def test_login_local_is_a_session_like_any_other(w: World) -> None:
     w.attach(source)
     assert alice.texts()[-1] == ONLINE_BOB
     assert w.hub.address_of("bob") == "198.51.100.4"
+
+
+def test_state_observers_hear_every_change_of_the_combined_state(w) -> None:
+    heard: List[Tuple[str, Tuple[str, str]]] = []
+    w.hub.observe_states(lambda name, state: heard.append((name, state)))
+    bob = w.login("bob")
+    w.attach(bob)                                 # nobody watches bob: still heard
+    w.hub.set_state(bob, "away", "lunch")
+    w.hub.set_state(bob, "away", "lunch")         # no change: not heard again
+    second = w.login("bob")
+    w.attach(second)                              # available wins
+    w.hub.end(second, "logout")
+    w.hub.end(bob, "logout")
+    assert heard == [("bob", ("available", "")), ("bob", ("away", "lunch")),
+                     ("bob", ("available", "")), ("bob", ("away", "lunch")),
+                     ("bob", ("offline", ""))]

@@ -218,6 +218,73 @@ def test_only_the_phones_host_may_send_through_the_bridge(rig):
     assert [m.code for m in rig.phone_gets()] == [404]  # the server answered it
 
 
+def _phone_register(rig, password=PASSWORD, contact="<sip:bob@127.0.0.1:5090>",
+                    expires="120", cseq=1, source=("127.0.0.1", 5090)):
+    """A softphone registers at the bridge with the user's credentials:
+    the 401 and the final as the phone sees them."""
+    from test_sip_registrar import signed
+    req = request("REGISTER", "sip:127.0.0.1:5070", from_uri="sip:bob@127.0.0.1:5070",
+                  to_uri="sip:bob@127.0.0.1:5070", contact=contact, call_id="reg@phone",
+                  via_host=source[0], via_port=source[1], cseq=cseq,
+                  extra=(("Expires", expires),))
+    rig.phone_sends(req, source=source)
+    [challenge] = _answers(rig)
+    assert challenge.code == 401 and "Digest" in challenge.get("www-authenticate")
+    rig.phone_sends(signed(req, challenge, password=password, which=1), source=source)
+    [final] = _answers(rig)
+    return challenge, final
+
+
+def _answers(rig, tries: int = 50):
+    """What reaches the phone once the heartbeat has carried it (its client
+    reads on the clock)."""
+    for _ in range(tries):
+        got = rig.phone_gets()
+        if got:
+            return got
+        rig.clock.advance(0.1)
+    return []
+
+
+def test_a_phone_registers_at_the_bridge_and_calls_reach_its_contact(rig):
+    _, wrong = _phone_register(rig, password="not bob's")
+    assert wrong.code == 401 and rig.bridge.registration is None
+    _, ok = _phone_register(rig, cseq=3)
+    assert ok.code == 200
+    assert ok.values("contact") == ["<sip:bob@127.0.0.1:5090>;expires=120"]
+    assert rig.bridge.registration.address == ("127.0.0.1", 5090)
+    rig.proxy.received(invite("sip:bob@example.org").to_bytes(), CALLER)
+    rig.network_gets()
+    rig.stub.flush()
+    [(at_phone, addr)] = rig.bridge.transport.written
+    rig.bridge.transport.written.clear()
+    assert at_phone.method == "INVITE" and at_phone.uri == "sip:bob@127.0.0.1:5090"
+    assert addr == ("127.0.0.1", 5090)
+    rig.phone_sends(answer(at_phone, 486), source=("127.0.0.1", 5090))
+    assert [m.code for m in rig.network_gets()] == [486]
+    rig.phone_gets()
+    # re-registration refreshes; past its expiry calls go to --phone again
+    rig.clock.advance(100)
+    _, ok = _phone_register(rig, cseq=5)
+    assert ok.code == 200 and rig.bridge.registration is not None
+    rig.clock.advance(121)
+    assert rig.bridge.registration is None
+    rig.proxy.received(invite("sip:bob@example.org").to_bytes(), CALLER)
+    for _ in range(50):
+        rig.stub.flush()
+        if rig.bridge.transport.written:
+            break
+        rig.clock.advance(0.1)
+    assert [addr for m, addr in rig.bridge.transport.written] == [PHONE]
+
+
+def test_a_phone_unregisters_at_the_bridge(rig):
+    _phone_register(rig)
+    _, ok = _phone_register(rig, cseq=3, expires="0")
+    assert ok.code == 200 and ok.values("contact") == []
+    assert rig.bridge.registration is None
+
+
 def test_a_request_the_server_refuses_is_answered_to_the_phone(rig, monkeypatch):
     monkeypatch.setattr(proxy_mod, "MAX_MESSAGE", 100)
     rig.phone_sends(invite("sip:alice@example.org", via_host="127.0.0.1", via_port=5080))
@@ -314,3 +381,75 @@ def _Clock():
 def _succeed(value):
     from twisted.internet.defer import succeed
     return succeed(value)
+
+
+def _tag_of(message) -> str:
+    return NameAddr.parse(message.get("to")).param("tag")
+
+
+def test_broken_requests_get_the_reason_phrase_of_their_status_and_a_random_tag(rig):
+    good = invite("sip:alice@example.org", via_host="127.0.0.1", via_port=5080).to_bytes()
+    rig.phone_sends(good.replace(b"INVITE sip:alice@example.org SIP/2.0",
+                                 b"INVITE sip:alice@example.org SIP/3.0"))
+    [wrong_version] = rig.phone_gets()
+    assert wrong_version.code == 505
+    assert wrong_version.reason.startswith("SIP Version not supported")
+    head, _, body = good.partition(b"\r\n\r\n")
+    many = head + b"".join(b"\r\nX-Filler-%d: x" % i for i in range(200)) + b"\r\n\r\n" + body
+    rig.phone_sends(many)
+    [too_large] = rig.phone_gets()
+    assert too_large.code == 513 and too_large.reason.startswith("Message Too Large")
+    rig.phone_sends(good.replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE"))
+    [bad] = rig.phone_gets()
+    assert bad.code == 400 and bad.reason.startswith("Bad Request")
+    tags = {_tag_of(m) for m in (wrong_version, too_large, bad)}
+    assert len(tags) == 3 and "pb" not in tags
+    assert all(len(t) == 10 for t in tags)
+
+
+def test_the_bridges_own_responses_to_the_server_get_random_to_tags(rig):
+    tags = []
+    for _ in range(2):
+        rig.proxy.received(request("OPTIONS", "sip:bob@example.org").to_bytes(), CALLER)
+        rig.phone_gets()
+        rig.clock.advance(32)  # the phone is silent: the bridge answers 408
+        [timeout] = [m for m in rig.network_gets() if m.code == 408]
+        tags.append(_tag_of(timeout))
+    assert tags[0] != tags[1] and "pb" not in tags
+
+
+def test_a_response_with_only_the_bridges_via_is_dropped(rig):
+    rig.proxy.received(request("OPTIONS", "sip:bob@example.org").to_bytes(), CALLER)
+    [at_phone] = rig.phone_gets()
+    reply = answer(at_phone, 200)
+    reply.set_values("via", at_phone.values("via")[:1])
+    rig.phone_sends(reply)
+    assert rig.network_gets() == []
+    assert rig.bridge.counters["no_via_left"] == 1
+    rig.phone_sends(answer(at_phone, 200))  # the real answer still gets through
+    assert [m.code for m in rig.network_gets()] == [200]
+
+
+def test_a_listen_port_in_use_ends_the_bridge_with_one_clear_line(capsys):
+    import socket
+
+    from presence.cli import sip_bridge
+    from twisted.internet.error import CannotListenError
+
+    class Reactor:
+        def listenUDP(self, port, protocol, interface="", maxPacketSize=0):
+            raise CannotListenError(interface, port, socket.error(98, "Address already in use"))
+
+        def addSystemEventTrigger(self, *a):
+            pass
+
+        def callLater(self, *a, **kw):  # pragma: no cover - nothing runs
+            raise AssertionError("no timer expected")
+
+    args = build_parser().parse_args(["--user", "bob", "--listen", "127.0.0.1:5070"])
+    coro = sip_bridge._run(Reactor(), args, "pw")
+    with pytest.raises(SystemExit) as stopped:
+        coro.send(None)
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert "cannot listen on --listen 127.0.0.1:5070" in err and "in use" in err

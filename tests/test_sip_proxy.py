@@ -260,7 +260,11 @@ def test_options_and_register_for_the_proxy_itself(sip):
     sip.send(request("OPTIONS", "sip:example.org"))
     out = sip.sent(1)[0][0]
     assert out.code == 200 and "INVITE" in out.get("allow")
+    assert "REGISTER" in out.get("allow")
     sip.send(request("REGISTER", "sip:example.org", to_uri="sip:bob@example.org"))
+    out = sip.sent(1)[0][0]
+    assert out.code == 401 and "Digest" in out.get("www-authenticate")  # the registrar's
+    sip.send(request("SUBSCRIBE", "sip:example.org", to_uri="sip:bob@example.org"))
     out = sip.sent(1)[0][0]
     assert out.code == 405 and out.get("allow") == "OPTIONS"
 
@@ -766,3 +770,51 @@ def test_a_non_invite_with_only_a_provisional_times_out(sip):
     assert codes(sip.sent()) == [183]
     sip.clock.advance(proxy_mod.TIMER_B + 0.1)
     assert codes(sip.sent()) == [408]
+
+
+def _to_tag(message) -> Optional[str]:
+    return NameAddr.parse(message.get("to")).param("tag")
+
+
+def test_responses_made_by_the_proxy_get_a_random_to_tag_and_100_none(sip):
+    sip.tunnel("bob")
+    tags = []
+    for _ in range(2):
+        sip.send(request("OPTIONS", "sip:nobody@example.org"))
+        [(out, _)] = sip.sent(1)
+        assert out.code == 404
+        tags.append(_to_tag(out))
+    sip.send(invite("sip:bob@example.org"))
+    trying = [m for m, _ in sip.sent() if m.code == 100]
+    assert trying and _to_tag(trying[0]) is None
+    assert tags[0] and tags[1] and tags[0] != tags[1] and len(tags[0]) == 10
+
+
+def test_a_response_with_no_via_left_after_ours_is_dropped(sip):
+    # RFC 3261 16.7 step 3, from the network: an outside UAS answers with
+    # only the proxy's Via
+    sip.proxy.outbound = proxy_mod.OUTBOUND_PUBLIC
+    bob = sip.tunnel("bob")
+    bob.ok(request("OPTIONS", f"sip:uas@{UAS}:5090", via_host="127.0.0.1", via_port=5080))
+    bob.frames()
+    out = sip.sent(1)[0][0]
+    lone = answer(out, 200)
+    lone.set_values("via", out.values("via")[:1])
+    sip.send(lone, Hop(UDP, UAS, 5090))
+    assert bob.frames("sipresp") == []
+    assert sip.proxy.counters["responses_no_via"] == 1
+    sip.send(answer(out, 200), Hop(UDP, UAS, 5090))  # the true answer still goes
+    assert [f.what for f in bob.frames("sipresp")] == ["200"]
+
+
+def test_a_session_response_with_no_via_left_is_400_and_goes_nowhere(sip):
+    bob = sip.tunnel("bob")
+    sip.send(request("OPTIONS", "sip:bob@example.org"))
+    fwd = bob.one().message
+    lone = answer(fwd, 200)
+    lone.set_values("via", fwd.values("via")[:1])
+    reply = bob.post(lone)
+    assert reply.status == 400 and "no Via below the proxy's" in reply.json["error"]
+    assert sip.sent() == []
+    bob.ok(answer(fwd, 200))
+    assert codes(sip.sent(1)) == [200]

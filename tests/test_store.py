@@ -843,6 +843,51 @@ def test_set_password_replaces_the_hash(store):
     assert result_of(store.set_password("nobody", "scrypt$new")) is False
 
 
+# -- SIP digest secrets (HA1) ------------------------------------------------------
+
+HA1S = {"MD5": "a" * 32, "SHA-256": "b" * 64}
+
+
+def test_sip_ha1_is_kept_per_realm_and_algorithm_and_survives_a_restart(store):
+    result_of(store.create_user("alice", HASH))
+    assert result_of(store.sip_ha1("alice", "example.org", "MD5")) is None
+    assert result_of(store.set_sip_ha1("alice", "example.org", HA1S)) is True
+    assert result_of(store.sip_ha1("alice", "example.org", "MD5")) == "a" * 32
+    assert result_of(store.sip_ha1("alice", "example.org", "SHA-256")) == "b" * 64
+    assert result_of(store.sip_ha1("alice", "example.org", "SHA-512")) is None
+    assert result_of(store.sip_ha1("alice", "other.net", "MD5")) is None
+    assert result_of(store.sip_ha1("bob", "example.org", "MD5")) is None
+    assert result_of(store.set_sip_ha1("nobody", "example.org", HA1S)) is False
+    assert result_of(store.sip_ha1("nobody", "example.org", "MD5")) is None
+    # never part of the user's record (which answers may show parts of)
+    assert all("ha1" not in key for key in result_of(store.get_user("alice")))
+    store = reopen(store)
+    try:
+        assert result_of(store.sip_ha1("alice", "example.org", "MD5")) == "a" * 32
+    finally:
+        settle(store.stop())
+
+
+def test_a_new_realm_replaces_the_old_realms_ha1(store):
+    result_of(store.create_user("alice", HASH))
+    result_of(store.set_sip_ha1("alice", "example.org", HA1S))
+    result_of(store.set_sip_ha1("alice", "new.example", {"MD5": "c" * 32}))
+    assert result_of(store.sip_ha1("alice", "example.org", "MD5")) is None
+    assert result_of(store.sip_ha1("alice", "new.example", "MD5")) == "c" * 32
+    assert result_of(store.sip_ha1("alice", "new.example", "SHA-256")) is None
+
+
+def test_a_password_change_forgets_the_ha1(store):
+    result_of(store.create_user("alice", HASH))
+    result_of(store.create_user("bob", HASH))
+    result_of(store.set_sip_ha1("alice", "example.org", HA1S))
+    result_of(store.set_sip_ha1("bob", "example.org", HA1S))
+    assert result_of(store.set_password("alice", "scrypt$new")) is True
+    assert result_of(store.sip_ha1("alice", "example.org", "MD5")) is None
+    assert result_of(store.sip_ha1("alice", "example.org", "SHA-256")) is None
+    assert result_of(store.sip_ha1("bob", "example.org", "MD5")) == "a" * 32
+
+
 def test_resume_tokens_survive_a_restart_and_old_files_get_the_table(path):
     import os
     import sqlite3

@@ -31,7 +31,17 @@ logging in again), and gives the phone a local UDP port (C{--listen}):
 The server rewrites the phone's C{Contact} to an address of its own (with a
 token naming this session), so the phone needs no configuration beyond
 C{--listen} as its outbound proxy (for calls it places) and C{--phone} as its
-address.  Garbage datagrams are dropped, a request the bridge cannot parse
+address.
+
+A phone may instead register at the bridge (C{REGISTER} to C{--listen} with
+the user's own name and password): the bridge relays the C{REGISTER}
+through the tunnel like any request, the server answers it as the
+registrar (C{401} with a digest challenge, checked against the server's
+record of the user's password, then C{200} with the bindings) and the bridge
+relays the answers back.  While the C{200} lists the phone's Contact with a
+non-zero C{expires}, requests for the user go to the registered Contact (as
+Request-URI) at the address the C{REGISTER} came from, instead of
+C{--phone}; once it expires or is removed, to C{--phone} again.  Garbage datagrams are dropped, a request the bridge cannot parse
 is answered C{400}.  Datagrams from any host but the phone's are dropped:
 whatever the bridge takes, it sends as the user.  See C{docs/sip.md}.
 """
@@ -40,11 +50,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -52,7 +64,7 @@ from presence.client.eventstream import FrameError, parse_frame
 from presence.client.heartbeat import HeartbeatClient, ServerError, _describe
 from presence.sip.message import (
     MAGIC_COOKIE, NameAddr, ParseError, Request, Response, SipURI, Via, ack_for, bare_host,
-    format_hostport, make_response, parse, split_hostport,
+    format_hostport, make_response, parse, reason_phrase, split_hostport,
 )
 
 log = Logger(namespace="presence.sip_bridge")
@@ -68,6 +80,12 @@ MAX_PENDING = 2000
 Address = Tuple[str, int]
 
 
+def _to_tag() -> str:
+    """A To-tag for a response the bridge makes itself: random, so that two
+    such responses never look like one dialog (RFC 3261 19.3)."""
+    return secrets.token_hex(5)
+
+
 def parse_address(text: str) -> Address:
     """C{host:port} (C{[v6]:port} too) for the command line."""
     host, port = split_hostport(text)
@@ -80,10 +98,11 @@ class _Pending:
     """A request sent to the phone that waits for its answer."""
 
     __slots__ = ("data", "sent", "method", "txid", "request", "interval", "call", "deadline",
-                 "provisional")
+                 "provisional", "to")
 
     def __init__(self, data: bytes, sent: Request, request: Request, txid: str,
-                 deadline: Any) -> None:
+                 deadline: Any, to: Optional["Address"] = None) -> None:
+        self.to = to
         self.data = data
         self.sent = sent
         self.method = request.method
@@ -122,6 +141,11 @@ class SipBridge:
         self.acked: Dict[str, bytes] = {}
         self._chains: Dict[str, Deferred] = {}
         self.counters: Dict[str, int] = {}
+        #: REGISTERs of the phone on their way: Call-ID -> (Contact key, Contact
+        #: URI, the address it came from); a bounded few
+        self._registering: Dict[str, Tuple[str, str, Address]] = {}
+        #: the phone's registration, once the server's 200 lists it
+        self.registration: Optional[_Registration] = None
 
     # -- set up -------------------------------------------------------------------
 
@@ -178,7 +202,7 @@ class SipBridge:
         self._count("requests_down")
         mf = request.get("max-forwards")
         if mf is not None and mf.isdigit() and int(mf) <= 0:
-            self._post_text(make_response(request, 483, "Too Many Hops", "pb"), request)
+            self._post_text(make_response(request, 483, "Too Many Hops", _to_tag()), request)
             return
         copy = request.copy()
         copy.set("max-forwards", str(int(mf) - 1) if mf is not None and mf.isdigit() else "70")
@@ -193,9 +217,14 @@ class SipBridge:
             user = uri.user
         except ValueError:
             user = None
-        copy.uri = str(SipURI(self.phone[0], user, self.phone[1]))
+        to = self.phone
+        registration = self.registration
+        if registration is not None:
+            copy.uri, to = registration.contact, registration.address
+        else:
+            copy.uri = str(SipURI(self.phone[0], user, self.phone[1]))
         data = copy.to_bytes()
-        self._send(data)
+        self._send(data, to)
         if copy.method != "ACK":
             if len(self.pending) >= MAX_PENDING:
                 self._drop_pending(next(iter(self.pending)))
@@ -204,7 +233,7 @@ class SipBridge:
                 self._cancel_timers(old)
             pending = _Pending(data, copy, request, txid,
                                self.reactor.callLater(GIVE_UP, self._give_up, branch,
-                                                      copy.method))
+                                                      copy.method), to)
             pending.call = self.reactor.callLater(T1, self._retransmit, branch, copy.method)
             self.pending[f"{branch}:{copy.method}"] = pending
 
@@ -212,6 +241,8 @@ class SipBridge:
         self._count("responses_down")
         copy = response.copy()
         method = copy.cseq[1]
+        if method == "REGISTER" and copy.code >= 200:
+            self._registered(copy)
         if copy.code > 100 and copy.code < 300 and method not in NO_RECORD_ROUTE \
                 and copy.get_all("record-route"):
             mine = self._record_route()
@@ -241,7 +272,7 @@ class SipBridge:
         pending = self.pending.get(f"{branch}:{method}")
         if pending is None:
             return
-        self._send(pending.data)
+        self._send(pending.data, pending.to)
         if method == "INVITE":
             pending.interval *= 2
         else:
@@ -258,7 +289,7 @@ class SipBridge:
             return  # ringing: the server's timer C decides
         self._count("phone_timeouts")
         log.info("the phone did not answer a {method} in {s:g} s", method=method, s=GIVE_UP)
-        self._post_text(make_response(pending.request, 408, "Request Timeout", "pb"),
+        self._post_text(make_response(pending.request, 408, "Request Timeout", _to_tag()),
                         pending.request)
 
     def _drop_pending(self, key: str) -> None:
@@ -292,7 +323,9 @@ class SipBridge:
             partial = e.partial
             if isinstance(partial, Request) and partial.method != "ACK" \
                     and partial.get_all("via"):
-                reply = make_response(partial, e.status, f"Bad Request ({e.reason})", "pb")
+                # the reason phrase of the status (505 and 513 are no Bad Request)
+                reply = make_response(partial, e.status,
+                                      f"{reason_phrase(e.status)} ({e.reason})", _to_tag())
                 if self.transport is not None:
                     self.transport.write(reply.to_bytes(), addr)
             return
@@ -330,6 +363,12 @@ class SipBridge:
                     pending.call.cancel()
             else:
                 self._drop_pending(f"{branch}:{method}")
+        if len(vias) < 2:
+            # RFC 3261 16.7 step 3: no Via left once ours is taken out: the
+            # response was for the bridge itself and goes nowhere
+            self._count("no_via_left")
+            log.debug("a response from the phone with no Via below the bridge's was dropped")
+            return
         copy = response.copy()
         copy.set_values("via", vias[1:])
         if copy.get_all("record-route"):
@@ -348,7 +387,61 @@ class SipBridge:
         routes = request.values("route")
         if routes and self._names_me(routes[0]):
             request.set_values("route", routes[1:])
+        if request.method == "REGISTER":
+            self._registering_from(request, addr)
         self._post(request, addr)
+
+    # -- the phone's registration ----------------------------------------------------
+
+    def _registering_from(self, request: Request, addr: Address) -> None:
+        """Note the phone's Contact in a REGISTER it sends (the server's 200
+        says whether and for how long it is bound)."""
+        contacts = request.values("contact")
+        if len(contacts) != 1:
+            return
+        try:
+            uri = NameAddr.parse(contacts[0]).sip_uri()
+        except ValueError:
+            uri = None
+        if uri is None:
+            if contacts[0].strip() == "*":
+                self._registering[request.call_id or ""] = ("*", "*", addr)
+            return
+        while len(self._registering) >= 16:
+            self._registering.pop(next(iter(self._registering)))
+        self._registering[request.call_id or ""] = (_contact_key(uri),
+                                                    str(uri.without_params()), addr)
+
+    def _registered(self, response: Response) -> None:
+        """The server's final answer to a REGISTER of the phone."""
+        noted = self._registering.pop(response.call_id or "", None)
+        if noted is None or response.code >= 300:
+            return
+        key, contact, addr = noted
+        expires = 0
+        for value in response.values("contact"):
+            try:
+                address = NameAddr.parse(value)
+            except ValueError:
+                continue
+            uri = address.sip_uri()
+            if uri is not None and _contact_key(uri) == key:
+                text = address.param("expires") or "0"
+                expires = int(text) if text.isdigit() else 0
+        old = self.registration
+        if old is not None and old.timer.active():
+            old.timer.cancel()
+        self.registration = None
+        if expires > 0 and key != "*":
+            self.registration = _Registration(
+                contact, addr, self.reactor.callLater(expires, self._registration_expired))
+            log.info("the phone registered at {contact} for {s} s", contact=contact, s=expires)
+        elif old is not None:
+            log.info("the phone's registration was removed")
+
+    def _registration_expired(self) -> None:
+        log.info("the phone's registration expired: calls go to --phone again")
+        self.registration = None
 
     def _names_me(self, value: str) -> bool:
         try:
@@ -396,12 +489,31 @@ class SipBridge:
             return
         code = 400 if failure.check(ServerError) and failure.value.code == 400 else 503
         reply = make_response(message, code, f"{'Bad Request' if code == 400 else 'Service Unavailable'}"
-                              f" (tunnel: {why[:80]})", "pb")
+                              f" (tunnel: {why[:80]})", _to_tag())
         self.transport.write(reply.to_bytes(), addr or self.phone)
 
     def stop(self) -> None:
         for key in list(self.pending):
             self._drop_pending(key)
+        if self.registration is not None and self.registration.timer.active():
+            self.registration.timer.cancel()
+        self.registration = None
+
+
+class _Registration:
+    """Where the phone registered: its Contact URI and the address its
+    REGISTER came from, until the timer ends it."""
+
+    __slots__ = ("contact", "address", "timer")
+
+    def __init__(self, contact: str, address: Address, timer: Any) -> None:
+        self.contact = contact
+        self.address = address
+        self.timer = timer
+
+
+def _contact_key(uri: SipURI) -> str:
+    return f"{uri.user or ''}@{bare_host(uri.host).lower()}:{uri.port or 5060}"
 
 
 class _PhoneSide(DatagramProtocol):
@@ -438,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:5070", type=parse_address,
                    help="UDP address the phone sends to (default %(default)s)")
     p.add_argument("--phone", default="127.0.0.1:5080", type=parse_address,
-                   help="UDP address of the phone (default %(default)s)")
+                   help="UDP address of the phone while it has not registered at the bridge"
+                   " (default %(default)s); only datagrams from its host are taken")
     p.add_argument("--mode", choices=("stream", "poll"), default="stream",
                    help="heartbeat mode (default %(default)s)")
     p.add_argument("--resume-file", metavar="PATH",
@@ -459,7 +572,13 @@ async def _run(reactor: Any, args: argparse.Namespace, password: Optional[str]) 
                        resume_file=args.resume_file,
                        on_status=say if not args.verbose else None)
     client = bridge.client
-    bridge.listen()
+    try:
+        bridge.listen()
+    except CannotListenError as e:
+        # a port already in use (or not permitted): one clear line, no traceback
+        say(f"error: cannot listen on --listen {format_hostport(*args.listen)}: "
+            f"{e.socketError}")
+        raise SystemExit(1)
     stopped = client.when_stopped()
 
     def connected(_: object) -> None:

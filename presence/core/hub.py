@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from zope.interface import Attribute, Interface, implementer
 
@@ -203,6 +203,15 @@ class IHub(Interface):
         as they hear online and offline; no frame when it does not.  A
         cluster hub carries a stand-in's change out on its box and shares
         each box's combination of its sessions with the other boxes."""
+
+    def observe_states(observer: Callable[[str, Tuple[str, str]], None]) -> None:
+        """From now on call ``observer(name, state)`` after every change of
+        a user's combined state (:meth:`state_of`) as this box sees it: each
+        change its watchers hear as ``msg update`` (online and offline
+        included), also of users nobody on this box watches.  A cluster hub
+        calls it for changes on other boxes too, as each reaches this box.
+        An observer must not raise (it runs inside the change).  The SIP
+        presence server's NOTIFYs come from here."""
 
     def address_of(name: str) -> Optional[str]:
         """The IP address of user ``name``'s most recent live session on any
@@ -420,6 +429,8 @@ class Hub:
         #: presence changes on their way to many watchers, sliced by time
         #: (``timer``: what measures a slice; default the clock)
         self.fanout = FanOut(self, timer)
+        #: IHub.observe_states
+        self._state_observers: List[Callable[[str, State], None]] = []
 
     # -- sessions ---------------------------------------------------------
 
@@ -633,6 +644,11 @@ class Hub:
         else:
             self.told[name] = state
         self._fan_out(user, frames.update(wire(state[0]), name, state[1]))
+        for observer in self._state_observers:
+            observer(name, state)
+
+    def observe_states(self, observer: Callable[[str, State], None]) -> None:
+        self._state_observers.append(observer)
 
     def knows(self, name: str) -> bool:
         return name in self.users.users

@@ -4,7 +4,8 @@
 that port over UDP and TCP on every interface, and ``POST /sip`` is mounted
 on the HTTP site.  ``--sip-outbound``, ``--sip-session-rate`` and
 ``--sip-source-rate`` bound what tunnel users and network peers may make it
-send (``docs/sip.md``).  Both ports are bound before ``twistd`` drops
+send (``docs/sip.md``); ``--sip-min-expires`` and ``--sip-max-expires``
+bound the registrations it takes (``docs/calls.md``).  Both ports are bound before ``twistd`` drops
 privileges (:mod:`presence.listen`); one that cannot be bound ends the start
 with a message naming ``--sip``.  Each listener reports to the ready gate
 (``sip-udp``, ``sip-tcp``), so ``presence ready`` is logged only once both
@@ -26,6 +27,8 @@ from presence.listen import Listener
 from presence.sip.proxy import (
     OUTBOUND_NONE, OUTBOUND_PUBLIC, SESSION_RATE, SOURCE_RATE, SipProxy,
 )
+from presence.sip.presence_server import SipPresence
+from presence.sip.registrar import MAX_EXPIRES, MIN_EXPIRES
 from presence.sip.transport import SipDatagramProtocol, SipNetwork, SipStreamFactory
 from presence.sip.web import SipTunnelResource
 
@@ -61,6 +64,15 @@ def _rate(value: str) -> float:
 
 _rate.coerceDoc = "Messages a second (a burst of five seconds' worth is allowed)."  # type: ignore[attr-defined]
 
+def _expires(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 86400:
+        raise ValueError("must be a number of seconds from 1 to 86400")
+    return number
+
+
+_expires.coerceDoc = "Seconds, 1 to 86400."  # type: ignore[attr-defined]
+
 OPTIONS = [
     ["sip", None, 5060,
      "SIP proxy port, UDP and TCP on every interface; 0 turns SIP off.", _port],
@@ -74,6 +86,12 @@ OPTIONS = [
     ["sip-source-rate", None, SOURCE_RATE,
      "SIP messages a second taken from one network address (UDP and TCP); more are"
      " dropped unanswered.", _rate],
+    ["sip-min-expires", None, MIN_EXPIRES,
+     "The shortest SIP registration the registrar takes; a shorter Expires gets 423"
+     " Interval Too Brief.", _expires],
+    ["sip-max-expires", None, MAX_EXPIRES,
+     "The longest SIP registration: a longer Expires is shortened to it (and is the"
+     " default when a phone names none).", _expires],
 ]
 
 Ready = Callable[[str, str], None]
@@ -83,6 +101,8 @@ def check_options(options: Any) -> None:
     """The SIP part of ``Options.postOptions`` (the type check did it all)."""
     if not isinstance(options["sip"], int):  # pragma: no cover - coerced
         raise usage.UsageError("--sip must be a port number")
+    if options["sip-min-expires"] > options["sip-max-expires"]:
+        raise usage.UsageError("--sip-min-expires must not be above --sip-max-expires")
 
 
 class SipFrontEnd:
@@ -90,13 +110,23 @@ class SipFrontEnd:
 
     def __init__(self, service: Any, reactor: Any, port: int, domain: str,
                  interface: str = "", *, outbound: str = OUTBOUND_NONE,
-                 session_rate: float = SESSION_RATE, source_rate: float = SOURCE_RATE) -> None:
+                 session_rate: float = SESSION_RATE, source_rate: float = SOURCE_RATE,
+                 min_expires: int = MIN_EXPIRES, max_expires: int = MAX_EXPIRES) -> None:
         self.reactor = reactor
         self.port = port
         self.enabled = port != 0
         self.network = SipNetwork(reactor, port, interface)
         self.proxy = SipProxy(service, self.network, reactor, domain, outbound=outbound,
-                              session_rate=session_rate, source_rate=source_rate)
+                              session_rate=session_rate, source_rate=source_rate,
+                              registrar={"min_expires": min_expires,
+                                         "max_expires": max_expires,
+                                         "default_expires": max_expires})
+        #: SUBSCRIBE/NOTIFY for the users' presence (docs/calls.md); the
+        #: network's subscribers need digest authentication: the proxy's
+        #: DigestAuth for the domain (the registrar's)
+        self.presence = SipPresence(service, self.proxy, reactor,
+                                    auth=self.proxy.digest)
+        self.proxy.presence = self.presence
         self.network.receiver = self.proxy.received
         self.network.rejecter = self.proxy.reject_malformed
         self.resource = SipTunnelResource(service, self.proxy)
@@ -107,7 +137,9 @@ class SipFrontEnd:
         """The front-end ``twistd presence`` options ask for."""
         return cls(service, reactor, options["sip"], options["domain"],
                    outbound=options["sip-outbound"], session_rate=options["sip-session-rate"],
-                   source_rate=options["sip-source-rate"])
+                   source_rate=options["sip-source-rate"],
+                   min_expires=options["sip-min-expires"],
+                   max_expires=options["sip-max-expires"])
 
     def ready(self, addresses: dict) -> None:
         """The ready gate's hook: every listener of the server is up; the

@@ -85,6 +85,9 @@ from presence.core import frames
 from presence.core.ratelimit import RateLimiter
 from presence.core.tables import Session
 from presence.errors import BadRequest, ClientError, NotFound, TooLarge, TooMany
+from presence.service import SOURCE_SCOPES
+from presence.sip.digest import DigestAuth
+from presence.sip.registrar import Registrar
 from presence.sip.message import (
     MAGIC_COOKIE, MAX_MESSAGE, NameAddr, ParseError, Request, Response, SipURI, Via,
     ack_for, bare_host, make_response, parse, reason_phrase, text_body,
@@ -106,7 +109,8 @@ TRYING_DELAY = 0.2
 #: transactions (server and client) kept at once, those that wait out their
 #: final timers included (about three per call for 32 s); past it, 503
 MAX_TRANSACTIONS = 100_000
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
+ALLOW = ("INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER,"
+         " MESSAGE, REGISTER")
 #: requests that do not get our Record-Route
 NO_RECORD_ROUTE = frozenset({"ACK", "CANCEL", "BYE", "REGISTER", "PRACK"})
 SERVER_NAME = "presence-sip"
@@ -138,15 +142,18 @@ class Hop:
     """Where a message came from or goes to: a network peer (``UDP`` or
     ``TCP``, with the connection it came on) or a tunnel ``session``."""
 
-    __slots__ = ("transport", "host", "port", "conn", "session")
+    __slots__ = ("transport", "host", "port", "conn", "session", "uri")
 
     def __init__(self, transport: str, host: str = "", port: int = 0, conn: Any = None,
-                 session: Optional[Session] = None) -> None:
+                 session: Optional[Session] = None, uri: Optional[str] = None) -> None:
         self.transport = transport
         self.host = host
         self.port = port
         self.conn = conn
         self.session = session
+        #: the Request-URI a request forwarded to this hop gets (a registered
+        #: Contact), or None: unchanged
+        self.uri = uri
 
     @property
     def tunnel(self) -> bool:
@@ -593,7 +600,8 @@ class SipProxy:
 
     def __init__(self, service, network, clock, domain: str, *,
                  outbound: str = OUTBOUND_NONE, session_rate: float = SESSION_RATE,
-                 source_rate: float = SOURCE_RATE) -> None:
+                 source_rate: float = SOURCE_RATE,
+                 registrar: Optional[Dict[str, int]] = None) -> None:
         if outbound not in (OUTBOUND_NONE, OUTBOUND_PUBLIC):
             raise ValueError(f"outbound must be {OUTBOUND_NONE!r} or {OUTBOUND_PUBLIC!r}")
         self.service = service
@@ -617,6 +625,18 @@ class SipProxy:
             weakref.WeakValueDictionary()
         self._tokens: "weakref.WeakKeyDictionary[Session, str]" = weakref.WeakKeyDictionary()
         self.counters: Dict[str, int] = {}
+        #: the SIP presence notifier (presence.sip.presence_server.SipPresence)
+        #: that answers SUBSCRIBEs to our users; None: they are relayed
+        self.presence: Any = None
+        # digest authentication for the domain (REGISTER here; SUBSCRIBE from
+        # the network), its nonces keyed by a secret of this process only;
+        # passwords set or proven from now on also keep their HA1s
+        service.sip_realm = self.domain
+        self.digest = DigestAuth(
+            self.domain, lambda user, realm, algorithm: defer.ensureDeferred(
+                service.sip_ha1(user, realm, algorithm)),
+            clock, secrets.token_bytes(32), uri_ok=self._digest_uri_ok)
+        self.registrar = Registrar(self, self.digest, **(registrar or {}))
 
     @property
     def port(self) -> int:
@@ -630,6 +650,9 @@ class SipProxy:
         figures["server_transactions"] = len(self.server_txns)
         figures["client_transactions"] = len(self.client_txns)
         figures["dialogs"] = len(self.dialogs)
+        if self.presence is not None:
+            figures.update(self.presence.stats())
+        figures.update(self.registrar.stats())
         return figures
 
     def listening(self, addresses: Dict[str, str]) -> None:
@@ -650,6 +673,15 @@ class SipProxy:
         if port is None:
             port = 5060
         return port == self.port and self.network.is_local(host)
+
+    def _digest_uri_ok(self, given: str, request: Request) -> bool:
+        """Digest credentials may name this proxy or the domain as their
+        ``uri`` instead of the Request-URI (SIPp puts the address it sends to)."""
+        try:
+            uri = SipURI.parse(given)
+        except ValueError:
+            return False
+        return uri.user is None and (self._uri_is_me(uri) or bare_host(uri.host) == self.domain)
 
     def _uri_is_me(self, uri: Optional[SipURI]) -> bool:
         return uri is not None and self.is_me(uri.host, uri.port)
@@ -868,6 +900,22 @@ class SipProxy:
             return
         forwarded = request.copy()
         target = self._target(forwarded, stx.hop)
+        if request.method == "SUBSCRIBE" and target.kind == "user" \
+                and self.presence is not None:
+            # answered by the server from its presence tables, never relayed
+            # to the user's sessions (nor back to the subscriber's own)
+            self._subscribe(stx, target.name)
+            return
+        if request.method == "REGISTER":
+            # registrar for the domain (and, from the tunnel, for the
+            # bridge's phone); for any other domain a 403 (RFC 3261 10.3
+            # step 1: a proxy that is no open relay does not forward it)
+            if stx.hop.tunnel or target.kind in ("self", "user"):
+                self.registrar.register(stx)
+                return
+            if target.kind != "error":
+                target = _Target("error", 403, f"Forbidden (the registrar of {self.domain}"
+                                               " only)")
         # 100 Trying as the request is forwarded, or when its user is found
         # (or the lookup is slow); a final known before goes alone, and the
         # caller's retransmissions get it again
@@ -880,7 +928,10 @@ class SipProxy:
             self._reply(stx, target.code, reason=target.reason or None)
         elif target.kind == "self":
             if request.method == "OPTIONS":
-                self._reply(stx, 200, [("Allow", ALLOW), ("Accept", "application/sdp")])
+                extra = [("Allow", ALLOW), ("Accept", "application/sdp")]
+                if self.presence is not None:
+                    extra.append(("Allow-Events", "presence"))
+                self._reply(stx, 200, extra)
             else:
                 self._reply(stx, 405, [("Allow", "OPTIONS")])
         elif target.kind == "session":
@@ -895,6 +946,32 @@ class SipProxy:
             d = self._outside_hop(target.uri, stx.hop, forwarded)
             d.addCallback(lambda hop: self._forward(context, forwarded, [hop]))
             d.addErrback(self._target_failed, context)
+
+    def _subscribe(self, stx: ServerTxn, name: str) -> None:
+        def reply(code: int, extra: List[Tuple[str, str]], reason: Optional[str]) -> None:
+            if stx.state != "terminated" and stx.request is not None:
+                self._count(f"presence_{code}")
+                self._reply(stx, code, extra, reason)
+
+        self.presence.subscribe(stx.request, stx.hop, name, stx.to_tag, reply)
+
+    def send_request(self, request: Request, hop: Hop, on_error: Callable[[], None]) -> None:
+        """Send a request the server makes itself (a NOTIFY) to ``hop``: as
+        a ``msg sipreq`` frame to a live session, else over UDP or on the
+        TCP connection it names while that is open (no new connection to a
+        peer's source port); ``on_error`` when it cannot go."""
+        if hop.tunnel:
+            if not self._alive(hop.session) or not text_body(request):
+                on_error()
+                return
+            branch = request.top_via().branch or "-"
+            self.hub.deliver_session(hop.session, frames.sipreq(
+                request.method, branch, request.to_text()))
+            return
+        if hop.transport == TCP and not getattr(hop.conn, "connected_", hop.conn is not None):
+            on_error()
+            return
+        self.network.send(request.to_bytes(), hop, on_error)
 
     def _target(self, request: Request, source: Hop) -> _Target:
         """RFC 3261 16.4 and 16.5: route processing and the target.
@@ -1062,7 +1139,11 @@ class SipProxy:
             return
         name = found[1]
         sessions = self.hub.sessions_of(name) if self.hub.is_online(name) else []
-        if not sessions:
+        # presence sources (a dyndns2 name, a registration) have nobody
+        # behind them to answer; a registered phone is reached at its binding
+        dests = [Hop(TUNNEL, session=s) for s in sessions if s.scope not in SOURCE_SCOPES]
+        dests += self._binding_hops(name)
+        if not dests:
             self._count("offline")
             self._reply(stx, 480, reason="Temporarily Unavailable")
             return
@@ -1074,7 +1155,21 @@ class SipProxy:
             self._reply(stx, 486, reason="Busy Here")
             return
         stx.trying()
-        self._forward(context, request, [Hop(TUNNEL, session=s) for s in sessions])
+        self._forward(context, request, dests)
+
+    def _binding_hops(self, name: str) -> List[Hop]:
+        """Where the user's registered phones are reached: the address each
+        REGISTER came from, with the registered Contact as Request-URI."""
+        hops = []
+        for binding in self.registrar.network_bindings(name):
+            conn = binding.conn
+            if binding.transport == TCP and conn is None:
+                continue  # its connection closed: unreachable until it registers again
+            if self._is_own_listener(bare_host(binding.host).lower(), binding.port):
+                continue
+            hops.append(Hop(binding.transport, binding.host, binding.port, conn=conn,
+                            uri=binding.contact))
+        return hops
 
     def _target_failed(self, failure, context: Context, code: int = 500) -> None:
         context.target_pending = False
@@ -1108,7 +1203,10 @@ class SipProxy:
         copy.set("max-forwards", str(int(mf) - 1) if mf is not None else "70")
         if source.tunnel:
             self._rewrite_contacts(copy, source.session, self.local_host(dest))
-        if copy.method not in NO_RECORD_ROUTE:
+        if copy.method not in NO_RECORD_ROUTE and (source.tunnel or dest.tunnel):
+            # between two network peers (a phone calling a registered
+            # phone) the proxy stays out of the dialog: it relays no
+            # in-dialog requests from the network to the network
             copy.prepend("record-route", self._record_route(source, dest))
         via_transport = TCP if dest.transport == TCP else UDP
         copy.prepend("via", str(Via(via_transport, self.local_host(dest), self.port,
@@ -1129,6 +1227,8 @@ class SipProxy:
         for dest in dests:
             branch = self._branch(context, request)
             copy = self._prepare(request, stx.hop, dest, branch)
+            if dest.uri is not None:
+                copy.uri = dest.uri
             ctx = ClientTxn(self, context, copy, dest, branch)
             context.clients.append(ctx)
             self.client_txns[ctx.key] = ctx
@@ -1227,6 +1327,8 @@ class SipProxy:
     # -- responses --------------------------------------------------------------
 
     def _network_response(self, response: Response, hop: Hop) -> None:
+        if self.presence is not None and self.presence.response(response, hop):
+            return
         via = response.top_via()
         ctx = self._match_client(response)
         if ctx is None or ctx.hop.tunnel or not self.is_me(via.host, via.port):
@@ -1236,10 +1338,17 @@ class SipProxy:
         self._client_response(ctx, response)
 
     def _session_response(self, response: Response, session: Session) -> Dict[str, Any]:
+        if self.presence is not None and self.presence.response(
+                response, Hop(TUNNEL, session=session)):
+            return {"txid": response.top_via().branch}
         ctx = self._match_client(response)
         if ctx is None or not ctx.hop.tunnel or ctx.hop.session is not session:
             raise NotFound("no SIP transaction of this session matches the response"
                            " (its top Via must be the proxy's, as in the msg sipreq)")
+        if ctx.context is not None and len(response.values("via")) < 2:
+            self._count("responses_no_via")
+            raise BadRequest("the response has no Via below the proxy's: it would go"
+                             " nowhere (RFC 3261 16.7); copy every Via of the request")
         self._client_response(ctx, response)
         return {"txid": ctx.branch}
 
@@ -1251,6 +1360,13 @@ class SipProxy:
 
     def _client_response(self, ctx: ClientTxn, response: Response) -> None:
         code = response.code
+        if ctx.context is not None and len(response.values("via")) < 2:
+            # RFC 3261 16.7 step 3: no Via left once ours is removed: the
+            # response would be for the proxy itself, yet it answers a
+            # request it forwarded for someone: it goes nowhere
+            self._count("responses_no_via")
+            log.debug("a SIP response {code} with no Via below ours was dropped", code=code)
+            return
         if ctx.state == "completed":
             # a retransmitted final: ACK it again (non-2xx INVITE)
             if ctx.is_invite and not ctx.hop.tunnel and code >= 300:
@@ -1452,7 +1568,11 @@ class SipProxy:
             del self.client_txns[ctx.key]
 
     def stop(self) -> None:
-        """Cancel every timer (the service stops)."""
+        """Cancel every timer (the service stops); presence subscriptions
+        end with a final NOTIFY."""
+        if self.presence is not None:
+            self.presence.stop()
+        self.registrar.stop()
         for stx in list(self.server_txns.values()):
             stx.terminate()
         for ctx in list(self.client_txns.values()):

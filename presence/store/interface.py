@@ -72,7 +72,21 @@ class IDirectory(Interface):
         one); True if the user exists."""
 
     def set_password(user, password_hash):
-        """Replace ``user``'s password hash; Deferred of True if the user exists."""
+        """Replace ``user``'s password hash and forget their SIP digest
+        HA1s (they were derived from the old password); Deferred of True if
+        the user exists."""
+
+    # -- SIP digest secrets (docs/security.md, "SIP digest secrets") ----------
+    def set_sip_ha1(user, realm, ha1s):
+        """Keep ``ha1s`` (``{algorithm: hex HA1}``, HA1 = H(user:realm:password))
+        for ``realm`` in place of any kept before, whatever their realm;
+        Deferred of True if the user exists.  A password equivalent for SIP:
+        never logged, never in an answer."""
+
+    def sip_ha1(user, realm, algorithm):
+        """The hex HA1 kept for ``user`` in ``realm`` with ``algorithm``
+        (``MD5``, ``SHA-256``); None if none is kept for that realm and
+        algorithm (another realm's are never given out); Deferred."""
 
     # -- resume tokens (spec section 9) ------------------------------------------
     def store_resume(token_hash, user, device, now):

@@ -451,10 +451,26 @@ return 1
     "is_locked": b"""
 return redis.call('HEXISTS', KEYS[1], 'locked')
 """,
+    # KEYS user:<u>, sipha1:<u>; ARGV the hash (the old password's HA1s go)
     "set_password": b"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'password_hash', ARGV[1])
+redis.call('DEL', KEYS[2])
 return 1
+""",
+    # KEYS user:<u>, sipha1:<u>; ARGV realm, then algorithm, HA1 pairs
+    "set_sip_ha1": b"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'realm', ARGV[1])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], 'ha1:' .. ARGV[i], ARGV[i + 1]) end
+return 1
+""",
+    # KEYS sipha1:<u>; ARGV realm, algorithm
+    "sip_ha1": b"""
+local kept = redis.call('HMGET', KEYS[1], 'realm', 'ha1:' .. ARGV[2])
+if kept[1] ~= ARGV[1] then return false end
+return kept[2]
 """,
 }
 
@@ -921,8 +937,20 @@ class RedisDirectory:
                            self.prefix, token_hash]).addCallback(_s)
 
     def set_password(self, user: str, password_hash: str) -> defer.Deferred:
-        d = self._eval("set_password", [self.keys("user", user)], [password_hash])
+        d = self._eval("set_password", [self.keys("user", user), self.keys("sipha1", user)],
+                       [password_hash])
         return d.addCallback(lambda n: n == 1)
+
+    def set_sip_ha1(self, user: str, realm: str, ha1s: dict) -> defer.Deferred:
+        args: List[Any] = [realm]
+        for algorithm, value in sorted(ha1s.items()):
+            args += [algorithm, value]
+        d = self._eval("set_sip_ha1", [self.keys("user", user), self.keys("sipha1", user)], args)
+        return d.addCallback(lambda n: n == 1)
+
+    def sip_ha1(self, user: str, realm: str, algorithm: str) -> defer.Deferred:
+        d = self._eval("sip_ha1", [self.keys("sipha1", user)], [realm, algorithm])
+        return d.addCallback(lambda v: _s(v) if v else None)
 
     def revoke_resume(self, user: str, token_hash: Optional[str] = None) -> defer.Deferred:
         return self._eval("revoke_resume", [self.keys("resumes", user)],

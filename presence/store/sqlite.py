@@ -60,6 +60,9 @@ CREATE TABLE IF NOT EXISTS extras (
     user TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (user, key));
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS on_demand (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS sip_ha1 (
+    user TEXT NOT NULL, algorithm TEXT NOT NULL, realm TEXT NOT NULL, ha1 TEXT NOT NULL,
+    PRIMARY KEY (user, algorithm));
 """
 
 #: per recipient, the unread messages and their size in UTF-8 bytes, kept up
@@ -347,9 +350,28 @@ class SQLiteDirectory:
             (email, phone, wireless, user)).rowcount == 1)
 
     def set_password(self, user: str, password_hash: str) -> defer.Deferred:
-        return self._tx(lambda db: db.execute(
-            "UPDATE users SET password_hash=? WHERE name=?",
-            (password_hash, user)).rowcount == 1)
+        def work(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM sip_ha1 WHERE user=?", (user,))
+            return db.execute("UPDATE users SET password_hash=? WHERE name=?",
+                              (password_hash, user)).rowcount == 1
+        return self._tx(work)
+
+    # -- SIP digest secrets -------------------------------------------------------
+
+    def set_sip_ha1(self, user: str, realm: str, ha1s: dict) -> defer.Deferred:
+        def work(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM users WHERE name=?", (user,)).fetchone() is None:
+                return False
+            db.execute("DELETE FROM sip_ha1 WHERE user=?", (user,))
+            db.executemany("INSERT INTO sip_ha1 (user, algorithm, realm, ha1) VALUES (?, ?, ?, ?)",
+                           [(user, a, realm, h) for a, h in sorted(ha1s.items())])
+            return True
+        return self._tx(work)
+
+    def sip_ha1(self, user: str, realm: str, algorithm: str) -> defer.Deferred:
+        d = self._query("SELECT ha1 FROM sip_ha1 WHERE user=? AND algorithm=? AND realm=?",
+                        user, algorithm, realm)
+        return d.addCallback(lambda rows: rows[0]["ha1"] if rows else None)
 
     # -- per-user settings ------------------------------------------------------
 

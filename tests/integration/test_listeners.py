@@ -85,6 +85,34 @@ def test_a_taken_sip_tcp_port_ends_the_start_naming_sip(tmp_path):
     assert_clear_failure(rc, output, took, f"--sip {port} (TCP)")
 
 
+def _loopback_pair():
+    """A UDP and a listening TCP socket on the same port of 127.0.0.1."""
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            tcp.bind(("127.0.0.1", port))
+        except OSError:  # that TCP port is someone else's: another one
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen()
+        return udp, tcp, port
+    pytest.fail("no port free for both UDP and TCP on 127.0.0.1")
+
+
+def test_a_sip_port_another_server_holds_on_loopback_ends_the_start(tmp_path):
+    # another SIP server on the machine, bound to 127.0.0.1 only, UDP and TCP
+    # (as SIPp or a softphone is): the proxy's wildcard bind fails, clearly
+    udp, tcp, port = _loopback_pair()
+    with udp, tcp:
+        rc, output, took = fails_to_start(tmp_path, "--sip", str(port))
+    assert rc == 1, output
+    assert_clear_failure(rc, output, took, f"--sip {port} (UDP)")
+
+
 def _free_privileged_port(used: set) -> int:
     for port in range(700, 1000):
         if port in used:

@@ -308,6 +308,7 @@ def test_sip_and_wireless_figures_are_exposed_when_those_front_ends_are_on(serve
     samples = scrape(server)
     assert value(samples, "presence_sip_transactions", side="server") == 0
     assert value(samples, "presence_sip_calls") == 0
+    assert value(samples, "presence_sip_subscriptions") == 0
     assert ("presence_wireless_pending", ()) in samples      # the simulator is on
     assert ("presence_wireless_texts_total", (("outcome", "delivered"),)) in samples
     off = server_factory.start(sip=0, smsc="none")
