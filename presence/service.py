@@ -1153,7 +1153,19 @@ class PresenceService:
             "contacts": await self.store.contacts(me),
             "greeting": extras.get("greeting") or "",
             "update_token": bool(extras.get("update_token")),
+            "guests_may_call": extras.get("guest_calls") == "1",
         }
+
+    async def guests_may_call(self, name: str) -> bool:
+        """Whether user ``name`` takes browser calls from guests (their
+        setting; off unless they turned it on)."""
+        return (await self.store.extras(name)).get("guest_calls") == "1"
+
+    async def set_guests_may_call(self, session: Session, allow: bool) -> None:
+        """The session's user lets guests call them in the browser, or not."""
+        self._member_only(session)
+        self._change_allowance(session)
+        await self.store.set_extra(session.user.name, "guest_calls", "1" if allow else None)
 
     async def update_profile(self, session: Session, email: Any = None, phone: Any = None,
                              wireless: Any = None) -> None:

@@ -36,6 +36,7 @@ from presence.store import passwords
 from presence.store.open import open_store
 from presence.sweep import SweepService
 from presence.threads import Pool
+from presence.web import calls as calls_web
 from presence.web.site import make_site
 from presence.wireless import frontend as wireless_frontend
 
@@ -247,7 +248,7 @@ class Options(usage.Options):
          "Accounts one client address may register an hour (also the burst).",
          _positive(int)],
     ] + (wireless_frontend.OPTIONS + sip_frontend.OPTIONS + invite_frontend.OPTIONS
-         + names_frontend.OPTIONS + admin_frontend.OPTIONS)
+         + names_frontend.OPTIONS + admin_frontend.OPTIONS + calls_web.OPTIONS)
 
     def postOptions(self) -> None:
         if self["linger"] is None:
@@ -277,6 +278,7 @@ class Options(usage.Options):
         names_frontend.check_options(self)
         sip_frontend.check_options(self)
         admin_frontend.check_options(self)
+        calls_web.check_options(self)
         if self["access-log"] and self["no-access-log"]:
             raise usage.UsageError("--access-log and --no-access-log contradict each other")
         for name in ("access-log", "json-log"):
@@ -475,6 +477,7 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         figures["uptime"] = round(time.time() - started, 3)
         if sip is not None:
             figures["sip"] = sip.stats()
+        figures["calls"] = calls.calls.stats()
         return figures
 
     pages = Pages(service, domain=options["domain"])
@@ -483,6 +486,10 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
                      mounts=pages.mounts(), default=pages.resource(),
                      access_log=(False if options["no-access-log"]
                                  else options["access-log"] or True))
+
+    # browser calls: signalling POSTs, TURN credentials (docs/calls.md)
+    calls = calls_web.CallsWeb.from_options(options, service, reactor)
+    calls.mount(site.resource)
 
     gate = ReadyGate()
 

@@ -955,3 +955,23 @@ def test_the_password_form_from_another_site_is_refused(world):
         "password2": "battery staple"}, headers={"Origin": ["http://evil.example"]})
     assert reply.status == 403
     assert world.visitor().post("/login", username="alice", password=PASSWORD).status == 303
+
+
+def test_settings_guests_may_call_is_off_until_turned_on(world):
+    """The "Calls from guests" card (browser calls, docs/calls.md)."""
+    world.register("alice")
+    v = world.visitor()
+    v.login("alice")
+    box = v.page("/settings").one("input", id="f-guest-calls")
+    assert box["name"] == "allow" and "checked" not in box.attrs
+    reply = v.post("/settings/guest-calls", allow="1")
+    assert (reply.status, reply.header("location")) == (303, "/settings?done=guest-calls")
+    page = v.page("/settings", done="guest-calls")
+    assert "Saved: who may call you in the browser." in page.text
+    assert "checked" in page.one("input", id="f-guest-calls").attrs
+    assert result_of(world.service.guests_may_call("alice")) is True
+    assert v.post("/settings/guest-calls").status == 303   # the box unticked
+    assert result_of(world.service.guests_may_call("alice")) is False
+    # the Call (PC) option names its peer for the page's script
+    assert world.visitor().page("/call", name="alice").options("alice")["call"][
+        "data-peer"] == "alice"

@@ -83,6 +83,7 @@ DONE = {
     "password": "Password changed: your other sessions have ended, and every other"
                 " device must log in with the new password.",
     "greeting": "Greeting saved: your page shows it while you are offline.",
+    "guest-calls": "Saved: who may call you in the browser.",
     "update-token": "A new update token: the old one no longer works.",
     "update-token-remove": "Update token removed: updates need your password now.",
 }
@@ -678,6 +679,9 @@ class Pages:
     async def _greeting(self, session, p) -> None:
         await self.service.set_greeting(session, p.get("greeting"))
 
+    async def _guest_calls(self, session, p) -> None:
+        await self.service.set_guests_may_call(session, p.get("allow") == "1")
+
     async def _update_token(self, session, p) -> Dict[str, str]:
         return {"update_token": await self.service.new_update_token(session)}
 
@@ -690,6 +694,7 @@ class Pages:
         "group-leave": _group_leave, "contact-add": _contact_add,
         "contact-remove": _contact_remove, "handset-secret": _handset_secret,
         "password": _password, "greeting": _greeting, "update-token": _update_token,
+        "guest-calls": _guest_calls,
         "update-token-remove": _update_token_remove,
     }
 

@@ -178,7 +178,7 @@ def row(r: Dict[str, Any], domain: str, me: Optional[str], link_names: bool) -> 
     state = states.wire(r.get("state") or ("available" if online else "offline"))
     sip = f"sip:{name}@{domain}"
     chat_attrs = {"type": "button", "class": "opt chat", "data-action": "chat", "data-peer": name}
-    call_attrs = {"class": "opt call", "data-action": "call", "data-href": sip,
+    call_attrs = {"class": "opt call", "data-action": "call", "data-href": sip, "data-peer": name,
                   "title": f"PC-to-PC call: {sip}"}
     if online and name != me:
         call_attrs["href"] = sip
@@ -575,6 +575,25 @@ def update_token_section(a: Dict[str, Any], secret: Optional[Dict[str, str]],
         class_="card", id="dyndns")
 
 
+def guest_calls_section(a: Dict[str, Any], post_form: Any) -> Tag:
+    """Whether guests (visitors without an account) may call the user in
+    the browser ("Call (PC)"); off unless the user turns it on."""
+    allowed = bool(a.get("guests_may_call"))
+    box = {"type": "checkbox", "name": "allow", "value": "1", "id": "f-guest-calls"}
+    if allowed:
+        box["checked"] = ""
+    return tags.section(
+        tags.h2("Calls from guests"),
+        tags.p("Members can always call you from your page (Call (PC)). Guests, visitors"
+               " who have no account, can call you only if you let them; you never call a"
+               " guest, you only answer.", class_="muted"),
+        post_form("guest-calls",
+                  tags.p(tags.input(**box), " ",
+                         tags.label("Guests may call me", for_="f-guest-calls")),
+                  tags.p(tags.button("Save", type="submit"))),
+        class_="card", id="guest-calls")
+
+
 def settings_page(account: Dict[str, Any], home: str, done: Optional[str] = None,
                   error: Optional[str] = None, secret: Optional[Dict[str, str]] = None,
                   wireless: bool = False, domain: str = "localhost") -> Tag:
@@ -627,6 +646,7 @@ def settings_page(account: Dict[str, Any], home: str, done: Optional[str] = None
             class_="card", id="profile"),
         handset_section(a, secret, post_form) if wireless else "",
         greeting_form(a, post_form),
+        guest_calls_section(a, post_form),
         update_token_section(a, secret, post_form, domain),
         tags.section(
             tags.h2("Password"),

@@ -48,9 +48,11 @@ def playwright_sync_api() -> Any:
 class Launcher:
     """Starts Playwright and Chromium once, on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, args: Optional[List[str]] = None) -> None:
         self.playwright: Any = None
         self.browser: Any = None
+        #: Chromium's command line (a module may add flags: test_calls_browser.py)
+        self.args = list(CHROMIUM_ARGS if args is None else args)
 
     def get(self, executable: str) -> Any:
         if self.browser is None:
@@ -58,7 +60,7 @@ class Launcher:
             self.playwright = sync_api.sync_playwright().start()
             try:
                 self.browser = self.playwright.chromium.launch(
-                    executable_path=executable, args=CHROMIUM_ARGS, timeout=30_000)
+                    executable_path=executable, args=self.args, timeout=30_000)
             except Exception:
                 self.playwright.stop()
                 self.playwright = None

@@ -228,6 +228,7 @@
       return;
     }
     ended = true;
+    if (calls) calls.sessionEnded();
     var words = reason === 'logout' ? 'You logged out.'
       : reason === 'replaced' ? 'This session was replaced by a newer login.'
       : reason === 'password' ? 'Your password was changed: log in with the new one.'
@@ -307,6 +308,11 @@
       startChat(peer);
     } else if (action === 'call' && !target.getAttribute('href')) {
       e.preventDefault();
+    } else if (action === 'call' && calls) {
+      // a browser call (static/calls.js); without WebRTC the sip: link stays
+      e.preventDefault();
+      var row = target.closest('li.row');
+      calls.start(peer || (row && row.getAttribute('data-user')));
     } else if (action === 'text') {
       e.preventDefault();
       textHandset(peer);
@@ -451,6 +457,9 @@
         if (w[2] === 'unavailable') {
           notify('The text to ' + w[3] + "'s handset could not be delivered.", 'error');
         }
+        break;
+      case 'call':  // browser calls: static/calls.js
+        if (calls) calls.frame(w, payload);
         break;
       case 'notice':  // from the server's operator (docs/operations.md, "Operators")
         notify('Notice from the operator: ' + payload);
@@ -777,6 +786,19 @@
         }, function () { form.submit(); });
     });
   }
+
+  // -- browser calls (static/calls.js) ---------------------------------------------------
+
+  var calls = window.PresenceCalls ? window.PresenceCalls({
+    me: function () { return cfg.me; },
+    post: post,
+    errorText: errorText,
+    ensureSession: ensureSession,
+    place: function (panel) {
+      if (chatsEl) chatsEl.parentNode.insertBefore(panel, chatsEl);
+      else main.appendChild(panel);
+    }
+  }) : null;
 
   // -- start ---------------------------------------------------------------------------
 
