@@ -269,3 +269,19 @@ def test_secret_is_required_and_ha1_helpers_agree():
     got = digest.ha1_set("alice", REALM, "pw")
     assert got["MD5"] == hashlib.md5(b"alice:example.org:pw").hexdigest()
     assert got["SHA-256"] == hashlib.sha256(b"alice:example.org:pw").hexdigest()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300) | st.sampled_from([
+    'Digest username="alice", realm="example.org", nonce="x", uri="sip:example.org", '
+    'response="y", qop=auth, nc=00000001, cnonce="z"']).map(lambda t: t + "\\\""))
+def test_fuzz_credentials_never_raise(value):
+    auth, _, _ = make()
+    req = register()
+    req.add("Authorization", value)
+    v = result(auth.verify(req))
+    assert not isinstance(v, Exception) and v.user is None
