@@ -22,7 +22,8 @@ import pytest
 
 from presence_harness import MAX_LOOP, Api, User, register
 from test_sipp import (
-    SCENARIOS, SIPP_TIMEOUT, Bridge, Sipp, check, free_port, sipp_report, udp_port,
+    SCENARIOS, SIPP_TIMEOUT, Bridge, Sipp, check, exchange, free_port, options, sipp_report,
+    status_of, udp_port,
 )
 
 pytestmark = pytest.mark.requires_program("sipp")
@@ -127,6 +128,18 @@ def test_a_wrong_password_gets_401_again(sipp, server, sip_port):
                      aor="localhost", expires=300, final=401, password="not-the-password"),
        "REGISTER with a wrong password")
     assert not online(api, user.name)
+
+
+def test_register_for_another_domain_is_403_and_bad_values_400(server, sip_port):
+    def reg(uri: str, extra: str = "") -> bytes:
+        return options(uri).replace(b"OPTIONS", b"REGISTER").replace(
+            f"To: <{uri}>".encode(), b"To: <sip:t@localhost>").replace(
+            b"Content-Length: 0", extra.encode() + b"Content-Length: 0")
+    assert status_of(exchange(sip_port, reg("sip:elsewhere.example"))) == 403
+    assert status_of(exchange(sip_port, reg("sip:localhost"))) == 401
+    bad = 'Authorization: Digest username="t", realm="localhost", nonce="x\r\n'
+    assert status_of(exchange(sip_port, reg("sip:localhost", bad))) == 400
+    assert server.running
 
 
 # -- through presence-sip-bridge --------------------------------------------------------------
