@@ -110,6 +110,12 @@ def test_a_softphone_registers_at_the_proxy_and_its_user_is_online_while_bound(
     ok(sipp_register(sipp, remote, user, ruri="sip:localhost", aor="localhost", expires=0,
                      port=port), "REGISTER with Expires: 0")
     wait_presence(api, user.name, False)
+    # neither the password nor its HA1 is in the server's log
+    import hashlib
+    log = server.output()
+    assert user.password not in log
+    for h in (hashlib.md5, hashlib.sha256):
+        assert h(f"{user.name}:localhost:{user.password}".encode()).hexdigest() not in log
 
 
 def test_a_registration_expires_and_the_user_goes_offline(sipp, server, sip_port):
