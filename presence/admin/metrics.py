@@ -160,10 +160,13 @@ class PresenceCollector:
         yield txns
         yield GaugeMetricFamily("presence_sip_calls", "SIP dialogs (calls) in progress",
                                 value=figures.get("dialogs", 0))
+        yield GaugeMetricFamily("presence_sip_bindings", "SIP registrations (bindings) held"
+                                " by the registrar", value=figures.get("bindings", 0))
         events = CounterMetricFamily("presence_sip_events", "SIP requests and refusals of"
                                      " the proxy, by event", labels=["event"])
         for key in sorted(figures):
-            if key not in ("server_transactions", "client_transactions", "dialogs"):
+            if key not in ("server_transactions", "client_transactions", "dialogs",
+                           "bindings", "registered_users"):
                 events.add_metric([key[:40]], figures[key])
         yield events
 
