@@ -20,7 +20,7 @@ from typing import Optional
 
 import pytest
 
-from presence_harness import MAX_LOOP, Api, User, register
+from presence_harness import MAX_LOOP, Api, User, expect, new_user, register
 from test_sipp import (
     SCENARIOS, SIPP_TIMEOUT, Bridge, Sipp, check, exchange, free_port, options, sipp_report,
     status_of, udp_port,
@@ -118,13 +118,19 @@ def test_a_softphone_registers_at_the_proxy_and_its_user_is_online_while_bound(
         assert h(f"{user.name}:localhost:{user.password}".encode()).hexdigest() not in log
 
 
-def test_a_registration_expires_and_the_user_goes_offline(sipp, server, sip_port):
+def test_a_registration_expires_and_a_watcher_hears_online_then_offline(
+        sipp, server, sip_port, heartbeats):
     api = server.api()
     user = register(api)
+    watcher = new_user(api, "w")
+    expect(api.post("/api/contacts", form={**watcher.auth, "contact": user.name}), 204)
+    hb = heartbeats(watcher)
     ok(sipp_register(sipp, f"127.0.0.1:{sip_port}", user, ruri="sip:localhost",
                      aor="localhost", expires=2), "REGISTER for 2 s")
     assert online(api, user.name)
-    wait_presence(api, user.name, False, timeout=10)
+    hb.wait_for(f"msg update online {user.name}", timeout=10)
+    hb.wait_for(f"msg update offline {user.name}", timeout=10)
+    assert not online(api, user.name)
 
 
 def test_a_wrong_password_gets_401_again(sipp, server, sip_port):
