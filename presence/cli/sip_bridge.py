@@ -410,7 +410,7 @@ class SipBridge:
         while len(self._registering) >= 16:
             self._registering.pop(next(iter(self._registering)))
         self._registering[request.call_id or ""] = (_contact_key(uri),
-                                                    str(uri.without_params()), addr)
+                                                    str(uri), addr)
 
     def _registered(self, response: Response) -> None:
         """The server's final answer to a REGISTER of the phone."""

@@ -6,7 +6,10 @@ their heartbeat (spec section 7), and the bridge for stock SIP phones.
   clock injected);
 * :mod:`presence.sip.transport`: UDP and TCP protocols and the network the
   proxy sends through;
-* :mod:`presence.sip.web`: ``POST /sip``, the tunnel's way in.
+* :mod:`presence.sip.web`: ``POST /sip``, the tunnel's way in;
+* :mod:`presence.sip.digest`: digest authentication (pure, clock injected);
+* :mod:`presence.sip.registrar`: ``REGISTER`` for the domain, bindings, and
+  a registered phone as a presence source (``docs/calls.md``).
 
 See ``docs/sip.md``.
 """

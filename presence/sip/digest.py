@@ -11,9 +11,10 @@ the clock, the server secret and the HA1 look-up are given to it.
   the answer: without a nonce count a replay cannot be bounded.
 * Nonces are stateless: ``base64url(issued-at | random | HMAC-SHA256(secret,
   issued-at | random | realm))``.  Any nonce the server issued verifies
-  without a table; one older than ``nonce_ttl`` is answered with a new
-  challenge carrying ``stale=true``, so the user agent retries without
-  asking its user again.
+  without a table; one older than ``nonce_ttl``, or one the server cannot
+  verify (issued before a restart, under the old secret) with an otherwise
+  right digest, is answered with a new challenge carrying ``stale=true``,
+  so the user agent retries without asking its user again.
 * Replays: the highest nonce count seen per nonce is kept in a bounded table.
   A count that does not grow is a replay.  When the table is full the oldest
   entries go and the issue time of the newest evicted nonce becomes a low
@@ -297,9 +298,9 @@ class DigestAuth:
         if not (_same_uri(p["uri"], request.uri) or self.uri_ok(p["uri"], request)):
             return defer.succeed(Verdict(error="Bad credentials: uri does not match the "
                                                "Request-URI", present=True))
+        # a nonce we did not issue (or issued before a restart, under another
+        # secret) is judged after the digest: right digest, stale nonce
         issued = self.nonce_issued(p["nonce"])
-        if issued is None:
-            return defer.succeed(Verdict(present=True))
         user = p["username"]
 
         def compare(ha1_hex: Optional[str]) -> Verdict:
@@ -311,7 +312,7 @@ class DigestAuth:
                                        p["response"].lower().encode("ascii", "replace")):
                 return Verdict(present=True)
             now = float(self.clock.seconds())
-            if now - issued > self.nonce_ttl or issued > now + 1:
+            if issued is None or now - issued > self.nonce_ttl or issued > now + 1:
                 return Verdict(stale=True, present=True)
             if not self._count(p["nonce"], issued, int(p["nc"], 16), now):
                 return Verdict(stale=True, present=True)

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import unquote
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -251,7 +252,6 @@ class Registrar:
             uri = None
         if uri is None or not uri.user:
             raise _Refusal(400, "Bad Request (To must be the sip: address of record)")
-        from urllib.parse import unquote
         user = unquote(uri.user).lower()
         if hop.tunnel:
             if user != hop.session.user.name:
