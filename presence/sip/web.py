@@ -40,10 +40,13 @@ CONTENT_TYPES = (b"message/sip",)
 class SipTunnelResource(resource.Resource):
     isLeaf = True
 
-    def __init__(self, service, proxy: SipProxy) -> None:
+    def __init__(self, service, proxy: SipProxy, media=None) -> None:
         super().__init__()
         self.service = service
         self.proxy = proxy
+        #: the media tunnel (presence.sip.media_web.MediaTunnel) for
+        #: ``/sip/media/<port>``, when the server relays media
+        self.media = media
 
     def render_POST(self, request: server.Request) -> bytes:
         try:
@@ -72,6 +75,10 @@ class SipTunnelResource(resource.Resource):
         return 202, self.proxy.from_session(session, data)
 
     def render(self, request: server.Request) -> bytes:
+        if request.postpath[:1] == [b"media"]:
+            if self.media is not None:
+                return self.media.render(request, request.postpath[1:])
+            return write_json(request, 404, {"error": "this server relays no media"})
         if request.method == b"POST":
             return self.render_POST(request)
         request.setHeader(b"allow", b"POST")
