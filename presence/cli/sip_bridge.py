@@ -31,7 +31,9 @@ logging in again), and gives the phone a local UDP port (C{--listen}):
 The server rewrites the phone's C{Contact} to an address of its own (with a
 token naming this session), so the phone needs no configuration beyond
 C{--listen} as its outbound proxy (for calls it places) and C{--phone} as its
-address.  Garbage datagrams are dropped, a request the bridge cannot parse
+address.  With C{--media http} the calls' RTP and RTCP travel over HTTP to
+the server's media relay instead of UDP (L{presence.cli.sip_media}).
+Garbage datagrams are dropped, a request the bridge cannot parse
 is answered C{400}.  Datagrams from any host but the phone's are dropped:
 whatever the bridge takes, it sends as the user.  See C{docs/sip.md}.
 """
@@ -49,6 +51,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from presence.client.eventstream import FrameError, parse_frame
+from presence.cli.sip_media import MEDIA_HTTP, MEDIA_UDP, MediaTunnelClient
 from presence.client.heartbeat import HeartbeatClient, ServerError, _describe
 from presence.sip.message import (
     MAGIC_COOKIE, NameAddr, ParseError, Request, Response, SipURI, Via, ack_for, bare_host,
@@ -109,12 +112,20 @@ class SipBridge:
     """
 
     def __init__(self, reactor: Any, listen: Address, phone: Address, server: str,
-                 user: str, password: Optional[str], **client_options: Any) -> None:
+                 user: str, password: Optional[str], *, media: str = MEDIA_UDP,
+                 listen_udp: Any = None, **client_options: Any) -> None:
         self.reactor = reactor
         self.listen_address = listen
         self.phone = phone
         self.client = HeartbeatClient(reactor, server, user, password, on_frame=self.frame,
                                       **client_options)
+        #: with ``--media http``: the calls' RTP over HTTP (presence.cli.sip_media)
+        self.media: Optional[MediaTunnelClient] = None
+        if media == MEDIA_HTTP:
+            self.media = MediaTunnelClient(reactor, self.client, listen[0], phone[0],
+                                           listen_udp=listen_udp)
+        elif media != MEDIA_UDP:
+            raise ValueError(f"media must be {MEDIA_UDP} or {MEDIA_HTTP}, not {media!r}")
         self.transport: Any = None  # the UDP port, once listening
         self.pending: Dict[str, _Pending] = {}
         #: branch -> the ACK sent for a non-2xx final of the phone (re-sent
@@ -194,6 +205,8 @@ class SipBridge:
         except ValueError:
             user = None
         copy.uri = str(SipURI(self.phone[0], user, self.phone[1]))
+        if self.media is not None:
+            self.media.from_server(copy)
         data = copy.to_bytes()
         self._send(data)
         if copy.method != "ACK":
@@ -217,6 +230,8 @@ class SipBridge:
             mine = self._record_route()
             values = [v for v in copy.values("record-route") if not self._names_me(v)]
             copy.set_values("record-route", values + [mine])
+        if self.media is not None:
+            self.media.from_server(copy)
         self._send(copy.to_bytes(), self._response_address(copy))
 
     def _response_address(self, response: Response) -> Address:
@@ -335,6 +350,8 @@ class SipBridge:
         if copy.get_all("record-route"):
             copy.set_values("record-route",
                             [v for v in copy.values("record-route") if not self._names_me(v)])
+        if self.media is not None:
+            self.media.from_phone(copy)
         self._post(copy, None)
 
     def _from_phone_request(self, request: Request, addr: Address) -> None:
@@ -348,6 +365,8 @@ class SipBridge:
         routes = request.values("route")
         if routes and self._names_me(routes[0]):
             request.set_values("route", routes[1:])
+        if self.media is not None:
+            self.media.from_phone(request)
         self._post(request, addr)
 
     def _names_me(self, value: str) -> bool:
@@ -385,6 +404,8 @@ class SipBridge:
     def _post_text(self, response: Response, request: Request) -> None:
         """Post a response the bridge made for ``request`` (which has the
         server's Via on top)."""
+        if self.media is not None:
+            self.media.from_phone(response)
         self._post(response, None)
 
     def _post_failed(self, failure: Any, message, addr: Optional[Address]) -> None:
@@ -402,6 +423,8 @@ class SipBridge:
     def stop(self) -> None:
         for key in list(self.pending):
             self._drop_pending(key)
+        if self.media is not None:
+            self.media.stop()
 
 
 class _PhoneSide(DatagramProtocol):
@@ -439,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UDP address the phone sends to (default %(default)s)")
     p.add_argument("--phone", default="127.0.0.1:5080", type=parse_address,
                    help="UDP address of the phone (default %(default)s)")
+    p.add_argument("--media", choices=(MEDIA_UDP, MEDIA_HTTP), default=MEDIA_UDP,
+                   help="how the calls' RTP/RTCP reach the server's media relay: 'udp' (the"
+                   " phone sends to the relay's ports itself; SDP untouched) or 'http' (the"
+                   " bridge gives the phone local UDP ports per m= line and carries the"
+                   " packets over its HTTP connection to the server, for a side that"
+                   " blocks UDP; see docs/calls.md) (default %(default)s)")
     p.add_argument("--mode", choices=("stream", "poll"), default="stream",
                    help="heartbeat mode (default %(default)s)")
     p.add_argument("--resume-file", metavar="PATH",
@@ -455,7 +484,7 @@ async def _run(reactor: Any, args: argparse.Namespace, password: Optional[str]) 
         sys.stderr.flush()
 
     bridge = SipBridge(reactor, args.listen, args.phone, args.server, args.user, password,
-                       mode=args.mode, register=args.register,
+                       media=args.media, mode=args.mode, register=args.register,
                        resume_file=args.resume_file,
                        on_status=say if not args.verbose else None)
     client = bridge.client

@@ -330,6 +330,14 @@ class HeartbeatClient:
 
     # -- public API -------------------------------------------------------
 
+    @property
+    def http(self) -> HTTPClientLike:
+        """
+        The HTTP client the client uses (for other requests of the same
+        program to the same server, as the SIP bridge's media streams).
+        """
+        return self._http
+
     def start(self) -> None:
         """
         Log in and hold the heartbeat; keep doing so until L{logout} or
