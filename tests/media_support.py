@@ -4,7 +4,7 @@ exactly as the relay exposes it to the media tunnel: ``leg_for(port)``,
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 
 class FakeLeg:
@@ -63,3 +63,28 @@ class FakeRelay:
 
     def leg_for(self, port: int) -> Optional[FakeLeg]:
         return self.legs.get(port)
+
+
+def sip_io(r: Any, phone: Tuple[str, int]) -> None:
+    """Give a bridge test rig ``r`` (``bridge``, ``stub``, ``net``) its three
+    moves: ``phone_gets()`` what reached the phone since the last look,
+    ``phone_sends(message or bytes, source)``, ``network_gets()`` what the
+    proxy sent to the network; each after moving the HTTP traffic."""
+    bridge, stub, net = r.bridge, r.stub, r.net
+
+    def phone_gets() -> List[object]:
+        stub.flush()
+        out = [m for m, addr in bridge.transport.written]
+        bridge.transport.written.clear()
+        return out
+
+    def phone_sends(message, source=phone) -> None:
+        data = message.to_bytes() if not isinstance(message, bytes) else message
+        bridge.datagram(data, source)
+        stub.flush()
+
+    def network_gets() -> List[object]:
+        stub.flush()
+        return [m for m, _ in net.take()]
+
+    r.phone_gets, r.phone_sends, r.network_gets = phone_gets, phone_sends, network_gets

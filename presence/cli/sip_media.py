@@ -33,6 +33,7 @@ At most L{MAX_CALLS} calls have media over HTTP at once.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlencode
 
@@ -103,8 +104,8 @@ def sdp_media(body: bytes) -> List[Tuple[str, int]]:
 
 def rewrite_sdp(body: bytes, host: str, ports: Dict[int, int]) -> bytes:
     """``body`` with the ``m=`` line of index ``i`` on port ``ports[i]``
-    and every ``c=`` line naming ``host``; ``a=rtcp:`` lines of those
-    streams are dropped (RTCP is on port + 1)."""
+    and every ``c=`` line (and the ``o=`` line's address) naming ``host``;
+    ``a=rtcp:`` lines of those streams are dropped (RTCP is on port + 1)."""
     family = "IP6" if ":" in host else "IP4"
     lines = body.decode("utf-8").split("\r\n") if b"\r\n" in body \
         else body.decode("utf-8").split("\n")
@@ -120,6 +121,10 @@ def rewrite_sdp(body: bytes, host: str, ports: Dict[int, int]) -> bytes:
         elif line.startswith("c="):
             if index == -1 or index in ports:
                 line = f"c=IN {family} {host}"
+        elif line.startswith("o=") and index == -1:
+            parts = line.split(" ")
+            if len(parts) == 6:
+                line = " ".join(parts[:4] + [family, host])
         elif line.startswith("a=rtcp:") and index in ports:
             continue
         out.append(line)
@@ -149,6 +154,9 @@ class MediaTunnelClient:
         self.phone_host = phone_host
         self.listen_udp = listen_udp or reactor.listenUDP
         self.calls: Dict[str, MediaCall] = {}
+        #: Call-ID -> the phone's addresses in an offer it made before the
+        #: relay's legs were known (the answer brings them), the last few
+        self.offers: "OrderedDict[str, List[Tuple[str, int]]]" = OrderedDict()
         self.counters: Dict[str, int] = {}
 
     def count(self, what: str, n: int = 1) -> None:
@@ -190,6 +198,9 @@ class MediaTunnelClient:
                     log.warn("no local UDP pair for a call's media: {why}", why=e)
                     continue
                 call.pairs[index] = pair
+                offered = self.offers.get(call.call_id)
+                if offered is not None and index < len(offered) and offered[index][1]:
+                    pair.advertised = offered[index]
                 pair.attach()
             ports[index] = pair.rtp_port
         if ports:
@@ -205,7 +216,13 @@ class MediaTunnelClient:
             return
         media = sdp_media(message.body)[:MAX_STREAMS]
         if call is None:
-            return  # an offer before the relay's ports are known: as it is
+            # an offer before the relay's ports are known: it goes as it is,
+            # and its addresses wait for the answer
+            self.offers[message.call_id or ""] = media
+            self.offers.move_to_end(message.call_id or "")
+            while len(self.offers) > MAX_CALLS:
+                self.offers.popitem(last=False)
+            return
         legs: Dict[int, int] = {}
         relay_host = ""
         for index, (host, port) in enumerate(media):
@@ -288,6 +305,7 @@ class MediaCall:
             self.close_stream(index)
         if self.owner.calls.get(self.call_id) is self:
             del self.owner.calls[self.call_id]
+        self.owner.offers.pop(self.call_id, None)
         self.owner.count("calls_closed")
         log.info("media of call {call} closed: {why}", call=self.call_id, why=why)
 
