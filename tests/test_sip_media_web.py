@@ -176,13 +176,13 @@ def test_streams_end_with_the_call_the_session_or_the_client(tun):
     tun.world.advance(media_web.KEEPALIVE_EVERY)
     assert s.got() == [] and s.decoder.keepalives == 1
     tun.bob_leg.close()
-    tun.world.advance(media_web.KEEPALIVE_EVERY)
+    tun.world.advance(media_web.CHECK_EVERY)
     assert s.is_ended() and tun.tunnel.stats()["streams"] == 0
     # the session logs out
     tun.bob_leg.closed = False
     s = Stream(tun.bob, 40000)
     assert tun.bob.post("/api/logout").status == 204
-    tun.world.advance(media_web.KEEPALIVE_EVERY)
+    tun.world.advance(media_web.CHECK_EVERY)
     assert s.is_ended() and tun.bob_leg.sinks == []
     # the client goes away
     carol_leg = tun.relay.add(44000, "carol")
@@ -208,4 +208,37 @@ def test_without_a_relay_the_media_path_says_so(world):
     bob = world.user("bob")
     reply = bob.get("/sip/media/40000")
     assert reply.status == 404 and reply.json["error"] == "this server relays no media"
+    proxy.stop()
+
+
+def test_against_the_real_relay(world):
+    from presence.sip.relay import CALLEE, CALLER, MediaRelay
+    from presence.sip.testing import FakeUdp, rtcp_packet, rtp_packet
+    udp = FakeUdp()
+    relay = MediaRelay(world.clock, udp, ports=(20000, 20099))
+    tunnel = MediaTunnel(world.service, relay, world.clock)
+    proxy = SipProxy(world.service, FakeNetwork(), world.clock, "example.org")
+    world.site.resource.mount(b"sip", SipTunnelResource(world.service, proxy, tunnel))
+    bob = world.user("bob")
+    call = relay.open_call("c1@x", "tagA", ("", "bob"))
+    network, bobs = call.stream(0)[CALLER], call.stream(0)[CALLEE]
+    s = Stream(bob, bobs.rtp_port)
+    assert s.status == 200
+    carol = ("198.51.100.10", 4000)
+    assert udp.arrive(network.rtp_port, rtp_packet(1), carol)
+    assert udp.arrive(network.rtcp_port, rtcp_packet(), (carol[0], carol[1] + 1))
+    assert s.got() == [(rtp_packet(1), False), (rtcp_packet(), True)]
+    assert [sent for sent in udp.take() if sent[0] == bobs.rtp_port] == []
+    reply = bob.browser.request("POST", f"/sip/media/{bobs.rtcp_port}", params=bob.creds,
+                                body=encode(rtp_packet(2)), headers={"Content-Type":
+                                                                      [CONTENT_TYPE]})
+    assert reply.status == 204
+    assert udp.take() == [(network.rtp_port, rtp_packet(2), carol)]
+    assert Stream(world.user("carol"), bobs.rtp_port).status == 403
+    assert Stream(bob, network.rtp_port).status == 403  # the network side's leg
+    relay.close(call, "bye")
+    world.advance(media_web.CHECK_EVERY)
+    assert s.is_ended()
+    assert Stream(bob, bobs.rtp_port).status == 404
+    relay.stop()
     proxy.stop()

@@ -26,6 +26,7 @@ from presence.listen import Listener
 from presence.sip.proxy import (
     OUTBOUND_NONE, OUTBOUND_PUBLIC, SESSION_RATE, SOURCE_RATE, SipProxy,
 )
+from presence.sip.media_web import MediaTunnel
 from presence.sip.transport import SipDatagramProtocol, SipNetwork, SipStreamFactory
 from presence.sip.web import SipTunnelResource
 
@@ -115,7 +116,11 @@ class SipFrontEnd:
         self.proxy.listening(addresses)
 
     def mount(self, root: Any) -> None:
-        """``/sip`` on the site's root resource."""
+        """``/sip`` on the site's root resource; with a media relay, the
+        media tunnel under it (``/sip/media/<port>``)."""
+        relay = getattr(self, "relay", None)
+        if relay is not None and self.resource.media is None:
+            self.resource.media = MediaTunnel(self.resource.service, relay, self.reactor)
         root.mount(b"sip", self.resource)
 
     def services(self, udp_label: str, tcp_label: str, ready: Ready) -> List[Service]:

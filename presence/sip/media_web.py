@@ -13,7 +13,8 @@ same leg).
   nothing over UDP to this side.  A keep-alive frame goes out after
   :data:`KEEPALIVE_EVERY` seconds without a packet.  One stream per leg: a
   new ``GET`` replaces the one before (which ends).  The stream ends when the
-  call ends (its leg closes), when the session ends, or when the client goes.
+  call ends (its leg closes), when the session ends (both checked every
+  :data:`CHECK_EVERY` second), or when the client goes.
   A client that reads too slowly loses packets (they are dropped, never
   queued: late audio is no audio).
 * ``POST``: a body of whole frames (at most :data:`MAX_POST` bytes), each
@@ -62,8 +63,10 @@ PACKET_RATE = 400.0
 BURST = 2.0
 #: streams (GETs) one session holds at once
 MAX_STREAMS = 16
-#: seconds between the checks of a held stream (leg closed, session gone),
-#: and of silence before a keep-alive frame
+#: seconds between the checks of a held stream (its leg closed, its session
+#: gone: then it ends)
+CHECK_EVERY = 1.0
+#: seconds without a packet before a keep-alive frame
 KEEPALIVE_EVERY = 10.0
 
 
@@ -88,12 +91,13 @@ class MediaTunnel:
 
     def __init__(self, service: Any, relay: Any, clock: Any, *,
                  packet_rate: float = PACKET_RATE, max_streams: int = MAX_STREAMS,
-                 keepalive: float = KEEPALIVE_EVERY) -> None:
+                 keepalive: float = KEEPALIVE_EVERY, check: float = CHECK_EVERY) -> None:
         self.service = service
         self.relay = relay
         self.clock = clock
         self.max_streams = max_streams
         self.keepalive = keepalive
+        self.check = check
         self.limiter = RateLimiter(max(1.0, packet_rate * BURST), packet_rate,
                                    max_keys=100_000)
         #: leg -> its attached stream
@@ -236,7 +240,7 @@ class MediaStream:
         self.done = False
         self.sent = 0
         self.dropped = 0
-        self._written = True  # something went out since the last tick
+        self._last = tunnel.clock.seconds()  # when a frame last went out
         self._timer: Optional[Any] = None
 
     # -- IMediaSink -------------------------------------------------------------
@@ -250,7 +254,7 @@ class MediaStream:
             return
         self.request.write(encode(packet, rtcp))
         self.sent += 1
-        self._written = True
+        self._last = self.tunnel.clock.seconds()
 
     # -- IPushProducer ------------------------------------------------------------
 
@@ -266,18 +270,20 @@ class MediaStream:
     # -- life -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Every ``keepalive`` seconds: end the stream if its leg closed or
-        its session ended; else a keep-alive frame after a silent period."""
+        """Every ``check`` seconds: end the stream if its leg closed or its
+        session ended; else a keep-alive frame after ``keepalive`` seconds
+        without one."""
         self._timer = None
         if self.done:
             return
         if self.leg.closed or self.tunnel.service.hub.session(self.session_id) is None:
             self.end()
             return
-        if not self._written and not self.paused:
+        now = self.tunnel.clock.seconds()
+        if now - self._last >= self.tunnel.keepalive and not self.paused:
             self.request.write(KEEPALIVE)
-        self._written = False
-        self._timer = self.tunnel.clock.callLater(self.tunnel.keepalive, self.tick)
+            self._last = now
+        self._timer = self.tunnel.clock.callLater(self.tunnel.check, self.tick)
 
     def end(self) -> None:
         """Detach from the leg and finish the response."""
