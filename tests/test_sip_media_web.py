@@ -242,3 +242,18 @@ def test_against_the_real_relay(world):
     assert Stream(bob, bobs.rtp_port).status == 404
     relay.stop()
     proxy.stop()
+
+
+def test_with_the_cookie_alone_another_origin_may_not_move_the_media(tun):
+    from presence.web.auth import COOKIE
+    cookie = {"Cookie": [f"{COOKIE.decode()}={tun.bob.session}"]}
+    other = {**cookie, "Origin": ["https://evil.example"]}
+    reply = tun.bob.browser.request("GET", "/sip/media/40000", headers=other)
+    assert reply.status == 403
+    reply = tun.bob.browser.request("POST", "/sip/media/40000", body=encode(RTP),
+                                    headers={**other, "Content-Type": [CONTENT_TYPE]})
+    assert reply.status == 403 and tun.bob_leg.injected == []
+    # the same origin (or no browser at all) with the cookie is the user
+    reply = tun.bob.browser.request("POST", "/sip/media/40000", body=encode(RTP),
+                                    headers={**cookie, "Content-Type": [CONTENT_TYPE]})
+    assert reply.status == 204 and len(tun.bob_leg.injected) == 1

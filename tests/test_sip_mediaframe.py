@@ -56,3 +56,16 @@ def test_the_stream_decoder_refuses_a_bad_header_and_holds_one_frame_at_most():
         FrameDecoder().feed(b"\xff\xff\x00")
     with pytest.raises(MediaFrameError, match="reserved"):
         FrameDecoder().feed(b"\x00\x01\x80")
+
+
+def test_binary_frames_cost_5_percent_and_base64_events_would_cost_43():
+    """The figures of docs/calls.md ("Endpoints and framing"): a 20 ms PCMU
+    packet as one chunk of the held response."""
+    import base64
+
+    from twisted.web.http import toChunk
+    packet = bytes([0x80, 0]) + b"\x00" * 10 + b"\xff" * 160
+    assert len(packet) == 172
+    binary = len(b"".join(toChunk(encode(packet))))
+    event = len(b"".join(toChunk(b"data: " + base64.b64encode(packet) + b"\n\n")))
+    assert (binary, event) == (181, 246)
