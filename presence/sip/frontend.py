@@ -74,18 +74,21 @@ _rate.coerceDoc = "Messages a second (a burst of five seconds' worth is allowed)
 RELAY_AUTO, RELAY_NONE = "auto", "none"
 
 
+def _unicast_ipv4(value: str, what: str) -> str:
+    try:
+        address = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"must be {what}")
+    if address.is_multicast or address.is_unspecified:
+        raise ValueError(f"must be a unicast address: {what}")
+    return str(address)
+
+
 def _relay(value: str) -> str:
     value = value.strip().lower()
     if value in (RELAY_AUTO, RELAY_NONE):
         return value
-    try:
-        address = ipaddress.IPv4Address(value)
-    except ValueError:
-        raise ValueError(f"must be {RELAY_AUTO}, {RELAY_NONE} or an IPv4 address of this"
-                         " machine")
-    if address.is_multicast or address.is_unspecified:
-        raise ValueError("must be a unicast IPv4 address of this machine")
-    return str(address)
+    return _unicast_ipv4(value, f"{RELAY_AUTO}, {RELAY_NONE} or an IPv4 address of this machine")
 
 
 _relay.coerceDoc = (f"{RELAY_AUTO} (every interface, like --sip), an IPv4 address, or"  # type: ignore[attr-defined]
@@ -94,15 +97,8 @@ _relay.coerceDoc = (f"{RELAY_AUTO} (every interface, like --sip), an IPv4 addres
 
 def _advertise(value: str) -> str:
     value = value.strip()
-    if not value:
-        return ""
-    try:
-        address = ipaddress.IPv4Address(value)
-    except ValueError:
-        raise ValueError("must be an IPv4 address (the one phones reach the relay at)")
-    if address.is_multicast or address.is_unspecified:
-        raise ValueError("must be a unicast IPv4 address")
-    return str(address)
+    return _unicast_ipv4(value, "an IPv4 address (the one phones reach the relay at)") \
+        if value else ""
 
 
 def _port_range(value: str) -> Tuple[int, int]:
