@@ -233,6 +233,9 @@ class Call:
         self.relay = relay
         self.key = key
         self.users = users
+        #: the signalling address of each side (a network peer's IP, a
+        #: tunnel session's client IP), set by the SIP side
+        self.signal = ["", ""]
         self.streams: List[Tuple[Leg, Leg]] = []
         self.opened_at = now
         self.last_media = now
