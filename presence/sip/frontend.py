@@ -251,6 +251,9 @@ class SipFrontEnd:
         if self.relay is not None:
             for name, value in self.relay.stats().items():
                 figures[f"relay_{name}"] = value
+        if self.resource.media is not None:
+            for name, value in self.resource.media.stats().items():
+                figures[f"media_http_{name}"] = value
         return figures
 
 
