@@ -328,3 +328,21 @@ def test_the_media_option():
     with pytest.raises(SystemExit):
         parser.parse_args(["--user", "bob", "--media", "auto"])
     assert "--media" in parser.format_help()
+
+
+def test_the_default_http_client_sends_small_posts_without_nagle_delay():
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from presence.client.heartbeat import TreqHTTP
+
+    class Transport(StringTransport):
+        no_delay = False
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            self.no_delay = enabled
+
+    http = TreqHTTP(MemoryReactorClock())
+    protocol = http.pool._factory(lambda p: None, None).buildProtocol(None)
+    transport = Transport()
+    protocol.makeConnection(transport)
+    assert transport.no_delay

@@ -204,7 +204,7 @@ def test_rtp_over_http_on_both_sides_reaches_both_phones(tmp_path, sipp, server,
                f" {len(to_uas)}, echoed {len(echoed)}, at alice's phone {len(to_uac)},"
                f" relay UDP {len(relay_udp)}; alice -> bob {delays(sent, to_uas)};"
                f" bob -> alice {delays(echoed, to_uac)}\n{logs}")
-    print(figures.split("\n")[0])
+    print(figures.split("\n")[0])  # the figures, with -s
     assert len(to_uas) >= PACKETS * 0.95, figures
     assert len(echoed) == len(to_uas), figures
     assert len(to_uac) >= len(echoed) - 2, figures
