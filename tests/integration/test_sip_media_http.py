@@ -156,7 +156,7 @@ def rtp_call(tmp_path: Path, sipp: Sipp, server, users, bob_media: str):
             stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, timeout=120)
         check(result, [phone], f"a call with RTP, bob's bridge --media {bob_media}")
         packets = capture.stop()
-        logs = "\n".join(b.output()[-3000:] for b in bridges)
+        logs = "\n".join(b.output() for b in bridges)
         return packets, uac_media, uas_media, logs
     finally:
         for bridge in bridges:
@@ -203,13 +203,15 @@ def test_rtp_over_http_on_both_sides_reaches_both_phones(tmp_path, sipp, server,
     figures = (f"sent by alice's phone {len(sent)}, at bob's phone"
                f" {len(to_uas)}, echoed {len(echoed)}, at alice's phone {len(to_uac)},"
                f" relay UDP {len(relay_udp)}; alice -> bob {delays(sent, to_uas)};"
-               f" bob -> alice {delays(echoed, to_uac)}\n{logs}")
+               f" bob -> alice {delays(echoed, to_uac)}\n{logs[-6000:]}")
     print(figures.split("\n")[0])  # the figures, with -s
     assert len(to_uas) >= PACKETS * 0.95, figures
     assert len(echoed) == len(to_uas), figures
     assert len(to_uac) >= len(echoed) - 2, figures
     # with both bridges on HTTP, nothing travelled over the relay's UDP ports
     assert relay_udp == [], figures
+    # both bridges closed their local ports at the BYE
+    assert logs.count("closed: BYE passed") == 2, logs[-6000:]
     stats = wait_for_closed(server)
     assert stats["media_http_attached"] >= 2 and stats["media_http_injected"] >= 2 * len(
         to_uas) - 4, stats
@@ -221,11 +223,12 @@ def test_rtp_over_http_on_one_side_and_udp_on_the_other(tmp_path, sipp, server, 
     echoed = rtp(packets, source=uas)
     to_uac = rtp(packets, to=uac)
     figures = (f"at bob's phone {len(to_uas)}, echoed {len(echoed)}, at alice's phone"
-               f" {len(to_uac)}\n{logs}")
+               f" {len(to_uac)}\n{logs[-6000:]}")
     print(figures.split("\n")[0])
     assert len(to_uas) >= PACKETS * 0.95, figures
     # bob's phone got them from the relay itself, and echoed them there
     assert all(in_relay(p[0]) for p in to_uas), figures
     assert all(in_relay(p[1]) for p in echoed), figures
     assert len(to_uac) >= len(echoed) - 2, figures
+    assert logs.count("closed: BYE passed") == 1, logs[-6000:]  # alice's bridge; bob's has none
     wait_for_closed(server)
