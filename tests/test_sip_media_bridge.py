@@ -17,8 +17,8 @@ from helpers import BASE, PASSWORD, logged_errors, world  # noqa: F401  (fixture
 from media_support import FakeRelay, sip_io
 from presence.cli import sip_media
 from presence.cli.sip_bridge import SipBridge, build_parser
-from presence.cli.sip_media import rewrite_sdp, sdp_media
 from presence.sip import media_web
+from presence.sip import sdp as sdp_lib
 from presence.sip.media_web import MediaTunnel
 from presence.sip.mediaframe import decode_all
 from presence.sip.message import parse
@@ -139,16 +139,9 @@ def relayed_call(rig):
     return inv, at_phone, ok
 
 
-def test_sdp_parsing_and_rewriting():
-    body = sdp("10.0.0.5", 7000, 7002, extra="a=rtcp:7001\r\n").encode()
-    assert sdp_media(body) == [("10.0.0.5", 7000), ("10.0.0.5", 7002)]
-    out = rewrite_sdp(body, "127.0.0.1", {0: 30000})
-    assert sdp_media(out) == [("127.0.0.1", 30000), ("127.0.0.1", 7002)]
-    assert b"a=rtcp:" in out  # the second stream's line stays
-    out = rewrite_sdp(body, "::1", {0: 30000, 1: 30002})
-    assert b"c=IN IP6 ::1" in out and b"a=rtcp" not in out
-    media_level = b"v=0\r\nm=audio 5 RTP/AVP 0\r\nc=IN IP4 1.2.3.4\r\nm=audio 0 RTP/AVP 0\r\n"
-    assert sdp_media(media_level) == [("1.2.3.4", 5), ("", 0)]
+def sdp_media(body: bytes):
+    """``(address, port)`` of each m= line."""
+    return [(m.address, m.port) for m in sdp_lib.parse(body).media]
 
 
 def test_a_relayed_call_gets_local_ports_and_its_media_goes_over_http(rig):
@@ -158,7 +151,7 @@ def test_a_relayed_call_gets_local_ports_and_its_media_goes_over_http(rig):
     assert host == "127.0.0.1" and local in rig.udp.bound and local + 1 in rig.udp.bound
     # the server gets the relay's own leg back, never the phone's address
     assert sdp_media(ok.body) == [(RELAY, 40000)]
-    assert b"127.0.0.1" not in ok.body
+    assert b"127.0.0.1" not in ok.body  # o= too
     assert rig.bob_leg.sinks, "the bridge holds the leg's stream"
     rtp_port, rtcp_port = rig.udp.bound[local], rig.udp.bound[local + 1]
     # network -> relay -> HTTP stream -> the phone's SDP address
@@ -346,3 +339,31 @@ def test_the_default_http_client_sends_small_posts_without_nagle_delay():
     transport = Transport()
     protocol.makeConnection(transport)
     assert transport.no_delay
+
+
+def test_a_hold_the_phones_rtcp_port_and_a_second_stream(rig):
+    inv = invite("sip:bob@example.org", body=sdp(RELAY, 40000, 40010))
+    rig.relay.add(40010, "bob")
+    rig.proxy.received(inv.to_bytes(), CALLER)
+    [at_phone] = rig.phone_gets()
+    (_, audio), (_, video) = sdp_media(at_phone.body)
+    assert sorted(rig.udp.bound) == [audio, audio + 1, video, video + 1]
+    # the phone answers with RTCP on a port of its own choice (RFC 3605) and
+    # rejects the video: the bridge closes that pair
+    answer_sdp = sdp("127.0.0.1", 6000, extra="a=rtcp:6501\r\n").replace(
+        "m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp:6501",
+        "m=audio 6000 RTP/AVP 0\r\na=rtcp:6501\r\na=rtpmap:0 PCMU/8000")
+    answer_sdp += "m=video 0 RTP/AVP 96\r\n"
+    rig.phone_sends(answer(at_phone, 200, contact="<sip:phone@127.0.0.1:5080>",
+                           body=answer_sdp))
+    [ok] = [m for m in rig.network_gets() if getattr(m, "code", 0) == 200]
+    assert sdp_media(ok.body) == [(RELAY, 40000), (RELAY, 0)]
+    assert sorted(rig.udp.bound) == [audio, audio + 1]
+    rig.net_leg.inject(rtcp_packet(), True)
+    rig.stub.flush()
+    assert rig.udp.bound[audio + 1].written == [(rtcp_packet(), ("127.0.0.1", 6501))]
+    # a re-INVITE that puts the call on hold keeps the hold address
+    hold = invite("sip:bob@example.org", call_id=inv.call_id, cseq=2, to_tag="callee1",
+                  body=sdp(RELAY, 40000).replace(f"c=IN IP4 {RELAY}", "c=IN IP4 0.0.0.0"))
+    rig.bridge.media.from_server(hold)
+    assert sdp_media(hold.body) == [("0.0.0.0", audio)]

@@ -24,6 +24,10 @@ the leg that faces that user), the bridge
    the attached stream takes its packets), so the phone's local address
    never leaves the bridge once the legs are known.
 
+Both rewrites are the relay's own (L{presence.sip.sdp}): C{o=} and C{c=}
+name the new address (a hold's C{0.0.0.0} stays), C{a=rtcp:} names port + 1,
+ICE lines are dropped.
+
 The pairs of a call close, and its streams end, at C{BYE} or C{CANCEL}
 (either way), a final error to the INVITE before the call was answered, a
 stream the server ends for good (the call ended there), or
@@ -47,6 +51,8 @@ from twisted.logger import Logger
 from presence.sip.mediaframe import (
     CONTENT_TYPE, MAX_PACKET, FrameDecoder, MediaFrameError, encode,
 )
+from presence.sip import sdp
+from presence.sip.media import has_sdp
 from presence.sip.message import Message, Request, Response, bare_host
 
 log = Logger(namespace="presence.sip_bridge.media")
@@ -70,65 +76,6 @@ MEDIA_HTTP = "http"
 MEDIA_UDP = "udp"
 
 Address = Tuple[str, int]
-
-
-# -- SDP ------------------------------------------------------------------------------
-
-
-def is_sdp(message: Message) -> bool:
-    ctype = (message.get("content-type") or "").split(";")[0].strip().lower()
-    return ctype == "application/sdp" and bool(message.body.strip())
-
-
-def sdp_media(body: bytes) -> List[Tuple[str, int]]:
-    """``(connection address, port)`` of each ``m=`` line of an SDP body
-    (the media-level ``c=`` first, else the session's; ``""`` if none)."""
-    out: List[Tuple[str, int]] = []
-    session_host = ""
-    hosts: List[Optional[str]] = []
-    for line in body.decode("utf-8", "replace").splitlines():
-        if line.startswith("m="):
-            parts = line[2:].split()
-            port = parts[1].split("/")[0] if len(parts) > 1 else ""
-            out.append(("", int(port) if port.isdigit() and int(port) <= 65535 else 0))
-            hosts.append(None)
-        elif line.startswith("c="):
-            parts = line[2:].split()
-            host = parts[2].split("/")[0] if len(parts) > 2 else ""
-            if hosts:
-                hosts[-1] = host
-            else:
-                session_host = host
-    return [(hosts[i] or session_host, port) for i, (_, port) in enumerate(out)]
-
-
-def rewrite_sdp(body: bytes, host: str, ports: Dict[int, int]) -> bytes:
-    """``body`` with the ``m=`` line of index ``i`` on port ``ports[i]``
-    and every ``c=`` line (and the ``o=`` line's address) naming ``host``;
-    ``a=rtcp:`` lines of those streams are dropped (RTCP is on port + 1)."""
-    family = "IP6" if ":" in host else "IP4"
-    lines = body.decode("utf-8").split("\r\n") if b"\r\n" in body \
-        else body.decode("utf-8").split("\n")
-    out = []
-    index = -1
-    for line in lines:
-        if line.startswith("m="):
-            index += 1
-            parts = line.split(" ")
-            if index in ports and len(parts) > 1:
-                parts[1] = str(ports[index])
-                line = " ".join(parts)
-        elif line.startswith("c="):
-            if index == -1 or index in ports:
-                line = f"c=IN {family} {host}"
-        elif line.startswith("o=") and index == -1:
-            parts = line.split(" ")
-            if len(parts) == 6:
-                line = " ".join(parts[:4] + [family, host])
-        elif line.startswith("a=rtcp:") and index in ports:
-            continue
-        out.append(line)
-    return "\r\n".join(out).encode("utf-8")
 
 
 # -- the bridge's media ----------------------------------------------------------------
@@ -156,7 +103,8 @@ class MediaTunnelClient:
         self.calls: Dict[str, MediaCall] = {}
         #: Call-ID -> the phone's addresses in an offer it made before the
         #: relay's legs were known (the answer brings them), the last few
-        self.offers: "OrderedDict[str, List[Tuple[str, int]]]" = OrderedDict()
+        self.offers: "OrderedDict[str, List[Tuple[Optional[Address], Optional[Address]]]]" = \
+            OrderedDict()
         self.counters: Dict[str, int] = {}
 
     def count(self, what: str, n: int = 1) -> None:
@@ -171,10 +119,8 @@ class MediaTunnelClient:
             call.touch()
         if self._ends(message, call):
             return
-        if not is_sdp(message):
-            return
-        media = sdp_media(message.body)[:MAX_STREAMS]
-        if not any(port for _, port in media):
+        parsed = _sdp(message)
+        if parsed is None or not any(m.enabled for m in parsed.media):
             return
         if call is None:
             if len(self.calls) >= MAX_CALLS:
@@ -183,28 +129,30 @@ class MediaTunnelClient:
                          " as it is", n=len(self.calls))
                 return
             call = self.calls[message.call_id or ""] = MediaCall(self, message.call_id or "")
-        ports: Dict[int, int] = {}
-        for index, (relay_host, leg_port) in enumerate(media):
-            if not leg_port:
+        ports: List[Optional[int]] = []
+        for media in parsed.media:
+            index = media.index
+            if not media.enabled or index >= MAX_STREAMS:
                 call.close_stream(index)
+                ports.append(None)  # stays 0, or is disabled
                 continue
             pair = call.pairs.get(index)
-            if pair is None or pair.leg_port != leg_port:
+            if pair is None or pair.leg_port != media.port:
                 call.close_stream(index)
                 try:
-                    pair = MediaPair(call, index, relay_host, leg_port)
+                    pair = MediaPair(call, index, media.address or "", media.port)
                 except CannotListenError as e:
                     self.count("no_ports")
                     log.warn("no local UDP pair for a call's media: {why}", why=e)
+                    ports.append(None)
                     continue
                 call.pairs[index] = pair
                 offered = self.offers.get(call.call_id)
-                if offered is not None and index < len(offered) and offered[index][1]:
+                if offered is not None and index < len(offered):
                     pair.advertised = offered[index]
                 pair.attach()
-            ports[index] = pair.rtp_port
-        if ports:
-            message.body = rewrite_sdp(message.body, self.host, ports)
+            ports.append(pair.rtp_port)
+        message.body = sdp.rewrite(parsed, self.host, ports)
 
     def from_phone(self, message: Message) -> None:
         """A message of the phone on its way to the server (rewritten in
@@ -212,28 +160,34 @@ class MediaTunnelClient:
         call = self.calls.get(message.call_id or "")
         if call is not None:
             call.touch()
-        if self._ends(message, call) or not is_sdp(message):
+        if self._ends(message, call):
             return
-        media = sdp_media(message.body)[:MAX_STREAMS]
+        parsed = _sdp(message)
+        if parsed is None:
+            return
         if call is None:
             # an offer before the relay's ports are known: it goes as it is,
             # and its addresses wait for the answer
-            self.offers[message.call_id or ""] = media
+            self.offers[message.call_id or ""] = [
+                (m.rtp_address(), m.rtcp_address()) for m in parsed.media[:MAX_STREAMS]]
             self.offers.move_to_end(message.call_id or "")
             while len(self.offers) > MAX_CALLS:
                 self.offers.popitem(last=False)
             return
-        legs: Dict[int, int] = {}
+        legs: List[Optional[int]] = []
         relay_host = ""
-        for index, (host, port) in enumerate(media):
-            pair = call.pairs.get(index)
-            if pair is None:
+        for media in parsed.media:
+            pair = call.pairs.get(media.index)
+            if pair is None or not media.enabled:
+                if pair is not None:
+                    call.close_stream(media.index)  # the phone refused it
+                legs.append(None)  # no leg behind it: disabled (or stays 0)
                 continue
-            pair.advertised = (host, port) if port else None
-            legs[index] = pair.leg_port
+            pair.advertised = (media.rtp_address(), media.rtcp_address())
+            legs.append(pair.leg_port)
             relay_host = relay_host or pair.relay_host
-        if legs:
-            message.body = rewrite_sdp(message.body, relay_host, legs)
+        if relay_host:
+            message.body = sdp.rewrite(parsed, relay_host, legs)
 
     def _ends(self, message: Message, call: Optional["MediaCall"]) -> bool:
         """Whether ``message`` ends ``call`` (then closed)."""
@@ -255,6 +209,7 @@ class MediaTunnelClient:
     def stop(self) -> None:
         for call in list(self.calls.values()):
             call.close("the bridge stops")
+        self.offers.clear()
 
     # -- HTTP ------------------------------------------------------------------------
 
@@ -264,6 +219,17 @@ class MediaTunnelClient:
             return None
         query = urlencode([("me", session.username), ("id", session.session)])
         return f"{self.client.base_url}/sip/media/{leg_port}?{query}"
+
+
+def _sdp(message: Message) -> Optional[sdp.Sdp]:
+    """The SDP body of ``message``, or None (none, or none the relay's
+    parser reads: passed as it is)."""
+    if not has_sdp(message):
+        return None
+    try:
+        return sdp.parse(message.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 class MediaCall:
@@ -320,8 +286,9 @@ class MediaPair:
         self.index = index
         self.relay_host = relay_host
         self.leg_port = leg_port
-        #: the phone's address for this stream in its SDP (until latched)
-        self.advertised: Optional[Address] = None
+        #: the phone's RTP and RTCP addresses for this stream in its SDP
+        #: (used until latched; None: none, or on hold)
+        self.advertised: Tuple[Optional[Address], Optional[Address]] = (None, None)
         #: where the phone's RTP and RTCP really come from (symmetric RTP)
         self.latched: List[Optional[Address]] = [None, None]
         self.outbox: List[bytes] = []
@@ -413,11 +380,11 @@ class MediaPair:
         return True
 
     def _to_phone(self, packet: bytes, rtcp: bool) -> None:
-        target = self.latched[1 if rtcp else 0]
-        if target is None and self.advertised is not None:
-            host, port = self.advertised
-            host = host if bare_host(host) == self.owner.phone_host else self.owner.phone_host
-            target = (host, port + 1 if rtcp else port)
+        slot = 1 if rtcp else 0
+        target = self.latched[slot]
+        if target is None and self.advertised[slot] is not None:
+            # what the phone's SDP said, but always on the phone's host
+            target = (self.owner.phone_host, self.advertised[slot][1])
         if target is None:
             self.owner.count("no_phone_address")
             return
