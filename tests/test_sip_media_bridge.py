@@ -367,3 +367,19 @@ def test_a_hold_the_phones_rtcp_port_and_a_second_stream(rig):
                   body=sdp(RELAY, 40000).replace(f"c=IN IP4 {RELAY}", "c=IN IP4 0.0.0.0"))
     rig.bridge.media.from_server(hold)
     assert sdp_media(hold.body) == [("0.0.0.0", audio)]
+
+
+def test_rtcp_mux_travels_on_the_rtp_ports(rig):
+    inv = invite("sip:bob@example.org", body=sdp(RELAY, 40000, extra="a=rtcp-mux\r\n"))
+    rig.proxy.received(inv.to_bytes(), CALLER)
+    [at_phone] = rig.phone_gets()
+    [(_, local)] = sdp_media(at_phone.body)
+    rig.phone_sends(answer(at_phone, 200, contact="<sip:phone@127.0.0.1:5080>",
+                           body=sdp("127.0.0.1", 6000, extra="a=rtcp-mux\r\n")))
+    rig.net_leg.inject(rtcp_packet(), True)
+    rig.stub.flush()
+    assert rig.udp.bound[local].written == [(rtcp_packet(), ("127.0.0.1", 6000))]
+    assert rig.udp.bound[local + 1].written == []
+    rig.udp.bound[local].arrive(rtcp_packet(), ("127.0.0.1", 6000))
+    rig.stub.flush()
+    assert rig.bob_leg.injected == [(rtcp_packet(), True)]

@@ -54,6 +54,7 @@ from presence.sip.mediaframe import (
 from presence.sip import sdp
 from presence.sip.media import has_sdp
 from presence.sip.message import Message, Request, Response, bare_host
+from presence.sip.relay import is_rtcp
 
 log = Logger(namespace="presence.sip_bridge.media")
 
@@ -103,8 +104,8 @@ class MediaTunnelClient:
         self.calls: Dict[str, MediaCall] = {}
         #: Call-ID -> the phone's addresses in an offer it made before the
         #: relay's legs were known (the answer brings them), the last few
-        self.offers: "OrderedDict[str, List[Tuple[Optional[Address], Optional[Address]]]]" = \
-            OrderedDict()
+        self.offers: "OrderedDict[str, List[Tuple[Optional[Address], Optional[Address], bool]]]" \
+            = OrderedDict()
         self.counters: Dict[str, int] = {}
 
     def count(self, what: str, n: int = 1) -> None:
@@ -149,7 +150,7 @@ class MediaTunnelClient:
                 call.pairs[index] = pair
                 offered = self.offers.get(call.call_id)
                 if offered is not None and index < len(offered):
-                    pair.advertised = offered[index]
+                    pair.phone_said(*offered[index])
                 pair.attach()
             ports.append(pair.rtp_port)
         message.body = sdp.rewrite(parsed, self.host, ports)
@@ -169,7 +170,7 @@ class MediaTunnelClient:
             # an offer before the relay's ports are known: it goes as it is,
             # and its addresses wait for the answer
             self.offers[message.call_id or ""] = [
-                (m.rtp_address(), m.rtcp_address()) for m in parsed.media[:MAX_STREAMS]]
+                (m.rtp_address(), m.rtcp_address(), m.mux) for m in parsed.media[:MAX_STREAMS]]
             self.offers.move_to_end(message.call_id or "")
             while len(self.offers) > MAX_CALLS:
                 self.offers.popitem(last=False)
@@ -183,7 +184,7 @@ class MediaTunnelClient:
                     call.close_stream(media.index)  # the phone refused it
                 legs.append(None)  # no leg behind it: disabled (or stays 0)
                 continue
-            pair.advertised = (media.rtp_address(), media.rtcp_address())
+            pair.phone_said(media.rtp_address(), media.rtcp_address(), media.mux)
             legs.append(pair.leg_port)
             relay_host = relay_host or pair.relay_host
         if relay_host:
@@ -289,6 +290,8 @@ class MediaPair:
         #: the phone's RTP and RTCP addresses for this stream in its SDP
         #: (used until latched; None: none, or on hold)
         self.advertised: Tuple[Optional[Address], Optional[Address]] = (None, None)
+        #: the phone's SDP asked for RTCP on the RTP port (RFC 5761)
+        self.mux = False
         #: where the phone's RTP and RTCP really come from (symmetric RTP)
         self.latched: List[Optional[Address]] = [None, None]
         self.outbox: List[bytes] = []
@@ -320,6 +323,11 @@ class MediaPair:
                     last = e
             rtp.stopListening()
         raise CannotListenError(self.owner.host, 0, last or "no free port pair")
+
+    def phone_said(self, rtp: Optional[Address], rtcp: Optional[Address], mux: bool) -> None:
+        """The phone's SDP for this stream."""
+        self.advertised = (rtp, rtcp)
+        self.mux = mux
 
     # -- towards the phone ---------------------------------------------------------
 
@@ -380,7 +388,7 @@ class MediaPair:
         return True
 
     def _to_phone(self, packet: bytes, rtcp: bool) -> None:
-        slot = 1 if rtcp else 0
+        slot = 1 if rtcp and not self.mux else 0
         target = self.latched[slot]
         if target is None and self.advertised[slot] is not None:
             # what the phone's SDP said, but always on the phone's host
@@ -388,7 +396,7 @@ class MediaPair:
         if target is None:
             self.owner.count("no_phone_address")
             return
-        self.ports[1 if rtcp else 0].write(packet, target)
+        self.ports[slot].write(packet, target)
         self.sent_to_phone += 1
 
     def _stream_ended(self, _: object, body: Optional["_StreamBody"] = None) -> None:
@@ -427,6 +435,7 @@ class MediaPair:
             self.owner.count("bad_media")
             return
         self.latched[1 if rtcp else 0] = addr
+        rtcp = rtcp or is_rtcp(packet)  # RTCP on the RTP port (rtcp-mux)
         self.call.touch()
         if len(self.outbox) >= MAX_WAITING:
             self.outbox.pop(0)

@@ -217,11 +217,6 @@ class MediaTunnel:
             if not held:
                 del self.by_session[stream.session_id]
 
-    def stop(self) -> None:
-        """End every stream (the server stops)."""
-        for stream in list(self.streams.values()):
-            stream.end()
-
 
 @implementer(IMediaSink)
 class MediaStream:
