@@ -257,3 +257,21 @@ def test_with_the_cookie_alone_another_origin_may_not_move_the_media(tun):
     reply = tun.bob.browser.request("POST", "/sip/media/40000", body=encode(RTP),
                                     headers={**cookie, "Content-Type": [CONTENT_TYPE]})
     assert reply.status == 204 and len(tun.bob_leg.injected) == 1
+
+
+@pytest.mark.parametrize("relay", ["127.0.0.1", "none"])
+def test_the_front_end_mounts_the_tunnel_with_its_relay(world, relay):
+    from presence.sip.frontend import SipFrontEnd
+    front = SipFrontEnd(world.service, world.clock, 5060, "example.org", relay=relay)
+    front.mount(world.site.resource)
+    bob = world.user("bob")
+    reply = bob.get("/sip/media/40000")
+    if relay == "none":
+        assert front.resource.media is None and reply.status == 404
+        assert reply.json["error"] == "this server relays no media"
+        assert "media_http_streams" not in front.stats()
+    else:
+        assert front.resource.media.relay is front.relay
+        assert reply.status == 404 and "no call's media" in reply.json["error"]
+        assert front.stats()["media_http_streams"] == 0
+    front.proxy.stop()
