@@ -383,3 +383,28 @@ def test_rtcp_mux_travels_on_the_rtp_ports(rig):
     rig.udp.bound[local].arrive(rtcp_packet(), ("127.0.0.1", 6000))
     rig.stub.flush()
     assert rig.bob_leg.injected == [(rtcp_packet(), True)]
+
+
+def test_a_server_without_relay_is_noticed_and_sdp_then_passes_untouched(world):
+    net = FakeNetwork()
+    proxy = SipProxy(world.service, net, world.clock, "example.org")
+    world.site.resource.mount(b"sip", SipTunnelResource(world.service, proxy))  # no relay
+    assert world.register("bob").status == 201
+    stub = StubTreq(world.site.resource)
+    udp = FakeLocalUdp()
+    bridge = SipBridge(world.clock, LISTEN, PHONE, BASE, "bob", PASSWORD, http=stub,
+                       media="http", listen_udp=udp)
+    bridge.transport = FakeUDP()
+    bridge.start()
+    stub.flush()
+    r = SimpleNamespace(bridge=bridge, stub=stub, net=net)
+    sip_io(r, PHONE)
+    carol = sdp("198.51.100.7", 7000)
+    proxy.received(invite("sip:bob@example.org", body=carol).to_bytes(), CALLER)
+    r.phone_gets()
+    assert udp.bound == {} and bridge.media.server_has_no_relay
+    proxy.received(invite("sip:bob@example.org", body=carol).to_bytes(), CALLER)
+    [second] = r.phone_gets()
+    assert second.body == carol.encode() and udp.bound == {}
+    bridge.stop()
+    proxy.stop()

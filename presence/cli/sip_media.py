@@ -44,15 +44,15 @@ from urllib.parse import urlencode
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.logger import Logger
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.logger import Logger
 
-from presence.sip.mediaframe import (
-    CONTENT_TYPE, MAX_PACKET, FrameDecoder, MediaFrameError, encode,
-)
 from presence.sip import sdp
 from presence.sip.media import has_sdp
+from presence.sip.mediaframe import (
+    CONTENT_TYPE, MAX_PACKET, NO_RELAY, FrameDecoder, MediaFrameError, encode,
+)
 from presence.sip.message import Message, Request, Response, bare_host
 from presence.sip.relay import is_rtcp
 
@@ -77,9 +77,6 @@ MEDIA_HTTP = "http"
 MEDIA_UDP = "udp"
 
 Address = Tuple[str, int]
-
-
-# -- the bridge's media ----------------------------------------------------------------
 
 
 class MediaTunnelClient:
@@ -107,6 +104,8 @@ class MediaTunnelClient:
         self.offers: "OrderedDict[str, List[Tuple[Optional[Address], Optional[Address], bool]]]" \
             = OrderedDict()
         self.counters: Dict[str, int] = {}
+        #: the server answered that it relays no media (L{no_relay})
+        self.server_has_no_relay = False
 
     def count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
@@ -118,7 +117,7 @@ class MediaTunnelClient:
         call = self.calls.get(message.call_id or "")
         if call is not None:
             call.touch()
-        if self._ends(message, call):
+        if self._ends(message, call) or self.server_has_no_relay:
             return
         parsed = _sdp(message)
         if parsed is None or not any(m.enabled for m in parsed.media):
@@ -211,6 +210,14 @@ class MediaTunnelClient:
         for call in list(self.calls.values()):
             call.close("the bridge stops")
         self.offers.clear()
+
+    def no_relay(self) -> None:
+        """The server said it relays no media: the calls' SDP names the
+        peers themselves, there is nothing to carry; pass SDP untouched."""
+        if not self.server_has_no_relay:
+            self.server_has_no_relay = True
+            log.warn("the server relays no media (its --relay is none): --media http has"
+                     " nothing to carry, calls' SDP now passes untouched")
 
     # -- HTTP ------------------------------------------------------------------------
 
@@ -350,13 +357,14 @@ class MediaPair:
         if self.closed:
             self._discard(response)
             return
+        if response.code == 404:
+            self.owner.count("stream_404")
+            d = self.owner.client.http.content(response)
+            d.addCallbacks(self._gone, lambda f: self._gone(b""))
+            return
         if response.code != 200:
             self._discard(response)
-            if response.code == 404:
-                self.owner.count("stream_404")
-                self.call.stream_gone(self, f"the server has no media at relay port"
-                                      f" {self.leg_port} (the call ended, or no relay)")
-            elif response.code == 403:
+            if response.code == 403:
                 self._retry("session not valid (403)")
             else:
                 self.owner.count("stream_refused")
@@ -371,6 +379,14 @@ class MediaPair:
         body.finished.addCallbacks(self._stream_ended, self._stream_failed,
                                    callbackArgs=(body,), errbackArgs=("stream", body))
         response.deliverBody(body)
+
+    def _gone(self, body: bytes) -> None:
+        """The server has no media at the leg's port: the call ended there,
+        or the server relays no media at all (then later calls keep their
+        SDP as it is)."""
+        if NO_RELAY.encode("ascii") in body:
+            self.owner.no_relay()
+        self.call.stream_gone(self, f"the server has no media at relay port {self.leg_port}")
 
     def _data(self, data: bytes) -> bool:
         """Bytes of the stream; False: the stream broke, drop it."""

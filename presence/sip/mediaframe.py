@@ -34,6 +34,9 @@ HEADER = 3
 #: a keep-alive frame (length 0, no flags)
 KEEPALIVE = b"\x00\x00\x00"
 
+#: the error of a server without a media relay, for any path under /sip/media
+NO_RELAY = "this server relays no media"
+
 _HEAD = struct.Struct("!HB")
 
 Packet = Tuple[bytes, bool]  # (packet, rtcp)

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from presence.errors import BadRequest, ClientError, NotFound
+from presence.sip.mediaframe import NO_RELAY
 from presence.sip.proxy import SipProxy, UnsupportedMedia
 from presence.web.api import request_session
 from presence.web.http import params, write_json
@@ -78,7 +79,7 @@ class SipTunnelResource(resource.Resource):
         if request.postpath[:1] == [b"media"]:
             if self.media is not None:
                 return self.media.render(request, request.postpath[1:])
-            return write_json(request, 404, {"error": "this server relays no media"})
+            return write_json(request, 404, {"error": NO_RELAY})
         if request.method == b"POST":
             return self.render_POST(request)
         request.setHeader(b"allow", b"POST")
