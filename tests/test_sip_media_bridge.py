@@ -98,12 +98,12 @@ class FakeUDP:
         return SimpleNamespace(host=LISTEN[0], port=LISTEN[1])
 
 
-@pytest.fixture
-def rig(world):
+def server_and_bridge(world, tunnel_of=None) -> SimpleNamespace:
+    """The proxy and /sip (with the media tunnel ``tunnel_of(world)`` if
+    given), bob registered, and his bridge with ``--media http`` logged in."""
     net = FakeNetwork()
-    relay = FakeRelay()
     proxy = SipProxy(world.service, net, world.clock, "example.org")
-    tunnel = MediaTunnel(world.service, relay, world.clock)
+    tunnel = tunnel_of(world) if tunnel_of is not None else None
     world.site.resource.mount(b"sip", SipTunnelResource(world.service, proxy, tunnel))
     assert world.register("bob").status == 201
     stub = StubTreq(world.site.resource)
@@ -113,17 +113,23 @@ def rig(world):
     bridge.transport = FakeUDP()
     bridge.start()
     stub.flush()
-    bob_leg = relay.add(40000, "bob")
-    net_leg = relay.add(40002, "")
-    relay.pair(bob_leg, net_leg)
-    r = SimpleNamespace(world=world, net=net, relay=relay, proxy=proxy, tunnel=tunnel,
-                        bridge=bridge, stub=stub, udp=udp, clock=world.clock,
-                        bob_leg=bob_leg, net_leg=net_leg)
-
+    r = SimpleNamespace(world=world, net=net, proxy=proxy, tunnel=tunnel, bridge=bridge,
+                        stub=stub, udp=udp, clock=world.clock)
     sip_io(r, PHONE)
+    return r
+
+
+@pytest.fixture
+def rig(world):
+    relay = FakeRelay()
+    r = server_and_bridge(world, lambda w: MediaTunnel(w.service, relay, w.clock))
+    r.relay = relay
+    r.bob_leg = relay.add(40000, "bob")
+    r.net_leg = relay.add(40002, "")
+    relay.pair(r.bob_leg, r.net_leg)
     yield r
-    bridge.stop()
-    proxy.stop()
+    r.bridge.stop()
+    r.proxy.stop()
 
 
 def relayed_call(rig):
@@ -386,25 +392,13 @@ def test_rtcp_mux_travels_on_the_rtp_ports(rig):
 
 
 def test_a_server_without_relay_is_noticed_and_sdp_then_passes_untouched(world):
-    net = FakeNetwork()
-    proxy = SipProxy(world.service, net, world.clock, "example.org")
-    world.site.resource.mount(b"sip", SipTunnelResource(world.service, proxy))  # no relay
-    assert world.register("bob").status == 201
-    stub = StubTreq(world.site.resource)
-    udp = FakeLocalUdp()
-    bridge = SipBridge(world.clock, LISTEN, PHONE, BASE, "bob", PASSWORD, http=stub,
-                       media="http", listen_udp=udp)
-    bridge.transport = FakeUDP()
-    bridge.start()
-    stub.flush()
-    r = SimpleNamespace(bridge=bridge, stub=stub, net=net)
-    sip_io(r, PHONE)
+    r = server_and_bridge(world)  # /sip with no media tunnel
     carol = sdp("198.51.100.7", 7000)
-    proxy.received(invite("sip:bob@example.org", body=carol).to_bytes(), CALLER)
+    r.proxy.received(invite("sip:bob@example.org", body=carol).to_bytes(), CALLER)
     r.phone_gets()
-    assert udp.bound == {} and bridge.media.server_has_no_relay
-    proxy.received(invite("sip:bob@example.org", body=carol).to_bytes(), CALLER)
+    assert r.udp.bound == {} and r.bridge.media.server_has_no_relay
+    r.proxy.received(invite("sip:bob@example.org", body=carol).to_bytes(), CALLER)
     [second] = r.phone_gets()
-    assert second.body == carol.encode() and udp.bound == {}
-    bridge.stop()
-    proxy.stop()
+    assert second.body == carol.encode() and r.udp.bound == {}
+    r.bridge.stop()
+    r.proxy.stop()
