@@ -275,3 +275,21 @@ def test_the_front_end_mounts_the_tunnel_with_its_relay(world, relay):
         assert reply.status == 404 and "no call's media" in reply.json["error"]
         assert front.stats()["media_http_streams"] == 0
     front.proxy.stop()
+
+
+def test_media_posts_that_are_taken_stay_out_of_the_access_log(tun, monkeypatch):
+    from twisted.web import server
+
+    from presence.web.http import PresenceSite
+    seen = []
+    monkeypatch.setattr(server.Site, "log", lambda self, request: seen.append(request))
+    assert tun.post(tun.bob, 40000, encode(RTP)).status == 204
+    assert tun.post(tun.bob, 40000, b"\x00").status == 400
+    # (StubTreq serves through a Site of its own: what PresenceSite would log)
+    logged = []
+    monkeypatch.setattr(server.Site, "log", lambda self, request: logged.append(request.code))
+    site = PresenceSite(tun.world.site.resource, reactor=tun.world.clock)
+    for request in seen:
+        site.log(request)
+    assert [r.code for r in seen] == [204, 400] and logged == [400]
+    assert tun.tunnel.counters["injected"] == 1

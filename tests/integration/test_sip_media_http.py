@@ -127,6 +127,12 @@ def read_pcap(path: Path) -> List[Datagram]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def relay_stats(server) -> Dict[str, int]:
     stats = server.api().get("/api/stats").json()
     return {k: v for k, v in stats.get("sip", {}).items()
@@ -149,14 +155,17 @@ def rtp_call(tmp_path: Path, sipp: Sipp, server, users, bob_media: str):
         scenario.write_text((SCENARIOS / "caller_rtp.xml").read_text()
                             .replace("STREAM_MS", str(PACKETS * 20 + 1500)))
         phone = sipp.phone(bob_bridge.phone, 1, extra=["-rtp_echo", "-mp", str(uas_media)])
+        cpu = cpu_seconds(server.proc.pid)
         result = subprocess.run(
             sipp.args(scenario, alice_bridge.phone, 1,
                       [f"127.0.0.1:{alice_bridge.listen}", "-key", "ruri",
                        f"sip:{bob.name}@localhost", "-mp", str(uac_media)]),
             stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, timeout=120)
         check(result, [phone], f"a call with RTP, bob's bridge --media {bob_media}")
+        cpu = cpu_seconds(server.proc.pid) - cpu
         packets = capture.stop()
-        logs = "\n".join(b.output() for b in bridges)
+        logs = f"server CPU during the call: {cpu * 1000:.0f} ms\n" + \
+            "\n".join(b.output() for b in bridges)
         return packets, uac_media, uas_media, logs
     finally:
         for bridge in bridges:
@@ -203,7 +212,8 @@ def test_rtp_over_http_on_both_sides_reaches_both_phones(tmp_path, sipp, server,
     figures = (f"sent by alice's phone {len(sent)}, at bob's phone"
                f" {len(to_uas)}, echoed {len(echoed)}, at alice's phone {len(to_uac)},"
                f" relay UDP {len(relay_udp)}; alice -> bob {delays(sent, to_uas)};"
-               f" bob -> alice {delays(echoed, to_uac)}\n{logs[-6000:]}")
+               f" bob -> alice {delays(echoed, to_uac)}; {logs.splitlines()[0]}"
+               f"\n{logs[-6000:]}")
     print(figures.split("\n")[0])  # the figures, with -s
     assert len(to_uas) >= PACKETS * 0.95, figures
     assert len(echoed) == len(to_uas), figures
@@ -223,7 +233,7 @@ def test_rtp_over_http_on_one_side_and_udp_on_the_other(tmp_path, sipp, server, 
     echoed = rtp(packets, source=uas)
     to_uac = rtp(packets, to=uac)
     figures = (f"at bob's phone {len(to_uas)}, echoed {len(echoed)}, at alice's phone"
-               f" {len(to_uac)}\n{logs[-6000:]}")
+               f" {len(to_uac)}; {logs.splitlines()[0]}\n{logs[-6000:]}")
     print(figures.split("\n")[0])
     assert len(to_uas) >= PACKETS * 0.95, figures
     # bob's phone got them from the relay itself, and echoed them there
