@@ -5,6 +5,9 @@ or ``udp``), SIPp as bob's phone with ``-rtp_echo``.  A tcpdump capture on
 loopback counts the RTP that reaches each phone, and the relay's UDP ports
 (which, with both bridges on HTTP, carry nothing at all).
 
+A call bob's phone refuses (486) closes the bridge's local ports, the
+relay's call and the stream.
+
 Skips when sipp or tcpdump is missing or tcpdump may not capture (fails
 instead under PRESENCE_REQUIRE_ALL=1)."""
 
@@ -23,7 +26,7 @@ import pytest
 
 from presence_harness import MAX_LOOP, register
 from test_sipp import (
-    SCENARIOS, Bridge, Sipp, check, free_port, udp_port,
+    SCENARIOS, Bridge, Sipp, check, free_port, rejected, udp_port,
 )
 
 pytestmark = pytest.mark.requires_program("sipp", "tcpdump")
@@ -242,3 +245,25 @@ def test_rtp_over_http_on_one_side_and_udp_on_the_other(tmp_path, sipp, server, 
     assert len(to_uac) >= len(echoed) - 2, figures
     assert logs.count("closed: BYE passed") == 1, logs[-6000:]  # alice's bridge; bob's has none
     wait_for_closed(server)
+
+
+def test_a_call_the_phone_refuses_closes_the_bridges_ports_and_the_relays(
+        tmp_path, sipp, server, users):
+    bob = users["bob"]
+    bridge = Bridge(server.base, bob.name, bob.password, udp_port(), udp_port(),
+                    tmp_path / "bridge-busy.log", ["--media", "http", "-v"])
+    try:
+        sip = int(server.extra_args[server.extra_args.index("--sip") + 1])
+        phone = sipp.phone(bridge.phone, 1, scenario="busy_phone.xml")
+        result = sipp.call(f"127.0.0.1:{sip}", f"sip:{bob.name}@localhost", 1,
+                           scenario=rejected(tmp_path, 486))
+        check(result, [phone], "a call bob's phone refuses")
+        deadline = time.monotonic() + 10
+        for _ in range(MAX_LOOP):
+            if "closed: the call failed (486)" in bridge.output():
+                break
+            assert time.monotonic() < deadline, bridge.output()[-3000:]
+            time.sleep(0.05)  # condition wait: polling the bridge's log
+        wait_for_closed(server)  # the relay's ports and the stream too
+    finally:
+        bridge.kill()
