@@ -154,8 +154,8 @@ def rtp_call(tmp_path: Path, sipp: Sipp, server, users, bob_media: str):
         uac_media, uas_media = udp_port(), udp_port()
         capture = Capture(tmp_path / "media.pcap", [uac_media, uas_media])
         (tmp_path / "tone.pcmu").write_bytes(b"\xff" * (160 * PACKETS))
-        scenario = tmp_path / "caller_rtp.xml"
-        scenario.write_text((SCENARIOS / "caller_rtp.xml").read_text()
+        scenario = tmp_path / "caller_stream.xml"
+        scenario.write_text((SCENARIOS / "caller_stream.xml").read_text()
                             .replace("STREAM_MS", str(PACKETS * 20 + 1500)))
         phone = sipp.phone(bob_bridge.phone, 1, extra=["-rtp_echo", "-mp", str(uas_media)])
         cpu = cpu_seconds(server.proc.pid)
