@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 class FakeLeg:
     def __init__(self, relay: "FakeRelay", port: int, user: str) -> None:
         self.relay = relay
-        self.port = port
+        self.port = self.rtp_port = port
         self.user = user
         self.closed = False
         self.sinks: List[object] = []

@@ -156,6 +156,7 @@ def test_packets_over_the_rate_are_dropped_and_said_so(tun):
         taken += 90 if reply.status == 204 else reply.json["taken"]
     assert replies[-1] == 429 and set(replies[:-1]) == {204}
     assert taken == burst == len(tun.bob_leg.injected)
+    assert tun.post(tun.bob, 40001, encode(RTP)).status == 429  # RTCP port: same budget
     tun.world.advance(1.0)
     assert tun.post(tun.bob, 40000, encode(RTP) * 10).status == 204
 

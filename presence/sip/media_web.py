@@ -152,7 +152,7 @@ class MediaTunnel:
         old = self.streams.get(leg)
         if len(held) >= self.max_streams and old not in held:
             raise TooMany(f"this session holds {len(held)} media streams already"
-                                 f" (at most {self.max_streams})")
+                          f" (at most {self.max_streams})")
         if old is not None:
             self.count("replaced")
             old.end()
@@ -190,7 +190,7 @@ class MediaTunnel:
         except MediaFrameError as e:
             raise BadRequest(f"not valid media frames: {e.reason}")
         now = self.clock.seconds()
-        key = str(port)
+        key = str(leg.rtp_port)  # the RTP and the RTCP port share the leg's budget
         if not packets and not self.limiter.take(key, now):
             raise PacketsDropped("too many media posts for this leg: slow down", taken=0,
                                  dropped=0)
