@@ -274,6 +274,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--redis needs --host-box HOST:PORT: the address"
                                        " where clients reach this node's --http")
         wireless_frontend.check_options(self)
+        sip_frontend.check_options(self)
         invite_frontend.check_options(self)
         names_frontend.check_options(self)
         sip_frontend.check_options(self)

@@ -88,6 +88,7 @@ from presence.errors import BadRequest, ClientError, NotFound, TooLarge, TooMany
 from presence.service import SOURCE_SCOPES
 from presence.sip.digest import DigestAuth
 from presence.sip.registrar import Registrar
+from presence.sip.relay import NoRoom
 from presence.sip.message import (
     MAGIC_COOKIE, MAX_MESSAGE, NameAddr, ParseError, Request, Response, SipURI, Via,
     ack_for, bare_host, make_response, parse, reason_phrase, text_body,
@@ -637,6 +638,9 @@ class SipProxy:
                 service.sip_ha1(user, realm, algorithm)),
             clock, secrets.token_bytes(32), uri_ok=self._digest_uri_ok)
         self.registrar = Registrar(self, self.digest, **(registrar or {}))
+        #: the media relay's SDP hooks (presence.sip.media.MediaAnchor), or
+        #: None: SDP passes untouched
+        self.media: Any = None
 
     @property
     def port(self) -> int:
@@ -1224,11 +1228,23 @@ class SipProxy:
         if request.method != "ACK" and not text_body(request) and any(d.tunnel for d in dests):
             self._reply(stx, 415, reason="Unsupported Media Type (the tunnel carries text)")
             return
+        copies = []
         for dest in dests:
             branch = self._branch(context, request)
             copy = self._prepare(request, stx.hop, dest, branch)
             if dest.uri is not None:
                 copy.uri = dest.uri
+            if self.media is not None:
+                try:
+                    self.media.request(copy, stx.hop, dest)
+                except NoRoom as e:
+                    self._count("refused_relay")
+                    log.info("a call got 503: {why}", why=str(e))
+                    self._reply(stx, 503, [("Retry-After", "30")],
+                                reason="Service Unavailable (no media relay ports left)")
+                    return
+            copies.append((dest, branch, copy))
+        for dest, branch, copy in copies:
             ctx = ClientTxn(self, context, copy, dest, branch)
             context.clients.append(ctx)
             self.client_txns[ctx.key] = ctx
@@ -1269,6 +1285,11 @@ class SipProxy:
         for dest in dests:
             branch = self._branch(None, request)
             copy = self._prepare(request, source, dest, branch)
+            if self.media is not None:
+                try:
+                    self.media.request(copy, source, dest)
+                except NoRoom:  # only a first INVITE raises it, never an ACK
+                    pass
             if dest.tunnel:
                 if self._alive(dest.session) and text_body(copy):
                     self.hub.deliver_session(dest.session, frames.sipreq(
@@ -1292,6 +1313,8 @@ class SipProxy:
         context = stx.context
         if context is None or context.final:
             return
+        if self.media is not None:
+            self.media.cancel(request)
         context.cancelled = True
         if not context.clients and not context.target_pending:
             self._reply(stx, 487, reason="Request Terminated")
@@ -1492,6 +1515,9 @@ class SipProxy:
     def _send_upstream(self, stx: ServerTxn, response: Response) -> Any:
         """Send ``response`` to the previous hop of ``stx``; return what was
         sent (bytes, or the frame), for repeats."""
+        if self.media is not None:
+            initial = stx.request is None or stx.request.tag("to") is None
+            self.media.response(response, stx.method, initial, stx.hop)
         if stx.hop.tunnel:
             return self._deliver_response(stx.hop.session, stx.txid, response)
         if stx.reply_hop is None:

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from presence.errors import BadRequest, ClientError, NotFound
+from presence.sip.mediaframe import NO_RELAY
 from presence.sip.proxy import SipProxy, UnsupportedMedia
 from presence.web.api import request_session
 from presence.web.http import params, write_json
@@ -40,10 +41,13 @@ CONTENT_TYPES = (b"message/sip",)
 class SipTunnelResource(resource.Resource):
     isLeaf = True
 
-    def __init__(self, service, proxy: SipProxy) -> None:
+    def __init__(self, service, proxy: SipProxy, media=None) -> None:
         super().__init__()
         self.service = service
         self.proxy = proxy
+        #: the media tunnel (presence.sip.media_web.MediaTunnel) for
+        #: ``/sip/media/<port>``, when the server relays media
+        self.media = media
 
     def render_POST(self, request: server.Request) -> bytes:
         try:
@@ -72,6 +76,10 @@ class SipTunnelResource(resource.Resource):
         return 202, self.proxy.from_session(session, data)
 
     def render(self, request: server.Request) -> bytes:
+        if request.postpath[:1] == [b"media"]:
+            if self.media is not None:
+                return self.media.render(request, request.postpath[1:])
+            return write_json(request, 404, {"error": NO_RELAY})
         if request.method == b"POST":
             return self.render_POST(request)
         request.setHeader(b"allow", b"POST")
