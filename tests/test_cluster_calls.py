@@ -154,8 +154,10 @@ def test_a_whole_call_between_two_boxes_through_either_node(boxes):
     assert b.heads(alice)[1:] == ["msg call answer bob call-0001"]
     assert b.heads(bob)[1:] == ["msg call ice alice call-0001"]
     assert b.payloads(bob)[1] == CANDIDATE
+    looked_up = len(b.calls_seen)
     assert b.act(1, bob, "ice", call="call-0001", candidate=CANDIDATE) == (204, None)
     assert b.heads(alice)[2:] == ["msg call ice bob call-0001"]
+    assert len(b.calls_seen) == looked_up     # bob's box knew the call's box
     assert b.act(1, bob, "hangup", call="call-0001") == (204, None)
     assert b.heads(alice)[-1] == "msg call end bob call-0001 hangup"
     assert b.heads(bob)[-1] == "msg call end alice call-0001 hangup"

@@ -158,18 +158,24 @@ class ClusterCalls:
             found = self.hub.session(session)
             owner = found.host_box if found is not None else self.me
         else:
-            owner = await self._owner(user, p.get("call"))
+            owner = await self._owner(session, user, p.get("call"))
         if owner == self.me:
             return await self.here(action, session, user, p)
         if owner not in self.hub.live:
+            if action == "offer":
+                raise ServiceUnavailable("the box holding your session does not answer;"
+                                         " try again", retry_after=1)
             raise NotFound("no such call: it ended, or it never was")
         return await self._forward(owner, action, session, user, p)
 
-    async def _owner(self, user: str, callid: Any) -> str:
-        """The box whose call ``callid`` of ``user`` is (this one when no
-        box's is: its Calls answers 400/404)."""
+    async def _owner(self, session: str, user: str, callid: Any) -> str:
+        """The box whose call ``callid`` of ``user`` (session ``session``)
+        is (this one when no box's is: its Calls answers 400/404)."""
         if not isinstance(callid, str) or not callid or callid in self.calls.calls:
             return self.me
+        for owner, calls in self.remote.items():    # a party held here: no look-up
+            if session in calls.get(callid, ()):
+                return owner
         try:
             raw = await self.hub._eval(RECORD, [self.incall()], [user])
         except Exception as e:
