@@ -27,8 +27,7 @@ from cluster_support import (  # noqa: E402,F401  (fixtures)
 from presence_harness import register, unique_name  # noqa: E402
 from redis_support import fresh_prefix  # noqa: E402
 from test_calls_browser import (  # noqa: E402,F401  (fixtures: fake media, coturn)
-    CONNECT_TIMEOUT, _chromium_launcher, _expect, audio_flows, call, coturn, ended,
-    open_page_of, panel,
+    _chromium_launcher, coturn, open_page_of, relayed_call,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_program("chromium", "turnserver")]
@@ -62,7 +61,6 @@ def person(chromium: Any, node: Any, prefix: str, held: list) -> tuple:
 
 
 def test_alice_on_box_a_calls_bob_on_box_b_in_chromium(relayed_nodes, chromium):
-    expect = _expect()
     a, b = relayed_nodes
     held: list = []
     try:
@@ -73,24 +71,7 @@ def test_alice_on_box_a_calls_bob_on_box_b_in_chromium(relayed_nodes, chromium):
         wait_until(lambda: boxes(a.api()) == {box_of(a): 1, box_of(b): 1}, 10,
                    "one session on each box")
         open_page_of(alice_page, bob)
-        call(alice_page, bob)
-        expect(panel(bob_page)).to_have_attribute("data-state", "incoming")
-        expect(panel(bob_page).locator(".call-status")).to_have_text(
-            f"{alice.name} is calling you.")
-        expect(panel(alice_page)).to_have_attribute("data-state", "ringing")
-        bob_page.locator("#call .call-accept").click()
-        for page in (alice_page, bob_page):
-            expect(panel(page)).to_have_attribute("data-state", "active",
-                                                  timeout=CONNECT_TIMEOUT)
-            expect(panel(page)).to_have_attribute("data-connection", "connected",
-                                                  timeout=CONNECT_TIMEOUT)
-        for page in (alice_page, bob_page):
-            flow = audio_flows(page)
-            assert flow["now"]["kinds"] == ["relay", "relay"], flow
-            assert flow["now"]["packets"] > flow["first"]["packets"] > 0, flow
-        bob_page.locator("#call .call-hangup").click()
-        ended(bob_page, "hangup", "You hung up.")
-        ended(alice_page, "hangup", f"{bob.name} hung up.")
+        relayed_call(alice, alice_page, bob, bob_page)
     finally:
         for pages in held:
             for _ in pages:     # closes the contexts, fails on script errors
