@@ -148,7 +148,8 @@ class Call:
 
 
 class Calls:
-    """The live calls of this server (one process)."""
+    """The live calls of this server (one process), or of one box of a
+    cluster: the calls its callers make (presence.cluster.calls)."""
 
     def __init__(self, clock: Any, send: Callable[[str, Frame], None],
                  alive: Callable[[str], bool], ring_timeout: float = RING_TIMEOUT,

@@ -11,7 +11,9 @@
     POST /api/call-guests me, id, allow=1|0   204 (members: guests may call me)
 
 The call's own frames go to the parties' heartbeats as direct frames (see
-:mod:`presence.core.calls`, whose state machine this drives).  The TURN
+:mod:`presence.core.calls`, whose state machine this drives).  The node that
+gets a request checks it; its ``router`` carries it out: here, or in a
+cluster on the box that owns the call (:mod:`presence.cluster.calls`).  The TURN
 credentials follow coturn's REST-API scheme (``--use-auth-secret``):
 ``username = "<expiry unix time>:<user>"``, ``credential =
 base64(HMAC-SHA1(secret, username))``; the secret itself never leaves the
