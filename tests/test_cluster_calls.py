@@ -272,3 +272,21 @@ def test_signalling_while_redis_is_down_is_a_503(boxes):
     b.c.redis.down = True
     assert isinstance(offer(b, 0, alice, "bob"), ServiceUnavailable)
     assert isinstance(b.act(1, bob, "hangup", call="call-0001"), ServiceUnavailable)
+
+
+def test_the_calls_box_stopping_cleanly_ends_it_offline_on_the_other_at_once(boxes):
+    b = boxes
+    alice, bob = answered(b)
+    b.c.hubs[0].bury(b.c.hubs[0].me, alive=True)      # its clean stop leaves the cluster
+    b.c.redis.pump()
+    assert b.heads(bob)[-1] == "msg call end alice call-0001 offline"
+
+
+def test_a_decline_on_the_callees_box_ends_the_call_on_the_callers(boxes):
+    b = boxes
+    alice, bob = b.login(0, "alice"), b.login(1, "bob")
+    offer(b, 0, alice, "bob")
+    assert b.act(1, bob, "decline", call="call-0001") == (204, None)
+    assert b.heads(alice)[-1] == "msg call end bob call-0001 declined"
+    assert b.heads(bob)[-1] == "msg call end alice call-0001 declined"
+    assert b.incall == {}
