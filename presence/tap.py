@@ -491,6 +491,9 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     # browser calls: signalling POSTs, TURN credentials (docs/calls.md)
     calls = calls_web.CallsWeb.from_options(options, service, reactor)
     calls.mount(site.resource)
+    if options.get("redis"):
+        from presence.cluster.calls import ClusterCalls
+        calls.router = ClusterCalls(hub, calls.calls, reactor)  # calls across boxes
 
     gate = ReadyGate()
 

@@ -309,6 +309,10 @@ class ClusterHub(Hub):
         #: while the view is loaded: the events of the channel ``all`` that
         #: came meanwhile, applied once it is read (None: not loading)
         self._held: Optional[List[dict]] = None
+        #: events other modules handle (kind -> handler of the event), and
+        #: who hears that a box is gone (presence.cluster.calls)
+        self.extra_handlers: Dict[str, Callable[[dict], None]] = {}
+        self.box_observers: List[Callable[[str], None]] = []
 
     # -- keys and channels ------------------------------------------------------
 
@@ -411,6 +415,8 @@ class ClusterHub(Hub):
     def _send(self, box: str, event: dict) -> None:
         """Publish ``event`` on ``box``'s channel (with this turn's batch)."""
         self._queue(channel=self.key("to", box), event=event)
+
+    send_to_box = _send
 
     # -- placement and sessions ---------------------------------------------------
 
@@ -996,7 +1002,10 @@ class ClusterHub(Hub):
     def _handle(self, kind: Any, event: dict) -> None:
         handler = self._handlers.get(kind)
         if handler is None:
-            return
+            extra = self.extra_handlers.get(kind)
+            if extra is None:
+                return
+            handler = lambda _, event: extra(event)   # noqa: E731
         try:
             handler(self, event)
         except Exception:
@@ -1046,6 +1055,8 @@ class ClusterHub(Hub):
         now = self.clock.seconds()
         for user in [u for u, boxes in self.remote_online.items() if box in boxes]:
             self._remote_presence(user, box, False, None, now)
+        for observer in self.box_observers:
+            observer(box)
 
     def _on_frame(self, event: dict) -> None:
         self._routed(event["u"], decode_frame(event["f"]))
