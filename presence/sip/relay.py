@@ -192,6 +192,7 @@ class Leg:
 
     def _accepted(self, now: Optional[float] = None) -> None:
         self.received += 1
+        self.relay.received += 1
         self.call.last_media = self.relay.clock.seconds() if now is None else now
 
     def deliver(self, packet: bytes, rtcp: bool) -> None:
@@ -294,6 +295,8 @@ class MediaRelay:
         self.counters: Dict[str, int] = {}
         #: packets forwarded (kept apart from the counters: it is the hot path)
         self.forwarded = 0
+        #: packets accepted on a leg (or injected): what should be forwarded
+        self.received = 0
         self._sweep: Any = None
 
     @property
@@ -308,6 +311,7 @@ class MediaRelay:
     def stats(self) -> Dict[str, int]:
         figures = dict(self.counters)
         figures["forwarded"] = self.forwarded
+        figures["received"] = self.received
         figures["calls"] = len(self.calls)
         figures["port_pairs_in_use"] = len(self._legs) // 2
         figures["port_pairs_free"] = len(self._free)
