@@ -301,6 +301,8 @@ def start_tunnel(work: Path, procs: Procs, extra: List[str]):
     logged in as bob: ``(server, base URL, bridge, phone port, SIP port)``."""
     sip_port = free_port()
     log = work / "server.log"
+    if "--relay" not in extra:
+        extra = ["--relay", "127.0.0.1", *extra]  # the relay's ports on loopback too
     # the checkout this file is in, not whatever presence is installed
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -696,7 +698,9 @@ def media_markdown(r: Dict[str, Any]) -> str:
         f"Command: `{r['command'].strip()}`  ",
         f"Date: {r['date']}  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}, "
-        f"Twisted {m['twisted']}, {m['sipp']}; load average at the end {m['loadavg_at_end']}",
+        f"Twisted {m['twisted']}, {m['sipp']}; load average at the start "
+        f"{r['loadavg_at_start']}, at the end {m['loadavg_at_end']}; nice "
+        f"{r['args'].get('nice')}",
         "",
         *rows,
         "",
@@ -798,9 +802,7 @@ def markdown(r: Dict[str, Any]) -> str:
         f"Command: `{r['command'].strip()}`  ",
         f"Date: {r['date']}  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}, "
-        f"Twisted {m['twisted']}, {m['sipp']}; load average at the start "
-        f"{r['loadavg_at_start']}, at the end {m['loadavg_at_end']}; nice "
-        f"{r['args'].get('nice')}",
+        f"Twisted {m['twisted']}, {m['sipp']}; load average at the end {m['loadavg_at_end']}",
         "",
         *rows,
         "",
