@@ -133,6 +133,12 @@ def test_relatching_after_a_new_sdp_or_after_the_source_fell_silent():
     clock.advance(RELATCH_IDLE)
     udp.arrive(caller.rtp_port, rtp_packet(5), ALICE)
     assert caller.latched[0] == ALICE
+    # a new SDP, and the latched source goes on sending: no stranger may
+    # take the leg over afterwards
+    caller.expect(ALICE, None, False)
+    udp.arrive(caller.rtp_port, rtp_packet(6), ALICE)
+    udp.arrive(caller.rtp_port, rtp_packet(7), ("192.0.2.66", 1234))
+    assert caller.latched[0] == ALICE
 
 
 def test_rtcp_mux_rtcp_on_the_rtp_port_goes_to_the_rtp_address_of_a_muxing_side():

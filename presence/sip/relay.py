@@ -183,8 +183,10 @@ class Leg:
                 relay._count("dropped_foreign")
                 return
             self.latched[slot] = source
-            self._relatch[slot] = False
             relay._count("latched")
+        # the first packet after a new SDP settles the latch, from the old
+        # source as from a new one
+        self._relatch[slot] = False
         self._heard[slot] = now
         self._accepted(now)
         if self.peer is not None:
