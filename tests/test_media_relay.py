@@ -12,7 +12,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from presence.sip.relay import (
-    CALLEE, CALLER, MAX_STREAMS, RELATCH_IDLE, IMediaSink, IUdpLayer, MediaRelay, NoRoom,
+    MAX_STREAMS, RELATCH_IDLE, IMediaSink, IUdpLayer, MediaRelay, NoRoom,
     ReactorUdp, is_rtcp,
 )
 from presence.sip.testing import FakeUdp, rtcp_packet, rtp_packet
