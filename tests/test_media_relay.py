@@ -12,7 +12,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from presence.sip.relay import (
-    CALLEE, CALLER, MAX_STREAMS, RELATCH_IDLE, IMediaSink, IUdpLayer, MediaRelay, NoRoom,
+    MAX_STREAMS, RELATCH_IDLE, IMediaSink, IUdpLayer, MediaRelay, NoRoom,
     ReactorUdp, is_rtcp,
 )
 from presence.sip.testing import FakeUdp, rtcp_packet, rtp_packet
@@ -132,6 +132,12 @@ def test_relatching_after_a_new_sdp_or_after_the_source_fell_silent():
     assert caller.latched[0] == moved  # only once per SDP
     clock.advance(RELATCH_IDLE)
     udp.arrive(caller.rtp_port, rtp_packet(5), ALICE)
+    assert caller.latched[0] == ALICE
+    # a new SDP, and the latched source goes on sending: no stranger may
+    # take the leg over afterwards
+    caller.expect(ALICE, None, False)
+    udp.arrive(caller.rtp_port, rtp_packet(6), ALICE)
+    udp.arrive(caller.rtp_port, rtp_packet(7), ("192.0.2.66", 1234))
     assert caller.latched[0] == ALICE
 
 

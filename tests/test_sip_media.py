@@ -303,3 +303,25 @@ def test_an_sdp_the_relay_cannot_read_passes_untouched(sip):
     bob = sip.tunnel("bob")
     sip.send(invite("sip:bob@example.org", body="this is no SDP"))
     assert bob.one().message.body == b"this is no SDP"
+
+
+def test_a_reinvite_after_the_relaying_ended_is_relayed_again(sip):
+    bob = sip.tunnel("bob")
+    inv = invite("sip:bob@example.org", body=OFFER)
+    sip.send(inv)
+    sip.sent()
+    fwd = bob.one().message
+    bob.ok(answer(fwd, 200, contact="<sip:bob@127.0.0.1:5080>", body=ANSWER))
+    final = [m for m, _ in sip.sent() if m.code == 200][0]
+    [call] = sip.relay.calls.values()
+    sip.relay.close(call, "timeout")  # say, on hold without RTCP for a minute
+    contact = NameAddr.parse(final.get("contact")).sip_uri()
+    rr = f"<sip:{RELAY}:5060;lr>"
+    sip.send(request("INVITE", str(contact), cseq=3, call_id=inv.call_id, body=OFFER,
+                     to_uri="sip:bob@example.org", to_tag="callee1", extra=(("Route", rr),)))
+    re_fwd = bob.one().message
+    [again] = sip.relay.calls.values()
+    assert again is not call and ports_of(re_fwd) == [again.streams[0][1].rtp_port,
+                                                      again.streams[1][1].rtp_port]
+    bob.ok(answer(re_fwd, 200, to_tag="callee1", body=ANSWER))
+    assert again.answered

@@ -61,13 +61,17 @@ class MediaAnchor:
         if method == "BYE":
             self.relay.close(call, "bye")
             return
-        if call is None and method == "INVITE" and request.tag("to") is None \
-                and (source.tunnel or dest.tunnel):
+        initial = request.tag("to") is None
+        if call is None and method == "INVITE" and (source.tunnel or dest.tunnel) \
+                and (initial or has_sdp(request)):
+            # a new call; or a re-INVITE of a call whose relaying had ended
+            # (its media timed out, say, while on hold): relayed again, its
+            # sender as the caller's side
             call = self.relay.open_call(request.call_id or "", request.tag("from") or "",
                                         (_user(source), _user(dest)))
             call.signal = [_ip(source), _ip(dest)]
             try:
-                self._rewrite(request, call, CALLER, dest, strict=True)
+                self._rewrite(request, call, CALLER, dest, strict=initial)
             except NoRoom:
                 self.relay.close(call, "no_room")
                 raise
@@ -87,7 +91,7 @@ class MediaAnchor:
         if method == "INVITE" and initial and code >= 300:
             self.relay.close(call, "rejected")
             return
-        if method == "INVITE" and initial and 200 <= code < 300:
+        if method == "INVITE" and 200 <= code < 300:
             call.answer()
         if 100 < code < 300 and has_sdp(response):
             # a response comes from the side that did not send the request

@@ -42,6 +42,10 @@ What it does with a request (from the network or from a tunnel session):
 8. ``Contact`` of anything a tunnel session sends is rewritten to
    ``sip:<user>@<our address>;tun=<token>`` (the token names the session and
    is not its ID) so that the far end reaches the session through us.
+9. with a media relay (``media``, a :class:`presence.sip.media.MediaAnchor`),
+   the SDP of calls that cross the tunnel is rewritten to relay ports where
+   requests are forwarded and responses sent upstream; a first INVITE the
+   relay has no room for gets ``503``.
 
 What a tunnel session may make the proxy send (no open relay, no SSRF):
 guests no request at all (``403``; they answer calls); registered users

@@ -183,8 +183,10 @@ class Leg:
                 relay._count("dropped_foreign")
                 return
             self.latched[slot] = source
-            self._relatch[slot] = False
             relay._count("latched")
+        # the first packet after a new SDP settles the latch, from the old
+        # source as from a new one
+        self._relatch[slot] = False
         self._heard[slot] = now
         self._accepted(now)
         if self.peer is not None:
@@ -192,6 +194,7 @@ class Leg:
 
     def _accepted(self, now: Optional[float] = None) -> None:
         self.received += 1
+        self.relay.received += 1
         self.call.last_media = self.relay.clock.seconds() if now is None else now
 
     def deliver(self, packet: bytes, rtcp: bool) -> None:
@@ -202,7 +205,7 @@ class Leg:
             for sink in list(self.sinks):
                 sink.send(packet, rtcp)
             self.sent += 1
-            self.relay._count("forwarded")
+            self.relay.forwarded += 1
             return
         slot = 1 if rtcp and not self.mux else 0
         destination = self.latched[slot] or self.expected[slot]
@@ -214,7 +217,7 @@ class Leg:
             return
         self._sockets[slot].send(packet, destination)
         self.sent += 1
-        self.relay._count("forwarded")
+        self.relay.forwarded += 1
 
     def close(self) -> None:
         if self.closed:
@@ -292,6 +295,10 @@ class MediaRelay:
         self._legs: Dict[int, Leg] = {}
         self.calls: Dict[Tuple[str, str], Call] = {}
         self.counters: Dict[str, int] = {}
+        #: packets forwarded (kept apart from the counters: it is the hot path)
+        self.forwarded = 0
+        #: packets accepted on a leg (or injected): what should be forwarded
+        self.received = 0
         self._sweep: Any = None
 
     @property
@@ -305,6 +312,8 @@ class MediaRelay:
 
     def stats(self) -> Dict[str, int]:
         figures = dict(self.counters)
+        figures["forwarded"] = self.forwarded
+        figures["received"] = self.received
         figures["calls"] = len(self.calls)
         figures["port_pairs_in_use"] = len(self._legs) // 2
         figures["port_pairs_free"] = len(self._free)
@@ -452,16 +461,21 @@ class _RelayProtocol(DatagramProtocol):
 
 @implementer(IUdpPort)
 class _ReactorPort:
-    __slots__ = ("port", "transport")
+    __slots__ = ("port", "sendto")
 
     def __init__(self, port: Any, protocol: _RelayProtocol) -> None:
         self.port = port
-        self.transport = protocol.transport
+        # the socket's own sendto: Twisted's Port.write parses the address
+        # again for every datagram (as long as the rest of the relay's path);
+        # the relay only ever sends to addresses a socket reported or that
+        # were checked when the SDP was read
+        sock = getattr(port, "socket", None)
+        self.sendto = sock.sendto if sock is not None else protocol.transport.write
 
     def send(self, data: bytes, address: Address) -> None:
         try:
-            self.transport.write(data, address)
-        except Exception as e:  # an unreachable destination, a full buffer
+            self.sendto(data, address)
+        except OSError as e:  # a full buffer, an ICMP error of an earlier datagram
             log.debug("relayed datagram to {address} not sent: {why}", address=address,
                       why=str(e) or type(e).__name__)
 

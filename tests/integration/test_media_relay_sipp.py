@@ -35,7 +35,7 @@ import pytest
 
 from presence_harness import MAX_LOOP
 from test_sipp import (  # noqa: F401  (fixtures)
-    SCENARIOS, bridges, check, free_port, sipp, udp_port,
+    SCENARIOS, bridges, free_port, sipp, udp_port,
 )
 
 pytestmark = pytest.mark.requires_program("sipp")
