@@ -2,7 +2,8 @@
 nodes sharing one real ``redis-server`` (issue 12): a handset user whose
 session is on one box chats with a user held on the other, and back; a
 SIP phone behind a bridge on one box calls one behind a bridge on the
-other (not built yet: strict xfail, see docs/cluster.md).
+other (the two boxes' proxies relay it: docs/cluster.md, "SIP across
+boxes").
 """
 from __future__ import annotations
 
@@ -97,10 +98,6 @@ def sip_nodes(redis, tmp_path):
 
 
 @pytest.mark.requires_program("sipp")
-@pytest.mark.xfail(strict=True, reason="not built: the SIP proxy's transactions and dialogs"
-                   " are per box, so a call reaches only tunnel users held by the box of the"
-                   " caller's session; one to a user held elsewhere is 480 (docs/cluster.md,"
-                   " \"What is not built yet\")")
 def test_a_sip_phone_behind_a_bridge_on_one_box_calls_one_on_the_other(sip_nodes, tmp_path):
     from test_sipp import Bridge, Sipp, check, sipp_report, udp_port
     a, b = sip_nodes
