@@ -127,3 +127,33 @@ def test_a_sip_phone_behind_a_bridge_on_one_box_calls_one_on_the_other(sip_nodes
         sipp.close()
         for bridge in bridges:
             bridge.kill()
+
+
+@pytest.mark.requires_program("sipp")
+@pytest.mark.parametrize("transport", ["u1", "t1"], ids=["udp", "tcp"])
+def test_a_sip_phone_on_the_network_calls_a_user_held_by_the_other_box(
+        sip_nodes, tmp_path, transport):
+    """A plain SIP caller (no bridge, UDP or TCP) sends its INVITE to box a
+    for alice, whose bridge session is on box b: a forks it to b's proxy,
+    and the caller's ACK and BYE follow the route set through both."""
+    from test_sipp import Bridge, Sipp, check, sipp_report, udp_port
+    a, b = sip_nodes
+    a_sip = int(a.extra_args[a.extra_args.index("--sip") + 1])
+    alice = register(a.api(), unique_name("alice"))
+    wait_until(lambda: boxes(a.api()) == {box_of(a): 0, box_of(b): 0}, 10, "no sessions")
+    sipp = Sipp(tmp_path)
+    # alice's session on b (asked through b, the emptiest on a tie is the node asked)
+    bridge = Bridge(b.base, alice.name, alice.password, udp_port(), udp_port(),
+                    tmp_path / "bridge-alice.log")
+    try:
+        wait_until(lambda: boxes(a.api()).get(box_of(b)) == 1, 10, "alice's session on b")
+        wait_until(lambda: a.api().get(f"/api/presence/{alice.name}").json()["online"],
+                   20, "alice online on a")
+        phone = sipp.phone(bridge.phone, 3)
+        result = sipp.call(f"127.0.0.1:{a_sip}", f"sip:{alice.name}@localhost", 3,
+                           transport=transport)
+        assert result.returncode == 0, sipp_report(result)
+        check(result, [phone], "a network caller on a calls alice on b")
+    finally:
+        sipp.close()
+        bridge.kill()
