@@ -1019,6 +1019,43 @@ def test_post_body_for_sip() -> None:
     assert d.result is None
 
 
+def _redirect(req: FakeRequest, location: bytes, code: int = 307) -> None:
+    response = FakeResponse(code, b'{"error": "this session is held by another box"}')
+    response.headers.setRawHeaders(b"location", [location])
+    req.response = response
+    req.deferred.callback(response)
+
+
+def test_post_body_follows_a_307_to_the_sessions_box_once_with_the_same_body() -> None:
+    h = Harness()
+    h.connect()
+    msg = b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n"
+    d = h.client.post_body("/sip", msg, "message/sip")
+    first = h.http.last("/sip")
+    assert first.kwargs["allow_redirects"] is False   # treq would refuse a POST's 307
+    _redirect(first, b"http://box2:8081/sip?me=alice&id=S1")
+    second = h.http.requests[-1]
+    assert (second.method, second.url) == ("POST", "http://box2:8081/sip?me=alice&id=S1")
+    assert second.kwargs["data"] == msg
+    assert second.kwargs["headers"]["Content-Type"] == ["message/sip"]
+    second.respond(202, {"txid": "z9hG4bK1"})
+    assert d.result == {"txid": "z9hG4bK1"}
+    # a redirect again, or one to another scheme, is an error, never a loop
+    d = h.client.post_body("/sip", msg, "message/sip")
+    _redirect(h.http.requests[-1], b"http://box2:8081/sip")
+    _redirect(h.http.requests[-1], b"http://box3:8082/sip")
+    failure = d.result
+    d.addErrback(lambda f: None)
+    assert failure.check(ServerError) and failure.value.code == 307
+    d = h.client.post_body("/sip", msg, "message/sip")
+    count = len(h.http.requests)
+    _redirect(h.http.requests[-1], b"file:///etc/passwd", 308)
+    assert len(h.http.requests) == count
+    failure = d.result
+    d.addErrback(lambda f: None)
+    assert failure.check(ServerError) and failure.value.code == 308
+
+
 # -- resume tokens (issue 12) ----------------------------------------------------------
 
 TOKEN = "T" * 43

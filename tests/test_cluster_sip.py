@@ -10,14 +10,16 @@ the real ones, over a fake of the cluster hub's view and of its Redis seam
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Dict, List, Tuple
 
 import pytest
+import treq
 from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
-from helpers import World
+from helpers import BASE, World, result_of
 from presence.cluster import sip as cluster_sip
 from presence.cluster.sip import ADDRESSES, SipBoxes, parse_address
 from presence.sip.message import NameAddr, Request, Response, SipURI, Via
@@ -415,3 +417,26 @@ def test_another_boxs_tcp_is_not_rate_limited_as_one_source():
     finally:
         a.proxy.stop()
         b.proxy.stop()
+
+
+def test_post_sip_for_a_session_another_box_holds_is_sent_there(cluster):
+    """The session's SIP is its box's proxy's (its transactions, dialogs and
+    Contact tokens): a POST /sip through another node gets a 307 there."""
+    a = cluster.a
+    bob = a.tunnel("bob")
+    session = bob.user.hub_session
+    msg = invite("sip:alice@example.org", via_host="127.0.0.1", via_port=5080)
+    session.host_box = B_BOX        # as a stand-in of a session held by b is
+    browser = bob.user.browser
+    d = browser.stub.request("POST", BASE + "/sip", params=bob.user.creds,
+                             data=msg.to_text().encode(), allow_redirects=False,
+                             headers={"Content-Type": "message/sip"})
+    browser.flush()
+    response = result_of(d)
+    assert response.code == 307
+    assert response.headers.getRawHeaders("location") == \
+        [f"http://{B_BOX}/sip?me=bob&id={session.id}"]
+    assert json.loads(result_of(treq.content(response)))["host_box"] == B_BOX
+    assert a.proxy.counters.get("requests") is None and a.net.take() == []
+    session.host_box = a.world.config.host_box
+    assert bob.post(msg).status == 202

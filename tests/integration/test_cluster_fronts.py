@@ -98,7 +98,12 @@ def sip_nodes(redis, tmp_path):
 
 
 @pytest.mark.requires_program("sipp")
-def test_a_sip_phone_behind_a_bridge_on_one_box_calls_one_on_the_other(sip_nodes, tmp_path):
+@pytest.mark.parametrize("alice_via", ["b", "a"], ids=["each-bridge-on-its-box",
+                                                       "both-bridges-on-a"])
+def test_a_sip_phone_behind_a_bridge_on_one_box_calls_one_on_the_other(sip_nodes, tmp_path,
+                                                                        alice_via):
+    """``alice_via`` "a": alice's bridge talks to node a while her session
+    is on box b (its heartbeat and its POST /sip are redirected there)."""
     from test_sipp import Bridge, Sipp, check, sipp_report, udp_port
     a, b = sip_nodes
     bob, alice = register(a.api(), unique_name("bob")), register(a.api(), unique_name("alice"))
@@ -109,7 +114,8 @@ def test_a_sip_phone_behind_a_bridge_on_one_box_calls_one_on_the_other(sip_nodes
         bridges.append(Bridge(a.base, bob.name, bob.password, udp_port(), udp_port(),
                               tmp_path / "bridge-bob.log"))
         wait_until(lambda: boxes(b.api()).get(box_of(a)) == 1, 10, "bob's session on a")
-        bridges.append(Bridge(b.base, alice.name, alice.password, udp_port(), udp_port(),
+        bridges.append(Bridge((b if alice_via == "b" else a).base, alice.name,
+                              alice.password, udp_port(), udp_port(),
                               tmp_path / "bridge-alice.log"))
         wait_until(lambda: boxes(a.api()) == {box_of(a): 1, box_of(b): 1}, 10,
                    "alice's session on b")
