@@ -123,6 +123,21 @@ while i <= n do
 end
 return answers
 """
+# The pending chats written at or before ARGV[1] (their "t", the last key of
+# the JSON value) of the hash KEYS[1], as HGETALL answers: what settle may trim
+OLD_PENDING = b"""
+local old = tonumber(ARGV[1])
+local flat = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #flat, 2 do
+  local t = tonumber(string.match(flat[i + 1], '"t": ([%d%.eE+%-]+)}$') or '')
+  if t ~= nil and t <= old then
+    table.insert(out, flat[i])
+    table.insert(out, flat[i + 1])
+  end
+end
+return out
+"""
 #: commands in one batch at most; past it the batch goes out at once
 BATCH_MAX = 1000
 #: session IDs in one command forgetting devices at most
@@ -323,8 +338,12 @@ class ClusterHub(Hub):
         """The channels this box subscribes to."""
         return [self.key("all"), self.key("to", self.me)]
 
-    def _eval(self, script: bytes, keys: Sequence[bytes], args: Sequence[Any]) -> defer.Deferred:
-        if script is not BATCH:
+    def _eval(self, script: bytes, keys: Sequence[bytes], args: Sequence[Any],
+              ordered: bool = True) -> defer.Deferred:
+        """``ordered`` False: a script on keys no batch writes (the shared
+        chat limits), which need not follow this turn's batch so far: the
+        batch is not sent early (one per turn, not one per chat)."""
+        if script is not BATCH and ordered:
             self.flush()     # what this turn shared so far goes first: one order
         args = [a if isinstance(a, bytes) else str(a).encode("utf-8", "surrogatepass")
                 for a in args]
@@ -934,9 +953,12 @@ class ClusterHub(Hub):
     def settle(self) -> defer.Deferred:
         """Drop from this box's pending hash the chats older than
         ``SETTLED`` seconds that no local mailbox holds any more (they were
-        spilled to the message box, long since written)."""
-        d = self._eval(b"return redis.call('HGETALL', KEYS[1])",
-                       [self.key("pending", self.me)], [])
+        spilled to the message box, long since written).  Redis answers
+        only the chats old enough (OLD_PENDING): most of the hash is chats
+        still unacknowledged in a mailbox, and reading all of it every few
+        seconds cost more than the chats."""
+        d = self._eval(OLD_PENDING, [self.key("pending", self.me)],
+                       [repr(self.clock.seconds() - SETTLED)])
 
         def trim(flat):
             now = self.clock.seconds()

@@ -74,7 +74,8 @@ class SharedLimits:
         args = [repr(float(now))]
         for _, capacity, rate in buckets:
             args += [repr(float(capacity)), repr(float(rate))]
-        d = self.hub._eval(TAKE, keys, args)
+        # (the buckets are no key of the hub's batch: it is not sent early)
+        d = self.hub._eval(TAKE, keys, args, ordered=False)
 
         def answered(reply: Any) -> Optional[float]:
             wait = float(reply.decode("ascii") if isinstance(reply, bytes) else reply)
