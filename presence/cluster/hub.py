@@ -44,6 +44,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from presence.cluster.limits import TAKE_FUNCTION
 from presence.core.counters import PAUSE_BUCKETS, Histogram
 from presence.core.frames import Frame
 from presence.core.hub import SEQ_MEMORY, Hub, HubConfig, IHub
@@ -84,12 +85,13 @@ SETTLED = 30.0
 # reply and one message per channel per turn, however many chats and logins
 # the turn had.
 #
-# One word is not a Redis command: ``BOUND sessions where:<user> sid bound``
+# Two words are not Redis commands: ``BOUND sessions where:<user> sid bound``
 # (after the writes that record session ``sid``) counts the user's sessions
 # over every box and answers the oldest past ``bound`` (never ``sid``) as
-# ``sid, box`` pairs; the caller ends them (``msg bye replaced``).  The
-# script answers one such list per BOUND, in order.
-BATCH = b"""
+# ``sid, box`` pairs; the caller ends them (``msg bye replaced``).  ``TAKE``
+# spends the shared chat limits (presence/cluster/limits.py).  The script
+# answers one answer per BOUND or TAKE, in order.
+BATCH = TAKE_FUNCTION + b"""
 local function oldest(sessions, where, sid, bound)
   if bound <= 0 or redis.call('HLEN', where) <= bound then return {} end
   local sids = redis.call('HKEYS', where)
@@ -116,6 +118,8 @@ while i <= n do
   local words = tonumber(ARGV[i])
   if ARGV[i + 1] == 'BOUND' then
     table.insert(answers, oldest(ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])))
+  elseif ARGV[i + 1] == 'TAKE' then
+    table.insert(answers, take(tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), i + 4))
   else
     redis.call(unpack(ARGV, i + 1, i + words))
   end
@@ -338,12 +342,8 @@ class ClusterHub(Hub):
         """The channels this box subscribes to."""
         return [self.key("all"), self.key("to", self.me)]
 
-    def _eval(self, script: bytes, keys: Sequence[bytes], args: Sequence[Any],
-              ordered: bool = True) -> defer.Deferred:
-        """``ordered`` False: a script on keys no batch writes (the shared
-        chat limits), which need not follow this turn's batch so far: the
-        batch is not sent early (one per turn, not one per chat)."""
-        if script is not BATCH and ordered:
+    def _eval(self, script: bytes, keys: Sequence[bytes], args: Sequence[Any]) -> defer.Deferred:
+        if script is not BATCH:
             self.flush()     # what this turn shared so far goes first: one order
         args = [a if isinstance(a, bytes) else str(a).encode("utf-8", "surrogatepass")
                 for a in args]
@@ -382,7 +382,8 @@ class ClusterHub(Hub):
                answer: Optional[Callable[[Any], None]] = None) -> None:
         """Add to this turn's batch (sent by :meth:`flush` at the end of the
         reactor turn, or before any other call to Redis); ``answer`` takes
-        the answer of the one BOUND among ``commands``."""
+        the answer of the one BOUND or TAKE among ``commands`` (None when
+        the batch could not be sent)."""
         self._writes.extend(commands)
         if answer is not None:
             self._bounds.append(answer)
@@ -416,14 +417,17 @@ class ClusterHub(Hub):
         d = self._eval(BATCH, [], args)
 
         def answered(answers):
-            for call, answer in zip(bounds, answers if isinstance(answers, list) else ()):
-                call(answer)
+            answers = answers if isinstance(answers, list) else []
+            for i, call in enumerate(bounds):
+                call(answers[i] if i < len(answers) else None)
 
         def failed(failure):
             self._failed(failure, "sharing this box's changes")
             if self.redis.unavailable(failure.value):
                 for call in unsent:
                     call()
+            for call in bounds:
+                call(None)      # no answer (a TAKE fails open)
         d.addCallbacks(answered, failed)
         return d
 
