@@ -4,8 +4,9 @@ A node checks its own buckets first (:class:`~presence.core.ratelimit.RateLimite
 no I/O); in cluster mode the same buckets are then spent in Redis, so that a
 client who spreads its requests over the boxes (a session used through
 several nodes, one address talking to all of them) gets the allowance once,
-not once per box.  One script call takes one token from each bucket of a
-request, or none of them (like :func:`~presence.core.ratelimit.take_all`).
+not once per box.  One ``TAKE`` step of the hub's batch of the reactor
+turn takes one token from each bucket of a request, or none of them (like
+:func:`~presence.core.ratelimit.take_all`).
 A bucket is a hash ``rl:<name>`` (``l`` the level, ``t`` when it was last
 spent) that expires once it would be full again, so idle clients cost no
 memory.
@@ -21,7 +22,7 @@ not stop chat that the boxes can still deliver; one log line per outage
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
