@@ -523,6 +523,13 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         sip = sip_frontend.SipFrontEnd.from_options(options, service, reactor)
         sip.mount(site.resource)
         gate.hooks.append(sip.ready)
+        if options.get("redis"):
+            # the other boxes' proxies are next hops of this one (SIP across boxes)
+            from presence.cluster.sip import SipBoxes
+            boxes = SipBoxes(hub, sip.network.resolve, options["domain"], reactor)
+            sip.proxy.boxes = boxes
+            gate.hooks.append(boxes.listening)
+            boxes.setServiceParent(top)
     gate.hooks.append(wireless.ready)
     names = names_frontend.NamesFrontEnd(options, service, reactor)
     names.mount(site.resource)

@@ -157,7 +157,8 @@ class Hop:
         self.conn = conn
         self.session = session
         #: the Request-URI a request forwarded to this hop gets (a registered
-        #: Contact), or None: unchanged
+        #: Contact, or another box of a cluster: see ISipBoxes), or None:
+        #: unchanged
         self.uri = uri
 
     @property
@@ -192,6 +193,28 @@ class ISipNetwork(Interface):
 
     def is_local(host: str) -> bool:
         """Whether ``host`` (an IP address or name) is this machine."""
+
+
+class ISipBoxes(Interface):
+    """The other host boxes of a cluster, as next hops of the proxy
+    (``presence.cluster.sip``; None on one node): a user's sessions held
+    by another box are reached through that box's proxy."""
+
+    def hops(name: str, uri: SipURI) -> Any:
+        """One hop per other live box holding a session of user ``name``
+        (each with its ``uri``), for a request whose Request-URI is ``uri``;
+        none when ``uri`` says another box forked it already.  A list, or a
+        Deferred of one (an address is read first)."""
+
+    def hop_of(uri: SipURI) -> Optional["Hop"]:
+        """The hop of ``uri`` (a Route) when it names the SIP listener of a
+        live box of the cluster, else None."""
+
+    def is_box(ip: str, port: int) -> bool:
+        """Whether ``ip:port`` is the SIP listener of a live box."""
+
+    def is_box_ip(ip: str) -> bool:
+        """Whether ``ip`` is the address of a live box's SIP listener."""
 
 
 class Timers:
@@ -645,6 +668,8 @@ class SipProxy:
         #: the media relay's SDP hooks (presence.sip.media.MediaAnchor), or
         #: None: SDP passes untouched
         self.media: Any = None
+        #: the other boxes of a cluster (ISipBoxes), or None: one node
+        self.boxes: Optional[Any] = None
 
     @property
     def port(self) -> int:
@@ -717,7 +742,11 @@ class SipProxy:
         stream; ``TCP`` messages have been framed by Content-Length)."""
         if not data.strip(b"\r\n \t"):
             return  # keep-alive
-        if not self.source_limiter.take(hop.host, self.clock.seconds()):
+        # (another box's TCP connection carries all its callers: it is not
+        # counted as one source; TCP, since its source cannot be forged)
+        if not (hop.transport == TCP and self.boxes is not None
+                and self.boxes.is_box_ip(hop.host)) \
+                and not self.source_limiter.take(hop.host, self.clock.seconds()):
             # dropped unanswered: an answer would go to an address that may
             # be forged; a real peer retransmits
             self._count("rate_limited")
@@ -947,6 +976,8 @@ class SipProxy:
         elif target.kind == "user":
             context.target_pending = True
             d = defer.ensureDeferred(self.service.resolve(target.name))
+            if self.boxes is not None:
+                d.addCallback(self._with_boxes, forwarded)
             d.addCallback(self._user_found, context, forwarded)
             d.addErrback(self._target_failed, context)
         else:
@@ -1007,12 +1038,14 @@ class SipProxy:
             except ValueError:
                 return _Target("error", 416, "Unsupported URI Scheme")
         if routes:
-            if not source.tunnel:
-                return _Target("error", 403, "Forbidden (not an open relay)")
             try:
                 next_uri = NameAddr.parse(routes[0]).sip_uri()
             except ValueError:
                 next_uri = None
+            if not source.tunnel and not (next_uri is not None and self.boxes is not None
+                                          and self.boxes.hop_of(next_uri) is not None):
+                # (a dialog through another box of the cluster goes on)
+                return _Target("error", 403, "Forbidden (not an open relay)")
             if next_uri is None:
                 return _Target("error", 416, "Unsupported URI Scheme (Route)")
             return _Target("outside", uri=next_uri)
@@ -1043,6 +1076,9 @@ class SipProxy:
         Request-URI) of ``request`` from tunnel session ``source``, once the
         name is resolved and every address it resolves to is allowed; fails
         with :class:`_Refused` (``403``) when the user may not send there."""
+        box = self.boxes.hop_of(uri) if self.boxes is not None else None
+        if box is not None:
+            return defer.succeed(box)   # another box of the cluster
         transport = TCP if uri.transport == "TCP" else UDP
         if uri.transport not in ("UDP", "TCP"):
             return defer.fail(_Refused(503, f"Service Unavailable (no {uri.transport[:10]})"))
@@ -1107,6 +1143,8 @@ class SipProxy:
         ip = bare_host(ip).lower()
         if self._is_own_listener(ip, port):
             return "this server's own address"
+        if self.boxes is not None and self.boxes.is_box(ip, port):
+            return None     # another box of the cluster (its SIP listener)
         if dialog is not None and dialog.is_peer(transport, ip, port):
             return None
         why = forbidden_address(ip)
@@ -1151,6 +1189,9 @@ class SipProxy:
         # behind them to answer; a registered phone is reached at its binding
         dests = [Hop(TUNNEL, session=s) for s in sessions if s.scope not in SOURCE_SCOPES]
         dests += self._binding_hops(name)
+        # (in a cluster, the proxies of the other boxes holding sessions of
+        # the user: _with_boxes)
+        dests += list(found[2]) if len(found) > 2 else []
         if not dests:
             self._count("offline")
             self._reply(stx, 480, reason="Temporarily Unavailable")
@@ -1178,6 +1219,15 @@ class SipProxy:
             hops.append(Hop(binding.transport, binding.host, binding.port, conn=conn,
                             uri=binding.contact))
         return hops
+
+    def _with_boxes(self, found, request: Request) -> Any:
+        """A cluster: ``found`` and the hops of the other boxes holding
+        sessions of the user (ISipBoxes.hops, which may read Redis)."""
+        if found is None or found[0] != "user":
+            return found
+        d = defer.maybeDeferred(self.boxes.hops, found[1], SipURI.parse(request.uri))
+        d.addCallback(lambda hops: (found[0], found[1], hops))
+        return d
 
     def _target_failed(self, failure, context: Context, code: int = 500) -> None:
         context.target_pending = False
@@ -1207,6 +1257,8 @@ class SipProxy:
     def _prepare(self, request: Request, source: Hop, dest: Hop, branch: str) -> Request:
         """The copy of ``request`` for ``dest``: 16.6 steps 3 to 8."""
         copy = request.copy()
+        if dest.uri is not None:
+            copy.uri = dest.uri
         mf = copy.get("max-forwards")
         copy.set("max-forwards", str(int(mf) - 1) if mf is not None else "70")
         if source.tunnel:

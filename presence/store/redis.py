@@ -172,6 +172,11 @@ class TxRedis:
             self.handler = txredisapi.lazyConnectionPool(address.host, address.port,
                                                          username=address.username, **common)
         self._errors = (txredisapi.ConnectionError, txredisapi.ResponseError)
+        if txredisapi.hiredis is None:
+            # replies read in one pass, not one reactor turn per bulk string
+            # (presence/store/resp.py); the connections are built later
+            from presence.store.resp import fast_protocol
+            self.handler._factory.protocol = fast_protocol()
 
     def unavailable(self, error: BaseException) -> bool:
         """Whether ``error`` means Redis cannot serve now (connection lost,
