@@ -1263,15 +1263,24 @@ class SipProxy:
         copy.set("max-forwards", str(int(mf) - 1) if mf is not None else "70")
         if source.tunnel:
             self._rewrite_contacts(copy, source.session, self.local_host(dest))
-        if copy.method not in NO_RECORD_ROUTE and (source.tunnel or dest.tunnel):
+        if copy.method not in NO_RECORD_ROUTE and (source.tunnel or dest.tunnel
+                                                   or self._is_box_hop(source)
+                                                   or self._is_box_hop(dest)):
             # between two network peers (a phone calling a registered
             # phone) the proxy stays out of the dialog: it relays no
-            # in-dialog requests from the network to the network
+            # in-dialog requests from the network to the network; a call
+            # that crosses to (or comes from) another box of the cluster
+            # keeps both proxies in its route set
             copy.prepend("record-route", self._record_route(source, dest))
         via_transport = TCP if dest.transport == TCP else UDP
         copy.prepend("via", str(Via(via_transport, self.local_host(dest), self.port,
                                     [("branch", branch)])))
         return copy
+
+    def _is_box_hop(self, hop: Hop) -> bool:
+        """Whether ``hop`` is the SIP listener of another box of the cluster."""
+        return (self.boxes is not None and not hop.tunnel
+                and self.boxes.is_box(bare_host(hop.host).lower(), hop.port))
 
     def _branch(self, context: Optional[Context], request: Request) -> str:
         loop_hash = context.loop_hash if context is not None else self._loop_hash(request)
