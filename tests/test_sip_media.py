@@ -325,3 +325,25 @@ def test_a_reinvite_after_the_relaying_ended_is_relayed_again(sip):
                                                       again.streams[1][1].rtp_port]
     bob.ok(answer(re_fwd, 200, to_tag="callee1", body=ANSWER))
     assert again.answered
+
+
+def test_an_sdp_naming_one_of_the_relays_own_ports_is_never_sent_to(sip):
+    # presence-sip-bridge --media http writes the relay's own address and leg
+    # port into the phone's SDP; when the bridge runs on the server's machine
+    # that address is also the session's: before the side latched (and while
+    # its stream reconnects) the relay must not send the other side's media
+    # to a port of its own, which would play it back to its sender
+    bob = sip.tunnel("bob")
+    inv = invite("sip:bob@example.org", body=OFFER)
+    sip.send(inv)
+    sip.sent()
+    fwd = bob.one().message
+    [call] = sip.relay.calls.values()
+    (a_caller, a_callee), (v_caller, v_callee) = call.streams
+    own = (ANSWER.replace("m=audio 6000", f"m=audio {a_callee.rtp_port}")
+           .replace("m=video 6002", f"m=video {v_callee.rtp_port}"))
+    bob.ok(answer(fwd, 200, contact="<sip:bob@127.0.0.1:5080>", body=own))
+    sip.sent()
+    assert a_callee.expected == [None, None] and v_callee.expected[0] is None
+    sip.udp.arrive(a_caller.rtp_port, rtp_packet(1), ("198.51.100.7", 49170))
+    assert sip.udp.take() == []

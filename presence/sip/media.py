@@ -145,6 +145,12 @@ class MediaAnchor:
         if address is None:
             return None
         ip = bare_host(address[0]).lower()
+        if self.relay.leg_for(address[1]) is not None and (
+                ip == signalling_ip or self.is_local(ip)):
+            # one of our own relay ports (an SDP that presence-sip-bridge
+            # --media http rewrote to the relay): never a destination, or the
+            # other side's media would come back to its sender
+            return None
         if ip == signalling_ip:
             return (ip, address[1])
         if forbidden_address(ip) is None and not self.is_local(ip):
