@@ -449,3 +449,48 @@ def test_a_watched_guest_logging_out_ends_the_subscription_with_noresource(sp):
     assert basic(final.message.body) == "closed"
     alice.answer(final)
     assert sp.presence.subs == {}
+
+
+# -- an attacker on the network ------------------------------------------------------
+
+
+def test_wrong_subscribe_digests_spend_the_login_allowance_of_the_address(sp):
+    """SUBSCRIBE is no password oracle beside login: its wrong digests count
+    as failed logins of the source address, and past the allowance even
+    the right password is 403 until it refills."""
+    with_auth(sp)
+    sp.world.register("bob")
+    source = Hop(UDP, "203.0.113.50", 40000)
+    first = net_subscribe()
+    sp.send(first, source)
+    [challenge] = sp.sent()
+    codes = []
+    for n in range(1, 13):
+        sp.send(authorized(first, challenge, password="guess", nc=f"{n:08x}"), source)
+        codes += [m.code for m in sp.sent()]
+    assert codes[0] == 401 and codes[-1] == 403
+    sp.send(authorized(first, challenge, nc="00000020"), source)
+    [refused] = sp.sent()
+    assert refused.code == 403 and "too many" in refused.reason
+    assert sp.presence.subs == {}
+
+
+def test_a_nonce_is_good_only_from_the_address_it_was_sent_to(sp):
+    """A user with an account cannot fetch a nonce at their own address and
+    then SUBSCRIBE from a spoofed UDP source: the NOTIFYs (retransmitted,
+    and one per change of up to 64 subscriptions) would flood the victim."""
+    with_auth(sp)
+    sp.world.register("bob")
+    mine = Hop(UDP, "203.0.113.9", 40000)
+    victim = Hop(UDP, "192.0.2.66", 5060)
+    first = net_subscribe()
+    sp.send(first, mine)
+    [challenge] = sp.sent()
+    sp.send(authorized(first, challenge), victim)
+    [(again, hop)] = sp.net.take()
+    assert again.code == 401 and "stale=true" in again.get("www-authenticate")
+    assert hop.host == victim.host
+    assert sp.presence.subs == {}
+    sp.send(authorized(first, challenge, nc="00000002"), mine)
+    ok, notify = sp.sent()
+    assert ok.code == 200 and notify.method == "NOTIFY"

@@ -412,3 +412,20 @@ def test_register_never_logs_the_credentials(sip, caplog):
     text = " ".join(formatEvent(e) for e in seen)
     ha1 = result_of(sip.world.store.sip_ha1("alice", "example.org", "MD5"))
     assert ha1 not in text and PASSWORD not in text and "response=" not in text
+
+
+def test_a_nonce_is_good_only_from_the_address_it_was_sent_to(sip):
+    """A registration from a spoofed UDP source (a nonce fetched at the
+    attacker's own address, their own password) would make the proxy fork
+    every INVITE for them to the victim: the nonce is bound to the address
+    it was sent to, so that one is challenged again (stale)."""
+    sip.world.user("alice")
+    phone = Phone(sip)
+    req = register()
+    first = phone.send(req)
+    victim = Phone(sip, hop=Hop(UDP, "192.0.2.66", 5060))
+    out = victim.send(signed(req, first))
+    assert out.code == 401
+    assert all(params_of(v).get("stale") == "true" for v in out.get_all("www-authenticate"))
+    assert sip.proxy.stats()["bindings"] == 0
+    assert phone.send(signed(req, first, nc=2)).code == 200

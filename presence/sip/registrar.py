@@ -66,7 +66,7 @@ from presence.core.hub import IChannel
 from presence.core.mailbox import Entry
 from presence.core.ratelimit import address_key
 from presence.core.tables import Session
-from presence.sip.digest import DigestAuth
+from presence.sip.digest import DigestAuth, source_of
 from presence.sip.message import NameAddr, SipURI, bare_host
 
 log = Logger(namespace="presence.sip")
@@ -214,7 +214,7 @@ class Registrar:
             self._answer(stx, 403, "Forbidden (too many failed attempts from this address;"
                                    " try again later)")
             return
-        verdict = await self.digest.verify(request)
+        verdict = await self.digest.verify(request, source=source_of(hop))
         if stx.state == "terminated" or stx.request is None:
             return
         if verdict.error:
@@ -225,7 +225,8 @@ class Registrar:
                 failures.take(who, self.clock.seconds())
                 log.info("SIP REGISTER for {aor} from {ip}: wrong credentials", aor=aor, ip=ip)
             self._answer(stx, 401, "Unauthorized",
-                         self.digest.challenge(request, stale=verdict.stale))
+                         self.digest.challenge(request, stale=verdict.stale,
+                                               source=source_of(hop)))
             return
         if verdict.user != aor:
             self._answer(stx, 403, "Forbidden (the credentials are not those of the"
