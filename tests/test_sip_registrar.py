@@ -429,3 +429,20 @@ def test_a_nonce_is_good_only_from_the_address_it_was_sent_to(sip):
     assert all(params_of(v).get("stale") == "true" for v in out.get_all("www-authenticate"))
     assert sip.proxy.stats()["bindings"] == 0
     assert phone.send(signed(req, first, nc=2)).code == 200
+
+
+def test_a_forged_source_cannot_spend_that_addresses_login_allowance(sip):
+    """Wrong digests with a nonce that was not sent to the source (a forged
+    UDP source never sees one) are challenged again, not counted: else
+    anyone could lock a victim's address out of logging in, and the answer
+    (stale or not) would tell a right password from a wrong one."""
+    sip.world.user("alice")
+    req = register()
+    first = Phone(sip).send(req)
+    victim = Phone(sip, hop=Hop(UDP, "192.0.2.66", 5060))
+    for n in range(1, 16):
+        out = victim.send(signed(req, first, password="guess", nc=n))
+        assert out.code == 401
+        assert all(params_of(v).get("stale") == "true"
+                   for v in out.get_all("www-authenticate"))
+    victim.register()

@@ -15,10 +15,13 @@ the clock, the server secret and the HA1 look-up are given to it.
   address does not verify (it is stale), so nobody can fetch a nonce at
   their own address and then authenticate a REGISTER or SUBSCRIBE from a
   spoofed UDP source, which would point calls or NOTIFYs at a victim.  Any nonce the server issued verifies
-  without a table; one older than ``nonce_ttl``, or one the server cannot
-  verify (issued before a restart, under the old secret) with an otherwise
-  right digest, is answered with a new challenge carrying ``stale=true``,
-  so the user agent retries without asking its user again.
+  without a table; one the server cannot verify (issued before a restart,
+  under the old secret, or to another address) is answered with a new
+  challenge carrying ``stale=true`` whatever the digest (which is not
+  judged: no password oracle, and no failure counted for an address the
+  sender may have forged), and so is one older than ``nonce_ttl`` with an
+  otherwise right digest, so the user agent retries without asking its
+  user again.
 * Replays: the highest nonce count seen per nonce is kept in a bounded table.
   A count that does not grow is a replay.  When the table is full the oldest
   entries go and the issue time of the newest evicted nonce becomes a low
@@ -317,10 +320,14 @@ class DigestAuth:
         if not (_same_uri(p["uri"], request.uri) or self.uri_ok(p["uri"], request)):
             return defer.succeed(Verdict(error="Bad credentials: uri does not match the "
                                                "Request-URI", present=True))
-        # a nonce we did not issue (or issued before a restart, under another
-        # secret, or to another address) is judged after the digest: right
-        # digest, stale nonce
+        # a nonce we did not issue (before a restart, under another secret,
+        # or to another address: a forged UDP source never sees one) is
+        # stale whatever the digest: judging the digest would tell a right
+        # password (stale) from a wrong one, and a wrong one would spend the
+        # login allowance of an address the sender does not hold
         issued = self.nonce_issued(p["nonce"], source)
+        if issued is None:
+            return defer.succeed(Verdict(stale=True, present=True))
         user = p["username"]
 
         def compare(ha1_hex: Optional[str]) -> Verdict:
@@ -332,7 +339,7 @@ class DigestAuth:
                                        p["response"].lower().encode("ascii", "replace")):
                 return Verdict(present=True)
             now = float(self.clock.seconds())
-            if issued is None or now - issued > self.nonce_ttl or issued > now + 1:
+            if now - issued > self.nonce_ttl or issued > now + 1:
                 return Verdict(stale=True, present=True)
             if not self._count(p["nonce"], issued, int(p["nc"], 16), now):
                 return Verdict(stale=True, present=True)
