@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import pytest
 
-from helpers import logged_errors, world  # noqa: F401  (fixtures)
+from helpers import logged_errors, result_of, world  # noqa: F401  (fixtures)
 from presence.sip import presence_server as ps
 from presence.sip.digest import DigestAuth, expected_response, ha1
 from presence.sip.message import NameAddr, Request, Response, Via
@@ -494,3 +494,19 @@ def test_a_nonce_is_good_only_from_the_address_it_was_sent_to(sp):
     sp.send(authorized(first, challenge, nc="00000002"), mine)
     ok, notify = sp.sent()
     assert ok.code == 200 and notify.method == "NOTIFY"
+
+
+def test_a_locked_account_may_not_subscribe(sp):
+    """An operator's lock (after a compromise, say) holds for SIP presence
+    as for login and REGISTER."""
+    with_auth(sp)
+    sp.world.register("bob")
+    sp.world.register("carol")
+    assert result_of(sp.world.store.set_locked("carol", True))
+    first = net_subscribe()
+    sp.send(first)
+    [challenge] = sp.sent()
+    sp.send(authorized(first, challenge))
+    [refused] = sp.sent()
+    assert refused.code == 403 and "locked" in refused.reason
+    assert sp.presence.subs == {}

@@ -307,7 +307,7 @@ class SipPresence:
                                                  " this address; try again later)")))
         source = source_of(hop)
 
-        def judged(verdict: Any) -> Tuple[Optional[str], Optional[tuple]]:
+        def judged(verdict: Any) -> Any:
             if verdict.error:
                 return None, (400, [], f"Bad Request ({verdict.error})")
             if verdict.user is None:
@@ -316,7 +316,10 @@ class SipPresence:
                     failures.take(who, self.clock.seconds())
                 return None, (401, self.auth.challenge(request, stale=verdict.stale,
                                                        source=source), "Unauthorized")
-            return verdict.user.lower(), None
+            user = verdict.user.lower()
+            return defer.maybeDeferred(self.service.is_locked, user).addCallback(
+                lambda locked: (None, (403, [], "Forbidden (this account is locked)"))
+                if locked else (user, None))
 
         return self.auth.verify(request, source=source).addCallback(judged)
 
