@@ -510,3 +510,15 @@ def test_a_locked_account_may_not_subscribe(sp):
     [refused] = sp.sent()
     assert refused.code == 403 and "locked" in refused.reason
     assert sp.presence.subs == {}
+
+
+def test_malformed_credentials_are_400_with_a_short_reason(sp):
+    """The reason of a 400 for broken credentials does not echo a long
+    parameter name back (a reflected, amplified answer to a forged source)."""
+    with_auth(sp)
+    sp.world.register("bob")
+    req = net_subscribe(extra=(("Authorization",
+                                'Digest realm="example.org", ' + "x" * 5000),))
+    sp.send(req)
+    [refused] = sp.sent()
+    assert refused.code == 400 and len(refused.reason) < 160

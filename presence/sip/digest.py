@@ -276,7 +276,10 @@ class DigestAuth:
         try:
             found = self._credentials(request, proxy)
         except CredentialsError as e:
-            return defer.succeed(Verdict(error=f"Bad credentials: {e}", present=True))
+            # bounded: a parameter name may be as long as the message, and
+            # the reason goes back to a source that may be forged
+            return defer.succeed(Verdict(error=f"Bad credentials: {str(e)[:80]}",
+                                         present=True))
         if found is None:
             return defer.succeed(Verdict())
         return self._verify(request, found, source)
