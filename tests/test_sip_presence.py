@@ -522,3 +522,24 @@ def test_malformed_credentials_are_400_with_a_short_reason(sp):
     sp.send(req)
     [refused] = sp.sent()
     assert refused.code == 400 and len(refused.reason) < 160
+
+
+def test_guessing_one_account_from_many_addresses_is_bounded(sp):
+    """The account's allowance too, as for a password login."""
+    with_auth(sp)
+    sp.world.register("bob")
+    for n in range(25):
+        source = Hop(UDP, f"203.0.113.{n + 1}", 40000)
+        first = net_subscribe()
+        sp.send(first, source)
+        [challenge] = sp.sent()
+        sp.send(authorized(first, challenge, password=f"guess{n}", nc=f"{n + 1:08x}"),
+                source)
+        sp.sent()
+    source = Hop(UDP, "198.18.0.1", 40000)
+    first = net_subscribe(call_id="last@phone")
+    sp.send(first, source)
+    [challenge] = sp.sent()
+    sp.send(authorized(first, challenge, nc="000000ff"), source)
+    [refused] = sp.sent()
+    assert refused.code == 403 and "too many" in refused.reason

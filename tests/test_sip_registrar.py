@@ -446,3 +446,23 @@ def test_a_forged_source_cannot_spend_that_addresses_login_allowance(sip):
         assert all(params_of(v).get("stale") == "true"
                    for v in out.get_all("www-authenticate"))
     victim.register()
+
+
+def test_guessing_from_many_addresses_spends_the_accounts_allowance(sip):
+    """As for a password login: wrong digests for one account from many
+    addresses (a botnet, or IPv6 /64s) spend the account's allowance, then
+    even the right password from a new address is 403; an address the
+    user registered from before keeps its own allowance."""
+    sip.world.user("alice")
+    own = Phone(sip)
+    own.register()   # alice's own phone, from PHONE
+    for n in range(25):
+        guesser = Phone(sip, hop=Hop(UDP, f"203.0.113.{n + 1}", 5060))
+        req = register(cseq=10 + n)
+        first = guesser.send(req)
+        guesser.send(signed(req, first, password=f"guess{n}"))
+    stranger = Phone(sip, hop=Hop(UDP, "198.18.0.1", 5060))
+    req = register(cseq=99)
+    out = stranger.send(signed(req, stranger.send(req)))
+    assert out.code == 403 and "too many" in out.reason
+    own.register()

@@ -188,6 +188,8 @@ class Verdict:
     stale: bool = False
     error: Optional[str] = None
     present: bool = False
+    #: the user name the credentials were for (right or wrong)
+    tried: Optional[str] = None
 
 
 class DigestAuth:
@@ -329,28 +331,28 @@ class DigestAuth:
         # password (stale) from a wrong one, and a wrong one would spend the
         # login allowance of an address the sender does not hold
         issued = self.nonce_issued(p["nonce"], source)
-        if issued is None:
-            return defer.succeed(Verdict(stale=True, present=True))
         user = p["username"]
+        if issued is None:
+            return defer.succeed(Verdict(stale=True, present=True, tried=user))
 
         def compare(ha1_hex: Optional[str]) -> Verdict:
             if not ha1_hex:
-                return Verdict(present=True)
+                return Verdict(present=True, tried=user)
             want = expected_response(algorithm, ha1_hex.lower(), request.method, p["uri"],
                                      p["nonce"], p["nc"], p["cnonce"])
             if not hmac.compare_digest(want.encode("ascii"),
                                        p["response"].lower().encode("ascii", "replace")):
-                return Verdict(present=True)
+                return Verdict(present=True, tried=user)
             now = float(self.clock.seconds())
             if now - issued > self.nonce_ttl or issued > now + 1:
-                return Verdict(stale=True, present=True)
+                return Verdict(stale=True, present=True, tried=user)
             if not self._count(p["nonce"], issued, int(p["nc"], 16), now):
-                return Verdict(stale=True, present=True)
-            return Verdict(user=user, present=True)
+                return Verdict(stale=True, present=True, tried=user)
+            return Verdict(user=user, present=True, tried=user)
 
         d = defer.maybeDeferred(self.ha1_of, user, self.realm, algorithm)
         d.addCallback(compare)
-        d.addErrback(lambda _f: Verdict(present=True))
+        d.addErrback(lambda _f: Verdict(present=True, tried=user))
         return d
 
     def _count(self, nonce: str, issued: float, nc: int, now: float) -> bool:

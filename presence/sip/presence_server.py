@@ -59,6 +59,7 @@ from presence.service import GUEST_PREFIX
 from presence.sip.digest import source_of
 from presence.sip.message import MAGIC_COOKIE, NameAddr, Request, Response, SipURI, Via
 from presence.sip.proxy import T1, T2, T4, TCP, TIMER_B, TUNNEL, UDP, Hop
+from presence.sip.registrar import TOO_MANY
 
 log = Logger(namespace="presence.sip")
 
@@ -297,23 +298,26 @@ class SipPresence:
         if self.auth is None:
             return defer.succeed((None, (403, [], "Forbidden (SIP presence is for the users"
                                                  " of this server through their sessions)")))
-        # wrong digests spend the login allowance of the address, as a
-        # password login's and a REGISTER's do: no password oracle beside them
-        failures, who = self.service.login_failures, address_key(hop.host)
-        if not failures.allowed(who, self.clock.seconds()):
+        # digests count as password logins do (the address's and the
+        # account's allowances), as a REGISTER's: no password oracle beside them
+        too_many = (None, (403, [], TOO_MANY))
+        if not self.service.login_failures.allowed(address_key(hop.host),
+                                                   self.clock.seconds()):
             self._count("refused_failures")
             self.service._refused("login_address", hop.host)
-            return defer.succeed((None, (403, [], "Forbidden (too many failed attempts from"
-                                                 " this address; try again later)")))
+            return defer.succeed(too_many)
         source = source_of(hop)
 
         def judged(verdict: Any) -> Any:
             if verdict.error:
                 return None, (400, [], f"Bad Request ({verdict.error})")
+            if verdict.present and not self.service.judge_digest(
+                    verdict.tried, hop.host,
+                    None if verdict.stale else verdict.user is not None):
+                self._count("refused_failures")
+                return too_many
             if verdict.user is None:
                 self._count("challenged")
-                if verdict.present and not verdict.stale:
-                    failures.take(who, self.clock.seconds())
                 return None, (401, self.auth.challenge(request, stale=verdict.stale,
                                                        source=source), "Unauthorized")
             user = verdict.user.lower()
