@@ -121,15 +121,25 @@ def test_wrong_password_unknown_user_and_absent_credentials_fail():
     assert v.user is None and not v.present and v.error is None
 
 
-def test_a_nonce_of_another_secret_or_forged_is_refused_and_stale_if_the_digest_is_right():
+def test_a_nonce_of_another_secret_or_forged_is_refused_and_stale_whatever_the_digest():
     auth, clock, _ = make()
     other = DigestAuth(REALM, auth.ha1_of, clock, b"t" * 32)   # the server before a restart
     req = register()
     ch = other.challenge(req)[0][1]
     v = result(auth.verify(answer_challenge(req, ch)))
     assert v.user is None and v.stale            # right password: just a new nonce
+    # a wrong one too: the answer never tells a right password from a wrong one
     v = result(auth.verify(answer_challenge(req, ch, password="bad")))
-    assert v.user is None and not v.stale and v.present
+    assert v.user is None and v.stale and v.present
+
+
+def test_a_nonce_is_bound_to_the_address_it_was_sent_to():
+    auth, clock, _ = make()
+    req = register()
+    ch = auth.challenge(req, source="198.51.100.1")[0][1]
+    v = result(auth.verify(answer_challenge(req, ch), source="192.0.2.66"))
+    assert v.user is None and v.stale
+    assert result(auth.check(answer_challenge(req, ch), source="198.51.100.1")) == "alice"
     forged = answer_challenge(req, ch.replace(params_of(ch)["nonce"], "AAAA" * 9))
     assert result(auth.check(forged)) is None
     assert auth.nonce_issued("!!!") is None and auth.nonce_issued("x" * 500) is None
