@@ -26,6 +26,7 @@ that local address.  Twisted asks for it on every request.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Dict
 
 from twisted.internet import address, tcp
@@ -123,6 +124,47 @@ class TurnFlushServer(tcp.Server):
         if host is not None:
             return host
         return tcp.Server.getHost(self)
+
+
+#: send errors that mean "not now": the bytes are buffered, the reactor sends
+#: them when the socket is writable
+_NOT_NOW = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
+
+
+def direct(transport: Any) -> Any:
+    """``transport`` if :func:`send_now` may write to it (a TCP connection
+    of Twisted's, ours or its own kind), else ``None`` (TLS, UNIX sockets,
+    the test doubles): those keep Twisted's write path."""
+    return transport if isinstance(transport, tcp.Connection) and \
+        hasattr(transport, "socket") else None
+
+
+def send_now(transport: tcp.Connection, data: bytes) -> bool:
+    """Send ``data`` on ``transport``'s socket at once when nothing waits in
+    its buffer; what the socket does not take goes to ``transport.write`` (so
+    the reactor sends it when the socket is writable, after anything written
+    later, in order).  ``False``, and nothing done, when the connection has
+    data waiting (the bytes must go behind it), is closing or closed, or the
+    send failed for another reason than "not now" (``transport.write`` then
+    meets the failure and loses the connection, as Twisted does).
+
+    The held heartbeats' frames: one ``send`` while the frame is built, not a
+    buffer, a place on the turn's list and a ``doWrite`` at the end of the
+    turn (``_TurnQueue``), nor Twisted's ``epoll`` register, wake-up and
+    unregister (docs/architecture.md, "Large groups")."""
+    if (transport.dataBuffer or transport._tempDataLen or not transport.connected
+            or transport.disconnecting or transport._writeDisconnecting
+            or transport._writeDisconnected or transport._aborting):
+        return False
+    try:
+        sent = transport.socket.send(data)
+    except OSError as e:
+        if e.errno not in _NOT_NOW:
+            return False
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:])
+    return True
 
 
 def use_turn_flush(port: Any) -> bool:
