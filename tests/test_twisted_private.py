@@ -131,7 +131,7 @@ def test_an_empty_buffer_is_what_send_now_takes_it_to_be():
 def test_a_chunked_response_is_written_as_send_now_frames_it():
     """The heartbeat writes ``b"%x\\r\\n" + data + b"\\r\\n"`` itself, and counts
     ``sentLength``, as ``Request.write`` does for a chunked response."""
-    assert http.toChunk(b"abc") == (b"3\r\n", b"abc", b"\r\n")
+    assert b"".join(http.toChunk(b"abc")) == b"3\r\nabc\r\n"
     write = source(http.Request.write)
     for name in ("self.chunked", "self.sentLength", "self._disconnected", "toChunk",
                  "startedWriting"):
