@@ -102,7 +102,9 @@ def server_connection():
 
 @pytest.mark.parametrize("name", ["_writeDisconnecting", "_tempDataLen", "_aborting",
                                   "dataBuffer", "disconnecting", "connected",
-                                  "_writeDisconnected", "socket"])
+                                  "_writeDisconnected", "socket", "_tempDataBuffer",
+                                  "offset", "producerPaused", "streamingProducer",
+                                  "producer"])
 def test_a_tcp_server_connection_has_the_state_the_turn_flush_reads(server_connection, name):
     assert hasattr(server_connection, name), name
 
@@ -126,6 +128,9 @@ def test_an_empty_buffer_is_what_send_now_takes_it_to_be():
     assert 'self.dataBuffer = b""' in do_write
     assert "_writeDisconnected" in source(abstract.FileDescriptor.write)
     assert "self.socket.send" in source(tcp.Connection.writeSomeData)
+    # the turn's flush empties the list buffer itself, as doWrite does
+    assert "self._tempDataBuffer = []" in do_write
+    assert "self.offset" in do_write
 
 
 def test_a_chunked_response_is_written_as_send_now_frames_it():

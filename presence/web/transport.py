@@ -113,6 +113,23 @@ class TurnFlushServer(tcp.Server):
         if self.disconnecting or self._writeDisconnecting:
             tcp.Server.startWriting(self)  # the reactor sends the rest, then closes
             return
+        if not self.dataBuffer and not self.producerPaused and (
+                self.producer is None or self.streamingProducer):
+            # all is in this turn's list: one send, and when the socket takes
+            # it all, nothing more (what doWrite does, without its slicing,
+            # joining into dataBuffer and stopWriting)
+            parts = self._tempDataBuffer
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            sent = self.writeSomeData(data)  # a failure: doWrite meets it again, reports it
+            if type(sent) is int and sent >= 0:
+                self._tempDataBuffer = []
+                self._tempDataLen = 0
+                if sent < len(data):
+                    # the rest is the reactor's, sent when the socket is writable
+                    self.dataBuffer = data
+                    self.offset = sent
+                    tcp.Server.startWriting(self)
+                return
         failed = self.doWrite()  # stops writing (a no-op here) once all is sent
         if failed is not None or self.dataBuffer or self._tempDataLen:
             # the rest, or the failure, is the reactor's: it calls doWrite
