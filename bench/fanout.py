@@ -12,10 +12,18 @@ each size M (``--sizes``, held watchers), on the same machine, the same run:
 * the server's CPU per update frame delivered (process CPU during the
   toggles, less what the bystanders' chats cost, over M x toggles);
 
+* the watchers' client processes' CPU per frame (receiving and parsing it:
+  on the same cores, the floor under "last member" beside the server's);
+
 then, at the largest size, a login storm: ``--storm`` members of the group
-(logged out first) log in again within ``--storm-seconds``, while the
-bystanders chat: their latency, and whether every watcher ends with the right
-view (all of them online) within ``--settle`` seconds after the storm.
+go away and come back within ``--storm-seconds``, while the bystanders chat:
+their latency, and whether every watcher ends with the right view (all of
+them online) within ``--settle`` seconds after the storm.  How they come
+back (``--storm-login``): ``resume``, the default, returning clients (their
+heartbeats' connections close without a word, they go offline after the
+server's linger, and they come back with the resume token of their last
+login, as the shipped clients do); ``password``, they log out and log in
+with their password; ``both``, one storm of each, in that order.
 
 Building the group through the API is timed too: the joins of every member
 (``POST /api/groups/big/join``) on the new server, and ``--late-joins`` more
@@ -26,7 +34,8 @@ of the first commit of this work, ``BASE``), run from a temporary git
 worktree on a copy of the same directory, measured in the same run.  The new
 server runs twice over the sizes' toggles: with unbundled clients (one ``msg
 update`` per change, the baseline's way) and, for the storm, with every
-watcher's heartbeat re-held with ``bundle=1``.
+watcher's heartbeat re-held with ``bundle=1`` (the baseline's too with
+``--baseline-bundle``, for a baseline that has bundles).
 
     python bench/fanout.py                                   # the full run
     python bench/fanout.py --sizes 1000,5000 --storm 200 --late-joins 200   # quick
@@ -405,7 +414,7 @@ async def amain(args) -> dict:
         base_data = os.path.join(work, "data-base")
         shutil.copytree(data, base_data)
         result["baseline"] = await measure(args, "baseline", base_tree, base_data, work, [],
-                                           False, False)
+                                           False, args.baseline_bundle)
     finally:
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", base_tree],
                        capture_output=True)
@@ -463,6 +472,10 @@ def main() -> None:
     ap.add_argument("--late-joins", type=int, default=500)
     ap.add_argument("--batch", type=float, default=100.0, help="--presence-batch of the new server")
     ap.add_argument("--baseline", default=BASE)
+    ap.add_argument("--baseline-bundle", action="store_true",
+                    help="re-hold the baseline's watchers with bundle=1 for the storm too"
+                         " (a baseline that has bundles: any commit after issue 18's first"
+                         " round)")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "fanout-bench.json"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
