@@ -311,7 +311,7 @@ class Run:
                                      state="offline", names=None)
                 if sum(v.get("wrong", 1) for v in views) == 0 or mono() > end:
                     break
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)
             gone = {"offline_seen_after_s": round(mono() - t_gone, 2),
                     "offline_views_right": sum(v.get("right", 0) for v in views)}
         else:
@@ -335,7 +335,7 @@ class Run:
                 wrong = sum(v.get("wrong", 1) for v in views)
                 if wrong == 0 or mono() > end:
                     break
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)
             errors: dict = {}
             for r in results:
                 for k, v in r.get("errors", {}).items():

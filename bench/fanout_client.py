@@ -216,9 +216,9 @@ class FanClient(loadclient.Client):
     async def cmd_views(self, users: list, state: str, names=None):
         """How many of the held sessions (of ``names``) see every one of
         ``users`` in ``state``."""
-        want = [u.encode() for u in users]
-        own = set(users)  # a session is never told of its own user
         st = state.encode()
+        wanted = {u.encode(): st for u in users}.items()
+        own = set(users)  # a session is never told of its own user
         names = names if names is not None else self.users
         right = wrong = 0
         for n in names:
@@ -227,8 +227,9 @@ class FanClient(loadclient.Client):
             s = self.sessions.get(n)
             if s is None or not s.held:
                 continue
-            view = self.views.get(n, {})
-            if all(view.get(u) == st for u in want):
+            # every wanted (user, state) among the view's: one set-like test in C
+            # (a process checks 3,000 views of 1,000 users while frames arrive)
+            if wanted <= self.views.get(n, {}).items():
                 right += 1
             else:
                 wrong += 1
@@ -303,6 +304,18 @@ class FanClient(loadclient.Client):
                         "no frame within 10 s", 0) + 1
                     got = mono()  # counted with its 10 s
                 self.chat_samples.append((sent, got - sent))
+                if n % 50 == 0:
+                    # the receiver acknowledges what it has, as a client does:
+                    # its mailbox (--mailbox) never fills with old chats
+                    r = self.sessions.get(to)
+                    if r is not None and r.sid and r.last_id > r.acked:
+                        try:
+                            await self.call(holder, build(
+                                "POST", f"/ack?me={r.name}&id={r.qsid}&ack={r.last_id}", {}))
+                            r.acked = r.last_id
+                        except Exception as e:
+                            k = f"ack: {type(e).__name__}"
+                            self.chat_errors[k] = self.chat_errors.get(k, 0) + 1
                 await asyncio.sleep(0.002)
         self.chat_task = asyncio.ensure_future(loop())
         return {}
