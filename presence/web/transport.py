@@ -19,6 +19,10 @@ It also answers ``getHost()`` without a ``getsockname`` call when the port
 listens on one address (not a wildcard): every connection it accepts has
 that local address.  Twisted asks for it on every request.
 
+:func:`send_now` sends one write of a held heartbeat straight to its
+socket when nothing waits in the connection's buffer (the fan-out's frames:
+one ``send`` each, made inside the fan-out's slice, no list and no flush).
+
 :func:`use_turn_flush` turns a listening TCP port over to these connections
 (Twisted's documented hook: a port builds its connections with its
 ``transport`` attribute).
@@ -159,8 +163,8 @@ def direct(transport: Any) -> Any:
 def send_now(transport: tcp.Connection, data: bytes) -> bool:
     """Send ``data`` on ``transport``'s socket at once when nothing waits in
     its buffer; what the socket does not take goes to ``transport.write`` (so
-    the reactor sends it when the socket is writable, after anything written
-    later, in order).  ``False``, and nothing done, when the connection has
+    it is sent when the socket is writable, ahead of anything written later:
+    the bytes keep their order).  ``False``, and nothing done, when the connection has
     data waiting (the bytes must go behind it), is closing or closed, or the
     send failed for another reason than "not now" (``transport.write`` then
     meets the failure and loses the connection, as Twisted does).
