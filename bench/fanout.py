@@ -12,10 +12,18 @@ each size M (``--sizes``, held watchers), on the same machine, the same run:
 * the server's CPU per update frame delivered (process CPU during the
   toggles, less what the bystanders' chats cost, over M x toggles);
 
+* the watchers' client processes' CPU per frame (receiving and parsing it:
+  on the same cores, the floor under "last member" beside the server's);
+
 then, at the largest size, a login storm: ``--storm`` members of the group
-(logged out first) log in again within ``--storm-seconds``, while the
-bystanders chat: their latency, and whether every watcher ends with the right
-view (all of them online) within ``--settle`` seconds after the storm.
+go away and come back within ``--storm-seconds``, while the bystanders chat:
+their latency, and whether every watcher ends with the right view (all of
+them online) within ``--settle`` seconds after the storm.  How they come
+back (``--storm-login``): ``resume``, the default, returning clients (their
+heartbeats' connections close without a word, they go offline after the
+server's linger, and they come back with the resume token of their last
+login, as the shipped clients do); ``password``, they log out and log in
+with their password; ``both``, one storm of each, in that order.
 
 Building the group through the API is timed too: the joins of every member
 (``POST /api/groups/big/join``) on the new server, and ``--late-joins`` more
@@ -26,7 +34,8 @@ of the first commit of this work, ``BASE``), run from a temporary git
 worktree on a copy of the same directory, measured in the same run.  The new
 server runs twice over the sizes' toggles: with unbundled clients (one ``msg
 update`` per change, the baseline's way) and, for the storm, with every
-watcher's heartbeat re-held with ``bundle=1``.
+watcher's heartbeat re-held with ``bundle=1`` (the baseline's too with
+``--baseline-bundle``, for a baseline that has bundles).
 
     python bench/fanout.py                                   # the full run
     python bench/fanout.py --sizes 1000,5000 --storm 200 --late-joins 200   # quick
@@ -129,15 +138,20 @@ class Run:
     def cpu(self) -> float:
         return sum(self.cpu_split())
 
-    def cpu_split(self) -> tuple:
-        """The server's (user, system) CPU seconds so far."""
+    def cpu_split(self, pid=None) -> tuple:
+        """The server's (or process ``pid``'s) (user, system) CPU seconds so far."""
         try:
-            with open(f"/proc/{self.srv.proc.pid}/stat") as f:
+            with open(f"/proc/{pid or self.srv.proc.pid}/stat") as f:
                 parts = f.read().rsplit(")", 1)[1].split()
         except OSError:
             return (0.0, 0.0)
         tck = os.sysconf("SC_CLK_TCK")
         return int(parts[11]) / tck, int(parts[12]) / tck
+
+    def clients_cpu(self) -> float:
+        """The watchers' client processes' CPU seconds so far, together."""
+        return sum(sum(self.cpu_split(p.proc.pid)) for p in self.watchers
+                   if p.proc is not None)
 
     async def setup(self, register: bool) -> None:
         """Log every member in (registering them first on a fresh directory)
@@ -252,8 +266,10 @@ class Run:
         nothing else runs), then beside the bystanders' chat (the time until
         the last member has it, and the chat latency during fan-outs)."""
         user0, sys0 = self.cpu_split()
+        clients0 = self.clients_cpu()
         _, _, counts = await self.toggle_round(size)
         user1, sys1 = self.cpu_split()
+        clients1 = self.clients_cpu()
         frames = max(1, sum(counts))
         spans_lasts_counts, samples = await self.chat(lambda: self.toggle_round(size))
         spans, lasts, counts2 = spans_lasts_counts
@@ -264,24 +280,51 @@ class Run:
                 "chat_during": pct_ms(during),
                 "cpu_us_per_frame": round(1e6 * (user1 + sys1 - user0 - sys0) / frames, 2),
                 "user_sys_us_per_frame": [round(1e6 * (user1 - user0) / frames, 2),
-                                          round(1e6 * (sys1 - sys0) / frames, 2)]}
+                                          round(1e6 * (sys1 - sys0) / frames, 2)],
+                # what receiving and parsing a frame costs the watchers' processes
+                # (on the same 2 cores: the floor of "last member" with the server's)
+                "client_cpu_us_per_frame": round(1e6 * (clients1 - clients0) / frames, 2),
+                "load": os.getloadavg()[0]}
 
-    async def storm(self, size: int) -> dict:
-        """``--storm`` watchers log out, then log in again within
-        ``--storm-seconds``; the others must all see them online."""
+    async def storm(self, size: int, how: str) -> dict:
+        """``--storm`` watchers go away, then come back within
+        ``--storm-seconds``; the others must all see them online.
+
+        ``how``: "password", they log out and log in again with their
+        password (a password hash each: what a new device does); "resume",
+        returning clients: their heartbeats' connections close without a
+        word (the app closed, the network gone), they go offline after the
+        server's linger, and they come back with the resume token of their
+        last login (one token look-up each: what the shipped clients do)."""
         a = self.args
         stormers = [f"w{i}" for i in range(size - a.storm, size)]
         by_proc = [(p, [n for n in p.names if n in stormers]) for p in self.watchers]
-        for p, names in by_proc:
-            if names:
-                await p.cmd("logout", 300, names=names, seconds=250)
+        gone: dict = {}
+        if how == "resume":
+            for p, names in by_proc:
+                if names:
+                    await p.cmd("drop", 60, names=names)
+            t_gone = mono()
+            end = t_gone + 60
+            while True:  # until the others see them all offline (linger, then the sweep)
+                views = await gather(self.watchers, "views", 60, users=stormers,
+                                     state="offline", names=None)
+                if sum(v.get("wrong", 1) for v in views) == 0 or mono() > end:
+                    break
+                await asyncio.sleep(1.0)
+            gone = {"offline_seen_after_s": round(mono() - t_gone, 2),
+                    "offline_views_right": sum(v.get("right", 0) for v in views)}
+        else:
+            for p, names in by_proc:
+                if names:
+                    await p.cmd("logout", 300, names=names, seconds=250)
         await asyncio.sleep(1.0)
         t0 = mono()
 
         async def run() -> dict:
             results = await asyncio.gather(*(
                 p.cmd("storm", 300, names=names, seconds=a.storm_seconds, group=group(size),
-                      cap=max(30.0, 3 * a.storm_seconds))
+                      cap=max(30.0, 3 * a.storm_seconds), how=how)
                 for p, names in by_proc if names))
             storm_end = mono()
             end = storm_end + a.settle
@@ -292,12 +335,12 @@ class Run:
                 wrong = sum(v.get("wrong", 1) for v in views)
                 if wrong == 0 or mono() > end:
                     break
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)
             errors: dict = {}
             for r in results:
                 for k, v in r.get("errors", {}).items():
                     errors[k] = errors.get(k, 0) + v
-            return {"logged_in": ok_count(results), "errors": errors,
+            return {"how": how, **gone, "logged_in": ok_count(results), "errors": errors,
                     "storm_seconds": round(storm_end - t0, 2),
                     "settled_after_s": round(mono() - storm_end, 2),
                     "views_right": right, "views_wrong": wrong}
@@ -339,8 +382,13 @@ async def measure(args, label: str, tree: str, data: str, work: str, extra: list
             log(f"{label}: re-held with bundle=1 in {mono() - t0:.1f}s")
             for p in run.watchers:
                 await p.cmd("target", 10, user="-", state="-")
-        run.out["storm"] = await run.storm(max(args.sizes))
-        log(f"{label} storm: {json.dumps(run.out['storm'])}")
+        hows = ["resume", "password"] if args.storm_login == "both" else [args.storm_login]
+        for i, how in enumerate(hows):
+            key = "storm" if i == 0 else f"storm_{how}"
+            if i:
+                await asyncio.sleep(args.gap + 2.0)
+            run.out[key] = await run.storm(max(args.sizes), how)
+            log(f"{label} {key}: {json.dumps(run.out[key])}")
         run.out["server"] = srv.status()
         run.out["chat_errors"] = run.chat_errors
     finally:
@@ -366,7 +414,7 @@ async def amain(args) -> dict:
         base_data = os.path.join(work, "data-base")
         shutil.copytree(data, base_data)
         result["baseline"] = await measure(args, "baseline", base_tree, base_data, work, [],
-                                           False, False)
+                                           False, args.baseline_bundle)
     finally:
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", base_tree],
                        capture_output=True)
@@ -398,8 +446,9 @@ def summary(res: dict) -> str:
             f" {f(n, 'chat_quiet', 'p99')} / {f(n, 'chat_quiet', 'max')}"
             f" | {f(b, 'cpu_us_per_frame')} -> {f(n, 'cpu_us_per_frame')} |")
     lines.append("")
-    lines.append(f"storm baseline: {json.dumps(base.get('storm'))}")
-    lines.append(f"storm new:      {json.dumps(new.get('storm'))}")
+    for key in [k for k in new if k.startswith("storm")]:
+        lines.append(f"{key} baseline: {json.dumps(base.get(key))}")
+        lines.append(f"{key} new:      {json.dumps(new.get(key))}")
     lines.append(f"build: {new.get('build_members')} joins in {new.get('build_seconds')} s;"
                  f" late joins baseline {base.get('late_joins')} new {new.get('late_joins')}")
     return "\n".join(lines)
@@ -416,10 +465,17 @@ def main() -> None:
     ap.add_argument("--chat-seconds", type=float, default=2.0, help="quiet chat per size")
     ap.add_argument("--storm", type=int, default=1000)
     ap.add_argument("--storm-seconds", type=float, default=10.0)
+    ap.add_argument("--storm-login", choices=("resume", "password", "both"), default="resume",
+                    help="how the storm's members come back: returning clients with their"
+                         " resume tokens, a password login each, or both storms in turn")
     ap.add_argument("--settle", type=float, default=20.0)
     ap.add_argument("--late-joins", type=int, default=500)
     ap.add_argument("--batch", type=float, default=100.0, help="--presence-batch of the new server")
     ap.add_argument("--baseline", default=BASE)
+    ap.add_argument("--baseline-bundle", action="store_true",
+                    help="re-hold the baseline's watchers with bundle=1 for the storm too"
+                         " (a baseline that has bundles: any commit after issue 18's first"
+                         " round)")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "fanout-bench.json"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()

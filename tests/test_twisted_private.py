@@ -101,7 +101,10 @@ def server_connection():
 
 
 @pytest.mark.parametrize("name", ["_writeDisconnecting", "_tempDataLen", "_aborting",
-                                  "dataBuffer", "disconnecting", "connected"])
+                                  "dataBuffer", "disconnecting", "connected",
+                                  "_writeDisconnected", "socket", "_tempDataBuffer",
+                                  "offset", "producerPaused", "streamingProducer",
+                                  "producer"])
 def test_a_tcp_server_connection_has_the_state_the_turn_flush_reads(server_connection, name):
     assert hasattr(server_connection, name), name
 
@@ -114,6 +117,30 @@ def test_filedescriptor_write_buffers_as_the_turn_flush_assumes():
     assert "_writeDisconnecting" in source(abstract.FileDescriptor.doWrite)
     assert "_aborting" in source(tcp.Connection.abortConnection) or \
         "_aborting" in source(abstract.FileDescriptor)
+
+
+def test_an_empty_buffer_is_what_send_now_takes_it_to_be():
+    """``send_now`` sends directly only when ``dataBuffer`` is empty (falsy)
+    and ``_tempDataLen`` is 0: ``doWrite`` resets ``dataBuffer`` to ``b""``
+    once all is sent, and ``write`` drops data on a half-closed connection
+    (``_writeDisconnected``), which ``send_now`` declines likewise."""
+    do_write = source(abstract.FileDescriptor.doWrite)
+    assert 'self.dataBuffer = b""' in do_write
+    assert "_writeDisconnected" in source(abstract.FileDescriptor.write)
+    assert "self.socket.send" in source(tcp.Connection.writeSomeData)
+    # the turn's flush empties the list buffer itself, as doWrite does
+    assert "self._tempDataBuffer = []" in do_write
+    assert "self.offset" in do_write
+
+
+def test_a_chunked_response_is_written_as_send_now_frames_it():
+    """The heartbeat writes ``b"%x\\r\\n" + data + b"\\r\\n"`` itself, and counts
+    ``sentLength``, as ``Request.write`` does for a chunked response."""
+    assert b"".join(http.toChunk(b"abc")) == b"3\r\nabc\r\n"
+    write = source(http.Request.write)
+    for name in ("self.chunked", "self.sentLength", "self._disconnected", "toChunk",
+                 "startedWriting"):
+        assert name in write, name
 
 
 def test_a_port_builds_connections_from_its_transport_attribute():

@@ -66,6 +66,31 @@ def test_the_writes_of_one_turn_leave_together_at_its_end(conn):
     assert transport.dataBuffer == b"" and transport._tempDataLen == 0
 
 
+def test_the_end_of_the_turn_sends_without_dowrite(conn, monkeypatch):
+    transport, peer, reactor, _ = conn
+    monkeypatch.setattr(transport, "doWrite", lambda: pytest.fail("not the short way"))
+    transport.write(b"one ")
+    transport.write(b"two")
+    reactor.advance(0)
+    assert received(peer) == b"one two"
+    assert transport._tempDataBuffer == [] and transport._tempDataLen == 0
+
+
+def test_the_rest_of_a_partial_send_is_the_reactors_in_order(conn):
+    transport, peer, reactor, _ = conn
+    real = transport.writeSomeData
+    transport.writeSomeData = lambda data: real(bytes(data)[:4])
+    transport.write(b"abcdefgh")
+    reactor.advance(0)
+    assert received(peer) == b"abcd"
+    assert transport in reactor.getWriters()
+    transport.write(b"ij")                      # behind the rest
+    del transport.writeSomeData
+    assert transport.doWrite() is None          # what the reactor does when writable
+    assert received(peer) == b"efghij"
+    assert transport not in reactor.getWriters()
+
+
 def test_a_connection_written_to_again_next_turn_is_sent_to_again(conn):
     transport, peer, reactor, _ = conn
     transport.write(b"one")

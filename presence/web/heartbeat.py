@@ -44,6 +44,7 @@ from presence.service import whole_number
 from presence.web.auth import CROSS_ORIGIN, cookie_session_id, cross_origin
 from presence.web.boxes import allow_box_origin, box_location
 from presence.web.http import client_address, params
+from presence.web.transport import direct, send_now
 
 POLL_BATCH = 100
 MAX_WAIT = 300.0
@@ -132,7 +133,7 @@ class HeartbeatChannel:
     """One held heartbeat request, as the channel of its session."""
 
     __slots__ = ("request", "hub", "session", "poll", "timer", "done", "pacer", "queued",
-                 "counters", "urgent", "bundle")
+                 "counters", "urgent", "bundle", "sock")
 
     def __init__(self, request: server.Request, hub: IHub, session: Session,
                  poll: bool, pacer: WritePacer, counters: Optional[Counters] = None,
@@ -152,6 +153,12 @@ class HeartbeatChannel:
         self.urgent = False
         #: the request asked for bundled presence (``bundle=1``)
         self.bundle = bundle
+        #: the TCP connection that :func:`send_now` writes the chunks of
+        #: this response to directly (a chunked response, headers written),
+        #: or None: everything through ``request.write``
+        self.sock: Any = None
+        if getattr(request, "chunked", 0) and getattr(request, "startedWriting", 0):
+            self.sock = direct(getattr(request.channel, "transport", None))
 
     def send(self, entries: Sequence[Entry]) -> None:
         """Direct frames: written now, or first in the next turn."""
@@ -276,6 +283,15 @@ class HeartbeatChannel:
             self.ended(None)
 
     def _write(self, data: bytes) -> None:
+        sock = self.sock
+        if sock is not None and data:
+            request = self.request
+            # what request.write does (the chunk, the length for the access
+            # log), sent at once when the connection's buffer is empty
+            if not request.finished and not request._disconnected and \
+                    send_now(sock, b"%x\r\n%b\r\n" % (len(data), data)):
+                request.sentLength += len(data)
+                return
         try:
             self.request.write(data)
         except Exception:

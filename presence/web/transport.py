@@ -19,6 +19,10 @@ It also answers ``getHost()`` without a ``getsockname`` call when the port
 listens on one address (not a wildcard): every connection it accepts has
 that local address.  Twisted asks for it on every request.
 
+:func:`send_now` sends one write of a held heartbeat straight to its
+socket when nothing waits in the connection's buffer (the fan-out's frames:
+one ``send`` each, made inside the fan-out's slice, no list and no flush).
+
 :func:`use_turn_flush` turns a listening TCP port over to these connections
 (Twisted's documented hook: a port builds its connections with its
 ``transport`` attribute).
@@ -26,6 +30,7 @@ that local address.  Twisted asks for it on every request.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Dict
 
 from twisted.internet import address, tcp
@@ -112,6 +117,23 @@ class TurnFlushServer(tcp.Server):
         if self.disconnecting or self._writeDisconnecting:
             tcp.Server.startWriting(self)  # the reactor sends the rest, then closes
             return
+        if not self.dataBuffer and not self.producerPaused and (
+                self.producer is None or self.streamingProducer):
+            # all is in this turn's list: one send, and when the socket takes
+            # it all, nothing more (what doWrite does, without its slicing,
+            # joining into dataBuffer and stopWriting)
+            parts = self._tempDataBuffer
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            sent = self.writeSomeData(data)  # a failure: doWrite meets it again, reports it
+            if type(sent) is int and sent >= 0:
+                self._tempDataBuffer = []
+                self._tempDataLen = 0
+                if sent < len(data):
+                    # the rest is the reactor's, sent when the socket is writable
+                    self.dataBuffer = data
+                    self.offset = sent
+                    tcp.Server.startWriting(self)
+                return
         failed = self.doWrite()  # stops writing (a no-op here) once all is sent
         if failed is not None or self.dataBuffer or self._tempDataLen:
             # the rest, or the failure, is the reactor's: it calls doWrite
@@ -123,6 +145,47 @@ class TurnFlushServer(tcp.Server):
         if host is not None:
             return host
         return tcp.Server.getHost(self)
+
+
+#: send errors that mean "not now": the bytes are buffered, the reactor sends
+#: them when the socket is writable
+_NOT_NOW = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
+
+
+def direct(transport: Any) -> Any:
+    """``transport`` if :func:`send_now` may write to it (a TCP connection
+    of Twisted's, ours or its own kind), else ``None`` (TLS, UNIX sockets,
+    the test doubles): those keep Twisted's write path."""
+    return transport if isinstance(transport, tcp.Connection) and \
+        hasattr(transport, "socket") else None
+
+
+def send_now(transport: tcp.Connection, data: bytes) -> bool:
+    """Send ``data`` on ``transport``'s socket at once when nothing waits in
+    its buffer; what the socket does not take goes to ``transport.write`` (so
+    it is sent when the socket is writable, ahead of anything written later:
+    the bytes keep their order).  ``False``, and nothing done, when the connection has
+    data waiting (the bytes must go behind it), is closing or closed, or the
+    send failed for another reason than "not now" (``transport.write`` then
+    meets the failure and loses the connection, as Twisted does).
+
+    The held heartbeats' frames: one ``send`` while the frame is built, not a
+    buffer, a place on the turn's list and a ``doWrite`` at the end of the
+    turn (``_TurnQueue``), nor Twisted's ``epoll`` register, wake-up and
+    unregister (docs/architecture.md, "Large groups")."""
+    if (transport.dataBuffer or transport._tempDataLen or not transport.connected
+            or transport.disconnecting or transport._writeDisconnecting
+            or transport._writeDisconnected or transport._aborting):
+        return False
+    try:
+        sent = transport.socket.send(data)
+    except OSError as e:
+        if e.errno not in _NOT_NOW:
+            return False
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:])
+    return True
 
 
 def use_turn_flush(port: Any) -> bool:
