@@ -176,7 +176,7 @@ class Leg:
         if ips is None:
             ips = tuple(a[0] for a in (rtp, rtcp) if a is not None)
         ips = tuple(ip for ip in ips if ip and ip != "0.0.0.0")
-        if set(ips) != set(self.sdp_ips):
+        if ips and set(ips) != set(self.sdp_ips):  # (a hold names none: kept)
             self.sdp_ips = ips
             self._own_heard = [False, False]
             self._latched_own = [self._own(a) for a in self.latched]
