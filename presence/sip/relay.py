@@ -9,21 +9,30 @@ proxy sends towards a side names that side's leg ports (``c=IN IP4 <relay
 address>``, ``m=audio <leg RTP port>``, RTCP on port + 1, or on the RTP
 port with ``a=rtcp-mux``).  See ``docs/calls.md`` (section *Media relay*).
 
-Symmetric RTP (latching): a leg is latched to the source address of the
-first valid RTP/RTCP packet (version 2) that arrives on its RTP port, and
-separately on its RTCP port; packets from any other source are dropped and
-counted.  A leg re-latches to a new source only after a new SDP of its side
-(a re-INVITE or UPDATE: the phone may have moved) or once its latched source
-has been silent for :data:`RELATCH_IDLE` seconds (a NAT that rebinds).  A
-packet accepted on a leg goes to the other leg of the stream, which sends it
-from its own port to the address its side is latched to; until that side
-has sent anything, to the address its SDP named, when the SDP's address was
-allowed (:meth:`Leg.expect`), else nowhere.  A side may instead be served by
-an :class:`IMediaSink` (RTP over the HTTP tunnel): :meth:`Leg.attach` sends
-its packets there, :meth:`Leg.inject` takes packets from it.
+Symmetric RTP (latching), strict: a leg is latched to the source address
+of a valid RTP/RTCP packet (version 2) that arrives on its RTP port, and
+separately on its RTCP port.  A packet from one of its side's own IPs (the
+side's signalling IP, ``Call.signal``, or an IP its SDP named) latches at
+once, over a stranger's latch too; a packet from any other source latches
+only while no packet from the side's own IPs has been accepted on that
+slot, and only after a probation (:data:`PROBATION` consecutive RTP packets
+of one SSRC with consecutive sequence numbers from that source; on the
+RTCP port, a source on the host the RTP port latched to).  Packets not
+accepted are dropped and counted.  A latched leg takes another source (by
+the same rule) only after a new SDP of its side (a re-INVITE or UPDATE: the
+phone may have moved) or once its latched source has been silent for
+:data:`RELATCH_IDLE` seconds (a NAT that rebinds).  A packet accepted on a
+leg goes to the other leg of the stream, which sends it from its own port
+to the address its side is latched to; until that side has sent anything,
+to the address its SDP named if it was allowed (:meth:`Leg.expect`: only
+at the side's signalling IP), else nowhere.  A side may instead be served
+by an :class:`IMediaSink` (RTP over the HTTP tunnel): :meth:`Leg.attach`
+sends its packets there, :meth:`Leg.inject` takes packets from it.
 
 Bounds: the port range (``--relay-ports``), the relayed calls at once
-(``--relay-calls``), :data:`MAX_STREAMS` streams a call.  A call is closed
+(``--relay-calls``), of them :data:`USER_RINGING` unanswered and
+:data:`USER_CALLS` in all a caller's user, :data:`MAX_STREAMS` streams a
+call.  A call is closed
 (its ports too) at ``BYE``, ``CANCEL``, a final non-2xx to its INVITE,
 when its INVITE was not answered within :data:`RING_TIMEOUT`, and when no
 packet was accepted on any of its legs for ``--relay-timeout`` seconds
