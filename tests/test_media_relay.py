@@ -29,7 +29,10 @@ def make(**kw):
 
 
 def call_with_stream(relay, users=("alice", "bob")):
+    """A stream whose sides' signalling addresses are ALICE's and BOB's IPs
+    (as the SIP side sets them)."""
     call = relay.open_call("c1@x", "tagA", users)
+    call.signal = [ALICE[0], BOB[0]]
     caller, callee = call.stream(0)
     return call, caller, callee
 
@@ -90,11 +93,11 @@ def test_until_latched_a_side_gets_packets_at_the_address_its_sdp_named():
     udp.arrive(caller.rtcp_port, rtcp_packet(), (ALICE[0], 4001))
     assert udp.take() == [(callee.rtp_port, rtp_packet(1), BOB),
                           (callee.rtcp_port, rtcp_packet(), (BOB[0], 6001))]
-    # bob's NAT: his packets come from elsewhere; from now on they go there
-    udp.arrive(callee.rtp_port, rtp_packet(2), ("203.0.113.99", 31000))
+    # bob's NAT: his packets come from another port; from now on they go there
+    udp.arrive(callee.rtp_port, rtp_packet(2), (BOB[0], 31000))
     udp.take()
     udp.arrive(caller.rtp_port, rtp_packet(3), ALICE)
-    assert udp.take() == [(callee.rtp_port, rtp_packet(3), ("203.0.113.99", 31000))]
+    assert udp.take() == [(callee.rtp_port, rtp_packet(3), (BOB[0], 31000))]
 
 
 def test_packets_from_another_source_are_dropped_and_counted():
@@ -215,6 +218,7 @@ def test_unanswered_calls_close_after_the_ring_timeout_answered_ones_after_silen
     ringing = relay.open_call("ring@x", "t1", ("alice", "bob"))
     ringing.stream(0)
     talking = relay.open_call("talk@x", "t2", ("alice", "bob"))
+    talking.signal = [ALICE[0], BOB[0]]
     a, b = talking.stream(0)
     talking.answer()
     for _ in range(60):  # 60 s of media keeps it open
@@ -323,3 +327,111 @@ def test_the_reactor_front_end_on_real_loopback_udp():
     port.close()
     with pytest.raises(PortBusy):
         layer.open(20002, lambda data, src: None)
+
+
+# -- the attacker review: strict latching, the per-user bound ------------------
+
+STRANGER = ("192.0.2.66", 1234)
+
+
+def test_a_stranger_never_latches_a_leg_before_its_own_side_sends():
+    clock, udp, relay = make()
+    call, caller, callee = call_with_stream(relay)
+    udp.arrive(callee.rtp_port, rtp_packet(1), BOB)
+    udp.take()
+    # a stranger who found alice's port sends first: one packet is not enough
+    udp.arrive(caller.rtp_port, rtp_packet(100), STRANGER)
+    assert caller.latched[0] is None and udp.take() == []
+    assert relay.counters["dropped_foreign"] == 1
+    # alice's own address latches at once, and then the stranger is out
+    udp.arrive(caller.rtp_port, rtp_packet(1), ALICE)
+    assert caller.latched[0] == ALICE
+    assert udp.take() == [(callee.rtp_port, rtp_packet(1), BOB)]
+    for seq in range(101, 110):
+        udp.arrive(caller.rtp_port, rtp_packet(seq), STRANGER)
+    assert caller.latched[0] == ALICE and udp.take() == []
+    # after 10 s of silence, still no stranger: alice's address was heard
+    clock.advance(RELATCH_IDLE + 1)
+    for seq in range(110, 120):
+        udp.arrive(caller.rtp_port, rtp_packet(seq), STRANGER)
+    assert caller.latched[0] == ALICE and udp.take() == []
+    assert relay.counters["dropped_foreign"] == 20
+
+
+def test_the_sdp_address_latches_at_once_too():
+    clock, udp, relay = make()
+    call, caller, callee = call_with_stream(relay)
+    media = ("198.51.100.99", 30000)  # a network phone's media server
+    caller.expect(media, None, False)
+    udp.arrive(caller.rtp_port, rtp_packet(1), media)
+    assert caller.latched[0] == media
+
+
+def test_another_source_latches_only_after_a_probation_of_consecutive_packets():
+    clock, udp, relay = make()
+    call, caller, callee = call_with_stream(relay)
+    nat = ("203.0.113.77", 5555)  # neither alice's signalling nor SDP address
+    udp.arrive(caller.rtp_port, rtp_packet(1), nat)
+    udp.arrive(caller.rtp_port, rtp_packet(2), nat)
+    udp.arrive(caller.rtp_port, rtp_packet(9), nat)  # a gap: counting starts again
+    for seq in (10, 11):
+        udp.arrive(caller.rtp_port, rtp_packet(seq), nat)
+    assert caller.latched[0] is None
+    udp.arrive(caller.rtp_port, rtp_packet(12), nat)  # 9, 10, 11, 12
+    assert caller.latched[0] == nat and caller.received == 1
+    assert relay.counters["dropped_foreign"] == 5
+    # its RTCP, from the same host, latches the RTCP port at once; another
+    # host's RTCP does not
+    udp.arrive(caller.rtcp_port, rtcp_packet(), STRANGER)
+    assert caller.latched[1] is None
+    udp.arrive(caller.rtcp_port, rtcp_packet(), (nat[0], 5556))
+    assert caller.latched[1] == (nat[0], 5556)
+    # the side's own address takes over from such a latch at once
+    udp.arrive(caller.rtp_port, rtp_packet(13), ALICE)
+    assert caller.latched[0] == ALICE
+
+
+def test_a_probation_wants_one_ssrc_from_one_source():
+    clock, udp, relay = make()
+    call, caller, callee = call_with_stream(relay)
+    other_ssrc = lambda seq: rtp_packet(seq)[:8] + b"\x99\x99\x99\x99" + rtp_packet(seq)[12:]  # noqa: E731
+    for seq in range(1, 9):
+        packet = rtp_packet(seq) if seq % 2 else other_ssrc(seq)
+        udp.arrive(caller.rtp_port, packet, STRANGER)
+    for seq in range(9, 17):
+        udp.arrive(caller.rtp_port, rtp_packet(seq), (STRANGER[0], 1000 + seq))
+    assert caller.latched[0] is None
+
+
+def test_before_latching_nothing_but_the_signalling_address_gets_packets():
+    clock, udp, relay = make()
+    call, caller, callee = call_with_stream(relay)
+    udp.arrive(caller.rtp_port, rtp_packet(1), ALICE)
+    assert udp.take() == []  # bob's SDP address was not allowed (None)
+    callee.expect((BOB[0], 6100), None, False)
+    udp.arrive(caller.rtp_port, rtp_packet(2), ALICE)
+    assert udp.take() == [(callee.rtp_port, rtp_packet(2), (BOB[0], 6100))]
+
+
+def test_per_user_bounds_on_relayed_calls():
+    from presence.sip.relay import USER_CALLS, USER_RINGING
+    clock, udp, relay = make()
+    calls = [relay.open_call(f"r{n}", "t", ("mallory", "bob")) for n in range(USER_RINGING)]
+    with pytest.raises(NoRoom) as refused:
+        relay.open_call("one-more", "t", ("mallory", "bob"))
+    assert "unanswered" in str(refused.value) and refused.value.status == 503
+    assert relay.counters["refused_user_ringing"] == 1
+    # others are not affected, nor calls from the network, nor a known call
+    relay.open_call("x", "t", ("bob", "mallory"))
+    relay.open_call("y", "t", ("", "mallory"))
+    assert relay.open_call("r0", "t", ("mallory", "bob")) is calls[0]
+    for call in calls:
+        call.answer()
+    for n in range(USER_CALLS - USER_RINGING):
+        relay.open_call(f"a{n}", "t", ("mallory", "bob")).answer()
+    with pytest.raises(NoRoom) as refused:
+        relay.open_call("too-many", "t", ("mallory", "bob"))
+    assert "relayed calls" in str(refused.value)
+    assert relay.counters["refused_user_calls"] == 1
+    relay.close(calls[0], "bye")
+    relay.open_call("again", "t", ("mallory", "bob"))

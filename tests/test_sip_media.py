@@ -165,10 +165,12 @@ def test_a_call_from_the_network_is_relayed_both_ways(sip):
     # carol's packet waits for bob; bob's reaches carol; then both ways
     sip.udp.arrive(a_caller.rtp_port, rtp_packet(1), ("198.51.100.7", 49170))
     assert sip.udp.take() == []
-    sip.udp.arrive(a_callee.rtp_port, rtp_packet(2), ("203.0.113.5", 7000))
+    # (bob's NAT: his RTP comes from his tunnel session's address, 127.0.0.1
+    # here, on a port of its own)
+    sip.udp.arrive(a_callee.rtp_port, rtp_packet(2), ("127.0.0.1", 7000))
     assert sip.udp.take() == [(a_caller.rtp_port, rtp_packet(2), ("198.51.100.7", 49170))]
     sip.udp.arrive(a_caller.rtp_port, rtp_packet(3), ("198.51.100.7", 49170))
-    assert sip.udp.take() == [(a_callee.rtp_port, rtp_packet(3), ("203.0.113.5", 7000))]
+    assert sip.udp.take() == [(a_callee.rtp_port, rtp_packet(3), ("127.0.0.1", 7000))]
     # BYE closes the ports
     contact = NameAddr.parse(final.get("contact")).sip_uri()
     rr = f"<sip:{RELAY}:5060;lr>"
@@ -347,3 +349,57 @@ def test_an_sdp_naming_one_of_the_relays_own_ports_is_never_sent_to(sip):
     assert a_callee.expected == [None, None] and v_callee.expected[0] is None
     sip.udp.arrive(a_caller.rtp_port, rtp_packet(1), ("198.51.100.7", 49170))
     assert sip.udp.take() == []
+
+
+# -- the attacker review: reflection, strict latching, the per-user bound ------
+
+def test_before_latching_only_the_signalling_address_is_sent_to(sip):
+    # carol's SDP names public media addresses other than her signalling
+    # address (a media server; a victim): no destination until she sends,
+    # but her first packet from there latches at once
+    bob = sip.tunnel("bob")
+    sip.send(invite("sip:bob@example.org", body=OFFER.replace(
+        "c=IN IP4 198.51.100.7", "c=IN IP4 93.184.216.44").replace(
+        "198.51.100.8", "93.184.216.45")))
+    sip.sent()
+    fwd = bob.one().message
+    [call] = sip.relay.calls.values()
+    (a_caller, a_callee), (v_caller, v_callee) = call.streams
+    assert a_caller.expected == [None, None] and v_caller.expected == [None, None]
+    bob.ok(answer(fwd, 200, contact="<sip:bob@127.0.0.1:5080>", body=ANSWER))
+    sip.sent()
+    assert a_callee.expected[0] == ("127.0.0.1", 6000)  # bob's session's address
+    sip.udp.arrive(a_callee.rtp_port, rtp_packet(1), ("127.0.0.1", 6000))
+    assert sip.udp.take() == [] and sip.relay.counters["dropped_no_destination"] == 1
+    sip.udp.arrive(a_caller.rtp_port, rtp_packet(1), ("93.184.216.44", 49170))
+    sip.udp.arrive(v_caller.rtp_port, rtp_packet(1), ("93.184.216.45", 51372))
+    assert a_caller.latched[0] == ("93.184.216.44", 49170)
+    assert v_caller.latched[0] == ("93.184.216.45", 51372)
+    assert sip.udp.take() == [(a_callee.rtp_port, rtp_packet(1), ("127.0.0.1", 6000)),
+                              (v_callee.rtp_port, rtp_packet(1), ("127.0.0.1", 6002))]
+    # a stranger's single packet latches nothing
+    sip.udp.arrive(a_callee.rtcp_port, rtp_packet(5), ("192.0.2.66", 9))
+    assert a_callee.latched[1] is None
+
+
+def test_a_user_with_too_many_relayed_calls_gets_503(sip):
+    from presence.sip.relay import USER_RINGING
+    sip.relay.max_calls = 200
+    alice = sip.tunnel("alice")
+    sip.tunnel("bob")
+
+    def call(n):
+        inv = invite("sip:bob@example.org", via_host="127.0.0.1", via_port=5070,
+                     body=OFFER, call_id=f"m{n}@x", from_uri="sip:alice@example.org",
+                     contact="<sip:alice@127.0.0.1:5070>")
+        alice.ok(inv)
+        return [f.message for f in alice.frames("sipresp")]
+
+    for n in range(USER_RINGING):
+        call(n)
+    [refusal] = [m for m in call(USER_RINGING) if m.code >= 300]
+    assert refusal.code == 503
+    assert refusal.reason == "Service Unavailable (too many relayed calls of this user)"
+    assert len(sip.relay.calls) == USER_RINGING
+    assert sip.relay.counters["refused_user_ringing"] == 1
+    assert sip.proxy.counters["refused_relay"] == 1

@@ -222,10 +222,11 @@ def test_against_the_real_relay(world):
     world.site.resource.mount(b"sip", SipTunnelResource(world.service, proxy, tunnel))
     bob = world.user("bob")
     call = relay.open_call("c1@x", "tagA", ("", "bob"))
+    carol = ("198.51.100.10", 4000)
+    call.signal = [carol[0], "127.0.0.1"]  # as the SIP side sets them
     network, bobs = call.stream(0)[CALLER], call.stream(0)[CALLEE]
     s = Stream(bob, bobs.rtp_port)
     assert s.status == 200
-    carol = ("198.51.100.10", 4000)
     assert udp.arrive(network.rtp_port, rtp_packet(1), carol)
     assert udp.arrive(network.rtcp_port, rtcp_packet(), (carol[0], carol[1] + 1))
     assert s.got() == [(rtp_packet(1), False), (rtcp_packet(), True)]

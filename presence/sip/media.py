@@ -16,10 +16,13 @@ legs facing the receiving side.  The call is closed at ``BYE``, at a
 ``CANCEL`` before the answer, and at a final non-2xx to its INVITE.
 
 Before a side's packets have latched its leg, the relay sends to the
-address its SDP named only if that address is the side's signalling
-address (the network peer's, or the tunnel session's client address) or a
-public unicast address not of this machine: the relay is no way to make the
-server send UDP into its own network (see ``docs/security.md``).
+address its SDP named only if that address is at the side's signalling IP
+(the network peer's, or the tunnel session's client address), and never to
+one of the relay's own ports: the relay is no way to make the server send
+UDP to a third party or into its own network (see ``docs/security.md``).
+Any other side latches with its first packet (symmetric RTP).  The IPs the
+SDP named are the side's own for latching all the same
+(:meth:`presence.sip.relay.Leg.expect`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from twisted.logger import Logger
 
 from presence.sip import sdp as sdplib
 from presence.sip.message import Message, Request, Response, bare_host
-from presence.sip.proxy import Hop, forbidden_address
+from presence.sip.proxy import Hop
 from presence.sip.relay import CALLEE, CALLER, Call, MediaRelay, NoRoom
 
 log = Logger(namespace="presence.sip.relay")
@@ -134,8 +137,9 @@ class MediaAnchor:
                 ports.append(None)  # this stream is disabled (port 0)
                 continue
             sender = pair[side]
-            sender.expect(self._allowed(media.rtp_address(), signal[side]),
-                          self._allowed(media.rtcp_address(), signal[side]), media.mux)
+            rtp, rtcp = media.rtp_address(), media.rtcp_address()
+            sender.expect(self._allowed(rtp, signal[side]), self._allowed(rtcp, signal[side]),
+                          media.mux, tuple(bare_host(a[0]).lower() for a in (rtp, rtcp) if a))
             ports.append(pair[other].rtp_port)
         message.body = sdplib.rewrite(parsed, self.address_for(dest), ports)
 
@@ -153,8 +157,8 @@ class MediaAnchor:
             return None
         if ip == signalling_ip:
             return (ip, address[1])
-        if forbidden_address(ip) is None and not self.is_local(ip):
-            return (ip, address[1])
+        # any other address, public or not, may be a third party's: the side
+        # latches with its first packet instead
         return None
 
 

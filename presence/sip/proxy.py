@@ -1305,8 +1305,7 @@ class SipProxy:
                 except NoRoom as e:
                     self._count("refused_relay")
                     log.info("a call got 503: {why}", why=str(e))
-                    self._reply(stx, 503, [("Retry-After", "30")],
-                                reason="Service Unavailable (no media relay ports left)")
+                    self._reply(stx, e.status, [("Retry-After", "30")], reason=e.reason)
                     return
             copies.append((dest, branch, copy))
         for dest, branch, copy in copies:

@@ -9,21 +9,30 @@ proxy sends towards a side names that side's leg ports (``c=IN IP4 <relay
 address>``, ``m=audio <leg RTP port>``, RTCP on port + 1, or on the RTP
 port with ``a=rtcp-mux``).  See ``docs/calls.md`` (section *Media relay*).
 
-Symmetric RTP (latching): a leg is latched to the source address of the
-first valid RTP/RTCP packet (version 2) that arrives on its RTP port, and
-separately on its RTCP port; packets from any other source are dropped and
-counted.  A leg re-latches to a new source only after a new SDP of its side
-(a re-INVITE or UPDATE: the phone may have moved) or once its latched source
-has been silent for :data:`RELATCH_IDLE` seconds (a NAT that rebinds).  A
-packet accepted on a leg goes to the other leg of the stream, which sends it
-from its own port to the address its side is latched to; until that side
-has sent anything, to the address its SDP named, when the SDP's address was
-allowed (:meth:`Leg.expect`), else nowhere.  A side may instead be served by
-an :class:`IMediaSink` (RTP over the HTTP tunnel): :meth:`Leg.attach` sends
-its packets there, :meth:`Leg.inject` takes packets from it.
+Symmetric RTP (latching), strict: a leg is latched to the source address
+of a valid RTP/RTCP packet (version 2) that arrives on its RTP port, and
+separately on its RTCP port.  A packet from one of its side's own IPs (the
+side's signalling IP, ``Call.signal``, or an IP its SDP named) latches at
+once, over a stranger's latch too; a packet from any other source latches
+only while no packet from the side's own IPs has been accepted on that
+slot, and only after a probation (:data:`PROBATION` consecutive RTP packets
+of one SSRC with consecutive sequence numbers from that source; on the
+RTCP port, a source on the host the RTP port latched to).  Packets not
+accepted are dropped and counted.  A latched leg takes another source (by
+the same rule) only after a new SDP of its side (a re-INVITE or UPDATE: the
+phone may have moved) or once its latched source has been silent for
+:data:`RELATCH_IDLE` seconds (a NAT that rebinds).  A packet accepted on a
+leg goes to the other leg of the stream, which sends it from its own port
+to the address its side is latched to; until that side has sent anything,
+to the address its SDP named if it was allowed (:meth:`Leg.expect`: only
+at the side's signalling IP), else nowhere.  A side may instead be served
+by an :class:`IMediaSink` (RTP over the HTTP tunnel): :meth:`Leg.attach`
+sends its packets there, :meth:`Leg.inject` takes packets from it.
 
 Bounds: the port range (``--relay-ports``), the relayed calls at once
-(``--relay-calls``), :data:`MAX_STREAMS` streams a call.  A call is closed
+(``--relay-calls``), of them :data:`USER_RINGING` unanswered and
+:data:`USER_CALLS` in all a caller's user, :data:`MAX_STREAMS` streams a
+call.  A call is closed
 (its ports too) at ``BYE``, ``CANCEL``, a final non-2xx to its INVITE,
 when its INVITE was not answered within :data:`RING_TIMEOUT`, and when no
 packet was accepted on any of its legs for ``--relay-timeout`` seconds
@@ -61,6 +70,14 @@ RING_TIMEOUT = 181.0 + 32.0
 MAX_STREAMS = 4
 #: seconds of silence of a latched source after which another may take over
 RELATCH_IDLE = 10.0
+#: consecutive RTP packets (one SSRC, consecutive sequence numbers) a source
+#: that is none of its side's own addresses must send before it latches a
+#: leg (Asterisk's strictrtp probation)
+PROBATION = 4
+#: relayed calls a user may have at once that are not answered yet, and in
+#: all (charged to the caller's user; calls from the network to no one)
+USER_RINGING = 4
+USER_CALLS = 10
 #: how often calls are checked for their timeouts
 SWEEP = 1.0
 #: port pairs tried when one cannot be bound (used by another program)
@@ -95,7 +112,18 @@ class PortBusy(Exception):
 
 
 class NoRoom(Exception):
-    """No relayed call or port pair is left: the call gets no relay."""
+    """No relayed call or port pair is left: the call gets no relay.  The
+    proxy answers ``status`` with ``reason``."""
+
+    status = 503
+    reason = "Service Unavailable (no media relay ports left)"
+
+
+class UserLimit(NoRoom):
+    """The caller's user has its share of the relay (:data:`USER_RINGING`,
+    :data:`USER_CALLS`) already."""
+
+    reason = "Service Unavailable (too many relayed calls of this user)"
 
 
 def is_rtcp(packet: bytes) -> bool:
@@ -128,6 +156,14 @@ class Leg:
         self.latched: List[Optional[Address]] = [None, None]
         self._relatch = [False, False]
         self._heard = [0.0, 0.0]
+        #: the IPs the side's SDP named: with its signalling IP, its own
+        self.sdp_ips: Tuple[str, ...] = ()
+        #: a packet from one of the side's own IPs was accepted on the slot
+        self._own_heard = [False, False]
+        #: the slot's latch is to one of the side's own IPs
+        self._latched_own = [False, False]
+        #: a foreign source on probation: (source, SSRC, last seq, count)
+        self._candidate: Optional[Tuple[Address, bytes, int, int]] = None
         self.sinks: List[IMediaSink] = []
         self.received = 0
         self.sent = 0
@@ -137,12 +173,27 @@ class Leg:
 
     # -- the SDP of this side ----------------------------------------------
 
-    def expect(self, rtp: Optional[Address], rtcp: Optional[Address], mux: bool) -> None:
+    def expect(self, rtp: Optional[Address], rtcp: Optional[Address], mux: bool,
+               ips: Optional[Tuple[str, ...]] = None) -> None:
         """The side's (new) SDP: where it receives, if the address was
-        allowed; its latches may move to a new source now."""
+        allowed (``rtp``, ``rtcp``), and the IPs it named (``ips``, by
+        default those of ``rtp`` and ``rtcp``); its latches may move to a
+        new source now."""
         self.expected = [rtp, rtcp]
         self.mux = mux
         self._relatch = [True, True]
+        if ips is None:
+            ips = tuple(a[0] for a in (rtp, rtcp) if a is not None)
+        ips = tuple(ip for ip in ips if ip and ip != "0.0.0.0")
+        if ips and set(ips) != set(self.sdp_ips):  # (a hold names none: kept)
+            self.sdp_ips = ips
+            self._own_heard = [False, False]
+            self._latched_own = [self._own(a) for a in self.latched]
+
+    def _own(self, source: Optional[Address]) -> bool:
+        """``source`` is at the side's signalling IP or an IP of its SDP."""
+        return source is not None and (
+            source[0] == self.call.signal[self.side] or source[0] in self.sdp_ips)
 
     # -- the seam for RTP over HTTP ----------------------------------------
 
@@ -178,11 +229,21 @@ class Leg:
         now = relay.clock.seconds()
         latched = self.latched[slot]
         if latched != source:
-            if latched is not None and not self._relatch[slot] \
-                    and now - self._heard[slot] < RELATCH_IDLE:
+            free = latched is None or self._relatch[slot] \
+                or now - self._heard[slot] >= RELATCH_IDLE
+            own = self._own(source)
+            if own:
+                # the side's own address: at once, over a stranger's latch too
+                if not free and self._latched_own[slot]:
+                    relay._count("dropped_foreign")
+                    return
+                self._own_heard[slot] = True
+            elif not free or self._own_heard[slot] or not self._probation(packet, source, slot):
                 relay._count("dropped_foreign")
                 return
             self.latched[slot] = source
+            self._latched_own[slot] = own
+            self._candidate = None
             relay._count("latched")
         # the first packet after a new SDP settles the latch, from the old
         # source as from a new one
@@ -191,6 +252,25 @@ class Leg:
         self._accepted(now)
         if self.peer is not None:
             self.peer.deliver(packet, slot == 1 or is_rtcp(packet))
+
+    def _probation(self, packet: bytes, source: Address, slot: int) -> bool:
+        """A packet from a source that is none of the side's own: does it
+        latch the (free) slot?  On the RTCP port, when it comes from the
+        host the RTP port latched to; on the RTP port, as the
+        :data:`PROBATION`-th consecutive RTP packet of one SSRC from it."""
+        if slot == 1 or is_rtcp(packet):
+            rtp = self.latched[0]
+            return slot == 1 and rtp is not None and rtp[0] == source[0]
+        if len(packet) < 12:
+            return False
+        seq, ssrc = int.from_bytes(packet[2:4], "big"), packet[8:12]
+        known = self._candidate
+        count = 1
+        if known is not None and known[0] == source and known[1] == ssrc \
+                and (known[2] + 1) & 0xFFFF == seq:
+            count = known[3] + 1
+        self._candidate = (source, ssrc, seq, count)
+        return count >= PROBATION
 
     def _accepted(self, now: Optional[float] = None) -> None:
         self.received += 1
@@ -342,12 +422,25 @@ class MediaRelay:
         if len(self.calls) >= self.max_calls:
             self._count("refused_calls")
             raise NoRoom(f"the media relay carries {self.max_calls} calls already")
+        self._check_user(users[CALLER])
         call = Call(self, key, users, self.clock.seconds())
         self.calls[key] = call
         self._count("calls_opened")
         if self._sweep is None:
             self._sweep = self.clock.callLater(SWEEP, self._check)
         return call
+
+    def _check_user(self, user: str) -> None:
+        """Raises :class:`UserLimit` when ``user`` has its share already."""
+        if not user:
+            return
+        mine = [c for c in self.calls.values() if c.users[CALLER] == user]
+        if len(mine) >= USER_CALLS:
+            self._count("refused_user_calls")
+            raise UserLimit(f"{user} has {USER_CALLS} relayed calls already")
+        if sum(1 for c in mine if not c.answered) >= USER_RINGING:
+            self._count("refused_user_ringing")
+            raise UserLimit(f"{user} has {USER_RINGING} unanswered relayed calls already")
 
     def close(self, call: Optional[Call], why: str) -> None:
         """Close ``call`` and its ports (the sinks get nothing more)."""
