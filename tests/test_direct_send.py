@@ -20,6 +20,7 @@ from helpers import (  # noqa: F401  (fixtures)
     RawConnection, dechunk, logged_errors, parse_stream, split_response, world,
 )
 from presence.web.transport import TurnFlushServer, direct, send_now
+from test_web_transport import received
 
 
 def tcp_pair():
@@ -33,19 +34,6 @@ def tcp_pair():
     mine.setblocking(False)
     client.setblocking(False)
     return mine, client
-
-
-def received(peer: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        try:
-            data = peer.recv(1 << 20)
-        except BlockingIOError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
 
 
 class Socket:
