@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presence.store.interface import (
-    RESUME_PER_USER, BoxFull, IDirectory, NameTaken, StoreUnavailable,
+    RESUME_PER_USER, BoxFull, IDirectory, NameTaken, Resumed, StoreUnavailable,
 )
 
 #: the prefix of every key, unless the URL or the caller names another
@@ -65,6 +65,14 @@ def _b(text: Any) -> bytes:
     if isinstance(text, float):
         return repr(text).encode("ascii")
     return str(text).encode("utf-8", "surrogatepass")
+
+
+def _before(row: Optional[List[Optional[bytes]]]) -> dict:
+    """record_login's answer from the user's fields before the login."""
+    if not row:
+        return {"last_login": None, "last_seen": None, "hits_offline": 0}
+    return {"last_login": _f(row[0]), "last_seen": _f(row[1]),
+            "hits_offline": int(row[2] or 0)}
 
 
 def _s(value: Optional[bytes]) -> Optional[str]:
@@ -408,6 +416,27 @@ if ARGV[1] ~= '' and (tonumber(v[2]) or 0) < tonumber(ARGV[1]) then
   return false
 end
 return v[1]
+""",
+    # KEYS resume:<hash>; ARGV not_before? prefix hash now: resume_user, then
+    # (user, 1) if locked, else (user, 0, record_login's answer, groups, listed)
+    "resume_login": b"""
+local v = redis.call('HMGET', KEYS[1], 'user', 'created')
+if not v[1] then return false end
+local p, u = ARGV[2], v[1]
+if ARGV[1] ~= '' and (tonumber(v[2]) or 0) < tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', p .. 'resumes:' .. u, ARGV[3])
+  return false
+end
+local user = p .. 'user:' .. u
+if redis.call('HEXISTS', user, 'locked') == 1 then return {u, 1} end
+local before = false
+if redis.call('EXISTS', user) == 1 then
+  before = redis.call('HMGET', user, 'last_login', 'last_seen', 'hits_offline')
+  redis.call('HSET', user, 'last_login', ARGV[4], 'hits_offline', '0')
+end
+return {u, 0, before, redis.call('SMEMBERS', p .. 'groups:' .. u),
+        redis.call('SMEMBERS', p .. 'listed:' .. u)}
 """,
     # KEYS resumes:<user>; ARGV prefix hash?
     "revoke_resume": b"""
@@ -763,13 +792,8 @@ class RedisDirectory:
         return d.addCallback(lambda names: sorted(_s(n) for n in names))
 
     def record_login(self, user: str, now: float) -> defer.Deferred:
-        def before(row: Optional[List[Optional[bytes]]]) -> dict:
-            if row is None:
-                return {"last_login": None, "last_seen": None, "hits_offline": 0}
-            return {"last_login": _f(row[0]), "last_seen": _f(row[1]),
-                    "hits_offline": int(row[2] or 0)}
         d = self._eval("record_login", [self.keys("user", user)], [float(now)])
-        return d.addCallback(before)
+        return d.addCallback(_before)
 
     def record_offline(self, user: str, now: float) -> defer.Deferred:
         return self._eval("set_if_user", [self.keys("user", user)], ["last_seen", float(now)])
@@ -951,6 +975,22 @@ class RedisDirectory:
     def sip_ha1(self, user: str, realm: str, algorithm: str) -> defer.Deferred:
         d = self._eval("sip_ha1", [self.keys("sipha1", user)], [realm, algorithm])
         return d.addCallback(lambda v: _s(v) if v else None)
+
+    def resume_login(self, token_hash: str, not_before: Optional[float],
+                     now: float) -> defer.Deferred:
+        """One script, one round trip (see IDirectory.resume_login)."""
+        def found(reply: Any) -> Optional[Resumed]:
+            if not reply:
+                return None
+            user = _s(reply[0])
+            if int(reply[1]):
+                return Resumed(user, True, {}, [], [])
+            return Resumed(user, False, _before(reply[2]), sorted(_s(g) for g in reply[3]),
+                           sorted(_s(o) for o in reply[4]))
+        d = self._eval("resume_login", [self.keys("resume", token_hash)],
+                       ["" if not_before is None else repr(float(not_before)),
+                        self.prefix, token_hash, float(now)])
+        return d.addCallback(found)
 
     def revoke_resume(self, user: str, token_hash: Optional[str] = None) -> defer.Deferred:
         return self._eval("revoke_resume", [self.keys("resumes", user)],
