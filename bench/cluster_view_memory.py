@@ -4,7 +4,7 @@ per held connection: every box keeps a view of every session of the other
 boxes, so at K boxes this is paid K - 1 times per session).  Not a test: run
 by hand; no network, no Redis.
 
-    python bench/cluster_view_memory.py              # this tree against main
+    python bench/cluster_view_memory.py              # this tree against its base on main
     python bench/cluster_view_memory.py -n 20000 --against HEAD~1
 
 One :class:`~presence.cluster.hub.ClusterHub` (box ``10.0.0.1:80``) with a
@@ -119,12 +119,17 @@ def main() -> None:
     parser.add_argument("--multi", type=float, default=0.1,
                         help="share of the sessions that are a user's two")
     parser.add_argument("--batch", type=int, default=100, help="sessions per message")
-    parser.add_argument("--against", default="main", help="git revision to compare with")
+    parser.add_argument("--against", help="git revision to compare with (default: where"
+                        " this branch left main, git merge-base HEAD main)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.n, args.boxes, args.multi, args.batch)))
         return
+    if args.against is None:
+        args.against = subprocess.run(["git", "-C", ROOT, "merge-base", "HEAD", "main"],
+                                      capture_output=True, text=True,
+                                      check=True).stdout.strip()[:10]
     figures = {}
     tmp = tempfile.mkdtemp(prefix="view-memory-")
     try:

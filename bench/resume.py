@@ -32,7 +32,8 @@ with ``--redis`` and ``--host-box`` (one box: the figures are a node's own
 cost of a resume through Redis).  ``--against REV`` runs the same phases a
 second time, in the same run, against the server of git revision REV
 (``git archive`` of its ``presence/`` and ``twisted/``, on PYTHONPATH), so
-that the figures are a ratio.  ``--profile DIR`` runs each server under
+that the figures are a ratio (``--rounds`` times each, in turn: the
+medians).  ``--profile DIR`` runs each server under
 cProfile, on during the resumes only, and writes ``DIR/<label>.prof``.
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -195,15 +197,23 @@ def tree_of(rev: str, workdir: str) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> dict:
-    results = {"this tree": await one_server(args, ROOT, "this-tree")}
-    if args.against:
-        with tempfile.TemporaryDirectory(prefix="presence-bench-resume-rev-") as tmp:
-            results[args.against] = await one_server(args, tree_of(args.against, tmp),
-                                                     "against")
-        new, old = results["this tree"]["resume"], results[args.against]["resume"]
-        results["ratio_resumes_per_s"] = round(new["setups_per_s"] / old["setups_per_s"], 3)
-        results["ratio_cpu_per_resume"] = round(new["cpu_ms_per_setup"]
-                                                / max(old["cpu_ms_per_setup"], 1e-9), 3)
+    if not args.against:
+        return await one_server(args, ROOT, "this-tree")
+    # the two servers in turn, --rounds times (the machine's load moves)
+    runs: dict = {"this tree": [], args.against: []}
+    with tempfile.TemporaryDirectory(prefix="presence-bench-resume-rev-") as tmp:
+        trees = {"this tree": ROOT, args.against: tree_of(args.against, tmp)}
+        for i in range(args.rounds):
+            for label, tree in trees.items():
+                runs[label].append(await one_server(args, tree, f"{label[:4]}-{i}"))
+    results: dict = {"runs": runs}
+    for figure in ("setups_per_s", "cpu_ms_per_setup"):
+        medians = [statistics.median(r["resume"][figure] for r in runs[label])
+                   for label in runs]
+        results["median_" + figure] = dict(zip(runs, medians))
+        results["ratio_" + figure] = round(medians[0] / medians[1], 3)
+    log(f"resumes, medians of {args.rounds}: "
+        f"{ {k: v for k, v in results.items() if k != 'runs'} }")
     return results
 
 
@@ -288,6 +298,8 @@ def main() -> None:
     p.add_argument("--against", metavar="REV",
                    help="the same phases against the server of git revision REV too")
     p.add_argument("--profile", metavar="DIR", help="cProfile of the resumes into DIR")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="with --against: each server this many times, in turn (%(default)s)")
     args = p.parse_args()
     if (not 1 <= args.users <= args.n <= 100000 or not 1 <= args.conc <= 60
             or not 1 <= args.resumes <= 1000000):
