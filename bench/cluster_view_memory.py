@@ -9,13 +9,14 @@ by hand; no network, no Redis.
 
 One :class:`~presence.cluster.hub.ClusterHub` (box ``10.0.0.1:80``) with a
 do-nothing Redis seam is fed ``-n`` synthetic remote sessions through its
-real code path: the messages a box publishes on the channel ``all`` (a JSON
-list per batch, ``--batch`` sessions each), each session's ``open`` event
-and its user's ``pres`` event (online, the default state, as a login
-shares them), spread over ``--boxes`` other boxes; ``--multi`` of the users
-also hold a second session on another box with a set state (``away``).
-tracemalloc counts the bytes the view holds afterwards (the events' own
-JSON is gone by then), divided by ``-n``.
+real code path (the node's subscription, as ``presence.cluster.service``
+builds it, handed the messages): what other boxes publish on the channel
+``all`` (a JSON list per batch, ``--batch`` sessions each), each session's
+``open`` event and its user's ``pres`` event (online, the default state,
+as a login shares them), spread over ``--boxes`` other boxes; ``--multi``
+of the sessions are a user's second, on another box, with a set state
+(``away``).  tracemalloc counts the bytes the view holds afterwards (the
+events' own JSON is gone by then), divided by ``-n``.
 
 The same measurement runs in a child process for the tree of ``--against``
 (``git archive`` of its ``presence/`` into a temporary directory), so the
@@ -35,6 +36,9 @@ import tracemalloc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+
+
+PREFIX = "presence:"
 
 
 class NoRedis:
@@ -75,21 +79,28 @@ def events(n: int, boxes: int, multi: float, batch: int):
 
 
 def measure(n: int, boxes: int, multi: float, batch: int) -> dict:
+    from types import SimpleNamespace
+
     from twisted.internet.task import Clock
 
     from presence.cluster.hub import ClusterHub
+    from presence.cluster.service import _Subscriber
     from presence.core.hub import HubConfig
 
     clock = Clock()
     clock.advance(1.8e9)
     messages = events(n, boxes, multi, batch)
-    hub = ClusterHub(clock, HubConfig(host_box="10.0.0.1:80"), NoRedis())
-    channel = hub.key("all")
+    hub = ClusterHub(clock, HubConfig(host_box="10.0.0.1:80"), NoRedis(), prefix=PREFIX)
+    # the node's subscription, as the cluster's service builds it (not
+    # connected: its messages are handed to it here)
+    owner = SimpleNamespace(hub=hub, address=SimpleNamespace(password=None, username=None))
+    subscription = _Subscriber(owner).buildProtocol(None)
+    channel = (PREFIX + "all").encode()
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for message in messages:
-        hub.received(channel, message)
+        subscription.messageReceived(None, channel, message)
     del message
     messages = None
     clock.advance(0)
@@ -99,7 +110,7 @@ def measure(n: int, boxes: int, multi: float, batch: int) -> dict:
     stats = after.compare_to(before, "lineno")
     held = sum(s.size_diff for s in stats)
     top = [(str(s.traceback), s.size_diff) for s in stats[:8]]
-    assert len(hub.where) == n, len(hub.where)
+    assert hub.stats()["remote_sessions"] == n
     return {"sessions": n, "bytes": held, "per_session": held / n, "top": top}
 
 
