@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 
 from helpers import PASSWORD, World, failure_of, hasher, logged_errors, result_of, world  # noqa: F401
 from presence.core.hub import Hub, HubConfig
-from presence.errors import BadRequest, TooMany, Unauthorized
+from presence.errors import BadRequest, Forbidden, TooMany, Unauthorized
 from presence.service import PresenceService, token_hash
 from presence.store.sqlite import SQLiteDirectory, run_now
 
@@ -308,3 +308,20 @@ def test_service_resume_rules():
     assert result_of(defer.ensureDeferred(service.resume(token, "10.0.0.2")))
     result_of(service.logout(resumed))
     failure_of(defer.ensureDeferred(service.resume(token, "10.0.0.1")), Unauthorized)
+
+
+def test_a_locked_account_cannot_resume_and_gets_its_welcome_figures_after():
+    clock = Clock()
+    store = SQLiteDirectory(":memory:", runner=run_now)
+    hub = Hub(clock, HubConfig())
+    service = PresenceService(hub, store, hasher, hash_cost=1)
+    result_of(defer.ensureDeferred(service.register("alice", PASSWORD)))
+    session = result_of(defer.ensureDeferred(service.login("alice", PASSWORD)))
+    token = result_of(defer.ensureDeferred(service.issue_resume(session)))
+    result_of(store.set_locked("alice", True))
+    failure_of(defer.ensureDeferred(service.resume(token, "10.0.0.1")), Forbidden)
+    assert len(hub.users.user("alice").sessions) == 1      # none opened
+    result_of(store.set_locked("alice", False))
+    clock.advance(5)
+    resumed = result_of(defer.ensureDeferred(service.resume(token, "10.0.0.1")))
+    assert resumed.welcome["last_login"] == session.login_time   # the locked try left none
