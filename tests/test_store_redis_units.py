@@ -154,6 +154,12 @@ def test_commands_are_encoded_as_txredisapi_encodes_them():
     words = (b"EVALSHA", b"ab" * 20, 0, 12, -3, 1.5, 1e-07, "\u00e9t\u00e9", b"", b"x\r\ny")
     assert fast._build_command(*words) == slow._build_command(*words)
     assert fast._build_command() == slow._build_command()
+    # (what the override relies on: txredisapi builds every command with
+    # it, and its factories build connections from ``protocol``)
+    import inspect
+    assert "self._build_command(" in inspect.getsource(
+        txredisapi.BaseRedisProtocol.execute_command)
+    assert issubclass(txredisapi.RedisFactory.protocol, txredisapi.BaseRedisProtocol)
 
 
 def test_keys_are_under_the_prefix():
