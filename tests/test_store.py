@@ -783,12 +783,17 @@ def test_resume_login_is_the_four_calls_in_one(store):
     for name in ("alice", "carol"):
         result_of(store.create_user(name, HASH, now=1.0))
     result_of(store.create_group("work", "alice"))
+    result_of(store.create_group("\u00e9quipe/\"1\"", "alice"))
     result_of(store.add_contact("carol", "alice"))
     result_of(store.store_resume("h1", "alice", "laptop", 10.0))
     assert result_of(store.resume_login("nope", None, 20.0)) is None
     first = result_of(store.resume_login("h1", 5.0, 20.0))
     assert first == ("alice", False, {"last_login": None, "last_seen": None,
-                                      "hits_offline": 0}, ["work"], ["carol"])
+                                      "hits_offline": 0}, ["work", "\u00e9quipe/\"1\""],
+                     ["carol"])
+    result_of(store.create_user("dave", HASH, now=1.0))
+    result_of(store.store_resume("h2", "dave", "phone", 10.0))
+    assert result_of(store.resume_login("h2", None, 20.0))[3:] == ([], [])   # no groups
     result_of(store.record_offline("alice", 30.0))
     result_of(store.add_hit("alice"))
     second = result_of(store.resume_login("h1", None, 40.0))

@@ -30,6 +30,7 @@ pool, which reconnects with backoff): ``ready()``, ``when_ready()``,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -440,7 +441,9 @@ end
 return v[1]
 """,
     # KEYS resume:<hash>; ARGV not_before? prefix hash now: resume_user, then
-    # (user, 1) if locked, else (user, 0, record_login's answer, groups, listed)
+    # (user, 1) if locked, else (user, 0, record_login's answer, groups, listed),
+    # as one JSON string (one bulk reply: txredisapi parses a nested reply a
+    # line at a time, in Python)
     "resume_login": b"""
 local v = redis.call('HMGET', KEYS[1], 'user', 'created')
 if not v[1] then return false end
@@ -451,14 +454,14 @@ if ARGV[1] ~= '' and (tonumber(v[2]) or 0) < tonumber(ARGV[1]) then
   return false
 end
 local user = p .. 'user:' .. u
-if redis.call('HEXISTS', user, 'locked') == 1 then return {u, 1} end
+if redis.call('HEXISTS', user, 'locked') == 1 then return cjson.encode({u, 1}) end
 local before = false
 if redis.call('EXISTS', user) == 1 then
   before = redis.call('HMGET', user, 'last_login', 'last_seen', 'hits_offline')
   redis.call('HSET', user, 'last_login', ARGV[4], 'hits_offline', '0')
 end
-return {u, 0, before, redis.call('SMEMBERS', p .. 'groups:' .. u),
-        redis.call('SMEMBERS', p .. 'listed:' .. u)}
+return cjson.encode({u, 0, before, redis.call('SMEMBERS', p .. 'groups:' .. u),
+                     redis.call('SMEMBERS', p .. 'listed:' .. u)})
 """,
     # KEYS resumes:<user>; ARGV prefix hash?
     "revoke_resume": b"""
@@ -1004,11 +1007,12 @@ class RedisDirectory:
         def found(reply: Any) -> Optional[Resumed]:
             if not reply:
                 return None
-            user = _s(reply[0])
-            if int(reply[1]):
+            user, locked, *rest = json.loads(_s(reply))
+            if locked:
                 return Resumed(user, True, {}, [], [])
-            return Resumed(user, False, _before(reply[2]), sorted(_s(g) for g in reply[3]),
-                           sorted(_s(o) for o in reply[4]))
+            before, groups, owners = rest    # (Lua's nil is false; {} an empty set)
+            return Resumed(user, False, _before(before and [v or None for v in before]),
+                           sorted(groups), sorted(owners))
         d = self._eval("resume_login", [self.keys("resume", token_hash)],
                        ["" if not_before is None else repr(float(not_before)),
                         self.prefix, token_hash, float(now)])
