@@ -344,6 +344,32 @@ class PresenceService:
         self.log.info("{user} logged in from {ip}", user=name, ip=ip)
         return session
 
+    def judge_digest(self, name: Optional[str], ip: str, right: Optional[bool]) -> bool:
+        """A SIP digest for account ``name`` from ``ip`` was checked:
+        ``right``, wrong (False) or not judged (None: a stale nonce).  It
+        counts as :meth:`check_password` counts a password, in the same
+        allowances (the address's, and the account's unless this address
+        proved the password before).  False when one of them has none left:
+        the caller answers 403, whatever the digest was."""
+        now = self.clock.seconds()
+        who = address_key(ip)
+        account = name if isinstance(name, str) and NAME_RE.match(name) else None
+        known = account is not None and (account, who) in self.known_addresses
+        if not self.login_failures.allowed(who, now):
+            self._refused("login_address", ip)
+            return False
+        if account and not known and not self.account_failures.allowed(account, now):
+            self._refused("login_account", ip)
+            return False
+        if right:
+            if account:
+                self.known_addresses.add((account, who))
+        elif right is not None:
+            self.login_failures.take(who, now)
+            if account and not known:
+                self.account_failures.take(account, now)
+        return True
+
     async def check_password(self, name: Any, password: Any, ip: str = "") -> None:
         """Nothing if ``password`` is user ``name``'s; else Unauthorized (401),
         or TooMany (429) once the address or the account had too many

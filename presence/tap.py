@@ -274,6 +274,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--redis needs --host-box HOST:PORT: the address"
                                        " where clients reach this node's --http")
         wireless_frontend.check_options(self)
+        sip_frontend.check_options(self)
         invite_frontend.check_options(self)
         names_frontend.check_options(self)
         sip_frontend.check_options(self)
@@ -490,6 +491,9 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
     # browser calls: signalling POSTs, TURN credentials (docs/calls.md)
     calls = calls_web.CallsWeb.from_options(options, service, reactor)
     calls.mount(site.resource)
+    if options.get("redis"):
+        from presence.cluster.calls import ClusterCalls
+        calls.router = ClusterCalls(hub, calls.calls, reactor)  # calls across boxes
 
     gate = ReadyGate()
 
@@ -519,6 +523,13 @@ def makeService(options: Any, reactor: Optional[Any] = None) -> MultiService:
         sip = sip_frontend.SipFrontEnd.from_options(options, service, reactor)
         sip.mount(site.resource)
         gate.hooks.append(sip.ready)
+        if options.get("redis"):
+            # the other boxes' proxies are next hops of this one (SIP across boxes)
+            from presence.cluster.sip import SipBoxes
+            boxes = SipBoxes(hub, sip.network.resolve, options["domain"], reactor)
+            sip.proxy.boxes = boxes
+            gate.hooks.append(boxes.listening)
+            boxes.setServiceParent(top)
     gate.hooks.append(wireless.ready)
     names = names_frontend.NamesFrontEnd(options, service, reactor)
     names.mount(site.resource)

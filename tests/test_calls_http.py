@@ -262,3 +262,40 @@ def test_the_options(tmp_path):
         with pytest.raises(usage.UsageError) as e:
             options(*argv)
         assert words in str(e.value), argv
+
+
+def test_an_attacker_can_neither_touch_anothers_call_nor_break_the_frames(net):
+    """A stranger (another user, a guest, a page of another origin with the
+    victim's cookie) cannot ring, answer, hang up or inject candidates into
+    a call, nor get TURN credentials; SDP lines never end the event."""
+    alice, bob, carol = net.user("alice"), net.user("bob"), net.user("carol")
+    guest = net.guest()
+    ha, hb = alice.heartbeat(), bob.heartbeat()
+    evil = SDP + "\r\n\r\nmsg call end alice call-0002 hangup\r\nid: 99\r\ndata: x\r\n"
+    r = alice.post("/api/call", action="offer", to="bob", sdp=evil, call="call-0002")
+    assert r.status == 200, r.body
+    [offer] = [e for e in hb.events() if e.head.startswith("msg call ")]
+    assert offer.head == "msg call offer alice call-0002"
+    assert "msg call end alice call-0002 hangup" in offer.text.split("\n", 1)[1]
+    for who in (carol, guest):
+        for action, extra in (("hangup", {}), ("decline", {}), ("answer", {"sdp": SDP}),
+                              ("ice", {"candidate": '{"candidate": "candidate:x"}'})):
+            r = who.post("/api/call", action=action, call="call-0002", **extra)
+            assert r.status in (403, 409), (who.name, action, r.status, r.body)
+    cross = {"Origin": ["http://evil.example"]}
+    for data in ({"action": "hangup", "call": "call-0002"},
+                 {"action": "offer", "to": "carol", "sdp": SDP}):
+        r = alice.browser.request("POST", "/api/call", data=data, headers=cross)
+        assert r.status == 403, r.body
+    r = bob.browser.request("POST", "/api/call-guests", data={"allow": "1"}, headers=cross)
+    assert r.status == 403
+    assert net.calls.calls.calls["call-0002"].state == "ringing"
+    assert not any(e.head.startswith("msg call end") for e in ha.events() + hb.events())
+    assert net.browser().get("/api/turn").status == 403
+    # candidates are re-serialised: one line whatever came in
+    r = bob.post("/api/call", action="answer", call="call-0002", sdp=SDP)
+    assert r.status == 200
+    assert bob.post("/api/call", action="ice", call="call-0002",
+                    candidate='{"candidate": "a\\nmsg call end bob x hangup\\r\\n"}').status == 204
+    ice = [e for e in ha.events() if e.head.startswith("msg call ice")][-1]
+    assert "\n" not in ice.text.split("\n", 1)[1]

@@ -1017,6 +1017,38 @@ def test_post_body_for_sip() -> None:
     assert req.kwargs["headers"]["Content-Type"] == ["message/sip"]
     req.respond(202)
     assert d.result is None
+    # in a cluster, a 307 to the session's box is followed once, same body
+    d = h.client.post_body("/sip", msg, "message/sip")
+    first = h.http.requests[-1]
+    assert first.kwargs["allow_redirects"] is False   # treq would refuse a POST's 307
+    _redirect(first, b"http://box2:8081/sip?me=alice&id=S1")
+    second = h.http.requests[-1]
+    assert (second.method, second.url) == ("POST", "http://box2:8081/sip?me=alice&id=S1")
+    assert second.kwargs["data"] == msg
+    assert second.kwargs["headers"]["Content-Type"] == ["message/sip"]
+    second.respond(202, {"txid": "z9hG4bK1"})
+    assert d.result == {"txid": "z9hG4bK1"}
+    # a redirect again, or one to another scheme, is an error, never a loop
+    d = h.client.post_body("/sip", msg, "message/sip")
+    _redirect(h.http.requests[-1], b"http://box2:8081/sip")
+    _redirect(h.http.requests[-1], b"http://box3:8082/sip")
+    failure = d.result
+    d.addErrback(lambda f: None)
+    assert failure.check(ServerError) and failure.value.code == 307
+    d = h.client.post_body("/sip", msg, "message/sip")
+    count = len(h.http.requests)
+    _redirect(h.http.requests[-1], b"file:///etc/passwd", 308)
+    assert len(h.http.requests) == count
+    failure = d.result
+    d.addErrback(lambda f: None)
+    assert failure.check(ServerError) and failure.value.code == 308
+
+
+def _redirect(req: FakeRequest, location: bytes, code: int = 307) -> None:
+    response = FakeResponse(code, b'{"error": "this session is held by another box"}')
+    response.headers.setRawHeaders(b"location", [location])
+    req.response = response
+    req.deferred.callback(response)
 
 
 # -- resume tokens (issue 12) ----------------------------------------------------------

@@ -45,6 +45,7 @@ class FakeRedis:
         self.states: Dict[str, Dict[str, str]] = {}
         self.devices: Dict[str, str] = {}
         self.batches: List[list] = []
+        self.takes = 0
 
     def seam(self) -> "Seam":
         return Seam(self)
@@ -85,6 +86,9 @@ class FakeRedis:
             self.publish(words[1], words[2])
         elif name == b"BOUND":
             answers.append(self.bound(rest[1], int(rest[2])))
+        elif name == b"TAKE":
+            self.takes += 1
+            answers.append(b"0")
         elif kind == "states":
             if name == b"HSET":
                 self.states.setdefault(box, {})[rest[0]] = rest[1]
@@ -686,8 +690,28 @@ def test_limits_over_the_cluster_fail_open_while_redis_is_down() -> None:
     results = []
     for _ in range(3):
         limits.take([("chat:s:x", 1, 1.0)], c.clock.seconds()).addCallback(results.append)
+    c.clock.advance(0)                      # the turn's batch goes (and fails)
     assert results == [None, None, None]   # allowed: the node's own buckets decide
     assert hub._outage                      # (noticed: one line for the outage)
+
+
+def test_a_turns_chats_spend_the_shared_limits_in_its_one_batch() -> None:
+    """Each chat's TAKE is a command of the turn's batch, answered to it in
+    order: one Redis call for the turn's writes and takes."""
+    from presence.cluster.limits import SharedLimits
+    c = Cluster(1)
+    hub = c.hubs[0]
+    limits = SharedLimits(hub)
+    c.redis.pump()
+    sent = len(c.redis.batches)
+    results: list = []
+    for i in range(3):
+        hub._queue([[b"HSET", hub.key("pending", hub.me), f"u {i}", "{}"]])
+        limits.take([("chat:s:x", 10, 1.0)], c.clock.seconds()).addCallback(results.append)
+    assert c.redis.takes == 0 and results == []
+    c.clock.advance(0)                      # the end of the turn
+    assert c.redis.takes == 3 and len(c.redis.batches) == sent + 1
+    assert results == [None, None, None]
 
 
 # -- a change of groups racing a login on another box ------------------------------

@@ -79,7 +79,18 @@ def test_the_session_script_answers_the_oldest_sessions_past_the_bound(hubs):
 
 def test_chat_limits_are_spent_once_over_every_box(hubs):
     a, b = hubs
-    la, lb = SharedLimits(a), SharedLimits(b)
+
+    class Taking:
+        """A box's SharedLimits, the take sent with the batch of its turn."""
+
+        def __init__(self, hub):
+            self.hub, self.limits = hub, SharedLimits(hub)
+
+        def take(self, buckets, now):
+            d = self.limits.take(buckets, now)
+            self.hub.clock.advance(0)
+            return d
+    la, lb = Taking(a), Taking(b)
     buckets = [("chat:s:sid1", 3, 1.0), ("chat:a:10.1.1.1", 5, 1.0)]
     # three chats of one session, through both nodes: the burst is 3 in all
     assert result_of(la.take(buckets, 100.0)) is None
@@ -114,3 +125,26 @@ def test_a_boxs_states_are_written_by_its_batch_read_with_the_view_and_buried(hu
         (b"alice", ["available", "", 0.0])]
     result_of(a.bury(a.me, alive=True))
     assert result_of(b._eval(cluster.STATES_ON, states, [])) == []
+
+
+def test_settle_reads_only_the_pending_chats_old_enough(hubs):
+    """OLD_PENDING answers the chats written at or before the limit, whatever
+    their text holds (quotes, a "t" of its own, backslashes), and no other."""
+    from presence.core.frames import Frame
+    a, _ = hubs
+    key = a.key("pending", a.me)
+    texts = ['hi', 'x", "t": 1}', '\\', '"t": 5}', 'ünïcode \u2028 "quoted"']
+    writes = []
+    for i, text in enumerate(texts):
+        frame = Frame("chat", ["bob", f"m{i}"], text)
+        for t in (100.0 + i, 2_000_000_000.123456):
+            value = json.dumps({"u": "alice", "f": cluster.encode_frame(frame), "t": t})
+            writes.append([b"HSET", key, f"alice m{i} {t}", value])
+    args: List[Any] = []
+    for command in writes:
+        args += [len(command)] + command
+    result_of(a._eval(cluster.BATCH, [], args))
+    flat = result_of(a._eval(cluster.OLD_PENDING, [key], [repr(102.0)]))
+    fields = sorted(flat[0::2])
+    assert fields == [b"alice m0 100.0", b"alice m1 101.0", b"alice m2 102.0"]
+    assert len(result_of(a._eval(cluster.OLD_PENDING, [key], [repr(3e9)]))) == 20

@@ -241,6 +241,44 @@ def test_sip_calls_leave_no_cycles_in_the_proxy(world):
 
 # -- the thread pool of the store and of password hashing ------------------------------
 
+def test_sip_registrations_leave_no_cycles_in_the_registrar(world):
+    """A phone registers (401, 200: a presence source opens), a call forks
+    to it, it unregisters (the source ends), and a binding expires: none
+    of the registrar's or the digest's objects needs the cyclic collector."""
+    from types import SimpleNamespace
+    from test_sip_registrar import Phone
+    from presence.sip import proxy as proxy_mod
+    from presence.sip.message import Request
+    from presence.sip.proxy import SipProxy
+    from presence.sip.testing import FakeNetwork, answer, invite
+
+    net = FakeNetwork()
+    proxy = SipProxy(world.service, net, world.clock, "example.org")
+    world.register("erin")
+    rig = SimpleNamespace(send=lambda m, hop: proxy.received(m.to_bytes(), hop),
+                          sent=net.take)
+
+    def registrations(i: int) -> None:
+        phone = Phone(rig, user="erin")
+        phone.cseq = 10 * (i + 2)
+        phone.register(expires="120")
+        inv = invite("sip:erin@example.org")
+        proxy.received(inv.to_bytes(), phone.hop)
+        forwarded = [m for m, _ in net.take() if isinstance(m, Request)]
+        proxy.received(answer(forwarded[0], 486).to_bytes(), phone.hop)
+        net.take()                                     # the 486 upstream and our ACK
+        phone.register(expires="0")
+        phone.register(expires="60")
+        world.clock.advance(proxy_mod.TIMER_B + 61)   # the binding expires, transactions end
+        net.take()
+        assert proxy.stats()["bindings"] == 0 and proxy.stats()["server_transactions"] == 0
+
+    garbage = cyclic_garbage(registrations, n=10)
+    proxy.stop()
+    ours = [o for o in garbage if type(o).__module__.startswith("presence.")]
+    assert not ours, f"cyclic garbage of the registrar: {describe(ours)}"
+
+
 def test_pool_calls_leave_no_cycles():
     """``ThreadPool.callInThreadWithCallback`` leaves a self-referencing
     closure per call; ``presence.threads.Pool`` does not."""

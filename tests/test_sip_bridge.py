@@ -17,6 +17,7 @@ from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 
 from helpers import BASE, PASSWORD, logged_errors, world  # noqa: F401  (fixtures)
+from media_support import sip_io
 from presence.cli.sip_bridge import SipBridge, build_parser, parse_address
 from presence.sip import proxy as proxy_mod
 from presence.sip.message import NameAddr, ParseError, Via, parse
@@ -61,23 +62,7 @@ def rig(world):
     r = SimpleNamespace(world=world, net=net, proxy=proxy, bridge=bridge, stub=stub,
                         clock=world.clock)
 
-    def phone_gets() -> List[object]:
-        """What reached the phone since the last look (after moving HTTP)."""
-        stub.flush()
-        out = [m for m, addr in bridge.transport.written]
-        bridge.transport.written.clear()
-        return out
-
-    def phone_sends(message, source=PHONE) -> None:
-        data = message.to_bytes() if not isinstance(message, bytes) else message
-        bridge.datagram(data, source)
-        stub.flush()
-
-    def network_gets() -> List[object]:
-        stub.flush()
-        return [m for m, _ in net.take()]
-
-    r.phone_gets, r.phone_sends, r.network_gets = phone_gets, phone_sends, network_gets
+    sip_io(r, PHONE)
     yield r
     bridge.stop()
     proxy.stop()

@@ -121,12 +121,25 @@ def test_wrong_password_unknown_user_and_absent_credentials_fail():
     assert v.user is None and not v.present and v.error is None
 
 
-def test_a_nonce_of_another_secret_or_realm_or_forged_is_refused():
+def test_a_nonce_of_another_secret_or_forged_is_refused_and_stale_whatever_the_digest():
     auth, clock, _ = make()
-    other = DigestAuth(REALM, auth.ha1_of, clock, b"t" * 32)
+    other = DigestAuth(REALM, auth.ha1_of, clock, b"t" * 32)   # the server before a restart
     req = register()
     ch = other.challenge(req)[0][1]
-    assert result(auth.check(answer_challenge(req, ch))) is None
+    v = result(auth.verify(answer_challenge(req, ch)))
+    assert v.user is None and v.stale            # right password: just a new nonce
+    # a wrong one too: the answer never tells a right password from a wrong one
+    v = result(auth.verify(answer_challenge(req, ch, password="bad")))
+    assert v.user is None and v.stale and v.present
+
+
+def test_a_nonce_is_bound_to_the_address_it_was_sent_to():
+    auth, clock, _ = make()
+    req = register()
+    ch = auth.challenge(req, source="198.51.100.1")[0][1]
+    v = result(auth.verify(answer_challenge(req, ch), source="192.0.2.66"))
+    assert v.user is None and v.stale
+    assert result(auth.check(answer_challenge(req, ch), source="198.51.100.1")) == "alice"
     forged = answer_challenge(req, ch.replace(params_of(ch)["nonce"], "AAAA" * 9))
     assert result(auth.check(forged)) is None
     assert auth.nonce_issued("!!!") is None and auth.nonce_issued("x" * 500) is None
@@ -269,3 +282,19 @@ def test_secret_is_required_and_ha1_helpers_agree():
     got = digest.ha1_set("alice", REALM, "pw")
     assert got["MD5"] == hashlib.md5(b"alice:example.org:pw").hexdigest()
     assert got["SHA-256"] == hashlib.sha256(b"alice:example.org:pw").hexdigest()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300) | st.sampled_from([
+    'Digest username="alice", realm="example.org", nonce="x", uri="sip:example.org", '
+    'response="y", qop=auth, nc=00000001, cnonce="z"']).map(lambda t: t + "\\\""))
+def test_fuzz_credentials_never_raise(value):
+    auth, _, _ = make()
+    req = register()
+    req.add("Authorization", value)
+    v = result(auth.verify(req))
+    assert not isinstance(v, Exception) and v.user is None

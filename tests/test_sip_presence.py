@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import pytest
 
-from helpers import logged_errors, world  # noqa: F401  (fixtures)
+from helpers import logged_errors, result_of, world  # noqa: F401  (fixtures)
 from presence.sip import presence_server as ps
 from presence.sip.digest import DigestAuth, expected_response, ha1
 from presence.sip.message import NameAddr, Request, Response, Via
@@ -449,3 +449,97 @@ def test_a_watched_guest_logging_out_ends_the_subscription_with_noresource(sp):
     assert basic(final.message.body) == "closed"
     alice.answer(final)
     assert sp.presence.subs == {}
+
+
+# -- an attacker on the network ------------------------------------------------------
+
+
+def test_wrong_subscribe_digests_spend_the_login_allowance_of_the_address(sp):
+    """SUBSCRIBE is no password oracle beside login: its wrong digests count
+    as failed logins of the source address, and past the allowance even
+    the right password is 403 until it refills."""
+    with_auth(sp)
+    sp.world.register("bob")
+    source = Hop(UDP, "203.0.113.50", 40000)
+    first = net_subscribe()
+    sp.send(first, source)
+    [challenge] = sp.sent()
+    codes = []
+    for n in range(1, 13):
+        sp.send(authorized(first, challenge, password="guess", nc=f"{n:08x}"), source)
+        codes += [m.code for m in sp.sent()]
+    assert codes[0] == 401 and codes[-1] == 403
+    sp.send(authorized(first, challenge, nc="00000020"), source)
+    [refused] = sp.sent()
+    assert refused.code == 403 and "too many" in refused.reason
+    assert sp.presence.subs == {}
+
+
+def test_a_nonce_is_good_only_from_the_address_it_was_sent_to(sp):
+    """A user with an account cannot fetch a nonce at their own address and
+    then SUBSCRIBE from a spoofed UDP source: the NOTIFYs (retransmitted,
+    and one per change of up to 64 subscriptions) would flood the victim."""
+    with_auth(sp)
+    sp.world.register("bob")
+    mine = Hop(UDP, "203.0.113.9", 40000)
+    victim = Hop(UDP, "192.0.2.66", 5060)
+    first = net_subscribe()
+    sp.send(first, mine)
+    [challenge] = sp.sent()
+    sp.send(authorized(first, challenge), victim)
+    [(again, hop)] = sp.net.take()
+    assert again.code == 401 and "stale=true" in again.get("www-authenticate")
+    assert hop.host == victim.host
+    assert sp.presence.subs == {}
+    sp.send(authorized(first, challenge, nc="00000002"), mine)
+    ok, notify = sp.sent()
+    assert ok.code == 200 and notify.method == "NOTIFY"
+
+
+def test_a_locked_account_may_not_subscribe(sp):
+    """An operator's lock (after a compromise, say) holds for SIP presence
+    as for login and REGISTER."""
+    with_auth(sp)
+    sp.world.register("bob")
+    sp.world.register("carol")
+    assert result_of(sp.world.store.set_locked("carol", True))
+    first = net_subscribe()
+    sp.send(first)
+    [challenge] = sp.sent()
+    sp.send(authorized(first, challenge))
+    [refused] = sp.sent()
+    assert refused.code == 403 and "locked" in refused.reason
+    assert sp.presence.subs == {}
+
+
+def test_malformed_credentials_are_400_with_a_short_reason(sp):
+    """The reason of a 400 for broken credentials does not echo a long
+    parameter name back (a reflected, amplified answer to a forged source)."""
+    with_auth(sp)
+    sp.world.register("bob")
+    req = net_subscribe(extra=(("Authorization",
+                                'Digest realm="example.org", ' + "x" * 5000),))
+    sp.send(req)
+    [refused] = sp.sent()
+    assert refused.code == 400 and len(refused.reason) < 160
+
+
+def test_guessing_one_account_from_many_addresses_is_bounded(sp):
+    """The account's allowance too, as for a password login."""
+    with_auth(sp)
+    sp.world.register("bob")
+    for n in range(25):
+        source = Hop(UDP, f"203.0.113.{n + 1}", 40000)
+        first = net_subscribe()
+        sp.send(first, source)
+        [challenge] = sp.sent()
+        sp.send(authorized(first, challenge, password=f"guess{n}", nc=f"{n + 1:08x}"),
+                source)
+        sp.sent()
+    source = Hop(UDP, "198.18.0.1", 40000)
+    first = net_subscribe(call_id="last@phone")
+    sp.send(first, source)
+    [challenge] = sp.sent()
+    sp.send(authorized(first, challenge, nc="000000ff"), source)
+    [refused] = sp.sent()
+    assert refused.code == 403 and "too many" in refused.reason

@@ -712,11 +712,16 @@ _SEEDS = [
     request("ACK", "sip:bob@example.org", to_tag="t").to_bytes(),
     request("OPTIONS", "sip:example.org").to_bytes(),
     answer(invite("sip:bob@example.org"), 200).to_bytes(),
+    request("REGISTER", "sip:example.org", to_uri="sip:bob@example.org", extra=(
+        ("Expires", "60"), ("Authorization", 'Digest username="bob", realm="example.org",'
+                            ' nonce="bm9uY2U", uri="sip:example.org", response="00",'
+                            ' qop=auth, nc=00000001, cnonce="c", algorithm=MD5'))).to_bytes(),
 ]
 _TOKENS = [b"\r\n", b"\n", b":", b";", b",", b"<", b">", b"@", b" ", b"0", b"70", b"-1",
            b"sip:", b"z9hG4bK", b"SIP/2.0", b"\x00", b"\xff", b"[::1]", b"Route: <sip:a;lr>\r\n",
            b"Max-Forwards: 0\r\n", b"Content-Length: 999\r\n", b"tun=", b"lr", b"INVITE",
-           b"CANCEL", b"ACK"]
+           b"CANCEL", b"ACK", b"REGISTER", b"Contact: *\r\n", b"Expires: 0\r\n", b'"',
+           b"expires=", b"Authorization: Digest ", b"\\"]
 
 
 @st.composite

@@ -412,3 +412,57 @@ def test_register_never_logs_the_credentials(sip, caplog):
     text = " ".join(formatEvent(e) for e in seen)
     ha1 = result_of(sip.world.store.sip_ha1("alice", "example.org", "MD5"))
     assert ha1 not in text and PASSWORD not in text and "response=" not in text
+
+
+def test_a_nonce_is_good_only_from_the_address_it_was_sent_to(sip):
+    """A registration from a spoofed UDP source (a nonce fetched at the
+    attacker's own address, their own password) would make the proxy fork
+    every INVITE for them to the victim: the nonce is bound to the address
+    it was sent to, so that one is challenged again (stale)."""
+    sip.world.user("alice")
+    phone = Phone(sip)
+    req = register()
+    first = phone.send(req)
+    victim = Phone(sip, hop=Hop(UDP, "192.0.2.66", 5060))
+    out = victim.send(signed(req, first))
+    assert out.code == 401
+    assert all(params_of(v).get("stale") == "true" for v in out.get_all("www-authenticate"))
+    assert sip.proxy.stats()["bindings"] == 0
+    assert phone.send(signed(req, first, nc=2)).code == 200
+
+
+def test_a_forged_source_cannot_spend_that_addresses_login_allowance(sip):
+    """Wrong digests with a nonce that was not sent to the source (a forged
+    UDP source never sees one) are challenged again, not counted: else
+    anyone could lock a victim's address out of logging in, and the answer
+    (stale or not) would tell a right password from a wrong one."""
+    sip.world.user("alice")
+    req = register()
+    first = Phone(sip).send(req)
+    victim = Phone(sip, hop=Hop(UDP, "192.0.2.66", 5060))
+    for n in range(1, 16):
+        out = victim.send(signed(req, first, password="guess", nc=n))
+        assert out.code == 401
+        assert all(params_of(v).get("stale") == "true"
+                   for v in out.get_all("www-authenticate"))
+    victim.register()
+
+
+def test_guessing_from_many_addresses_spends_the_accounts_allowance(sip):
+    """As for a password login: wrong digests for one account from many
+    addresses (a botnet, or IPv6 /64s) spend the account's allowance, then
+    even the right password from a new address is 403; an address the
+    user registered from before keeps its own allowance."""
+    sip.world.user("alice")
+    own = Phone(sip)
+    own.register()   # alice's own phone, from PHONE
+    for n in range(25):
+        guesser = Phone(sip, hop=Hop(UDP, f"203.0.113.{n + 1}", 5060))
+        req = register(cseq=10 + n)
+        first = guesser.send(req)
+        guesser.send(signed(req, first, password=f"guess{n}"))
+    stranger = Phone(sip, hop=Hop(UDP, "198.18.0.1", 5060))
+    req = register(cseq=99)
+    out = stranger.send(signed(req, stranger.send(req)))
+    assert out.code == 403 and "too many" in out.reason
+    own.register()

@@ -162,11 +162,13 @@ class PresenceCollector:
                                 value=figures.get("dialogs", 0))
         yield GaugeMetricFamily("presence_sip_subscriptions", "SIP presence subscriptions"
                                 " held", value=figures.get("subscriptions", 0))
+        yield GaugeMetricFamily("presence_sip_bindings", "SIP registrations (bindings) held"
+                                " by the registrar", value=figures.get("bindings", 0))
         events = CounterMetricFamily("presence_sip_events", "SIP requests and refusals of"
                                      " the proxy, by event", labels=["event"])
         for key in sorted(figures):
             if key not in ("server_transactions", "client_transactions", "dialogs",
-                           "subscriptions"):
+                           "subscriptions", "bindings", "registered_users"):
                 events.add_metric([key[:40]], figures[key])
         yield events
 

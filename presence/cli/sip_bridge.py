@@ -41,7 +41,10 @@ record of the user's password, then C{200} with the bindings) and the bridge
 relays the answers back.  While the C{200} lists the phone's Contact with a
 non-zero C{expires}, requests for the user go to the registered Contact (as
 Request-URI) at the address the C{REGISTER} came from, instead of
-C{--phone}; once it expires or is removed, to C{--phone} again.  Garbage datagrams are dropped, a request the bridge cannot parse
+C{--phone}; once it expires or is removed, to C{--phone} again.  With
+C{--media http} the calls' RTP and RTCP travel over HTTP to the server's
+media relay instead of UDP (L{presence.cli.sip_media}).
+Garbage datagrams are dropped, a request the bridge cannot parse
 is answered C{400}.  Datagrams from any host but the phone's are dropped:
 whatever the bridge takes, it sends as the user.  See C{docs/sip.md}.
 """
@@ -61,6 +64,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from presence.client.eventstream import FrameError, parse_frame
+from presence.cli.sip_media import MEDIA_HTTP, MEDIA_UDP, MediaTunnelClient
 from presence.client.heartbeat import HeartbeatClient, ServerError, _describe
 from presence.sip.message import (
     MAGIC_COOKIE, NameAddr, ParseError, Request, Response, SipURI, Via, ack_for, bare_host,
@@ -128,12 +132,20 @@ class SipBridge:
     """
 
     def __init__(self, reactor: Any, listen: Address, phone: Address, server: str,
-                 user: str, password: Optional[str], **client_options: Any) -> None:
+                 user: str, password: Optional[str], *, media: str = MEDIA_UDP,
+                 listen_udp: Any = None, **client_options: Any) -> None:
         self.reactor = reactor
         self.listen_address = listen
         self.phone = phone
         self.client = HeartbeatClient(reactor, server, user, password, on_frame=self.frame,
                                       **client_options)
+        #: with ``--media http``: the calls' RTP over HTTP (presence.cli.sip_media)
+        self.media: Optional[MediaTunnelClient] = None
+        if media == MEDIA_HTTP:
+            self.media = MediaTunnelClient(reactor, self.client, listen[0], phone[0],
+                                           listen_udp=listen_udp)
+        elif media != MEDIA_UDP:
+            raise ValueError(f"media must be {MEDIA_UDP} or {MEDIA_HTTP}, not {media!r}")
         self.transport: Any = None  # the UDP port, once listening
         self.pending: Dict[str, _Pending] = {}
         #: branch -> the ACK sent for a non-2xx final of the phone (re-sent
@@ -223,6 +235,8 @@ class SipBridge:
             copy.uri, to = registration.contact, registration.address
         else:
             copy.uri = str(SipURI(self.phone[0], user, self.phone[1]))
+        if self.media is not None:
+            self.media.from_server(copy)
         data = copy.to_bytes()
         self._send(data, to)
         if copy.method != "ACK":
@@ -248,6 +262,8 @@ class SipBridge:
             mine = self._record_route()
             values = [v for v in copy.values("record-route") if not self._names_me(v)]
             copy.set_values("record-route", values + [mine])
+        if self.media is not None:
+            self.media.from_server(copy)
         self._send(copy.to_bytes(), self._response_address(copy))
 
     def _response_address(self, response: Response) -> Address:
@@ -374,6 +390,8 @@ class SipBridge:
         if copy.get_all("record-route"):
             copy.set_values("record-route",
                             [v for v in copy.values("record-route") if not self._names_me(v)])
+        if self.media is not None:
+            self.media.from_phone(copy)
         self._post(copy, None)
 
     def _from_phone_request(self, request: Request, addr: Address) -> None:
@@ -389,6 +407,8 @@ class SipBridge:
             request.set_values("route", routes[1:])
         if request.method == "REGISTER":
             self._registering_from(request, addr)
+        if self.media is not None:
+            self.media.from_phone(request)
         self._post(request, addr)
 
     # -- the phone's registration ----------------------------------------------------
@@ -410,7 +430,7 @@ class SipBridge:
         while len(self._registering) >= 16:
             self._registering.pop(next(iter(self._registering)))
         self._registering[request.call_id or ""] = (_contact_key(uri),
-                                                    str(uri.without_params()), addr)
+                                                    str(uri), addr)
 
     def _registered(self, response: Response) -> None:
         """The server's final answer to a REGISTER of the phone."""
@@ -478,6 +498,8 @@ class SipBridge:
     def _post_text(self, response: Response, request: Request) -> None:
         """Post a response the bridge made for ``request`` (which has the
         server's Via on top)."""
+        if self.media is not None:
+            self.media.from_phone(response)
         self._post(response, None)
 
     def _post_failed(self, failure: Any, message, addr: Optional[Address]) -> None:
@@ -498,6 +520,8 @@ class SipBridge:
         if self.registration is not None and self.registration.timer.active():
             self.registration.timer.cancel()
         self.registration = None
+        if self.media is not None:
+            self.media.stop()
 
 
 class _Registration:
@@ -552,6 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phone", default="127.0.0.1:5080", type=parse_address,
                    help="UDP address of the phone while it has not registered at the bridge"
                    " (default %(default)s); only datagrams from its host are taken")
+    p.add_argument("--media", choices=(MEDIA_UDP, MEDIA_HTTP), default=MEDIA_UDP,
+                   help="how the calls' RTP/RTCP reach the server's media relay: 'udp' (the"
+                   " phone sends to the relay's ports itself; SDP untouched) or 'http' (the"
+                   " bridge gives the phone local UDP ports per m= line and carries the"
+                   " packets over its HTTP connection to the server, for a side that"
+                   " blocks UDP; see docs/calls.md) (default %(default)s)")
     p.add_argument("--mode", choices=("stream", "poll"), default="stream",
                    help="heartbeat mode (default %(default)s)")
     p.add_argument("--resume-file", metavar="PATH",
@@ -568,7 +598,7 @@ async def _run(reactor: Any, args: argparse.Namespace, password: Optional[str]) 
         sys.stderr.flush()
 
     bridge = SipBridge(reactor, args.listen, args.phone, args.server, args.user, password,
-                       mode=args.mode, register=args.register,
+                       media=args.media, mode=args.mode, register=args.register,
                        resume_file=args.resume_file,
                        on_status=say if not args.verbose else None)
     client = bridge.client

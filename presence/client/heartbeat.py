@@ -99,8 +99,13 @@ class TreqHTTP:
         from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
+        no_delay = _no_delay_protocol()
+
         class QuietFactory(_HTTP11ClientFactory):
             noisy = False  # no "Starting factory" line per connection
+
+            def buildProtocol(self, addr: Any) -> Any:
+                return no_delay(self._quiescentCallback)
 
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool._factory = QuietFactory
@@ -131,6 +136,27 @@ class TreqHTTP:
         Close the idle connections of the pool.
         """
         return self.pool.closeCachedConnections()
+
+
+def _no_delay_protocol() -> type:
+    from twisted.web._newclient import HTTP11ClientProtocol
+
+    class NoDelay(HTTP11ClientProtocol):
+        """No Nagle delay: Twisted writes a request's head and its body (a
+        producer) in separate writes, and the body would wait for the
+        server's ACK of the head (small posts such as the SIP bridge's media
+        would wait up to a delayed ACK, 40 ms)."""
+
+        def connectionMade(self) -> None:
+            set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                try:
+                    set_no_delay(True)
+                except OSError:
+                    pass
+            super().connectionMade()
+
+    return NoDelay
 
 
 class ServerError(Exception):
@@ -329,6 +355,14 @@ class HeartbeatClient:
         self._resume: str | None = None if guest else _read_token(resume_file)
 
     # -- public API -------------------------------------------------------
+
+    @property
+    def http(self) -> HTTPClientLike:
+        """
+        The HTTP client the client uses (for other requests of the same
+        program to the same server, as the SIP bridge's media streams).
+        """
+        return self._http
 
     def start(self) -> None:
         """
@@ -1028,7 +1062,10 @@ class HeartbeatClient:
     ) -> Any:
         """
         One request; return the decoded JSON answer (C{None} for an empty
-        body) or raise L{ServerError} for a status of 400 or more.
+        body) or raise L{ServerError} for a status of 400 or more. A C{307}
+        or C{308} to an C{http(s)} URL (in a cluster, C{POST /sip} for a
+        session another box holds) is followed once with the same method
+        and body (treq follows redirects of C{GET} only).
         """
         url = self.base_url + path
         if query:
@@ -1040,10 +1077,18 @@ class HeartbeatClient:
         elif body is not None:
             kwargs["data"] = body
             headers["Content-Type"] = [content_type or "application/octet-stream"]
-        d = self._http.request(method, url, **kwargs)
-        d.addTimeout(self.request_timeout, self._reactor)  # type: ignore[arg-type]
-        response = await d
-        if response.code >= 400:
+        if method.upper() not in ("GET", "HEAD"):
+            kwargs["allow_redirects"] = False
+        for hops in range(2):
+            d = self._http.request(method, url, **kwargs)
+            d.addTimeout(self.request_timeout, self._reactor)  # type: ignore[arg-type]
+            response = await d
+            location = _redirect_of(response) if hops == 0 else None
+            if location is None:
+                break
+            _discard(self._http, response)
+            url = location
+        if response.code >= 400 or response.code in (307, 308):
             raise await _error_of(self._http, response)
         return _json_or_none(await self._http.content(response))
 
@@ -1126,6 +1171,23 @@ async def _error_of(http: HTTPClientLike, response: IResponse) -> ServerError:
             message = phrase.decode("latin-1") if isinstance(phrase, bytes) else str(phrase)
             message = message or "HTTP error"
     return ServerError(response.code, message)
+
+
+def _redirect_of(response: IResponse) -> str | None:
+    """
+    The URL a C{307}/C{308} answer sends the same request to, if it is an
+    C{http(s)} URL; else C{None}.
+    """
+    if response.code not in (307, 308):
+        return None
+    values = response.headers.getRawHeaders(b"location") or []
+    if len(values) != 1:
+        return None
+    raw = values[0]
+    location = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+    if not location.startswith(("http://", "https://")):
+        return None
+    return location
 
 
 def _discard(http: HTTPClientLike, response: IResponse) -> None:

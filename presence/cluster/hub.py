@@ -44,6 +44,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from presence.cluster.limits import TAKE_FUNCTION
 from presence.core.counters import PAUSE_BUCKETS, Histogram
 from presence.core.frames import Frame
 from presence.core.hub import SEQ_MEMORY, Hub, HubConfig, IHub
@@ -84,12 +85,13 @@ SETTLED = 30.0
 # reply and one message per channel per turn, however many chats and logins
 # the turn had.
 #
-# One word is not a Redis command: ``BOUND sessions where:<user> sid bound``
+# Two words are not Redis commands: ``BOUND sessions where:<user> sid bound``
 # (after the writes that record session ``sid``) counts the user's sessions
 # over every box and answers the oldest past ``bound`` (never ``sid``) as
-# ``sid, box`` pairs; the caller ends them (``msg bye replaced``).  The
-# script answers one such list per BOUND, in order.
-BATCH = b"""
+# ``sid, box`` pairs; the caller ends them (``msg bye replaced``).  ``TAKE``
+# spends the shared chat limits (presence/cluster/limits.py).  The script
+# answers one answer per BOUND or TAKE, in order.
+BATCH = TAKE_FUNCTION + b"""
 local function oldest(sessions, where, sid, bound)
   if bound <= 0 or redis.call('HLEN', where) <= bound then return {} end
   local sids = redis.call('HKEYS', where)
@@ -116,12 +118,29 @@ while i <= n do
   local words = tonumber(ARGV[i])
   if ARGV[i + 1] == 'BOUND' then
     table.insert(answers, oldest(ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])))
+  elseif ARGV[i + 1] == 'TAKE' then
+    table.insert(answers, take(tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), i + 4))
   else
     redis.call(unpack(ARGV, i + 1, i + words))
   end
   i = i + words + 1
 end
 return answers
+"""
+# The pending chats written at or before ARGV[1] (their "t", the last key of
+# the JSON value) of the hash KEYS[1], as HGETALL answers: what settle may trim
+OLD_PENDING = b"""
+local old = tonumber(ARGV[1])
+local flat = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #flat, 2 do
+  local t = tonumber(string.match(flat[i + 1], '"t": ([%d%.eE+%-]+)}$') or '')
+  if t ~= nil and t <= old then
+    table.insert(out, flat[i])
+    table.insert(out, flat[i + 1])
+  end
+end
+return out
 """
 #: commands in one batch at most; past it the batch goes out at once
 BATCH_MAX = 1000
@@ -315,6 +334,10 @@ class ClusterHub(Hub):
         #: while the view is loaded: the events of the channel ``all`` that
         #: came meanwhile, applied once it is read (None: not loading)
         self._held: Optional[List[dict]] = None
+        #: events other modules handle (kind -> handler of the event), and
+        #: who hears that a box is gone (presence.cluster.calls)
+        self.extra_handlers: Dict[str, Callable[[dict], None]] = {}
+        self.box_observers: List[Callable[[str], None]] = []
 
     # -- keys and channels ------------------------------------------------------
 
@@ -369,7 +392,8 @@ class ClusterHub(Hub):
                answer: Optional[Callable[[Any], None]] = None) -> None:
         """Add to this turn's batch (sent by :meth:`flush` at the end of the
         reactor turn, or before any other call to Redis); ``answer`` takes
-        the answer of the one BOUND among ``commands``."""
+        the answer of the one BOUND or TAKE among ``commands`` (None when
+        the batch could not be sent)."""
         self._writes.extend(commands)
         if answer is not None:
             self._bounds.append(answer)
@@ -403,20 +427,25 @@ class ClusterHub(Hub):
         d = self._eval(BATCH, [], args)
 
         def answered(answers):
-            for call, answer in zip(bounds, answers if isinstance(answers, list) else ()):
-                call(answer)
+            answers = answers if isinstance(answers, list) else []
+            for i, call in enumerate(bounds):
+                call(answers[i] if i < len(answers) else None)
 
         def failed(failure):
             self._failed(failure, "sharing this box's changes")
             if self.redis.unavailable(failure.value):
                 for call in unsent:
                     call()
+            for call in bounds:
+                call(None)      # no answer (a TAKE fails open)
         d.addCallbacks(answered, failed)
         return d
 
     def _send(self, box: str, event: dict) -> None:
         """Publish ``event`` on ``box``'s channel (with this turn's batch)."""
         self._queue(channel=self.key("to", box), event=event)
+
+    send_to_box = _send
 
     # -- placement and sessions ---------------------------------------------------
 
@@ -979,9 +1008,12 @@ class ClusterHub(Hub):
     def settle(self) -> defer.Deferred:
         """Drop from this box's pending hash the chats older than
         ``SETTLED`` seconds that no local mailbox holds any more (they were
-        spilled to the message box, long since written)."""
-        d = self._eval(b"return redis.call('HGETALL', KEYS[1])",
-                       [self.key("pending", self.me)], [])
+        spilled to the message box, long since written).  Redis answers
+        only the chats old enough (OLD_PENDING): most of the hash is chats
+        still unacknowledged in a mailbox, and reading all of it every few
+        seconds cost more than the chats."""
+        d = self._eval(OLD_PENDING, [self.key("pending", self.me)],
+                       [repr(self.clock.seconds() - SETTLED)])
 
         def trim(flat):
             now = self.clock.seconds()
@@ -1041,7 +1073,10 @@ class ClusterHub(Hub):
     def _handle(self, kind: Any, event: dict) -> None:
         handler = self._handlers.get(kind)
         if handler is None:
-            return
+            extra = self.extra_handlers.get(kind)
+            if extra is None:
+                return
+            handler = lambda _, event: extra(event)   # noqa: E731
         try:
             handler(self, event)
         except Exception:
@@ -1091,6 +1126,8 @@ class ClusterHub(Hub):
         now = self.clock.seconds()
         for user in [u for u, boxes in self.remote_online.items() if box in boxes]:
             self._remote_presence(user, box, False, None, now)
+        for observer in self.box_observers:
+            observer(box)
 
     def _on_frame(self, event: dict) -> None:
         self._routed(event["u"], decode_frame(event["f"]))

@@ -32,7 +32,12 @@ class _Subscriber(protocol.Factory):
         import txredisapi
         owner = self.owner
 
-        class Subscription(txredisapi.SubscriberProtocol):
+        from presence.store.resp import FastReplies
+        # (replies read in one pass unless hiredis reads them: presence/store/resp.py)
+        bases = (txredisapi.SubscriberProtocol,) if txredisapi.hiredis is not None \
+            else (FastReplies, txredisapi.SubscriberProtocol)
+
+        class Subscription(*bases):  # type: ignore[misc]
             def connectionMade(self):
                 d = defer.maybeDeferred(super().connectionMade)
                 d.addCallback(lambda _: self.subscribe(owner.hub.channels()))

@@ -148,7 +148,8 @@ class Call:
 
 
 class Calls:
-    """The live calls of this server (one process)."""
+    """The live calls of this server (one process), or of one box of a
+    cluster: the calls its callers make (presence.cluster.calls)."""
 
     def __init__(self, clock: Any, send: Callable[[str, Frame], None],
                  alive: Callable[[str], bool], ring_timeout: float = RING_TIMEOUT,
@@ -166,6 +167,8 @@ class Calls:
         self._checker: Any = None
         #: calls that ended, by reason (the operator's figures)
         self.ended: Dict[str, int] = {}
+        #: called with each call as it ends (a cluster releases its record)
+        self.on_end: Optional[Callable[[Call], None]] = None
 
     # -- queries ------------------------------------------------------------
 
@@ -182,26 +185,34 @@ class Calls:
 
     # -- what the parties do ----------------------------------------------------
 
-    def offer(self, caller: Party, callee: str, sessions: List[str], sdp: str,
-              callid: Optional[str] = None) -> Call:
-        """``caller`` calls ``callee``, whose live sessions able to take a
-        call are ``sessions`` (none: the call ends at once, ``offline``).
-        Already checked by the caller: that ``caller`` may call ``callee``
-        and that ``sdp`` is SDP (:func:`check_sdp`)."""
-        if callee == caller.user:
+    def check_offer(self, caller: str, callee: str, callid: Optional[str] = None) -> str:
+        """What :meth:`offer` checks first (400/409), before any state
+        changes: the call id to use (a new one for none)."""
+        if callee == caller:
             raise BadRequest("you cannot call yourself")
-        if caller.user in self.by_user:
+        if caller in self.by_user:
             raise Conflict("you are in a call already: hang up first")
         if callid is None or callid == "":
-            callid = self.new_id()
-        elif not isinstance(callid, str) or not CALLID_RE.match(callid):
+            return self.new_id()
+        if not isinstance(callid, str) or not CALLID_RE.match(callid):
             raise BadRequest("call must be 8-64 characters of A-Z, a-z, 0-9, '_' and '-'")
         if callid in self.calls:
             raise Conflict("that call id is taken: choose another")
+        return callid
+
+    def offer(self, caller: Party, callee: str, sessions: List[str], sdp: str,
+              callid: Optional[str] = None, busy: bool = False) -> Call:
+        """``caller`` calls ``callee``, whose live sessions able to take a
+        call are ``sessions`` (none: the call ends at once, ``offline``).
+        Already checked by the caller: that ``caller`` may call ``callee``
+        and that ``sdp`` is SDP (:func:`check_sdp`).  ``busy``: the callee
+        is in a call this process does not hold (another box's: the call
+        ends at once, ``busy``)."""
+        callid = self.check_offer(caller.user, callee, callid)
         call = Call(callid, caller, callee, self.clock.seconds())
         self.calls[callid] = call
         self.by_user[caller.user] = call
-        if callee in self.by_user:
+        if busy or callee in self.by_user:
             self._end(call, "busy")
             return call
         live = [s for s in sessions if self.alive(s)]
@@ -312,6 +323,8 @@ class Calls:
         call.state = "ended"
         call.reason = reason
         call.ringing = []
+        if self.on_end is not None:
+            self.on_end(call)
         if not self.calls and self._checker is not None and self._checker.active():
             self._checker.cancel()
             self._checker = None

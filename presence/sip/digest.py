@@ -10,10 +10,18 @@ the clock, the server secret and the HA1 look-up are given to it.
   that order); a user agent answers with one of them.  ``qop`` is required in
   the answer: without a nonce count a replay cannot be bounded.
 * Nonces are stateless: ``base64url(issued-at | random | HMAC-SHA256(secret,
-  issued-at | random | realm))``.  Any nonce the server issued verifies
-  without a table; one older than ``nonce_ttl`` is answered with a new
-  challenge carrying ``stale=true``, so the user agent retries without
-  asking its user again.
+  issued-at | random | realm | source))``, where ``source`` is the address
+  the challenge went to (:func:`source_of`): a nonce answered from another
+  address does not verify (it is stale), so nobody can fetch a nonce at
+  their own address and then authenticate a REGISTER or SUBSCRIBE from a
+  spoofed UDP source, which would point calls or NOTIFYs at a victim.  Any nonce the server issued verifies
+  without a table; one the server cannot verify (issued before a restart,
+  under the old secret, or to another address) is answered with a new
+  challenge carrying ``stale=true`` whatever the digest (which is not
+  judged: no password oracle, and no failure counted for an address the
+  sender may have forged), and so is one older than ``nonce_ttl`` with an
+  otherwise right digest, so the user agent retries without asking its
+  user again.
 * Replays: the highest nonce count seen per nonce is kept in a bounded table.
   A count that does not grow is a replay.  When the table is full the oldest
   entries go and the issue time of the newest evicted nonce becomes a low
@@ -64,6 +72,14 @@ _NC = re.compile(r"[0-9a-fA-F]{8}\Z")
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _RANDOM_BYTES = 12
 _MAC_BYTES = 16
+
+
+def source_of(hop) -> str:
+    """The address a nonce is bound to for a request from ``hop`` (a
+    :class:`~presence.sip.proxy.Hop`): its host from the network (a NAT may
+    change the port; a spoofer cannot receive at another's host), ``""``
+    through the tunnel (an HTTP session cannot be spoofed)."""
+    return "" if getattr(hop, "tunnel", False) else str(hop.host)
 
 
 def hash_hex(algorithm: str, text: str) -> str:
@@ -172,6 +188,8 @@ class Verdict:
     stale: bool = False
     error: Optional[str] = None
     present: bool = False
+    #: the user name the credentials were for (right or wrong)
+    tried: Optional[str] = None
 
 
 class DigestAuth:
@@ -201,16 +219,19 @@ class DigestAuth:
 
     # nonces -------------------------------------------------------------------
 
-    def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._secret, body + self.realm.encode("utf-8"),
-                        hashlib.sha256).digest()[:_MAC_BYTES]
+    def _mac(self, body: bytes, source: str) -> bytes:
+        bound = self.realm.encode("utf-8") + b"\0" + source.encode("utf-8", "replace")
+        return hmac.new(self._secret, body + bound, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def make_nonce(self) -> str:
+    def make_nonce(self, source: str = "") -> str:
+        """A fresh nonce for a challenge sent to ``source`` (:func:`source_of`)."""
         body = struct.pack(">d", float(self.clock.seconds())) + secrets.token_bytes(_RANDOM_BYTES)
-        return base64.urlsafe_b64encode(body + self._mac(body)).decode("ascii").rstrip("=")
+        return base64.urlsafe_b64encode(body + self._mac(body, source)).decode(
+            "ascii").rstrip("=")
 
-    def nonce_issued(self, nonce: str) -> Optional[float]:
-        """When ``nonce`` was issued, or None if the server did not issue it."""
+    def nonce_issued(self, nonce: str, source: str = "") -> Optional[float]:
+        """When ``nonce`` was issued, or None if the server did not issue it
+        (to ``source``)."""
         if len(nonce) > 64:
             return None
         try:
@@ -220,19 +241,20 @@ class DigestAuth:
         if len(raw) != 8 + _RANDOM_BYTES + _MAC_BYTES:
             return None
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        if not hmac.compare_digest(mac, self._mac(body)):
+        if not hmac.compare_digest(mac, self._mac(body, source)):
             return None
         return struct.unpack(">d", body[:8])[0]
 
     # challenges ---------------------------------------------------------------
 
     def challenge(self, request: Optional[Request] = None, proxy: bool = False,
-                  stale: bool = False) -> List[Tuple[str, str]]:
+                  stale: bool = False, source: str = "") -> List[Tuple[str, str]]:
         """Header fields for a ``401`` (``WWW-Authenticate``) or, with
         ``proxy``, a ``407`` (``Proxy-Authenticate``): one per algorithm
-        (:data:`ALGORITHMS`), all with the same fresh nonce."""
+        (:data:`ALGORITHMS`), all with the same fresh nonce, bound to
+        ``source``, where the challenge goes (:func:`source_of`)."""
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
-        nonce = self.make_nonce()
+        nonce = self.make_nonce(source)
         out = []
         for algorithm in ALGORITHMS:
             value = (f'Digest realm="{_quote(self.realm)}", nonce="{nonce}", '
@@ -244,19 +266,25 @@ class DigestAuth:
 
     # checks -------------------------------------------------------------------
 
-    def check(self, request: Request, proxy: bool = False) -> "defer.Deferred":
+    def check(self, request: Request, proxy: bool = False,
+              source: str = "") -> "defer.Deferred":
         """Deferred: the authenticated user name, or None."""
-        return self.verify(request, proxy).addCallback(lambda v: v.user)
+        return self.verify(request, proxy, source).addCallback(lambda v: v.user)
 
-    def verify(self, request: Request, proxy: bool = False) -> "defer.Deferred":
-        """Deferred[:class:`Verdict`]; never fails."""
+    def verify(self, request: Request, proxy: bool = False,
+               source: str = "") -> "defer.Deferred":
+        """Deferred[:class:`Verdict`] of ``request`` from ``source``
+        (:func:`source_of`); never fails."""
         try:
             found = self._credentials(request, proxy)
         except CredentialsError as e:
-            return defer.succeed(Verdict(error=f"Bad credentials: {e}", present=True))
+            # bounded: a parameter name may be as long as the message, and
+            # the reason goes back to a source that may be forged
+            return defer.succeed(Verdict(error=f"Bad credentials: {str(e)[:80]}",
+                                         present=True))
         if found is None:
             return defer.succeed(Verdict())
-        return self._verify(request, found)
+        return self._verify(request, found, source)
 
     def _credentials(self, request: Request, proxy: bool) -> Optional[Dict[str, str]]:
         """The Digest parameters for our realm, or None if none were sent."""
@@ -289,7 +317,7 @@ class DigestAuth:
                 raise CredentialsError("bad nc")
         return mine
 
-    def _verify(self, request: Request, p: Dict[str, str]) -> "defer.Deferred":
+    def _verify(self, request: Request, p: Dict[str, str], source: str) -> "defer.Deferred":
         algorithm = p["algorithm"]
         if algorithm not in _HASHES or p.get("qop") != "auth":
             # an algorithm or qop we did not offer: challenge again
@@ -297,29 +325,34 @@ class DigestAuth:
         if not (_same_uri(p["uri"], request.uri) or self.uri_ok(p["uri"], request)):
             return defer.succeed(Verdict(error="Bad credentials: uri does not match the "
                                                "Request-URI", present=True))
-        issued = self.nonce_issued(p["nonce"])
-        if issued is None:
-            return defer.succeed(Verdict(present=True))
+        # a nonce we did not issue (before a restart, under another secret,
+        # or to another address: a forged UDP source never sees one) is
+        # stale whatever the digest: judging the digest would tell a right
+        # password (stale) from a wrong one, and a wrong one would spend the
+        # login allowance of an address the sender does not hold
+        issued = self.nonce_issued(p["nonce"], source)
         user = p["username"]
+        if issued is None:
+            return defer.succeed(Verdict(stale=True, present=True, tried=user))
 
         def compare(ha1_hex: Optional[str]) -> Verdict:
             if not ha1_hex:
-                return Verdict(present=True)
+                return Verdict(present=True, tried=user)
             want = expected_response(algorithm, ha1_hex.lower(), request.method, p["uri"],
                                      p["nonce"], p["nc"], p["cnonce"])
             if not hmac.compare_digest(want.encode("ascii"),
                                        p["response"].lower().encode("ascii", "replace")):
-                return Verdict(present=True)
+                return Verdict(present=True, tried=user)
             now = float(self.clock.seconds())
             if now - issued > self.nonce_ttl or issued > now + 1:
-                return Verdict(stale=True, present=True)
+                return Verdict(stale=True, present=True, tried=user)
             if not self._count(p["nonce"], issued, int(p["nc"], 16), now):
-                return Verdict(stale=True, present=True)
-            return Verdict(user=user, present=True)
+                return Verdict(stale=True, present=True, tried=user)
+            return Verdict(user=user, present=True, tried=user)
 
         d = defer.maybeDeferred(self.ha1_of, user, self.realm, algorithm)
         d.addCallback(compare)
-        d.addErrback(lambda _f: Verdict(present=True))
+        d.addErrback(lambda _f: Verdict(present=True, tried=user))
         return d
 
     def _count(self, nonce: str, issued: float, nc: int, now: float) -> bool:

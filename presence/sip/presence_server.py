@@ -29,8 +29,9 @@ presence tables (``IHub.state_of``) and sends ``NOTIFY`` requests itself:
 Subscribers are authenticated: a tunnel session (``POST /sip``) by its
 session (its ``NOTIFY``s come to it as ``msg sipreq NOTIFY`` frames and end
 with it), a phone on the network with digest (:class:`~presence.sip.digest.
-DigestAuth`, a ``401`` challenge; without one configured the network gets
-``403``).  ``NOTIFY``s to the network go to the address the (last)
+DigestAuth`, a ``401`` challenge whose nonce is good from the address it
+went to only; wrong digests spend the address's login allowance, past it
+``403``; without digest configured the network gets ``403``).  ``NOTIFY``s to the network go to the address the (last)
 ``SUBSCRIBE`` came from, over its transport (on its TCP connection while it
 is open), never to an address the ``Contact`` names: the ``Contact`` is only
 the Request-URI, so a subscriber cannot make the server send elsewhere.
@@ -52,10 +53,13 @@ from xml.sax.saxutils import escape, quoteattr
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from presence.core.ratelimit import address_key
 from presence.core.states import AVAILABLE, AWAY, BUSY, OFFLINE
 from presence.service import GUEST_PREFIX
+from presence.sip.digest import source_of
 from presence.sip.message import MAGIC_COOKIE, NameAddr, Request, Response, SipURI, Via
 from presence.sip.proxy import T1, T2, T4, TCP, TIMER_B, TUNNEL, UDP, Hop
+from presence.sip.registrar import TOO_MANY
 
 log = Logger(namespace="presence.sip")
 
@@ -294,17 +298,34 @@ class SipPresence:
         if self.auth is None:
             return defer.succeed((None, (403, [], "Forbidden (SIP presence is for the users"
                                                  " of this server through their sessions)")))
+        # digests count as password logins do (the address's and the
+        # account's allowances), as a REGISTER's: no password oracle beside them
+        too_many = (None, (403, [], TOO_MANY))
+        if not self.service.login_failures.allowed(address_key(hop.host),
+                                                   self.clock.seconds()):
+            self._count("refused_failures")
+            self.service._refused("login_address", hop.host)
+            return defer.succeed(too_many)
+        source = source_of(hop)
 
-        def judged(verdict: Any) -> Tuple[Optional[str], Optional[tuple]]:
+        def judged(verdict: Any) -> Any:
             if verdict.error:
                 return None, (400, [], f"Bad Request ({verdict.error})")
+            if verdict.present and not self.service.judge_digest(
+                    verdict.tried, hop.host,
+                    None if verdict.stale else verdict.user is not None):
+                self._count("refused_failures")
+                return too_many
             if verdict.user is None:
                 self._count("challenged")
-                return None, (401, self.auth.challenge(request, stale=verdict.stale),
-                              "Unauthorized")
-            return verdict.user.lower(), None
+                return None, (401, self.auth.challenge(request, stale=verdict.stale,
+                                                       source=source), "Unauthorized")
+            user = verdict.user.lower()
+            return defer.maybeDeferred(self.service.is_locked, user).addCallback(
+                lambda locked: (None, (403, [], "Forbidden (this account is locked)"))
+                if locked else (user, None))
 
-        return self.auth.verify(request).addCallback(judged)
+        return self.auth.verify(request, source=source).addCallback(judged)
 
     def _authenticated(self, who: tuple, request: Request, hop: Hop, name: str, to_tag: str,
                        reply: Reply, expires: int, event_id: str, target: str) -> Any:

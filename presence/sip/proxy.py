@@ -42,6 +42,10 @@ What it does with a request (from the network or from a tunnel session):
 8. ``Contact`` of anything a tunnel session sends is rewritten to
    ``sip:<user>@<our address>;tun=<token>`` (the token names the session and
    is not its ID) so that the far end reaches the session through us.
+9. with a media relay (``media``, a :class:`presence.sip.media.MediaAnchor`),
+   the SDP of calls that cross the tunnel is rewritten to relay ports where
+   requests are forwarded and responses sent upstream; a first INVITE the
+   relay has no room for gets ``503``.
 
 What a tunnel session may make the proxy send (no open relay, no SSRF):
 guests no request at all (``403``; they answer calls); registered users
@@ -88,6 +92,7 @@ from presence.errors import BadRequest, ClientError, NotFound, TooLarge, TooMany
 from presence.service import SOURCE_SCOPES
 from presence.sip.digest import DigestAuth
 from presence.sip.registrar import Registrar
+from presence.sip.relay import NoRoom
 from presence.sip.message import (
     MAGIC_COOKIE, MAX_MESSAGE, NameAddr, ParseError, Request, Response, SipURI, Via,
     ack_for, bare_host, make_response, parse, reason_phrase, text_body,
@@ -152,7 +157,8 @@ class Hop:
         self.conn = conn
         self.session = session
         #: the Request-URI a request forwarded to this hop gets (a registered
-        #: Contact), or None: unchanged
+        #: Contact, or another box of a cluster: see ISipBoxes), or None:
+        #: unchanged
         self.uri = uri
 
     @property
@@ -187,6 +193,28 @@ class ISipNetwork(Interface):
 
     def is_local(host: str) -> bool:
         """Whether ``host`` (an IP address or name) is this machine."""
+
+
+class ISipBoxes(Interface):
+    """The other host boxes of a cluster, as next hops of the proxy
+    (``presence.cluster.sip``; None on one node): a user's sessions held
+    by another box are reached through that box's proxy."""
+
+    def hops(name: str, uri: SipURI) -> Any:
+        """One hop per other live box holding a session of user ``name``
+        (each with its ``uri``), for a request whose Request-URI is ``uri``;
+        none when ``uri`` says another box forked it already.  A list, or a
+        Deferred of one (an address is read first)."""
+
+    def hop_of(uri: SipURI) -> Optional["Hop"]:
+        """The hop of ``uri`` (a Route) when it names the SIP listener of a
+        live box of the cluster, else None."""
+
+    def is_box(ip: str, port: int) -> bool:
+        """Whether ``ip:port`` is the SIP listener of a live box."""
+
+    def is_box_ip(ip: str) -> bool:
+        """Whether ``ip`` is the address of a live box's SIP listener."""
 
 
 class Timers:
@@ -637,6 +665,11 @@ class SipProxy:
                 service.sip_ha1(user, realm, algorithm)),
             clock, secrets.token_bytes(32), uri_ok=self._digest_uri_ok)
         self.registrar = Registrar(self, self.digest, **(registrar or {}))
+        #: the media relay's SDP hooks (presence.sip.media.MediaAnchor), or
+        #: None: SDP passes untouched
+        self.media: Any = None
+        #: the other boxes of a cluster (ISipBoxes), or None: one node
+        self.boxes: Optional[Any] = None
 
     @property
     def port(self) -> int:
@@ -709,7 +742,11 @@ class SipProxy:
         stream; ``TCP`` messages have been framed by Content-Length)."""
         if not data.strip(b"\r\n \t"):
             return  # keep-alive
-        if not self.source_limiter.take(hop.host, self.clock.seconds()):
+        # (another box's TCP connection carries all its callers: it is not
+        # counted as one source; TCP, since its source cannot be forged)
+        if not (hop.transport == TCP and self.boxes is not None
+                and self.boxes.is_box_ip(hop.host)) \
+                and not self.source_limiter.take(hop.host, self.clock.seconds()):
             # dropped unanswered: an answer would go to an address that may
             # be forged; a real peer retransmits
             self._count("rate_limited")
@@ -939,6 +976,8 @@ class SipProxy:
         elif target.kind == "user":
             context.target_pending = True
             d = defer.ensureDeferred(self.service.resolve(target.name))
+            if self.boxes is not None:
+                d.addCallback(self._with_boxes, forwarded)
             d.addCallback(self._user_found, context, forwarded)
             d.addErrback(self._target_failed, context)
         else:
@@ -999,12 +1038,14 @@ class SipProxy:
             except ValueError:
                 return _Target("error", 416, "Unsupported URI Scheme")
         if routes:
-            if not source.tunnel:
-                return _Target("error", 403, "Forbidden (not an open relay)")
             try:
                 next_uri = NameAddr.parse(routes[0]).sip_uri()
             except ValueError:
                 next_uri = None
+            if not source.tunnel and not (next_uri is not None and self.boxes is not None
+                                          and self.boxes.hop_of(next_uri) is not None):
+                # (a dialog through another box of the cluster goes on)
+                return _Target("error", 403, "Forbidden (not an open relay)")
             if next_uri is None:
                 return _Target("error", 416, "Unsupported URI Scheme (Route)")
             return _Target("outside", uri=next_uri)
@@ -1035,6 +1076,9 @@ class SipProxy:
         Request-URI) of ``request`` from tunnel session ``source``, once the
         name is resolved and every address it resolves to is allowed; fails
         with :class:`_Refused` (``403``) when the user may not send there."""
+        box = self.boxes.hop_of(uri) if self.boxes is not None else None
+        if box is not None:
+            return defer.succeed(box)   # another box of the cluster
         transport = TCP if uri.transport == "TCP" else UDP
         if uri.transport not in ("UDP", "TCP"):
             return defer.fail(_Refused(503, f"Service Unavailable (no {uri.transport[:10]})"))
@@ -1099,6 +1143,8 @@ class SipProxy:
         ip = bare_host(ip).lower()
         if self._is_own_listener(ip, port):
             return "this server's own address"
+        if self.boxes is not None and self.boxes.is_box(ip, port):
+            return None     # another box of the cluster (its SIP listener)
         if dialog is not None and dialog.is_peer(transport, ip, port):
             return None
         why = forbidden_address(ip)
@@ -1143,6 +1189,9 @@ class SipProxy:
         # behind them to answer; a registered phone is reached at its binding
         dests = [Hop(TUNNEL, session=s) for s in sessions if s.scope not in SOURCE_SCOPES]
         dests += self._binding_hops(name)
+        # (in a cluster, the proxies of the other boxes holding sessions of
+        # the user: _with_boxes)
+        dests += list(found[2]) if len(found) > 2 else []
         if not dests:
             self._count("offline")
             self._reply(stx, 480, reason="Temporarily Unavailable")
@@ -1170,6 +1219,15 @@ class SipProxy:
             hops.append(Hop(binding.transport, binding.host, binding.port, conn=conn,
                             uri=binding.contact))
         return hops
+
+    def _with_boxes(self, found, request: Request) -> Any:
+        """A cluster: ``found`` and the hops of the other boxes holding
+        sessions of the user (ISipBoxes.hops, which may read Redis)."""
+        if found is None or found[0] != "user":
+            return found
+        d = defer.maybeDeferred(self.boxes.hops, found[1], SipURI.parse(request.uri))
+        d.addCallback(lambda hops: (found[0], found[1], hops))
+        return d
 
     def _target_failed(self, failure, context: Context, code: int = 500) -> None:
         context.target_pending = False
@@ -1199,19 +1257,30 @@ class SipProxy:
     def _prepare(self, request: Request, source: Hop, dest: Hop, branch: str) -> Request:
         """The copy of ``request`` for ``dest``: 16.6 steps 3 to 8."""
         copy = request.copy()
+        if dest.uri is not None:
+            copy.uri = dest.uri
         mf = copy.get("max-forwards")
         copy.set("max-forwards", str(int(mf) - 1) if mf is not None else "70")
         if source.tunnel:
             self._rewrite_contacts(copy, source.session, self.local_host(dest))
-        if copy.method not in NO_RECORD_ROUTE and (source.tunnel or dest.tunnel):
+        if copy.method not in NO_RECORD_ROUTE and (source.tunnel or dest.tunnel
+                                                   or self._is_box_hop(source)
+                                                   or self._is_box_hop(dest)):
             # between two network peers (a phone calling a registered
             # phone) the proxy stays out of the dialog: it relays no
-            # in-dialog requests from the network to the network
+            # in-dialog requests from the network to the network; a call
+            # that crosses to (or comes from) another box of the cluster
+            # keeps both proxies in its route set
             copy.prepend("record-route", self._record_route(source, dest))
         via_transport = TCP if dest.transport == TCP else UDP
         copy.prepend("via", str(Via(via_transport, self.local_host(dest), self.port,
                                     [("branch", branch)])))
         return copy
+
+    def _is_box_hop(self, hop: Hop) -> bool:
+        """Whether ``hop`` is the SIP listener of another box of the cluster."""
+        return (self.boxes is not None and not hop.tunnel
+                and self.boxes.is_box(bare_host(hop.host).lower(), hop.port))
 
     def _branch(self, context: Optional[Context], request: Request) -> str:
         loop_hash = context.loop_hash if context is not None else self._loop_hash(request)
@@ -1224,11 +1293,23 @@ class SipProxy:
         if request.method != "ACK" and not text_body(request) and any(d.tunnel for d in dests):
             self._reply(stx, 415, reason="Unsupported Media Type (the tunnel carries text)")
             return
+        copies = []
         for dest in dests:
             branch = self._branch(context, request)
             copy = self._prepare(request, stx.hop, dest, branch)
             if dest.uri is not None:
                 copy.uri = dest.uri
+            if self.media is not None:
+                try:
+                    self.media.request(copy, stx.hop, dest)
+                except NoRoom as e:
+                    self._count("refused_relay")
+                    log.info("a call got 503: {why}", why=str(e))
+                    self._reply(stx, 503, [("Retry-After", "30")],
+                                reason="Service Unavailable (no media relay ports left)")
+                    return
+            copies.append((dest, branch, copy))
+        for dest, branch, copy in copies:
             ctx = ClientTxn(self, context, copy, dest, branch)
             context.clients.append(ctx)
             self.client_txns[ctx.key] = ctx
@@ -1269,6 +1350,11 @@ class SipProxy:
         for dest in dests:
             branch = self._branch(None, request)
             copy = self._prepare(request, source, dest, branch)
+            if self.media is not None:
+                try:
+                    self.media.request(copy, source, dest)
+                except NoRoom:  # only a first INVITE raises it, never an ACK
+                    pass
             if dest.tunnel:
                 if self._alive(dest.session) and text_body(copy):
                     self.hub.deliver_session(dest.session, frames.sipreq(
@@ -1292,6 +1378,8 @@ class SipProxy:
         context = stx.context
         if context is None or context.final:
             return
+        if self.media is not None:
+            self.media.cancel(request)
         context.cancelled = True
         if not context.clients and not context.target_pending:
             self._reply(stx, 487, reason="Request Terminated")
@@ -1492,6 +1580,9 @@ class SipProxy:
     def _send_upstream(self, stx: ServerTxn, response: Response) -> Any:
         """Send ``response`` to the previous hop of ``stx``; return what was
         sent (bytes, or the frame), for repeats."""
+        if self.media is not None:
+            initial = stx.request is None or stx.request.tag("to") is None
+            self.media.response(response, stx.method, initial, stx.hop)
         if stx.hop.tunnel:
             return self._deliver_response(stx.hop.session, stx.txid, response)
         if stx.reply_hop is None:

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import unquote
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -65,7 +66,7 @@ from presence.core.hub import IChannel
 from presence.core.mailbox import Entry
 from presence.core.ratelimit import address_key
 from presence.core.tables import Session
-from presence.sip.digest import DigestAuth
+from presence.sip.digest import DigestAuth, source_of
 from presence.sip.message import NameAddr, SipURI, bare_host
 
 log = Logger(namespace="presence.sip")
@@ -80,6 +81,8 @@ TOTAL = 10_000
 _EXPIRES_LIMIT = 2 ** 32 - 1
 #: the scope of a registration's presence source session
 SCOPE = "sip"
+#: the reason of a 403 once the login allowance is spent
+TOO_MANY = "Forbidden (too many failed attempts; try again later)"
 
 
 class Binding:
@@ -209,22 +212,25 @@ class Registrar:
         failures = self.service.login_failures
         now = self.clock.seconds()
         if not failures.allowed(who, now):
-            self.service._refused("sip_register", ip)
-            self._answer(stx, 403, "Forbidden (too many failed attempts from this address;"
-                                   " try again later)")
+            self.service._refused("login_address", ip)
+            self._answer(stx, 403, TOO_MANY)
             return
-        verdict = await self.digest.verify(request)
+        verdict = await self.digest.verify(request, source=source_of(hop))
         if stx.state == "terminated" or stx.request is None:
             return
         if verdict.error:
             self._answer(stx, 400, f"Bad Request ({verdict.error[:100]})")
             return
+        if verdict.present and not self.service.judge_digest(
+                verdict.tried, ip, None if verdict.stale else verdict.user is not None):
+            self._answer(stx, 403, TOO_MANY)
+            return
         if verdict.user is None:
             if verdict.present and not verdict.stale:
-                failures.take(who, self.clock.seconds())
                 log.info("SIP REGISTER for {aor} from {ip}: wrong credentials", aor=aor, ip=ip)
             self._answer(stx, 401, "Unauthorized",
-                         self.digest.challenge(request, stale=verdict.stale))
+                         self.digest.challenge(request, stale=verdict.stale,
+                                               source=source_of(hop)))
             return
         if verdict.user != aor:
             self._answer(stx, 403, "Forbidden (the credentials are not those of the"
@@ -251,7 +257,6 @@ class Registrar:
             uri = None
         if uri is None or not uri.user:
             raise _Refusal(400, "Bad Request (To must be the sip: address of record)")
-        from urllib.parse import unquote
         user = unquote(uri.user).lower()
         if hop.tunnel:
             if user != hop.session.user.name:

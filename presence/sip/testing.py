@@ -139,3 +139,64 @@ def answer(req: Request, code: int, *, to_tag: str = "callee1",
         resp.add("Content-Type", "application/sdp")
         resp.body = body.encode("utf-8")
     return resp
+
+
+class FakeUdpPort:
+    """A bound relay port of :class:`FakeUdp`: records what it sends."""
+
+    def __init__(self, layer: "FakeUdp", port: int, receive: Callable) -> None:
+        self.layer = layer
+        self.port = port
+        self.receive = receive
+        self.closed = False
+
+    def send(self, data: bytes, address: Tuple[str, int]) -> None:
+        assert not self.closed, "a closed relay port sent a datagram"
+        self.layer.sent.append((self.port, data, address))
+
+    def close(self) -> None:
+        self.closed = True
+        self.layer.bound.pop(self.port, None)
+
+
+class FakeUdp:
+    """The relay's UDP layer in memory (:class:`presence.sip.relay.IUdpLayer`):
+    ``bound`` port -> :class:`FakeUdpPort`, ``sent`` ``(from port, data,
+    to address)``; ``busy`` ports cannot be bound; :meth:`arrive` delivers a
+    datagram to a bound port."""
+
+    def __init__(self) -> None:
+        self.bound: dict = {}
+        self.sent: List[Tuple[int, bytes, Tuple[str, int]]] = []
+        self.busy: set = set()
+
+    def open(self, port: int, receive: Callable) -> FakeUdpPort:
+        from presence.sip.relay import PortBusy
+        if port in self.busy or port in self.bound:
+            raise PortBusy(f"port {port} is in use")
+        bound = self.bound[port] = FakeUdpPort(self, port, receive)
+        return bound
+
+    def arrive(self, port: int, data: bytes, source: Tuple[str, int]) -> bool:
+        """A datagram from ``source`` to relay port ``port``; False if the
+        port is not bound (it would be lost)."""
+        bound = self.bound.get(port)
+        if bound is None:
+            return False
+        bound.receive(data, source)
+        return True
+
+    def take(self) -> List[Tuple[int, bytes, Tuple[str, int]]]:
+        out, self.sent = self.sent, []
+        return out
+
+
+def rtp_packet(seq: int = 1, payload: bytes = b"\xff" * 160, pt: int = 0) -> bytes:
+    """An RTP packet (version 2, payload type ``pt``)."""
+    return bytes([0x80, pt & 0x7F]) + seq.to_bytes(2, "big") + (seq * 160).to_bytes(4, "big") \
+        + b"\x12\x34\x56\x78" + payload
+
+
+def rtcp_packet() -> bytes:
+    """An RTCP receiver report with no report blocks."""
+    return b"\x80\xc9\x00\x01\x12\x34\x56\x78"

@@ -4,6 +4,9 @@ The body is one SIP message (``Content-Type: message/sip``; lines may end in
 ``\\n`` as in frames, ``CRLF`` is restored): a response to a ``msg sipreq``
 the session received, or a request of the user.  Answers are JSON:
 
+* ``307`` (a cluster): the session is held by another box, whose proxy
+  handles its SIP messages; the ``Location`` is this request on that box
+  (POST the same body there).
 * ``202 {"txid": ...}``: taken.  For a request, ``txid`` is the branch of
   its top ``Via``; the responses to it come back as
   ``msg sipresp <code> <txid>`` frames to this session (SIP errors such as
@@ -28,8 +31,10 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from presence.errors import BadRequest, ClientError, NotFound
+from presence.sip.mediaframe import NO_RELAY
 from presence.sip.proxy import SipProxy, UnsupportedMedia
 from presence.web.api import request_session
+from presence.web.boxes import box_location
 from presence.web.http import params, write_json
 
 log = Logger(namespace="presence.sip")
@@ -40,10 +45,13 @@ CONTENT_TYPES = (b"message/sip",)
 class SipTunnelResource(resource.Resource):
     isLeaf = True
 
-    def __init__(self, service, proxy: SipProxy) -> None:
+    def __init__(self, service, proxy: SipProxy, media=None) -> None:
         super().__init__()
         self.service = service
         self.proxy = proxy
+        #: the media tunnel (presence.sip.media_web.MediaTunnel) for
+        #: ``/sip/media/<port>``, when the server relays media
+        self.media = media
 
     def render_POST(self, request: server.Request) -> bytes:
         try:
@@ -65,6 +73,15 @@ class SipTunnelResource(resource.Resource):
                                    "Content-Type: message/sip")
         p = params(request)
         session = request_session(self.service, request, p)
+        hub = self.service.hub
+        if session.host_box != hub.config.host_box:
+            # a cluster: the session's calls are the proxy of its box's
+            # (transactions, dialogs, Contact tokens): the message goes there
+            by_cookie = None if p.get("id") or p.get("sessionId") else session.id
+            request.setHeader(b"location",
+                              box_location(request, hub, session.host_box, by_cookie))
+            return 307, {"error": "this session is held by another box: send its SIP"
+                                  " messages there", "host_box": session.host_box}
         request.content.seek(0)
         data = request.content.read()
         if not data.strip():
@@ -72,6 +89,10 @@ class SipTunnelResource(resource.Resource):
         return 202, self.proxy.from_session(session, data)
 
     def render(self, request: server.Request) -> bytes:
+        if request.postpath[:1] == [b"media"]:
+            if self.media is not None:
+                return self.media.render(request, request.postpath[1:])
+            return write_json(request, 404, {"error": NO_RELAY})
         if request.method == b"POST":
             return self.render_POST(request)
         request.setHeader(b"allow", b"POST")

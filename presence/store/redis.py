@@ -203,6 +203,11 @@ class TxRedis:
         factory = self.handler._factory
         factory.protocol = fast_commands(factory.protocol)
         self._errors = (txredisapi.ConnectionError, txredisapi.ResponseError)
+        if txredisapi.hiredis is None:
+            # replies read in one pass, not one reactor turn per bulk string
+            # (presence/store/resp.py); the connections are built later
+            from presence.store.resp import fast_protocol
+            self.handler._factory.protocol = fast_protocol()
 
     def unavailable(self, error: BaseException) -> bool:
         """Whether ``error`` means Redis cannot serve now (connection lost,

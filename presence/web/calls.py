@@ -11,7 +11,9 @@
     POST /api/call-guests me, id, allow=1|0   204 (members: guests may call me)
 
 The call's own frames go to the parties' heartbeats as direct frames (see
-:mod:`presence.core.calls`, whose state machine this drives).  The TURN
+:mod:`presence.core.calls`, whose state machine this drives).  The node that
+gets a request checks it; its ``router`` carries it out: here, or in a
+cluster on the box that owns the call (:mod:`presence.cluster.calls`).  The TURN
 credentials follow coturn's REST-API scheme (``--use-auth-secret``):
 ``username = "<expiry unix time>:<user>"``, ``credential =
 base64(HMAC-SHA1(secret, username))``; the secret itself never leaves the
@@ -25,7 +27,7 @@ import base64
 import hashlib
 import hmac
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.python import usage
 
@@ -139,6 +141,43 @@ def _flag(value: Any) -> bool:
     raise BadRequest("allow must be 1 or 0")
 
 
+def carry_out(calls: Calls, action: str, session: str, user: str, p: Dict[str, Any],
+              sessions: Callable[[str], List[str]], busy: bool = False) -> Tuple[int, Any]:
+    """Carry out a checked action (see ``CallsWeb._checked``) of session
+    ``session`` of ``user`` on ``calls``: the status and body of the answer.
+    ``sessions(callee)``: the callee's sessions that may ring."""
+    callid = p.get("call")
+    if action == "offer":
+        callee = p["to"]
+        call = calls.offer(Party(user, session), callee, sessions(callee), p["sdp"],
+                           callid, busy=busy)
+        return 200, call.info()
+    if action == "answer":
+        return 200, calls.answer(session, callid, p["sdp"]).info()
+    if action == "ice":
+        calls.ice(session, callid, p["candidate"])
+    elif action == "hangup":
+        calls.hangup(session, callid)
+    else:
+        calls.decline(session, callid)
+    return 204, None
+
+
+class LocalCalls:
+    """One process: every call is this process's."""
+
+    def __init__(self, calls: Calls, hub: Any) -> None:
+        self.calls = calls
+        self.hub = hub
+
+    def sessions(self, callee: str) -> List[str]:
+        return [s.id for s in self.hub.sessions_of(callee) if s.scope is None]
+
+    async def act(self, action: str, session: str, user: str,
+                  p: Dict[str, Any]) -> Tuple[int, Any]:
+        return carry_out(self.calls, action, session, user, p, self.sessions)
+
+
 class CallsWeb:
     """The browser calls of one server: the state machine and its routes."""
 
@@ -157,6 +196,9 @@ class CallsWeb:
                                    max_keys=100000)
         self.offers = RateLimiter(capacity=OFFER_LIMIT[0], rate=OFFER_LIMIT[1],
                                   max_keys=100000)
+        #: where the checked actions are carried out: here (one process), or
+        #: on the call's box (presence.cluster.calls.ClusterCalls)
+        self.router: Any = LocalCalls(self.calls, self.hub)
 
     @classmethod
     def from_options(cls, options: Any, service: Any, clock: Any) -> "CallsWeb":
@@ -221,22 +263,20 @@ class CallsWeb:
         if action not in ACTIONS:
             raise BadRequest("action must be offer, answer, ice, hangup or decline")
         self._spend(session, offer=action == "offer")
-        if action == "offer":
-            return 200, await self._offer(session, p)
-        callid = p.get("call")
-        if action == "answer":
-            sdp = check_sdp(p.get("sdp"))
-            return 200, self.calls.answer(session.id, callid, sdp).info()
-        if action == "ice":
-            self.calls.ice(session.id, callid, check_candidate(p.get("candidate")))
-        elif action == "hangup":
-            self.calls.hangup(session.id, callid)
-        else:
-            self.calls.decline(session.id, callid)
-        return 204, None
+        params = await self._checked(session, action, p)
+        return await self.router.act(action, session.id, session.user.name, params)
 
-    async def _offer(self, session: Any, p: Dict[str, Any]) -> Dict[str, Any]:
-        caller = session.user.name
+    async def _checked(self, session: Any, action: str, p: Dict[str, Any]) -> Dict[str, Any]:
+        """What the node that got the request checks (with the directory),
+        as the parameters :func:`carry_out` takes: these may be carried out
+        on another box (presence.cluster.calls)."""
+        if action != "offer":
+            params = {"call": p.get("call")}
+            if action == "answer":
+                params["sdp"] = check_sdp(p.get("sdp"))
+            elif action == "ice":
+                params["candidate"] = check_candidate(p.get("candidate"))
+            return params
         to = p.get("to")
         if not isinstance(to, str) or not to:
             raise BadRequest("to is required: whom to call")
@@ -245,12 +285,7 @@ class CallsWeb:
         callee = await self.service.user_named(to)  # 404 for anyone else not a user
         if session.user.guest and not await self.service.guests_may_call(callee):
             raise Forbidden(f"{callee} takes calls from members only: log in to call them")
-        sdp = check_sdp(p.get("sdp"))
-        # (this box's sessions: call state lives in one process, docs/calls.md)
-        sessions = [s.id for s in self.hub.sessions_of(callee) if s.scope is None]
-        call = self.calls.offer(Party(caller, session.id), callee, sessions, sdp,
-                                p.get("call") or None)
-        return call.info()
+        return {"to": callee, "sdp": check_sdp(p.get("sdp")), "call": p.get("call") or None}
 
     @api
     async def turn(self, request, p) -> Any:

@@ -349,13 +349,14 @@ class PresenceSite(server.Site):
     counters: Any = None
 
     def log(self, request) -> None:
-        """The access log line of ``request``, unless turned off; a 4xx or
-        5xx answer is counted by route family."""
+        """The access log line of ``request``, unless turned off or the
+        request is marked ``quiet`` (a media packet's post: counted by its
+        route instead); a 4xx or 5xx answer is counted by route family."""
         if request.code >= 400 and self.counters is not None:
             path = request.path
             self.counters.http_error(path[1:].split(b"/", 1)[0].decode("ascii", "replace")
                                      if path[:1] == b"/" else "", request.code)
-        if self.access_log:
+        if self.access_log and not getattr(request, "quiet", False):
             super().log(request)
 
     def buildProtocol(self, addr):

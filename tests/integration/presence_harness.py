@@ -161,6 +161,9 @@ class ServerProcess:
         if "--sip" not in self.extra_args:
             # SIP off unless a test asks for it (sip=<free port>): never the fixed 5060
             a += ["--sip", "0"]
+        elif "--relay" not in self.extra_args:
+            # the media relay's ports on loopback, not every interface
+            a += ["--relay", "127.0.0.1"]
         return a + self.extra_args
 
     def start(self, timeout: float = READY_TIMEOUT) -> "ServerProcess":

@@ -204,10 +204,10 @@ def audio_flows(page: Any) -> dict:
             return {"first": first, "now": now}
 
 
-def test_alice_calls_bob_through_coturn_and_audio_flows_both_ways(api, browser_pages,
-                                                                  coturn, server):
+def relayed_call(alice: Any, alice_page: Any, bob: Any, bob_page: Any) -> None:
+    """alice (on bob's page) calls bob, who accepts: both connect through
+    the relay and audio flows both ways; then bob hangs up."""
     expect = _expect()
-    alice, alice_page, bob, bob_page = alice_and_bob(api, browser_pages)
     call(alice_page, bob)
     expect(panel(bob_page)).to_have_attribute("data-state", "incoming")
     expect(panel(bob_page).locator(".call-status")).to_have_text(
@@ -216,7 +216,8 @@ def test_alice_calls_bob_through_coturn_and_audio_flows_both_ways(api, browser_p
     bob_page.locator("#call .call-accept").click()
     for page in (alice_page, bob_page):
         expect(panel(page)).to_have_attribute("data-state", "active", timeout=CONNECT_TIMEOUT)
-        expect(panel(page)).to_have_attribute("data-connection", "connected")
+        expect(panel(page)).to_have_attribute("data-connection", "connected",
+                                              timeout=CONNECT_TIMEOUT)
     for page in (alice_page, bob_page):
         flow = audio_flows(page)
         now = flow["now"]
@@ -227,6 +228,12 @@ def test_alice_calls_bob_through_coturn_and_audio_flows_both_ways(api, browser_p
     bob_page.locator("#call .call-hangup").click()
     ended(bob_page, "hangup", "You hung up.")
     ended(alice_page, "hangup", f"{bob.name} hung up.")
+
+
+def test_alice_calls_bob_through_coturn_and_audio_flows_both_ways(api, browser_pages,
+                                                                  coturn, server):
+    alice, alice_page, bob, bob_page = alice_and_bob(api, browser_pages)
+    relayed_call(alice, alice_page, bob, bob_page)
     assert alice_page.evaluate("window.presenceCall.pc.connectionState") == "closed"
     # the TURN secret is in no line the server logged
     assert coturn.secret not in server.output()

@@ -2,7 +2,8 @@
 nodes sharing one real ``redis-server`` (issue 12): a handset user whose
 session is on one box chats with a user held on the other, and back; a
 SIP phone behind a bridge on one box calls one behind a bridge on the
-other (not built yet: strict xfail, see docs/cluster.md).
+other (the two boxes' proxies relay it: docs/cluster.md, "SIP across
+boxes").
 """
 from __future__ import annotations
 
@@ -97,11 +98,12 @@ def sip_nodes(redis, tmp_path):
 
 
 @pytest.mark.requires_program("sipp")
-@pytest.mark.xfail(strict=True, reason="not built: the SIP proxy's transactions and dialogs"
-                   " are per box, so a call reaches only tunnel users held by the box of the"
-                   " caller's session; one to a user held elsewhere is 480 (docs/cluster.md,"
-                   " \"What is not built yet\")")
-def test_a_sip_phone_behind_a_bridge_on_one_box_calls_one_on_the_other(sip_nodes, tmp_path):
+@pytest.mark.parametrize("alice_via", ["b", "a"], ids=["each-bridge-on-its-box",
+                                                       "both-bridges-on-a"])
+def test_a_sip_phone_behind_a_bridge_on_one_box_calls_one_on_the_other(sip_nodes, tmp_path,
+                                                                        alice_via):
+    """``alice_via`` "a": alice's bridge talks to node a while her session
+    is on box b (its heartbeat and its POST /sip are redirected there)."""
     from test_sipp import Bridge, Sipp, check, sipp_report, udp_port
     a, b = sip_nodes
     bob, alice = register(a.api(), unique_name("bob")), register(a.api(), unique_name("alice"))
@@ -112,7 +114,8 @@ def test_a_sip_phone_behind_a_bridge_on_one_box_calls_one_on_the_other(sip_nodes
         bridges.append(Bridge(a.base, bob.name, bob.password, udp_port(), udp_port(),
                               tmp_path / "bridge-bob.log"))
         wait_until(lambda: boxes(b.api()).get(box_of(a)) == 1, 10, "bob's session on a")
-        bridges.append(Bridge(b.base, alice.name, alice.password, udp_port(), udp_port(),
+        bridges.append(Bridge((b if alice_via == "b" else a).base, alice.name,
+                              alice.password, udp_port(), udp_port(),
                               tmp_path / "bridge-alice.log"))
         wait_until(lambda: boxes(a.api()) == {box_of(a): 1, box_of(b): 1}, 10,
                    "alice's session on b")
@@ -130,3 +133,33 @@ def test_a_sip_phone_behind_a_bridge_on_one_box_calls_one_on_the_other(sip_nodes
         sipp.close()
         for bridge in bridges:
             bridge.kill()
+
+
+@pytest.mark.requires_program("sipp")
+@pytest.mark.parametrize("transport", ["u1", "t1"], ids=["udp", "tcp"])
+def test_a_sip_phone_on_the_network_calls_a_user_held_by_the_other_box(
+        sip_nodes, tmp_path, transport):
+    """A plain SIP caller (no bridge, UDP or TCP) sends its INVITE to box a
+    for alice, whose bridge session is on box b: a forks it to b's proxy,
+    and the caller's ACK and BYE follow the route set through both."""
+    from test_sipp import Bridge, Sipp, check, sipp_report, udp_port
+    a, b = sip_nodes
+    a_sip = int(a.extra_args[a.extra_args.index("--sip") + 1])
+    alice = register(a.api(), unique_name("alice"))
+    wait_until(lambda: boxes(a.api()) == {box_of(a): 0, box_of(b): 0}, 10, "no sessions")
+    sipp = Sipp(tmp_path)
+    # alice's session on b (asked through b, the emptiest on a tie is the node asked)
+    bridge = Bridge(b.base, alice.name, alice.password, udp_port(), udp_port(),
+                    tmp_path / "bridge-alice.log")
+    try:
+        wait_until(lambda: boxes(a.api()).get(box_of(b)) == 1, 10, "alice's session on b")
+        wait_until(lambda: a.api().get(f"/api/presence/{alice.name}").json()["online"],
+                   20, "alice online on a")
+        phone = sipp.phone(bridge.phone, 3)
+        result = sipp.call(f"127.0.0.1:{a_sip}", f"sip:{alice.name}@localhost", 3,
+                           transport=transport)
+        assert result.returncode == 0, sipp_report(result)
+        check(result, [phone], "a network caller on a calls alice on b")
+    finally:
+        sipp.close()
+        bridge.kill()

@@ -59,7 +59,7 @@ class Bridge:
     """One ``presence-sip-bridge`` process."""
 
     def __init__(self, server_base: str, user: str, password: str, listen: int, phone: int,
-                 log: Path) -> None:
+                 log: Path, extra: List[str] = ()) -> None:
         self.listen = listen
         self.phone = phone
         self.log = log
@@ -68,7 +68,7 @@ class Bridge:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "presence.cli.sip_bridge", "--server", server_base,
              "--user", user, "--listen", f"127.0.0.1:{listen}", "--phone",
-             f"127.0.0.1:{phone}"],
+             f"127.0.0.1:{phone}", *extra],
             stdin=subprocess.DEVNULL, stdout=self._file, stderr=subprocess.STDOUT, env=env,
             start_new_session=True)
         deadline = time.monotonic() + 30
