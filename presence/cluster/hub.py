@@ -249,8 +249,8 @@ class RemoteSession:
     _KEYS = {"u": "user", "b": "box", "ip": "ip", "port": "port", "g": "groups",
              "guest": "guest", "t": "t"}
 
-    def __init__(self, record: dict) -> None:
-        self.user = intern(str(record["u"]))
+    def __init__(self, record: dict, user: Optional[str] = None) -> None:
+        self.user = str(record["u"]) if user is None else user
         self.box = intern(str(record["b"]))
         self.ip = intern(str(record.get("ip") or ""))
         self.port = int(record.get("port") or 0)
@@ -526,7 +526,7 @@ class ClusterHub(Hub):
         sid = record["s"]
         if sid in self.where:
             self._note_close(sid)
-        remote = self.where[sid] = RemoteSession(record)
+        remote = self.where[sid] = RemoteSession(record, self._name(record["u"]))
         user, box = remote.user, remote.box
         self.box_sessions[box] = self.box_sessions.get(box, 0) + 1
         sids = self.remote.get(user)
@@ -565,6 +565,17 @@ class ClusterHub(Hub):
                 del self.remote[user]
             else:
                 self.remote[user] = left_sids[0] if len(left_sids) == 1 else left_sids
+
+    def _name(self, user: str) -> str:
+        """The one copy of ``user``'s name that the view keeps: the one its
+        remote session has (not interned: the interpreter's table of
+        interned strings would cost an entry per user), else ``user``."""
+        sids = self.remote.get(user)
+        if sids is not None:
+            found = self.where.get(sids if type(sids) is str else sids[0])
+            if found is not None:
+                return found.user
+        return user
 
     def _remote_sids(self, name: str) -> Tuple[str, ...]:
         """The session IDs of ``name`` on remote boxes."""
@@ -869,7 +880,7 @@ class ClusterHub(Hub):
                          groups: Optional[Sequence[str]], when: float,
                          entry: Optional[Tuple[str, str, float]] = None) -> None:
         before = self.is_online(user)
-        user = intern(user)
+        user = self._name(str(user))
         sids = self.remote.get(user)
         if type(sids) is str and sids in self.where and self.where[sids].t == when:
             when = self.where[sids].t          # one float for both (the login's time)
@@ -1226,7 +1237,7 @@ class ClusterHub(Hub):
         online_here = set()
         for i in range(0, len(online), 2):
             box = _text(online[i])
-            users = {intern(_text(u)) for u in online[i + 1]}
+            users = {self._name(_text(u)) for u in online[i + 1]}
             if box == self.me:
                 online_here = users
                 continue
@@ -1238,7 +1249,7 @@ class ClusterHub(Hub):
         for i in range(0, len(kept), 2):
             box, flat = _text(kept[i]), kept[i + 1]
             for j in range(0, len(flat) - 1, 2):
-                user = intern(_text(flat[j]))
+                user = self._name(_text(flat[j]))
                 try:
                     state, text, since = json.loads(_text(flat[j + 1]))
                     entry = (str(state), str(text), float(since))
