@@ -240,8 +240,8 @@ def _text(value: Any) -> str:
 class RemoteSession:
     """A session held by another box, as this box's view keeps it.  The view
     holds every session of the cluster, so it is compact: slots, and the
-    names, boxes and addresses interned (shared by all the sessions that
-    have them).  It unpacks as ``(user, box, record)`` and answers
+    boxes and addresses interned (shared by all the sessions that have
+    them), a user's name one copy for all the view (:meth:`ClusterHub._name`).  It unpacks as ``(user, box, record)`` and answers
     ``record.get(key)`` for the keys of the announcement (``u``, ``b``,
     ``ip``, ``port``, ``g``, ``guest``, ``t``)."""
 
