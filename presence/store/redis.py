@@ -181,7 +181,7 @@ def fast_commands(protocol: type) -> type:
                 parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
             return b"".join(parts)
 
-    FastCommands.__name__ = FastCommands.__qualname__ = "Fast" + protocol.__name__
+    FastCommands.__name__ = FastCommands.__qualname__ = protocol.__name__ + "WithFastCommands"
     return FastCommands
 
 
@@ -199,15 +199,16 @@ class TxRedis:
         else:
             self.handler = txredisapi.lazyConnectionPool(address.host, address.port,
                                                          username=address.username, **common)
-        # (before any connection is made: they are made in later turns)
-        factory = self.handler._factory
-        factory.protocol = fast_commands(factory.protocol)
         self._errors = (txredisapi.ConnectionError, txredisapi.ResponseError)
+        # (the connections are built in later turns, with this protocol)
+        protocol = self.handler._factory.protocol
         if txredisapi.hiredis is None:
             # replies read in one pass, not one reactor turn per bulk string
-            # (presence/store/resp.py); the connections are built later
+            # (presence/store/resp.py)
             from presence.store.resp import fast_protocol
-            self.handler._factory.protocol = fast_protocol()
+            protocol = fast_protocol()
+        # and commands encoded in one pass
+        self.handler._factory.protocol = fast_commands(protocol)
 
     def unavailable(self, error: BaseException) -> bool:
         """Whether ``error`` means Redis cannot serve now (connection lost,
