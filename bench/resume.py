@@ -23,6 +23,18 @@ before and after, divided by N; the hashing threads are in the same
 process).  Every answer must be 200, else the run fails.  The figures are
 printed and written to --out (JSON).  The client runs on the same machine
 and takes CPU from the server: the rates are a floor.
+
+    python bench/resume.py --redis --against main --profile /tmp/prof
+
+``--redis`` runs the node in cluster mode: a ``redis-server`` on a free
+loopback port (append-only, as ``presence-cluster`` starts it) and the node
+with ``--redis`` and ``--host-box`` (one box: the figures are a node's own
+cost of a resume through Redis).  ``--against REV`` runs the same phases a
+second time, in the same run, against the server of git revision REV
+(``git archive`` of its ``presence/`` and ``twisted/``, on PYTHONPATH), so
+that the figures are a ratio (``--rounds`` times each, in turn: the
+medians).  ``--profile DIR`` runs each server under
+cProfile, on during the resumes only, and writes ``DIR/<label>.prof``.
 """
 from __future__ import annotations
 
@@ -33,6 +45,9 @@ import json
 import os
 import platform
 import shutil
+import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +56,7 @@ from urllib.parse import urlencode
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from run import ServerProc, log, presence_off_flags  # noqa: E402
+from run import ROOT, ServerProc, log, presence_off_flags  # noqa: E402
 
 mono = time.monotonic
 PASSWORD = "bench-resume-pw"
@@ -134,16 +149,98 @@ def fs_type(path: str) -> str:
     return kind
 
 
+# cProfile in the server, on between SIGUSR1 and SIGUSR2 (which writes it)
+PROFILED = """
+import cProfile, signal, sys, time
+from twisted.internet import reactor
+from twisted.scripts.twistd import run
+out = sys.argv.pop(1)
+profile = cProfile.Profile(time.process_time)   # CPU, not the wall clock
+def on(*_):
+    profile.enable()
+def off(*_):
+    profile.disable()
+    profile.dump_stats(out)
+def install():
+    signal.signal(signal.SIGUSR1, on)
+    signal.signal(signal.SIGUSR2, off)
+reactor.callWhenRunning(install)
+run()
+"""
+
+
+def start_redis(workdir: str) -> tuple:
+    """A redis-server on a free loopback port, as presence-cluster starts it."""
+    from presence.cli.cluster import _ping, free_port
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes",
+         "--save", "", "--dir", workdir, "--logfile", "redis.log"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = mono() + 30
+    while not _ping(port):
+        if proc.poll() is not None or mono() > deadline:
+            proc.kill()
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)   # polling a condition, with a deadline
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def tree_of(rev: str, workdir: str) -> str:
+    """The ``presence/`` and ``twisted/`` of git revision ``rev``, unpacked."""
+    tree = os.path.join(workdir, "tree")
+    os.makedirs(tree)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "presence", "twisted"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    return tree
+
+
 async def main_async(args: argparse.Namespace) -> dict:
+    if not args.against:
+        return await one_server(args, ROOT, "this-tree")
+    # the two servers in turn, --rounds times (the machine's load moves)
+    runs: dict = {"this tree": [], args.against: []}
+    with tempfile.TemporaryDirectory(prefix="presence-bench-resume-rev-") as tmp:
+        trees = {"this tree": ROOT, args.against: tree_of(args.against, tmp)}
+        for i in range(args.rounds):
+            for label, tree in trees.items():
+                runs[label].append(await one_server(args, tree, f"{label[:4]}-{i}"))
+    results: dict = {"runs": runs}
+    for figure in ("setups_per_s", "cpu_ms_per_setup"):
+        medians = [statistics.median(r["resume"][figure] for r in runs[label])
+                   for label in runs]
+        results["median_" + figure] = dict(zip(runs, medians))
+        results["ratio_" + figure] = round(medians[0] / medians[1], 3)
+    log(f"resumes, medians of {args.rounds}: "
+        f"{ {k: v for k, v in results.items() if k != 'runs'} }")
+    return results
+
+
+async def one_server(args: argparse.Namespace, tree: str, label: str) -> dict:
+    from presence.cli.cluster import free_port
     twistd = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
     workdir = tempfile.mkdtemp(prefix="presence-bench-resume-")
     data = os.path.join(workdir, "data")
-    argv = [twistd, "-n", "--pidfile", os.path.join(workdir, "presence.pid"), "presence",
-            "--http", "tcp:0:interface=127.0.0.1", "--data", data] + presence_off_flags(twistd)
-    server = ServerProc("presence", argv, r"presence ready http=[\d.]+:(\d+)", workdir,
-                        "presence")
-    await server.start()
+    redis = None
+    listen = ["--http", "tcp:0:interface=127.0.0.1"]
+    if args.redis:
+        redis, url = start_redis(workdir)
+        port = free_port()
+        listen = ["--http", f"tcp:{port}:interface=127.0.0.1", "--redis", url,
+                  "--host-box", f"127.0.0.1:{port}"]
+    head = [twistd]
+    prof = None
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+        prof = os.path.join(os.path.abspath(args.profile), label + ".prof")
+        head = [sys.executable, "-c", PROFILED, prof]
+    argv = head + ["-n", "--pidfile", os.path.join(workdir, "presence.pid"), "presence",
+                   "--data", data] + listen + presence_off_flags(twistd)
+    server = ServerProc("presence", argv, r"presence ready .*?http=[\d.]+:(\d+)", workdir,
+                        "presence", env={"PYTHONPATH": tree})
     try:
+        await server.start()
         names = [f"r{i:04d}" for i in range(args.users)]
         conn = Connection(server.port)
         for name in names:   # one scrypt each, at the default cost
@@ -157,11 +254,18 @@ async def main_async(args: argparse.Namespace) -> dict:
         login, answers = await measure(server, "password logins", "/api/login", logins,
                                        args.conc)
         tokens = [{"token": answers[i % len(answers)]["resume"]} for i in range(args.resumes)]
+        if prof:
+            os.kill(server.proc.pid, signal.SIGUSR1)
         resume, again = await measure(server, "resumes", "/api/resume", tokens, args.conc)
+        if prof:
+            os.kill(server.proc.pid, signal.SIGUSR2)
         assert all(a["resume"] == t["token"] for a, t in zip(again, tokens))
         stats = server.stats()
     finally:
         server.stop()
+        if redis is not None:
+            redis.terminate()
+            redis.wait(30)
         shutil.rmtree(workdir, ignore_errors=True)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -169,6 +273,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                     platform.machine(), "python": platform.python_version(),
                     "system": platform.platform()},
         "command": " ".join(["python", "bench/resume.py"] + sys.argv[1:]),
+        "tree": tree, "cluster": bool(args.redis), "load_average": os.getloadavg(),
         "hash_cost": "default", "data_dir_fs": fs_type(workdir), "users": args.users,
         "connections": args.conc,
         "login": login, "resume": resume,
@@ -188,6 +293,13 @@ def main() -> None:
                    help="users registered (each login is one device of one of them)")
     p.add_argument("--conc", type=int, default=16, help="keep-alive connections (%(default)s)")
     p.add_argument("--out", default="bench-resume.json", help="JSON results (%(default)s)")
+    p.add_argument("--redis", action="store_true",
+                   help="cluster mode: a redis-server and the node with --redis")
+    p.add_argument("--against", metavar="REV",
+                   help="the same phases against the server of git revision REV too")
+    p.add_argument("--profile", metavar="DIR", help="cProfile of the resumes into DIR")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="with --against: each server this many times, in turn (%(default)s)")
     args = p.parse_args()
     if (not 1 <= args.users <= args.n <= 100000 or not 1 <= args.conc <= 60
             or not 1 <= args.resumes <= 1000000):

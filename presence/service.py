@@ -73,6 +73,8 @@ RESUME_TTL = 30 * 24 * 3600.0
 RESUME_BYTES = 32
 #: a longer "token" is not one of ours and is not even hashed
 MAX_TOKEN = 128
+#: the answer (403) to a login or a resume of an account an operator locked
+LOCKED = "this account is locked by the server's operator"
 RESUME_REFUSED = ("this resume token is not valid (unknown, or revoked by a logout or a"
                   " password change): log in with your password")
 
@@ -431,13 +433,19 @@ class PresenceService:
     async def _not_locked(self, name: str) -> None:
         """403 if an operator locked account ``name``."""
         if await self.store.is_locked(name):
-            raise Forbidden("this account is locked by the server's operator")
+            raise Forbidden(LOCKED)
 
     async def _open_user(self, name: str, ip: str, port: int) -> Session:
         """A new session for the registered user ``name``, with its groups
         and the welcome figures of the time before it."""
         before = await self.store.record_login(name, self.clock.seconds())
         groups, owners = await self.store.memberships(name)
+        return self._open_known(name, ip, port, before, groups, owners)
+
+    def _open_known(self, name: str, ip: str, port: int, before: dict, groups: List[str],
+                    owners: List[str]) -> Session:
+        """A new session for ``name``, with what the directory answered of
+        them (``record_login``'s ``before``, ``memberships``)."""
         session = self._open(name, ip, port, groups + [book_key(o) for o in owners])
         last_seen = before.get("last_seen")
         session.welcome = {
@@ -547,10 +555,15 @@ class PresenceService:
         digest = token_hash(token) if well_formed else None
         epoch = self._revocations
         not_before = now - self.limits.resume_ttl       # older tokens have expired
-        user = await self.store.resume_user(digest, not_before) if digest is not None else None
-        if user is not None:
-            await self._not_locked(user)
-            session = await self._open_user(user, ip, port)
+        # one call to the directory: the token, the lock, the login's record
+        # and the groups (one round trip to Redis in a cluster)
+        found = (await self.store.resume_login(digest, not_before, now)
+                 if digest is not None else None)
+        if found is not None:
+            user = found.user
+            if found.locked:
+                raise Forbidden(LOCKED)
+            session = self._open_known(user, ip, port, found.before, found.groups, found.owners)
             if self._revoked_at.get(user, 0) <= epoch:
                 self._device(session, digest)
                 self.counters.resumes += 1

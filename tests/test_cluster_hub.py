@@ -302,7 +302,7 @@ def test_the_view_of_remote_sessions_is_compact_and_follows_opens_and_closes() -
     c.login(0, "alice")
     bob = [c.login(0, "bob") for _ in range(3)]       # b, a, b
     assert a.box_sessions == {b.me: 2}
-    assert sorted(a.remote["bob"][b.me]) == sorted(s.id for s in bob if s.host_box == b.me)
+    assert sorted(a.remote_boxes("bob")[b.me]) == sorted(s.id for s in bob if s.host_box == b.me)
     user, box, record = a.where[bob[0].id]
     assert (user, box, record.get("ip"), record.get("port")) == ("bob", b.me, "10.1.1.1", 5000)
     a.end(a.session(bob[0].id), "logout")

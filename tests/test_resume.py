@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 
 from helpers import PASSWORD, World, failure_of, hasher, logged_errors, result_of, world  # noqa: F401
 from presence.core.hub import Hub, HubConfig
-from presence.errors import BadRequest, TooMany, Unauthorized
+from presence.errors import BadRequest, Forbidden, TooMany, Unauthorized
 from presence.service import PresenceService, token_hash
 from presence.store.sqlite import SQLiteDirectory, run_now
 
@@ -271,13 +271,20 @@ class SlowResume(SQLiteDirectory):
         real.addCallback(d.callback)
 
 
-def test_a_resume_looked_up_before_a_password_change_is_refused():
+def alice_logged_in(store=None):
+    """A service over an inline SQLite (or ``store``) where alice is logged
+    in: clock, store, hub, service and her session."""
     clock = Clock()
-    store = SlowResume()
+    store = store if store is not None else SQLiteDirectory(":memory:", runner=run_now)
     hub = Hub(clock, HubConfig())
     service = PresenceService(hub, store, hasher, hash_cost=1)
     result_of(defer.ensureDeferred(service.register("alice", PASSWORD)))
     session = result_of(defer.ensureDeferred(service.login("alice", PASSWORD)))
+    return clock, store, hub, service, session
+
+
+def test_a_resume_looked_up_before_a_password_change_is_refused():
+    clock, store, hub, service, session = alice_logged_in(SlowResume())
     token = result_of(defer.ensureDeferred(service.issue_resume(session)))
     pending = defer.ensureDeferred(service.resume(token, "10.0.0.1"))
     result_of(defer.ensureDeferred(service.change_password(session, PASSWORD, NEW_PASSWORD)))
@@ -287,12 +294,7 @@ def test_a_resume_looked_up_before_a_password_change_is_refused():
 
 
 def test_service_resume_rules():
-    clock = Clock()
-    store = SQLiteDirectory(":memory:", runner=run_now)
-    hub = Hub(clock, HubConfig())
-    service = PresenceService(hub, store, hasher, hash_cost=1)
-    result_of(defer.ensureDeferred(service.register("alice", PASSWORD)))
-    session = result_of(defer.ensureDeferred(service.login("alice", PASSWORD)))
+    clock, store, hub, service, session = alice_logged_in()
     session.scope = "wml"
     assert result_of(defer.ensureDeferred(service.issue_resume(session))) is None
     session.scope = None
@@ -308,3 +310,15 @@ def test_service_resume_rules():
     assert result_of(defer.ensureDeferred(service.resume(token, "10.0.0.2")))
     result_of(service.logout(resumed))
     failure_of(defer.ensureDeferred(service.resume(token, "10.0.0.1")), Unauthorized)
+
+
+def test_a_locked_account_cannot_resume_and_gets_its_welcome_figures_after():
+    clock, store, hub, service, session = alice_logged_in()
+    token = result_of(defer.ensureDeferred(service.issue_resume(session)))
+    result_of(store.set_locked("alice", True))
+    failure_of(defer.ensureDeferred(service.resume(token, "10.0.0.1")), Forbidden)
+    assert len(hub.users.user("alice").sessions) == 1      # none opened
+    result_of(store.set_locked("alice", False))
+    clock.advance(5)
+    resumed = result_of(defer.ensureDeferred(service.resume(token, "10.0.0.1")))
+    assert resumed.welcome["last_login"] == session.login_time   # the locked try left none

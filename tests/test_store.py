@@ -779,6 +779,34 @@ def test_resume_token_hash_names_its_user(store):
     assert result_of(store.resume_user("h3")) is None
 
 
+def test_resume_login_is_the_four_calls_in_one(store):
+    for name in ("alice", "carol"):
+        result_of(store.create_user(name, HASH, now=1.0))
+    result_of(store.create_group("work", "alice"))
+    result_of(store.create_group("\u00e9quipe/\"1\"", "alice"))
+    result_of(store.add_contact("carol", "alice"))
+    result_of(store.store_resume("h1", "alice", "laptop", 10.0))
+    assert result_of(store.resume_login("nope", None, 20.0)) is None
+    first = result_of(store.resume_login("h1", 5.0, 20.0))
+    assert first == ("alice", False, {"last_login": None, "last_seen": None,
+                                      "hits_offline": 0}, ["work", "\u00e9quipe/\"1\""],
+                     ["carol"])
+    result_of(store.create_user("dave", HASH, now=1.0))
+    result_of(store.store_resume("h2", "dave", "phone", 10.0))
+    assert result_of(store.resume_login("h2", None, 20.0))[3:] == ([], [])   # no groups
+    result_of(store.record_offline("alice", 30.0))
+    result_of(store.add_hit("alice"))
+    second = result_of(store.resume_login("h1", None, 40.0))
+    assert second.before == {"last_login": 20.0, "last_seen": 30.0, "hits_offline": 1}
+    assert result_of(store.get_user("alice"))["last_login"] == 40.0
+    result_of(store.set_locked("alice", True))
+    assert result_of(store.resume_login("h1", None, 50.0)) == ("alice", True, {}, [], [])
+    assert result_of(store.get_user("alice"))["last_login"] == 40.0   # nothing recorded
+    # expired: refused and forgotten
+    assert result_of(store.resume_login("h1", 11.0, 60.0)) is None
+    assert result_of(store.resume_user("h1")) is None
+
+
 def test_revoke_one_resume_token(store):
     for name in ("alice", "bob"):
         result_of(store.create_user(name, HASH))

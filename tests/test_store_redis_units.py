@@ -20,7 +20,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from helpers import World, failure_of, result_of
 from presence.store.interface import BoxFull, NameTaken, StoreUnavailable
 from presence.store.open import open_store
-from presence.store.redis import SCRIPTS, Keys, RedisAddress, RedisDirectory, parse_url
+from presence.store.redis import (SCRIPTS, Keys, RedisAddress, RedisDirectory, fast_commands,
+                                  parse_url)
 from presence.store.sqlite import SQLiteDirectory
 
 NAMES = {script: name for name, script in SCRIPTS.items()}
@@ -145,6 +146,21 @@ def test_open_store_chooses_sqlite_by_default_and_redis_for_a_url(tmp_path):
 
 
 # -- the key layout ------------------------------------------------------------------------
+
+def test_commands_are_encoded_as_txredisapi_encodes_them():
+    import txredisapi
+    fast = fast_commands(txredisapi.RedisProtocol)()
+    slow = txredisapi.RedisProtocol()
+    words = (b"EVALSHA", b"ab" * 20, 0, 12, -3, 1.5, 1e-07, "\u00e9t\u00e9", b"", b"x\r\ny")
+    assert fast._build_command(*words) == slow._build_command(*words)
+    assert fast._build_command() == slow._build_command()
+    # (what the override relies on: txredisapi builds every command with
+    # it, and its factories build connections from ``protocol``)
+    import inspect
+    assert "self._build_command(" in inspect.getsource(
+        txredisapi.BaseRedisProtocol.execute_command)
+    assert issubclass(txredisapi.RedisFactory.protocol, txredisapi.BaseRedisProtocol)
+
 
 def test_keys_are_under_the_prefix():
     keys = Keys("c1:")

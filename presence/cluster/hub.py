@@ -214,6 +214,9 @@ ONLINE_ON = b"return redis.call('SMEMBERS', KEYS[1]) -- online"
 STATES_ON = b"return redis.call('HGETALL', KEYS[1]) -- states"
 #: session records asked for in one page of the view
 LOAD_PAGE = 2000
+#: the names of the states, to keep the shared constants in the view (not
+#: each event's copy)
+_STATE_NAMES = {state: state for state in STATES}
 
 
 def _pending_field(user: str, frame: Frame) -> str:
@@ -237,8 +240,8 @@ def _text(value: Any) -> str:
 class RemoteSession:
     """A session held by another box, as this box's view keeps it.  The view
     holds every session of the cluster, so it is compact: slots, and the
-    names, boxes and addresses interned (shared by all the sessions that
-    have them).  It unpacks as ``(user, box, record)`` and answers
+    boxes and addresses interned (shared by all the sessions that have
+    them), a user's name one copy for all the view (:meth:`ClusterHub._name`).  It unpacks as ``(user, box, record)`` and answers
     ``record.get(key)`` for the keys of the announcement (``u``, ``b``,
     ``ip``, ``port``, ``g``, ``guest``, ``t``)."""
 
@@ -246,8 +249,8 @@ class RemoteSession:
     _KEYS = {"u": "user", "b": "box", "ip": "ip", "port": "port", "g": "groups",
              "guest": "guest", "t": "t"}
 
-    def __init__(self, record: dict) -> None:
-        self.user = intern(str(record["u"]))
+    def __init__(self, record: dict, user: Optional[str] = None) -> None:
+        self.user = str(record["u"]) if user is None else user
         self.box = intern(str(record["b"]))
         self.ip = intern(str(record.get("ip") or ""))
         self.port = int(record.get("port") or 0)
@@ -282,17 +285,20 @@ class ClusterHub(Hub):
         self.prefix = prefix
         #: remote sessions: sid -> RemoteSession (unpacks as user, box, record)
         self.where: Dict[str, RemoteSession] = {}
-        #: user -> box -> the user's session IDs there (remote boxes only; a
-        #: tuple, as most users have one)
-        self.remote: Dict[str, Dict[str, Tuple[str, ...]]] = {}
+        #: user -> the user's sessions on remote boxes: its session ID when
+        #: there is one (most users), else a tuple of them (the boxes are in
+        #: ``where``; :meth:`remote_boxes` groups them)
+        self.remote: Dict[str, Any] = {}
         #: remote box -> its sessions in ``where`` (placement counts them)
         self.box_sessions: Dict[str, int] = {}
         #: user -> the remote boxes where the user is online (a frozenset
         #: shared by every user online on the same boxes)
         self.remote_online: Dict[str, FrozenSet[str]] = {}
         self._box_sets: Dict[FrozenSet[str], FrozenSet[str]] = {}
-        #: user -> remote box -> the user's state there (state, text, since)
-        self.remote_states: Dict[str, Dict[str, Tuple[str, str, float]]] = {}
+        #: user -> the user's state on remote boxes: ``(box, state, text,
+        #: since)`` when it is known on one box (most users), else a dict
+        #: box -> (state, text, since) (see :meth:`remote_states_of`)
+        self.remote_states: Dict[str, Any] = {}
         #: the state this box last shared of each user online here
         self.shared: Dict[str, Tuple[str, str]] = {}
         self.remote_groups: Dict[str, frozenset] = {}
@@ -520,11 +526,12 @@ class ClusterHub(Hub):
         sid = record["s"]
         if sid in self.where:
             self._note_close(sid)
-        remote = self.where[sid] = RemoteSession(record)
+        remote = self.where[sid] = RemoteSession(record, self._name(record["u"]))
         user, box = remote.user, remote.box
         self.box_sessions[box] = self.box_sessions.get(box, 0) + 1
-        boxes = self.remote.setdefault(user, {})
-        boxes[box] = boxes.get(box, ()) + (sid,)
+        sids = self.remote.get(user)
+        self.remote[user] = sid if sids is None else (
+            (sids, sid) if type(sids) is str else sids + (sid,))
         groups = remote.groups
         if user in self._changes:
             groups = group_set(self.fresh_groups(user, groups))
@@ -551,15 +558,38 @@ class ClusterHub(Hub):
             self.box_sessions[box] = left
         else:
             self.box_sessions.pop(box, None)
-        boxes = self.remote.get(user)
-        if boxes is not None:
-            sids = tuple(s for s in boxes.get(box, ()) if s != sid)
-            if sids:
-                boxes[box] = sids
-            else:
-                boxes.pop(box, None)
-            if not boxes:
+        sids = self.remote.get(user)
+        if sids is not None:
+            left_sids = () if type(sids) is str else tuple(s for s in sids if s != sid)
+            if not left_sids:
                 del self.remote[user]
+            else:
+                self.remote[user] = left_sids[0] if len(left_sids) == 1 else left_sids
+
+    def _name(self, user: str) -> str:
+        """The one copy of ``user``'s name that the view keeps: the one its
+        remote session has (not interned: the interpreter's table of
+        interned strings would cost an entry per user), else ``user``."""
+        sids = self.remote.get(user)
+        if sids is not None:
+            found = self.where.get(sids if type(sids) is str else sids[0])
+            if found is not None:
+                return found.user
+        return user
+
+    def _remote_sids(self, name: str) -> Tuple[str, ...]:
+        """The session IDs of ``name`` on remote boxes."""
+        sids = self.remote.get(name, ())
+        return (sids,) if type(sids) is str else sids
+
+    def remote_boxes(self, name: str) -> Dict[str, Tuple[str, ...]]:
+        """The remote boxes holding sessions of ``name`` -> their IDs there."""
+        boxes: Dict[str, Tuple[str, ...]] = {}
+        for sid in self._remote_sids(name):
+            found = self.where.get(sid)
+            if found is not None:
+                boxes[found.box] = boxes.get(found.box, ()) + (sid,)
+        return boxes
 
     def _shared(self, boxes: FrozenSet[str]) -> FrozenSet[str]:
         """The one frozenset of these boxes (a few exist: users share them)."""
@@ -583,8 +613,7 @@ class ClusterHub(Hub):
 
     def session_ids(self, name: str) -> List[str]:
         ids = Hub.session_ids(self, name)
-        for sids in self.remote.get(name, {}).values():
-            ids.extend(sids)
+        ids.extend(self._remote_sids(name))
         return ids
 
     def session(self, ident: str) -> Optional[Session]:
@@ -743,11 +772,10 @@ class ClusterHub(Hub):
             if s.ip:
                 found.append(((s.channel is not None, s.login_time), s.ip))
         holding = self.remote_online.get(name, ())
-        for box, sids in self.remote.get(name, {}).items():
-            for sid in sids:
-                remote = self.where.get(sid)
-                if remote is not None and remote.ip:
-                    found.append(((box in holding, remote.t), remote.ip))
+        for sid in self._remote_sids(name):
+            remote = self.where.get(sid)
+            if remote is not None and remote.ip:
+                found.append(((remote.box in holding, remote.t), remote.ip))
         return max(found)[1] if found else None
 
     def knows(self, name: str) -> bool:
@@ -802,22 +830,46 @@ class ClusterHub(Hub):
             entries.append(self._local_entry(user) or (AVAILABLE, "", 0.0))
         boxes = self.remote_online.get(name)
         if boxes:
-            known = self.remote_states.get(name, {})
+            known = self.remote_states_of(name)
             entries.extend(known.get(box, (AVAILABLE, "", 0.0)) for box in boxes)
         best = combine(entries)
         return OFFLINE_STATE if best is None else state_value(best[0], best[1])
 
+    def remote_states_of(self, user: str) -> Dict[str, Tuple[str, str, float]]:
+        """``user``'s states on remote boxes: box -> (state, text, since)."""
+        known = self.remote_states.get(user)
+        if known is None:
+            return {}
+        if type(known) is tuple:
+            return {known[0]: known[1:]}
+        return known
+
     def _note_state(self, user: str, box: str, entry: Optional[Tuple[str, str, float]]) -> None:
         """Keep ``user``'s state on remote ``box`` (None: offline there, or
-        a box that shares no state: available)."""
-        if entry is not None and entry[0] in STATES:
-            self.remote_states.setdefault(user, {})[box] = entry
-            return
+        a box that shares no state: available).  The state's name is the
+        shared constant (not the event's copy); a user known on one box is
+        one tuple, not a dict."""
+        state = _STATE_NAMES.get(entry[0]) if entry is not None else None
         known = self.remote_states.get(user)
+        if type(known) is tuple:
+            known = {known[0]: known[1:]}
+        if state is not None:
+            value = (state, entry[1] or "", entry[2])
+            if known is None or (len(known) == 1 and box in known):
+                self.remote_states[user] = (box,) + value
+            else:
+                known[box] = value
+                self.remote_states[user] = known
+            return
         if known is not None:
             known.pop(box, None)
             if not known:
                 del self.remote_states[user]
+            elif len(known) == 1:
+                (only, value), = known.items()
+                self.remote_states[user] = (only,) + value
+            else:
+                self.remote_states[user] = known
 
     def _audience_of(self, user: str) -> UserState:
         """A user as the fan-out needs them (groups): this box's, or one made
@@ -828,7 +880,12 @@ class ClusterHub(Hub):
                          groups: Optional[Sequence[str]], when: float,
                          entry: Optional[Tuple[str, str, float]] = None) -> None:
         before = self.is_online(user)
-        user = intern(user)
+        user = self._name(str(user))
+        sids = self.remote.get(user)
+        if type(sids) is str and sids in self.where and self.where[sids].t == when:
+            when = self.where[sids].t          # one float for both (the login's time)
+        if entry is not None and entry[2] == when:
+            entry = (entry[0], entry[1], when)
         self._note_state(user, box, entry if online else None)
         boxes = self.remote_online.get(user, NO_GROUPS)
         boxes = boxes | {box} if online else boxes - {box}
@@ -911,7 +968,7 @@ class ClusterHub(Hub):
 
     def deliver(self, name: str, frame: Frame) -> int:
         count = Hub.deliver(self, name, frame)
-        remote = list(self.remote.get(name, {}).items())
+        remote = list(self.remote_boxes(name).items())
         if frame.is_chat:
             boxes = ([self.me] if count else []) + [box for box, _ in remote]
             if boxes:
@@ -943,11 +1000,10 @@ class ClusterHub(Hub):
     def end_user(self, name: str, reason: str, keep: Optional[Session] = None) -> int:
         count = Hub.end_user(self, name, reason, keep)
         kept = keep.id if keep is not None else None
-        for sids in list(self.remote.get(name, {}).values()):
-            for sid in list(sids):
-                if sid != kept:
-                    self.end(self._proxy(sid), reason)
-                    count += 1
+        for sid in self._remote_sids(name):
+            if sid != kept:
+                self.end(self._proxy(sid), reason)
+                count += 1
         return count
 
     def ack(self, session: Session, upto: int) -> None:
@@ -1181,7 +1237,7 @@ class ClusterHub(Hub):
         online_here = set()
         for i in range(0, len(online), 2):
             box = _text(online[i])
-            users = {intern(_text(u)) for u in online[i + 1]}
+            users = {self._name(_text(u)) for u in online[i + 1]}
             if box == self.me:
                 online_here = users
                 continue
@@ -1193,7 +1249,7 @@ class ClusterHub(Hub):
         for i in range(0, len(kept), 2):
             box, flat = _text(kept[i]), kept[i + 1]
             for j in range(0, len(flat) - 1, 2):
-                user = intern(_text(flat[j]))
+                user = self._name(_text(flat[j]))
                 try:
                     state, text, since = json.loads(_text(flat[j + 1]))
                     entry = (str(state), str(text), float(since))

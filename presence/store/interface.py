@@ -8,6 +8,9 @@ same interface over Redis.
 
 from __future__ import annotations
 
+from typing import Any, List, NamedTuple, Optional
+
+from twisted.internet import defer
 from zope.interface import Interface
 
 from presence.errors import ServiceUnavailable
@@ -15,6 +18,33 @@ from presence.errors import ServiceUnavailable
 
 #: resume tokens kept per user (one per device); a new one past it drops the oldest
 RESUME_PER_USER = 32
+
+class Resumed(NamedTuple):
+    """What :meth:`IDirectory.resume_login` found for a resume token."""
+    user: str
+    #: an operator locked the account (nothing was recorded)
+    locked: bool
+    #: the user's record before this login, as ``record_login`` answers it
+    before: dict
+    #: the user's groups, and the owners of the address books listing them
+    groups: List[str]
+    owners: List[str]
+
+
+@defer.inlineCallbacks
+def resume_login_in_steps(store: Any, token_hash: str, not_before: Optional[float],
+                          now: float):
+    """:meth:`IDirectory.resume_login` as four calls of ``store`` (for a
+    directory where a call costs little)."""
+    user = yield store.resume_user(token_hash, not_before)
+    if user is None:
+        return None
+    if (yield store.is_locked(user)):
+        return Resumed(user, True, {}, [], [])
+    before = yield store.record_login(user, now)
+    groups, owners = yield store.memberships(user)
+    return Resumed(user, False, before, groups, owners)
+
 
 class NameTaken(Exception):
     """The name is already a user, a group or an alias."""
@@ -99,6 +129,14 @@ class IDirectory(Interface):
 
     def revoke_resume(user, token_hash=None):
         """Forget ``user``'s resume token ``token_hash``, or all of theirs when None; Deferred of how many."""
+
+    def resume_login(token_hash, not_before, now):
+        """A login with a resume token, in one call (a session set up from a
+        token must cost little): ``resume_user(token_hash, not_before)``;
+        for a user found, whether the account is locked, and if not,
+        ``record_login(user, now)`` and ``memberships(user)``.  Deferred of
+        a :class:`Resumed`, or None for a token unknown, revoked or
+        expired."""
 
     # -- groups and address books --------------------------------------------
     def create_group(name, owner, password_hash=None, now=0.0):
