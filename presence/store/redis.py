@@ -200,6 +200,13 @@ class TxRedis:
             self.handler = txredisapi.lazyConnectionPool(address.host, address.port,
                                                          username=address.username, **common)
         self._errors = (txredisapi.ConnectionError, txredisapi.ResponseError)
+        # a lazy pool answers at once; the factory's "connected" Deferred is
+        # for nobody, and a refused AUTH errbacks it (the outage is logged
+        # by whoever calls, once): without this it is an "Unhandled error in
+        # Deferred" whenever the garbage collector reaches it
+        factory_connected = getattr(self.handler._factory, "deferred", None)
+        if factory_connected is not None:
+            factory_connected.addErrback(lambda failure: None)
         # (the connections are built in later turns, with this protocol)
         protocol = self.handler._factory.protocol
         if txredisapi.hiredis is None:
