@@ -79,6 +79,11 @@ class FakeView:
     def key(self, *parts: str) -> bytes:
         return (self.prefix + ":".join(parts)).encode()
 
+    def remote_boxes(self, name: str) -> Dict[str, Tuple[str, ...]]:
+        """As ClusterHub.remote_boxes: the remote boxes holding sessions of
+        ``name`` -> their session IDs there."""
+        return dict(self.remote.get(name, {}))
+
     def _do(self, what, script, keys, args):
         args = [a if isinstance(a, bytes) else str(a).encode() for a in args]
         d = self.redis.eval(script, keys, args)
@@ -440,3 +445,23 @@ def test_post_sip_for_a_session_another_box_holds_is_sent_there(cluster):
     assert a.proxy.counters.get("requests") is None and a.net.take() == []
     session.host_box = a.world.config.host_box
     assert bob.post(msg).status == 202
+
+
+def test_the_boxes_to_fork_to_come_from_the_real_cluster_hubs_view():
+    """SipBoxes over a real ClusterHub (not the fake view): a user held on
+    the other box is forked there, one held here only is not."""
+    from presence.sip.message import SipURI as URI
+    from test_cluster_hub import Cluster
+    c = Cluster(2)
+    a, b = c.hubs
+    bob = c.login(0, "bob")
+    c.login(0, "carol")
+    holder = c.hub_of(bob)
+    other = b if holder is a else a
+    boxes = SipBoxes(other, FakeNetwork().resolve, "example.org", c.clock)
+    boxes.addresses = {holder.me: ("10.0.0.9", 5060)}
+    boxes.asked = frozenset([holder.me])
+    [hop] = boxes.hops("bob", URI.parse("sip:bob@example.org"))
+    assert (hop.transport, hop.host, hop.port) == (TCP, "10.0.0.9", 5060)
+    assert f";box={holder.me}" in hop.uri
+    assert boxes.hops("nobody", URI.parse("sip:nobody@example.org")) == []

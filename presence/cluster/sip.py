@@ -70,7 +70,7 @@ class SipBoxes(Service):
     """The SIP listeners of the other live boxes (see the module docstring).
 
     ``hub`` is the box's :class:`~presence.cluster.hub.ClusterHub` (its
-    ``me``, ``live``, ``remote``, ``key`` and Redis calls); ``resolve`` a
+    ``me``, ``live``, ``remote_boxes``, ``key`` and Redis calls); ``resolve`` a
     name to its addresses (the SIP network's); ``domain`` the proxy's."""
 
     log = Logger()
@@ -179,7 +179,7 @@ class SipBoxes(Service):
     def hops(self, name: str, uri: SipURI) -> Any:
         if uri.param(PARAM) is not None:
             return []       # forked by another box's proxy: this box's sessions only
-        boxes = sorted(self.hub.remote.get(name, ()))
+        boxes = sorted(self.hub.remote_boxes(name))
         if self.address is not None and any(
                 box not in self.addresses and box not in self.asked for box in boxes):
             # a box that joined since the last read: read its address first
