@@ -98,6 +98,20 @@ class ServerStartError(AssertionError):
     pass
 
 
+
+def relay_ports_outside_ephemeral(size: int = 1000) -> str:
+    """A relay port range (LOW-HIGH) that no free port the kernel hands out
+    (bind to port 0) can fall in: above its ephemeral range, or below."""
+    low, high = 32768, 60999
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        pass
+    if high + size <= 65535:
+        return f"{high + 1}-{high + size}"
+    return f"{max(1024, low - size)}-{low - 1}"
+
 class ServerProcess:
     """One ``twistd -n presence`` subprocess; its output goes to a file."""
 
@@ -161,9 +175,15 @@ class ServerProcess:
         if "--sip" not in self.extra_args:
             # SIP off unless a test asks for it (sip=<free port>): never the fixed 5060
             a += ["--sip", "0"]
-        elif "--relay" not in self.extra_args:
-            # the media relay's ports on loopback, not every interface
-            a += ["--relay", "127.0.0.1"]
+        else:
+            if "--relay" not in self.extra_args:
+                # the media relay's ports on loopback, not every interface
+                a += ["--relay", "127.0.0.1"]
+            if "--relay-ports" not in self.extra_args:
+                # outside the kernel's ephemeral range, where the free port a
+                # test took for --sip comes from (the default 40000-40999 is
+                # inside it, and the server refuses a --sip port in its range)
+                a += ["--relay-ports", relay_ports_outside_ephemeral()]
         return a + self.extra_args
 
     def start(self, timeout: float = READY_TIMEOUT) -> "ServerProcess":
