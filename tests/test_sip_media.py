@@ -131,13 +131,20 @@ def ports_of(message):
     return [m.port for m in sdp.media]
 
 
-def test_a_call_from_the_network_is_relayed_both_ways(sip):
+def network_call_to_bob(sip):
+    """A caller on the network INVITEs bob (a tunnel session) with OFFER:
+    bob's tunnel, the INVITE, the copy bob got and the relayed call."""
     bob = sip.tunnel("bob")
     inv = invite("sip:bob@example.org", body=OFFER)
     sip.send(inv)
     sip.sent()
     fwd = bob.one().message
     [call] = sip.relay.calls.values()
+    return bob, inv, fwd, call
+
+
+def test_a_call_from_the_network_is_relayed_both_ways(sip):
+    bob, inv, fwd, call = network_call_to_bob(sip)
     (a_caller, a_callee), (v_caller, v_callee) = call.streams
     assert call.users == ("", "bob")
     assert a_callee.user == "bob" and a_caller.user == ""
@@ -335,12 +342,7 @@ def test_an_sdp_naming_one_of_the_relays_own_ports_is_never_sent_to(sip):
     # that address is also the session's: before the side latched (and while
     # its stream reconnects) the relay must not send the other side's media
     # to a port of its own, which would play it back to its sender
-    bob = sip.tunnel("bob")
-    inv = invite("sip:bob@example.org", body=OFFER)
-    sip.send(inv)
-    sip.sent()
-    fwd = bob.one().message
-    [call] = sip.relay.calls.values()
+    bob, inv, fwd, call = network_call_to_bob(sip)
     (a_caller, a_callee), (v_caller, v_callee) = call.streams
     own = (ANSWER.replace("m=audio 6000", f"m=audio {a_callee.rtp_port}")
            .replace("m=video 6002", f"m=video {v_callee.rtp_port}"))
