@@ -423,12 +423,13 @@ class SipBridge:
             uri = NameAddr.parse(contacts[0]).sip_uri()
         except ValueError:
             uri = None
-        if uri is None:
-            if contacts[0].strip() == "*":
-                self._registering[request.call_id or ""] = ("*", "*", addr)
+        if uri is None and contacts[0].strip() != "*":
             return
         while len(self._registering) >= 16:
             self._registering.pop(next(iter(self._registering)))
+        if uri is None:
+            self._registering[request.call_id or ""] = ("*", "*", addr)
+            return
         self._registering[request.call_id or ""] = (_contact_key(uri),
                                                     str(uri), addr)
 

@@ -139,7 +139,7 @@ class MediaAnchor:
             sender = pair[side]
             rtp, rtcp = media.rtp_address(), media.rtcp_address()
             sender.expect(self._allowed(rtp, signal[side]), self._allowed(rtcp, signal[side]),
-                          media.mux, tuple(bare_host(a[0]).lower() for a in (rtp, rtcp) if a))
+                          media.mux, tuple(bare_host(a[0]) for a in (rtp, rtcp) if a))
             ports.append(pair[other].rtp_port)
         message.body = sdplib.rewrite(parsed, self.address_for(dest), ports)
 
@@ -148,7 +148,7 @@ class MediaAnchor:
         """``address`` if the relay may send there before the side latched."""
         if address is None:
             return None
-        ip = bare_host(address[0]).lower()
+        ip = bare_host(address[0])
         if self.relay.leg_for(address[1]) is not None and (
                 ip == signalling_ip or self.is_local(ip)):
             # one of our own relay ports (an SDP that presence-sip-bridge
@@ -169,6 +169,6 @@ def _user(hop: Hop) -> str:
 
 def _ip(hop: Hop) -> str:
     if hop.tunnel:
-        return bare_host(getattr(hop.session, "ip", "") or "").lower()
-    return bare_host(hop.host).lower()
+        return bare_host(getattr(hop.session, "ip", "") or "")
+    return bare_host(hop.host)
 

@@ -45,13 +45,9 @@ from presence.sip.mediaframe import (
     CONTENT_TYPE, KEEPALIVE, MAX_PACKET, MediaFrameError, decode_all, encode,
 )
 from presence.sip.proxy import UnsupportedMedia
+from presence.sip.relay import IMediaSink
 from presence.web.api import request_session
 from presence.web.http import params, write_json
-
-try:  # the relay's interface (presence.sip.relay, issue 15)
-    from presence.sip.relay import IMediaSink
-except ImportError:  # pragma: no cover - before the relay is merged
-    from zope.interface import Interface as IMediaSink  # type: ignore[assignment]
 
 log = Logger(namespace="presence.sip.media")
 

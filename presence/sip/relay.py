@@ -339,9 +339,6 @@ class Call:
             self.streams.append(self.relay._open_stream(self, len(self.streams)))
         return self.streams[index]
 
-    def leg(self, index: int, side: int) -> Leg:
-        return self.stream(index)[side]
-
     def legs(self) -> List[Leg]:
         return [leg for pair in self.streams for leg in pair]
 
@@ -448,10 +445,7 @@ class MediaRelay:
             return
         call.closed = True
         for leg in call.legs():
-            leg.close()
-            for port in (leg.rtp_port, leg.rtcp_port):
-                self._legs.pop(port, None)
-            self._free.append(leg.rtp_port)
+            self._release(leg)
         if self.calls.get(call.key) is call:
             del self.calls[call.key]
         self._count(f"closed_{why}")
