@@ -277,7 +277,6 @@ class Options(usage.Options):
         sip_frontend.check_options(self)
         invite_frontend.check_options(self)
         names_frontend.check_options(self)
-        sip_frontend.check_options(self)
         admin_frontend.check_options(self)
         calls_web.check_options(self)
         if self["access-log"] and self["no-access-log"]:

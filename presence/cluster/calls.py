@@ -35,12 +35,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from presence.cluster.hub import ClusterHub, _text, decode_frame, encode_frame
-from presence.core.calls import Call, Calls, call_frame
+from presence.core.calls import Call, Calls, call_frame, carry_out
 from presence.core.frames import Frame
 from presence.core.hub import Hub
 from presence.errors import (BadRequest, ClientError, Conflict, Forbidden, NotFound,
                              ServiceUnavailable, TooLarge, TooMany)
-from presence.web.calls import carry_out
 
 #: seconds a node waits for the call's box to answer a forwarded request
 TIMEOUT = 5.0

@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from presence.core.frames import Frame
 from presence.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
@@ -370,3 +370,25 @@ class Calls:
         self.check()
         if self.calls:
             self._check_soon()
+
+
+def carry_out(calls: Calls, action: str, session: str, user: str, p: Dict[str, Any],
+              sessions: Callable[[str], List[str]], busy: bool = False) -> Tuple[int, Any]:
+    """Carry out a checked action (see ``presence.web.calls.CallsWeb._checked``) of session
+    ``session`` of ``user`` on ``calls``: the status and body of the answer.
+    ``sessions(callee)``: the callee's sessions that may ring."""
+    callid = p.get("call")
+    if action == "offer":
+        callee = p["to"]
+        call = calls.offer(Party(user, session), callee, sessions(callee), p["sdp"],
+                           callid, busy=busy)
+        return 200, call.info()
+    if action == "answer":
+        return 200, calls.answer(session, callid, p["sdp"]).info()
+    if action == "ice":
+        calls.ice(session, callid, p["candidate"])
+    elif action == "hangup":
+        calls.hangup(session, callid)
+    else:
+        calls.decline(session, callid)
+    return 204, None

@@ -31,7 +31,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.python import usage
 
-from presence.core.calls import RING_TIMEOUT, Calls, Party, check_candidate, check_sdp
+from presence.core.calls import (
+    RING_TIMEOUT, Calls, carry_out, check_candidate, check_sdp,
+)
 from presence.core.frames import Frame
 from presence.core.ratelimit import RateLimiter, take_all
 from presence.errors import BadRequest, Forbidden, TooMany
@@ -141,28 +143,6 @@ def _flag(value: Any) -> bool:
     raise BadRequest("allow must be 1 or 0")
 
 
-def carry_out(calls: Calls, action: str, session: str, user: str, p: Dict[str, Any],
-              sessions: Callable[[str], List[str]], busy: bool = False) -> Tuple[int, Any]:
-    """Carry out a checked action (see ``CallsWeb._checked``) of session
-    ``session`` of ``user`` on ``calls``: the status and body of the answer.
-    ``sessions(callee)``: the callee's sessions that may ring."""
-    callid = p.get("call")
-    if action == "offer":
-        callee = p["to"]
-        call = calls.offer(Party(user, session), callee, sessions(callee), p["sdp"],
-                           callid, busy=busy)
-        return 200, call.info()
-    if action == "answer":
-        return 200, calls.answer(session, callid, p["sdp"]).info()
-    if action == "ice":
-        calls.ice(session, callid, p["candidate"])
-    elif action == "hangup":
-        calls.hangup(session, callid)
-    else:
-        calls.decline(session, callid)
-    return 204, None
-
-
 class LocalCalls:
     """One process: every call is this process's."""
 
@@ -268,7 +248,7 @@ class CallsWeb:
 
     async def _checked(self, session: Any, action: str, p: Dict[str, Any]) -> Dict[str, Any]:
         """What the node that got the request checks (with the directory),
-        as the parameters :func:`carry_out` takes: these may be carried out
+        as the parameters :func:`presence.core.calls.carry_out` takes: these may be carried out
         on another box (presence.cluster.calls)."""
         if action != "offer":
             params = {"call": p.get("call")}

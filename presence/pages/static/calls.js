@@ -261,7 +261,6 @@
           .then(function () { flushCandidates(call); return pc.createAnswer(); })
           .then(function (answer) { return pc.setLocalDescription(answer); })
           .then(function () {
-            call.answered = true;
             return signal(call, {action: 'answer', sdp: pc.localDescription.sdp});
           });
       }).catch(function (e) {
