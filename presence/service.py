@@ -344,6 +344,15 @@ class PresenceService:
         self.log.info("{user} logged in from {ip}", user=name, ip=ip)
         return session
 
+    def digest_allowed(self, ip: str) -> bool:
+        """Whether a SIP digest from ``ip`` may be checked now: the address's
+        login allowance is not spent (a refusal is counted, as a password
+        login's)."""
+        if self.login_failures.allowed(address_key(ip), self.clock.seconds()):
+            return True
+        self._refused("login_address", ip)
+        return False
+
     def judge_digest(self, name: Optional[str], ip: str, right: Optional[bool]) -> bool:
         """A SIP digest for account ``name`` from ``ip`` was checked:
         ``right``, wrong (False) or not judged (None: a stale nonce).  It

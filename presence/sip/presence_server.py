@@ -53,13 +53,12 @@ from xml.sax.saxutils import escape, quoteattr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from presence.core.ratelimit import address_key
 from presence.core.states import AVAILABLE, AWAY, BUSY, OFFLINE
 from presence.service import GUEST_PREFIX
 from presence.sip.digest import source_of
 from presence.sip.message import MAGIC_COOKIE, NameAddr, Request, Response, SipURI, Via
 from presence.sip.proxy import T1, T2, T4, TCP, TIMER_B, TUNNEL, UDP, Hop
-from presence.sip.registrar import TOO_MANY
+from presence.sip.registrar import TOO_MANY, refusal
 
 log = Logger(namespace="presence.sip")
 
@@ -301,21 +300,17 @@ class SipPresence:
         # digests count as password logins do (the address's and the
         # account's allowances), as a REGISTER's: no password oracle beside them
         too_many = (None, (403, [], TOO_MANY))
-        if not self.service.login_failures.allowed(address_key(hop.host),
-                                                   self.clock.seconds()):
+        if not self.service.digest_allowed(hop.host):
             self._count("refused_failures")
-            self.service._refused("login_address", hop.host)
             return defer.succeed(too_many)
         source = source_of(hop)
 
         def judged(verdict: Any) -> Any:
-            if verdict.error:
-                return None, (400, [], f"Bad Request ({verdict.error})")
-            if verdict.present and not self.service.judge_digest(
-                    verdict.tried, hop.host,
-                    None if verdict.stale else verdict.user is not None):
-                self._count("refused_failures")
-                return too_many
+            refused = refusal(verdict, self.service, hop.host)
+            if refused is not None:
+                if refused[0] == 403:
+                    self._count("refused_failures")
+                return None, (refused[0], [], refused[1])
             if verdict.user is None:
                 self._count("challenged")
                 return None, (401, self.auth.challenge(request, stale=verdict.stale,

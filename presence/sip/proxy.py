@@ -1297,8 +1297,6 @@ class SipProxy:
         for dest in dests:
             branch = self._branch(context, request)
             copy = self._prepare(request, stx.hop, dest, branch)
-            if dest.uri is not None:
-                copy.uri = dest.uri
             if self.media is not None:
                 try:
                     self.media.request(copy, stx.hop, dest)

@@ -64,7 +64,6 @@ from zope.interface import implementer
 from presence.core import frames
 from presence.core.hub import IChannel
 from presence.core.mailbox import Entry
-from presence.core.ratelimit import address_key
 from presence.core.tables import Session
 from presence.sip.digest import DigestAuth, source_of
 from presence.sip.message import NameAddr, SipURI, bare_host
@@ -83,6 +82,20 @@ _EXPIRES_LIMIT = 2 ** 32 - 1
 SCOPE = "sip"
 #: the reason of a 403 once the login allowance is spent
 TOO_MANY = "Forbidden (too many failed attempts; try again later)"
+
+
+def refusal(verdict: Any, service: Any, ip: str) -> Optional[Tuple[int, str]]:
+    """What a checked digest (``DigestAuth.verify``'s verdict) from ``ip``
+    is refused with before its user is looked at, counted as a password
+    login (``service.judge_digest``): ``(400, reason)`` for malformed
+    credentials, ``(403, TOO_MANY)`` past the allowances, else None.  The
+    registrar and SIP presence (REGISTER and SUBSCRIBE) share it."""
+    if verdict.error:
+        return 400, f"Bad Request ({verdict.error})"
+    if verdict.present and not service.judge_digest(
+            verdict.tried, ip, None if verdict.stale else verdict.user is not None):
+        return 403, TOO_MANY
+    return None
 
 
 class Binding:
@@ -208,22 +221,15 @@ class Registrar:
             self._answer(stx, e.code, e.reason, e.extra)
             return
         ip = hop.session.ip if hop.tunnel else hop.host
-        who = address_key(ip)
-        failures = self.service.login_failures
-        now = self.clock.seconds()
-        if not failures.allowed(who, now):
-            self.service._refused("login_address", ip)
+        if not self.service.digest_allowed(ip):
             self._answer(stx, 403, TOO_MANY)
             return
         verdict = await self.digest.verify(request, source=source_of(hop))
         if stx.state == "terminated" or stx.request is None:
             return
-        if verdict.error:
-            self._answer(stx, 400, f"Bad Request ({verdict.error[:100]})")
-            return
-        if verdict.present and not self.service.judge_digest(
-                verdict.tried, ip, None if verdict.stale else verdict.user is not None):
-            self._answer(stx, 403, TOO_MANY)
+        refused = refusal(verdict, self.service, ip)
+        if refused is not None:
+            self._answer(stx, *refused)
             return
         if verdict.user is None:
             if verdict.present and not verdict.stale:
