@@ -374,10 +374,17 @@ class PresenceService:
             if account:
                 self.known_addresses.add((account, who))
         elif right is not None:
-            self.login_failures.take(who, now)
-            if account and not known:
-                self.account_failures.take(account, now)
+            self._failed_login(who, account, known)
         return True
+
+    def _failed_login(self, who: str, account: Optional[str], known: bool) -> None:
+        """A wrong password (or digest) from address ``who``: it spends the
+        address's allowance, and the account's unless this address proved
+        the password before."""
+        now = self.clock.seconds()
+        self.login_failures.take(who, now)
+        if account and not known:
+            self.account_failures.take(account, now)
 
     async def check_password(self, name: Any, password: Any, ip: str = "") -> None:
         """Nothing if ``password`` is user ``name``'s; else Unauthorized (401),
@@ -406,10 +413,7 @@ class PresenceService:
         stored = user["password_hash"] if user is not None else self._dummy_hash
         ok = await self._hash(passwords.check_password, password, stored)
         if not ok or user is None:
-            now = self.clock.seconds()
-            self.login_failures.take(who, now)
-            if account and not known:
-                self.account_failures.take(account, now)
+            self._failed_login(who, account, known)
             raise Unauthorized("wrong username or password")
         self.known_addresses.add((name, who))
         await self._not_locked(name)   # a locked account: 403, for dyndns2 too
