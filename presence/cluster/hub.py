@@ -1138,7 +1138,11 @@ class ClusterHub(Hub):
         for user in [u for u, boxes in self.remote_online.items() if box in boxes]:
             self._remote_presence(user, box, False, None, now)
         for observer in self.box_observers:
-            observer(box)
+            try:
+                observer(box)
+            except Exception:
+                # the rest of the burial (devices, pending chats) goes on
+                self.log.failure("cluster: a box-gone observer failed for {box}", box=box)
 
     def _on_frame(self, event: dict) -> None:
         self._routed(event["u"], decode_frame(event["f"]))

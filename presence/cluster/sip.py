@@ -33,8 +33,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from presence.cluster.hub import BOX_TTL, REFRESH
-from presence.sip.message import SipURI, bare_host
+from presence.cluster.hub import BOX_TTL, REFRESH, _text
+from presence.sip.message import SipURI, bare_host, format_hostport
 from presence.sip.proxy import TCP, UDP, Hop, ISipBoxes
 
 #: the Request-URI parameter of a request one box's proxy forked to another's
@@ -53,16 +53,12 @@ return out
 """
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def parse_address(text: str) -> Optional[Tuple[str, int]]:
     """``ip:port`` (``[v6]:port``) as a box publishes it, or None."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
         return None
-    return bare_host(host).lower(), int(port)
+    return bare_host(host), int(port)
 
 
 @implementer(ISipBoxes)
@@ -100,7 +96,7 @@ class SipBoxes(Service):
         is the host of ``--host-box`` (resolved) on that port."""
         tcp = addresses.get("sip-tcp") or addresses.get("sip-udp") or ""
         port = tcp.rpartition(":")[2]
-        host = bare_host(self.hub.me.rpartition(":")[0]).lower()
+        host = bare_host(self.hub.me.rpartition(":")[0])
         d = self.resolve(host)
 
         def resolved(ips: List[str]) -> None:
@@ -151,7 +147,7 @@ class SipBoxes(Service):
     def _read(self) -> defer.Deferred:
         boxes = self.others()
         host, port = self.address
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        shown = format_hostport(host, port)
         d = self.hub._do("sharing this box's SIP address", ADDRESSES,
                          [self.hub.key("sip", self.hub.me)],
                          [shown, BOX_TTL, self.hub.prefix + "sip:"] + boxes)
@@ -199,15 +195,15 @@ class SipBoxes(Service):
         return out
 
     def hop_of(self, uri: SipURI) -> Optional[Hop]:
-        host = bare_host(uri.param("maddr") or uri.host).lower()
+        host = bare_host(uri.param("maddr") or uri.host)
         port = uri.port or 5060
         if not self.is_box(host, port):
             return None
         return Hop(TCP if uri.transport == "TCP" else UDP, host, port)
 
     def is_box(self, ip: str, port: int) -> bool:
-        return (bare_host(ip).lower(), port) in self._live().values()
+        return (bare_host(ip), port) in self._live().values()
 
     def is_box_ip(self, ip: str) -> bool:
-        ip = bare_host(ip).lower()
+        ip = bare_host(ip)
         return any(host == ip for host, _ in self._live().values())
