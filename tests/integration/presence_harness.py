@@ -38,7 +38,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Tuple
 
 READY_TIMEOUT = 60.0  # generous: CI machines are shared and can be loaded
 READY_RE = re.compile(
@@ -99,18 +99,25 @@ class ServerStartError(AssertionError):
 
 
 
-def relay_ports_outside_ephemeral(size: int = 1000) -> str:
-    """A relay port range (LOW-HIGH) that no free port the kernel hands out
-    (bind to port 0) can fall in: above its ephemeral range, or below."""
-    low, high = 32768, 60999
+def ephemeral_range() -> Tuple[int, int]:
+    """The kernel's range of ephemeral ports (the source ports of outgoing
+    connections, and what bind to port 0 hands out)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             low, high = (int(x) for x in f.read().split())
+            return low, high
     except (OSError, ValueError):
-        pass
+        return 32768, 60999
+
+
+def relay_ports_outside_ephemeral(size: int = 1000) -> str:
+    """A relay port range (LOW-HIGH) that no free port the kernel hands out
+    (bind to port 0) can fall in: above its ephemeral range, or below."""
+    low, high = ephemeral_range()
     if high + size <= 65535:
         return f"{high + 1}-{high + size}"
     return f"{max(1024, low - size)}-{low - 1}"
+
 
 class ServerProcess:
     """One ``twistd -n presence`` subprocess; its output goes to a file."""

@@ -3,6 +3,7 @@ they are, and stops them all on Ctrl-C (docs/cluster.md)."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -12,18 +13,21 @@ import urllib.request
 
 import pytest
 
-from presence_harness import Api, expect
+from presence_harness import Api, ephemeral_range, expect
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_program("redis-server")]
 
 
 def two_free_ports() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    """Two consecutive free ports above the kernel's ephemeral range: a port
+    in it could be taken, between this check and the node's bind, as the
+    source port of another connection (the first node's to Redis)."""
+    above = ephemeral_range()[1] + 1
+    for _ in range(200):
+        port = random.randrange(above, 65534)
         try:
-            with socket.socket() as t:
+            with socket.socket() as s, socket.socket() as t:
+                s.bind(("127.0.0.1", port))
                 t.bind(("127.0.0.1", port + 1))
             return port
         except OSError:
