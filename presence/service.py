@@ -894,7 +894,7 @@ class PresenceService:
         wait = take_all([(self.chat_by_session, session.id),
                          (self.chat_by_address, address)], now)
         if wait is None and self.shared_limits is not None:
-            wait = await self.shared_limits.take(
+            wait = self.shared_limits.take(
                 [("chat:s:" + session.id, *self.limits.chat_session),
                  ("chat:a:" + address, *self.limits.chat_address)], now)
         if wait is not None:

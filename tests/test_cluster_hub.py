@@ -46,6 +46,7 @@ class FakeRedis:
         self.devices: Dict[str, str] = {}
         self.batches: List[list] = []
         self.takes = 0
+        self.take_answer = b"0"
 
     def seam(self) -> "Seam":
         return Seam(self)
@@ -88,7 +89,7 @@ class FakeRedis:
             answers.append(self.bound(rest[1], int(rest[2])))
         elif name == b"TAKE":
             self.takes += 1
-            answers.append(b"0")
+            answers.append(self.take_answer)
         elif kind == "states":
             if name == b"HSET":
                 self.states.setdefault(box, {})[rest[0]] = rest[1]
@@ -689,10 +690,11 @@ def test_limits_over_the_cluster_fail_open_while_redis_is_down() -> None:
     limits = SharedLimits(hub)
     results = []
     for _ in range(3):
-        limits.take([("chat:s:x", 1, 1.0)], c.clock.seconds()).addCallback(results.append)
-    c.clock.advance(0)                      # the turn's batch goes (and fails)
+        results.append(limits.take([("chat:s:x", 1, 1.0)], c.clock.seconds()))
+        c.clock.advance(0)                  # the turn's batch goes (and fails)
     assert results == [None, None, None]   # allowed: the node's own buckets decide
     assert hub._outage                      # (noticed: one line for the outage)
+    assert limits.empty == {}
 
 
 def test_a_turns_chats_spend_the_shared_limits_in_its_one_batch() -> None:
@@ -707,11 +709,61 @@ def test_a_turns_chats_spend_the_shared_limits_in_its_one_batch() -> None:
     results: list = []
     for i in range(3):
         hub._queue([[b"HSET", hub.key("pending", hub.me), f"u {i}", "{}"]])
-        limits.take([("chat:s:x", 10, 1.0)], c.clock.seconds()).addCallback(results.append)
-    assert c.redis.takes == 0 and results == []
+        results.append(limits.take([("chat:s:x", 10, 1.0)], c.clock.seconds()))
+    assert c.redis.takes == 0 and results == [None, None, None]   # nobody waits
     c.clock.advance(0)                      # the end of the turn
     assert c.redis.takes == 3 and len(c.redis.batches) == sent + 1
-    assert results == [None, None, None]
+
+
+def test_an_empty_shared_bucket_refuses_its_next_requests_on_the_box_without_redis() -> None:
+    """Redis's answer that a bucket is empty is remembered: the box refuses
+    that bucket (and only it) without asking Redis, until it would have a
+    token again; the request that found it empty was not held up."""
+    from presence.cluster.limits import SharedLimits
+    c = Cluster(1)
+    hub = c.hubs[0]
+    limits = SharedLimits(hub)
+    c.redis.pump()
+    buckets = [("chat:s:x", 3, 1.0), ("chat:a:10.1.1.1", 5, 1.0)]
+    c.redis.take_answer = b"2.5 0"          # the session's bucket is empty
+    assert limits.take(buckets, c.clock.seconds()) is None
+    c.clock.advance(0)
+    assert set(limits.empty) == {"chat:s:x"}
+    takes = c.redis.takes
+    assert limits.take(buckets, c.clock.seconds()) == pytest.approx(2.5)
+    c.clock.advance(1.0)
+    assert limits.take(buckets, c.clock.seconds()) == pytest.approx(1.5)
+    # another session of the address is not refused
+    assert limits.take([("chat:s:y", 3, 1.0), ("chat:a:10.1.1.1", 5, 1.0)],
+                       c.clock.seconds()) is None
+    c.redis.take_answer = b"0"
+    c.clock.advance(1.5)                    # the bucket has a token again
+    assert limits.take(buckets, c.clock.seconds()) is None
+    c.clock.advance(0)
+    assert c.redis.takes == takes + 2       # the refused ones sent nothing
+
+
+def test_the_memory_of_empty_buckets_is_bounded(monkeypatch) -> None:
+    from presence.cluster import limits as module
+    monkeypatch.setattr(module, "MAX_EMPTY", 3)
+    c = Cluster(1)
+    hub = c.hubs[0]
+    limits = module.SharedLimits(hub)
+    c.redis.pump()
+    c.redis.take_answer = b"1"
+    for i in range(3):
+        limits.take([(f"chat:s:{i}", 1, 1.0)], c.clock.seconds())
+        c.clock.advance(0)                  # answered: empty for 1 s
+        c.clock.advance(0.5)
+    assert len(limits.empty) == 3
+    limits.take([("chat:s:new", 1, 1.0)], c.clock.seconds())
+    c.clock.advance(0)
+    # the expired ones went (0 and 1: until 1.0 and 1.5, now 1.5)
+    assert set(limits.empty) == {"chat:s:2", "chat:s:new"}
+    for i in range(5):
+        limits.take([(f"chat:s:more{i}", 1, 1.0)], c.clock.seconds())
+        c.clock.advance(0)
+    assert len(limits.empty) <= 3
 
 
 # -- a change of groups racing a login on another box ------------------------------
