@@ -50,6 +50,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -81,6 +82,45 @@ mono = time.monotonic
 
 def ratio(a, b, digits: int = 2):
     return round(a / b, digits) if a and b else None
+
+
+def scrape(port: int, token_file: str) -> dict:
+    """The cumulative histogram buckets of one node's ``/metrics`` (its
+    operator endpoint): {(name, le): count}."""
+    with open(token_file) as f:
+        token = f.read().strip()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        text = r.read().decode()
+    out: dict = {}
+    for line in text.splitlines():
+        m = re.match(r'(\w+)_bucket\{(?:.*,)?le="([^"]+)"[^}]*\} (\S+)', line)
+        if m:
+            key = (m.group(1), float(m.group(2)))
+            out[key] = out.get(key, 0.0) + float(m.group(3))
+    return out
+
+
+def histogram_pcts(before: list, after: list) -> dict:
+    """p50 / p90 / p99 (the upper bound of the bucket, in ms) of each
+    histogram over all nodes between two scrapes."""
+    diff: dict = {}
+    for b, a in zip(before, after):
+        for key, v in a.items():
+            diff[key] = diff.get(key, 0.0) + v - b.get(key, 0.0)
+    res: dict = {}
+    for name in sorted({k[0] for k in diff}):
+        buckets = sorted((le, c) for (n, le), c in diff.items() if n == name)
+        total = buckets[-1][1] if buckets else 0
+        if not total:
+            continue
+        row = {"n": int(total)}
+        for q in (0.5, 0.9, 0.99):
+            le = next(le for le, c in buckets if c >= q * total)
+            row[f"p{int(q * 100)}"] = round(le * 1000, 3) if le != float("inf") else "inf"
+        res[name] = row
+    return res
 
 
 def split(n: int, parts: int) -> list:
@@ -150,6 +190,7 @@ class Proc(ServerProc):
         self.kind, self.proc, self.port, self.name = "node", popen, port, name
         self.cgroup = None
         self.gcpath = None
+        self.admin = None   # (port, token file) of its operator endpoint
 
 
 class ClusterClientProc(ClientProc):
@@ -287,6 +328,8 @@ class Bench:
         each = split(int(a.lat_rate * a.lat_seconds), len(self.clients))
         rate = a.lat_rate / len(self.clients)
         log(f"{self.label}: latency: {sum(each)} chats at {a.lat_rate}/s")
+        admin = [n.admin for n in self.nodes if getattr(n, "admin", None)]
+        scraped = [scrape(*p) for p in admin]
         start = mono() + 0.5
         r = await asyncio.gather(*(c.cmd("chats", a.lat_seconds + 60, bid=bid, total=k,
                                          conc=min(2, self.per_sender), mode="mixed", rate=rate,
@@ -301,6 +344,10 @@ class Bench:
                                "errors": merge_errors(r),
                                "same_box_ms": pct(same), "cross_box_ms": pct(cross)}
         log(f"{self.label}: latency same {pct(same)} cross {pct(cross)}")
+        if admin:
+            inside = histogram_pcts(scraped, [scrape(*p) for p in admin])
+            self.res["latency"]["server_histograms_ms"] = inside
+            log(f"{self.label}: inside the nodes (bucket bounds, ms): {inside}")
 
     # -- 4: rate ----------------------------------------------------------------------
 
@@ -540,7 +587,7 @@ async def one_node(args, workdir: str, n: int, res: dict) -> None:
 
 async def cluster_run(args, workdir: str, res: dict) -> None:
     twistd = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
-    base = free_run(args.nodes)
+    base = free_run(2 * args.nodes if args.metrics else args.nodes)
     if args.profile:
         # every node under cProfile; the stats are written at its clean stop
         os.makedirs(args.profile, exist_ok=True)
@@ -555,7 +602,11 @@ async def cluster_run(args, workdir: str, res: dict) -> None:
             "profile.enable()\nrun()\n")
     node_args = ["--hash-cost", "1", "--keepalive", "25", "--poll", "4"]
     node_args += presence_off_flags(twistd)
-    options = SimpleNamespace(nodes=args.nodes, host="127.0.0.1", port=base, redis=None, admin_port=0,
+    if args.metrics and "--admin" in node_args:
+        i = node_args.index("--admin")
+        del node_args[i:i + 2]      # the Cluster gives each node its own
+    options = SimpleNamespace(nodes=args.nodes, host="127.0.0.1", port=base, redis=None,
+                              admin_port=base + args.nodes if args.metrics else 0,
                               data=os.path.join(workdir, "cluster"), node_args=node_args)
     cluster = Cluster(options, out=sys.stderr)
     bench = None
@@ -566,6 +617,10 @@ async def cluster_run(args, workdir: str, res: dict) -> None:
         for i in range(args.nodes):
             cluster.start_node(i, url)
         nodes = [Proc(p, base + i, f"node-{i + 1}") for i, p in enumerate(cluster.nodes)]
+        for i, n in enumerate(nodes):
+            if args.metrics:
+                n.admin = (cluster.admin_port(i),
+                           os.path.join(options.data, f"node-{i + 1}", "admin-token"))
         bench = Bench(args, "cluster", args.users, [n.port for n in nodes], nodes)
         await asyncio.sleep(args.refresh_wait)   # every node has seen the others refresh
         await bench.start_clients(40)
@@ -692,6 +747,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     p.add_argument("--profile", metavar="DIR",
                    help="run the cluster's nodes under cProfile, stats in DIR")
+    p.add_argument("--metrics", action="store_true",
+                   help="give every node its operator endpoint and report, over the latency"
+                        " phase, the nodes' own histograms (Redis round trips, pub/sub lag,"
+                        " acceptance to write)")
     p.add_argument("--out", default="bench/results/cluster.json")
     a = p.parse_args(argv)
     if a.quick:
