@@ -41,6 +41,7 @@ class FakeRedis:
         self.expires: Dict[str, Tuple[str, float]] = {}
         self.down = False
         self.pending: Dict[str, Dict[str, str]] = {}
+        self.pendt: Dict[str, Dict[str, float]] = {}
         self.seqs: Dict[str, Dict[str, str]] = {}
         self.states: Dict[str, Dict[str, str]] = {}
         self.devices: Dict[str, str] = {}
@@ -118,6 +119,13 @@ class FakeRedis:
             else:
                 for field in rest:
                     self.pending.get(key, {}).pop(field, None)
+        elif kind == "pendt":
+            times = self.pendt.setdefault(key, {})
+            if name == b"ZADD":
+                times[rest[1]] = float(rest[0])
+            else:
+                for field in rest:
+                    times.pop(field, None)
         elif kind == "seqs":
             for field in rest:
                 self.seqs.get(key, {}).pop(field, None)
@@ -142,10 +150,17 @@ class FakeRedis:
             box = k[0][len(P + "states:"):]
             return defer.succeed([x.encode() for user, value in self.states.get(box, {}).items()
                                   for x in (user, value)])
-        elif b"HGETALL" in script:
+        elif script == cluster.OLD_PENDING:
             out = []
-            for field, value in self.pending.get(k[0], {}).items():
-                out += [field.encode(), value.encode()]
+            times = self.pendt.get(k[1], {})
+            old = sorted((t, f) for f, t in times.items() if t <= float(a[0]))
+            for _, field in old[:int(a[1])]:
+                value = self.pending.get(k[0], {}).get(field)
+                if value is None:
+                    del times[field]
+                else:
+                    out += [field.encode(), value.encode()]
+                    times[field] = float(a[2])
             return defer.succeed(out)
         elif b"PUBLISH" in script and b"HSET" not in script and b"SREM" not in script:
             self.publish(keys[0], args[0])
@@ -166,6 +181,7 @@ class FakeRedis:
             if box not in self.nodes:
                 return defer.succeed([[], []])
             pending = [v.encode() for v in self.pending.pop(k[6], {}).values()]
+            self.pendt.pop(k[8], None)
             self.nodes.discard(box)
             self.expires.pop(box, None)
             out = [self.sessions.pop(s).encode() for s in self.onbox.pop(box, set())

@@ -143,7 +143,7 @@ def test_settle_reads_only_the_pending_chats_old_enough(hubs):
     their text holds (quotes, a "t" of its own, backslashes), and no other."""
     from presence.core.frames import Frame
     a, _ = hubs
-    key = a.key("pending", a.me)
+    key, times = a.key("pending", a.me), a.key("pendt", a.me)
     texts = ['hi', 'x", "t": 1}', '\\', '"t": 5}', 'ünïcode \u2028 "quoted"']
     writes = []
     for i, text in enumerate(texts):
@@ -151,11 +151,22 @@ def test_settle_reads_only_the_pending_chats_old_enough(hubs):
         for t in (100.0 + i, 2_000_000_000.123456):
             value = json.dumps({"u": "alice", "f": cluster.encode_frame(frame), "t": t})
             writes.append([b"HSET", key, f"alice m{i} {t}", value])
+            writes.append([b"ZADD", times, repr(t), f"alice m{i} {t}"])
+    writes.append([b"ZADD", times, "50.0", "acknowledged, its index entry left"])
     args: List[Any] = []
     for command in writes:
         args += [len(command)] + command
     result_of(a._eval(cluster.BATCH, [], args))
-    flat = result_of(a._eval(cluster.OLD_PENDING, [key], [repr(102.0)]))
+
+    def old(before, most=1000, now=200.0):
+        return result_of(a._eval(cluster.OLD_PENDING, [key, times],
+                                 [repr(before), most, repr(now)]))
+    flat = old(102.0)
     fields = sorted(flat[0::2])
     assert fields == [b"alice m0 100.0", b"alice m1 101.0", b"alice m2 102.0"]
-    assert len(result_of(a._eval(cluster.OLD_PENDING, [key], [repr(3e9)]))) == 20
+    assert json.loads(flat[1])["u"] == "alice"
+    # the index entry without its chat went; those answered are read again
+    # only once they are old again (their time is now 200)
+    assert old(102.0) == []
+    assert len(old(150.0, most=1)) == 2                   # at most one: m3 (103)
+    assert len(old(3e9)) == 20
