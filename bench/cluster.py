@@ -331,6 +331,13 @@ class Bench:
         admin = [n.admin for n in self.nodes if getattr(n, "admin", None)]
         scraped = [scrape(*p) for p in admin]
         start = mono() + 0.5
+        # beside it, the machine's floor: one byte's round trip between two
+        # idle processes, as loaded (bench/hop_floor.py)
+        floor = await asyncio.create_subprocess_exec(
+            sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                         "hop_floor.py"),
+            "--rate", str(a.lat_rate), "--seconds", str(a.lat_seconds),
+            stdout=asyncio.subprocess.PIPE)
         r = await asyncio.gather(*(c.cmd("chats", a.lat_seconds + 60, bid=bid, total=k,
                                          conc=min(2, self.per_sender), mode="mixed", rate=rate,
                                          start_at=start, seconds=a.lat_seconds + 30,
@@ -343,7 +350,13 @@ class Bench:
                                "late_sends": sum(x.get("late", 0) for x in r),
                                "errors": merge_errors(r),
                                "same_box_ms": pct(same), "cross_box_ms": pct(cross)}
-        log(f"{self.label}: latency same {pct(same)} cross {pct(cross)}")
+        out, _ = await floor.communicate()
+        try:
+            self.res["latency"]["hop_floor_rtt_ms"] = json.loads(out)
+        except ValueError:
+            self.res["latency"]["hop_floor_rtt_ms"] = None
+        log(f"{self.label}: latency same {pct(same)} cross {pct(cross)}"
+            f" floor (two idle processes' round trip) {self.res['latency']['hop_floor_rtt_ms']}")
         if admin:
             inside = histogram_pcts(scraped, [scrape(*p) for p in admin])
             self.res["latency"]["server_histograms_ms"] = inside
