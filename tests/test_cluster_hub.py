@@ -782,6 +782,32 @@ def test_the_memory_of_empty_buckets_is_bounded(monkeypatch) -> None:
     assert len(limits.empty) <= 3
 
 
+def test_the_boxes_with_users_online_are_counted_not_read_from_every_user() -> None:
+    """The refresh asks which remote boxes have users online (to forget the
+    boxes no longer live); the hub counts them per box as users come and go
+    instead of reading every user's boxes each second."""
+    c = Cluster(3)
+    a = c.hubs[0]
+
+    def counted():
+        return {box: sum(box in boxes for boxes in a.remote_online.values())
+                for boxes in a.remote_online.values() for box in boxes}
+    sessions = [c.login(i % 3, f"u{i}") for i in range(6)]
+    for s in sessions:
+        c.hold(s)
+    c.redis.pump()
+    remote = [s for s in sessions if c.hub_of(s) is not a]
+    assert remote and sum(a._online_count.values()) == len(remote)
+    assert a._online_count == counted()
+    assert a.remote_online_boxes() == {c.hub_of(s).me for s in remote}
+    for s in remote:
+        hub = c.hub_of(s)
+        hub.end(hub.session(s.id), "logout")
+        c.redis.pump()
+        assert a._online_count == counted()
+    assert a._online_count == {} and a.remote_online_boxes() <= set(a.box_sessions)
+
+
 # -- a change of groups racing a login on another box ------------------------------
 
 def test_a_group_change_racing_a_login_on_another_box_reaches_every_watcher() -> None:

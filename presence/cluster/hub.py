@@ -306,6 +306,9 @@ class ClusterHub(Hub):
         #: user -> the remote boxes where the user is online (a frozenset
         #: shared by every user online on the same boxes)
         self.remote_online: Dict[str, FrozenSet[str]] = {}
+        #: remote box -> how many users ``remote_online`` has online there
+        #: (so that the refresh knows the boxes without reading every user)
+        self._online_count: Dict[str, int] = {}
         self._box_sets: Dict[FrozenSet[str], FrozenSet[str]] = {}
         #: user -> the user's state on remote boxes: ``(box, state, text,
         #: since)`` when it is known on one box (most users), else a dict
@@ -900,11 +903,7 @@ class ClusterHub(Hub):
             entry = (entry[0], entry[1], when)
         self._note_state(user, box, entry if online else None)
         boxes = self.remote_online.get(user, NO_GROUPS)
-        boxes = boxes | {box} if online else boxes - {box}
-        if boxes:
-            self.remote_online[user] = self._shared(frozenset(boxes))
-        else:
-            self.remote_online.pop(user, None)
+        self._online_on(user, boxes | {box} if online else boxes - {box})
         if groups is not None:
             self.remote_groups[user] = self._shared(group_set(self.fresh_groups(user, groups)))
         self.remote_seen[user] = when
@@ -1248,6 +1247,7 @@ class ClusterHub(Hub):
         before = {u: self.is_online(u) for u in self.remote_online}
         self.where, self.remote, self.proxies = {}, {}, {}
         self.remote_online, self.remote_seen, self.box_sessions = {}, {}, {}
+        self._online_count = {}
         self.remote_states, self.remote_guests = {}, {}
         mine = {}
         for raw in sessions:
@@ -1265,8 +1265,7 @@ class ClusterHub(Hub):
                 online_here = users
                 continue
             for user in users:
-                boxes = self.remote_online.get(user, NO_GROUPS) | {box}
-                self.remote_online[user] = self._shared(frozenset(boxes))
+                self._online_on(user, self.remote_online.get(user, NO_GROUPS) | {box})
                 self.remote_seen[user] = now
         recorded_here: Dict[str, Tuple[str, str]] = {}
         for i in range(0, len(kept), 2):
@@ -1344,10 +1343,25 @@ class ClusterHub(Hub):
         return d
 
     def remote_online_boxes(self) -> Set[str]:
-        boxes = set(self.box_sessions)
-        for online in set(self.remote_online.values()):   # a few shared sets
-            boxes |= online
-        return boxes
+        return set(self.box_sessions) | set(self._online_count)
+
+    def _online_on(self, user: str, boxes: FrozenSet[str]) -> None:
+        """``user`` is online on the remote ``boxes`` (none: not online on
+        any), counted per box."""
+        before = self.remote_online.get(user, NO_GROUPS)
+        counts = self._online_count
+        for box in before - boxes:
+            left = counts[box] - 1
+            if left:
+                counts[box] = left
+            else:
+                del counts[box]
+        for box in boxes - before:
+            counts[box] = counts.get(box, 0) + 1
+        if boxes:
+            self.remote_online[user] = self._shared(frozenset(boxes))
+        else:
+            self.remote_online.pop(user, None)
 
     def bury(self, box: str, alive: bool = False) -> defer.Deferred:
         """Take ``box`` out of the directory (dead, or this box stopping
