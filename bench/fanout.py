@@ -157,20 +157,24 @@ class Run:
         return int(parts[11]) / tck, int(parts[12]) / tck
 
     def clients_cpu(self) -> list:
-        """Each watcher client process's CPU seconds so far."""
-        return [sum(self.cpu_split(p.proc.pid)) if p.proc is not None else 0.0
+        """Each watcher client process's (user, system) CPU seconds so far."""
+        return [self.cpu_split(p.proc.pid) if p.proc is not None else (0.0, 0.0)
                 for p in self.watchers]
 
     def clients_per_frame(self, cpu0: list, cpu1: list, frames: list) -> dict:
         """The watcher processes' CPU µs per frame they received: all of
-        them, and by kind (lean / old) when both run."""
+        them, and by kind (lean / old, with the user and system parts) when
+        both run."""
         out = {}
         for kind in ("all", "lean", "old"):
             pick = [i for i, p in enumerate(self.watchers)
                     if kind == "all" or p.lean == (kind == "lean")]
             n = sum(frames[i] for i in pick)
             if pick and n:
-                out[kind] = round(1e6 * sum(cpu1[i] - cpu0[i] for i in pick) / n, 2)
+                us = [1e6 * sum(cpu1[i][j] - cpu0[i][j] for i in pick) / n for j in (0, 1)]
+                out[kind] = round(us[0] + us[1], 2)
+                if kind != "all":
+                    out[kind + "_user_sys"] = [round(us[0], 2), round(us[1], 2)]
         return out
 
     async def setup(self, register: bool) -> None:
@@ -283,6 +287,8 @@ class Run:
             spans.append((t, last if last is not None else mono()))
             await asyncio.sleep(a.gap)
         self.per_proc = per_proc
+        #: the lean processes' epoll drains and sockets read so far
+        self.drains = [[g.get("drains"), g.get("reads")] for g in got if "drains" in g]
         return spans, lasts, counts
 
     async def toggles(self, size: int) -> dict:
@@ -311,6 +317,7 @@ class Run:
                 "client_cpu_us_per_frame": clients.get("all"),
                 "client_cpu_us_per_frame_by_kind": {k: v for k, v in clients.items()
                                                     if k != "all"},
+                "lean_drains_reads": self.drains,
                 "load": os.getloadavg()[0]}
 
     async def storm(self, size: int, how: str) -> dict:
@@ -355,9 +362,12 @@ class Run:
                 for p, names in by_proc if names))
             storm_end = mono()
             end = storm_end + a.settle
+            view_s = []
             while True:
+                t_v = mono()
                 views = await gather(self.watchers, "views", 60, users=stormers, state="online",
                                      names=None)
+                view_s.append(mono() - t_v)
                 right = sum(v.get("right", 0) for v in views)
                 wrong = sum(v.get("wrong", 1) for v in views)
                 if wrong == 0 or mono() > end:
@@ -370,7 +380,11 @@ class Run:
             return {"how": how, **gone, "logged_in": ok_count(results), "errors": errors,
                     "storm_seconds": round(storm_end - t0, 2),
                     "settled_after_s": round(mono() - storm_end, 2),
-                    "views_right": right, "views_wrong": wrong}
+                    "views_right": right, "views_wrong": wrong,
+                    # per watcher process (lean or old): its views, how long a check took
+                    "views_by_proc": [[p.lean, v.get("right"), v.get("wrong")]
+                                      for p, v in zip(self.watchers, views)],
+                    "views_check_s_max": round(max(view_s), 3)}
         cpu0 = self.cpu()
         result, samples = await self.chat(run)
         result["cpu_s"] = round(self.cpu() - cpu0, 2)

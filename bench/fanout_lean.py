@@ -41,8 +41,12 @@ from loadclient import HTTPError, Session, build, mono
 from fanout_client import FanClient
 
 _IN = select.EPOLLIN | select.EPOLLRDHUP
-#: what ``recv`` takes at most; a bundle of a few hundred lines fits
-_RECV = 1 << 18
+#: what ``recv`` takes at most.  Not asyncio's 256 KiB: Python allocates
+#: the whole size for each ``recv`` (then shrinks it), and above malloc's mmap
+#: threshold that is an mmap and munmap per call, ~16 µs of a 20 µs receive
+#: on this machine (a few hundred bundle lines still fit; more is read next
+#: drain: the epoll is level-triggered)
+_RECV = 1 << 16
 
 
 class Watcher:
@@ -90,6 +94,7 @@ class LeanClient(FanClient):
         self.armed = False    # asyncio watches the epoll (no timer running)
         self.ticking = False
         self.gen = 0
+        self.drains = self.events = 0  # epoll drains, sockets read
         self.t_user = self.t_state = None  # the target update
         self.arrivals: list[float] = []
         #: the storm's check: the users tracked, the state wanted, their number
@@ -127,6 +132,8 @@ class LeanClient(FanClient):
     def _drain(self) -> int:
         conns = self.conns
         events = self.ep.poll(0)
+        self.drains += 1
+        self.events += len(events)
         for fd, _ in events:
             c = conns.get(fd)
             if c is None:
@@ -324,16 +331,16 @@ class LeanClient(FanClient):
             w.sid, w.last_id, w.acked = s.sid, 0, 0
         return w
 
-    async def _socket(self, s: Session) -> socket.socket:
-        """The socket ``s`` logged in on, taken over from asyncio; or a new
-        connection when that one is gone."""
+    async def _socket(self, s: Session) -> tuple:
+        """The socket ``s`` logged in on, taken over from asyncio (and True);
+        or a new connection when that one is gone (and False)."""
         conn = s.conn
         s.conn = None
         if conn is not None and conn.alive and conn.fut is None and not conn.buf:
             sock = socket.socket(fileno=os.dup(conn.transport.get_extra_info("socket").fileno()))
             conn.transport.abort()  # closes asyncio's descriptor, not the connection
             sock.setblocking(False)
-            return sock
+            return sock, True
         if conn is not None:
             conn.close()
         delay, last = 0.05, None
@@ -344,7 +351,7 @@ class LeanClient(FanClient):
                 if self.src:
                     sock.bind((self.src, 0))
                 await asyncio.wait_for(self.loop.sock_connect(sock, (self.host, self.port)), 10)
-                return sock
+                return sock, False
             except (OSError, asyncio.TimeoutError) as e:
                 sock.close()
                 last = e
@@ -354,7 +361,18 @@ class LeanClient(FanClient):
 
     async def _open(self, s: Session, w: Watcher) -> Conn:
         self._arm()
-        sock = await self._socket(s)
+        sock, reused = await self._socket(s)
+        try:
+            return await self._request(s, w, sock)
+        except ConnectionError:
+            if not reused:
+                raise
+            # the server closed the idle keep-alive connection (Twisted does
+            # after 60 s) as the request went out: once more, on a new one
+            sock, _ = await self._socket(s)
+            return await self._request(s, w, sock)
+
+    async def _request(self, s: Session, w: Watcher, sock: socket.socket) -> Conn:
         fut = self.loop.create_future()
         c = Conn(sock, w, fut)
         ack = f"&ack={w.last_id}" if w.last_id else ""
@@ -363,7 +381,11 @@ class LeanClient(FanClient):
         self.conns[c.fd] = c
         self.ep.register(c.fd, _IN)
         try:
-            if sock.send(req) != len(req):
+            try:
+                sent = sock.send(req)
+            except OSError as e:
+                raise ConnectionError(f"send: {e!r}") from None
+            if sent != len(req):
                 raise HTTPError("request not sent whole")
             await fut
         except BaseException:
@@ -440,7 +462,8 @@ class LeanClient(FanClient):
         a = self.arrivals
         return {"count": len(a), "held": self.held_now,
                 "first": a[0] if a else None, "last": max(a) if a else None,
-                "updates": self.updates, "bundles": self.bundles}
+                "updates": self.updates, "bundles": self.bundles,
+                "drains": self.drains, "reads": self.events}
 
     async def cmd_views(self, users: list, state: str, names=None):
         """How many held watchers (of ``names``; the users themselves left
