@@ -412,7 +412,13 @@ class LeanClient(FanClient):
 
         async def one(w: Watcher) -> None:
             old = w.conn
-            await self._open(w.sess, w)
+            try:
+                await self._open(w.sess, w)
+            except (ConnectionError, HTTPError, asyncio.TimeoutError):
+                # once more (a loaded machine): a watcher left unbundled would
+                # get a storm's every change one frame at a time
+                await asyncio.sleep(0.5)
+                await self._open(w.sess, w)
             if old is not None and old is not w.conn:
                 self._close(old)
         ok, errors, sample = await self.bounded(todo, one, conc, t0 + seconds)
