@@ -40,6 +40,13 @@ watcher's heartbeat re-held with ``bundle=1`` (the baseline's too with
     python bench/fanout.py                                   # the full run
     python bench/fanout.py --sizes 1000,5000 --storm 200 --late-joins 200   # quick
 
+The held watchers run on ``bench/fanout_lean.py`` (``--watchers lean``, the
+default: one epoll per process, a minimal parser, views counted as updates
+arrive), so that their own CPU per frame stays well below the server's;
+``--watchers old`` puts them on loadclient's asyncio protocols as before,
+``--watchers mixed`` every other process each (both kinds' CPU per frame, at
+the same server and load).  ``--no-baseline`` measures this tree's server only.
+
 Writes a JSON result (``--out``) and prints a summary.  The machine is
 shared: figures are noisy; compare the two servers of the same run.
 """
@@ -72,18 +79,22 @@ def group(size: int) -> str:
 class FanProc(ClientProc):
     """A ``fanout_client.py`` process for users ``<prefix><first>...``."""
 
-    def __init__(self, idx: int, port: int, prefix: str, first: int, count: int):
+    def __init__(self, idx: int, port: int, prefix: str, first: int, count: int,
+                 lean: bool = False, interval: float = 0.002):
         # a source address of its own (127.0.0.<20+idx>): one process's
         # connections and TIME_WAITs never use up another's ephemeral ports
         super().__init__(idx, port, first, count, f"127.0.0.{20 + idx % 200}")
         self.prefix = prefix
         self.names = [f"{prefix}{i}" for i in range(first, first + count)]
+        #: held heartbeats on bench/fanout_lean.py's receive path
+        self.lean, self.interval = lean, interval
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, os.path.join(HERE, "fanout_client.py"),
             "--port", str(self.port), "--prefix", self.prefix, "--src", self.src,
             "--first", str(self.first), "--count", str(self.count), "--max-seconds", "1800",
+            *(["--lean", "--lean-interval", str(self.interval)] if self.lean else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26)
         self.reader = asyncio.ensure_future(self._read())
 
@@ -124,7 +135,11 @@ class Run:
         a = self.args
         port = self.srv.port
         total = max(a.sizes)
-        self.watchers = [FanProc(i, port, "w", first, min(a.per_proc, total - first))
+        # --watchers mixed: every other process lean, so that both kinds of
+        # client meet the same server at the same moment
+        self.watchers = [FanProc(i, port, "w", first, min(a.per_proc, total - first),
+                                 a.watchers == "lean" or (a.watchers == "mixed" and i % 2 == 0),
+                                 a.lean_interval)
                          for i, first in enumerate(range(0, total, a.per_proc))]
         # the bystander pair and the toggler: their own process
         self.side = FanProc(99, port, "x", 0, 3)
@@ -148,10 +163,26 @@ class Run:
         tck = os.sysconf("SC_CLK_TCK")
         return int(parts[11]) / tck, int(parts[12]) / tck
 
-    def clients_cpu(self) -> float:
-        """The watchers' client processes' CPU seconds so far, together."""
-        return sum(sum(self.cpu_split(p.proc.pid)) for p in self.watchers
-                   if p.proc is not None)
+    def clients_cpu(self) -> list:
+        """Each watcher client process's (user, system) CPU seconds so far."""
+        return [self.cpu_split(p.proc.pid) if p.proc is not None else (0.0, 0.0)
+                for p in self.watchers]
+
+    def clients_per_frame(self, cpu0: list, cpu1: list, frames: list) -> dict:
+        """The watcher processes' CPU µs per frame they received: all of
+        them, and by kind (lean / old, with the user and system parts) when
+        both run."""
+        out = {}
+        for kind in ("all", "lean", "old"):
+            pick = [i for i, p in enumerate(self.watchers)
+                    if kind == "all" or p.lean == (kind == "lean")]
+            n = sum(frames[i] for i in pick)
+            if pick and n:
+                us = [1e6 * sum(cpu1[i][j] - cpu0[i][j] for i in pick) / n for j in (0, 1)]
+                out[kind] = round(us[0] + us[1], 2)
+                if kind != "all":
+                    out[kind + "_user_sys"] = [round(us[0], 2), round(us[1], 2)]
+        return out
 
     async def setup(self, register: bool) -> None:
         """Log every member in (registering them first on a fresh directory)
@@ -242,6 +273,7 @@ class Run:
         a = self.args
         toggler = self.side.names[0]
         spans, lasts, counts = [], [], []
+        per_proc = [0] * len(self.watchers)
         for i in range(a.toggles):
             online = i % 2 == 0
             await gather(self.watchers, "target", 30, user=toggler,
@@ -256,9 +288,14 @@ class Run:
                 await asyncio.sleep(0.02)
             last = max((g["last"] for g in got if g.get("last")), default=None)
             counts.append(count)
+            for j, g in enumerate(got):
+                per_proc[j] += g.get("count", 0)
             lasts.append(None if last is None else last - t)
             spans.append((t, last if last is not None else mono()))
             await asyncio.sleep(a.gap)
+        self.per_proc = per_proc
+        #: the lean processes' epoll drains and sockets read so far
+        self.drains = [[g.get("drains"), g.get("reads")] for g in got if "drains" in g]
         return spans, lasts, counts
 
     async def toggles(self, size: int) -> dict:
@@ -271,6 +308,7 @@ class Run:
         user1, sys1 = self.cpu_split()
         clients1 = self.clients_cpu()
         frames = max(1, sum(counts))
+        clients = self.clients_per_frame(clients0, clients1, self.per_proc)
         spans_lasts_counts, samples = await self.chat(lambda: self.toggle_round(size))
         spans, lasts, counts2 = spans_lasts_counts
         during = sorted(lat for sent, lat in samples
@@ -283,7 +321,10 @@ class Run:
                                           round(1e6 * (sys1 - sys0) / frames, 2)],
                 # what receiving and parsing a frame costs the watchers' processes
                 # (on the same 2 cores: the floor of "last member" with the server's)
-                "client_cpu_us_per_frame": round(1e6 * (clients1 - clients0) / frames, 2),
+                "client_cpu_us_per_frame": clients.get("all"),
+                "client_cpu_us_per_frame_by_kind": {k: v for k, v in clients.items()
+                                                    if k != "all"},
+                "lean_drains_reads": self.drains,
                 "load": os.getloadavg()[0]}
 
     async def storm(self, size: int, how: str) -> dict:
@@ -328,9 +369,15 @@ class Run:
                 for p, names in by_proc if names))
             storm_end = mono()
             end = storm_end + a.settle
+            view_s = [0.0] * len(self.watchers)
+
+            async def timed(i, p):
+                t_v = mono()
+                v = await p.cmd("views", 60, users=stormers, state="online", names=None)
+                view_s[i] = max(view_s[i], mono() - t_v)
+                return v
             while True:
-                views = await gather(self.watchers, "views", 60, users=stormers, state="online",
-                                     names=None)
+                views = await asyncio.gather(*(timed(i, p) for i, p in enumerate(self.watchers)))
                 right = sum(v.get("right", 0) for v in views)
                 wrong = sum(v.get("wrong", 1) for v in views)
                 if wrong == 0 or mono() > end:
@@ -343,7 +390,11 @@ class Run:
             return {"how": how, **gone, "logged_in": ok_count(results), "errors": errors,
                     "storm_seconds": round(storm_end - t0, 2),
                     "settled_after_s": round(mono() - storm_end, 2),
-                    "views_right": right, "views_wrong": wrong}
+                    "views_right": right, "views_wrong": wrong,
+                    # per watcher process (lean or old): its views, how long a check took
+                    "views_by_proc": [[p.lean, v.get("right"), v.get("wrong")]
+                                      for p, v in zip(self.watchers, views)],
+                    "views_check_s_max_by_proc": [round(x, 3) for x in view_s]}
         cpu0 = self.cpu()
         result, samples = await self.chat(run)
         result["cpu_s"] = round(self.cpu() - cpu0, 2)
@@ -361,6 +412,10 @@ class Run:
             quiet = await self.quiet(a.chat_seconds)
             row = await self.toggles(size)
             row["chat_quiet"] = pct_ms(sorted(lat for _, lat in quiet))
+            # the watchers acknowledge what they have (outside the measured
+            # toggles): their mailboxes never fill, a re-hold resends nothing
+            acks = await gather(self.watchers, "ack_all", 300, conc=8, seconds=250)
+            row["acked"] = ok_count(acks)
             self.out["sizes"][size] = row
             log(f"{self.label} M={size}: {json.dumps(row)}")
 
@@ -378,8 +433,9 @@ async def measure(args, label: str, tree: str, data: str, work: str, extra: list
             await run.late_joins(args.late_joins)
         if bundled_storm:
             t0 = mono()
-            await gather(run.watchers, "rehold", 300, bundle=True, seconds=250)
-            log(f"{label}: re-held with bundle=1 in {mono() - t0:.1f}s")
+            r = await gather(run.watchers, "rehold", 300, bundle=True, seconds=250)
+            log(f"{label}: re-held with bundle=1 in {mono() - t0:.1f}s:"
+                f" {json.dumps([[x.get('n_ok'), x.get('errors'), x.get('sample')] for x in r])}")
             for p in run.watchers:
                 await p.cmd("target", 10, user="-", state="-")
         hows = ["resume", "password"] if args.storm_login == "both" else [args.storm_login]
@@ -404,20 +460,24 @@ async def amain(args) -> dict:
     work = tempfile.mkdtemp(prefix="fanout-bench-", dir=shm)
     data = os.path.join(work, "data-new")
     base_tree = os.path.join(work, "baseline-tree")
-    subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", base_tree,
-                    args.baseline], check=True, capture_output=True)
-    result = {"machine": machine(), "args": vars(args), "baseline_commit": args.baseline}
+    if not args.no_baseline:
+        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", base_tree,
+                        args.baseline], check=True, capture_output=True)
+    result = {"machine": machine(), "args": vars(args),
+              "baseline_commit": None if args.no_baseline else args.baseline}
     try:
         # the new server first, on a fresh directory: registrations, the group
         result["new"] = await measure(args, "new", ROOT, data, work,
                                       ["--presence-batch", str(args.batch)], True, True)
-        base_data = os.path.join(work, "data-base")
-        shutil.copytree(data, base_data)
-        result["baseline"] = await measure(args, "baseline", base_tree, base_data, work, [],
-                                           False, args.baseline_bundle)
+        if not args.no_baseline:
+            base_data = os.path.join(work, "data-base")
+            shutil.copytree(data, base_data)
+            result["baseline"] = await measure(args, "baseline", base_tree, base_data, work,
+                                               [], False, args.baseline_bundle)
     finally:
-        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", base_tree],
-                       capture_output=True)
+        if not args.no_baseline:
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", base_tree],
+                           capture_output=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return result
@@ -427,7 +487,8 @@ def summary(res: dict) -> str:
     new, base = res.get("new", {}), res.get("baseline", {})
     lines = ["| M | last member p50 / max ms (base -> new) | bystander chat during fan-outs"
              " p50 / p99 / max ms (base -> new) | without (p99 / max) | CPU us per update"
-             " frame (base -> new) |", "|---|---|---|---|---|"]
+             " frame (base -> new) | clients' CPU us per frame (base -> new) |",
+             "|---|---|---|---|---|---|"]
     for size in sorted(new.get("sizes", {}), key=int):
         n, b = new["sizes"][size], base.get("sizes", {}).get(size, {})
 
@@ -444,7 +505,9 @@ def summary(res: dict) -> str:
             f" {f(n, 'chat_during', 'p99')} / {f(n, 'chat_during', 'max')}"
             f" | {f(b, 'chat_quiet', 'p99')} / {f(b, 'chat_quiet', 'max')} ->"
             f" {f(n, 'chat_quiet', 'p99')} / {f(n, 'chat_quiet', 'max')}"
-            f" | {f(b, 'cpu_us_per_frame')} -> {f(n, 'cpu_us_per_frame')} |")
+            f" | {f(b, 'cpu_us_per_frame')} -> {f(n, 'cpu_us_per_frame')}"
+            f" | {f(b, 'client_cpu_us_per_frame')} -> {f(n, 'client_cpu_us_per_frame')}"
+            f" {json.dumps(n.get('client_cpu_us_per_frame_by_kind') or '')} |")
     lines.append("")
     for key in [k for k in new if k.startswith("storm")]:
         lines.append(f"{key} baseline: {json.dumps(base.get(key))}")
@@ -476,6 +539,15 @@ def main() -> None:
                     help="re-hold the baseline's watchers with bundle=1 for the storm too"
                          " (a baseline that has bundles: any commit after issue 18's first"
                          " round)")
+    ap.add_argument("--watchers", choices=("lean", "old", "mixed"), default="lean",
+                    help="the watcher processes' receive path: bench/fanout_lean.py's (lean),"
+                         " loadclient's asyncio protocols (old), or every other process each"
+                         " (mixed: both kinds' CPU per frame in one run)")
+    ap.add_argument("--lean-interval", type=float, default=0.002,
+                    help="seconds between a lean watcher process's drains of its sockets"
+                         " while frames come (0: at every wake-up)")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="measure the server of this tree only (no second server from git)")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "fanout-bench.json"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()

@@ -8,9 +8,15 @@ presence from ``msg update`` and ``msg updates`` frames; or the bystanders
 Driven through JSON lines on stdin/stdout like loadclient.py (one command per
 line, answered by ``rid``); every command is bounded in time.  Times are
 CLOCK_MONOTONIC, one clock for every process of the machine.
+
+With ``--lean`` the held heartbeats go through ``bench/fanout_lean.py``
+instead (one epoll, a minimal chunk and event-stream parser, views counted as
+updates arrive); ``--lean-interval`` seconds between its drains while frames
+come (0: at every wake-up).
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -343,7 +349,20 @@ class FanClient(loadclient.Client):
 async def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
-    loadclient.Client = FanClient  # what loadclient.main builds
+    # --lean: the held watchers on bench/fanout_lean.py's receive path
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--lean", action="store_true")
+    ap.add_argument("--lean-interval", type=float, default=0.002)
+    ours, sys.argv[1:] = ap.parse_known_args()
+    if ours.lean:
+        from fanout_lean import LeanClient
+
+        def make(args):
+            args.lean_interval = ours.lean_interval
+            return LeanClient(args)
+        loadclient.Client = make  # what loadclient.main builds
+    else:
+        loadclient.Client = FanClient
     await loadclient.main()
 
 

@@ -257,8 +257,12 @@ def presence_off_flags(twistd: str) -> list:
     per-address chat, registration and guest limits."""
     if not _HELP:
         try:
+            # this tree's plugin even when presence is not installed (without
+            # it the help is twistd's own, and no limit is turned off)
+            path = os.pathsep.join(x for x in (ROOT, os.environ.get("PYTHONPATH")) if x)
             _HELP.append(subprocess.run([twistd, "presence", "--help"], capture_output=True,
-                                        text=True, timeout=60, cwd=ROOT).stdout)
+                                        text=True, timeout=60, cwd=ROOT,
+                                        env={**os.environ, "PYTHONPATH": path}).stdout)
         except Exception:
             _HELP.append("")
     flags = []
