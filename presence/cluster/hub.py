@@ -185,9 +185,8 @@ return out
 """
 
 # Take a box out of the directory (KEYS nodes, onbox:<box>, online:<box>,
-# sessions, node:<box>, all, pending:<box>, states:<box>, pendt:<box>; ARGV box,
-# where-prefix,
-# alive(1: a clean stop)).  Only the caller that removes the box from
+# sessions, node:<box>, all, pending:<box>, states:<box>, pendt:<box>; ARGV
+# box, where-prefix, alive(1: a clean stop)).  Only the caller that removes the box from
 # ``nodes`` does the work, so two nodes noticing one death at once announce
 # it once.  Returns the session records taken out and the box's pending
 # chats (which the caller keeps in the message boxes).
@@ -998,8 +997,9 @@ class ClusterHub(Hub):
         one's pending hash until acknowledged, in this turn's batch."""
         encoded = encode_frame(frame)
         field = _pending_field(name, frame)
-        value = json.dumps({"u": name, "f": encoded, "t": self.clock.seconds()})
-        at = repr(self.clock.seconds())
+        now = self.clock.seconds()
+        value = json.dumps({"u": name, "f": encoded, "t": now})
+        at = repr(now)
         for box in boxes:
             self._queue([[b"HSET", self.key("pending", box), field, value],
                          [b"ZADD", self.key("pendt", box), at, field]])

@@ -40,7 +40,8 @@ from twisted.logger import Logger
 # raten`` in a batch spends one token of each bucket or none; its answer is
 # "0" when spent, else the seconds each bucket has to wait, in order and
 # separated by spaces, "0" for a bucket that has a token (a string: Lua
-# numbers become integers on the way out).  ``at`` is the index in ARGV of the first key.
+# numbers become integers on the way out).  ``at`` is the index in ARGV of
+# the first key.
 TAKE_FUNCTION = b"""
 local function take(now, n, at)
   local levels, waits, empty = {}, {}, false
