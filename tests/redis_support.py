@@ -27,16 +27,12 @@ from typing import Any, List, Optional
 import pytest
 from twisted.internet import defer
 
+from free_ports import tcp_port as free_port
+
 #: seconds the server may take to answer PING after it was started
 START_TIMEOUT = 15.0
 #: seconds a Deferred of a test may take (the directory's own bound is 2 s)
 WAIT_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ping(port: int, timeout: float = 0.5) -> bool:

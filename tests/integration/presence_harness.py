@@ -38,7 +38,10 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Tuple
+from typing import Any, Callable, Iterable, Mapping
+
+# free ports outside the ephemeral range (tests/free_ports.py); re-exported
+from free_ports import ephemeral_range, free_port  # noqa: F401
 
 READY_TIMEOUT = 60.0  # generous: CI machines are shared and can be loaded
 READY_RE = re.compile(
@@ -72,13 +75,6 @@ def unique_password() -> str:
     return "Pw-" + secrets.token_hex(10)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on ``host`` (prefer ``tcp:0`` when possible)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 # --------------------------------------------------------------------------
 # the server process
 
@@ -97,17 +93,6 @@ def twistd_command(args: Iterable[str]) -> list[str]:
 class ServerStartError(AssertionError):
     pass
 
-
-
-def ephemeral_range() -> Tuple[int, int]:
-    """The kernel's range of ephemeral ports (the source ports of outgoing
-    connections, and what bind to port 0 hands out)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = (int(x) for x in f.read().split())
-            return low, high
-    except (OSError, ValueError):
-        return 32768, 60999
 
 
 def relay_ports_outside_ephemeral(size: int = 1000) -> str:

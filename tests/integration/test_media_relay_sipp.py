@@ -22,17 +22,17 @@ its ports too.  ``/api/stats`` says the same from inside.
 
 from __future__ import annotations
 
-import random
 import re
 import socket
 import struct
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import pytest
 
+from free_ports import relay_range, udp_bound
 from presence_harness import MAX_LOOP
 from test_sipp import (  # noqa: F401  (fixtures)
     SCENARIOS, bridges, free_port, sipp, udp_port,
@@ -48,27 +48,9 @@ OUR_SSRC = 0x5EED0001
 RELAY_SPAN = 200
 
 
-def relay_range() -> Tuple[int, int]:
-    """A range of UDP ports below the ephemeral ones, free right now on
-    127.0.0.1 (other tests may run beside us: we look)."""
-    for _ in range(50):
-        low = random.randrange(20000, 32000 - RELAY_SPAN, 2)
-        free = 0
-        for port in range(low, low + RELAY_SPAN, 17):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                    free += 1
-                except OSError:
-                    pass
-        if free == len(range(low, low + RELAY_SPAN, 17)):
-            return low, low + RELAY_SPAN - 1
-    raise AssertionError("no free relay port range")
-
-
 @pytest.fixture(scope="module")
 def server_options():
-    low, high = relay_range()
+    low, high = relay_range(RELAY_SPAN)
     return {"keepalive": 5, "poll": 1, "linger": 2, "sip": free_port(),
             "relay": "127.0.0.1", "relay_ports": f"{low}-{high}", "relay_timeout": 20}
 
@@ -79,16 +61,9 @@ def sip_port(server) -> int:
 
 
 def media_port() -> int:
-    """A free UDP port whose port + 2 is free too (SIPp's -rtp_echo takes both)."""
-    for _ in range(100):
-        port = udp_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port + 2))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free media port")
+    """Free UDP ports for SIPp's ``-mp``: ``-rtp_echo`` takes the port and
+    port + 2 (their RTCP neighbours are kept free too)."""
+    return udp_port(4)
 
 
 def scenario(tmp: Path, name: str) -> Path:
@@ -113,12 +88,7 @@ def relay_port(tmp: Path, deadline: float) -> int:
 
 
 def bound_by_someone(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
+    return udp_bound(port)
 
 
 def relay_stats(server) -> Dict[str, int]:

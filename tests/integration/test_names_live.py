@@ -17,28 +17,14 @@ from typing import Any, Callable, List, Tuple
 import pytest
 
 from browser_support import CHROMIUM_ARGS, DEFAULT_TIMEOUT, playwright_sync_api
-from presence_harness import expect, login, register, unique_name, unique_password
+from presence_harness import expect, free_port, login, register, unique_name, unique_password
 
 DOMAIN = "names.test"
 PAGE = "127.0.0.3"
 ALIVE = 4
 
 
-def _free_udp_tcp_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise AssertionError("no port free for both UDP and TCP")
-
-
-DNS_PORT = _free_udp_tcp_port()
+DNS_PORT = free_port()  # UDP and TCP
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ instead under PRESENCE_REQUIRE_ALL=1)."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import struct
 import subprocess
@@ -24,6 +23,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
+from free_ports import relay_range
 from presence_harness import MAX_LOOP, register
 from test_sipp import (
     SCENARIOS, Bridge, Sipp, check, free_port, rejected, udp_port,
@@ -33,9 +33,9 @@ pytestmark = pytest.mark.requires_program("sipp", "tcpdump")
 
 #: 20 ms PCMU packets SIPp streams (2 s)
 PACKETS = 100
-#: the relay's port range for this module (random, so parallel runs differ)
-RELAY_LOW = 42000 + 2 * random.randrange(0, 3000)
-RELAY_HIGH = RELAY_LOW + 99
+#: the relay's port range for this module (random, so parallel runs differ,
+#: and outside the ephemeral range: no port the kernel hands out falls in it)
+RELAY_LOW, RELAY_HIGH = relay_range(100)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def rtp_call(tmp_path: Path, sipp: Sipp, server, users, bob_media: str):
                                   udp_port(), tmp_path / f"bridge-{user.name}.log",
                                   ["--media", media, "-v"]))
         alice_bridge, bob_bridge = bridges
-        uac_media, uas_media = udp_port(), udp_port()
+        uac_media, uas_media = udp_port(4), udp_port(4)  # SIPp's -mp: port and port + 2
         capture = Capture(tmp_path / "media.pcap", [uac_media, uas_media])
         (tmp_path / "tone.pcmu").write_bytes(b"\xff" * (160 * PACKETS))
         scenario = tmp_path / "caller_stream.xml"

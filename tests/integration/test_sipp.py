@@ -22,37 +22,13 @@ from typing import Iterator, List, Optional
 
 import pytest
 
+from free_ports import free_port, udp_bound, udp_port  # noqa: F401 (re-exported)
 from presence_harness import MAX_LOOP, Api, expect, register
 
 pytestmark = pytest.mark.requires_program("sipp")
 
 SCENARIOS = Path(__file__).parent / "sipp"
 SIPP_TIMEOUT = 60  # seconds SIPp may run (-timeout); the process gets a little more
-
-
-def free_port(kinds=(socket.SOCK_STREAM, socket.SOCK_DGRAM)) -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (and 0.0.0.0)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, kinds[0]) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            for kind in kinds:
-                with socket.socket(socket.AF_INET, kind) as t:
-                    if kind == socket.SOCK_STREAM:
-                        # as Twisted's listeners do: connections of other
-                        # programs lingering in TIME_WAIT on the port do not
-                        # stop the server from listening there
-                        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    t.bind(("0.0.0.0", port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no free port")
-
-
-def udp_port() -> int:
-    return free_port((socket.SOCK_DGRAM,))
 
 
 class Bridge:
@@ -152,11 +128,8 @@ def wait_udp_bound(port: int, proc: subprocess.Popen, timeout: float = 20) -> No
     """Wait until something listens on UDP ``port`` (SIPp started)."""
     deadline = time.monotonic() + timeout
     for _ in range(MAX_LOOP):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return  # taken: SIPp holds it
+        if udp_bound(port):
+            return  # SIPp holds it
         if proc.poll() is not None:
             raise AssertionError(f"SIPp exited with {proc.returncode} before listening")
         if time.monotonic() > deadline:
