@@ -18,7 +18,7 @@ import random
 import socket
 from typing import Iterable, Set, Tuple
 
-#: the pool starts here; test_media_relay_sipp's relay ranges are 20000 and up
+#: the pool of :func:`free_port` starts here (:func:`relay_range` is above it)
 POOL_LOW = 10000
 #: and ends here (or where the ephemeral range starts, if lower)
 POOL_HIGH = 19999
@@ -123,6 +123,8 @@ def relay_range(span: int) -> Tuple[int, int]:
     right now on 127.0.0.1 (sampled every 17th port) and not handed out by
     this process before."""
     top = min(32000, ephemeral_range()[0]) - span
+    if top <= POOL_HIGH + 1:
+        raise AssertionError(f"no room for {span} relay ports below the ephemeral range")
     for _ in range(50):
         low = _random.randrange(POOL_HIGH + 1, top, 2)
         ports = range(low, low + span)

@@ -23,8 +23,8 @@ def test_a_relay_range_does_not_overlap_the_ports_handed_out():
 
 
 def test_udp_bound_sees_a_bound_socket_without_binding_it():
+    port = udp_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", udp_port()))
-        port = s.getsockname()[1]
+        s.bind(("127.0.0.1", port))
         assert udp_bound(port)
     assert not udp_bound(port)

@@ -186,9 +186,9 @@ return out
 
 # Take a box out of the directory (KEYS nodes, onbox:<box>, online:<box>,
 # sessions, node:<box>, all, pending:<box>, states:<box>, pendt:<box>; ARGV
-# box, where-prefix, alive(1: a clean stop)).  Only the caller that removes the box from
-# ``nodes`` does the work, so two nodes noticing one death at once announce
-# it once.  Returns the session records taken out and the box's pending
+# box, where-prefix, alive(1: a clean stop)).  Only the caller that removes
+# the box from ``nodes`` does the work, so two nodes noticing one death at
+# once announce it once.  Returns the session records taken out and the box's pending
 # chats (which the caller keeps in the message boxes).
 BURY = b"""
 if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[5]) == 1 then return {{}, {}} end

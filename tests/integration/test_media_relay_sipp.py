@@ -87,9 +87,6 @@ def relay_port(tmp: Path, deadline: float) -> int:
     raise AssertionError("unreachable")
 
 
-def bound_by_someone(port: int) -> bool:
-    return udp_bound(port)
-
 
 def relay_stats(server) -> Dict[str, int]:
     r = server.api().get("/api/stats")
@@ -130,7 +127,7 @@ def test_rtp_of_each_side_reaches_the_other_through_the_relay_and_bye_frees_the_
         to_bob = relay_port(uas_dir, deadline)  # the callee-facing leg
         assert to_alice != to_bob
         for port in (to_alice, to_alice + 1, to_bob, to_bob + 1):
-            assert bound_by_someone(port), f"relay port {port} is not open during the call"
+            assert udp_bound(port), f"relay port {port} is not open during the call"
         echoed: set = set()
         tone = 0
         sources = set()
@@ -168,7 +165,7 @@ def test_rtp_of_each_side_reaches_the_other_through_the_relay_and_bye_frees_the_
         ours.close()
     # the BYE closed the call's ports
     for port in (to_alice, to_alice + 1, to_bob, to_bob + 1):
-        assert not bound_by_someone(port), f"relay port {port} still open after the BYE"
+        assert not udp_bound(port), f"relay port {port} still open after the BYE"
     stats = relay_stats(server)
     assert stats["calls"] == 0 and stats["port_pairs_in_use"] == 0
     assert stats["closed_bye"] >= 1
@@ -202,11 +199,11 @@ def test_a_call_that_is_never_answered_frees_its_ports(sipp, server, sip_port, b
     sipp.background.append(caller)
     to_bob = relay_port(uas_dir, time.monotonic() + 30)
     # ringing: the ports are open
-    assert bound_by_someone(to_bob) and bound_by_someone(to_bob + 1)
+    assert udp_bound(to_bob) and udp_bound(to_bob + 1)
     assert relay_stats(server)["calls"] >= 1
     assert caller.wait(60) == 0, caller.stdout.read().decode(errors="replace")[-3000:]
     assert finished_phone(phone) == 0
-    assert not bound_by_someone(to_bob) and not bound_by_someone(to_bob + 1)
+    assert not udp_bound(to_bob) and not udp_bound(to_bob + 1)
     stats = relay_stats(server)
     assert stats["calls"] == 0 and stats["port_pairs_in_use"] == 0
     assert stats["closed_cancel"] == before + 1
